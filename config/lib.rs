@@ -1,0 +1,27 @@
+//! # tracepipe-config
+//!
+//! Turns one YAML file into a typed, validated description of the component graph — and does
+//! nothing else: no sockets are opened and no files are written here.
+//!
+//! The YAML is read by `serde-saphyr` into a [`Node`] tree where every value keeps its line and
+//! column. `${env:NAME}` and `${env:NAME:-default}` are expanded inside string values. Each
+//! component's own settings are later deserialized from its [`Node`] with [`Node::deserialize_into`],
+//! so an error in any field points at that field. [`load`] collects *every* error it finds (syntax,
+//! unknown keys, unknown or missing inputs, cycles, unreachable components) and returns them
+//! together, each with `file:line:column`.
+//!
+//! Component crates (receivers, processors, sinks) own their config structs; this crate gives them
+//! the shared value types: [`Duration`], [`ByteSize`], [`Endpoint`].
+
+mod error;
+mod graph;
+mod node;
+mod types;
+
+#[cfg(test)]
+mod tests;
+
+pub use error::{ConfigError, ConfigErrors, Pos};
+pub use graph::{load, ComponentDecl, ComponentKind, ConfigFile, LogFormat, LogsConfig, MetricsConfig, TelemetryConfig};
+pub use node::Node;
+pub use types::{ByteSize, Duration, Endpoint};

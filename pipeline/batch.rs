@@ -1,0 +1,269 @@
+//! The unit that travels every channel: a batch of spans.
+//!
+//! A [`Batch`] holds its spans in one of two forms and converts lazily:
+//! - **encoded**: one or more OTLP `TracesData` protobuf buffers (reference-counted [`Bytes`]),
+//!   exactly as a receiver got them after [`crate::wire::scan_traces`] proved them valid. Merging
+//!   two encoded batches appends buffer handles (protobuf concatenation of `TracesData` is itself a
+//!   valid `TracesData`); an OTLP sink writes the buffers out without decoding them.
+//! - **decoded**: `Arc<Vec<ResourceSpans>>` (the OTLP model from `opentelemetry-proto`), for
+//!   components that look inside spans. [`Batch::resource_spans_mut`] decodes on first use and is
+//!   copy-on-write: a batch fanned out to several consumers is deep-copied only if one of them
+//!   mutates it, and then only by that one.
+//!
+//! The span count is known in both forms without decoding, so telemetry counts per batch.
+//! A batch may carry [`Finalizer`]s: shared acknowledgements that fire when every copy of the
+//! batch has been delivered or dropped (a Kafka receiver commits offsets from them).
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, TracesData};
+use prost::Message;
+
+/// How a batch ended, as reported to its [`Finalizer`]s. Later, worse statuses win.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum BatchStatus {
+    /// Every consumer delivered it.
+    Delivered = 0,
+    /// A consumer failed with an error that may succeed on retry.
+    Errored = 1,
+    /// A consumer refused it permanently.
+    Rejected = 2,
+}
+
+/// A shared acknowledgement: `on_done` runs once, when the last handle is dropped, with the worst
+/// status any holder recorded.
+pub struct Finalizer {
+    status: AtomicU8,
+    on_done: std::sync::Mutex<Option<Box<dyn FnOnce(BatchStatus) + Send>>>,
+}
+
+impl Finalizer {
+    /// A finalizer that calls `on_done` when the batch (and every copy) is done.
+    pub fn new(on_done: impl FnOnce(BatchStatus) + Send + 'static) -> Arc<Self> {
+        Arc::new(Finalizer { status: AtomicU8::new(0), on_done: std::sync::Mutex::new(Some(Box::new(on_done))) })
+    }
+    fn update(&self, s: BatchStatus) {
+        self.status.fetch_max(s as u8, Ordering::AcqRel);
+    }
+}
+
+impl Drop for Finalizer {
+    fn drop(&mut self) {
+        let status = match self.status.load(Ordering::Acquire) {
+            0 => BatchStatus::Delivered,
+            1 => BatchStatus::Errored,
+            _ => BatchStatus::Rejected,
+        };
+        if let Some(f) = self.on_done.get_mut().ok().and_then(|f| f.take()) {
+            f(status);
+        }
+    }
+}
+
+impl std::fmt::Debug for Finalizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Finalizer").field("status", &self.status.load(Ordering::Relaxed)).finish()
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Payload {
+    Encoded(Vec<Bytes>),
+    Decoded(Arc<Vec<ResourceSpans>>),
+}
+
+/// A batch of spans; see the module docs.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    payload: Payload,
+    spans: usize,
+    finalizers: Vec<Arc<Finalizer>>,
+}
+
+/// Decoding an encoded batch failed (the bytes were not scanned, or were corrupted).
+#[derive(Debug, thiserror::Error)]
+#[error("batch payload is not valid OTLP protobuf: {0}")]
+pub struct DecodeError(#[from] prost::DecodeError);
+
+/// Number of spans in decoded resource spans.
+pub fn count_spans(rs: &[ResourceSpans]) -> usize {
+    rs.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum()
+}
+
+impl Batch {
+    /// An empty batch.
+    pub fn empty() -> Self {
+        Batch { payload: Payload::Encoded(Vec::new()), spans: 0, finalizers: Vec::new() }
+    }
+
+    /// A batch from encoded `TracesData` bytes holding `spans` spans. The bytes must have passed
+    /// [`crate::wire::scan_traces`] (which also gives the count).
+    pub fn from_encoded(bytes: Bytes, spans: usize) -> Self {
+        Batch { payload: Payload::Encoded(vec![bytes]), spans, finalizers: Vec::new() }
+    }
+
+    /// A batch from decoded resource spans.
+    pub fn from_resource_spans(rs: Vec<ResourceSpans>) -> Self {
+        let spans = count_spans(&rs);
+        Batch { payload: Payload::Decoded(Arc::new(rs)), spans, finalizers: Vec::new() }
+    }
+
+    /// Attaches an acknowledgement.
+    pub fn with_finalizer(mut self, f: Arc<Finalizer>) -> Self {
+        self.finalizers.push(f);
+        self
+    }
+
+    /// Records how this batch (copy) ended; the finalizers fire when all copies are dropped.
+    pub fn set_status(&self, s: BatchStatus) {
+        for f in &self.finalizers {
+            f.update(s);
+        }
+    }
+
+    /// Number of spans.
+    pub fn span_count(&self) -> usize {
+        self.spans
+    }
+
+    /// True when the batch holds no spans.
+    pub fn is_empty(&self) -> bool {
+        self.spans == 0
+    }
+
+    /// True while the batch is still in its received wire form.
+    pub fn is_encoded(&self) -> bool {
+        matches!(self.payload, Payload::Encoded(_))
+    }
+
+    /// Size of the batch as one `TracesData` message.
+    pub fn encoded_len(&self) -> usize {
+        match &self.payload {
+            Payload::Encoded(chunks) => chunks.iter().map(Bytes::len).sum(),
+            Payload::Decoded(rs) => rs.iter().map(|r| prost::encoding::message::encoded_len(1, r)).sum(),
+        }
+    }
+
+    /// Writes the batch as one `TracesData` (= `ExportTraceServiceRequest`) message.
+    pub fn encode_into(&self, buf: &mut impl BufMut) {
+        match &self.payload {
+            Payload::Encoded(chunks) => chunks.iter().for_each(|c| buf.put_slice(c)),
+            Payload::Decoded(rs) => rs.iter().for_each(|r| prost::encoding::message::encode(1, r, buf)),
+        }
+    }
+
+    /// The batch as one contiguous `TracesData` message. Free for a single encoded chunk.
+    pub fn to_bytes(&self) -> Bytes {
+        if let Payload::Encoded(chunks) = &self.payload
+            && chunks.len() == 1
+        {
+            return chunks[0].clone();
+        }
+        let mut buf = BytesMut::with_capacity(self.encoded_len());
+        self.encode_into(&mut buf);
+        buf.freeze()
+    }
+
+    /// The spans, decoded (a copy; the batch is unchanged).
+    pub fn to_resource_spans(&self) -> Result<Vec<ResourceSpans>, DecodeError> {
+        match &self.payload {
+            Payload::Encoded(chunks) => decode_chunks(chunks),
+            Payload::Decoded(rs) => Ok(rs.as_ref().clone()),
+        }
+    }
+
+    /// The spans for reading or rewriting: decodes an encoded batch once; deep-copies only if
+    /// another copy of this batch shares the decoded spans. Call [`Batch::recount`] after adding
+    /// or removing spans.
+    pub fn resource_spans_mut(&mut self) -> Result<&mut Vec<ResourceSpans>, DecodeError> {
+        if let Payload::Encoded(chunks) = &self.payload {
+            let rs = decode_chunks(chunks)?;
+            self.payload = Payload::Decoded(Arc::new(rs));
+        }
+        match &mut self.payload {
+            Payload::Decoded(rs) => Ok(Arc::make_mut(rs)),
+            Payload::Encoded(_) => unreachable!("decoded above"),
+        }
+    }
+
+    /// Recomputes the span count after [`Batch::resource_spans_mut`] changed the spans.
+    pub fn recount(&mut self) {
+        if let Payload::Decoded(rs) = &self.payload {
+            self.spans = count_spans(rs);
+        }
+    }
+
+    /// Appends another batch. Two encoded batches merge by appending buffer handles; otherwise
+    /// both are decoded.
+    pub fn append(&mut self, mut other: Batch) -> Result<(), DecodeError> {
+        self.finalizers.append(&mut other.finalizers);
+        self.spans += other.spans;
+        match (&mut self.payload, other.payload) {
+            (Payload::Encoded(a), Payload::Encoded(b)) => a.extend(b),
+            (_, other_payload) => {
+                let extra = match other_payload {
+                    Payload::Encoded(chunks) => decode_chunks(&chunks)?,
+                    Payload::Decoded(rs) => Arc::try_unwrap(rs).unwrap_or_else(|a| a.as_ref().clone()),
+                };
+                let spans = self.spans;
+                self.resource_spans_mut()?.extend(extra);
+                self.spans = spans;
+            }
+        }
+        Ok(())
+    }
+
+    /// Splits off the first `max_spans` spans into a new batch (decoding if needed); `self`
+    /// keeps the rest. Finalizers go with both halves.
+    pub fn split_to(&mut self, max_spans: usize) -> Result<Batch, DecodeError> {
+        if max_spans >= self.spans {
+            return Ok(std::mem::replace(self, Batch { finalizers: self.finalizers.clone(), ..Batch::empty() }));
+        }
+        let rs = self.resource_spans_mut()?;
+        let mut head: Vec<ResourceSpans> = Vec::new();
+        let mut need = max_spans;
+        while need > 0 && !rs.is_empty() {
+            let n = rs[0].scope_spans.iter().map(|s| s.spans.len()).sum::<usize>();
+            if n <= need {
+                head.push(rs.remove(0));
+                need -= n;
+                continue;
+            }
+            // Split inside this resource.
+            let first = &mut rs[0];
+            let mut part = ResourceSpans { resource: first.resource.clone(), scope_spans: Vec::new(), schema_url: first.schema_url.clone() };
+            while need > 0 {
+                let ss = &mut first.scope_spans[0];
+                if ss.spans.len() <= need {
+                    need -= ss.spans.len();
+                    part.scope_spans.push(first.scope_spans.remove(0));
+                } else {
+                    let rest = ss.spans.split_off(need);
+                    let taken = std::mem::replace(&mut ss.spans, rest);
+                    part.scope_spans.push(opentelemetry_proto::tonic::trace::v1::ScopeSpans {
+                        scope: ss.scope.clone(),
+                        spans: taken,
+                        schema_url: ss.schema_url.clone(),
+                    });
+                    need = 0;
+                }
+            }
+            head.push(part);
+        }
+        self.recount();
+        let mut out = Batch::from_resource_spans(head);
+        out.finalizers = self.finalizers.clone();
+        Ok(out)
+    }
+}
+
+fn decode_chunks(chunks: &[Bytes]) -> Result<Vec<ResourceSpans>, DecodeError> {
+    let mut out = Vec::new();
+    for c in chunks {
+        out.extend(TracesData::decode(c.as_ref())?.resource_spans);
+    }
+    Ok(out)
+}

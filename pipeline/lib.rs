@@ -1,0 +1,28 @@
+//! # tracepipe-pipeline
+//!
+//! The core every component builds on:
+//! - [`batch`]: the [`Batch`] of spans that travels every channel (encoded OTLP bytes or decoded
+//!   OTLP structs, converted lazily and copy-on-write);
+//! - [`wire`]: the zero-copy OTLP protobuf scanner receivers use to validate and count spans;
+//! - [`otlp_json`]: OTLP/JSON decoding and encoding with the spec's conventions;
+//! - [`topology`]: component contexts ([`Input`], [`Output`]), bounded channels, fan-out with
+//!   all-or-nothing admission, and the running graph (start in reverse topological order, stop in
+//!   topological order, drain on shutdown);
+//! - [`telemetry`]: metric names, the Prometheus `/metrics`, `/healthz`, `/readyz` server and the
+//!   health registry.
+//!
+//! Receivers, processors and sinks depend on this crate; it depends only on `tracepipe-config`.
+
+pub mod batch;
+pub mod otlp_json;
+pub mod telemetry;
+pub mod topology;
+pub mod wire;
+
+#[cfg(test)]
+mod tests;
+
+pub use batch::{Batch, BatchStatus, Finalizer};
+pub use topology::{
+    BuildError, ComponentContext, ComponentError, ComponentFuture, Input, Output, Planned, Refused, RunningTopology,
+};

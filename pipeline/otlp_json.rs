@@ -1,0 +1,25 @@
+//! OTLP/JSON (the protobuf JSON mapping with OTLP's exceptions: hex trace and span ids,
+//! lowerCamelCase keys, 64-bit integers as strings, enums as integers), through the serde
+//! implementation of `opentelemetry-proto`.
+
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
+
+/// Why a JSON body was refused.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid OTLP/JSON: {0}")]
+pub struct JsonError(#[from] serde_json::Error);
+
+/// Parses an OTLP/JSON `ExportTraceServiceRequest` (`{"resourceSpans": [...]}`).
+/// `serde_json` refuses nesting deeper than 128 levels, so hostile input cannot exhaust the stack.
+pub fn decode_request(body: &[u8]) -> Result<Vec<ResourceSpans>, JsonError> {
+    let req: ExportTraceServiceRequest = serde_json::from_slice(body)?;
+    Ok(req.resource_spans)
+}
+
+/// Writes resource spans as one OTLP/JSON `ExportTraceServiceRequest` / `TracesData` object.
+pub fn encode_request(rs: Vec<ResourceSpans>) -> Vec<u8> {
+    let req = ExportTraceServiceRequest { resource_spans: rs };
+    // Serializing plain data into a Vec cannot fail.
+    serde_json::to_vec(&req).unwrap_or_default()
+}

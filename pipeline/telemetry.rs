@@ -1,0 +1,147 @@
+//! Self-telemetry: metric names (one place, mirroring the OTel Collector's set so dashboards
+//! translate), the Prometheus recorder, the health registry and the HTTP server for `/metrics`,
+//! `/healthz` and `/readyz`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Metric names. Counters end in `_total`; labels are bounded: `receiver`, `processor`, `sink`,
+/// `transport`, `reason`.
+pub mod names {
+    /// Spans a receiver accepted into the graph (`receiver`, `transport`).
+    pub const RECEIVER_ACCEPTED_SPANS: &str = "tracepipe_receiver_accepted_spans_total";
+    /// Spans a receiver refused to its sender with a retryable error, or dropped (UDP) because the
+    /// graph was full (`receiver`, `transport`, `reason`).
+    pub const RECEIVER_REFUSED_SPANS: &str = "tracepipe_receiver_refused_spans_total";
+    /// Requests that could not be decoded or were invalid (`receiver`, `transport`, `reason`).
+    pub const RECEIVER_MALFORMED_REQUESTS: &str = "tracepipe_receiver_malformed_requests_total";
+    /// Spans rejected individually inside an otherwise valid request (`partial_success`)
+    /// (`receiver`, `transport`, `reason`).
+    pub const RECEIVER_REJECTED_SPANS: &str = "tracepipe_receiver_rejected_spans_total";
+    /// Spans per batch a processor emits (histogram; `processor`).
+    pub const PROCESSOR_BATCH_SIZE: &str = "tracepipe_processor_batch_size_spans";
+    /// Batches a batch processor emitted, by trigger (`processor`, `trigger` = size|timeout|shutdown).
+    pub const PROCESSOR_BATCH_SENDS: &str = "tracepipe_processor_batch_sends_total";
+    /// Spans a sink delivered (`sink`).
+    pub const SINK_SENT_SPANS: &str = "tracepipe_sink_sent_spans_total";
+    /// Spans a sink gave up on (`sink`, `reason`: permanent, retries_exhausted, queue_full,
+    /// shutdown, encode).
+    pub const SINK_FAILED_SPANS: &str = "tracepipe_sink_failed_spans_total";
+    /// Spans waiting in a sink's queue (gauge; `sink`).
+    pub const SINK_QUEUE_SPANS: &str = "tracepipe_sink_queue_spans";
+    /// Queue capacity in spans (gauge; `sink`).
+    pub const SINK_QUEUE_CAPACITY: &str = "tracepipe_sink_queue_capacity_spans";
+    /// Export attempts retried (`sink`, `reason`).
+    pub const SINK_RETRIES: &str = "tracepipe_sink_retries_total";
+    /// Bytes a sink wrote to the network after compression (`sink`).
+    pub const SINK_SENT_BYTES: &str = "tracepipe_sink_sent_bytes_total";
+    /// Always 1, with `version` and `rustc` labels.
+    pub const BUILD_INFO: &str = "tracepipe_build_info";
+}
+
+/// Installs the global Prometheus recorder and returns the handle that renders it.
+pub fn install_recorder() -> Result<PrometheusHandle, String> {
+    let builder = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full(names::PROCESSOR_BATCH_SIZE.to_owned()),
+            &[1.0, 10.0, 100.0, 500.0, 1000.0, 2000.0, 5000.0, 8192.0, 10000.0, 20000.0, 50000.0],
+        )
+        .map_err(|e| e.to_string())?;
+    let recorder = builder.build_recorder();
+    let handle = recorder.handle();
+    metrics::set_global_recorder(recorder).map_err(|e| e.to_string())?;
+    metrics::gauge!(names::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    Ok(handle)
+}
+
+#[derive(Debug, Default)]
+struct HealthState {
+    /// receiver name -> listening
+    receivers: BTreeMap<String, bool>,
+    /// sink name -> last permanent failure, if any
+    failing_sinks: BTreeMap<String, String>,
+}
+
+/// What `/readyz` reports: every receiver listening, no sink permanently failing.
+#[derive(Debug, Clone, Default)]
+pub struct Health {
+    inner: Arc<Mutex<HealthState>>,
+}
+
+impl Health {
+    /// Declares a receiver that must be listening before the process is ready.
+    pub fn expect_receiver(&self, name: &str) {
+        self.lock().receivers.entry(name.to_owned()).or_insert(false);
+    }
+    /// Marks a receiver listening (or not).
+    pub fn set_listening(&self, name: &str, listening: bool) {
+        self.lock().receivers.insert(name.to_owned(), listening);
+    }
+    /// Records that a sink's last export failed permanently (`Some(reason)`) or succeeded (`None`).
+    pub fn set_sink_failure(&self, name: &str, failure: Option<String>) {
+        let mut s = self.lock();
+        match failure {
+            Some(r) => {
+                s.failing_sinks.insert(name.to_owned(), r);
+            }
+            None => {
+                s.failing_sinks.remove(name);
+            }
+        }
+    }
+    /// `Ok` when ready, otherwise the reasons.
+    pub fn readiness(&self) -> Result<(), Vec<String>> {
+        let s = self.lock();
+        let mut why: Vec<String> = s.receivers.iter().filter(|(_, l)| !**l).map(|(n, _)| format!("receiver {n} is not listening")).collect();
+        why.extend(s.failing_sinks.iter().map(|(n, r)| format!("sink {n} is failing: {r}")));
+        if why.is_empty() { Ok(()) } else { Err(why) }
+    }
+    fn lock(&self) -> std::sync::MutexGuard<'_, HealthState> {
+        // A poisoned lock only means another thread panicked while holding it; the map is still usable.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[derive(Clone)]
+struct ServerState {
+    handle: Option<PrometheusHandle>,
+    health: Health,
+}
+
+/// Binds the telemetry server. Returns the bound address and the serving future, which ends when
+/// `shutdown` fires.
+pub async fn serve(
+    addr: &str,
+    handle: Option<PrometheusHandle>,
+    health: Health,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> std::io::Result<(SocketAddr, impl std::future::Future<Output = std::io::Result<()>>)> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    let app = axum::Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz_handler))
+        .with_state(ServerState { handle, health });
+    let fut = async move { axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await };
+    Ok((local, fut))
+}
+
+async fn metrics_handler(State(s): State<ServerState>) -> impl IntoResponse {
+    let body = s.handle.as_ref().map(|h| h.render()).unwrap_or_default();
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
+}
+
+async fn readyz_handler(State(s): State<ServerState>) -> impl IntoResponse {
+    match s.health.readiness() {
+        Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {}\n", why.join("; "))),
+    }
+}

@@ -1,0 +1,326 @@
+//! The graph runtime: channels between components, fan-out, and the running topology.
+//!
+//! Every processor and sink owns one bounded channel (its [`Input`]); all of its upstreams hold a
+//! sender to it (fan-in). A receiver or processor sends through an [`Output`], which fans a batch
+//! out to every consumer: it first reserves room in *every* consumer's channel, then delivers —
+//! clones of the (cheap, reference-counted) batch to all but the last consumer, the original to
+//! the last. A receiver uses [`Output::send_or_refuse`], which waits a bounded time for room and
+//! otherwise refuses the whole batch, so the receiver can answer its client with a retryable error
+//! and nothing is half-delivered. Processors use [`Output::send`], which waits: backpressure
+//! travels upstream stage by stage until it reaches a receiver.
+//!
+//! Shutdown: receivers watch a cancellation token; when it fires they stop accepting and return,
+//! which drops their senders. Each processor sees its input close once every upstream is gone,
+//! flushes, and returns; each sink drains its input and flushes. So stopping the receivers drains
+//! the graph in topological order, and [`RunningTopology::stop`] waits for it in that order.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracepipe_config::ComponentKind;
+
+use crate::batch::Batch;
+use crate::telemetry::Health;
+
+/// The task a built component runs until its input closes or shutdown is signalled.
+pub type ComponentFuture = Pin<Box<dyn Future<Output = Result<(), ComponentError>> + Send>>;
+
+/// A component failed while running.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ComponentError(pub String);
+
+/// A component could not be built (a port in use, a file that cannot be opened, bad TLS files…).
+#[derive(Debug, thiserror::Error)]
+#[error("{kind} `{name}`: {message}")]
+pub struct BuildError {
+    /// receiver, processor or sink.
+    pub kind: &'static str,
+    /// The component's name.
+    pub name: String,
+    /// What went wrong.
+    pub message: String,
+}
+
+/// The receiving end of a component's bounded channel.
+#[derive(Debug)]
+pub struct Input {
+    rx: mpsc::Receiver<Batch>,
+}
+
+impl Input {
+    /// The next batch, or `None` once every upstream has stopped and the channel is drained.
+    pub async fn recv(&mut self) -> Option<Batch> {
+        self.rx.recv().await
+    }
+    /// Batches waiting in the channel.
+    pub fn len(&self) -> usize {
+        self.rx.len()
+    }
+    /// True when nothing is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.rx.is_empty()
+    }
+    /// A channel for tests: returns the sender side and the input.
+    pub fn channel(capacity: usize) -> (mpsc::Sender<Batch>, Input) {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        (tx, Input { rx })
+    }
+}
+
+/// A batch was not admitted: the graph is full (retryable) or is shutting down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    /// Every consumer did not have room within the admission timeout.
+    #[error("the pipeline is full")]
+    Full,
+    /// A consumer has stopped (shutdown in progress).
+    #[error("the pipeline is shutting down")]
+    Closed,
+}
+
+/// The fan-out to a component's consumers.
+#[derive(Debug, Clone)]
+pub struct Output {
+    consumers: Arc<[mpsc::Sender<Batch>]>,
+}
+
+impl Output {
+    /// An output over the given consumer channels.
+    pub fn new(consumers: Vec<mpsc::Sender<Batch>>) -> Self {
+        Output { consumers: consumers.into() }
+    }
+
+    /// Number of consumers.
+    pub fn consumer_count(&self) -> usize {
+        self.consumers.len()
+    }
+
+    /// Delivers the batch to every consumer, waiting for room. Errors only if a consumer is gone.
+    pub async fn send(&self, batch: Batch) -> Result<(), Refused> {
+        let mut permits = Vec::with_capacity(self.consumers.len());
+        for c in self.consumers.iter() {
+            permits.push(c.reserve().await.map_err(|_| Refused::Closed)?);
+        }
+        deliver(permits, batch);
+        Ok(())
+    }
+
+    /// Delivers the batch to every consumer if all of them have room within `wait`; otherwise
+    /// delivers it to none and returns why.
+    pub async fn send_or_refuse(&self, batch: Batch, wait: Duration) -> Result<(), Refused> {
+        let mut permits = Vec::with_capacity(self.consumers.len());
+        // Fast path: no waiting when there is room.
+        for c in self.consumers.iter() {
+            match c.try_reserve() {
+                Ok(p) => permits.push(p),
+                Err(mpsc::error::TrySendError::Closed(_)) => return Err(Refused::Closed),
+                Err(mpsc::error::TrySendError::Full(_)) => break,
+            }
+        }
+        if permits.len() < self.consumers.len() {
+            let start = permits.len();
+            let rest = async {
+                let mut more = Vec::new();
+                for c in self.consumers[start..].iter() {
+                    more.push(c.reserve().await.map_err(|_| Refused::Closed)?);
+                }
+                Ok::<_, Refused>(more)
+            };
+            match tokio::time::timeout(wait, rest).await {
+                Ok(Ok(more)) => permits.extend(more),
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Err(Refused::Full),
+            }
+        }
+        deliver(permits, batch);
+        Ok(())
+    }
+}
+
+fn deliver(permits: Vec<mpsc::Permit<'_, Batch>>, batch: Batch) {
+    let n = permits.len();
+    let mut batch = Some(batch);
+    for (i, p) in permits.into_iter().enumerate() {
+        if i + 1 == n {
+            if let Some(b) = batch.take() {
+                p.send(b);
+            }
+        } else if let Some(b) = &batch {
+            p.send(b.clone());
+        }
+    }
+}
+
+/// What a component gets when it is built.
+pub struct ComponentContext {
+    /// Its name in the config.
+    pub name: String,
+    /// Receiver, processor or sink.
+    pub kind: ComponentKind,
+    /// Its input channel (processors and sinks).
+    pub input: Option<Input>,
+    /// Its fan-out (receivers and processors).
+    pub output: Option<Output>,
+    /// Fires when the process is stopping; receivers stop accepting when it does.
+    pub shutdown: CancellationToken,
+    /// Readiness registry.
+    pub health: Health,
+}
+
+impl ComponentContext {
+    /// The input; processors and sinks always have one.
+    pub fn take_input(&mut self) -> Result<Input, BuildError> {
+        self.input.take().ok_or_else(|| self.error("has no input channel"))
+    }
+    /// The output; receivers and processors always have one.
+    pub fn take_output(&mut self) -> Result<Output, BuildError> {
+        self.output.take().ok_or_else(|| self.error("has no output"))
+    }
+    /// A build error for this component.
+    pub fn error(&self, message: impl Into<String>) -> BuildError {
+        BuildError { kind: self.kind.as_str(), name: self.name.clone(), message: message.into() }
+    }
+}
+
+/// A future that builds a component (binds its sockets, opens its files) and yields its task.
+pub type BuildFuture = Pin<Box<dyn Future<Output = Result<ComponentFuture, BuildError>> + Send>>;
+
+/// One component ready to be wired: its place in the graph and its builder.
+pub struct Planned {
+    /// Name.
+    pub name: String,
+    /// Section.
+    pub kind: ComponentKind,
+    /// Names of its inputs.
+    pub inputs: Vec<String>,
+    /// Capacity of its input channel, in batches.
+    pub channel_capacity: usize,
+    /// Builds it.
+    pub build: Box<dyn FnOnce(ComponentContext) -> BuildFuture + Send>,
+}
+
+/// A started graph.
+pub struct RunningTopology {
+    tasks: Vec<(String, ComponentKind, JoinHandle<Result<(), ComponentError>>)>,
+    shutdown: CancellationToken,
+    /// Readiness registry shared with the telemetry server.
+    pub health: Health,
+}
+
+impl RunningTopology {
+    /// Wires and starts the components. `planned` must be in topological order; components are
+    /// built and started in reverse order, so every consumer runs before its producers.
+    pub async fn start(planned: Vec<Planned>, health: Health) -> Result<RunningTopology, BuildError> {
+        let shutdown = CancellationToken::new();
+        let mut senders: std::collections::HashMap<String, mpsc::Sender<Batch>> = Default::default();
+        let mut inputs: std::collections::HashMap<String, Input> = Default::default();
+        for p in &planned {
+            if p.kind != ComponentKind::Receiver {
+                let (tx, input) = Input::channel(p.channel_capacity);
+                senders.insert(p.name.clone(), tx);
+                inputs.insert(p.name.clone(), input);
+            }
+        }
+        // Consumers of each component, in config order.
+        let mut consumers: std::collections::HashMap<String, Vec<mpsc::Sender<Batch>>> = Default::default();
+        for p in &planned {
+            for i in &p.inputs {
+                if let Some(tx) = senders.get(&p.name) {
+                    consumers.entry(i.clone()).or_default().push(tx.clone());
+                }
+            }
+        }
+        drop(senders);
+        let mut tasks: Vec<(String, ComponentKind, JoinHandle<Result<(), ComponentError>>)> = Vec::new();
+        for p in planned.into_iter().rev() {
+            let output = match p.kind {
+                ComponentKind::Sink => None,
+                _ => Some(Output::new(consumers.remove(&p.name).unwrap_or_default())),
+            };
+            let ctx = ComponentContext {
+                name: p.name.clone(),
+                kind: p.kind,
+                input: inputs.remove(&p.name),
+                output,
+                shutdown: shutdown.clone(),
+                health: health.clone(),
+            };
+            let fut = match (p.build)(ctx).await {
+                Ok(f) => f,
+                Err(e) => {
+                    // Stop what already started before reporting.
+                    shutdown.cancel();
+                    for (_, _, t) in tasks {
+                        t.abort();
+                    }
+                    return Err(e);
+                }
+            };
+            tracing::debug!(message = "Component started.", kind = p.kind.as_str(), name = %p.name);
+            tasks.push((p.name, p.kind, tokio::spawn(fut)));
+        }
+        tasks.reverse();
+        Ok(RunningTopology { tasks, shutdown, health })
+    }
+
+    /// A token that fires when the topology is asked to stop.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Waits until every component has finished by itself (for graphs whose receivers end, such
+    /// as a replay) and returns the first error.
+    pub async fn wait(self) -> Result<(), ComponentError> {
+        let mut first = Ok(());
+        for (name, kind, t) in self.tasks {
+            let r = flatten(&name, kind, t.await);
+            if first.is_ok() {
+                first = r;
+            }
+        }
+        first
+    }
+
+    /// Stops accepting, drains every stage in topological order, flushes the sinks. Components
+    /// still running after `deadline` are aborted and reported.
+    pub async fn stop(self, deadline: Duration) -> Result<(), ComponentError> {
+        self.shutdown.cancel();
+        let until = tokio::time::Instant::now() + deadline;
+        let mut first: Result<(), ComponentError> = Ok(());
+        for (name, kind, mut t) in self.tasks {
+            let r = match tokio::time::timeout_at(until, &mut t).await {
+                Ok(joined) => flatten(&name, kind, joined),
+                Err(_) => {
+                    t.abort();
+                    Err(ComponentError(format!("{} `{name}` did not finish draining within {deadline:?}", kind.as_str())))
+                }
+            };
+            if let Err(e) = &r {
+                tracing::error!(message = "Component stopped with an error.", kind = kind.as_str(), name = %name, error = %e);
+            } else {
+                tracing::debug!(message = "Component stopped.", kind = kind.as_str(), name = %name);
+            }
+            if first.is_ok() {
+                first = r;
+            }
+        }
+        first
+    }
+}
+
+fn flatten(
+    name: &str,
+    kind: ComponentKind,
+    joined: Result<Result<(), ComponentError>, tokio::task::JoinError>,
+) -> Result<(), ComponentError> {
+    match joined {
+        Ok(r) => r,
+        Err(e) => Err(ComponentError(format!("{} `{name}` panicked or was cancelled: {e}", kind.as_str()))),
+    }
+}

@@ -1,0 +1,375 @@
+//! A zero-copy scanner for OTLP trace protobuf (`TracesData` / `ExportTraceServiceRequest`,
+//! which share one wire format).
+//!
+//! Receivers run it once on every request: it proves the bytes are well-formed protobuf that
+//! `prost` will decode later (same wire types for known fields, valid UTF-8 strings, bounded
+//! nesting), counts spans, and finds spans with bad ids — without allocating per span. A batch
+//! whose bytes passed the scan can then travel the graph and leave through an OTLP sink
+//! untouched. Only requests with invalid spans take the slow path (decode, drop, re-encode).
+
+/// Deepest `AnyValue` nesting (arrays and key-value lists inside attributes) accepted.
+pub const MAX_ANY_VALUE_DEPTH: usize = 32;
+
+/// Why the bytes are not a valid OTLP trace message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    /// The buffer ended inside a field.
+    #[error("truncated protobuf at byte {0}")]
+    Truncated(usize),
+    /// A varint longer than 10 bytes.
+    #[error("invalid varint at byte {0}")]
+    BadVarint(usize),
+    /// A field with wire type 3, 4, 6 or 7, or a known field with the wrong wire type.
+    #[error("invalid wire type {wire_type} for field {field} of {message} at byte {offset}")]
+    BadWireType {
+        /// Message being read.
+        message: &'static str,
+        /// Field number.
+        field: u64,
+        /// Wire type found.
+        wire_type: u8,
+        /// Byte offset.
+        offset: usize,
+    },
+    /// Field number 0.
+    #[error("invalid field number 0 at byte {0}")]
+    BadField(usize),
+    /// A string field that is not UTF-8.
+    #[error("invalid UTF-8 in a string field of {0}")]
+    BadUtf8(&'static str),
+    /// Attributes nested deeper than [`MAX_ANY_VALUE_DEPTH`].
+    #[error("attribute values nested deeper than {MAX_ANY_VALUE_DEPTH} levels")]
+    TooDeep,
+}
+
+/// Why a single span is refused (the rest of the request may still be accepted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SpanProblem {
+    /// `trace_id` is not 16 bytes.
+    TraceIdLength,
+    /// `trace_id` is all zero.
+    TraceIdZero,
+    /// `span_id` is not 8 bytes.
+    SpanIdLength,
+    /// `span_id` is all zero.
+    SpanIdZero,
+    /// `parent_span_id` is neither empty nor 8 bytes.
+    ParentIdLength,
+    /// A link's trace or span id has the wrong length.
+    LinkIdLength,
+}
+
+impl SpanProblem {
+    /// A short reason, used in `partial_success.error_message` and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SpanProblem::TraceIdLength => "trace_id must be 16 bytes",
+            SpanProblem::TraceIdZero => "trace_id must not be all zero",
+            SpanProblem::SpanIdLength => "span_id must be 8 bytes",
+            SpanProblem::SpanIdZero => "span_id must not be all zero",
+            SpanProblem::ParentIdLength => "parent_span_id must be empty or 8 bytes",
+            SpanProblem::LinkIdLength => "link ids must be 16 and 8 bytes",
+        }
+    }
+}
+
+/// What a scan found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScanReport {
+    /// Number of spans in the message.
+    pub spans: usize,
+    /// Invalid spans: (index in message order, problem). Empty in the common case.
+    pub invalid: Vec<(usize, SpanProblem)>,
+}
+
+const VARINT: u8 = 0;
+const I64: u8 = 1;
+const LEN: u8 = 2;
+const I32: u8 = 5;
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+    base: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn new(buf: &'a [u8], base: usize) -> Self {
+        Reader { buf, pos: 0, base }
+    }
+    fn done(&self) -> bool {
+        self.pos >= self.buf.len()
+    }
+    fn varint(&mut self) -> Result<u64, WireError> {
+        let mut v: u64 = 0;
+        for i in 0..10 {
+            let Some(&b) = self.buf.get(self.pos) else {
+                return Err(WireError::Truncated(self.base + self.pos));
+            };
+            self.pos += 1;
+            v |= u64::from(b & 0x7f) << (7 * i);
+            if b < 0x80 {
+                return Ok(v);
+            }
+        }
+        Err(WireError::BadVarint(self.base + self.pos))
+    }
+    /// Reads a tag: (field number, wire type).
+    fn tag(&mut self) -> Result<(u64, u8), WireError> {
+        let at = self.base + self.pos;
+        let t = self.varint()?;
+        let field = t >> 3;
+        if field == 0 {
+            return Err(WireError::BadField(at));
+        }
+        Ok((field, (t & 7) as u8))
+    }
+    fn take(&mut self, n: usize) -> Result<&'a [u8], WireError> {
+        let end = self.pos.checked_add(n).filter(|e| *e <= self.buf.len()).ok_or(WireError::Truncated(self.base + self.buf.len()))?;
+        let s = &self.buf[self.pos..end];
+        self.pos = end;
+        Ok(s)
+    }
+    /// Reads the payload of a LEN field; returns it and its absolute offset.
+    fn len_delimited(&mut self) -> Result<(&'a [u8], usize), WireError> {
+        let n = self.varint()?;
+        let n = usize::try_from(n).map_err(|_| WireError::Truncated(self.base + self.pos))?;
+        let at = self.base + self.pos;
+        Ok((self.take(n)?, at))
+    }
+    fn skip(&mut self, wire_type: u8, message: &'static str, field: u64) -> Result<(), WireError> {
+        match wire_type {
+            VARINT => self.varint().map(|_| ()),
+            I64 => self.take(8).map(|_| ()),
+            I32 => self.take(4).map(|_| ()),
+            LEN => self.len_delimited().map(|_| ()),
+            w => Err(WireError::BadWireType { message, field, wire_type: w, offset: self.base + self.pos }),
+        }
+    }
+    fn expect(&self, message: &'static str, field: u64, got: u8, want: u8) -> Result<(), WireError> {
+        if got == want {
+            Ok(())
+        } else {
+            Err(WireError::BadWireType { message, field, wire_type: got, offset: self.base + self.pos })
+        }
+    }
+}
+
+fn utf8(s: &[u8], message: &'static str) -> Result<(), WireError> {
+    std::str::from_utf8(s).map(|_| ()).map_err(|_| WireError::BadUtf8(message))
+}
+
+/// Field types the walker checks (the wire type `prost` expects, plus UTF-8 for strings).
+#[derive(Clone, Copy)]
+enum F {
+    Str,
+    Bytes,
+    Varint,
+    I64,
+    I32,
+    Msg(M),
+}
+
+/// The messages of the OTLP trace schema.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum M {
+    TracesData,
+    ResourceSpans,
+    Resource,
+    EntityRef,
+    ScopeSpans,
+    Scope,
+    Span,
+    Event,
+    Link,
+    Status,
+    KeyValue,
+    AnyValue,
+    ArrayValue,
+    KeyValueList,
+}
+
+impl M {
+    fn name(self) -> &'static str {
+        match self {
+            M::TracesData => "TracesData",
+            M::ResourceSpans => "ResourceSpans",
+            M::Resource => "Resource",
+            M::EntityRef => "EntityRef",
+            M::ScopeSpans => "ScopeSpans",
+            M::Scope => "InstrumentationScope",
+            M::Span => "Span",
+            M::Event => "Span.Event",
+            M::Link => "Span.Link",
+            M::Status => "Status",
+            M::KeyValue => "KeyValue",
+            M::AnyValue => "AnyValue",
+            M::ArrayValue => "ArrayValue",
+            M::KeyValueList => "KeyValueList",
+        }
+    }
+
+    /// The schema: what each known field of each message is (from opentelemetry-proto 1.x).
+    fn field(self, n: u64) -> Option<F> {
+        use F::*;
+        Some(match (self, n) {
+            (M::TracesData, 1) => Msg(M::ResourceSpans),
+            (M::ResourceSpans, 1) => Msg(M::Resource),
+            (M::ResourceSpans, 2) => Msg(M::ScopeSpans),
+            (M::ResourceSpans, 3) => Str,
+            (M::Resource, 1) => Msg(M::KeyValue),
+            (M::Resource, 2) => Varint,
+            (M::Resource, 3) => Msg(M::EntityRef),
+            (M::EntityRef, 1 | 2 | 3 | 4) => Str,
+            (M::ScopeSpans, 1) => Msg(M::Scope),
+            (M::ScopeSpans, 2) => Msg(M::Span),
+            (M::ScopeSpans, 3) => Str,
+            (M::Scope, 1 | 2) => Str,
+            (M::Scope, 3) => Msg(M::KeyValue),
+            (M::Scope, 4) => Varint,
+            (M::Span, 1 | 2 | 4) => Bytes,
+            (M::Span, 3 | 5) => Str,
+            (M::Span, 6 | 10 | 12 | 14) => Varint,
+            (M::Span, 7 | 8) => I64,
+            (M::Span, 9) => Msg(M::KeyValue),
+            (M::Span, 11) => Msg(M::Event),
+            (M::Span, 13) => Msg(M::Link),
+            (M::Span, 15) => Msg(M::Status),
+            (M::Span, 16) => I32,
+            (M::Event, 1) => I64,
+            (M::Event, 2) => Str,
+            (M::Event, 3) => Msg(M::KeyValue),
+            (M::Event, 4) => Varint,
+            (M::Link, 1 | 2) => Bytes,
+            (M::Link, 3) => Str,
+            (M::Link, 4) => Msg(M::KeyValue),
+            (M::Link, 5) => Varint,
+            (M::Link, 6) => I32,
+            (M::Status, 2) => Str,
+            (M::Status, 3) => Varint,
+            (M::KeyValue, 1) => Str,
+            (M::KeyValue, 2) => Msg(M::AnyValue),
+            (M::KeyValue, 3) => Varint,
+            (M::AnyValue, 1) => Str,
+            (M::AnyValue, 2 | 3 | 8) => Varint,
+            (M::AnyValue, 4) => I64,
+            (M::AnyValue, 5) => Msg(M::ArrayValue),
+            (M::AnyValue, 6) => Msg(M::KeyValueList),
+            (M::AnyValue, 7) => Bytes,
+            (M::ArrayValue, 1) => Msg(M::AnyValue),
+            (M::KeyValueList, 1) => Msg(M::KeyValue),
+            _ => return None,
+        })
+    }
+}
+
+/// Per-span facts collected while walking a `Span`.
+#[derive(Default)]
+struct SpanFacts<'a> {
+    trace_id: &'a [u8],
+    span_id: &'a [u8],
+    problem: Option<SpanProblem>,
+}
+
+/// Scans an encoded `TracesData` / `ExportTraceServiceRequest`.
+pub fn scan_traces(buf: &[u8]) -> Result<ScanReport, WireError> {
+    let mut report = ScanReport::default();
+    walk(M::TracesData, buf, 0, 0, &mut report, &mut None)?;
+    Ok(report)
+}
+
+/// Nesting below `AnyValue` counts against [`MAX_ANY_VALUE_DEPTH`]; the fixed part of the schema
+/// above it is at most 6 levels deep.
+fn walk<'a>(
+    msg: M,
+    buf: &'a [u8],
+    base: usize,
+    depth: usize,
+    report: &mut ScanReport,
+    span: &mut Option<SpanFacts<'a>>,
+) -> Result<(), WireError> {
+    if depth > MAX_ANY_VALUE_DEPTH * 2 + 8 {
+        return Err(WireError::TooDeep);
+    }
+    let mut r = Reader::new(buf, base);
+    while !r.done() {
+        let (field, wt) = r.tag()?;
+        let Some(kind) = msg.field(field) else {
+            r.skip(wt, msg.name(), field)?;
+            continue;
+        };
+        match kind {
+            F::Varint => {
+                r.expect(msg.name(), field, wt, VARINT)?;
+                r.varint()?;
+            }
+            F::I64 => {
+                r.expect(msg.name(), field, wt, I64)?;
+                r.take(8)?;
+            }
+            F::I32 => {
+                r.expect(msg.name(), field, wt, I32)?;
+                r.take(4)?;
+            }
+            F::Str => {
+                r.expect(msg.name(), field, wt, LEN)?;
+                utf8(r.len_delimited()?.0, msg.name())?;
+            }
+            F::Bytes => {
+                r.expect(msg.name(), field, wt, LEN)?;
+                let b = r.len_delimited()?.0;
+                if let Some(f) = span.as_mut() {
+                    match (msg, field) {
+                        (M::Span, 1) => f.trace_id = b,
+                        (M::Span, 2) => f.span_id = b,
+                        (M::Span, 4) if !b.is_empty() && b.len() != 8 => {
+                            f.problem.get_or_insert(SpanProblem::ParentIdLength);
+                        }
+                        (M::Link, 1) if b.len() != 16 => {
+                            f.problem.get_or_insert(SpanProblem::LinkIdLength);
+                        }
+                        (M::Link, 2) if b.len() != 8 => {
+                            f.problem.get_or_insert(SpanProblem::LinkIdLength);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            F::Msg(sub) => {
+                r.expect(msg.name(), field, wt, LEN)?;
+                let (inner, at) = r.len_delimited()?;
+                let deeper = if matches!(sub, M::AnyValue) { depth + 2 } else { depth + 1 };
+                if sub == M::AnyValue && deeper / 2 > MAX_ANY_VALUE_DEPTH {
+                    return Err(WireError::TooDeep);
+                }
+                if sub == M::Span {
+                    let mut facts = Some(SpanFacts::default());
+                    walk(sub, inner, at, deeper, report, &mut facts)?;
+                    let f = facts.unwrap_or_default();
+                    let index = report.spans;
+                    report.spans += 1;
+                    if let Some(p) = span_problem(&f) {
+                        report.invalid.push((index, p));
+                    }
+                } else {
+                    walk(sub, inner, at, deeper, report, span)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn span_problem(f: &SpanFacts<'_>) -> Option<SpanProblem> {
+    if f.trace_id.len() != 16 {
+        Some(SpanProblem::TraceIdLength)
+    } else if f.trace_id.iter().all(|b| *b == 0) {
+        Some(SpanProblem::TraceIdZero)
+    } else if f.span_id.len() != 8 {
+        Some(SpanProblem::SpanIdLength)
+    } else if f.span_id.iter().all(|b| *b == 0) {
+        Some(SpanProblem::SpanIdZero)
+    } else {
+        f.problem
+    }
+}
