@@ -94,6 +94,18 @@ impl Node {
         }
     }
 
+    /// Replaces a `key:` with no value by an empty mapping (`grpc:` alone means "enabled with
+    /// defaults", as in the OTel Collector).
+    pub fn null_to_empty_map(&mut self, key: &str) {
+        if let Value::Map(entries) = &mut self.value {
+            for (k, v) in entries.iter_mut() {
+                if k.name == key && v.value == Value::Null {
+                    v.value = Value::Map(Vec::new());
+                }
+            }
+        }
+    }
+
     /// A short name of the node's type, for messages.
     pub fn type_name(&self) -> &'static str {
         match self.value {

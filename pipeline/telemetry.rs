@@ -122,7 +122,7 @@ pub async fn serve(
     handle: Option<PrometheusHandle>,
     health: Health,
     shutdown: tokio_util::sync::CancellationToken,
-) -> std::io::Result<(SocketAddr, impl std::future::Future<Output = std::io::Result<()>>)> {
+) -> std::io::Result<(SocketAddr, impl std::future::Future<Output = std::io::Result<()>> + use<>)> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     let app = axum::Router::new()

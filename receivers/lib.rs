@@ -1,1 +1,54 @@
-//! tracepipe-receivers
+//! # tracepipe-receivers
+//!
+//! Components that bring spans into the graph. One folder per receiver:
+//! - [`otlp`]: OTLP over gRPC (4317) and HTTP (4318), protobuf and JSON.
+//!
+//! Every receiver validates input before admitting it, answers its sender with a retryable
+//! error when the graph is full, and counts what it accepted, refused and could not decode
+//! (see `tracepipe_pipeline::telemetry::names`).
+//!
+//! Registration is the one explicit `match` in [`validate`], from the YAML `type` to a config.
+
+pub mod otlp;
+
+use tracepipe_config::{ComponentDecl, ConfigError, Endpoint};
+use tracepipe_pipeline::topology::{BuildFuture, ComponentContext};
+
+/// Every receiver type, for messages and `--help`.
+pub const TYPES: &[&str] = &["otlp"];
+
+/// A receiver's validated configuration.
+#[derive(Debug, Clone)]
+pub enum ReceiverConfig {
+    /// `type: otlp`.
+    Otlp(otlp::OtlpConfig),
+}
+
+/// Checks a receiver declaration; no I/O.
+pub fn validate(decl: &ComponentDecl, file: &str) -> Result<ReceiverConfig, Vec<ConfigError>> {
+    match decl.type_name.as_str() {
+        "otlp" => otlp::OtlpConfig::from_node(&decl.body, file).map(ReceiverConfig::Otlp),
+        "" => Err(vec![]), // reported by the loader
+        other => Err(vec![ConfigError::new(
+            file,
+            decl.type_pos,
+            format!("unknown receiver type `{other}`; known types: {}", TYPES.join(", ")),
+        )]),
+    }
+}
+
+impl ReceiverConfig {
+    /// Addresses this receiver will listen on, with their transport, for conflict checks.
+    pub fn listen_addresses(&self) -> Vec<(Endpoint, &'static str)> {
+        match self {
+            ReceiverConfig::Otlp(c) => c.listen_addresses(),
+        }
+    }
+
+    /// Builds the receiver: binds its sockets, then returns its task.
+    pub fn build(self, ctx: ComponentContext) -> BuildFuture {
+        match self {
+            ReceiverConfig::Otlp(c) => Box::pin(otlp::build(c, ctx)),
+        }
+    }
+}

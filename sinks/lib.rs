@@ -1,1 +1,48 @@
-//! tracepipe-sinks
+//! # tracepipe-sinks
+//!
+//! Components that deliver batches out of the graph. One folder each:
+//! - [`otlp`]: OTLP/gRPC, OTLP/HTTP protobuf and JSON, with compression, headers, TLS, retry
+//!   and a bounded queue;
+//! - [`debug`]: span counts or whole spans to the log, or OTLP/JSON lines to a file.
+//!
+//! Every sink counts `tracepipe_sink_sent_spans_total` and, with a reason,
+//! `tracepipe_sink_failed_spans_total`, so that accepted = sent + failed in a quiet graph.
+//! Registration is the one explicit `match` in [`validate`].
+
+pub mod debug;
+pub mod otlp;
+
+use tracepipe_config::{ComponentDecl, ConfigError};
+use tracepipe_pipeline::topology::{BuildFuture, ComponentContext};
+
+/// Every sink type.
+pub const TYPES: &[&str] = &["otlp", "debug"];
+
+/// A sink's validated configuration.
+#[derive(Debug, Clone)]
+pub enum SinkConfig {
+    /// `type: otlp`.
+    Otlp(otlp::OtlpSinkConfig),
+    /// `type: debug`.
+    Debug(debug::DebugConfig),
+}
+
+/// Checks a sink declaration; no I/O.
+pub fn validate(decl: &ComponentDecl, file: &str) -> Result<SinkConfig, Vec<ConfigError>> {
+    match decl.type_name.as_str() {
+        "otlp" => otlp::OtlpSinkConfig::from_node(&decl.body, file).map(SinkConfig::Otlp),
+        "debug" => debug::DebugConfig::from_node(&decl.body, file).map(SinkConfig::Debug),
+        "" => Err(vec![]),
+        other => Err(vec![ConfigError::new(file, decl.type_pos, format!("unknown sink type `{other}`; known types: {}", TYPES.join(", ")))]),
+    }
+}
+
+impl SinkConfig {
+    /// Builds the sink task.
+    pub fn build(self, ctx: ComponentContext) -> BuildFuture {
+        match self {
+            SinkConfig::Otlp(c) => Box::pin(otlp::build(c, ctx)),
+            SinkConfig::Debug(c) => Box::pin(debug::build(c, ctx)),
+        }
+    }
+}

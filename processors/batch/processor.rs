@@ -1,0 +1,100 @@
+//! The batch processor's task.
+
+use metrics::{Counter, Histogram};
+use tokio::time::Instant;
+use tracepipe_pipeline::telemetry::names;
+use tracepipe_pipeline::topology::{BuildError, ComponentContext, ComponentError, ComponentFuture, Output};
+use tracepipe_pipeline::Batch;
+
+use super::config::BatchConfig;
+
+#[derive(Clone, Copy)]
+enum Trigger {
+    Size,
+    Timeout,
+    Shutdown,
+}
+
+struct Emitter {
+    output: Output,
+    max: usize,
+    sizes: Histogram,
+    by_size: Counter,
+    by_timeout: Counter,
+    by_shutdown: Counter,
+    name: String,
+}
+
+impl Emitter {
+    async fn emit(&self, mut pending: Batch, trigger: Trigger) -> Result<(), ComponentError> {
+        loop {
+            let piece = if self.max > 0 && pending.span_count() > self.max {
+                pending.split_to(self.max).map_err(|e| ComponentError(format!("processor `{}`: {e}", self.name)))?
+            } else {
+                std::mem::replace(&mut pending, Batch::empty())
+            };
+            if piece.is_empty() {
+                return Ok(());
+            }
+            self.sizes.record(piece.span_count() as f64);
+            match trigger {
+                Trigger::Size => self.by_size.increment(1),
+                Trigger::Timeout => self.by_timeout.increment(1),
+                Trigger::Shutdown => self.by_shutdown.increment(1),
+            }
+            self.output
+                .send(piece)
+                .await
+                .map_err(|e| ComponentError(format!("processor `{}`: downstream stopped: {e}", self.name)))?;
+        }
+    }
+}
+
+/// Builds the batch processor task.
+pub async fn build(cfg: BatchConfig, mut ctx: ComponentContext) -> Result<ComponentFuture, BuildError> {
+    let mut input = ctx.take_input()?;
+    let output = ctx.take_output()?;
+    let p = ctx.name.clone();
+    let em = Emitter {
+        output,
+        max: cfg.send_batch_max_size,
+        sizes: metrics::histogram!(names::PROCESSOR_BATCH_SIZE, "processor" => p.clone()),
+        by_size: metrics::counter!(names::PROCESSOR_BATCH_SENDS, "processor" => p.clone(), "trigger" => "size"),
+        by_timeout: metrics::counter!(names::PROCESSOR_BATCH_SENDS, "processor" => p.clone(), "trigger" => "timeout"),
+        by_shutdown: metrics::counter!(names::PROCESSOR_BATCH_SENDS, "processor" => p.clone(), "trigger" => "shutdown"),
+        name: p,
+    };
+    let timeout = cfg.timeout.get();
+    let size = cfg.send_batch_size;
+    Ok(Box::pin(async move {
+        let mut pending = Batch::empty();
+        let mut deadline: Option<Instant> = None;
+        loop {
+            tokio::select! {
+                biased;
+                next = input.recv() => match next {
+                    Some(b) => {
+                        pending.append(b).map_err(|e| ComponentError(format!("processor `{}`: {e}", em.name)))?;
+                        if pending.span_count() >= size || timeout.is_zero() {
+                            let full = std::mem::replace(&mut pending, Batch::empty());
+                            em.emit(full, if timeout.is_zero() { Trigger::Timeout } else { Trigger::Size }).await?;
+                            deadline = None;
+                        } else if deadline.is_none() && !pending.is_empty() {
+                            deadline = Some(Instant::now() + timeout);
+                        }
+                    }
+                    None => {
+                        let rest = std::mem::replace(&mut pending, Batch::empty());
+                        em.emit(rest, Trigger::Shutdown).await?;
+                        return Ok(());
+                    }
+                },
+                _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                    let due = std::mem::replace(&mut pending, Batch::empty());
+                    em.emit(due, Trigger::Timeout).await?;
+                    deadline = None;
+                }
+            }
+        }
+    }))
+}

@@ -1,0 +1,139 @@
+//! The gRPC `TraceService/Export` server, on tonic, with a codec that keeps the request as bytes.
+
+use std::convert::Infallible;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes};
+use futures::future::BoxFuture;
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTracePartialSuccess, ExportTraceServiceResponse};
+use prost::Message;
+use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::{Code, Status};
+use tracepipe_pipeline::topology::{BuildError, ComponentContext, ComponentFuture};
+
+use super::config::GrpcConfig;
+use super::ingest::{Ingest, IngestError, Transport};
+
+const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
+/// Decodes requests as raw bytes, encodes prost responses.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct RawRequestCodec;
+
+impl Codec for RawRequestCodec {
+    type Encode = ExportTraceServiceResponse;
+    type Decode = Bytes;
+    type Encoder = RawRequestCodec;
+    type Decoder = RawRequestCodec;
+    fn encoder(&mut self) -> Self::Encoder {
+        *self
+    }
+    fn decoder(&mut self) -> Self::Decoder {
+        *self
+    }
+}
+
+impl Encoder for RawRequestCodec {
+    type Item = ExportTraceServiceResponse;
+    type Error = Status;
+    fn encode(&mut self, item: Self::Item, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        item.encode(dst).map_err(|e| Status::internal(e.to_string()))
+    }
+}
+
+impl Decoder for RawRequestCodec {
+    type Item = Bytes;
+    type Error = Status;
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
+        let n = src.remaining();
+        Ok(Some(src.copy_to_bytes(n)))
+    }
+}
+
+#[derive(Clone)]
+struct ExportService {
+    ingest: Ingest,
+    max_size: usize,
+}
+
+struct Unary(Ingest);
+
+impl tonic::server::UnaryService<Bytes> for Unary {
+    type Response = ExportTraceServiceResponse;
+    type Future = BoxFuture<'static, Result<tonic::Response<ExportTraceServiceResponse>, Status>>;
+    fn call(&mut self, request: tonic::Request<Bytes>) -> Self::Future {
+        let ingest = self.0.clone();
+        Box::pin(async move {
+            match ingest.protobuf(Transport::Grpc, request.into_inner()).await {
+                Ok(acc) => {
+                    let partial_success = (acc.rejected > 0).then(|| ExportTracePartialSuccess { rejected_spans: acc.rejected as i64, error_message: acc.message });
+                    Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success }))
+                }
+                Err(e @ IngestError::Malformed(_)) => Err(Status::new(Code::InvalidArgument, e.to_string())),
+                Err(e @ (IngestError::Full | IngestError::ShuttingDown)) => Err(Status::new(Code::Unavailable, e.to_string())),
+            }
+        })
+    }
+}
+
+impl<B> tower::Service<http::Request<B>> for ExportService
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            if req.uri().path() != EXPORT_PATH {
+                return Ok(Status::unimplemented(format!("unknown method {}", req.uri().path())).into_http());
+            }
+            let mut grpc = tonic::server::Grpc::new(RawRequestCodec)
+                .accept_compressed(CompressionEncoding::Gzip)
+                .accept_compressed(CompressionEncoding::Zstd)
+                .send_compressed(CompressionEncoding::Gzip)
+                .send_compressed(CompressionEncoding::Zstd)
+                .max_decoding_message_size(this.max_size);
+            let resp = grpc.unary(Unary(this.ingest.clone()), req).await;
+            // Count framing, size and decompression failures (the handler never ran).
+            if let Some(code) = resp.headers().get("grpc-status")
+                && code != "0"
+                && code != "14"
+                && code != "3"
+            {
+                this.ingest.malformed(Transport::Grpc, "grpc_framing_or_size");
+            }
+            Ok(resp)
+        })
+    }
+}
+
+impl tonic::server::NamedService for ExportService {
+    const NAME: &'static str = "opentelemetry.proto.collector.trace.v1.TraceService";
+}
+
+/// Binds the gRPC listener and returns the serving task.
+pub async fn serve(cfg: &GrpcConfig, ingest: Ingest, ctx: &ComponentContext) -> Result<ComponentFuture, BuildError> {
+    let addr = cfg.endpoint.to_string();
+    let listener = tokio::net::TcpListener::bind(&addr).await.map_err(|e| ctx.error(format!("cannot listen on {addr} (grpc): {e}")))?;
+    let local = listener.local_addr().map_err(|e| ctx.error(e.to_string()))?;
+    tracing::info!(message = "Receiver listening.", receiver = %ctx.name, transport = "grpc", address = %local);
+    let svc = ExportService { ingest, max_size: cfg.max_recv_msg_size.get() as usize };
+    let shutdown = ctx.shutdown.clone();
+    let name = ctx.name.clone();
+    Ok(Box::pin(async move {
+        let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+            .await
+            .map_err(|e| tracepipe_pipeline::ComponentError(format!("receiver `{name}` grpc server failed: {e}")))
+    }))
+}

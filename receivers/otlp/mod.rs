@@ -1,0 +1,49 @@
+//! `type: otlp` — the OpenTelemetry Protocol receiver.
+//!
+//! - gRPC: `opentelemetry.proto.collector.trace.v1.TraceService/Export` on `grpc.endpoint`
+//!   (default `0.0.0.0:4317`), gzip and zstd message compression.
+//! - HTTP: `POST /v1/traces` on `http.endpoint` (default `0.0.0.0:4318`) with
+//!   `application/x-protobuf` or `application/json` (OTLP/JSON), `Content-Encoding` gzip, zstd,
+//!   deflate or identity; HTTP/1.1 and h2c.
+//!
+//! Protobuf requests are scanned, not decoded ([`tracepipe_pipeline::wire`]): valid bytes enter
+//! the graph as they came. Spans with bad ids are dropped and reported in `partial_success`;
+//! malformed requests get `INVALID_ARGUMENT` / 400; bodies over the size limit (also after
+//! decompression) get `RESOURCE_EXHAUSTED`/`OUT_OF_RANGE` / 413; when the graph has no room within
+//! `admission_timeout` the request is refused with `UNAVAILABLE` / 503 + `Retry-After`, which every
+//! OTLP exporter retries.
+
+mod config;
+mod grpc;
+mod http;
+mod ingest;
+
+#[cfg(test)]
+mod tests;
+
+pub use config::{GrpcConfig, HttpConfig, OtlpConfig};
+
+use tracepipe_pipeline::topology::{BuildError, ComponentContext, ComponentFuture};
+
+/// Binds the configured listeners and returns the task that serves them until shutdown.
+pub async fn build(config: OtlpConfig, mut ctx: ComponentContext) -> Result<ComponentFuture, BuildError> {
+    let output = ctx.take_output()?;
+    let ingest = ingest::Ingest::new(&ctx.name, output, config.admission_timeout.get());
+    ctx.health.expect_receiver(&ctx.name);
+    let mut servers: Vec<ComponentFuture> = Vec::new();
+    if let Some(g) = &config.grpc {
+        servers.push(grpc::serve(g, ingest.clone(), &ctx).await?);
+    }
+    if let Some(h) = &config.http {
+        servers.push(http::serve(h, ingest.clone(), &ctx).await?);
+    }
+    drop(ingest);
+    ctx.health.set_listening(&ctx.name, true);
+    let health = ctx.health.clone();
+    let name = ctx.name.clone();
+    Ok(Box::pin(async move {
+        let results = futures::future::join_all(servers).await;
+        health.set_listening(&name, false);
+        results.into_iter().collect::<Result<Vec<()>, _>>().map(|_| ())
+    }))
+}

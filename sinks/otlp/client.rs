@@ -1,0 +1,290 @@
+//! The transports: a tonic gRPC client with a bytes-in codec, and a hyper HTTP client.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
+use prost::Message;
+use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::{Code, Status};
+use tracepipe_pipeline::{otlp_json, Batch};
+
+use super::config::{Compression, OtlpSinkConfig, Protocol};
+use super::tls;
+
+const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
+/// Why an export failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ExportError {
+    /// May succeed later; `retry_after` is the server's hint.
+    #[error("{message}")]
+    Retryable {
+        /// What happened.
+        message: String,
+        /// Server-requested delay.
+        retry_after: Option<Duration>,
+    },
+    /// Will never succeed (bad request, unauthenticated, not found…).
+    #[error("{0}")]
+    Permanent(String),
+}
+
+/// What a successful export reports.
+#[derive(Debug, Default)]
+pub struct Exported {
+    /// Bytes of the request body as sent (after compression, for HTTP; before, for gRPC).
+    pub bytes: u64,
+    /// Spans the server rejected in `partial_success`.
+    pub rejected: u64,
+}
+
+/// Bytes in, prost response out.
+#[derive(Debug, Clone, Copy, Default)]
+struct RawCodec;
+
+impl Codec for RawCodec {
+    type Encode = Bytes;
+    type Decode = ExportTraceServiceResponse;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+    fn encoder(&mut self) -> Self::Encoder {
+        *self
+    }
+    fn decoder(&mut self) -> Self::Decoder {
+        *self
+    }
+}
+
+impl Encoder for RawCodec {
+    type Item = Bytes;
+    type Error = Status;
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl Decoder for RawCodec {
+    type Item = ExportTraceServiceResponse;
+    type Error = Status;
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, Status> {
+        let n = src.remaining();
+        let b = src.copy_to_bytes(n);
+        ExportTraceServiceResponse::decode(b).map(Some).map_err(|e| Status::internal(e.to_string()))
+    }
+}
+
+type HttpsConnector = hyper_rustls::HttpsConnector<HttpConnector>;
+
+/// A connected (lazily) exporter for one sink.
+#[derive(Clone)]
+pub enum Exporter {
+    /// OTLP/gRPC.
+    Grpc {
+        /// The channel.
+        channel: tonic::transport::Channel,
+        /// Metadata sent with every call.
+        headers: tonic::metadata::MetadataMap,
+        /// Message compression.
+        compression: Option<CompressionEncoding>,
+    },
+    /// OTLP/HTTP.
+    Http {
+        /// The client.
+        client: Client<HttpsConnector, Full<Bytes>>,
+        /// Full URL of the traces endpoint.
+        uri: Uri,
+        /// Headers for every request.
+        headers: HeaderMap,
+        /// JSON instead of protobuf.
+        json: bool,
+        /// Body compression.
+        compression: Compression,
+    },
+}
+
+fn https_connector(cfg: &OtlpSinkConfig, http2_only: bool) -> Result<HttpsConnector, String> {
+    let tls = tls::client_config(&cfg.tls)?;
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(Duration::from_secs(5)));
+    let b = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http();
+    let b = match &cfg.tls.server_name {
+        Some(n) => {
+            let name = rustls::pki_types::ServerName::try_from(n.clone()).map_err(|e| format!("invalid tls.server_name {n:?}: {e}"))?;
+            b.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name))
+        }
+        None => b,
+    };
+    Ok(if http2_only { b.enable_http2().wrap_connector(http) } else { b.enable_all_versions().wrap_connector(http) })
+}
+
+impl Exporter {
+    /// Builds the client; nothing connects until the first export.
+    pub fn new(cfg: &OtlpSinkConfig) -> Result<Exporter, String> {
+        let uri = Uri::from_str(&cfg.endpoint).map_err(|e| format!("invalid endpoint: {e}"))?;
+        let https = uri.scheme_str() == Some("https");
+        match cfg.protocol {
+            Protocol::Grpc => {
+                // tonic refuses https URIs without its own TLS; we give it an http:// origin and a
+                // connector that speaks TLS when the configured endpoint is https.
+                let plain = format!("http://{}", uri.authority().map(|a| a.as_str()).unwrap_or_default());
+                let endpoint = tonic::transport::Endpoint::from_shared(plain)
+                    .map_err(|e| e.to_string())?
+                    .timeout(cfg.timeout.get())
+                    .connect_timeout(Duration::from_secs(5))
+                    .tcp_nodelay(true);
+                let channel = if https {
+                    let connector = https_connector(cfg, true)?;
+                    let connector = tower::ServiceExt::map_request(connector, |u: Uri| {
+                        let mut parts = u.into_parts();
+                        parts.scheme = Some(http::uri::Scheme::HTTPS);
+                        Uri::from_parts(parts).unwrap_or_default()
+                    });
+                    endpoint.connect_with_connector_lazy(connector)
+                } else {
+                    endpoint.connect_lazy()
+                };
+                let mut headers = tonic::metadata::MetadataMap::new();
+                for (k, v) in &cfg.headers {
+                    let key = tonic::metadata::MetadataKey::from_bytes(k.to_ascii_lowercase().as_bytes()).map_err(|e| e.to_string())?;
+                    headers.insert(key, v.parse().map_err(|_| format!("invalid header value for {k}"))?);
+                }
+                let compression = match cfg.compression {
+                    Compression::None => None,
+                    Compression::Gzip => Some(CompressionEncoding::Gzip),
+                    Compression::Zstd => Some(CompressionEncoding::Zstd),
+                };
+                Ok(Exporter::Grpc { channel, headers, compression })
+            }
+            Protocol::HttpProtobuf | Protocol::HttpJson => {
+                let uri = if uri.path() == "/" || uri.path().is_empty() {
+                    Uri::from_str(&format!("{}/v1/traces", cfg.endpoint.trim_end_matches('/'))).map_err(|e| e.to_string())?
+                } else {
+                    uri
+                };
+                let connector = https_connector(cfg, false)?;
+                let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(connector);
+                let mut headers = HeaderMap::new();
+                for (k, v) in &cfg.headers {
+                    headers.insert(HeaderName::from_bytes(k.as_bytes()).map_err(|e| e.to_string())?, HeaderValue::from_str(v).map_err(|e| e.to_string())?);
+                }
+                Ok(Exporter::Http { client, uri, headers, json: cfg.protocol == Protocol::HttpJson, compression: cfg.compression })
+            }
+        }
+    }
+
+    /// Sends one batch.
+    pub async fn export(&self, batch: &Batch, timeout: Duration) -> Result<Exported, ExportError> {
+        match self {
+            Exporter::Grpc { channel, headers, compression } => {
+                let body = batch.to_bytes();
+                let len = body.len() as u64;
+                let mut grpc = tonic::client::Grpc::new(channel.clone());
+                if let Some(c) = compression {
+                    grpc = grpc.send_compressed(*c);
+                }
+                grpc = grpc.accept_compressed(CompressionEncoding::Gzip).max_decoding_message_size(16 << 20);
+                grpc.ready().await.map_err(|e| ExportError::Retryable { message: format!("connection failed: {e}"), retry_after: None })?;
+                let mut req = tonic::Request::new(body);
+                *req.metadata_mut() = headers.clone();
+                req.set_timeout(timeout);
+                let path = http::uri::PathAndQuery::from_static(EXPORT_PATH);
+                match grpc.unary(req, path, RawCodec).await {
+                    Ok(resp) => {
+                        let rejected = resp.into_inner().partial_success.map(|p| p.rejected_spans.max(0) as u64).unwrap_or(0);
+                        Ok(Exported { bytes: len, rejected })
+                    }
+                    Err(s) => Err(classify_grpc(&s)),
+                }
+            }
+            Exporter::Http { client, uri, headers, json, compression } => {
+                let raw: Bytes = if *json {
+                    let rs = batch.to_resource_spans().map_err(|e| ExportError::Permanent(e.to_string()))?;
+                    otlp_json::encode_request(rs).into()
+                } else {
+                    batch.to_bytes()
+                };
+                let body: Bytes = match compression {
+                    Compression::None => raw,
+                    Compression::Gzip => {
+                        let mut enc = flate2::write::GzEncoder::new(BytesMut::with_capacity(raw.len() / 4).writer(), flate2::Compression::fast());
+                        std::io::Write::write_all(&mut enc, &raw).map_err(|e| ExportError::Permanent(e.to_string()))?;
+                        enc.finish().map_err(|e| ExportError::Permanent(e.to_string()))?.into_inner().freeze()
+                    }
+                    Compression::Zstd => zstd::bulk::compress(&raw, 1).map_err(|e| ExportError::Permanent(e.to_string()))?.into(),
+                };
+                let len = body.len() as u64;
+                let mut req = http::Request::post(uri.clone())
+                    .header(http::header::CONTENT_TYPE, if *json { "application/json" } else { "application/x-protobuf" })
+                    .body(Full::new(body))
+                    .map_err(|e| ExportError::Permanent(e.to_string()))?;
+                req.headers_mut().extend(headers.clone());
+                match compression {
+                    Compression::None => {}
+                    Compression::Gzip => {
+                        req.headers_mut().insert(http::header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+                    }
+                    Compression::Zstd => {
+                        req.headers_mut().insert(http::header::CONTENT_ENCODING, HeaderValue::from_static("zstd"));
+                    }
+                }
+                let resp = match tokio::time::timeout(timeout, client.request(req)).await {
+                    Err(_) => return Err(ExportError::Retryable { message: format!("request timed out after {timeout:?}"), retry_after: None }),
+                    Ok(Err(e)) => return Err(ExportError::Retryable { message: format!("request failed: {e}"), retry_after: None }),
+                    Ok(Ok(r)) => r,
+                };
+                let status = resp.status();
+                let retry_after = resp
+                    .headers()
+                    .get(http::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .map(Duration::from_secs);
+                let body = match tokio::time::timeout(timeout, resp.into_body().collect()).await {
+                    Ok(Ok(b)) => b.to_bytes(),
+                    _ => Bytes::new(),
+                };
+                if status.is_success() {
+                    let rejected = if *json {
+                        serde_json::from_slice::<ExportTraceServiceResponse>(&body).ok()
+                    } else {
+                        ExportTraceServiceResponse::decode(body).ok()
+                    }
+                    .and_then(|r| r.partial_success)
+                    .map(|p| p.rejected_spans.max(0) as u64)
+                    .unwrap_or(0);
+                    return Ok(Exported { bytes: len, rejected });
+                }
+                let text = String::from_utf8_lossy(&body[..body.len().min(256)]).into_owned();
+                let message = format!("HTTP {status}: {text}");
+                match status.as_u16() {
+                    429 | 502 | 503 | 504 => Err(ExportError::Retryable { message, retry_after }),
+                    _ => Err(ExportError::Permanent(message)),
+                }
+            }
+        }
+    }
+}
+
+/// The OTel retry rules for gRPC codes.
+fn classify_grpc(s: &Status) -> ExportError {
+    let message = format!("gRPC {:?}: {}", s.code(), s.message());
+    match s.code() {
+        Code::Unavailable | Code::ResourceExhausted | Code::Aborted | Code::DeadlineExceeded | Code::Cancelled | Code::OutOfRange | Code::DataLoss => {
+            // Transport errors surface as Unknown/Unavailable with a source; treat Unknown with
+            // a transport cause as retryable too.
+            ExportError::Retryable { message, retry_after: None }
+        }
+        Code::Unknown if s.message().contains("transport") || s.message().contains("connect") => ExportError::Retryable { message, retry_after: None },
+        _ => ExportError::Permanent(message),
+    }
+}

@@ -1,0 +1,176 @@
+//! The OTLP sink's task: a span-bounded queue feeding `num_consumers` export workers that retry
+//! with exponential backoff.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use metrics::{Counter, Gauge};
+use tokio::sync::{Mutex, Semaphore};
+use tracepipe_pipeline::telemetry::{names, Health};
+use tracepipe_pipeline::topology::{BuildError, ComponentContext, ComponentError, ComponentFuture};
+use tracepipe_pipeline::{Batch, BatchStatus};
+
+use super::client::{ExportError, Exporter};
+use super::config::{OtlpSinkConfig, RetryConfig, WhenFull};
+
+struct Metrics {
+    sent: Counter,
+    bytes: Counter,
+    permanent: Counter,
+    exhausted: Counter,
+    rejected: Counter,
+    queue_full: Counter,
+    retries: Counter,
+    queue: Gauge,
+}
+
+impl Metrics {
+    fn new(sink: &str) -> Self {
+        let s = sink.to_owned();
+        let failed = |reason: &'static str| metrics::counter!(names::SINK_FAILED_SPANS, "sink" => s.clone(), "reason" => reason);
+        Metrics {
+            sent: metrics::counter!(names::SINK_SENT_SPANS, "sink" => s.clone()),
+            bytes: metrics::counter!(names::SINK_SENT_BYTES, "sink" => s.clone()),
+            permanent: failed("permanent"),
+            exhausted: failed("retries_exhausted"),
+            rejected: failed("rejected_by_server"),
+            queue_full: failed("queue_full"),
+            retries: metrics::counter!(names::SINK_RETRIES, "sink" => s.clone()),
+            queue: metrics::gauge!(names::SINK_QUEUE_SPANS, "sink" => s),
+        }
+    }
+}
+
+struct Worker {
+    name: String,
+    exporter: Exporter,
+    timeout: Duration,
+    retry: RetryConfig,
+    m: Arc<Metrics>,
+    health: Health,
+}
+
+impl Worker {
+    /// Exports one batch, retrying retryable failures; counts the outcome.
+    async fn deliver(&self, batch: Batch) {
+        let n = batch.span_count() as u64;
+        let start = tokio::time::Instant::now();
+        let mut wait = self.retry.initial_interval.get();
+        loop {
+            match self.exporter.export(&batch, self.timeout).await {
+                Ok(done) => {
+                    let ok = n.saturating_sub(done.rejected);
+                    self.m.sent.increment(ok);
+                    self.m.bytes.increment(done.bytes);
+                    if done.rejected > 0 {
+                        self.m.rejected.increment(done.rejected);
+                        tracing::warn!(message = "Server rejected part of a batch.", sink = %self.name, rejected = done.rejected);
+                    }
+                    self.health.set_sink_failure(&self.name, None);
+                    batch.set_status(BatchStatus::Delivered);
+                    return;
+                }
+                Err(ExportError::Permanent(msg)) => {
+                    self.m.permanent.increment(n);
+                    tracing::error!(message = "Export failed permanently; spans dropped.", sink = %self.name, spans = n, error = %msg);
+                    self.health.set_sink_failure(&self.name, Some(msg));
+                    batch.set_status(BatchStatus::Rejected);
+                    return;
+                }
+                Err(ExportError::Retryable { message, retry_after }) => {
+                    let max_elapsed = self.retry.max_elapsed_time.get();
+                    let delay = retry_after.unwrap_or(wait).min(self.retry.max_interval.get().max(retry_after.unwrap_or_default()));
+                    let give_up = !self.retry.enabled || (!max_elapsed.is_zero() && start.elapsed() + delay > max_elapsed);
+                    if give_up {
+                        self.m.exhausted.increment(n);
+                        tracing::error!(message = "Export failed; retries exhausted, spans dropped.", sink = %self.name, spans = n, error = %message);
+                        batch.set_status(BatchStatus::Errored);
+                        return;
+                    }
+                    self.m.retries.increment(1);
+                    tracing::warn!(message = "Export failed; will retry.", sink = %self.name, spans = n, error = %message, delay = ?delay);
+                    tokio::time::sleep(jitter(delay)).await;
+                    wait = Duration::from_secs_f64((wait.as_secs_f64() * self.retry.multiplier).min(self.retry.max_interval.get().as_secs_f64()));
+                }
+            }
+        }
+    }
+}
+
+/// ±20% jitter so many sinks do not retry in lockstep.
+fn jitter(d: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|t| t.subsec_nanos()).unwrap_or(0);
+    let f = 0.8 + (nanos % 1000) as f64 / 1000.0 * 0.4;
+    d.mul_f64(f)
+}
+
+/// Builds the exporter (reads TLS files) and returns the task.
+pub async fn build(cfg: OtlpSinkConfig, mut ctx: ComponentContext) -> Result<ComponentFuture, BuildError> {
+    let mut input = ctx.take_input()?;
+    let exporter = Exporter::new(&cfg).map_err(|e| ctx.error(e))?;
+    let m = Arc::new(Metrics::new(&ctx.name));
+    metrics::gauge!(names::SINK_QUEUE_CAPACITY, "sink" => ctx.name.clone()).set(cfg.queue.max_spans as f64);
+    let worker = Arc::new(Worker {
+        name: ctx.name.clone(),
+        exporter,
+        timeout: cfg.timeout.get(),
+        retry: cfg.retry.clone(),
+        m: m.clone(),
+        health: ctx.health.clone(),
+    });
+    let capacity = cfg.queue.max_spans;
+    let policy = cfg.queue.when_full;
+    let consumers = cfg.queue.num_consumers;
+    let name = ctx.name.clone();
+    tracing::info!(message = "Sink ready.", sink = %name, endpoint = %cfg.endpoint, protocol = ?cfg.protocol);
+    Ok(Box::pin(async move {
+        // The queue: permits are spans; a batch holds its permits until exported.
+        let room = Arc::new(Semaphore::new(capacity));
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<(Batch, tokio::sync::OwnedSemaphorePermit)>();
+        let rx = Arc::new(Mutex::new(rx));
+        let mut workers = Vec::new();
+        for _ in 0..consumers {
+            let rx = rx.clone();
+            let w = worker.clone();
+            let room = room.clone();
+            let m = m.clone();
+            workers.push(tokio::spawn(async move {
+                loop {
+                    let next = rx.lock().await.recv().await;
+                    let Some((batch, permit)) = next else { break };
+                    w.deliver(batch).await;
+                    drop(permit);
+                    m.queue.set((capacity - room.available_permits()) as f64);
+                }
+            }));
+        }
+        while let Some(batch) = input.recv().await {
+            let n = batch.span_count().clamp(1, capacity) as u32;
+            let permit = match policy {
+                WhenFull::Block => match room.clone().acquire_many_owned(n).await {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+                WhenFull::DropNewest => match room.clone().try_acquire_many_owned(n) {
+                    Ok(p) => p,
+                    Err(_) => {
+                        m.queue_full.increment(batch.span_count() as u64);
+                        batch.set_status(BatchStatus::Errored);
+                        continue;
+                    }
+                },
+            };
+            m.queue.set((capacity - room.available_permits()) as f64);
+            if tx.send((batch, permit)).is_err() {
+                break;
+            }
+        }
+        // Input closed: let the workers drain the queue, then stop.
+        drop(tx);
+        for w in workers {
+            w.await.map_err(|e| ComponentError(format!("sink `{name}`: worker failed: {e}")))?;
+        }
+        m.queue.set(0.0);
+        Ok(())
+    }))
+}

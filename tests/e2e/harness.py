@@ -1,0 +1,201 @@
+"""Harness for end-to-end tests: starts the real tracepipe binary and real peers (Rotel) on free
+loopback ports, waits until they are ready, reads their metrics and stops them by PID."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+PEERS = ROOT / "tests" / ".peers" / "bin"
+
+
+def tracepipe_bin() -> str:
+    b = os.environ.get("TRACEPIPE_BIN")
+    if b:
+        return b
+    target = os.environ.get("CARGO_TARGET_DIR", str(ROOT / "target"))
+    path = Path(target) / "debug" / "tracepipe"
+    if not path.exists():
+        raise RuntimeError(f"tracepipe binary not found at {path}; run `cargo build` or set TRACEPIPE_BIN")
+    return str(path)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 15.0, what: str = "") -> None:
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{what or 'peer'} did not listen on port {port} within {timeout}s")
+
+
+def http_get(url: str, timeout: float = 5.0):
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def parse_metrics(text: str) -> dict:
+    """Prometheus text -> {(name, frozenset(labels)): value}."""
+    out = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        name_labels, _, value = line.rpartition(" ")
+        if "{" in name_labels:
+            name, _, rest = name_labels.partition("{")
+            labels = {}
+            for part in rest.rstrip("}").split(","):
+                if "=" in part:
+                    k, _, v = part.partition("=")
+                    labels[k] = v.strip('"')
+            key = (name, frozenset(labels.items()))
+        else:
+            key = (name_labels, frozenset())
+        try:
+            out[key] = float(value)
+        except ValueError:
+            pass
+    return out
+
+
+def metric_sum(metrics: dict, name: str, **labels) -> float:
+    return sum(v for (n, ls), v in metrics.items() if n == name and all((k, val) in ls for k, val in labels.items()))
+
+
+class Tracepipe:
+    """One tracepipe process running the given YAML (ports are placeholders filled by the test)."""
+
+    def __init__(self, config: str, name: str = "tp"):
+        self.dir = Path(tempfile.mkdtemp(prefix=f"{name}-"))
+        self.metrics_port = free_port()
+        if "telemetry:" not in config:
+            config += f"\ntelemetry:\n  metrics: {{ endpoint: 127.0.0.1:{self.metrics_port} }}\n  logs: {{ level: info }}\n"
+        self.config_path = self.dir / "config.yaml"
+        self.config_path.write_text(config)
+        self.log_path = self.dir / "tracepipe.log"
+        self.proc = None
+
+    def start(self, ready_timeout: float = 20.0):
+        self.log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen([tracepipe_bin(), "run", "--config", str(self.config_path)], stdout=self.log, stderr=subprocess.STDOUT)
+        end = time.time() + ready_timeout
+        while time.time() < end:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"tracepipe exited with {self.proc.returncode}:\n{self.log_path.read_text()}")
+            try:
+                status, _ = http_get(f"http://127.0.0.1:{self.metrics_port}/readyz", timeout=0.5)
+                if status == 200:
+                    return self
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"tracepipe not ready within {ready_timeout}s:\n{self.log_path.read_text()}")
+
+    def metrics(self) -> dict:
+        status, text = http_get(f"http://127.0.0.1:{self.metrics_port}/metrics")
+        assert status == 200
+        return parse_metrics(text)
+
+    def stop(self, sig=signal.SIGTERM, timeout: float = 60.0) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise RuntimeError(f"tracepipe did not stop within {timeout}s:\n{self.log_path.read_text()}")
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class Rotel:
+    """rotel-agent (from its PyPI wheel) receiving OTLP and exporting OTLP/gRPC to `export_to`."""
+
+    def __init__(self, export_to: str, extra=()):
+        exe = PEERS / "rotel-agent"
+        if not exe.exists():
+            raise RuntimeError(f"rotel-agent not installed at {exe}; run tests/install-peers.sh")
+        self.grpc_port = free_port()
+        self.http_port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="rotel-"))
+        self.args = [
+            str(exe), "start",
+            "--otlp-grpc-endpoint", f"127.0.0.1:{self.grpc_port}",
+            "--otlp-http-endpoint", f"127.0.0.1:{self.http_port}",
+            "--pid-file", str(self.dir / "rotel.pid"),
+            "--log-file", str(self.dir / "rotel.log"),
+            "--exporter", "otlp", "--otlp-exporter-endpoint", export_to, "--otlp-exporter-protocol", "grpc",
+            *extra,
+        ]
+        self.proc = None
+
+    def __enter__(self):
+        self.out = open(self.dir / "stdout.log", "wb")
+        self.proc = subprocess.Popen(self.args, stdout=self.out, stderr=subprocess.STDOUT)
+        try:
+            wait_port(self.grpc_port, what="rotel-agent")
+        except RuntimeError as e:
+            raise RuntimeError(f"{e}\n{(self.dir / 'stdout.log').read_text()}")
+        return self
+
+    def __exit__(self, *exc):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def read_jsonl_spans(path: Path) -> list:
+    """Spans from a debug sink's OTLP/JSON lines file, each with its resource and scope."""
+    out = []
+    if not path.exists():
+        return out
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        doc = json.loads(line)
+        for rs in doc.get("resourceSpans", []):
+            for ss in rs.get("scopeSpans", []):
+                for sp in ss.get("spans", []):
+                    out.append({"resource": rs.get("resource", {}), "scope": ss.get("scope", {}), "span": sp})
+    return out
+
+
+def wait_for(predicate, timeout: float = 20.0, interval: float = 0.1, what: str = "condition"):
+    end = time.time() + timeout
+    last = None
+    while time.time() < end:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last value: {last!r})")

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs the real peers the end-to-end tests and the benchmark drive, from the registries:
+#  - tests/.venv: the OpenTelemetry Python SDK and its OTLP exporters, pytest (tests/requirements.txt)
+#  - tests/.peers/bin/rotel-agent: Rotel, unpacked from its PyPI wheel (the benchmark peer)
+# Idempotent: a second run only checks.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+venv="$here/.venv"
+peers="$here/.peers/bin"
+mkdir -p "$peers"
+
+if [ ! -x "$venv/bin/python" ]; then
+  python3 -m venv "$venv"
+fi
+stamp="$venv/.requirements.sha"
+want="$(sha256sum "$here/requirements.txt" | cut -d' ' -f1)"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  "$venv/bin/pip" install -q --disable-pip-version-check -r "$here/requirements.txt"
+  echo "$want" > "$stamp"
+fi
+
+ROTEL_VERSION="${ROTEL_VERSION:-0.0.1a15}"
+if [ ! -x "$peers/rotel-agent" ]; then
+  d="$(mktemp -d)"
+  "$venv/bin/pip" download -q --disable-pip-version-check --no-deps -d "$d" "rotel==$ROTEL_VERSION"
+  (cd "$d" && for w in *.whl; do python3 -m zipfile -e "$w" .; done)
+  found="$(find "$d" -name rotel-agent -type f | head -n1)"
+  if [ -z "$found" ]; then
+    echo "install-peers: rotel $ROTEL_VERSION wheel has no rotel-agent binary" >&2
+    exit 1
+  fi
+  cp "$found" "$peers/rotel-agent"
+  chmod +x "$peers/rotel-agent"
+  rm -rf "$d"
+fi
+"$peers/rotel-agent" --version >/dev/null 2>&1 || { echo "install-peers: rotel-agent does not run" >&2; exit 1; }
+echo "install-peers: venv $venv, rotel-agent $("$peers/rotel-agent" --version 2>&1 | head -n1)"
