@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Runs every test on a fresh machine: installs the peers (tests/install-peers.sh), builds,
+# runs the Rust unit and property tests, then the end-to-end suite against real peers.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tracepipe/target}"
+export TRACEPIPE_BIN="$CARGO_TARGET_DIR/debug/tracepipe"
+bash tests/install-peers.sh
+cargo build --locked
+cargo test --workspace --locked
+tests/.venv/bin/python -m pytest -q -p no:cacheprovider tests/e2e "$@"
