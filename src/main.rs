@@ -79,45 +79,20 @@ fn main() -> ExitCode {
             print!("{DEFAULT_CONFIG}");
             ExitCode::SUCCESS
         }
-        Command::Validate { config } => {
-            let (file, text) = match read_config(&config) {
-                Ok(v) => v,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::from(EXIT_CONFIG);
-                }
-            };
-            match graph::validate(&file, &text) {
-                Ok(g) => {
-                    println!("{file}: valid ({} receivers, {} processors, {} sinks)", g.file.receivers.len(), g.file.processors.len(), g.file.sinks.len());
-                    ExitCode::SUCCESS
-                }
-                Err(errors) => {
-                    eprintln!("{errors}");
-                    eprintln!("{} error(s) in {file}", errors.0.len());
-                    ExitCode::from(EXIT_CONFIG)
-                }
+        Command::Validate { config } => match load(&config) {
+            Ok((file, g)) => {
+                println!("{file}: valid ({} receivers, {} processors, {} sinks)", g.file.receivers.len(), g.file.processors.len(), g.file.sinks.len());
+                ExitCode::SUCCESS
             }
-        }
-        Command::Graph { config, format } => {
-            let (file, text) = match read_config(&config) {
-                Ok(v) => v,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::from(EXIT_CONFIG);
-                }
-            };
-            match graph::validate(&file, &text) {
-                Ok(g) => {
-                    print!("{}", graph::draw(&g.file, matches!(format, GraphFormat::Mermaid)));
-                    ExitCode::SUCCESS
-                }
-                Err(errors) => {
-                    eprintln!("{errors}");
-                    ExitCode::from(EXIT_CONFIG)
-                }
+            Err(code) => code,
+        },
+        Command::Graph { config, format } => match load(&config) {
+            Ok((_, g)) => {
+                print!("{}", graph::draw(&g.file, matches!(format, GraphFormat::Mermaid)));
+                ExitCode::SUCCESS
             }
-        }
+            Err(code) => code,
+        },
         Command::Run { config } => run(config),
     }
 }
@@ -133,21 +108,26 @@ fn init_logs(cfg: &tracepipe_config::LogsConfig) {
     }
 }
 
-fn run(config: Option<PathBuf>) -> ExitCode {
-    let (file, text) = match read_config(&config) {
-        Ok(v) => v,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
-    };
-    let graph = match graph::validate(&file, &text) {
-        Ok(g) => g,
+/// Reads and validates a configuration; on failure prints every error and gives the exit code.
+fn load(config: &Option<PathBuf>) -> Result<(String, graph::ValidGraph), ExitCode> {
+    let (file, text) = read_config(config).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(EXIT_CONFIG)
+    })?;
+    match graph::validate(&file, &text) {
+        Ok(g) => Ok((file, g)),
         Err(errors) => {
             eprintln!("{errors}");
             eprintln!("{} error(s) in {file}", errors.0.len());
-            return ExitCode::from(EXIT_CONFIG);
+            Err(ExitCode::from(EXIT_CONFIG))
         }
+    }
+}
+
+fn run(config: Option<PathBuf>) -> ExitCode {
+    let graph = match load(&config) {
+        Ok((_, g)) => g,
+        Err(code) => return code,
     };
     init_logs(&graph.file.telemetry.logs);
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

@@ -199,3 +199,27 @@ def wait_for(predicate, timeout: float = 20.0, interval: float = 0.1, what: str 
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last value: {last!r})")
+
+
+def far_end(max_size: str = "4MiB"):
+    """A tracepipe (not started) that writes everything it receives to an OTLP/JSON lines file.
+    Returns (tracepipe, grpc_port, http_port, path of the file)."""
+    g, h = free_port(), free_port()
+    tp = Tracepipe("PLACEHOLDER", "far")
+    out = tp.dir / "spans.jsonl"
+    tp.config_path.write_text(f"""
+receivers:
+  in:
+    type: otlp
+    grpc: {{ endpoint: 127.0.0.1:{g}, max_recv_msg_size: {max_size} }}
+    http: {{ endpoint: 127.0.0.1:{h}, max_request_body_size: {max_size} }}
+sinks:
+  file:
+    type: debug
+    inputs: [in]
+    verbosity: none
+    path: {out}
+telemetry:
+  metrics: {{ endpoint: 127.0.0.1:{tp.metrics_port} }}
+""")
+    return tp, g, h, out

@@ -4,24 +4,8 @@ tracepipe -> OTLP/JSON file; and the same path through Rotel in both directions.
 
 import pytest
 
-from harness import Rotel, Tracepipe, free_port, metric_sum, read_jsonl_spans, wait_for
+from harness import Rotel, Tracepipe, far_end, free_port, metric_sum, read_jsonl_spans, wait_for
 from sdk import emit_rich_trace, normalise_json, normalise_sdk, provider
-
-
-def receiver_graph(grpc_port: int, http_port: int, path) -> str:
-    return f"""
-receivers:
-  in:
-    type: otlp
-    grpc: {{ endpoint: 127.0.0.1:{grpc_port} }}
-    http: {{ endpoint: 127.0.0.1:{http_port} }}
-sinks:
-  file:
-    type: debug
-    inputs: [in]
-    verbosity: none
-    path: {path}
-"""
 
 
 def forwarder_graph(grpc_port: int, http_port: int, target: str, protocol: str, compression: str) -> str:
@@ -47,15 +31,6 @@ sinks:
     headers: {{ x-tenant: e2e }}
     retry: {{ initial_interval: 100ms, max_interval: 1s, max_elapsed_time: 30s }}
 """
-
-
-def far_end():
-    """A tracepipe that writes everything it receives to an OTLP/JSON lines file."""
-    g, h = free_port(), free_port()
-    b = Tracepipe(receiver_graph(g, h, "PLACEHOLDER"), "b")
-    out = b.dir / "spans.jsonl"
-    b.config_path.write_text(b.config_path.read_text().replace("PLACEHOLDER", str(out)))
-    return b, g, h, out
 
 
 def compare(sent, received_items):

@@ -10,35 +10,15 @@ import time
 import grpc
 import pytest
 
-from harness import Tracepipe, free_port, metric_sum, read_jsonl_spans, tracepipe_bin, wait_for
+from harness import Tracepipe, far_end, free_port, metric_sum, read_jsonl_spans, tracepipe_bin, wait_for
 from otlp_wire import parse_response, post, request
 
 EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 
 
-def sink_graph(grpc_port, http_port, out, extra_receiver=""):
-    return f"""
-receivers:
-  in:
-    type: otlp
-    grpc: {{ endpoint: 127.0.0.1:{grpc_port}, max_recv_msg_size: 1MiB }}
-    http: {{ endpoint: 127.0.0.1:{http_port}, max_request_body_size: 1MiB }}
-{extra_receiver}
-sinks:
-  file:
-    type: debug
-    inputs: [in]
-    verbosity: none
-    path: {out}
-"""
-
-
 @pytest.fixture
 def server():
-    g, h = free_port(), free_port()
-    tp = Tracepipe(sink_graph(g, h, "PLACEHOLDER"), "robust")
-    out = tp.dir / "spans.jsonl"
-    tp.config_path.write_text(tp.config_path.read_text().replace("PLACEHOLDER", str(out)))
+    tp, g, h, out = far_end(max_size="1MiB")
     with tp:
         yield tp, g, h, out
 
@@ -121,7 +101,7 @@ def test_grpc_bad_input(server):
 def test_backpressure_refuses_then_recovers_without_loss_or_duplicates():
     """A sink whose endpoint is down fills the graph; the receiver answers 503 + Retry-After;
     once the endpoint comes up, exactly the accepted spans arrive, once each."""
-    far_g, far_h = free_port(), free_port()
+    far, far_g, far_h, out = far_end()
     a_g, a_h = free_port(), free_port()
     a_cfg = f"""
 receivers:
@@ -156,9 +136,6 @@ sinks:
         assert metric_sum(m, "tracepipe_receiver_refused_spans_total", receiver="in") == refused
         assert metric_sum(m, "tracepipe_receiver_accepted_spans_total", receiver="in") == len(accepted)
         # The far end comes up.
-        far = Tracepipe(sink_graph(far_g, far_h, "PLACEHOLDER"), "far")
-        out = far.dir / "spans.jsonl"
-        far.config_path.write_text(far.config_path.read_text().replace("PLACEHOLDER", str(out)))
         with far:
             wait_for(lambda: metric_sum(a.metrics(), "tracepipe_sink_sent_spans_total", sink="up") == len(accepted), timeout=60, what="all accepted spans sent")
             wait_for(lambda: len(read_jsonl_spans(out)) >= len(accepted), what="delivery")
@@ -170,10 +147,7 @@ sinks:
 
 
 def test_sigterm_under_load_delivers_every_accepted_span():
-    far_g, far_h = free_port(), free_port()
-    far = Tracepipe(sink_graph(far_g, far_h, "PLACEHOLDER"), "far")
-    out = far.dir / "spans.jsonl"
-    far.config_path.write_text(far.config_path.read_text().replace("PLACEHOLDER", str(out)))
+    far, far_g, far_h, out = far_end()
     a_g, a_h = free_port(), free_port()
     a_cfg = f"""
 receivers:
@@ -268,8 +242,8 @@ def test_listen_conflict_and_health_endpoints(tmp_path):
     r = subprocess.run([tracepipe_bin(), "validate", "--config", str(cfg)], capture_output=True, text=True)
     assert r.returncode == 78
     assert "`b` listens on 127.0.0.1:5317, which `a` already uses" in r.stderr
-    g, h = free_port(), free_port()
-    with Tracepipe(sink_graph(g, h, tmp_path / "o.jsonl"), "health") as tp:
+    tp, _, _, _ = far_end()
+    with tp:
         from harness import http_get
         assert http_get(f"http://127.0.0.1:{tp.metrics_port}/healthz")[0] == 200
         assert http_get(f"http://127.0.0.1:{tp.metrics_port}/readyz")[0] == 200
