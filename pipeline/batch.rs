@@ -1,7 +1,8 @@
 //! The unit that travels every channel: a batch of spans.
 //!
 //! A [`Batch`] holds its spans in one of two forms and converts lazily:
-//! - **encoded**: one or more OTLP `TracesData` protobuf buffers (reference-counted [`Bytes`]),
+//! - **encoded**: one or more OTLP `TracesData` protobuf buffers (reference-counted [`Bytes`], each
+//!   with its span count),
 //!   exactly as a receiver got them after [`crate::wire::scan_traces`] proved them valid. Merging
 //!   two encoded batches appends buffer handles (protobuf concatenation of `TracesData` is itself a
 //!   valid `TracesData`); an OTLP sink writes the buffers out without decoding them.
@@ -69,9 +70,16 @@ impl std::fmt::Debug for Finalizer {
     }
 }
 
+/// One received `TracesData` buffer and its span count.
+#[derive(Debug, Clone)]
+struct Chunk {
+    bytes: Bytes,
+    spans: usize,
+}
+
 #[derive(Debug, Clone)]
 enum Payload {
-    Encoded(Vec<Bytes>),
+    Encoded(Vec<Chunk>),
     Decoded(Arc<Vec<ResourceSpans>>),
 }
 
@@ -102,7 +110,7 @@ impl Batch {
     /// A batch from encoded `TracesData` bytes holding `spans` spans. The bytes must have passed
     /// [`crate::wire::scan_traces`] (which also gives the count).
     pub fn from_encoded(bytes: Bytes, spans: usize) -> Self {
-        Batch { payload: Payload::Encoded(vec![bytes]), spans, finalizers: Vec::new() }
+        Batch { payload: Payload::Encoded(vec![Chunk { bytes, spans }]), spans, finalizers: Vec::new() }
     }
 
     /// A batch from decoded resource spans.
@@ -142,7 +150,7 @@ impl Batch {
     /// Size of the batch as one `TracesData` message.
     pub fn encoded_len(&self) -> usize {
         match &self.payload {
-            Payload::Encoded(chunks) => chunks.iter().map(Bytes::len).sum(),
+            Payload::Encoded(chunks) => chunks.iter().map(|c| c.bytes.len()).sum(),
             Payload::Decoded(rs) => rs.iter().map(|r| prost::encoding::message::encoded_len(1, r)).sum(),
         }
     }
@@ -150,7 +158,7 @@ impl Batch {
     /// Writes the batch as one `TracesData` (= `ExportTraceServiceRequest`) message.
     pub fn encode_into(&self, buf: &mut impl BufMut) {
         match &self.payload {
-            Payload::Encoded(chunks) => chunks.iter().for_each(|c| buf.put_slice(c)),
+            Payload::Encoded(chunks) => chunks.iter().for_each(|c| buf.put_slice(&c.bytes)),
             Payload::Decoded(rs) => rs.iter().for_each(|r| prost::encoding::message::encode(1, r, buf)),
         }
     }
@@ -160,7 +168,7 @@ impl Batch {
         if let Payload::Encoded(chunks) = &self.payload
             && chunks.len() == 1
         {
-            return chunks[0].clone();
+            return chunks[0].bytes.clone();
         }
         let mut buf = BytesMut::with_capacity(self.encoded_len());
         self.encode_into(&mut buf);
@@ -216,11 +224,27 @@ impl Batch {
         Ok(())
     }
 
-    /// Splits off the first `max_spans` spans into a new batch (decoding if needed); `self`
-    /// keeps the rest. Finalizers go with both halves.
+    /// Splits off at most `max_spans` spans into a new batch; `self` keeps the rest. An encoded
+    /// batch is split between its received buffers when the first buffer fits (no decoding);
+    /// otherwise it is decoded and split at exactly `max_spans`. Finalizers go with both halves.
     pub fn split_to(&mut self, max_spans: usize) -> Result<Batch, DecodeError> {
         if max_spans >= self.spans {
             return Ok(std::mem::replace(self, Batch { finalizers: self.finalizers.clone(), ..Batch::empty() }));
+        }
+        // Encoded: split between received buffers when the first one fits, without decoding.
+        if let Payload::Encoded(chunks) = &mut self.payload {
+            let mut take = 0;
+            let mut spans = 0;
+            while take < chunks.len() && spans + chunks[take].spans <= max_spans {
+                spans += chunks[take].spans;
+                take += 1;
+            }
+            if take > 0 {
+                let rest = chunks.split_off(take);
+                let head = std::mem::replace(chunks, rest);
+                self.spans -= spans;
+                return Ok(Batch { payload: Payload::Encoded(head), spans, finalizers: self.finalizers.clone() });
+            }
         }
         let rs = self.resource_spans_mut()?;
         let mut head: Vec<ResourceSpans> = Vec::new();
@@ -260,10 +284,10 @@ impl Batch {
     }
 }
 
-fn decode_chunks(chunks: &[Bytes]) -> Result<Vec<ResourceSpans>, DecodeError> {
+fn decode_chunks(chunks: &[Chunk]) -> Result<Vec<ResourceSpans>, DecodeError> {
     let mut out = Vec::new();
     for c in chunks {
-        out.extend(TracesData::decode(c.as_ref())?.resource_spans);
+        out.extend(TracesData::decode(c.bytes.as_ref())?.resource_spans);
     }
     Ok(out)
 }

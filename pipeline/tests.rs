@@ -124,6 +124,21 @@ fn split_keeps_every_span_once() {
 }
 
 #[test]
+fn encoded_split_between_buffers_does_not_decode() {
+    let mut m = Batch::from_encoded(encode(traces(&[3])), 3);
+    m.append(Batch::from_encoded(encode(traces(&[4])), 4)).unwrap();
+    m.append(Batch::from_encoded(encode(traces(&[2])), 2)).unwrap();
+    let head = m.split_to(8).unwrap();
+    assert!(head.is_encoded() && m.is_encoded());
+    assert_eq!((head.span_count(), m.span_count()), (7, 2));
+    assert_eq!(crate::batch::count_spans(&head.to_resource_spans().unwrap()), 7);
+    // A first buffer larger than the limit is split exactly (decoded).
+    let mut big = Batch::from_encoded(encode(traces(&[5])), 5);
+    let h = big.split_to(2).unwrap();
+    assert_eq!((h.span_count(), big.span_count()), (2, 3));
+}
+
+#[test]
 fn finalizer_fires_once_with_worst_status() {
     let (tx, rx) = std::sync::mpsc::channel();
     let f = Finalizer::new(move |s| tx.send(s).unwrap());

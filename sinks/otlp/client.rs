@@ -279,11 +279,21 @@ impl Exporter {
 fn classify_grpc(s: &Status) -> ExportError {
     let message = format!("gRPC {:?}: {}", s.code(), s.message());
     match s.code() {
-        Code::Unavailable | Code::ResourceExhausted | Code::Aborted | Code::DeadlineExceeded | Code::Cancelled | Code::OutOfRange | Code::DataLoss => {
-            // Transport errors surface as Unknown/Unavailable with a source; treat Unknown with
-            // a transport cause as retryable too.
+        Code::Unavailable | Code::Aborted | Code::DeadlineExceeded | Code::Cancelled | Code::OutOfRange | Code::DataLoss => {
             ExportError::Retryable { message, retry_after: None }
         }
+        // As the OTel Go exporter: RESOURCE_EXHAUSTED is retried only when the server says when
+        // (RetryInfo details or grpc-retry-pushback-ms); otherwise it is a hard limit (e.g. the
+        // message is larger than the server accepts) that retrying cannot fix.
+        Code::ResourceExhausted => {
+            let pushback = s.metadata().get("grpc-retry-pushback-ms").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+            if pushback.is_some() || !s.details().is_empty() {
+                ExportError::Retryable { message, retry_after: pushback.map(Duration::from_millis) }
+            } else {
+                ExportError::Permanent(message)
+            }
+        }
+        // Transport failures surface as Unknown with a connection error message.
         Code::Unknown if s.message().contains("transport") || s.message().contains("connect") => ExportError::Retryable { message, retry_after: None },
         _ => ExportError::Permanent(message),
     }

@@ -61,7 +61,7 @@ def start_tracepipe(config: str, cpu: str, workdir: Path, name: str):
 def sink_config(port: int, mport: int) -> str:
     return f"""
 receivers:
-  in: {{ type: otlp, grpc: {{ endpoint: 127.0.0.1:{port} }} }}
+  in: {{ type: otlp, grpc: {{ endpoint: 127.0.0.1:{port}, max_recv_msg_size: 64MiB }} }}
 sinks:
   drop: {{ type: debug, inputs: [in], verbosity: none }}
 telemetry: {{ metrics: {{ endpoint: 127.0.0.1:{mport} }}, logs: {{ level: warn }} }}
@@ -82,7 +82,7 @@ def run_one(collector: str, scenario: str, total: int, workdir: Path) -> dict:
 receivers:
   in: {{ type: otlp, grpc: {{ endpoint: 127.0.0.1:{port} }} }}
 processors:
-  batch: {{ type: batch, inputs: [in], send_batch_size: 8192, timeout: 200ms }}
+  batch: {{ type: batch, inputs: [in], send_batch_size: 8192, send_batch_max_size: 8192, timeout: 200ms }}
 sinks:
 {sink}
 telemetry: {{ metrics: {{ endpoint: 127.0.0.1:{mport} }}, logs: {{ level: warn }} }}
