@@ -100,7 +100,15 @@ impl<'a> Reader<'a> {
     fn done(&self) -> bool {
         self.pos >= self.buf.len()
     }
+    #[inline(always)]
     fn varint(&mut self) -> Result<u64, WireError> {
+        // Fast path: most tags and lengths are one byte.
+        if let Some(&b) = self.buf.get(self.pos)
+            && b < 0x80
+        {
+            self.pos += 1;
+            return Ok(u64::from(b));
+        }
         let mut v: u64 = 0;
         for i in 0..10 {
             let Some(&b) = self.buf.get(self.pos) else {
@@ -115,6 +123,7 @@ impl<'a> Reader<'a> {
         Err(WireError::BadVarint(self.base + self.pos))
     }
     /// Reads a tag: (field number, wire type).
+    #[inline(always)]
     fn tag(&mut self) -> Result<(u64, u8), WireError> {
         let at = self.base + self.pos;
         let t = self.varint()?;
@@ -124,6 +133,7 @@ impl<'a> Reader<'a> {
         }
         Ok((field, (t & 7) as u8))
     }
+    #[inline(always)]
     fn take(&mut self, n: usize) -> Result<&'a [u8], WireError> {
         let end = self.pos.checked_add(n).filter(|e| *e <= self.buf.len()).ok_or(WireError::Truncated(self.base + self.buf.len()))?;
         let s = &self.buf[self.pos..end];
@@ -131,6 +141,7 @@ impl<'a> Reader<'a> {
         Ok(s)
     }
     /// Reads the payload of a LEN field; returns it and its absolute offset.
+    #[inline(always)]
     fn len_delimited(&mut self) -> Result<(&'a [u8], usize), WireError> {
         let n = self.varint()?;
         let n = usize::try_from(n).map_err(|_| WireError::Truncated(self.base + self.pos))?;
@@ -155,7 +166,13 @@ impl<'a> Reader<'a> {
     }
 }
 
+#[inline(always)]
 fn utf8(s: &[u8], message: &'static str) -> Result<(), WireError> {
+    // Nearly every attribute string is ASCII: check that first (word at a time), and run the full
+    // UTF-8 validation only on the rest.
+    if s.is_ascii() {
+        return Ok(());
+    }
     std::str::from_utf8(s).map(|_| ()).map_err(|_| WireError::BadUtf8(message))
 }
 
@@ -210,6 +227,7 @@ impl M {
     }
 
     /// The schema: what each known field of each message is (from opentelemetry-proto 1.x).
+    #[inline(always)]
     fn field(self, n: u64) -> Option<F> {
         use F::*;
         Some(match (self, n) {

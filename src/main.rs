@@ -101,7 +101,8 @@ fn init_logs(cfg: &tracepipe_config::LogsConfig) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TRACEPIPE_LOG")
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&cfg.level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     match cfg.format {
         tracepipe_config::LogFormat::Json => b.json().init(),
         tracepipe_config::LogFormat::Text => b.init(),

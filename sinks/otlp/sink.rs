@@ -18,6 +18,7 @@ struct Metrics {
     bytes: Counter,
     permanent: Counter,
     exhausted: Counter,
+    shutdown: Counter,
     rejected: Counter,
     queue_full: Counter,
     retries: Counter,
@@ -33,6 +34,7 @@ impl Metrics {
             bytes: metrics::counter!(names::SINK_SENT_BYTES, "sink" => s.clone()),
             permanent: failed("permanent"),
             exhausted: failed("retries_exhausted"),
+            shutdown: failed("shutdown"),
             rejected: failed("rejected_by_server"),
             queue_full: failed("queue_full"),
             retries: metrics::counter!(names::SINK_RETRIES, "sink" => s.clone()),
@@ -48,7 +50,14 @@ struct Worker {
     retry: RetryConfig,
     m: Arc<Metrics>,
     health: Health,
+    /// Fires when the process is stopping.
+    shutdown: tokio_util::sync::CancellationToken,
 }
+
+/// Once shutdown has begun, a batch that still fails after this long is dropped and counted
+/// (`reason="shutdown"`) instead of retried, so the process stops within the topology's 60 s
+/// drain deadline and nothing is lost uncounted.
+const SHUTDOWN_RETRY_BUDGET: Duration = Duration::from_secs(20);
 
 impl Worker {
     /// Exports one batch, retrying retryable failures; counts the outcome.
@@ -56,6 +65,7 @@ impl Worker {
         let n = batch.span_count() as u64;
         let start = tokio::time::Instant::now();
         let mut wait = self.retry.initial_interval.get();
+        let mut stopping_since: Option<tokio::time::Instant> = None;
         loop {
             match self.exporter.export(&batch, self.timeout).await {
                 Ok(done) => {
@@ -89,7 +99,19 @@ impl Worker {
                     }
                     self.m.retries.increment(1);
                     tracing::warn!(message = "Export failed; will retry.", sink = %self.name, spans = n, error = %message, delay = ?delay);
-                    tokio::time::sleep(jitter(delay)).await;
+                    if self.shutdown.is_cancelled() {
+                        let since = *stopping_since.get_or_insert_with(tokio::time::Instant::now);
+                        if since.elapsed() >= SHUTDOWN_RETRY_BUDGET {
+                            self.m.shutdown.increment(n);
+                            tracing::error!(message = "Shutting down; undeliverable spans dropped.", sink = %self.name, spans = n, error = %message);
+                            batch.set_status(BatchStatus::Errored);
+                            return;
+                        }
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(jitter(delay)) => {}
+                        _ = self.shutdown.cancelled(), if stopping_since.is_none() => {}
+                    }
                     wait = Duration::from_secs_f64((wait.as_secs_f64() * self.retry.multiplier).min(self.retry.max_interval.get().as_secs_f64()));
                 }
             }
@@ -117,6 +139,7 @@ pub async fn build(cfg: OtlpSinkConfig, mut ctx: ComponentContext) -> Result<Com
         retry: cfg.retry.clone(),
         m: m.clone(),
         health: ctx.health.clone(),
+        shutdown: ctx.shutdown.clone(),
     });
     let capacity = cfg.queue.max_spans;
     let policy = cfg.queue.when_full;

@@ -249,3 +249,26 @@ def test_listen_conflict_and_health_endpoints(tmp_path):
         assert http_get(f"http://127.0.0.1:{tp.metrics_port}/readyz")[0] == 200
         assert metric_sum(tp.metrics(), "tracepipe_build_info") == 1
         assert tp.stop() == 0
+
+
+def test_sigterm_with_unreachable_sink_counts_what_it_drops():
+    """Shutdown cannot wait forever for a dead upstream: after the retry budget the sink drops
+    the undeliverable spans with a reason (logged and counted), and the process exits 0."""
+    a_g, a_h, dead = free_port(), free_port(), free_port()
+    cfg = f"""
+receivers:
+  in: {{ type: otlp, grpc: {{ endpoint: 127.0.0.1:{a_g} }}, http: {{ endpoint: 127.0.0.1:{a_h} }} }}
+sinks:
+  up:
+    type: otlp
+    inputs: [in]
+    endpoint: http://127.0.0.1:{dead}
+    retry: {{ initial_interval: 200ms, max_interval: 500ms, max_elapsed_time: 0s }}
+"""
+    with Tracepipe(cfg, "dead") as a:
+        assert post(a_h, request([os.urandom(8) for _ in range(7)]).SerializeToString()).status_code == 200
+        wait_for(lambda: metric_sum(a.metrics(), "tracepipe_sink_retries_total", sink="up") >= 1, what="a retry")
+        t0 = time.time()
+        assert a.stop() == 0, a.logs()
+        assert time.time() - t0 < 40
+        assert "undeliverable spans dropped" in a.logs() and "spans=7" in a.logs(), a.logs()
