@@ -1,7 +1,9 @@
 //! # tracepipe-receivers
 //!
 //! Components that bring spans into the graph. One folder per receiver:
-//! - [`otlp`]: OTLP over gRPC (4317) and HTTP (4318), protobuf and JSON.
+//! - [`otlp`]: OTLP over gRPC (4317) and HTTP (4318), protobuf and JSON;
+//! - [`jaeger`]: Jaeger agent UDP (6831 compact, 6832 binary), collector HTTP (14268) and the
+//!   remote-sampling endpoint (5778).
 //!
 //! Every receiver validates input before admitting it, answers its sender with a retryable
 //! error when the graph is full, and counts what it accepted, refused and could not decode
@@ -9,25 +11,29 @@
 //!
 //! Registration is the one explicit `match` in [`validate`], from the YAML `type` to a config.
 
+pub mod jaeger;
 pub mod otlp;
 
 use tracepipe_config::{ComponentDecl, ConfigError, Endpoint};
 use tracepipe_pipeline::topology::{BuildFuture, ComponentContext};
 
 /// Every receiver type, for messages and `--help`.
-pub const TYPES: &[&str] = &["otlp"];
+pub const TYPES: &[&str] = &["otlp", "jaeger"];
 
 /// A receiver's validated configuration.
 #[derive(Debug, Clone)]
 pub enum ReceiverConfig {
     /// `type: otlp`.
     Otlp(otlp::OtlpConfig),
+    /// `type: jaeger`.
+    Jaeger(jaeger::JaegerConfig),
 }
 
 /// Checks a receiver declaration; no I/O.
 pub fn validate(decl: &ComponentDecl, file: &str) -> Result<ReceiverConfig, Vec<ConfigError>> {
     match decl.type_name.as_str() {
         "otlp" => otlp::OtlpConfig::from_node(&decl.body, file).map(ReceiverConfig::Otlp),
+        "jaeger" => jaeger::JaegerConfig::from_node(&decl.body, file).map(ReceiverConfig::Jaeger),
         "" => Err(vec![]), // reported by the loader
         other => Err(vec![ConfigError::new(
             file,
@@ -42,6 +48,7 @@ impl ReceiverConfig {
     pub fn listen_addresses(&self) -> Vec<(Endpoint, &'static str)> {
         match self {
             ReceiverConfig::Otlp(c) => c.listen_addresses(),
+            ReceiverConfig::Jaeger(c) => c.listen_addresses(),
         }
     }
 
@@ -49,6 +56,7 @@ impl ReceiverConfig {
     pub fn build(self, ctx: ComponentContext) -> BuildFuture {
         match self {
             ReceiverConfig::Otlp(c) => Box::pin(otlp::build(c, ctx)),
+            ReceiverConfig::Jaeger(c) => Box::pin(jaeger::build(c, ctx)),
         }
     }
 }

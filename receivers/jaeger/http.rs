@@ -1,0 +1,82 @@
+//! The collector's `POST /api/traces` endpoint (thrift-binary `jaeger.Batch` bodies).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use tracepipe_pipeline::topology::{BuildError, ComponentContext, ComponentFuture, Output, Refused};
+
+use super::config::HttpConfig;
+use super::{admit, malformed, model, Counters};
+
+const TRANSPORT: &str = "http";
+
+#[derive(Clone)]
+struct AppState {
+    name: Arc<str>,
+    output: Output,
+    wait: Duration,
+    limit: usize,
+    counters: Arc<Counters>,
+}
+
+/// Binds the listener and returns the serving task.
+pub async fn serve(cfg: &HttpConfig, output: Output, wait: Duration, ctx: &ComponentContext) -> Result<ComponentFuture, BuildError> {
+    let addr = cfg.endpoint.to_string();
+    let listener = tokio::net::TcpListener::bind(&addr).await.map_err(|e| ctx.error(format!("cannot listen on {addr} (http): {e}")))?;
+    tracing::info!(message = "Receiver listening.", receiver = %ctx.name, transport = "thrift_http", address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default());
+    let state = AppState {
+        name: ctx.name.as_str().into(),
+        output,
+        wait,
+        limit: cfg.max_request_body_size.get() as usize,
+        counters: Arc::new(Counters::new(&ctx.name, TRANSPORT)),
+    };
+    let app = axum::Router::new().route("/api/traces", axum::routing::post(traces)).with_state(state);
+    let shutdown = ctx.shutdown.clone();
+    let name = ctx.name.clone();
+    Ok(Box::pin(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await
+            .map_err(|e| tracepipe_pipeline::ComponentError(format!("receiver `{name}` http server failed: {e}")))
+    }))
+}
+
+async fn traces(State(s): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    if !matches!(mime.as_str(), "application/x-thrift" | "application/vnd.apache.thrift.binary") {
+        malformed(&s.name, TRANSPORT, "content_type");
+        return (StatusCode::UNSUPPORTED_MEDIA_TYPE, format!("unsupported content type {ct:?}; use application/x-thrift\n")).into_response();
+    }
+    let body = match axum::body::to_bytes(body, s.limit).await {
+        Ok(b) => b,
+        Err(e) => {
+            malformed(&s.name, TRANSPORT, "body_too_large");
+            return if e.to_string().contains("length limit") {
+                (StatusCode::PAYLOAD_TOO_LARGE, format!("body exceeds the limit of {} bytes\n", s.limit)).into_response()
+            } else {
+                (StatusCode::BAD_REQUEST, format!("cannot read the body: {e}\n")).into_response()
+            };
+        }
+    };
+    let batch = match model::decode_batch_binary(&body) {
+        Ok(b) => b,
+        Err(e) => {
+            malformed(&s.name, TRANSPORT, "thrift");
+            return (StatusCode::BAD_REQUEST, format!("unable to process request body: {e}\n")).into_response();
+        }
+    };
+    match admit(&batch, &s.output, s.wait, &s.counters).await {
+        Ok(_) => StatusCode::ACCEPTED.into_response(),
+        Err(Refused::Full) | Err(Refused::Closed) => {
+            let mut r = (StatusCode::SERVICE_UNAVAILABLE, "the pipeline is full; retry later\n").into_response();
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            r
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! `type: jaeger` — stands in for the Jaeger agent and the collector's HTTP endpoint, and serves
+//! sampling strategies.
+//!
+//! - Agent UDP `Agent.emitBatch`: thrift **compact** on `thrift_compact` (6831) and thrift
+//!   **binary** (strict and non-strict headers) on `thrift_binary` (6832). Oversized, truncated
+//!   and garbage datagrams are counted (`tracepipe_receiver_malformed_requests_total`) and
+//!   dropped; when the decode queue is full whole datagrams are dropped and their spans counted
+//!   (`tracepipe_receiver_refused_spans_total{transport="udp"}`).
+//! - Collector HTTP `POST /api/traces` on `thrift_http` (14268): a bare thrift-binary
+//!   `jaeger.Batch` (`Content-Type: application/x-thrift` or
+//!   `application/vnd.apache.thrift.binary`), with Content-Length or chunked; answers 202, 400 for
+//!   bad bodies, 413 over the size limit, 503 + `Retry-After` when the graph is full.
+//! - Remote sampling on `sampling` (5778): see [`sampling`].
+//!
+//! Spans are translated as the OpenTelemetry Collector's Jaeger translator does (see
+//! [`translate`]) and enter the graph encoded as OTLP protobuf.
+
+mod config;
+mod http;
+pub mod model;
+pub mod sampling;
+pub mod translate;
+mod udp;
+
+#[cfg(test)]
+mod tests;
+
+pub use config::{HttpConfig, JaegerConfig, SamplingConfig, UdpConfig};
+
+use metrics::Counter;
+use opentelemetry_proto::tonic::trace::v1::TracesData;
+use prost::Message;
+use tracepipe_pipeline::telemetry::names;
+use tracepipe_pipeline::topology::{BuildError, ComponentContext, ComponentFuture, Output, Refused};
+use tracepipe_pipeline::Batch;
+
+/// Per-transport counters, resolved once.
+struct Counters {
+    accepted: Counter,
+    refused_full: Counter,
+    refused_shutdown: Counter,
+    rejected: Counter,
+}
+
+impl Counters {
+    fn new(receiver: &str, transport: &'static str) -> Self {
+        let r = receiver.to_owned();
+        Counters {
+            accepted: metrics::counter!(names::RECEIVER_ACCEPTED_SPANS, "receiver" => r.clone(), "transport" => transport),
+            refused_full: metrics::counter!(names::RECEIVER_REFUSED_SPANS, "receiver" => r.clone(), "transport" => transport, "reason" => "pipeline_full"),
+            refused_shutdown: metrics::counter!(names::RECEIVER_REFUSED_SPANS, "receiver" => r.clone(), "transport" => transport, "reason" => "shutting_down"),
+            rejected: metrics::counter!(names::RECEIVER_REJECTED_SPANS, "receiver" => r, "transport" => transport, "reason" => "invalid_span"),
+        }
+    }
+}
+
+fn malformed(receiver: &str, transport: &'static str, reason: &'static str) {
+    metrics::counter!(names::RECEIVER_MALFORMED_REQUESTS, "receiver" => receiver.to_owned(), "transport" => transport, "reason" => reason).increment(1);
+}
+
+/// Translates a Jaeger batch, drops spans with all-zero ids (counted as rejected), and admits
+/// the rest into the graph in OTLP wire form.
+async fn admit(batch: &model::JaegerBatch, output: &Output, wait: std::time::Duration, c: &Counters) -> Result<usize, Refused> {
+    let mut rs = translate::to_otlp(batch);
+    let mut rejected = 0u64;
+    for r in &mut rs {
+        for ss in &mut r.scope_spans {
+            ss.spans.retain(|s| {
+                let ok = s.trace_id.iter().any(|b| *b != 0) && s.span_id.iter().any(|b| *b != 0);
+                rejected += u64::from(!ok);
+                ok
+            });
+        }
+    }
+    c.rejected.increment(rejected);
+    let n = tracepipe_pipeline::batch::count_spans(&rs);
+    if n == 0 {
+        return Ok(0);
+    }
+    let bytes = TracesData { resource_spans: rs }.encode_to_vec();
+    match output.send_or_refuse(Batch::from_encoded(bytes.into(), n), wait).await {
+        Ok(()) => {
+            c.accepted.increment(n as u64);
+            Ok(n)
+        }
+        Err(e) => {
+            match e {
+                Refused::Full => c.refused_full.increment(n as u64),
+                Refused::Closed => c.refused_shutdown.increment(n as u64),
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Binds every configured transport and returns the task serving them until shutdown.
+pub async fn build(cfg: JaegerConfig, mut ctx: ComponentContext) -> Result<ComponentFuture, BuildError> {
+    let output = ctx.take_output()?;
+    ctx.health.expect_receiver(&ctx.name);
+    let wait = cfg.admission_timeout.get();
+    let mut tasks: Vec<ComponentFuture> = Vec::new();
+    if let Some(u) = &cfg.thrift_compact {
+        tasks.push(udp::serve(u, model::Protocol::Compact, output.clone(), wait, &ctx).await?);
+    }
+    if let Some(u) = &cfg.thrift_binary {
+        tasks.push(udp::serve(u, model::Protocol::Binary, output.clone(), wait, &ctx).await?);
+    }
+    if let Some(h) = &cfg.thrift_http {
+        tasks.push(http::serve(h, output.clone(), wait, &ctx).await?);
+    }
+    if let Some(s) = &cfg.sampling {
+        let store = sampling::Store::open(s.strategies_file.clone()).map_err(|e| ctx.error(e))?;
+        let addr = s.endpoint.to_string();
+        let listener = tokio::net::TcpListener::bind(&addr).await.map_err(|e| ctx.error(format!("cannot listen on {addr} (sampling): {e}")))?;
+        tracing::info!(message = "Receiver listening.", receiver = %ctx.name, transport = "sampling", address = %listener.local_addr().map(|a| a.to_string()).unwrap_or(addr));
+        let shutdown = ctx.shutdown.clone();
+        let watch = tokio::spawn(store.clone().watch(s.reload_interval.get(), shutdown.clone()));
+        let name = ctx.name.clone();
+        tasks.push(Box::pin(async move {
+            let r = axum::serve(listener, sampling::router(store))
+                .with_graceful_shutdown(shutdown.cancelled_owned())
+                .await
+                .map_err(|e| tracepipe_pipeline::ComponentError(format!("receiver `{name}` sampling server failed: {e}")));
+            watch.abort();
+            r
+        }));
+    }
+    drop(output);
+    ctx.health.set_listening(&ctx.name, true);
+    let health = ctx.health.clone();
+    let name = ctx.name.clone();
+    Ok(Box::pin(async move {
+        let results = futures::future::join_all(tasks).await;
+        health.set_listening(&name, false);
+        results.into_iter().collect::<Result<Vec<()>, _>>().map(|_| ())
+    }))
+}

@@ -1,0 +1,343 @@
+//! Jaeger receiver unit tests: thrift decoding (compact, strict and non-strict binary, bare
+//! batch), translation, hostile input, property tests, sampling responses.
+
+use thrift::protocol::{
+    TBinaryOutputProtocol, TCompactOutputProtocol, TFieldIdentifier, TListIdentifier, TMessageIdentifier, TMessageType, TOutputProtocol,
+    TStructIdentifier, TType,
+};
+
+use super::model::{self, JaegerBatch, Log, Process, Protocol, Span, SpanRef, Tag};
+use super::sampling::Strategies;
+use super::translate::to_otlp;
+
+fn tag_s(k: &str, v: &str) -> Tag {
+    Tag { key: k.into(), v_type: 0, v_str: Some(v.into()), ..Default::default() }
+}
+
+pub(crate) fn sample_batch() -> JaegerBatch {
+    JaegerBatch {
+        process: Process {
+            service_name: "orders".into(),
+            tags: vec![tag_s("hostname", "h1"), Tag { key: "ip.count".into(), v_type: 3, v_long: Some(2), v_str: Some(String::new()), v_double: Some(0.0), v_bool: Some(false), ..Default::default() }],
+        },
+        spans: vec![
+            Span {
+                trace_id_low: 0x0102030405060708,
+                trace_id_high: 0x1112131415161718,
+                span_id: 0x2122232425262728,
+                parent_span_id: 0,
+                operation_name: "GET /orders".into(),
+                references: vec![
+                    SpanRef { ref_type: 0, trace_id_low: 0x0102030405060708, trace_id_high: 0x1112131415161718, span_id: 0x3132333435363738 },
+                    SpanRef { ref_type: 1, trace_id_low: 7, trace_id_high: 0, span_id: 9 },
+                ],
+                flags: 1,
+                start_time: 1_700_000_000_123_456,
+                duration: 2_500,
+                tags: vec![
+                    tag_s("span.kind", "server"),
+                    Tag { key: "http.status_code".into(), v_type: 3, v_long: Some(500), v_str: Some(String::new()), ..Default::default() },
+                    Tag { key: "error".into(), v_type: 2, v_bool: Some(true), ..Default::default() },
+                    Tag { key: "ratio".into(), v_type: 1, v_double: Some(0.5), v_long: Some(0), ..Default::default() },
+                    Tag { key: "blob".into(), v_type: 4, v_binary: Some(vec![1, 2, 3]), ..Default::default() },
+                    tag_s("otel.scope.name", "lib"),
+                    tag_s("otel.scope.version", "1.0"),
+                ],
+                logs: vec![Log { timestamp: 1_700_000_000_124_000, fields: vec![tag_s("event", "retry"), tag_s("attempt", "2")] }],
+            },
+            Span { trace_id_low: 5, span_id: 6, parent_span_id: 7, operation_name: "child".into(), start_time: 10, duration: 1, tags: vec![tag_s("otel.status_code", "OK")], ..Default::default() },
+        ],
+    }
+}
+
+fn write_tag(o: &mut dyn TOutputProtocol, t: &Tag) {
+    o.write_struct_begin(&TStructIdentifier::new("Tag")).unwrap();
+    o.write_field_begin(&TFieldIdentifier::new("key", TType::String, 1)).unwrap();
+    o.write_string(&t.key).unwrap();
+    o.write_field_end().unwrap();
+    o.write_field_begin(&TFieldIdentifier::new("vType", TType::I32, 2)).unwrap();
+    o.write_i32(t.v_type).unwrap();
+    o.write_field_end().unwrap();
+    if let Some(v) = &t.v_str {
+        o.write_field_begin(&TFieldIdentifier::new("vStr", TType::String, 3)).unwrap();
+        o.write_string(v).unwrap();
+        o.write_field_end().unwrap();
+    }
+    if let Some(v) = t.v_double {
+        o.write_field_begin(&TFieldIdentifier::new("vDouble", TType::Double, 4)).unwrap();
+        o.write_double(v).unwrap();
+        o.write_field_end().unwrap();
+    }
+    if let Some(v) = t.v_bool {
+        o.write_field_begin(&TFieldIdentifier::new("vBool", TType::Bool, 5)).unwrap();
+        o.write_bool(v).unwrap();
+        o.write_field_end().unwrap();
+    }
+    if let Some(v) = t.v_long {
+        o.write_field_begin(&TFieldIdentifier::new("vLong", TType::I64, 6)).unwrap();
+        o.write_i64(v).unwrap();
+        o.write_field_end().unwrap();
+    }
+    if let Some(v) = &t.v_binary {
+        o.write_field_begin(&TFieldIdentifier::new("vBinary", TType::String, 7)).unwrap();
+        o.write_bytes(v).unwrap();
+        o.write_field_end().unwrap();
+    }
+    o.write_field_stop().unwrap();
+    o.write_struct_end().unwrap();
+}
+
+fn i64_field(o: &mut dyn TOutputProtocol, id: i16, v: i64) {
+    o.write_field_begin(&TFieldIdentifier::new("f", TType::I64, id)).unwrap();
+    o.write_i64(v).unwrap();
+    o.write_field_end().unwrap();
+}
+
+fn write_tags(o: &mut dyn TOutputProtocol, id: i16, tags: &[Tag]) {
+    o.write_field_begin(&TFieldIdentifier::new("tags", TType::List, id)).unwrap();
+    o.write_list_begin(&TListIdentifier::new(TType::Struct, tags.len() as i32)).unwrap();
+    tags.iter().for_each(|t| write_tag(o, t));
+    o.write_list_end().unwrap();
+    o.write_field_end().unwrap();
+}
+
+pub(crate) fn write_batch(o: &mut dyn TOutputProtocol, b: &JaegerBatch) {
+    o.write_struct_begin(&TStructIdentifier::new("Batch")).unwrap();
+    o.write_field_begin(&TFieldIdentifier::new("process", TType::Struct, 1)).unwrap();
+    o.write_struct_begin(&TStructIdentifier::new("Process")).unwrap();
+    o.write_field_begin(&TFieldIdentifier::new("serviceName", TType::String, 1)).unwrap();
+    o.write_string(&b.process.service_name).unwrap();
+    o.write_field_end().unwrap();
+    write_tags(o, 2, &b.process.tags);
+    o.write_field_stop().unwrap();
+    o.write_struct_end().unwrap();
+    o.write_field_end().unwrap();
+    o.write_field_begin(&TFieldIdentifier::new("spans", TType::List, 2)).unwrap();
+    o.write_list_begin(&TListIdentifier::new(TType::Struct, b.spans.len() as i32)).unwrap();
+    for s in &b.spans {
+        o.write_struct_begin(&TStructIdentifier::new("Span")).unwrap();
+        i64_field(o, 1, s.trace_id_low);
+        i64_field(o, 2, s.trace_id_high);
+        i64_field(o, 3, s.span_id);
+        i64_field(o, 4, s.parent_span_id);
+        o.write_field_begin(&TFieldIdentifier::new("operationName", TType::String, 5)).unwrap();
+        o.write_string(&s.operation_name).unwrap();
+        o.write_field_end().unwrap();
+        o.write_field_begin(&TFieldIdentifier::new("references", TType::List, 6)).unwrap();
+        o.write_list_begin(&TListIdentifier::new(TType::Struct, s.references.len() as i32)).unwrap();
+        for r in &s.references {
+            o.write_struct_begin(&TStructIdentifier::new("SpanRef")).unwrap();
+            o.write_field_begin(&TFieldIdentifier::new("refType", TType::I32, 1)).unwrap();
+            o.write_i32(r.ref_type).unwrap();
+            o.write_field_end().unwrap();
+            i64_field(o, 2, r.trace_id_low);
+            i64_field(o, 3, r.trace_id_high);
+            i64_field(o, 4, r.span_id);
+            o.write_field_stop().unwrap();
+            o.write_struct_end().unwrap();
+        }
+        o.write_list_end().unwrap();
+        o.write_field_end().unwrap();
+        o.write_field_begin(&TFieldIdentifier::new("flags", TType::I32, 7)).unwrap();
+        o.write_i32(s.flags).unwrap();
+        o.write_field_end().unwrap();
+        i64_field(o, 8, s.start_time);
+        i64_field(o, 9, s.duration);
+        write_tags(o, 10, &s.tags);
+        o.write_field_begin(&TFieldIdentifier::new("logs", TType::List, 11)).unwrap();
+        o.write_list_begin(&TListIdentifier::new(TType::Struct, s.logs.len() as i32)).unwrap();
+        for l in &s.logs {
+            o.write_struct_begin(&TStructIdentifier::new("Log")).unwrap();
+            i64_field(o, 1, l.timestamp);
+            write_tags(o, 2, &l.fields);
+            o.write_field_stop().unwrap();
+            o.write_struct_end().unwrap();
+        }
+        o.write_list_end().unwrap();
+        o.write_field_end().unwrap();
+        o.write_field_stop().unwrap();
+        o.write_struct_end().unwrap();
+    }
+    o.write_list_end().unwrap();
+    o.write_field_end().unwrap();
+    o.write_field_stop().unwrap();
+    o.write_struct_end().unwrap();
+}
+
+pub(crate) fn emit_batch(b: &JaegerBatch, protocol: Protocol, strict: bool) -> Vec<u8> {
+    let mut buf: Vec<u8> = Vec::new();
+    {
+        let mut o: Box<dyn TOutputProtocol> = match protocol {
+            Protocol::Compact => Box::new(TCompactOutputProtocol::new(&mut buf)),
+            Protocol::Binary => Box::new(TBinaryOutputProtocol::new(&mut buf, strict)),
+        };
+        o.write_message_begin(&TMessageIdentifier::new("emitBatch", TMessageType::OneWay, 1)).unwrap();
+        o.write_struct_begin(&TStructIdentifier::new("emitBatch_args")).unwrap();
+        o.write_field_begin(&TFieldIdentifier::new("batch", TType::Struct, 1)).unwrap();
+        write_batch(o.as_mut(), b);
+        o.write_field_end().unwrap();
+        o.write_field_stop().unwrap();
+        o.write_struct_end().unwrap();
+        o.write_message_end().unwrap();
+        o.flush().unwrap();
+    }
+    buf
+}
+
+#[test]
+fn decodes_every_protocol() {
+    let b = sample_batch();
+    for (p, strict) in [(Protocol::Compact, true), (Protocol::Binary, true), (Protocol::Binary, false)] {
+        let bytes = emit_batch(&b, p, strict);
+        assert_eq!(model::decode_emit_batch(&bytes, p).unwrap(), b, "{p:?} strict={strict}");
+        assert_eq!(model::peek_span_count(&bytes, p), Some(2));
+    }
+    let mut bare = Vec::new();
+    write_batch(&mut TBinaryOutputProtocol::new(&mut bare, true), &b);
+    assert_eq!(model::decode_batch_binary(&bare).unwrap(), b);
+}
+
+#[test]
+fn translation_follows_the_otel_mapping() {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    let rs = to_otlp(&sample_batch());
+    assert_eq!(rs.len(), 1);
+    let res = rs[0].resource.as_ref().unwrap();
+    let get = |kvs: &[opentelemetry_proto::tonic::common::v1::KeyValue], k: &str| kvs.iter().find(|kv| kv.key == k).and_then(|kv| kv.value.clone()).and_then(|v| v.value);
+    assert_eq!(get(&res.attributes, "service.name"), Some(Value::StringValue("orders".into())));
+    assert_eq!(get(&res.attributes, "ip.count"), Some(Value::IntValue(2)), "typed by vType even with every field zero-filled");
+    let scope_lib = rs[0].scope_spans.iter().find(|s| s.scope.as_ref().unwrap().name == "lib").unwrap();
+    assert_eq!(scope_lib.scope.as_ref().unwrap().version, "1.0");
+    let s = &scope_lib.spans[0];
+    assert_eq!(s.trace_id, hex("11121314151617180102030405060708"));
+    assert_eq!(s.span_id, hex("2122232425262728"));
+    assert_eq!(s.parent_span_id, hex("3132333435363738"), "parent from the CHILD_OF reference");
+    assert_eq!(s.links.len(), 1);
+    assert_eq!(s.links[0].trace_id, hex("00000000000000000000000000000007"));
+    assert_eq!(get(&s.links[0].attributes, "opentracing.ref_type"), Some(Value::StringValue("follows_from".into())));
+    assert_eq!(s.kind, 2);
+    assert_eq!(s.start_time_unix_nano, 1_700_000_000_123_456_000);
+    assert_eq!(s.end_time_unix_nano - s.start_time_unix_nano, 2_500_000);
+    assert_eq!(s.flags, 1);
+    assert_eq!(s.status.as_ref().unwrap().code, 2, "error=true -> ERROR");
+    assert!(get(&s.attributes, "error").is_none() && get(&s.attributes, "span.kind").is_none());
+    assert_eq!(get(&s.attributes, "http.status_code"), Some(Value::IntValue(500)));
+    assert_eq!(get(&s.attributes, "ratio"), Some(Value::DoubleValue(0.5)));
+    assert_eq!(get(&s.attributes, "blob"), Some(Value::BytesValue(vec![1, 2, 3])));
+    assert_eq!(s.events[0].name, "retry");
+    assert_eq!(s.events[0].time_unix_nano, 1_700_000_000_124_000_000);
+    assert_eq!(get(&s.events[0].attributes, "attempt"), Some(Value::StringValue("2".into())));
+    let other = rs[0].scope_spans.iter().find(|sc| sc.scope.as_ref().unwrap().name.is_empty()).unwrap();
+    assert_eq!(other.spans[0].parent_span_id, 7i64.to_be_bytes().to_vec());
+    assert_eq!(other.spans[0].status.as_ref().unwrap().code, 1, "otel.status_code=OK");
+}
+
+fn hex(s: &str) -> Vec<u8> {
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+}
+
+#[test]
+fn hostile_payloads_fail_without_allocating() {
+    // Compact: message header, then a list header claiming 2^31-1 elements.
+    let b = sample_batch();
+    let good = emit_batch(&b, Protocol::Compact, true);
+    let t0 = std::time::Instant::now();
+    // Binary strict: emitBatch with a spans list of i32::MAX elements.
+    let mut evil: Vec<u8> = Vec::new();
+    {
+        let mut o = TBinaryOutputProtocol::new(&mut evil, true);
+        o.write_message_begin(&TMessageIdentifier::new("emitBatch", TMessageType::OneWay, 1)).unwrap();
+        o.write_struct_begin(&TStructIdentifier::new("a")).unwrap();
+        o.write_field_begin(&TFieldIdentifier::new("batch", TType::Struct, 1)).unwrap();
+        o.write_struct_begin(&TStructIdentifier::new("Batch")).unwrap();
+        o.write_field_begin(&TFieldIdentifier::new("process", TType::Struct, 1)).unwrap();
+        o.write_struct_begin(&TStructIdentifier::new("Process")).unwrap();
+        o.write_field_stop().unwrap();
+        o.write_struct_end().unwrap();
+        o.write_field_end().unwrap();
+        o.write_field_begin(&TFieldIdentifier::new("spans", TType::List, 2)).unwrap();
+        o.write_list_begin(&TListIdentifier::new(TType::Struct, i32::MAX)).unwrap();
+    }
+    let err = model::decode_emit_batch(&evil, Protocol::Binary).unwrap_err().to_string();
+    assert!(err.contains("2147483647") || err.contains("too long") || err.to_lowercase().contains("size"), "{err}");
+    // A string claiming 1 GiB.
+    let mut s: Vec<u8> = Vec::new();
+    {
+        let mut o = TBinaryOutputProtocol::new(&mut s, true);
+        o.write_message_begin(&TMessageIdentifier::new("emitBatch", TMessageType::OneWay, 1)).unwrap();
+    }
+    s.extend_from_slice(&[0x0c, 0x00, 0x01, 0x0c, 0x00, 0x01, 0x0b, 0x00, 0x01, 0x40, 0x00, 0x00, 0x00, b'x']);
+    assert!(model::decode_emit_batch(&s, Protocol::Binary).is_err());
+    // Truncated, garbage, wrong method.
+    assert!(model::decode_emit_batch(&good[..good.len() / 2], Protocol::Compact).is_err());
+    assert!(model::decode_emit_batch(&[0xff; 64], Protocol::Compact).is_err());
+    assert!(model::decode_emit_batch(b"", Protocol::Binary).is_err());
+    assert!(t0.elapsed() < std::time::Duration::from_secs(1));
+}
+
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let _ = model::decode_emit_batch(&bytes, Protocol::Compact);
+            let _ = model::decode_emit_batch(&bytes, Protocol::Binary);
+            let _ = model::decode_batch_binary(&bytes);
+            let _ = model::peek_span_count(&bytes, Protocol::Compact);
+        }
+
+        #[test]
+        fn mutated_batches_never_panic(i in 0usize..2000, v in any::<u8>(), compact in any::<bool>()) {
+            let p = if compact { Protocol::Compact } else { Protocol::Binary };
+            let mut b = emit_batch(&sample_batch(), p, true);
+            let k = i % b.len();
+            b[k] = v;
+            if let Ok(batch) = model::decode_emit_batch(&b, p) {
+                let _ = to_otlp(&batch);
+            }
+        }
+
+        /// Trace ids and times survive translation exactly for any values.
+        #[test]
+        fn ids_and_times_exact(hi in any::<i64>(), lo in any::<i64>(), sid in any::<i64>(), start in 0i64..(i64::MAX / 2000), dur in 0i64..1_000_000_000) {
+            let b = JaegerBatch { process: Process { service_name: "s".into(), tags: vec![] }, spans: vec![Span { trace_id_high: hi, trace_id_low: lo, span_id: sid, start_time: start, duration: dur, ..Default::default() }] };
+            let bytes = emit_batch(&b, Protocol::Compact, true);
+            let rs = to_otlp(&model::decode_emit_batch(&bytes, Protocol::Compact).unwrap());
+            let s = &rs[0].scope_spans[0].spans[0];
+            prop_assert_eq!(&s.trace_id[..8], &hi.to_be_bytes()[..]);
+            prop_assert_eq!(&s.trace_id[8..], &lo.to_be_bytes()[..]);
+            prop_assert_eq!(&s.span_id[..], &sid.to_be_bytes()[..]);
+            prop_assert_eq!(s.start_time_unix_nano, start as u64 * 1000);
+            prop_assert_eq!(s.end_time_unix_nano - s.start_time_unix_nano, dur as u64 * 1000);
+        }
+    }
+}
+
+#[test]
+fn sampling_responses() {
+    let s = Strategies::parse(r#"{
+        "service_strategies": [
+            {"service": "foo", "type": "probabilistic", "param": 0.8,
+             "operation_strategies": [{"operation": "op1", "type": "probabilistic", "param": 0.2}]},
+            {"service": "bar", "type": "ratelimiting", "param": 5}
+        ],
+        "default_strategy": {"type": "probabilistic", "param": 0.5}
+    }"#)
+    .unwrap();
+    let foo = s.response("foo", false);
+    assert_eq!(foo["strategyType"], "PROBABILISTIC");
+    assert_eq!(foo["probabilisticSampling"]["samplingRate"], 0.8);
+    assert_eq!(foo["operationSampling"]["perOperationStrategies"][0]["operation"], "op1");
+    assert_eq!(foo["operationSampling"]["defaultSamplingProbability"], 0.8);
+    let bar = s.response("bar", false);
+    assert_eq!(bar["strategyType"], "RATE_LIMITING");
+    assert_eq!(bar["rateLimitingSampling"]["maxTracesPerSecond"], 5);
+    assert_eq!(s.response("bar", true)["strategyType"], 1);
+    assert_eq!(s.response("other", false)["probabilisticSampling"]["samplingRate"], 0.5);
+    assert_eq!(Strategies::default().response("x", false)["probabilisticSampling"]["samplingRate"], 0.001);
+    assert!(Strategies::parse(r#"{"default_strategy": {"type": "probabilistic", "param": 1.5}}"#).is_err());
+    assert!(Strategies::parse(r#"{"service_strategies": [{"service": "a", "type": "sometimes", "param": 1}]}"#).is_err());
+    assert!(Strategies::parse("not json").is_err());
+}
