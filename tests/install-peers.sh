@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs the real peers the end-to-end tests and the benchmark drive, from the registries:
 #  - tests/.venv: the OpenTelemetry Python SDK and its OTLP exporters, pytest (tests/requirements.txt)
+#  - tests/.venv-jaegerclient, tests/.venv-oteljaeger: Python jaeger-client 4.8.0 and the OTel
+#    Jaeger exporter 1.21.0; tests/node: Node jaeger-client 3.19.0
 #  - tests/.peers/bin/rotel-agent: Rotel, unpacked from its PyPI wheel (the benchmark peer)
 # Idempotent: a second run only checks.
 set -euo pipefail
@@ -17,6 +19,22 @@ want="$(sha256sum "$here/requirements.txt" | cut -d' ' -f1)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   "$venv/bin/pip" install -q --disable-pip-version-check -r "$here/requirements.txt"
   echo "$want" > "$stamp"
+fi
+
+# Jaeger clients: each needs pins that conflict with the main venv, so each gets its own venv.
+for v in jaegerclient oteljaeger; do
+  dir="$here/.venv-$v"
+  [ -x "$dir/bin/python" ] || python3 -m venv "$dir"
+  want="$(sha256sum "$here/requirements-$v.txt" | cut -d' ' -f1)"
+  if [ "$(cat "$dir/.requirements.sha" 2>/dev/null)" != "$want" ]; then
+    "$dir/bin/pip" install -q --disable-pip-version-check -r "$here/requirements-$v.txt"
+    echo "$want" > "$dir/.requirements.sha"
+  fi
+done
+
+# Node jaeger-client 3.19.0: the one real client that sends thrift binary to UDP 6832.
+if [ ! -d "$here/node/node_modules/jaeger-client" ]; then
+  (cd "$here/node" && npm install --no-audit --no-fund --loglevel=error >/dev/null)
 fi
 
 ROTEL_VERSION="${ROTEL_VERSION:-0.0.1a15}"
