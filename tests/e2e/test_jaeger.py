@@ -194,3 +194,44 @@ def test_malformed_oversized_and_hostile_datagrams_are_counted():
         wait_for(lambda: len(read_jsonl_spans(j.out)) >= 2, what="spans after garbage")
         assert j.tp.proc.poll() is None
         assert j.tp.stop() == 0
+
+
+def test_full_udp_queue_drops_whole_datagrams_and_counts_their_spans():
+    """A stalled graph (sink upstream down, tiny queues) fills the decode queue; further datagrams
+    are dropped whole and their spans counted; nothing else is lost: accepted + refused = sent."""
+    need(JC_PY)
+    compact = free_udp_port()
+    dead = free_port()
+    tp = Tracepipe(f"""
+receivers:
+  jaeger:
+    type: jaeger
+    thrift_compact: {{ endpoint: 127.0.0.1:{compact}, workers: 1, queue_packets: 2 }}
+    admission_timeout: 50ms
+sinks:
+  up:
+    type: otlp
+    inputs: [jaeger]
+    endpoint: http://127.0.0.1:{dead}
+    queue: {{ max_spans: 10, num_consumers: 1 }}
+    retry: {{ initial_interval: 1s, max_interval: 1s, max_elapsed_time: 0s }}
+""", "udpfull")
+    # One real emitBatch datagram of 2 spans from the Python client, replayed.
+    from jaeger_datagram import datagram
+    pkt = datagram()
+    with tp:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sent = 0
+        import time
+        for _ in range(300):
+            s.sendto(pkt, ("127.0.0.1", compact))
+            sent += 2
+            time.sleep(0.002)
+
+        def settled():
+            m = tp.metrics()
+            acc = metric_sum(m, "tracepipe_receiver_accepted_spans_total", receiver="jaeger")
+            ref = metric_sum(m, "tracepipe_receiver_refused_spans_total", receiver="jaeger", transport="udp")
+            return (acc, ref) if acc + ref == sent else None
+        acc, ref = wait_for(settled, what="every datagram accounted for")
+        assert ref > 0 and acc > 0
