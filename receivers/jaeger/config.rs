@@ -19,11 +19,14 @@ pub struct UdpConfig {
     /// Datagrams waiting for a worker; when full, whole datagrams are dropped and their spans
     /// counted as refused (default 1000).
     pub queue_packets: usize,
+    /// Kernel receive buffer (`SO_RCVBUF`) asked for the socket (default 8MiB; Linux caps it at
+    /// `net.core.rmem_max`). A larger buffer absorbs bursts the receive loop has not read yet.
+    pub socket_buffer_size: ByteSize,
 }
 
 impl Default for UdpConfig {
     fn default() -> Self {
-        UdpConfig { endpoint: None, max_packet_size: 65000, workers: 2, queue_packets: 1000 }
+        UdpConfig { endpoint: None, max_packet_size: 65000, workers: 2, queue_packets: 1000, socket_buffer_size: ByteSize::mib(8) }
     }
 }
 

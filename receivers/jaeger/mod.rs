@@ -60,7 +60,7 @@ fn malformed(receiver: &str, transport: &'static str, reason: &'static str) {
 
 /// Translates a Jaeger batch, drops spans with all-zero ids (counted as rejected), and admits
 /// the rest into the graph in OTLP wire form.
-async fn admit(batch: &model::JaegerBatch, output: &Output, wait: std::time::Duration, c: &Counters) -> Result<usize, Refused> {
+async fn admit(batch: model::JaegerBatch, output: &Output, wait: std::time::Duration, c: &Counters) -> Result<usize, Refused> {
     let mut rs = translate::to_otlp(batch);
     let mut rejected = 0u64;
     for r in &mut rs {

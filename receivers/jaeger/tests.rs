@@ -200,7 +200,7 @@ fn decodes_every_protocol() {
 #[test]
 fn translation_follows_the_otel_mapping() {
     use opentelemetry_proto::tonic::common::v1::any_value::Value;
-    let rs = to_otlp(&sample_batch());
+    let rs = to_otlp(sample_batch());
     assert_eq!(rs.len(), 1);
     let res = rs[0].resource.as_ref().unwrap();
     let get = |kvs: &[opentelemetry_proto::tonic::common::v1::KeyValue], k: &str| kvs.iter().find(|kv| kv.key == k).and_then(|kv| kv.value.clone()).and_then(|v| v.value);
@@ -295,7 +295,7 @@ mod props {
             let k = i % b.len();
             b[k] = v;
             if let Ok(batch) = model::decode_emit_batch(&b, p) {
-                let _ = to_otlp(&batch);
+                let _ = to_otlp(batch);
             }
         }
 
@@ -304,7 +304,7 @@ mod props {
         fn ids_and_times_exact(hi in any::<i64>(), lo in any::<i64>(), sid in any::<i64>(), start in 0i64..(i64::MAX / 2000), dur in 0i64..1_000_000_000) {
             let b = JaegerBatch { process: Process { service_name: "s".into(), tags: vec![] }, spans: vec![Span { trace_id_high: hi, trace_id_low: lo, span_id: sid, start_time: start, duration: dur, ..Default::default() }] };
             let bytes = emit_batch(&b, Protocol::Compact, true);
-            let rs = to_otlp(&model::decode_emit_batch(&bytes, Protocol::Compact).unwrap());
+            let rs = to_otlp(model::decode_emit_batch(&bytes, Protocol::Compact).unwrap());
             let s = &rs[0].scope_spans[0].spans[0];
             prop_assert_eq!(&s.trace_id[..8], &hi.to_be_bytes()[..]);
             prop_assert_eq!(&s.trace_id[8..], &lo.to_be_bytes()[..]);

@@ -29,18 +29,19 @@ fn kv(key: &str, v: any_value::Value) -> KeyValue {
     KeyValue { key: key.to_owned(), value: Some(AnyValue { value: Some(v) }), key_strindex: 0 }
 }
 
-/// A tag's value by its declared `vType`; unknown types fall back to the string field.
-fn tag_value(t: &Tag) -> any_value::Value {
+/// A tag's value by its declared `vType`; unknown types fall back to the string field. Takes
+/// the tag apart (no copies).
+fn tag_value(t: &mut Tag) -> any_value::Value {
     match t.v_type {
         DOUBLE => any_value::Value::DoubleValue(t.v_double.unwrap_or_default()),
         BOOL => any_value::Value::BoolValue(t.v_bool.unwrap_or_default()),
         LONG => any_value::Value::IntValue(t.v_long.unwrap_or_default()),
-        BINARY => any_value::Value::BytesValue(t.v_binary.clone().unwrap_or_default()),
-        STRING | _ => any_value::Value::StringValue(t.v_str.clone().unwrap_or_default()),
+        BINARY => any_value::Value::BytesValue(t.v_binary.take().unwrap_or_default()),
+        STRING | _ => any_value::Value::StringValue(t.v_str.take().unwrap_or_default()),
     }
 }
 
-fn tag_string(t: &Tag) -> String {
+fn tag_string(t: &mut Tag) -> String {
     match tag_value(t) {
         any_value::Value::StringValue(s) => s,
         any_value::Value::BoolValue(b) => b.to_string(),
@@ -48,6 +49,11 @@ fn tag_string(t: &Tag) -> String {
         any_value::Value::DoubleValue(d) => d.to_string(),
         _ => String::new(),
     }
+}
+
+fn tag_kv(mut t: Tag) -> KeyValue {
+    let v = tag_value(&mut t);
+    KeyValue { key: t.key, value: Some(AnyValue { value: Some(v) }), key_strindex: 0 }
 }
 
 fn trace_id(high: i64, low: i64) -> Vec<u8> {
@@ -69,16 +75,16 @@ fn span_kind(s: &str) -> Option<i32> {
 }
 
 /// Translates one Jaeger batch into OTLP resource spans (one resource; one scope per
-/// instrumentation scope found in the tags).
-pub fn to_otlp(b: &JaegerBatch) -> Vec<ResourceSpans> {
-    let mut resource_attrs = vec![kv("service.name", any_value::Value::StringValue(b.process.service_name.clone()))];
-    resource_attrs.extend(b.process.tags.iter().map(|t| kv(&t.key, tag_value(t))));
+/// instrumentation scope found in the tags). Consumes the batch: strings move, not copy.
+pub fn to_otlp(b: JaegerBatch) -> Vec<ResourceSpans> {
+    let mut resource_attrs = vec![kv("service.name", any_value::Value::StringValue(b.process.service_name))];
+    resource_attrs.extend(b.process.tags.into_iter().map(tag_kv));
     let mut scopes: Vec<ScopeSpans> = Vec::new();
-    for js in &b.spans {
+    for js in b.spans {
         let mut s = Span {
             trace_id: trace_id(js.trace_id_high, js.trace_id_low),
             span_id: js.span_id.to_be_bytes().to_vec(),
-            name: js.operation_name.clone(),
+            name: js.operation_name,
             start_time_unix_nano: (js.start_time as u64).saturating_mul(1000),
             end_time_unix_nano: (js.start_time as u64).saturating_add(js.duration.max(0) as u64).saturating_mul(1000),
             flags: (js.flags as u32) & 0xff,
@@ -107,26 +113,31 @@ pub fn to_otlp(b: &JaegerBatch) -> Vec<ResourceSpans> {
         }
         let (mut scope_name, mut scope_version) = (String::new(), String::new());
         let (mut status_code, mut status_msg, mut error) = (None::<String>, None::<String>, false);
-        for t in &js.tags {
+        s.attributes.reserve(js.tags.len());
+        for mut t in js.tags {
             match t.key.as_str() {
-                "span.kind" => match span_kind(&tag_string(t)) {
-                    Some(k) => s.kind = k,
-                    None => s.attributes.push(kv(&t.key, tag_value(t))),
-                },
-                "otel.status_code" => status_code = Some(tag_string(t)),
-                "otel.status_description" => status_msg = Some(tag_string(t)),
+                "span.kind" => {
+                    let v = tag_string(&mut t);
+                    match span_kind(&v) {
+                        Some(k) => s.kind = k,
+                        None => s.attributes.push(kv(&t.key, any_value::Value::StringValue(v))),
+                    }
+                }
+                "otel.status_code" => status_code = Some(tag_string(&mut t)),
+                "otel.status_description" => status_msg = Some(tag_string(&mut t)),
                 "error" => {
-                    let v = tag_string(t);
+                    let original = t.clone();
+                    let v = tag_string(&mut t);
                     if v == "true" {
                         error = true;
                     } else if v != "false" {
-                        s.attributes.push(kv(&t.key, tag_value(t)));
+                        s.attributes.push(tag_kv(original));
                     }
                 }
-                "otel.scope.name" | "otel.library.name" => scope_name = tag_string(t),
-                "otel.scope.version" | "otel.library.version" => scope_version = tag_string(t),
-                "w3c.tracestate" => s.trace_state = tag_string(t),
-                _ => s.attributes.push(kv(&t.key, tag_value(t))),
+                "otel.scope.name" | "otel.library.name" => scope_name = tag_string(&mut t),
+                "otel.scope.version" | "otel.library.version" => scope_version = tag_string(&mut t),
+                "w3c.tracestate" => s.trace_state = tag_string(&mut t),
+                _ => s.attributes.push(tag_kv(t)),
             }
         }
         let code = match status_code.as_deref().map(str::to_ascii_uppercase).as_deref() {
@@ -138,16 +149,16 @@ pub fn to_otlp(b: &JaegerBatch) -> Vec<ResourceSpans> {
         if code != status::StatusCode::Unset || status_msg.is_some() {
             s.status = Some(Status { code: code as i32, message: status_msg.unwrap_or_default() });
         }
-        for l in &js.logs {
+        for l in js.logs {
             let mut ev = span::Event { time_unix_nano: (l.timestamp as u64).saturating_mul(1000), ..Default::default() };
             let name_field = if l.fields.iter().any(|f| f.key == "event") { "event" } else { "message" };
             let mut named = false;
-            for f in &l.fields {
+            for mut f in l.fields {
                 if !named && f.key == name_field {
-                    ev.name = tag_string(f);
+                    ev.name = tag_string(&mut f);
                     named = true;
                 } else {
-                    ev.attributes.push(kv(&f.key, tag_value(f)));
+                    ev.attributes.push(tag_kv(f));
                 }
             }
             s.events.push(ev);

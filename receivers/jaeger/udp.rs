@@ -18,6 +18,14 @@ const TRANSPORT: &str = "udp";
 pub async fn serve(cfg: &UdpConfig, protocol: Protocol, output: Output, wait: Duration, ctx: &ComponentContext) -> Result<ComponentFuture, BuildError> {
     let addr = cfg.endpoint.as_ref().map(|e| e.to_string()).unwrap_or_default();
     let socket = tokio::net::UdpSocket::bind(&addr).await.map_err(|e| ctx.error(format!("cannot listen on {addr} (udp): {e}")))?;
+    let wanted = cfg.socket_buffer_size.get() as usize;
+    if let Err(e) = socket2::SockRef::from(&socket).set_recv_buffer_size(wanted) {
+        tracing::warn!(message = "Cannot set the UDP receive buffer size.", receiver = %ctx.name, requested = wanted, error = %e);
+    }
+    let got = socket2::SockRef::from(&socket).recv_buffer_size().unwrap_or(0);
+    if got < wanted {
+        tracing::info!(message = "UDP receive buffer is smaller than requested (raise net.core.rmem_max).", receiver = %ctx.name, requested = wanted, granted = got);
+    }
     tracing::info!(message = "Receiver listening.", receiver = %ctx.name, transport = "udp", protocol = ?protocol, address = %socket.local_addr().map(|a| a.to_string()).unwrap_or_default());
     let (tx, rx) = mpsc::channel::<Bytes>(cfg.queue_packets);
     let rx = Arc::new(Mutex::new(rx));
@@ -39,7 +47,7 @@ pub async fn serve(cfg: &UdpConfig, protocol: Protocol, output: Output, wait: Du
                     let Some(packet) = next else { break };
                     match model::decode_emit_batch(&packet, protocol) {
                         Ok(batch) => {
-                            let _ = admit(&batch, &output, wait, &counters).await;
+                            let _ = admit(batch, &output, wait, &counters).await;
                         }
                         Err(e) => {
                             malformed(&name, TRANSPORT, "thrift");
