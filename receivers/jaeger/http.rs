@@ -71,7 +71,7 @@ async fn traces(State(s): State<AppState>, headers: HeaderMap, body: Body) -> Re
             return (StatusCode::BAD_REQUEST, format!("unable to process request body: {e}\n")).into_response();
         }
     };
-    match admit(batch, &s.output, s.wait, &s.counters).await {
+    match admit(&batch, &s.output, s.wait, &s.counters).await {
         Ok(_) => StatusCode::ACCEPTED.into_response(),
         Err(Refused::Full) | Err(Refused::Closed) => {
             let mut r = (StatusCode::SERVICE_UNAVAILABLE, "the pipeline is full; retry later\n").into_response();

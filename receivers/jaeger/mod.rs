@@ -16,6 +16,7 @@
 //! [`translate`]) and enter the graph encoded as OTLP protobuf.
 
 mod config;
+pub mod encode;
 mod http;
 pub mod model;
 pub mod sampling;
@@ -28,8 +29,6 @@ mod tests;
 pub use config::{HttpConfig, JaegerConfig, SamplingConfig, UdpConfig};
 
 use metrics::Counter;
-use opentelemetry_proto::tonic::trace::v1::TracesData;
-use prost::Message;
 use tracepipe_pipeline::telemetry::names;
 use tracepipe_pipeline::topology::{BuildError, ComponentContext, ComponentFuture, Output, Refused};
 use tracepipe_pipeline::Batch;
@@ -58,27 +57,16 @@ fn malformed(receiver: &str, transport: &'static str, reason: &'static str) {
     metrics::counter!(names::RECEIVER_MALFORMED_REQUESTS, "receiver" => receiver.to_owned(), "transport" => transport, "reason" => reason).increment(1);
 }
 
-/// Translates a Jaeger batch, drops spans with all-zero ids (counted as rejected), and admits
-/// the rest into the graph in OTLP wire form.
-async fn admit(batch: model::JaegerBatch, output: &Output, wait: std::time::Duration, c: &Counters) -> Result<usize, Refused> {
-    let mut rs = translate::to_otlp(batch);
-    let mut rejected = 0u64;
-    for r in &mut rs {
-        for ss in &mut r.scope_spans {
-            ss.spans.retain(|s| {
-                let ok = s.trace_id.iter().any(|b| *b != 0) && s.span_id.iter().any(|b| *b != 0);
-                rejected += u64::from(!ok);
-                ok
-            });
-        }
-    }
-    c.rejected.increment(rejected);
-    let n = tracepipe_pipeline::batch::count_spans(&rs);
+/// Encodes a Jaeger batch as OTLP (dropping spans with all-zero ids, counted as rejected) and
+/// admits it into the graph in wire form.
+async fn admit(batch: &model::JaegerBatch, output: &Output, wait: std::time::Duration, c: &Counters) -> Result<usize, Refused> {
+    let enc = encode::encode_otlp(batch);
+    c.rejected.increment(enc.rejected);
+    let n = enc.spans;
     if n == 0 {
         return Ok(0);
     }
-    let bytes = TracesData { resource_spans: rs }.encode_to_vec();
-    match output.send_or_refuse(Batch::from_encoded(bytes.into(), n), wait).await {
+    match output.send_or_refuse(Batch::from_encoded(enc.bytes.into(), n), wait).await {
         Ok(()) => {
             c.accepted.increment(n as u64);
             Ok(n)

@@ -200,7 +200,7 @@ fn decodes_every_protocol() {
 #[test]
 fn translation_follows_the_otel_mapping() {
     use opentelemetry_proto::tonic::common::v1::any_value::Value;
-    let rs = to_otlp(sample_batch());
+    let rs = to_otlp(&sample_batch());
     assert_eq!(rs.len(), 1);
     let res = rs[0].resource.as_ref().unwrap();
     let get = |kvs: &[opentelemetry_proto::tonic::common::v1::KeyValue], k: &str| kvs.iter().find(|kv| kv.key == k).and_then(|kv| kv.value.clone()).and_then(|v| v.value);
@@ -295,7 +295,8 @@ mod props {
             let k = i % b.len();
             b[k] = v;
             if let Ok(batch) = model::decode_emit_batch(&b, p) {
-                let _ = to_otlp(batch);
+                let _ = to_otlp(&batch);
+                let _ = super::super::encode::encode_otlp(&batch);
             }
         }
 
@@ -304,7 +305,7 @@ mod props {
         fn ids_and_times_exact(hi in any::<i64>(), lo in any::<i64>(), sid in any::<i64>(), start in 0i64..(i64::MAX / 2000), dur in 0i64..1_000_000_000) {
             let b = JaegerBatch { process: Process { service_name: "s".into(), tags: vec![] }, spans: vec![Span { trace_id_high: hi, trace_id_low: lo, span_id: sid, start_time: start, duration: dur, ..Default::default() }] };
             let bytes = emit_batch(&b, Protocol::Compact, true);
-            let rs = to_otlp(model::decode_emit_batch(&bytes, Protocol::Compact).unwrap());
+            let rs = to_otlp(&model::decode_emit_batch(&bytes, Protocol::Compact).unwrap());
             let s = &rs[0].scope_spans[0].spans[0];
             prop_assert_eq!(&s.trace_id[..8], &hi.to_be_bytes()[..]);
             prop_assert_eq!(&s.trace_id[8..], &lo.to_be_bytes()[..]);
@@ -340,4 +341,76 @@ fn sampling_responses() {
     assert!(Strategies::parse(r#"{"default_strategy": {"type": "probabilistic", "param": 1.5}}"#).is_err());
     assert!(Strategies::parse(r#"{"service_strategies": [{"service": "a", "type": "sometimes", "param": 1}]}"#).is_err());
     assert!(Strategies::parse("not json").is_err());
+}
+
+mod encoder_equivalence {
+    use super::*;
+    use opentelemetry_proto::tonic::trace::v1::TracesData;
+    use proptest::prelude::*;
+    use prost::Message;
+
+    fn tag_strategy() -> impl Strategy<Value = Tag> {
+        let keys = prop_oneof![
+            Just("span.kind".to_string()),
+            Just("error".to_string()),
+            Just("otel.status_code".to_string()),
+            Just("otel.status_description".to_string()),
+            Just("otel.scope.name".to_string()),
+            Just("otel.library.version".to_string()),
+            Just("w3c.tracestate".to_string()),
+            "[a-z.]{0,12}",
+            "[a-z]{100,200}",
+        ];
+        let strs = prop_oneof![Just("server".to_string()), Just("client".to_string()), Just("true".to_string()), Just("OK".to_string()), Just("ERROR".to_string()), ".{0,10}", "x{120,300}"];
+        (keys, 0i32..6, proptest::option::of(strs), proptest::option::of(any::<f64>()), proptest::option::of(any::<bool>()), proptest::option::of(any::<i64>()), proptest::option::of(proptest::collection::vec(any::<u8>(), 0..20)))
+            .prop_map(|(key, v_type, v_str, v_double, v_bool, v_long, v_binary)| Tag { key, v_type, v_str, v_double, v_bool, v_long, v_binary })
+    }
+
+    fn span_strategy() -> impl Strategy<Value = Span> {
+        (
+            (prop_oneof![Just(0i64), any::<i64>()], prop_oneof![Just(0i64), any::<i64>()], prop_oneof![Just(0i64), any::<i64>()], prop_oneof![Just(0i64), 1i64..5]),
+            ".{0,40}",
+            proptest::collection::vec((0i32..3, prop_oneof![Just(0i64), 1i64..3], any::<i64>(), 1i64..5).prop_map(|(ref_type, trace_id_low, trace_id_high, span_id)| SpanRef { ref_type, trace_id_low, trace_id_high, span_id }), 0..3),
+            (any::<i32>(), 0i64..i64::MAX / 2000, -5i64..1_000_000),
+            proptest::collection::vec(tag_strategy(), 0..8),
+            proptest::collection::vec((any::<i64>().prop_map(|t| t.abs() / 2000), proptest::collection::vec(tag_strategy(), 0..4)).prop_map(|(timestamp, fields)| Log { timestamp, fields }), 0..3),
+        )
+            .prop_map(|((trace_id_low, trace_id_high, span_id, parent_span_id), operation_name, references, (flags, start_time, duration), tags, logs)| Span {
+                trace_id_low,
+                trace_id_high,
+                span_id,
+                parent_span_id,
+                operation_name,
+                references,
+                flags,
+                start_time,
+                duration,
+                tags,
+                logs,
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+        /// The direct encoder writes exactly what the struct translation gives (minus spans with
+        /// zero ids, which both the receiver and this test drop).
+        #[test]
+        fn direct_encoding_equals_translation(service in ".{0,20}", ptags in proptest::collection::vec(tag_strategy(), 0..4), spans in proptest::collection::vec(span_strategy(), 0..6)) {
+            let b = JaegerBatch { process: Process { service_name: service, tags: ptags }, spans };
+            let enc = crate::jaeger::encode::encode_otlp(&b);
+            let valid: Vec<Span> = b.spans.iter().filter(|s| (s.trace_id_high != 0 || s.trace_id_low != 0) && s.span_id != 0).cloned().collect();
+            prop_assert_eq!(enc.rejected as usize, b.spans.len() - valid.len());
+            prop_assert_eq!(enc.spans, valid.len());
+            if valid.is_empty() {
+                prop_assert!(enc.bytes.is_empty());
+            } else {
+                let want = TracesData { resource_spans: to_otlp(&JaegerBatch { process: b.process.clone(), spans: valid }) };
+                let got = TracesData::decode(enc.bytes.as_slice()).unwrap();
+                // Compare with doubles as bits (NaN != NaN otherwise).
+                prop_assert_eq!(format!("{:?}", got).replace("NaN", "nan"), format!("{:?}", want).replace("NaN", "nan"));
+                // And it is valid OTLP wire form by the receivers' own scanner.
+                prop_assert_eq!(tracepipe_pipeline::wire::scan_traces(&enc.bytes).unwrap().spans, enc.spans);
+            }
+        }
+    }
 }

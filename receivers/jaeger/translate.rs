@@ -15,9 +15,9 @@
 
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::{span, status, ResourceSpans, ScopeSpans, Span, Status};
+use opentelemetry_proto::tonic::trace::v1::{span, ResourceSpans, ScopeSpans, Span, Status};
 
-use super::model::{JaegerBatch, Tag};
+use super::model::{self, JaegerBatch, SpanRef, Tag};
 
 const STRING: i32 = 0;
 const DOUBLE: i32 = 1;
@@ -29,31 +29,26 @@ fn kv(key: &str, v: any_value::Value) -> KeyValue {
     KeyValue { key: key.to_owned(), value: Some(AnyValue { value: Some(v) }), key_strindex: 0 }
 }
 
-/// A tag's value by its declared `vType`; unknown types fall back to the string field. Takes
-/// the tag apart (no copies).
-fn tag_value(t: &mut Tag) -> any_value::Value {
+/// A tag's value by its declared `vType`; unknown types fall back to the string field.
+pub fn tag_value(t: &Tag) -> any_value::Value {
     match t.v_type {
         DOUBLE => any_value::Value::DoubleValue(t.v_double.unwrap_or_default()),
         BOOL => any_value::Value::BoolValue(t.v_bool.unwrap_or_default()),
         LONG => any_value::Value::IntValue(t.v_long.unwrap_or_default()),
-        BINARY => any_value::Value::BytesValue(t.v_binary.take().unwrap_or_default()),
-        STRING | _ => any_value::Value::StringValue(t.v_str.take().unwrap_or_default()),
+        BINARY => any_value::Value::BytesValue(t.v_binary.clone().unwrap_or_default()),
+        STRING | _ => any_value::Value::StringValue(t.v_str.clone().unwrap_or_default()),
     }
 }
 
-fn tag_string(t: &mut Tag) -> String {
-    match tag_value(t) {
-        any_value::Value::StringValue(s) => s,
-        any_value::Value::BoolValue(b) => b.to_string(),
-        any_value::Value::IntValue(i) => i.to_string(),
-        any_value::Value::DoubleValue(d) => d.to_string(),
-        _ => String::new(),
+/// A tag's value as text (for tags whose meaning is textual: kind, status, scope).
+pub fn tag_text(t: &Tag) -> String {
+    match t.v_type {
+        DOUBLE => t.v_double.unwrap_or_default().to_string(),
+        BOOL => t.v_bool.unwrap_or_default().to_string(),
+        LONG => t.v_long.unwrap_or_default().to_string(),
+        BINARY => String::new(),
+        _ => t.v_str.clone().unwrap_or_default(),
     }
-}
-
-fn tag_kv(mut t: Tag) -> KeyValue {
-    let v = tag_value(&mut t);
-    KeyValue { key: t.key, value: Some(AnyValue { value: Some(v) }), key_strindex: 0 }
 }
 
 fn trace_id(high: i64, low: i64) -> Vec<u8> {
@@ -63,7 +58,8 @@ fn trace_id(high: i64, low: i64) -> Vec<u8> {
     v
 }
 
-fn span_kind(s: &str) -> Option<i32> {
+/// OTLP kind for a `span.kind` tag value.
+pub fn kind_of(s: &str) -> Option<i32> {
     Some(match s.to_ascii_lowercase().as_str() {
         "client" => span::SpanKind::Client as i32,
         "server" => span::SpanKind::Server as i32,
@@ -74,100 +70,186 @@ fn span_kind(s: &str) -> Option<i32> {
     })
 }
 
+/// `opentracing.ref_type` of a link.
+pub fn ref_type_name(ref_type: i32) -> &'static str {
+    if ref_type == 1 { "follows_from" } else { "child_of" }
+}
+
+/// The log field that names an event: `event`, else `message`.
+pub fn event_name_field(fields: &[Tag]) -> &'static str {
+    if fields.iter().any(|f| f.key == "event") { "event" } else { "message" }
+}
+
+/// The instrumentation scope (name, version) a span's tags declare.
+pub fn scope_key(s: &model::Span) -> (String, String) {
+    let m = SpanMapping::of(s);
+    (m.scope_name, m.scope_version)
+}
+
+/// Every mapping decision for one span, shared by [`to_otlp`] and the direct encoder.
+pub struct SpanMapping<'a> {
+    /// Parent span id (0 = root).
+    pub parent: i64,
+    /// References that become links.
+    pub links: Vec<&'a SpanRef>,
+    /// OTLP kind.
+    pub kind: i32,
+    /// `otel.status_code`.
+    pub status_code: Option<String>,
+    /// `otel.status_description`.
+    pub status_msg: Option<String>,
+    /// `error=true` was set.
+    pub error: bool,
+    /// `w3c.tracestate`.
+    pub trace_state: Option<String>,
+    /// Scope name.
+    pub scope_name: String,
+    /// Scope version.
+    pub scope_version: String,
+    consumed: Vec<bool>,
+}
+
+impl<'a> SpanMapping<'a> {
+    /// Works out the mapping of a span.
+    pub fn of(js: &'a model::Span) -> Self {
+        let mut m = SpanMapping {
+            parent: js.parent_span_id,
+            links: Vec::new(),
+            kind: span::SpanKind::Unspecified as i32,
+            status_code: None,
+            status_msg: None,
+            error: false,
+            trace_state: None,
+            scope_name: String::new(),
+            scope_version: String::new(),
+            consumed: vec![false; js.tags.len()],
+        };
+        for r in &js.references {
+            let same_trace = r.trace_id_low == js.trace_id_low && r.trace_id_high == js.trace_id_high;
+            if m.parent == 0 && r.ref_type == 0 && same_trace {
+                m.parent = r.span_id;
+                continue;
+            }
+            if r.ref_type == 0 && r.span_id == m.parent && same_trace {
+                continue; // the CHILD_OF reference that duplicates parentSpanId
+            }
+            m.links.push(r);
+        }
+        for (i, t) in js.tags.iter().enumerate() {
+            let used = match t.key.as_str() {
+                "span.kind" => match kind_of(&tag_text(t)) {
+                    Some(k) => {
+                        m.kind = k;
+                        true
+                    }
+                    None => false,
+                },
+                "otel.status_code" => {
+                    m.status_code = Some(tag_text(t));
+                    true
+                }
+                "otel.status_description" => {
+                    m.status_msg = Some(tag_text(t));
+                    true
+                }
+                "error" => match tag_text(t).as_str() {
+                    "true" => {
+                        m.error = true;
+                        true
+                    }
+                    "false" => true,
+                    _ => false,
+                },
+                "otel.scope.name" | "otel.library.name" => {
+                    m.scope_name = tag_text(t);
+                    true
+                }
+                "otel.scope.version" | "otel.library.version" => {
+                    m.scope_version = tag_text(t);
+                    true
+                }
+                "w3c.tracestate" => {
+                    m.trace_state = Some(tag_text(t));
+                    true
+                }
+                _ => false,
+            };
+            m.consumed[i] = used;
+        }
+        m
+    }
+
+    /// True when tag `i` was turned into a span field (not an attribute).
+    pub fn consumed(&self, i: usize) -> bool {
+        self.consumed.get(i).copied().unwrap_or(false)
+    }
+}
+
+/// The status (code, message) of a span, if it has one.
+pub fn status_of(m: &SpanMapping<'_>) -> Option<(i32, String)> {
+    let code = match m.status_code.as_deref().map(str::to_ascii_uppercase).as_deref() {
+        Some("OK") => 1,
+        Some("ERROR") => 2,
+        _ if m.error => 2,
+        _ => 0,
+    };
+    (code != 0 || m.status_msg.is_some()).then(|| (code, m.status_msg.clone().unwrap_or_default()))
+}
+
 /// Translates one Jaeger batch into OTLP resource spans (one resource; one scope per
-/// instrumentation scope found in the tags). Consumes the batch: strings move, not copy.
-pub fn to_otlp(b: JaegerBatch) -> Vec<ResourceSpans> {
-    let mut resource_attrs = vec![kv("service.name", any_value::Value::StringValue(b.process.service_name))];
-    resource_attrs.extend(b.process.tags.into_iter().map(tag_kv));
+/// instrumentation scope found in the tags). Spans keep their ids even when zero; the receiver
+/// drops those (see the direct encoder).
+pub fn to_otlp(b: &JaegerBatch) -> Vec<ResourceSpans> {
+    let mut resource_attrs = vec![kv("service.name", any_value::Value::StringValue(b.process.service_name.clone()))];
+    resource_attrs.extend(b.process.tags.iter().map(|t| kv(&t.key, tag_value(t))));
     let mut scopes: Vec<ScopeSpans> = Vec::new();
-    for js in b.spans {
+    for js in &b.spans {
+        let m = SpanMapping::of(js);
         let mut s = Span {
             trace_id: trace_id(js.trace_id_high, js.trace_id_low),
             span_id: js.span_id.to_be_bytes().to_vec(),
-            name: js.operation_name,
+            trace_state: m.trace_state.clone().unwrap_or_default(),
+            name: js.operation_name.clone(),
+            kind: m.kind,
             start_time_unix_nano: (js.start_time as u64).saturating_mul(1000),
             end_time_unix_nano: (js.start_time as u64).saturating_add(js.duration.max(0) as u64).saturating_mul(1000),
             flags: (js.flags as u32) & 0xff,
-            kind: span::SpanKind::Unspecified as i32,
             ..Default::default()
         };
-        let mut parent = js.parent_span_id;
-        for r in &js.references {
-            let is_parent = parent == 0 && r.ref_type == 0 && r.trace_id_low == js.trace_id_low && r.trace_id_high == js.trace_id_high;
-            if is_parent {
-                parent = r.span_id;
-                continue;
-            }
-            if r.ref_type == 0 && r.span_id == parent && r.trace_id_low == js.trace_id_low && r.trace_id_high == js.trace_id_high {
-                continue; // the CHILD_OF reference that duplicates parentSpanId
-            }
-            s.links.push(span::Link {
+        if m.parent != 0 {
+            s.parent_span_id = m.parent.to_be_bytes().to_vec();
+        }
+        s.links = m
+            .links
+            .iter()
+            .map(|r| span::Link {
                 trace_id: trace_id(r.trace_id_high, r.trace_id_low),
                 span_id: r.span_id.to_be_bytes().to_vec(),
-                attributes: vec![kv("opentracing.ref_type", any_value::Value::StringValue(if r.ref_type == 1 { "follows_from" } else { "child_of" }.into()))],
+                attributes: vec![kv("opentracing.ref_type", any_value::Value::StringValue(ref_type_name(r.ref_type).into()))],
                 ..Default::default()
-            });
-        }
-        if parent != 0 {
-            s.parent_span_id = parent.to_be_bytes().to_vec();
-        }
-        let (mut scope_name, mut scope_version) = (String::new(), String::new());
-        let (mut status_code, mut status_msg, mut error) = (None::<String>, None::<String>, false);
-        s.attributes.reserve(js.tags.len());
-        for mut t in js.tags {
-            match t.key.as_str() {
-                "span.kind" => {
-                    let v = tag_string(&mut t);
-                    match span_kind(&v) {
-                        Some(k) => s.kind = k,
-                        None => s.attributes.push(kv(&t.key, any_value::Value::StringValue(v))),
-                    }
-                }
-                "otel.status_code" => status_code = Some(tag_string(&mut t)),
-                "otel.status_description" => status_msg = Some(tag_string(&mut t)),
-                "error" => {
-                    let original = t.clone();
-                    let v = tag_string(&mut t);
-                    if v == "true" {
-                        error = true;
-                    } else if v != "false" {
-                        s.attributes.push(tag_kv(original));
-                    }
-                }
-                "otel.scope.name" | "otel.library.name" => scope_name = tag_string(&mut t),
-                "otel.scope.version" | "otel.library.version" => scope_version = tag_string(&mut t),
-                "w3c.tracestate" => s.trace_state = tag_string(&mut t),
-                _ => s.attributes.push(tag_kv(t)),
-            }
-        }
-        let code = match status_code.as_deref().map(str::to_ascii_uppercase).as_deref() {
-            Some("OK") => status::StatusCode::Ok,
-            Some("ERROR") => status::StatusCode::Error,
-            _ if error => status::StatusCode::Error,
-            _ => status::StatusCode::Unset,
-        };
-        if code != status::StatusCode::Unset || status_msg.is_some() {
-            s.status = Some(Status { code: code as i32, message: status_msg.unwrap_or_default() });
-        }
-        for l in js.logs {
+            })
+            .collect();
+        s.attributes = js.tags.iter().enumerate().filter(|(i, _)| !m.consumed(*i)).map(|(_, t)| kv(&t.key, tag_value(t))).collect();
+        s.status = status_of(&m).map(|(code, message)| Status { code, message });
+        for l in &js.logs {
             let mut ev = span::Event { time_unix_nano: (l.timestamp as u64).saturating_mul(1000), ..Default::default() };
-            let name_field = if l.fields.iter().any(|f| f.key == "event") { "event" } else { "message" };
+            let name_field = event_name_field(&l.fields);
             let mut named = false;
-            for mut f in l.fields {
+            for f in &l.fields {
                 if !named && f.key == name_field {
-                    ev.name = tag_string(&mut f);
+                    ev.name = tag_text(f);
                     named = true;
                 } else {
-                    ev.attributes.push(tag_kv(f));
+                    ev.attributes.push(kv(&f.key, tag_value(f)));
                 }
             }
             s.events.push(ev);
         }
-        let idx = match scopes.iter().position(|sc| sc.scope.as_ref().map(|x| (&x.name, &x.version)) == Some((&scope_name, &scope_version))) {
+        let idx = match scopes.iter().position(|sc| sc.scope.as_ref().map(|x| (&x.name, &x.version)) == Some((&m.scope_name, &m.scope_version))) {
             Some(i) => i,
             None => {
                 scopes.push(ScopeSpans {
-                    scope: Some(InstrumentationScope { name: scope_name, version: scope_version, ..Default::default() }),
+                    scope: Some(InstrumentationScope { name: m.scope_name.clone(), version: m.scope_version.clone(), ..Default::default() }),
                     ..Default::default()
                 });
                 scopes.len() - 1

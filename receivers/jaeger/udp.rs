@@ -47,7 +47,7 @@ pub async fn serve(cfg: &UdpConfig, protocol: Protocol, output: Output, wait: Du
                     let Some(packet) = next else { break };
                     match model::decode_emit_batch(&packet, protocol) {
                         Ok(batch) => {
-                            let _ = admit(batch, &output, wait, &counters).await;
+                            let _ = admit(&batch, &output, wait, &counters).await;
                         }
                         Err(e) => {
                             malformed(&name, TRANSPORT, "thrift");
