@@ -272,6 +272,17 @@ fn hostile_payloads_fail_without_allocating() {
     assert!(model::decode_emit_batch(&good[..good.len() / 2], Protocol::Compact).is_err());
     assert!(model::decode_emit_batch(&[0xff; 64], Protocol::Compact).is_err());
     assert!(model::decode_emit_batch(b"", Protocol::Binary).is_err());
+    // 10,000 nested structs in an unknown field: skipped with a depth limit, no stack overflow.
+    let mut deep: Vec<u8> = Vec::new();
+    {
+        let mut o = TBinaryOutputProtocol::new(&mut deep, true);
+        o.write_message_begin(&TMessageIdentifier::new("emitBatch", TMessageType::OneWay, 1)).unwrap();
+        o.write_struct_begin(&TStructIdentifier::new("a")).unwrap();
+        for _ in 0..10_000 {
+            o.write_field_begin(&TFieldIdentifier::new("x", TType::Struct, 9)).unwrap();
+        }
+    }
+    assert!(model::decode_emit_batch(&deep, Protocol::Binary).is_err());
     assert!(t0.elapsed() < std::time::Duration::from_secs(1));
 }
 

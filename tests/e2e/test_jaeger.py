@@ -95,7 +95,6 @@ def test_python_jaeger_client_compact_udp_field_for_field():
                 assert ge[1] == wl["timestamp_us"] * 1000
                 assert ge[0] == wl["fields"]["event"]
                 assert ge[2] == {k: v for k, v in wl["fields"].items() if k != "event"}
-        res = j.spans()[0]
         m = j.tp.metrics()
         assert metric_sum(m, "tracepipe_receiver_accepted_spans_total", receiver="jaeger", transport="udp") == 40
         assert j.tp.stop() == 0
