@@ -66,6 +66,10 @@ fn scan_rejects_garbage_truncation_and_deep_nesting() {
     assert!(matches!(scan_traces(&b[..b.len() - 3]), Err(WireError::Truncated(_))));
     assert!(scan_traces(&[0xff; 40]).is_err());
     assert!(scan_traces(b"{\"resourceSpans\":[]}").is_err());
+    // A key above u32::MAX (found by the otlp_scan fuzz target): prost rejects it, so must we.
+    assert!(matches!(scan_traces(&[0xca, 0xda, 0xc1, 0xc1, 0x40, 0x01, 0x00]), Err(WireError::BadField(_))));
+    // A 10-byte varint overflowing u64 (also from the fuzzer).
+    assert!(matches!(scan_traces(&[0x40, 0xff, 0xff, 0xff, 0xff, 0xff, 0xca, 0xff, 0xff, 0xdb, 0x68]), Err(WireError::BadVarint(_))));
     // Wrong wire type for a known field: field 1 as varint.
     assert!(matches!(scan_traces(&[0x08, 0x01]), Err(WireError::BadWireType { .. })));
     // 100 levels of nested arrays.

@@ -31,8 +31,8 @@ pub enum WireError {
         /// Byte offset.
         offset: usize,
     },
-    /// Field number 0.
-    #[error("invalid field number 0 at byte {0}")]
+    /// Field number 0, or a key above u32::MAX.
+    #[error("invalid field key at byte {0}")]
     BadField(usize),
     /// A string field that is not UTF-8.
     #[error("invalid UTF-8 in a string field of {0}")]
@@ -115,6 +115,10 @@ impl<'a> Reader<'a> {
                 return Err(WireError::Truncated(self.base + self.pos));
             };
             self.pos += 1;
+            // The tenth byte may only hold the top bit of a u64 (prost rejects anything else).
+            if i == 9 && b > 1 {
+                return Err(WireError::BadVarint(self.base + self.pos));
+            }
             v |= u64::from(b & 0x7f) << (7 * i);
             if b < 0x80 {
                 return Ok(v);
@@ -128,7 +132,8 @@ impl<'a> Reader<'a> {
         let at = self.base + self.pos;
         let t = self.varint()?;
         let field = t >> 3;
-        if field == 0 {
+        // As prost: a key is a u32 and field 0 does not exist.
+        if field == 0 || t > u64::from(u32::MAX) {
             return Err(WireError::BadField(at));
         }
         Ok((field, (t & 7) as u8))
