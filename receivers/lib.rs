@@ -3,7 +3,8 @@
 //! Components that bring spans into the graph. One folder per receiver:
 //! - [`otlp`]: OTLP over gRPC (4317) and HTTP (4318), protobuf and JSON;
 //! - [`jaeger`]: Jaeger agent UDP (6831 compact, 6832 binary), collector HTTP (14268) and the
-//!   remote-sampling endpoint (5778).
+//!   remote-sampling endpoint (5778);
+//! - [`zipkin`]: Zipkin v1/v2 over HTTP (9411), JSON and proto3, with Envoy's proto id repair.
 //!
 //! Every receiver validates input before admitting it, answers its sender with a retryable
 //! error when the graph is full, and counts what it accepted, refused and could not decode
@@ -13,12 +14,13 @@
 
 pub mod jaeger;
 pub mod otlp;
+pub mod zipkin;
 
 use tracepipe_config::{ComponentDecl, ConfigError, Endpoint};
 use tracepipe_pipeline::topology::{BuildFuture, ComponentContext};
 
 /// Every receiver type, for messages and `--help`.
-pub const TYPES: &[&str] = &["otlp", "jaeger"];
+pub const TYPES: &[&str] = &["otlp", "jaeger", "zipkin"];
 
 /// A receiver's validated configuration.
 #[derive(Debug, Clone)]
@@ -27,6 +29,8 @@ pub enum ReceiverConfig {
     Otlp(otlp::OtlpConfig),
     /// `type: jaeger`.
     Jaeger(jaeger::JaegerConfig),
+    /// `type: zipkin`.
+    Zipkin(zipkin::ZipkinConfig),
 }
 
 /// Checks a receiver declaration; no I/O.
@@ -34,6 +38,7 @@ pub fn validate(decl: &ComponentDecl, file: &str) -> Result<ReceiverConfig, Vec<
     match decl.type_name.as_str() {
         "otlp" => otlp::OtlpConfig::from_node(&decl.body, file).map(ReceiverConfig::Otlp),
         "jaeger" => jaeger::JaegerConfig::from_node(&decl.body, file).map(ReceiverConfig::Jaeger),
+        "zipkin" => zipkin::ZipkinConfig::from_node(&decl.body, file).map(ReceiverConfig::Zipkin),
         "" => Err(vec![]), // reported by the loader
         other => Err(vec![ConfigError::new(
             file,
@@ -49,6 +54,7 @@ impl ReceiverConfig {
         match self {
             ReceiverConfig::Otlp(c) => c.listen_addresses(),
             ReceiverConfig::Jaeger(c) => c.listen_addresses(),
+            ReceiverConfig::Zipkin(c) => c.listen_addresses(),
         }
     }
 
@@ -57,6 +63,7 @@ impl ReceiverConfig {
         match self {
             ReceiverConfig::Otlp(c) => Box::pin(otlp::build(c, ctx)),
             ReceiverConfig::Jaeger(c) => Box::pin(jaeger::build(c, ctx)),
+            ReceiverConfig::Zipkin(c) => Box::pin(zipkin::build(c, ctx)),
         }
     }
 }

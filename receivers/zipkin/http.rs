@@ -1,0 +1,156 @@
+//! The Zipkin HTTP API (`/api/v2/spans`, `/api/v1/spans`).
+
+use std::io::Read;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use metrics::Counter;
+use opentelemetry_proto::tonic::trace::v1::TracesData;
+use prost::Message;
+use tracepipe_pipeline::telemetry::names;
+use tracepipe_pipeline::topology::{BuildError, ComponentContext, ComponentFuture, Output, Refused};
+use tracepipe_pipeline::Batch;
+
+use super::config::{EnvoyProtoIds, ZipkinConfig};
+use super::{model, translate};
+
+const TRANSPORT: &str = "http";
+
+#[derive(Clone)]
+struct AppState {
+    name: Arc<str>,
+    output: Output,
+    wait: Duration,
+    limit: usize,
+    envoy_ids: EnvoyProtoIds,
+    accepted: Counter,
+    refused: Counter,
+    rejected: Counter,
+}
+
+impl AppState {
+    fn malformed(&self, reason: &'static str) {
+        metrics::counter!(names::RECEIVER_MALFORMED_REQUESTS, "receiver" => self.name.to_string(), "transport" => TRANSPORT, "reason" => reason).increment(1);
+    }
+}
+
+/// Binds the listener and returns the serving task.
+pub async fn serve(cfg: &ZipkinConfig, output: Output, ctx: &ComponentContext) -> Result<ComponentFuture, BuildError> {
+    let addr = cfg.endpoint.to_string();
+    let listener = tokio::net::TcpListener::bind(&addr).await.map_err(|e| ctx.error(format!("cannot listen on {addr} (http): {e}")))?;
+    tracing::info!(message = "Receiver listening.", receiver = %ctx.name, transport = "http", address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default());
+    let r = ctx.name.clone();
+    let state = AppState {
+        name: ctx.name.as_str().into(),
+        output,
+        wait: cfg.admission_timeout.get(),
+        limit: cfg.max_request_body_size.get() as usize,
+        envoy_ids: cfg.envoy_proto_ids,
+        accepted: metrics::counter!(names::RECEIVER_ACCEPTED_SPANS, "receiver" => r.clone(), "transport" => TRANSPORT),
+        refused: metrics::counter!(names::RECEIVER_REFUSED_SPANS, "receiver" => r.clone(), "transport" => TRANSPORT, "reason" => "pipeline_full"),
+        rejected: metrics::counter!(names::RECEIVER_REJECTED_SPANS, "receiver" => r, "transport" => TRANSPORT, "reason" => "invalid_span"),
+    };
+    let app = axum::Router::new()
+        .route("/api/v2/spans", axum::routing::post(spans))
+        .route("/api/v1/spans", axum::routing::post(spans))
+        .with_state(state);
+    let shutdown = ctx.shutdown.clone();
+    let name = ctx.name.clone();
+    Ok(Box::pin(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await
+            .map_err(|e| tracepipe_pipeline::ComponentError(format!("receiver `{name}` http server failed: {e}")))
+    }))
+}
+
+fn text(status: StatusCode, msg: String) -> Response {
+    (status, format!("{msg}\n")).into_response()
+}
+
+async fn spans(State(s): State<AppState>, uri: Uri, headers: HeaderMap, body: Body) -> Response {
+    let v1 = uri.path().starts_with("/api/v1/");
+    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("application/json");
+    let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let raw = match axum::body::to_bytes(body, s.limit).await {
+        Ok(b) => b,
+        Err(e) => {
+            s.malformed("body_too_large");
+            return if e.to_string().contains("length limit") {
+                text(StatusCode::PAYLOAD_TOO_LARGE, format!("body exceeds the limit of {} bytes", s.limit))
+            } else {
+                text(StatusCode::BAD_REQUEST, format!("cannot read the body: {e}"))
+            };
+        }
+    };
+    let encoding = headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).unwrap_or("").trim().to_ascii_lowercase();
+    let body = match encoding.as_str() {
+        "" | "identity" => raw.to_vec(),
+        "gzip" => {
+            let mut out = Vec::new();
+            match flate2::read::GzDecoder::new(raw.as_ref()).take(s.limit as u64 + 1).read_to_end(&mut out) {
+                Ok(_) if out.len() > s.limit => {
+                    s.malformed("body_too_large");
+                    return text(StatusCode::PAYLOAD_TOO_LARGE, format!("decompressed body exceeds the limit of {} bytes", s.limit));
+                }
+                Ok(_) => out,
+                Err(e) => {
+                    s.malformed("encoding");
+                    return text(StatusCode::BAD_REQUEST, format!("cannot decompress the body: {e}"));
+                }
+            }
+        }
+        other => {
+            s.malformed("encoding");
+            return text(StatusCode::UNSUPPORTED_MEDIA_TYPE, format!("unsupported Content-Encoding {other:?}; use gzip or none"));
+        }
+    };
+    let from_envoy = headers.contains_key("x-envoy-internal") || headers.contains_key("x-envoy-expected-rq-timeout-ms");
+    let decoded = match (v1, mime.as_str()) {
+        (false, "application/json") => model::decode_v2_json(&body),
+        (false, "application/x-protobuf" | "application/protobuf") => {
+            let reverse = match s.envoy_ids {
+                EnvoyProtoIds::On => true,
+                EnvoyProtoIds::Off => false,
+                EnvoyProtoIds::Auto => from_envoy,
+            };
+            model::decode_v2_proto(&body, reverse)
+        }
+        (true, "application/json") => model::decode_v1_json(&body),
+        _ => {
+            s.malformed("content_type");
+            let api = if v1 { "v1: application/json" } else { "v2: application/json or application/x-protobuf" };
+            return text(StatusCode::UNSUPPORTED_MEDIA_TYPE, format!("unsupported Content-Type {ct:?} ({api})"));
+        }
+    };
+    let zspans = match decoded {
+        Ok(z) => z,
+        Err(e) => {
+            s.malformed(if mime.contains("json") { "json" } else { "protobuf" });
+            return text(StatusCode::BAD_REQUEST, e.to_string());
+        }
+    };
+    let (rs, rejected) = translate::to_otlp(zspans);
+    s.rejected.increment(rejected as u64);
+    let n = tracepipe_pipeline::batch::count_spans(&rs);
+    if n == 0 {
+        return StatusCode::ACCEPTED.into_response();
+    }
+    let bytes = TracesData { resource_spans: rs }.encode_to_vec();
+    match s.output.send_or_refuse(Batch::from_encoded(bytes.into(), n), s.wait).await {
+        Ok(()) => {
+            s.accepted.increment(n as u64);
+            StatusCode::ACCEPTED.into_response()
+        }
+        Err(Refused::Full | Refused::Closed) => {
+            s.refused.increment(n as u64);
+            let mut r = text(StatusCode::SERVICE_UNAVAILABLE, "the pipeline is full; retry later".into());
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            r
+        }
+    }
+}
