@@ -121,16 +121,17 @@ async fn spans(State(s): State<AppState>, uri: Uri, headers: HeaderMap, body: Bo
             model::decode_v2_proto(&body, reverse)
         }
         (true, "application/json") => model::decode_v1_json(&body),
+        (true, "application/x-thrift" | "application/vnd.apache.thrift.binary") => model::decode_v1_thrift(&body),
         _ => {
             s.malformed("content_type");
-            let api = if v1 { "v1: application/json" } else { "v2: application/json or application/x-protobuf" };
+            let api = if v1 { "v1: application/json or application/x-thrift" } else { "v2: application/json or application/x-protobuf" };
             return text(StatusCode::UNSUPPORTED_MEDIA_TYPE, format!("unsupported Content-Type {ct:?} ({api})"));
         }
     };
     let zspans = match decoded {
         Ok(z) => z,
         Err(e) => {
-            s.malformed(if mime.contains("json") { "json" } else { "protobuf" });
+            s.malformed(if mime.contains("json") { "json" } else if mime.contains("thrift") { "thrift" } else { "protobuf" });
             return text(StatusCode::BAD_REQUEST, e.to_string());
         }
     };

@@ -2,9 +2,10 @@
 //!
 //! On `endpoint` (default `0.0.0.0:9411`): `POST /api/v2/spans` with `application/json` (a JSON
 //! array) or `application/x-protobuf` (`zipkin.proto3.ListOfSpans`), and `POST /api/v1/spans`
-//! with `application/json` (v1 spans are converted to v2 first). Bodies may be gzip-compressed
+//! with `application/json` or `application/x-thrift` (a thrift-binary `list<Span>`; v1 spans
+//! are converted to v2 first). Bodies may be gzip-compressed
 //! and chunked. Answers 202; 400 for bodies that do not decode; 413 over the size limit
-//! (decompressed too); 415 for other content types (v1 Thrift is not supported yet); 503 +
+//! (decompressed too); 415 for other content types; 503 +
 //! `Retry-After` when the graph is full.
 //!
 //! **Envoy proto3 ids**: Envoy's Zipkin proto encoder writes span and parent ids byte-reversed

@@ -1,5 +1,5 @@
-//! The Zipkin span model and its three decoders: v2 JSON, v2 proto3 (`zipkin.proto3.ListOfSpans`)
-//! and v1 JSON (converted to v2 as Zipkin's `V1SpanConverter` does: `cs`/`cr` -> CLIENT, `sr`/`ss`
+//! The Zipkin span model and its four decoders: v2 JSON, v2 proto3 (`zipkin.proto3.ListOfSpans`),
+//! v1 Thrift and v1 JSON (converted to v2 as Zipkin's `V1SpanConverter` does: `cs`/`cr` -> CLIENT, `sr`/`ss`
 //! -> SERVER, `ms`/`mr` -> PRODUCER/CONSUMER, `sa`/`ca` -> remote endpoint, binary annotations ->
 //! tags). All JSON is read by serde_json (nesting limit 128); ids are hex, 16 or 32 digits.
 
@@ -14,6 +14,9 @@ pub enum ZipkinError {
     /// Not a valid `ListOfSpans`.
     #[error("invalid Zipkin protobuf: {0}")]
     Proto(#[from] prost::DecodeError),
+    /// Not a valid thrift `list<Span>`.
+    #[error("invalid Zipkin thrift: {0}")]
+    Thrift(String),
     /// An id of the wrong length or not hex.
     #[error("invalid {what} {value:?}: expected {digits} hex digits")]
     Id {
@@ -371,4 +374,136 @@ pub fn decode_v2_proto(body: &[u8], reverse_ids: bool) -> Result<Vec<ZSpan>, Zip
             })
         })
         .collect()
+}
+
+/// Decodes a v1 Thrift body: a thrift-binary `list<zipkincore.Span>` (what `py_zipkin` < 1.0 and
+/// old Zipkin tracers POST as `application/x-thrift`), converting each span to v2. Lengths are
+/// bounded by the body size, as for Jaeger.
+pub fn decode_v1_thrift(body: &[u8]) -> Result<Vec<ZSpan>, ZipkinError> {
+    use thrift::protocol::{TBinaryInputProtocol, TInputProtocol, TType};
+    let limit = body.len();
+    let conf = thrift::TConfiguration::builder()
+        .max_message_size(Some(limit))
+        .max_string_size(Some(limit))
+        .max_container_size(Some(limit))
+        .max_recursion_depth(Some(32))
+        .build()
+        .unwrap_or_default();
+    let mut transport = body;
+    let mut p = TBinaryInputProtocol::with_config(&mut transport, true, conf);
+    let terr = |e: thrift::Error| ZipkinError::Thrift(e.to_string());
+    fn list_len(p: &mut dyn TInputProtocol, limit: usize) -> Result<(TType, usize), ZipkinError> {
+        let li = p.read_list_begin().map_err(|e| ZipkinError::Thrift(e.to_string()))?;
+        let n = usize::try_from(li.size).ok().filter(|n| *n <= limit).ok_or_else(|| ZipkinError::Thrift(format!("list of {} elements does not fit in the body", li.size)))?;
+        Ok((li.element_type, n))
+    }
+    fn endpoint(p: &mut dyn TInputProtocol) -> Result<JsonEndpoint, ZipkinError> {
+        let terr = |e: thrift::Error| ZipkinError::Thrift(e.to_string());
+        let mut e = JsonEndpoint { service_name: None, ipv4: None, ipv6: None, port: None };
+        p.read_struct_begin().map_err(terr)?;
+        loop {
+            let f = p.read_field_begin().map_err(terr)?;
+            match (f.id, f.field_type) {
+                (_, TType::Stop) => break,
+                (Some(1), TType::I32) => {
+                    let v = p.read_i32().map_err(terr)? as u32;
+                    e.ipv4 = Some(std::net::Ipv4Addr::from(v).to_string());
+                }
+                (Some(2), TType::I16) => e.port = Some(i64::from(p.read_i16().map_err(terr)? as u16)),
+                (Some(3), TType::String) => e.service_name = Some(p.read_string().map_err(terr)?),
+                (Some(4), TType::String) => e.ipv6 = ip_text(&p.read_bytes().map_err(terr)?),
+                (_, t) => p.skip(t).map_err(terr)?,
+            }
+            p.read_field_end().map_err(terr)?;
+        }
+        p.read_struct_end().map_err(terr)?;
+        Ok(e)
+    }
+    let (ty, n) = list_len(&mut p, limit)?;
+    if ty != TType::Struct {
+        return Err(ZipkinError::Thrift("expected a list of spans".into()));
+    }
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut s = JsonSpanV1 { trace_id: String::new(), id: String::new(), parent_id: None, name: None, timestamp: None, duration: None, annotations: Vec::new(), binary_annotations: Vec::new(), debug: None };
+        let (mut tid, mut tid_high, mut id) = (None::<i64>, 0i64, None::<i64>);
+        p.read_struct_begin().map_err(terr)?;
+        loop {
+            let f = p.read_field_begin().map_err(terr)?;
+            match (f.id, f.field_type) {
+                (_, TType::Stop) => break,
+                (Some(1), TType::I64) => tid = Some(p.read_i64().map_err(terr)?),
+                (Some(3), TType::String) => s.name = Some(p.read_string().map_err(terr)?),
+                (Some(4), TType::I64) => id = Some(p.read_i64().map_err(terr)?),
+                (Some(5), TType::I64) => s.parent_id = Some(format!("{:016x}", p.read_i64().map_err(terr)?)),
+                (Some(6), TType::List) => {
+                    let (_, k) = list_len(&mut p, limit)?;
+                    for _ in 0..k {
+                        let mut a = JsonAnnotation { timestamp: None, value: None, endpoint: None };
+                        p.read_struct_begin().map_err(terr)?;
+                        loop {
+                            let f = p.read_field_begin().map_err(terr)?;
+                            match (f.id, f.field_type) {
+                                (_, TType::Stop) => break,
+                                (Some(1), TType::I64) => a.timestamp = Some(p.read_i64().map_err(terr)? as u64),
+                                (Some(2), TType::String) => a.value = Some(p.read_string().map_err(terr)?),
+                                (Some(3), TType::Struct) => a.endpoint = Some(endpoint(&mut p)?),
+                                (_, t) => p.skip(t).map_err(terr)?,
+                            }
+                            p.read_field_end().map_err(terr)?;
+                        }
+                        p.read_struct_end().map_err(terr)?;
+                        s.annotations.push(a);
+                    }
+                    p.read_list_end().map_err(terr)?;
+                }
+                (Some(8), TType::List) => {
+                    let (_, k) = list_len(&mut p, limit)?;
+                    for _ in 0..k {
+                        let (mut key, mut value, mut ty, mut host) = (String::new(), Vec::new(), 6i32, None);
+                        p.read_struct_begin().map_err(terr)?;
+                        loop {
+                            let f = p.read_field_begin().map_err(terr)?;
+                            match (f.id, f.field_type) {
+                                (_, TType::Stop) => break,
+                                (Some(1), TType::String) => key = p.read_string().map_err(terr)?,
+                                (Some(2), TType::String) => value = p.read_bytes().map_err(terr)?,
+                                (Some(3), TType::I32) => ty = p.read_i32().map_err(terr)?,
+                                (Some(4), TType::Struct) => host = Some(endpoint(&mut p)?),
+                                (_, t) => p.skip(t).map_err(terr)?,
+                            }
+                            p.read_field_end().map_err(terr)?;
+                        }
+                        p.read_struct_end().map_err(terr)?;
+                        let be = |n: usize| value.get(..n).map(|b| b.iter().fold(0i64, |acc, x| (acc << 8) | i64::from(*x)));
+                        let v = match ty {
+                            0 => Scalar::B(value.first().is_some_and(|b| *b != 0)),
+                            2 => Scalar::I(be(2).map(|v| v as i16 as i64).unwrap_or_default()),
+                            3 => Scalar::I(be(4).map(|v| v as i32 as i64).unwrap_or_default()),
+                            4 => Scalar::I(be(8).unwrap_or_default()),
+                            5 => Scalar::F(be(8).map(|v| f64::from_bits(v as u64)).unwrap_or_default()),
+                            _ => Scalar::S(String::from_utf8_lossy(&value).into_owned()),
+                        };
+                        s.binary_annotations.push(JsonBinaryAnnotation { key, value: v, endpoint: host });
+                    }
+                    p.read_list_end().map_err(terr)?;
+                }
+                (Some(9), TType::Bool) => s.debug = Some(p.read_bool().map_err(terr)?),
+                (Some(10), TType::I64) => s.timestamp = Some(p.read_i64().map_err(terr)? as u64),
+                (Some(11), TType::I64) => s.duration = Some(p.read_i64().map_err(terr)? as u64),
+                (Some(12), TType::I64) => tid_high = p.read_i64().map_err(terr)?,
+                (_, t) => p.skip(t).map_err(terr)?,
+            }
+            p.read_field_end().map_err(terr)?;
+        }
+        p.read_struct_end().map_err(terr)?;
+        let (Some(tid), Some(id)) = (tid, id) else {
+            return Err(ZipkinError::Thrift("span without trace_id or id".into()));
+        };
+        s.trace_id = if tid_high != 0 { format!("{tid_high:016x}{tid:016x}") } else { format!("{tid:016x}") };
+        s.id = format!("{id:016x}");
+        out.push(convert_v1(s)?);
+    }
+    p.read_list_end().map_err(terr)?;
+    Ok(out)
 }

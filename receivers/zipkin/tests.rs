@@ -130,6 +130,7 @@ mod props {
             let _ = model::decode_v2_json(&bytes).map(to_otlp);
             let _ = model::decode_v1_json(&bytes).map(to_otlp);
             let _ = model::decode_v2_proto(&bytes, true).map(to_otlp);
+            let _ = model::decode_v1_thrift(&bytes).map(to_otlp);
         }
 
         /// Ids and times survive proto decoding and translation exactly.
@@ -144,5 +145,69 @@ mod props {
             prop_assert_eq!(s.start_time_unix_nano, ts * 1000);
             prop_assert_eq!(s.end_time_unix_nano - s.start_time_unix_nano, d * 1000);
         }
+    }
+}
+
+#[test]
+fn v1_thrift_decodes_and_refuses_hostile_lengths() {
+    use thrift::protocol::{TBinaryOutputProtocol, TFieldIdentifier, TListIdentifier, TOutputProtocol, TStructIdentifier, TType};
+    let mut buf: Vec<u8> = Vec::new();
+    {
+        let mut o = TBinaryOutputProtocol::new(&mut buf, true);
+        let f = |o: &mut TBinaryOutputProtocol<&mut Vec<u8>>, id: i16, t: TType| o.write_field_begin(&TFieldIdentifier::new("f", t, id)).unwrap();
+        o.write_list_begin(&TListIdentifier::new(TType::Struct, 1)).unwrap();
+        o.write_struct_begin(&TStructIdentifier::new("Span")).unwrap();
+        f(&mut o, 1, TType::I64);
+        o.write_i64(0x0abc).unwrap();
+        f(&mut o, 3, TType::String);
+        o.write_string("get").unwrap();
+        f(&mut o, 4, TType::I64);
+        o.write_i64(0x0def).unwrap();
+        f(&mut o, 6, TType::List);
+        o.write_list_begin(&TListIdentifier::new(TType::Struct, 2)).unwrap();
+        for (ts, v) in [(100i64, "sr"), (180, "ss")] {
+            o.write_struct_begin(&TStructIdentifier::new("A")).unwrap();
+            f(&mut o, 1, TType::I64);
+            o.write_i64(ts).unwrap();
+            f(&mut o, 2, TType::String);
+            o.write_string(v).unwrap();
+            f(&mut o, 3, TType::Struct);
+            o.write_struct_begin(&TStructIdentifier::new("E")).unwrap();
+            f(&mut o, 1, TType::I32);
+            o.write_i32(0x7f000001).unwrap();
+            f(&mut o, 2, TType::I16);
+            o.write_i16(8080).unwrap();
+            f(&mut o, 3, TType::String);
+            o.write_string("old").unwrap();
+            o.write_field_stop().unwrap();
+            o.write_struct_end().unwrap();
+            o.write_field_stop().unwrap();
+            o.write_struct_end().unwrap();
+        }
+        f(&mut o, 8, TType::List);
+        o.write_list_begin(&TListIdentifier::new(TType::Struct, 1)).unwrap();
+        o.write_struct_begin(&TStructIdentifier::new("B")).unwrap();
+        f(&mut o, 1, TType::String);
+        o.write_string("http.status_code").unwrap();
+        f(&mut o, 2, TType::String);
+        o.write_bytes(&200i32.to_be_bytes()).unwrap();
+        f(&mut o, 3, TType::I32);
+        o.write_i32(3).unwrap();
+        o.write_field_stop().unwrap();
+        o.write_struct_end().unwrap();
+        o.write_field_stop().unwrap();
+        o.write_struct_end().unwrap();
+    }
+    let z = model::decode_v1_thrift(&buf).unwrap();
+    assert_eq!(z.len(), 1);
+    assert_eq!((z[0].kind, z[0].timestamp, z[0].duration), (2, 100, 80));
+    assert_eq!(trace_hex(&z[0].id), "0000000000000def");
+    let l = z[0].local.as_ref().unwrap();
+    assert_eq!((l.service_name.as_str(), l.ipv4.as_deref(), l.port), ("old", Some("127.0.0.1"), Some(8080)));
+    assert_eq!(z[0].tags, vec![("http.status_code".to_string(), "200".to_string())]);
+    // A list of 2^31-1 spans in a 5-byte body, and truncations.
+    assert!(model::decode_v1_thrift(&[0x0c, 0x7f, 0xff, 0xff, 0xff]).is_err());
+    for cut in 1..buf.len() {
+        assert!(model::decode_v1_thrift(&buf[..cut]).is_err());
     }
 }

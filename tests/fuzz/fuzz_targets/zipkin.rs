@@ -7,4 +7,5 @@ fuzz_target!(|data: &[u8]| {
     let _ = model::decode_v2_json(data).map(translate::to_otlp);
     let _ = model::decode_v1_json(data).map(translate::to_otlp);
     let _ = model::decode_v2_proto(data, true).map(translate::to_otlp);
+    let _ = model::decode_v1_thrift(data).map(translate::to_otlp);
 });
