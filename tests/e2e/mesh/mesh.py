@@ -1,0 +1,142 @@
+"""An Istio-like mesh of real Envoy 1.40 sidecars for end-to-end tests (reused by the guid
+inference tests): productpage -> reviews -> ratings, each app behind its own Envoy with an
+inbound and an outbound listener, tracing at 100%, Istio-style node ids
+(`sidecar~IP~svc-v1-1.default~default.svc.cluster.local`) and clusters (`inbound|PORT||`,
+`outbound|9080||svc.default.svc.cluster.local`), route decorators, and a tracer pointed at
+tracepipe: Zipkin JSON or proto (`zipkin-json`, `zipkin-proto`; Istio settings: 128-bit ids,
+shared_span_context false), Envoy-default Zipkin (`zipkin-json-envoydefault`), or OpenTelemetry
+(`otel-grpc`). Every port is free and chosen at start."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[2]
+ENVOY = ROOT / "tests/.peers/bin/envoy"
+SERVICES = ["productpage", "reviews", "ratings"]
+
+sys.path.insert(0, str(HERE.parent))
+from harness import free_port, wait_port  # noqa: E402
+
+
+def _addr(port):
+    return {"socket_address": {"address": "127.0.0.1", "port_value": port}}
+
+
+def _cluster(name, port, h2=False):
+    c = {"name": name, "type": "STATIC", "connect_timeout": "1s",
+         "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _addr(port)}}]}]}}
+    if h2:
+        c["typed_extension_protocol_options"] = {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {"http2_protocol_options": {}}}}
+    return c
+
+
+class Mesh:
+    def __init__(self, variant: str, collector_port: int, forward: str = "all", ratings_down: bool = False):
+        if not ENVOY.exists():
+            raise RuntimeError(f"envoy not installed at {ENVOY}; run tests/install-peers.sh")
+        self.variant, self.collector_port, self.forward, self.ratings_down = variant, collector_port, forward, ratings_down
+        self.dir = Path(tempfile.mkdtemp(prefix=f"mesh-{variant}-"))
+        self.app_ports = {s: free_port() for s in SERVICES}
+        self.inbound = {s: free_port() for s in SERVICES}
+        self.outbound = {s: free_port() for s in SERVICES[:2]}
+        self.admin = {s: free_port() for s in SERVICES}
+        self.headers_log = self.dir / "app_headers.jsonl"
+        self.procs = []
+
+    def _provider(self, svc):
+        v = self.variant
+        if v.startswith("zipkin"):
+            cfg = {"@type": "type.googleapis.com/envoy.config.trace.v3.ZipkinConfig", "collector_cluster": "zipkin",
+                   "collector_endpoint": "/api/v2/spans", "collector_endpoint_version": "HTTP_PROTO" if v == "zipkin-proto" else "HTTP_JSON"}
+            if v != "zipkin-json-envoydefault":
+                cfg.update(trace_id_128bit=True, shared_span_context=False)
+            return {"name": "envoy.tracers.zipkin", "typed_config": cfg}
+        return {"name": "envoy.tracers.opentelemetry", "typed_config": {
+            "@type": "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig", "service_name": f"{svc}.default",
+            "grpc_service": {"envoy_grpc": {"cluster_name": "otlp_grpc"}, "timeout": "1s"}}}
+
+    def _hcm(self, svc, prefix, cluster, decorator):
+        route = {"match": {"prefix": "/"}, "route": {"cluster": cluster, "timeout": "5s"}}
+        if self.variant != "zipkin-json-envoydefault":
+            route["decorator"] = {"operation": decorator}
+        return {"name": "envoy.filters.network.http_connection_manager", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+            "stat_prefix": prefix,
+            "tracing": {"random_sampling": {"value": 100},
+                        "custom_tags": [{"tag": "istio.canonical_service", "literal": {"value": svc}},
+                                        {"tag": "istio.namespace", "literal": {"value": "default"}}],
+                        "provider": self._provider(svc)},
+            "route_config": {"name": prefix, "virtual_hosts": [{"name": prefix, "domains": ["*"], "routes": [route]}]},
+            "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]}}
+
+    def _bootstrap(self, i, svc):
+        app = self.app_ports[svc]
+        inbound_cluster = f"inbound|{app}||"
+        listeners = [{"name": f"virtualInbound_{svc}", "address": _addr(self.inbound[svc]), "traffic_direction": "INBOUND",
+                      "filter_chains": [{"filters": [self._hcm(svc, f"inbound_0.0.0.0_{app}", inbound_cluster, f"{svc}.default.svc.cluster.local:9080/*")]}]}]
+        clusters = [_cluster(inbound_cluster, app), _cluster("zipkin", self.collector_port), _cluster("otlp_grpc", self.collector_port, h2=True)]
+        if i < 2:
+            nxt = SERVICES[i + 1]
+            oc = f"outbound|9080||{nxt}.default.svc.cluster.local"
+            listeners.append({"name": f"outbound_{nxt}", "address": _addr(self.outbound[svc]), "traffic_direction": "OUTBOUND",
+                              "filter_chains": [{"filters": [self._hcm(svc, f"outbound_0.0.0.0_9080_{nxt}", oc, f"{nxt}.default.svc.cluster.local:9080/*")]}]})
+            clusters.append(_cluster(oc, self.inbound[nxt]))
+        return {"node": {"id": f"sidecar~127.0.0.1~{svc}-v1-1.default~default.svc.cluster.local", "cluster": f"{svc}.default"},
+                "admin": {"address": _addr(self.admin[svc])},
+                "layered_runtime": {"layers": [{"name": "static", "static_layer": {
+                    "tracing.zipkin.flush_interval_ms": 500, "tracing.opentelemetry.flush_interval_ms": 500}}]},
+                "static_resources": {"listeners": listeners, "clusters": clusters}}
+
+    def __enter__(self):
+        try:
+            for i, svc in enumerate(SERVICES):
+                if svc == "ratings" and self.ratings_down:
+                    continue
+                nxt = f"http://127.0.0.1:{self.outbound[svc]}" if i < 2 else "-"
+                self.procs.append(subprocess.Popen([sys.executable, str(HERE / "app.py"), svc, str(self.app_ports[svc]), nxt, self.forward, str(self.headers_log)]))
+            for i, svc in enumerate(SERVICES):
+                cfg = self.dir / f"envoy-{svc}.json"
+                cfg.write_text(json.dumps(self._bootstrap(i, svc)))
+                log = open(self.dir / f"envoy-{svc}.log", "wb")
+                self.procs.append(subprocess.Popen([str(ENVOY), "-c", str(cfg), "--concurrency", "1", "--disable-hot-restart",
+                                                    "--log-level", "warn", "--service-cluster", f"{svc}.default", "--service-node",
+                                                    f"sidecar~127.0.0.1~{svc}-v1-1.default~default.svc.cluster.local"], stdout=log, stderr=subprocess.STDOUT))
+            for svc in SERVICES:
+                wait_port(self.inbound[svc], timeout=30, what=f"envoy {svc}")
+                if not (svc == "ratings" and self.ratings_down):
+                    wait_port(self.app_ports[svc], timeout=30, what=f"app {svc}")
+        except Exception:
+            self.__exit__()
+            raise
+        return self
+
+    def request(self, path="/productpage"):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.inbound['productpage']}{path}", timeout=10) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, None
+
+    def app_headers(self):
+        return [json.loads(l) for l in self.headers_log.read_text().splitlines()] if self.headers_log.exists() else []
+
+    def __exit__(self, *exc):
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()

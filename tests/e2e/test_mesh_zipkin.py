@@ -1,0 +1,91 @@
+"""Real Envoy 1.40 sidecars (an Istio-like productpage -> reviews -> ratings mesh) sending Zipkin
+JSON and proto to tracepipe. With every tracing header forwarded, each request must arrive as one
+well-formed trace of 5 spans carrying Envoy's tags, with span ids equal to the B3 ids the apps
+saw (so Envoy's byte-reversed proto ids are repaired); a down service gives 503/UF error spans."""
+
+import collections
+
+import pytest
+
+from harness import Tracepipe, free_port, read_jsonl_spans, wait_for
+from mesh.mesh import Mesh
+from sdk import normalise_json
+
+ENVOY_TAGS = ["guid:x-request-id", "node_id", "upstream_cluster", "http.url", "http.method", "http.status_code", "component", "response_flags"]
+
+
+def collector():
+    port = free_port()
+    tp = Tracepipe("PLACEHOLDER", "mesh")
+    out = tp.dir / "spans.jsonl"
+    tp.config_path.write_text(f"""
+receivers:
+  mesh: {{ type: zipkin, endpoint: 127.0.0.1:{port} }}
+sinks:
+  file: {{ type: debug, inputs: [mesh], verbosity: none, path: {out} }}
+telemetry:
+  metrics: {{ endpoint: 127.0.0.1:{tp.metrics_port} }}
+""")
+    return tp, port, out
+
+
+def by_request(out):
+    spans = []
+    for item in read_jsonl_spans(out):
+        n = normalise_json(item)
+        n["service"] = next(a["value"]["stringValue"] for a in item["resource"]["attributes"] if a["key"] == "service.name")
+        spans.append(n)
+    groups = collections.defaultdict(list)
+    for s in spans:
+        groups[s["attributes"].get("guid:x-request-id")].append(s)
+    return groups
+
+
+@pytest.mark.parametrize("variant", ["zipkin-json", "zipkin-proto"])
+def test_forward_all_gives_one_wellformed_trace_per_request(variant):
+    tp, port, out = collector()
+    n = 10
+    with tp, Mesh(variant, port, forward="all") as mesh:
+        for _ in range(n):
+            status, _ = mesh.request()
+            assert status == 200
+        wait_for(lambda: len(read_jsonl_spans(out)) >= 5 * n, timeout=30, what=f"{5 * n} spans from Envoy")
+        groups = by_request(out)
+        assert len(groups) == n and None not in groups
+        seen_ids = {}
+        for h in mesh.app_headers():
+            seen_ids[(h["headers"]["x-request-id"], h["svc"])] = h["headers"]["x-b3-spanid"]
+        for xrid, spans in groups.items():
+            assert len(spans) == 5, [s["name"] for s in spans]
+            assert len({s["trace_id"] for s in spans}) == 1
+            ids = {s["span_id"] for s in spans}
+            roots = [s for s in spans if not s["parent_span_id"]]
+            assert len(roots) == 1 and roots[0]["kind"] == 2
+            assert all(s["parent_span_id"] in ids for s in spans if s["parent_span_id"])
+            assert sorted(s["kind"] for s in spans) == [2, 2, 2, 3, 3]
+            for s in spans:
+                for t in ENVOY_TAGS:
+                    assert t in s["attributes"], (t, s["name"])
+                assert s["attributes"]["http.status_code"] == "200"
+            # The span id each app saw in x-b3-spanid is its sidecar's SERVER span id.
+            for s in spans:
+                if s["kind"] == 2:
+                    svc = s["service"].split(".")[0]
+                    assert seen_ids[(xrid, svc)] == s["span_id"], (variant, svc, seen_ids[(xrid, svc)], s["span_id"])
+        assert tp.stop() == 0
+
+
+def test_down_service_gives_error_spans():
+    tp, port, out = collector()
+    with tp, Mesh("zipkin-json", port, forward="all", ratings_down=True) as mesh:
+        status, body = mesh.request()
+        assert status == 200 and body["downstream"]["downstream"] == {"error_status": 503}
+        wait_for(lambda: len(read_jsonl_spans(out)) >= 5, timeout=30, what="5 spans")
+        spans = next(iter(by_request(out).values()))
+        ratings_server = next(s for s in spans if s["kind"] == 2 and s["service"].startswith("ratings"))
+        reviews_client = next(s for s in spans if s["kind"] == 3 and s["service"].startswith("reviews"))
+        assert ratings_server["attributes"]["http.status_code"] == "503"
+        assert ratings_server["attributes"]["response_flags"] == "UF"
+        assert ratings_server["status"][0] == 2
+        assert reviews_client["attributes"]["http.status_code"] == "503" and reviews_client["status"][0] == 2
+        assert tp.stop() == 0
