@@ -14,15 +14,17 @@ from sdk import normalise_json
 ENVOY_TAGS = ["guid:x-request-id", "node_id", "upstream_cluster", "http.url", "http.method", "http.status_code", "component", "response_flags"]
 
 
-def collector():
+def collector(otlp_port=None):
     port = free_port()
     tp = Tracepipe("PLACEHOLDER", "mesh")
     out = tp.dir / "spans.jsonl"
+    otlp = f"\n  otlp: {{ type: otlp, grpc: {{ endpoint: 127.0.0.1:{otlp_port} }} }}" if otlp_port else ""
+    inputs = "[mesh, otlp]" if otlp_port else "[mesh]"
     tp.config_path.write_text(f"""
 receivers:
-  mesh: {{ type: zipkin, endpoint: 127.0.0.1:{port} }}
+  mesh: {{ type: zipkin, endpoint: 127.0.0.1:{port} }}{otlp}
 sinks:
-  file: {{ type: debug, inputs: [mesh], verbosity: none, path: {out} }}
+  file: {{ type: debug, inputs: {inputs}, verbosity: none, path: {out} }}
 telemetry:
   metrics: {{ endpoint: 127.0.0.1:{tp.metrics_port} }}
 """)
@@ -41,11 +43,12 @@ def by_request(out):
     return groups
 
 
-@pytest.mark.parametrize("variant", ["zipkin-json", "zipkin-proto"])
+@pytest.mark.parametrize("variant", ["zipkin-json", "zipkin-proto", "otel-grpc"])
 def test_forward_all_gives_one_wellformed_trace_per_request(variant):
-    tp, port, out = collector()
+    otlp_port = free_port() if variant.startswith("otel") else None
+    tp, port, out = collector(otlp_port)
     n = 10
-    with tp, Mesh(variant, port, forward="all") as mesh:
+    with tp, Mesh(variant, port, forward="all", otlp_port=otlp_port) as mesh:
         for _ in range(n):
             status, _ = mesh.request()
             assert status == 200
@@ -54,7 +57,8 @@ def test_forward_all_gives_one_wellformed_trace_per_request(variant):
         assert len(groups) == n and None not in groups
         seen_ids = {}
         for h in mesh.app_headers():
-            seen_ids[(h["headers"]["x-request-id"], h["svc"])] = h["headers"]["x-b3-spanid"]
+            hd = h["headers"]
+            seen_ids[(hd["x-request-id"], h["svc"])] = hd["x-b3-spanid"] if "x-b3-spanid" in hd else hd["traceparent"].split("-")[2]
         for xrid, spans in groups.items():
             assert len(spans) == 5, [s["name"] for s in spans]
             assert len({s["trace_id"] for s in spans}) == 1
@@ -67,7 +71,8 @@ def test_forward_all_gives_one_wellformed_trace_per_request(variant):
                 for t in ENVOY_TAGS:
                     assert t in s["attributes"], (t, s["name"])
                 assert s["attributes"]["http.status_code"] == "200"
-            # The span id each app saw in x-b3-spanid is its sidecar's SERVER span id.
+            # The span id each app saw (x-b3-spanid, or traceparent for the OTel tracer) is its
+            # sidecar's SERVER span id.
             for s in spans:
                 if s["kind"] == 2:
                     svc = s["service"].split(".")[0]
@@ -88,4 +93,23 @@ def test_down_service_gives_error_spans():
         assert ratings_server["attributes"]["response_flags"] == "UF"
         assert ratings_server["status"][0] == 2
         assert reviews_client["attributes"]["http.status_code"] == "503" and reviews_client["status"][0] == 2
+        assert tp.stop() == 0
+
+
+def test_envoy_default_zipkin_shares_span_ids():
+    """Envoy defaults (64-bit ids, shared_span_context true): the receiving sidecar's SERVER span
+    reuses the caller's CLIENT span id and is marked shared; tracepipe keeps that as
+    `zipkin.shared=true` and left-pads the 64-bit trace id."""
+    tp, port, out = collector()
+    with tp, Mesh("zipkin-json-envoydefault", port, forward="all") as mesh:
+        for _ in range(3):
+            assert mesh.request()[0] == 200
+        wait_for(lambda: len(read_jsonl_spans(out)) >= 15, timeout=30, what="15 spans")
+        for xrid, spans in by_request(out).items():
+            assert len(spans) == 5
+            assert all(s["trace_id"].startswith("0" * 16) for s in spans)
+            shared = [s for s in spans if s["attributes"].get("zipkin.shared") is True]
+            assert shared and all(s["kind"] == 2 for s in shared)
+            clients = {s["span_id"] for s in spans if s["kind"] == 3}
+            assert {s["span_id"] for s in shared if not s["service"].startswith("productpage")} <= clients
         assert tp.stop() == 0

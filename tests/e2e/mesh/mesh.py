@@ -41,10 +41,11 @@ def _cluster(name, port, h2=False):
 
 
 class Mesh:
-    def __init__(self, variant: str, collector_port: int, forward: str = "all", ratings_down: bool = False):
+    def __init__(self, variant: str, collector_port: int, forward: str = "all", ratings_down: bool = False, otlp_port: int = None):
         if not ENVOY.exists():
             raise RuntimeError(f"envoy not installed at {ENVOY}; run tests/install-peers.sh")
         self.variant, self.collector_port, self.forward, self.ratings_down = variant, collector_port, forward, ratings_down
+        self.otlp_port = otlp_port or collector_port
         self.dir = Path(tempfile.mkdtemp(prefix=f"mesh-{variant}-"))
         self.app_ports = {s: free_port() for s in SERVICES}
         self.inbound = {s: free_port() for s in SERVICES}
@@ -85,7 +86,7 @@ class Mesh:
         inbound_cluster = f"inbound|{app}||"
         listeners = [{"name": f"virtualInbound_{svc}", "address": _addr(self.inbound[svc]), "traffic_direction": "INBOUND",
                       "filter_chains": [{"filters": [self._hcm(svc, f"inbound_0.0.0.0_{app}", inbound_cluster, f"{svc}.default.svc.cluster.local:9080/*")]}]}]
-        clusters = [_cluster(inbound_cluster, app), _cluster("zipkin", self.collector_port), _cluster("otlp_grpc", self.collector_port, h2=True)]
+        clusters = [_cluster(inbound_cluster, app), _cluster("zipkin", self.collector_port), _cluster("otlp_grpc", self.otlp_port, h2=True)]
         if i < 2:
             nxt = SERVICES[i + 1]
             oc = f"outbound|9080||{nxt}.default.svc.cluster.local"
