@@ -22,6 +22,8 @@ pub mod names {
     pub const RECEIVER_REFUSED_SPANS: &str = "tracepipe_receiver_refused_spans_total";
     /// Requests that could not be decoded or were invalid (`receiver`, `transport`, `reason`).
     pub const RECEIVER_MALFORMED_REQUESTS: &str = "tracepipe_receiver_malformed_requests_total";
+    /// Requests refused for a missing or wrong access token (`receiver`, `transport`).
+    pub const RECEIVER_UNAUTHENTICATED_REQUESTS: &str = "tracepipe_receiver_unauthenticated_requests_total";
     /// Spans rejected individually inside an otherwise valid request (`partial_success`)
     /// (`receiver`, `transport`, `reason`).
     pub const RECEIVER_REJECTED_SPANS: &str = "tracepipe_receiver_rejected_spans_total";

@@ -4,7 +4,8 @@
 //! - [`otlp`]: OTLP over gRPC (4317) and HTTP (4318), protobuf and JSON;
 //! - [`jaeger`]: Jaeger agent UDP (6831 compact, 6832 binary), collector HTTP (14268) and the
 //!   remote-sampling endpoint (5778);
-//! - [`zipkin`]: Zipkin v1/v2 over HTTP (9411), JSON and proto3, with Envoy's proto id repair.
+//! - [`zipkin`]: Zipkin v1/v2 over HTTP (9411), JSON, proto3 and Thrift, with Envoy's proto id repair;
+//! - [`lightstep`]: the LightStep collector protocol (gRPC 8282, HTTP 8181), a satellite stand-in.
 //!
 //! Every receiver validates input before admitting it, answers its sender with a retryable
 //! error when the graph is full, and counts what it accepted, refused and could not decode
@@ -13,6 +14,7 @@
 //! Registration is the one explicit `match` in [`validate`], from the YAML `type` to a config.
 
 pub mod jaeger;
+pub mod lightstep;
 pub mod otlp;
 pub mod zipkin;
 
@@ -20,7 +22,7 @@ use tracepipe_config::{ComponentDecl, ConfigError, Endpoint};
 use tracepipe_pipeline::topology::{BuildFuture, ComponentContext};
 
 /// Every receiver type, for messages and `--help`.
-pub const TYPES: &[&str] = &["otlp", "jaeger", "zipkin"];
+pub const TYPES: &[&str] = &["otlp", "jaeger", "zipkin", "lightstep"];
 
 /// A receiver's validated configuration.
 #[derive(Debug, Clone)]
@@ -31,6 +33,8 @@ pub enum ReceiverConfig {
     Jaeger(jaeger::JaegerConfig),
     /// `type: zipkin`.
     Zipkin(zipkin::ZipkinConfig),
+    /// `type: lightstep`.
+    Lightstep(lightstep::LightstepConfig),
 }
 
 /// Checks a receiver declaration; no I/O.
@@ -39,6 +43,7 @@ pub fn validate(decl: &ComponentDecl, file: &str) -> Result<ReceiverConfig, Vec<
         "otlp" => otlp::OtlpConfig::from_node(&decl.body, file).map(ReceiverConfig::Otlp),
         "jaeger" => jaeger::JaegerConfig::from_node(&decl.body, file).map(ReceiverConfig::Jaeger),
         "zipkin" => zipkin::ZipkinConfig::from_node(&decl.body, file).map(ReceiverConfig::Zipkin),
+        "lightstep" => lightstep::LightstepConfig::from_node(&decl.body, file).map(ReceiverConfig::Lightstep),
         "" => Err(vec![]), // reported by the loader
         other => Err(vec![ConfigError::new(
             file,
@@ -55,6 +60,7 @@ impl ReceiverConfig {
             ReceiverConfig::Otlp(c) => c.listen_addresses(),
             ReceiverConfig::Jaeger(c) => c.listen_addresses(),
             ReceiverConfig::Zipkin(c) => c.listen_addresses(),
+            ReceiverConfig::Lightstep(c) => c.listen_addresses(),
         }
     }
 
@@ -64,6 +70,7 @@ impl ReceiverConfig {
             ReceiverConfig::Otlp(c) => Box::pin(otlp::build(c, ctx)),
             ReceiverConfig::Jaeger(c) => Box::pin(jaeger::build(c, ctx)),
             ReceiverConfig::Zipkin(c) => Box::pin(zipkin::build(c, ctx)),
+            ReceiverConfig::Lightstep(c) => Box::pin(lightstep::build(c, ctx)),
         }
     }
 }

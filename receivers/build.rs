@@ -1,0 +1,8 @@
+//! Compiles the LightStep collector protocol (proto/lightstep/collector.proto) with protox (no
+//! system protoc) and tonic-prost-build.
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=proto");
+    let fds = protox::compile(["lightstep/collector.proto"], ["proto"])?;
+    tonic_prost_build::configure().build_client(true).build_server(true).compile_fds(fds)?;
+    Ok(())
+}

@@ -1,0 +1,155 @@
+//! `type: lightstep` — a satellite stand-in for LightStep tracers (and Istio's LightStep tracer):
+//! the LightStep collector protocol (receivers/proto/lightstep/collector.proto, compiled with
+//! protox and tonic-prost-build).
+//!
+//! - gRPC `lightstep.collector.CollectorService/Report` on `grpc.endpoint` (default 8282);
+//! - HTTP `POST /api/v2/reports` on `http.endpoint` (default 8181), protobuf
+//!   (`application/octet-stream`, as the Python tracer sends, or `application/x-protobuf`) or JSON
+//!   (the proto3 JSON mapping).
+//!
+//! The access token (`auth.access_token`, or the `Lightstep-Access-Token` header) is checked
+//! against `access_tokens` when that list is not empty: a wrong token gets gRPC
+//! `UNAUTHENTICATED` / HTTP 401 with a `ReportResponse` whose `errors` say why, and is counted in
+//! `tracepipe_receiver_unauthenticated_requests_total`. Accepted reports are answered with an
+//! empty `ReportResponse` (no `commands`, so tracers never disable themselves) carrying receive
+//! and transmit timestamps.
+
+mod config;
+mod http;
+mod json;
+mod translate;
+
+#[cfg(test)]
+mod tests;
+
+/// Types generated from collector.proto.
+#[allow(missing_docs, clippy::all)]
+pub mod pb {
+    tonic::include_proto!("lightstep.collector");
+}
+
+pub use config::LightstepConfig;
+pub use translate::to_otlp;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use metrics::Counter;
+use opentelemetry_proto::tonic::trace::v1::TracesData;
+use prost::Message;
+use tracepipe_pipeline::telemetry::names;
+use tracepipe_pipeline::topology::{BuildError, ComponentContext, ComponentFuture, Output, Refused};
+use tracepipe_pipeline::Batch;
+
+/// Why a report was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    /// The access token is not in `access_tokens`.
+    #[error("invalid access token")]
+    Unauthenticated,
+    /// The graph had no room in time.
+    #[error("the pipeline is full; retry later")]
+    Full,
+}
+
+/// Shared by both transports.
+#[derive(Clone)]
+pub(crate) struct Ingest {
+    cfg: Arc<LightstepConfig>,
+    name: Arc<str>,
+    output: Output,
+    wait: Duration,
+}
+
+impl Ingest {
+    fn counter(&self, metric: &'static str, transport: &'static str, reason: Option<&'static str>) -> Counter {
+        match reason {
+            Some(r) => metrics::counter!(metric, "receiver" => self.name.to_string(), "transport" => transport, "reason" => r),
+            None => metrics::counter!(metric, "receiver" => self.name.to_string(), "transport" => transport),
+        }
+    }
+
+    pub(crate) fn malformed(&self, transport: &'static str, reason: &'static str) {
+        self.counter(names::RECEIVER_MALFORMED_REQUESTS, transport, Some(reason)).increment(1);
+    }
+
+    /// Checks the token, translates and admits a report.
+    pub(crate) async fn report(&self, req: &pb::ReportRequest, header_token: Option<&str>, transport: &'static str) -> Result<pb::ReportResponse, ReportError> {
+        let received = now();
+        let token = req.auth.as_ref().map(|a| a.access_token.as_str()).filter(|t| !t.is_empty()).or(header_token).unwrap_or("");
+        if !self.cfg.token_allowed(token) {
+            self.counter(names::RECEIVER_UNAUTHENTICATED_REQUESTS, transport, None).increment(1);
+            return Err(ReportError::Unauthenticated);
+        }
+        let (rs, rejected) = to_otlp(req);
+        self.counter(names::RECEIVER_REJECTED_SPANS, transport, Some("invalid_span")).increment(rejected as u64);
+        let n = tracepipe_pipeline::batch::count_spans(&rs);
+        if n > 0 {
+            let bytes = TracesData { resource_spans: rs }.encode_to_vec();
+            match self.output.send_or_refuse(Batch::from_encoded(bytes.into(), n), self.wait).await {
+                Ok(()) => self.counter(names::RECEIVER_ACCEPTED_SPANS, transport, None).increment(n as u64),
+                Err(Refused::Full | Refused::Closed) => {
+                    self.counter(names::RECEIVER_REFUSED_SPANS, transport, Some("pipeline_full")).increment(n as u64);
+                    return Err(ReportError::Full);
+                }
+            }
+        }
+        Ok(pb::ReportResponse { receive_timestamp: Some(received), transmit_timestamp: Some(now()), ..Default::default() })
+    }
+}
+
+fn now() -> prost_types::Timestamp {
+    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    prost_types::Timestamp { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 }
+}
+
+struct GrpcService(Ingest);
+
+#[tonic::async_trait]
+impl pb::collector_service_server::CollectorService for GrpcService {
+    async fn report(&self, request: tonic::Request<pb::ReportRequest>) -> Result<tonic::Response<pb::ReportResponse>, tonic::Status> {
+        let header = request.metadata().get("lightstep-access-token").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        match self.0.report(request.get_ref(), header.as_deref(), "grpc").await {
+            Ok(r) => Ok(tonic::Response::new(r)),
+            Err(ReportError::Unauthenticated) => Err(tonic::Status::unauthenticated("invalid access token")),
+            Err(e @ ReportError::Full) => Err(tonic::Status::unavailable(e.to_string())),
+        }
+    }
+}
+
+/// Binds the configured listeners and returns the task serving them until shutdown.
+pub async fn build(cfg: LightstepConfig, mut ctx: ComponentContext) -> Result<ComponentFuture, BuildError> {
+    let output = ctx.take_output()?;
+    ctx.health.expect_receiver(&ctx.name);
+    let ingest = Ingest { cfg: Arc::new(cfg.clone()), name: ctx.name.as_str().into(), output, wait: cfg.admission_timeout.get() };
+    let mut tasks: Vec<ComponentFuture> = Vec::new();
+    if let Some(g) = &cfg.grpc {
+        let addr = g.endpoint.to_string();
+        let listener = tokio::net::TcpListener::bind(&addr).await.map_err(|e| ctx.error(format!("cannot listen on {addr} (grpc): {e}")))?;
+        tracing::info!(message = "Receiver listening.", receiver = %ctx.name, transport = "grpc", address = %listener.local_addr().map(|a| a.to_string()).unwrap_or(addr));
+        let svc = pb::collector_service_server::CollectorServiceServer::new(GrpcService(ingest.clone()))
+            .max_decoding_message_size(cfg.max_request_size.get() as usize)
+            .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
+        let shutdown = ctx.shutdown.clone();
+        let name = ctx.name.clone();
+        tasks.push(Box::pin(async move {
+            tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), shutdown.cancelled_owned())
+                .await
+                .map_err(|e| tracepipe_pipeline::ComponentError(format!("receiver `{name}` grpc server failed: {e}")))
+        }));
+    }
+    if let Some(h) = &cfg.http {
+        tasks.push(http::serve(&h.endpoint, cfg.max_request_size.get() as usize, ingest.clone(), &ctx).await?);
+    }
+    drop(ingest);
+    ctx.health.set_listening(&ctx.name, true);
+    let health = ctx.health.clone();
+    let name = ctx.name.clone();
+    Ok(Box::pin(async move {
+        let results = futures::future::join_all(tasks).await;
+        health.set_listening(&name, false);
+        results.into_iter().collect::<Result<Vec<()>, _>>().map(|_| ())
+    }))
+}

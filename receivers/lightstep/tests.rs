@@ -1,0 +1,1 @@
+//! LightStep receiver unit tests.
