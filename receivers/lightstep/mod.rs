@@ -16,7 +16,7 @@
 
 mod config;
 mod http;
-mod json;
+pub mod json;
 mod translate;
 
 #[cfg(test)]

@@ -16,7 +16,8 @@ fn attr<'a>(kvs: &'a [KeyValue], k: &str) -> Option<&'a Value> {
 const OTEL_JSON: &str = r#"[{"traceId": "173cbfe24f8b3ba319256230e6998df6", "id": "92b4334da8b00b68", "name": "load-order",
   "timestamp": 1795350912251272, "duration": 10379, "localEndpoint": {"serviceName": "orders", "ipv4": "10.0.0.7", "port": 8080},
   "kind": null, "tags": {"otel.scope.name": "lib", "otel.scope.version": "0.1", "otel.status_code": "ERROR", "error": "boom", "n": 5},
-  "annotations": [{"timestamp": 1795350912251296, "value": "cache-miss"}], "debug": true, "parentId": "0000000000000001"},
+  "annotations": [{"timestamp": 1795350912251296, "value": "cache-miss"}, {"timestamp": 1795350912251297, "value": "{\"retry\": {\"attempt\": 2, \"why\": \"timeout\"}}"}],
+  "debug": true, "parentId": "0000000000000001"},
  {"traceId": "b2c3", "id": "02", "name": "call", "kind": "CLIENT", "timestamp": 10, "duration": 5, "shared": true,
   "localEndpoint": {"serviceName": "billing"}, "remoteEndpoint": {"serviceName": "db", "ipv6": "::1", "port": 5432}}]"#;
 
@@ -44,6 +45,9 @@ fn v2_json_maps_like_the_otel_translator() {
     assert!(attr(&s.attributes, "error").is_none() && attr(&s.attributes, "otel.status_code").is_none());
     assert_eq!(s.events[0].name, "cache-miss");
     assert_eq!(s.events[0].time_unix_nano, 1795350912251296000);
+    assert_eq!(s.events[1].name, "retry");
+    assert_eq!(attr(&s.events[1].attributes, "attempt"), Some(&Value::IntValue(2)));
+    assert_eq!(attr(&s.events[1].attributes, "why"), Some(&Value::StringValue("timeout".into())));
     let c = &rs[1].scope_spans[0].spans[0];
     assert_eq!(c.kind, 3);
     assert_eq!(trace_hex(&c.trace_id), "0000000000000000000000000000b2c3");

@@ -7,7 +7,8 @@
 //!   `otel.scope.name`/`otel.library.name`, `otel.scope.version`/`otel.library.version` (-> scope);
 //! - local endpoint ip/port -> `net.host.ip` / `net.host.port`; remote endpoint ->
 //!   `net.peer.name`, `net.peer.ip`, `net.peer.port`;
-//! - annotations -> events (name = value);
+//! - annotations -> events (name = value; the OTel exporters' `{"name": {attributes}}` form is
+//!   unfolded into name and attributes);
 //! - `shared: true` -> attribute `zipkin.shared = true` (Envoy marks the server half of a span
 //!   whose id it shares with the caller; guid inference needs to know).
 
@@ -46,6 +47,35 @@ fn otlp_kind(k: i32) -> i32 {
         4 => span::SpanKind::Consumer as i32,
         _ => span::SpanKind::Unspecified as i32,
     }
+}
+
+/// An annotation as an event. OpenTelemetry's Zipkin exporters write an event as the JSON object
+/// `{"name": {attributes}}`; that form is unfolded back into the event's name and typed
+/// attributes, any other value is the event name.
+fn event(ts: u64, value: String) -> span::Event {
+    let mut ev = span::Event { time_unix_nano: ts.saturating_mul(1000), ..Default::default() };
+    if value.starts_with('{')
+        && let Ok(serde_json::Value::Object(map)) = serde_json::from_str::<serde_json::Value>(&value)
+        && map.len() == 1
+        && let Some((name, serde_json::Value::Object(attrs))) = map.into_iter().next()
+    {
+        ev.name = name;
+        for (k, v) in attrs {
+            let v = match v {
+                serde_json::Value::String(x) => any_value::Value::StringValue(x),
+                serde_json::Value::Bool(b) => any_value::Value::BoolValue(b),
+                serde_json::Value::Number(n) => match n.as_i64() {
+                    Some(i) => any_value::Value::IntValue(i),
+                    None => any_value::Value::DoubleValue(n.as_f64().unwrap_or_default()),
+                },
+                other => any_value::Value::StringValue(other.to_string()),
+            };
+            ev.attributes.push(kv(&k, v));
+        }
+        return ev;
+    }
+    ev.name = value;
+    ev
 }
 
 /// Translates spans; spans with all-zero ids are returned separately (the receiver rejects them).
@@ -101,7 +131,7 @@ pub fn to_otlp(spans: Vec<ZSpan>) -> (Vec<ResourceSpans>, usize) {
         if z.shared {
             sp.attributes.push(kv("zipkin.shared", any_value::Value::BoolValue(true)));
         }
-        sp.events = z.annotations.into_iter().map(|(ts, value)| span::Event { time_unix_nano: ts.saturating_mul(1000), name: value, ..Default::default() }).collect();
+        sp.events = z.annotations.into_iter().map(|(ts, value)| event(ts, value)).collect();
         let ri = match out.iter().position(|r| r.resource.as_ref().and_then(|res| res.attributes.first()).and_then(|a| a.value.as_ref()).and_then(|v| v.value.as_ref()) == Some(&s(&service))) {
             Some(i) => i,
             None => {

@@ -137,3 +137,26 @@ def test_bad_input_on_every_endpoint():
         wait_for(lambda: len(read_jsonl_spans(z.out)) == 1, what="the good span")
         assert metric_sum(z.tp.metrics(), "tracepipe_receiver_malformed_requests_total", receiver="mesh") == len(cases)
         assert z.tp.stop() == 0
+
+
+def test_otel_zipkin_proto_exporter():
+    """The proto exporter is not Envoy: its ids are big-endian and must not be reversed under
+    `envoy_proto_ids: auto`."""
+    py = ROOT / "tests/.venv-zipkinproto/bin/python"
+    if not py.exists():
+        raise RuntimeError(f"peer not installed: {py}; run tests/install-peers.sh")
+    with ZipkinTP() as z:
+        r = subprocess.run([str(py), str(PEERS / "otel_zipkin_proto_send.py"), f"http://127.0.0.1:{z.port}/api/v2/spans"], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        sent = json.loads(r.stdout.strip().splitlines()[-1])
+        wait_for(lambda: len(read_jsonl_spans(z.out)) >= 3, what="3 spans")
+        got = {normalise_json(i)["span_id"]: normalise_json(i) for i in read_jsonl_spans(z.out)}
+        for w in sent:
+            g = got[w["span_id"]]
+            assert (g["trace_id"], g["parent_span_id"], g["name"]) == (w["trace_id"], w["parent"], w["name"])
+            assert g["kind"] == (0 if w["kind"] == 1 else w["kind"])
+            assert g["status"] == tuple(w["status"])
+            assert [e[0] for e in g["events"]] == w["events"]
+            for k, v in w["attributes"].items():
+                assert g["attributes"][k] == str(v)
+        assert z.tp.stop() == 0
