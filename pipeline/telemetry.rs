@@ -31,6 +31,18 @@ pub mod names {
     pub const PROCESSOR_BATCH_SIZE: &str = "tracepipe_processor_batch_size_spans";
     /// Batches a batch processor emitted, by trigger (`processor`, `trigger` = size|timeout|shutdown).
     pub const PROCESSOR_BATCH_SENDS: &str = "tracepipe_processor_batch_sends_total";
+    /// Spans a guid-inference processor holds (gauge; `processor`).
+    pub const PROCESSOR_GUID_SPANS_HELD: &str = "tracepipe_processor_guid_spans_held";
+    /// Guids a guid-inference processor holds (gauge; `processor`).
+    pub const PROCESSOR_GUID_GUIDS_HELD: &str = "tracepipe_processor_guid_guids_held";
+    /// Approximate bytes held (gauge; `processor`).
+    pub const PROCESSOR_GUID_BYTES_HELD: &str = "tracepipe_processor_guid_bytes_held";
+    /// Parent edges inferred (`processor`).
+    pub const PROCESSOR_GUID_EDGES_INFERRED: &str = "tracepipe_processor_guid_edges_inferred_total";
+    /// Orphan spans left alone because two candidate parents were equally tight (`processor`).
+    pub const PROCESSOR_GUID_AMBIGUOUS: &str = "tracepipe_processor_guid_ambiguous_total";
+    /// Guids resolved before their wait because of `max_bytes` (`processor`).
+    pub const PROCESSOR_GUID_EVICTED_EARLY: &str = "tracepipe_processor_guid_evicted_early_total";
     /// Spans a sink delivered (`sink`).
     pub const SINK_SENT_SPANS: &str = "tracepipe_sink_sent_spans_total";
     /// Spans a sink gave up on (`sink`, `reason`: permanent, retries_exhausted, queue_full,

@@ -2,29 +2,34 @@
 //!
 //! Components that read batches, change or regroup them, and pass them on. One folder each:
 //! - [`batch`]: the OpenTelemetry Collector's batch processor (size trigger, timeout trigger,
-//!   maximum-size split).
+//!   maximum-size split);
+//! - [`guid_inference`]: rebuilds traces broken apart by proxies from `guid:x-request-id`.
 //!
 //! Registration is the one explicit `match` in [`validate`].
 
 pub mod batch;
+pub mod guid_inference;
 
 use tracepipe_config::{ComponentDecl, ConfigError};
 use tracepipe_pipeline::topology::{BuildFuture, ComponentContext};
 
 /// Every processor type.
-pub const TYPES: &[&str] = &["batch"];
+pub const TYPES: &[&str] = &["batch", "guid_inference"];
 
 /// A processor's validated configuration.
 #[derive(Debug, Clone)]
 pub enum ProcessorConfig {
     /// `type: batch`.
     Batch(batch::BatchConfig),
+    /// `type: guid_inference`.
+    GuidInference(guid_inference::GuidInferenceConfig),
 }
 
 /// Checks a processor declaration; no I/O.
 pub fn validate(decl: &ComponentDecl, file: &str) -> Result<ProcessorConfig, Vec<ConfigError>> {
     match decl.type_name.as_str() {
         "batch" => batch::BatchConfig::from_node(&decl.body, file).map(ProcessorConfig::Batch),
+        "guid_inference" => guid_inference::GuidInferenceConfig::from_node(&decl.body, file).map(ProcessorConfig::GuidInference),
         "" => Err(vec![]),
         other => Err(vec![ConfigError::new(
             file,
@@ -39,6 +44,7 @@ impl ProcessorConfig {
     pub fn build(self, ctx: ComponentContext) -> BuildFuture {
         match self {
             ProcessorConfig::Batch(c) => Box::pin(batch::build(c, ctx)),
+            ProcessorConfig::GuidInference(c) => Box::pin(guid_inference::build(c, ctx)),
         }
     }
 }

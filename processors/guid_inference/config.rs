@@ -1,0 +1,53 @@
+//! Configuration of the guid-inference processor.
+
+use serde::Deserialize;
+use tracepipe_config::{ByteSize, ConfigError, Duration, Node};
+
+/// `type: guid_inference` settings.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GuidInferenceConfig {
+    /// The attribute every proxy span carries with the request id (default `guid:x-request-id`,
+    /// as Envoy and Istio set it).
+    pub guid_attribute: String,
+    /// The attribute naming the proxy that emitted a span (default `node_id`); same node means
+    /// same clock, so time containment is trustworthy.
+    pub node_attribute: String,
+    /// How long a guid's spans are held for siblings, from its first span (default 5s).
+    pub wait: Duration,
+    /// Memory bound for held spans; beyond it the oldest guids are resolved early (default 256MiB).
+    pub max_bytes: ByteSize,
+    /// Mark re-parented spans with `tracepipe.inferred_parent=true` (default true).
+    pub mark_inferred: bool,
+}
+
+impl Default for GuidInferenceConfig {
+    fn default() -> Self {
+        GuidInferenceConfig {
+            guid_attribute: "guid:x-request-id".into(),
+            node_attribute: "node_id".into(),
+            wait: Duration::from_secs(5),
+            max_bytes: ByteSize::mib(256),
+            mark_inferred: true,
+        }
+    }
+}
+
+impl GuidInferenceConfig {
+    /// Reads and checks the settings.
+    pub fn from_node(node: &Node, file: &str) -> Result<GuidInferenceConfig, Vec<ConfigError>> {
+        let c: GuidInferenceConfig = node.deserialize_into(file).map_err(|e| vec![e])?;
+        let at = |k: &str| node.get(k).map(|n| n.pos).unwrap_or(node.pos);
+        let mut errors = Vec::new();
+        if c.guid_attribute.is_empty() {
+            errors.push(ConfigError::new(file, at("guid_attribute"), "guid_attribute must not be empty"));
+        }
+        if c.wait.get().is_zero() {
+            errors.push(ConfigError::new(file, at("wait"), "wait must be above 0"));
+        }
+        if c.max_bytes.get() == 0 {
+            errors.push(ConfigError::new(file, at("max_bytes"), "max_bytes must be above 0"));
+        }
+        if errors.is_empty() { Ok(c) } else { Err(errors) }
+    }
+}

@@ -1,0 +1,153 @@
+//! Guid inference: the rule on the Envoy x-request-id-only shape, shared span ids, ambiguity,
+//! whole traces untouched, pass-through without holding, windowing under a paused clock, and a
+//! property test that fragment order does not change the result.
+
+use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+use tokio_util::sync::CancellationToken;
+use tracepipe_config::ComponentKind;
+use tracepipe_pipeline::telemetry::Health;
+use tracepipe_pipeline::topology::{ComponentContext, Input, Output};
+use tracepipe_pipeline::Batch;
+
+use super::infer::{resolve, string_attr, Held};
+use super::GuidInferenceConfig;
+
+fn s(k: &str, v: &str) -> KeyValue {
+    KeyValue { key: k.into(), value: Some(AnyValue { value: Some(any_value::Value::StringValue(v.into())) }), key_strindex: 0 }
+}
+
+fn span(trace: u8, id: u8, parent: u8, kind: i32, node: &str, guid: &str, start: u64, end: u64) -> Span {
+    Span {
+        trace_id: vec![trace; 16],
+        span_id: vec![id; 8],
+        parent_span_id: if parent == 0 { vec![] } else { vec![parent; 8] },
+        kind,
+        start_time_unix_nano: start,
+        end_time_unix_nano: end,
+        attributes: vec![s("guid:x-request-id", guid), s("node_id", node)],
+        ..Default::default()
+    }
+}
+
+/// The xrid-only shape Envoy 1.40 produced: three fragments for one request.
+fn xrid_request(guid: &str, base: u8) -> Vec<Span> {
+    vec![
+        span(base, base + 1, 0, 2, "pp", guid, 100, 900),          // productpage SERVER (trace A, root)
+        span(base + 1, base + 2, 0, 3, "pp", guid, 200, 800),      // productpage CLIENT (trace B, root)
+        span(base + 1, base + 3, base + 2, 2, "rv", guid, 250, 750), // reviews SERVER (B)
+        span(base + 2, base + 4, 0, 3, "rv", guid, 300, 700),      // reviews CLIENT (trace C, root)
+        span(base + 2, base + 5, base + 4, 2, "rt", guid, 350, 650), // ratings SERVER (C)
+    ]
+}
+
+fn held(spans: Vec<Span>) -> Vec<Held> {
+    spans.into_iter().map(|span| Held { resource: None, scope: None, span }).collect()
+}
+
+#[test]
+fn rebuilds_the_true_tree() {
+    let mut h = held(xrid_request("g1", 10));
+    let o = resolve(&mut h, "node_id", true);
+    assert_eq!((o.edges, o.ambiguous), (2, 0));
+    assert!(h.iter().all(|x| x.span.trace_id == vec![10; 16]), "one trace, the root's");
+    assert_eq!(h[1].span.parent_span_id, vec![11; 8], "pp CLIENT -> pp SERVER");
+    assert_eq!(h[3].span.parent_span_id, vec![13; 8], "rv CLIENT -> rv SERVER");
+    assert_eq!(string_attr(&h[4].span, "tracepipe.original_trace_id"), Some("0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c"));
+    assert!(h[1].span.attributes.iter().any(|kv| kv.key == "tracepipe.inferred_parent"));
+    assert!(string_attr(&h[0].span, "tracepipe.original_trace_id").is_none());
+}
+
+#[test]
+fn whole_traces_and_other_nodes_are_left_alone() {
+    let whole = vec![span(1, 1, 0, 2, "pp", "g", 0, 10), span(1, 2, 1, 3, "pp", "g", 1, 9)];
+    let mut h = held(whole.clone());
+    assert_eq!(resolve(&mut h, "node_id", true).edges, 0);
+    assert_eq!(h.into_iter().map(|x| x.span).collect::<Vec<_>>(), whole);
+    // A CLIENT whose only enclosing SERVER is on another node: not linked (forward-nothing control).
+    let mut h = held(vec![span(1, 1, 0, 2, "a", "g", 0, 10), span(2, 2, 0, 3, "b", "g", 1, 9)]);
+    assert_eq!(resolve(&mut h, "node_id", true).edges, 0);
+}
+
+#[test]
+fn ties_are_counted_not_guessed_and_the_tightest_wins() {
+    let mut h = held(vec![span(1, 1, 0, 2, "a", "g", 0, 100), span(2, 2, 0, 2, "a", "g", 0, 100), span(3, 3, 0, 3, "a", "g", 10, 20)]);
+    let o = resolve(&mut h, "node_id", true);
+    assert_eq!((o.edges, o.ambiguous), (0, 1));
+    let mut h = held(vec![span(1, 1, 0, 2, "a", "g", 0, 100), span(2, 2, 0, 2, "a", "g", 5, 50), span(3, 3, 0, 3, "a", "g", 10, 20)]);
+    assert_eq!(resolve(&mut h, "node_id", true).edges, 1);
+    assert_eq!(h[2].span.parent_span_id, vec![2; 8], "tightest enclosing SERVER");
+}
+
+#[test]
+fn shared_span_context_half_gets_the_same_parent() {
+    // Envoy default: the callee SERVER reuses the CLIENT id, no parent, marked shared.
+    let mut h = held(vec![span(1, 1, 0, 2, "pp", "g", 0, 100), span(2, 7, 0, 3, "pp", "g", 10, 90), span(2, 7, 0, 2, "rv", "g", 12, 88)]);
+    assert_eq!(resolve(&mut h, "node_id", false).edges, 1);
+    assert_eq!(h[1].span.parent_span_id, vec![1; 8]);
+    assert_eq!(h[2].span.parent_span_id, vec![1; 8]);
+    assert!(h.iter().all(|x| x.span.trace_id == vec![1; 16]));
+}
+
+fn batch(spans: Vec<Span>) -> Batch {
+    Batch::from_resource_spans(vec![ResourceSpans { resource: Some(Resource::default()), scope_spans: vec![ScopeSpans { spans, ..Default::default() }], ..Default::default() }])
+}
+
+fn names(b: &Batch) -> Vec<Vec<u8>> {
+    b.to_resource_spans().unwrap().iter().flat_map(|r| r.scope_spans.iter().flat_map(|s| s.spans.iter().map(|s| s.span_id.clone()))).collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn windowing_passthrough_and_shutdown() {
+    let (tx, input) = Input::channel(8);
+    let (otx, mut out) = Input::channel(64);
+    let ctx = ComponentContext { name: "g".into(), kind: ComponentKind::Processor, input: Some(input), output: Some(Output::new(vec![otx])), shutdown: CancellationToken::new(), health: Health::default() };
+    let cfg = GuidInferenceConfig { wait: tracepipe_config::Duration::from_secs(5), ..Default::default() };
+    let h = tokio::spawn(super::build(cfg, ctx).await.unwrap());
+    let mut no_guid = span(9, 99, 0, 2, "x", "", 0, 1);
+    no_guid.attributes.clear();
+    let frags = xrid_request("g1", 10);
+    // Fragments arrive in separate batches, seconds apart; a span without guid rides along.
+    tx.send(batch(vec![frags[3].clone(), frags[4].clone(), no_guid])).await.unwrap();
+    let first = tokio::time::timeout(std::time::Duration::from_millis(50), out.recv()).await.expect("no-guid span held").unwrap();
+    assert_eq!(names(&first), vec![vec![99; 8]]);
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    tx.send(batch(vec![frags[0].clone(), frags[1].clone(), frags[2].clone()])).await.unwrap();
+    assert!(tokio::time::timeout(std::time::Duration::from_secs(2), out.recv()).await.is_err(), "released before the wait");
+    let resolved = tokio::time::timeout(std::time::Duration::from_secs(2), out.recv()).await.expect("not released after the wait").unwrap();
+    let rs = resolved.to_resource_spans().unwrap();
+    let spans: Vec<&Span> = rs.iter().flat_map(|r| r.scope_spans.iter().flat_map(|s| s.spans.iter())).collect();
+    assert_eq!(spans.len(), 5);
+    assert!(spans.iter().all(|s| s.trace_id == vec![10; 16]));
+    // Shutdown flushes what is held.
+    tx.send(batch(xrid_request("g2", 50))).await.unwrap();
+    drop(tx);
+    let flushed = out.recv().await.unwrap();
+    assert_eq!(flushed.span_count(), 5);
+    h.await.unwrap().unwrap();
+}
+
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any arrival order of a request's spans gives the same tree.
+        #[test]
+        fn order_does_not_matter(perm in Just((0..10).collect::<Vec<usize>>()).prop_shuffle()) {
+            let mut spans = xrid_request("a", 10);
+            spans.extend(xrid_request("a", 60).into_iter().map(|mut s| { s.start_time_unix_nano += 1000; s.end_time_unix_nano += 1000; s }));
+            let mut reference = held(spans.clone());
+            resolve(&mut reference, "node_id", true);
+            let mut shuffled = held(perm.iter().map(|i| spans[*i].clone()).collect());
+            resolve(&mut shuffled, "node_id", true);
+            let key = |h: &Held| (h.span.span_id.clone(), h.span.trace_id.clone(), h.span.parent_span_id.clone());
+            let mut a: Vec<_> = reference.iter().map(key).collect();
+            let mut b: Vec<_> = shuffled.iter().map(key).collect();
+            a.sort();
+            b.sort();
+            prop_assert_eq!(a, b);
+        }
+    }
+}
