@@ -147,6 +147,16 @@ impl Batch {
         matches!(self.payload, Payload::Encoded(_))
     }
 
+    /// For an encoded batch, whether `needle` occurs anywhere in its bytes (`None` once decoded).
+    /// A processor that only cares about spans carrying some attribute can pass a batch on
+    /// without decoding it when the attribute's key is not in the bytes at all.
+    pub fn encoded_contains(&self, needle: &[u8]) -> Option<bool> {
+        match &self.payload {
+            Payload::Encoded(chunks) => Some(chunks.iter().any(|c| memchr::memmem::find(&c.bytes, needle).is_some())),
+            Payload::Decoded(_) => None,
+        }
+    }
+
     /// Size of the batch as one `TracesData` message.
     pub fn encoded_len(&self) -> usize {
         match &self.payload {

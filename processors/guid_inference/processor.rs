@@ -52,9 +52,14 @@ impl State {
         self.m.bytes_held.set(self.bytes as f64);
     }
 
-    /// Takes a batch apart: spans without a guid come back at once, the rest are held.
+    /// Takes a batch apart: spans without a guid come back at once, the rest are held. A batch
+    /// still in wire form whose bytes do not contain the guid key at all passes untouched,
+    /// without being decoded.
     fn ingest(&mut self, mut batch: Batch, now: Instant) -> Result<Batch, ComponentError> {
         let key = self.cfg.guid_attribute.clone();
+        if batch.encoded_contains(key.as_bytes()) == Some(false) {
+            return Ok(batch);
+        }
         let rs = batch.resource_spans_mut().map_err(|e| ComponentError(format!("processor `{}`: {e}", self.name)))?;
         for r in rs.iter_mut() {
             for ss in r.scope_spans.iter_mut() {

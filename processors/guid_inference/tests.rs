@@ -128,6 +128,24 @@ async fn windowing_passthrough_and_shutdown() {
     h.await.unwrap().unwrap();
 }
 
+#[tokio::test]
+async fn batches_without_the_guid_key_pass_undecoded() {
+    use prost::Message;
+    let (tx, input) = Input::channel(8);
+    let (otx, mut out) = Input::channel(8);
+    let ctx = ComponentContext { name: "g".into(), kind: ComponentKind::Processor, input: Some(input), output: Some(Output::new(vec![otx])), shutdown: CancellationToken::new(), health: Health::default() };
+    let h = tokio::spawn(super::build(GuidInferenceConfig::default(), ctx).await.unwrap());
+    let mut plain = span(1, 1, 0, 2, "n", "", 0, 1);
+    plain.attributes.clear();
+    let bytes = opentelemetry_proto::tonic::trace::v1::TracesData { resource_spans: batch(vec![plain]).to_resource_spans().unwrap() }.encode_to_vec();
+    tx.send(Batch::from_encoded(bytes.clone().into(), 1)).await.unwrap();
+    let b = out.recv().await.unwrap();
+    assert!(b.is_encoded(), "decoded although no span can carry the guid");
+    assert_eq!(b.to_bytes().as_ref(), bytes.as_slice());
+    drop(tx);
+    h.await.unwrap().unwrap();
+}
+
 mod props {
     use super::*;
     use proptest::prelude::*;
