@@ -36,6 +36,7 @@ fn v2_json_maps_like_the_otel_translator() {
     assert_eq!(s.trace_id.len(), 16);
     assert_eq!(s.parent_span_id, vec![0, 0, 0, 0, 0, 0, 0, 1]);
     assert_eq!(s.kind, 0);
+    assert_eq!(s.flags, 1, "debug -> sampled flag");
     assert_eq!(s.start_time_unix_nano, 1795350912251272000);
     assert_eq!(s.end_time_unix_nano - s.start_time_unix_nano, 10_379_000);
     assert_eq!(s.status.as_ref().map(|st| (st.code, st.message.as_str())), Some((2, "boom")));

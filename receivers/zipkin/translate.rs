@@ -10,7 +10,8 @@
 //! - annotations -> events (name = value; the OTel exporters' `{"name": {attributes}}` form is
 //!   unfolded into name and attributes);
 //! - `shared: true` -> attribute `zipkin.shared = true` (Envoy marks the server half of a span
-//!   whose id it shares with the caller; guid inference needs to know).
+//!   whose id it shares with the caller; guid inference needs to know); `debug: true` -> the
+//!   sampled bit of OTLP `flags`.
 
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource;
@@ -130,6 +131,10 @@ pub fn to_otlp(spans: Vec<ZSpan>) -> (Vec<ResourceSpans>, usize) {
         }
         if z.shared {
             sp.attributes.push(kv("zipkin.shared", any_value::Value::BoolValue(true)));
+        }
+        if z.debug {
+            // Zipkin's debug forces sampling: carried as the W3C sampled flag.
+            sp.flags |= 0x01;
         }
         sp.events = z.annotations.into_iter().map(|(ts, value)| event(ts, value)).collect();
         let ri = match out.iter().position(|r| r.resource.as_ref().and_then(|res| res.attributes.first()).and_then(|a| a.value.as_ref()).and_then(|v| v.value.as_ref()) == Some(&s(&service))) {
