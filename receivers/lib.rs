@@ -16,6 +16,7 @@
 pub mod jaeger;
 pub mod lightstep;
 pub mod otlp;
+mod serve;
 pub mod zipkin;
 
 use tracepipe_config::{ComponentDecl, ConfigError, Endpoint};

@@ -25,9 +25,6 @@ struct AppState {
 
 /// Binds the listener and returns the serving task.
 pub async fn serve(cfg: &HttpConfig, output: Output, wait: Duration, ctx: &ComponentContext) -> Result<ComponentFuture, BuildError> {
-    let addr = cfg.endpoint.to_string();
-    let listener = tokio::net::TcpListener::bind(&addr).await.map_err(|e| ctx.error(format!("cannot listen on {addr} (http): {e}")))?;
-    tracing::info!(message = "Receiver listening.", receiver = %ctx.name, transport = "thrift_http", address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default());
     let state = AppState {
         name: ctx.name.as_str().into(),
         output,
@@ -36,14 +33,7 @@ pub async fn serve(cfg: &HttpConfig, output: Output, wait: Duration, ctx: &Compo
         counters: Arc::new(Counters::new(&ctx.name, TRANSPORT)),
     };
     let app = axum::Router::new().route("/api/traces", axum::routing::post(traces)).with_state(state);
-    let shutdown = ctx.shutdown.clone();
-    let name = ctx.name.clone();
-    Ok(Box::pin(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await
-            .map_err(|e| tracepipe_pipeline::ComponentError(format!("receiver `{name}` http server failed: {e}")))
-    }))
+    crate::serve::http(&cfg.endpoint, "thrift_http", app, ctx).await
 }
 
 async fn traces(State(s): State<AppState>, headers: HeaderMap, body: Body) -> Response {

@@ -98,28 +98,14 @@ pub async fn build(cfg: JaegerConfig, mut ctx: ComponentContext) -> Result<Compo
     }
     if let Some(s) = &cfg.sampling {
         let store = sampling::Store::open(s.strategies_file.clone()).map_err(|e| ctx.error(e))?;
-        let addr = s.endpoint.to_string();
-        let listener = tokio::net::TcpListener::bind(&addr).await.map_err(|e| ctx.error(format!("cannot listen on {addr} (sampling): {e}")))?;
-        tracing::info!(message = "Receiver listening.", receiver = %ctx.name, transport = "sampling", address = %listener.local_addr().map(|a| a.to_string()).unwrap_or(addr));
-        let shutdown = ctx.shutdown.clone();
-        let watch = tokio::spawn(store.clone().watch(s.reload_interval.get(), shutdown.clone()));
-        let name = ctx.name.clone();
+        let watch = tokio::spawn(store.clone().watch(s.reload_interval.get(), ctx.shutdown.clone()));
+        let server = crate::serve::http(&s.endpoint, "sampling", sampling::router(store), &ctx).await?;
         tasks.push(Box::pin(async move {
-            let r = axum::serve(listener, sampling::router(store))
-                .with_graceful_shutdown(shutdown.cancelled_owned())
-                .await
-                .map_err(|e| tracepipe_pipeline::ComponentError(format!("receiver `{name}` sampling server failed: {e}")));
+            let r = server.await;
             watch.abort();
             r
         }));
     }
     drop(output);
-    ctx.health.set_listening(&ctx.name, true);
-    let health = ctx.health.clone();
-    let name = ctx.name.clone();
-    Ok(Box::pin(async move {
-        let results = futures::future::join_all(tasks).await;
-        health.set_listening(&name, false);
-        results.into_iter().collect::<Result<Vec<()>, _>>().map(|_| ())
-    }))
+    Ok(crate::serve::listeners(tasks, &ctx))
 }

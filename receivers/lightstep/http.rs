@@ -12,20 +12,8 @@ use super::{pb, Ingest, ReportError};
 
 /// Binds the listener and returns the serving task.
 pub async fn serve(endpoint: &Endpoint, limit: usize, ingest: Ingest, ctx: &ComponentContext) -> Result<ComponentFuture, BuildError> {
-    let addr = endpoint.to_string();
-    let listener = tokio::net::TcpListener::bind(&addr).await.map_err(|e| ctx.error(format!("cannot listen on {addr} (http): {e}")))?;
-    tracing::info!(message = "Receiver listening.", receiver = %ctx.name, transport = "http", address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default());
-    let app = axum::Router::new()
-        .route("/api/v2/reports", axum::routing::post(reports))
-        .with_state((ingest, limit));
-    let shutdown = ctx.shutdown.clone();
-    let name = ctx.name.clone();
-    Ok(Box::pin(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await
-            .map_err(|e| tracepipe_pipeline::ComponentError(format!("receiver `{name}` http server failed: {e}")))
-    }))
+    let app = axum::Router::new().route("/api/v2/reports", axum::routing::post(reports)).with_state((ingest, limit));
+    crate::serve::http(endpoint, "http", app, ctx).await
 }
 
 fn respond(status: StatusCode, json: bool, resp: pb::ReportResponse) -> Response {

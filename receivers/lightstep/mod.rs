@@ -144,12 +144,5 @@ pub async fn build(cfg: LightstepConfig, mut ctx: ComponentContext) -> Result<Co
         tasks.push(http::serve(&h.endpoint, cfg.max_request_size.get() as usize, ingest.clone(), &ctx).await?);
     }
     drop(ingest);
-    ctx.health.set_listening(&ctx.name, true);
-    let health = ctx.health.clone();
-    let name = ctx.name.clone();
-    Ok(Box::pin(async move {
-        let results = futures::future::join_all(tasks).await;
-        health.set_listening(&name, false);
-        results.into_iter().collect::<Result<Vec<()>, _>>().map(|_| ())
-    }))
+    Ok(crate::serve::listeners(tasks, &ctx))
 }

@@ -37,22 +37,9 @@ struct RpcStatus {
 
 /// Binds the HTTP listener and returns the serving task.
 pub async fn serve(cfg: &HttpConfig, ingest: Ingest, ctx: &ComponentContext) -> Result<ComponentFuture, BuildError> {
-    let addr = cfg.endpoint.to_string();
-    let listener = tokio::net::TcpListener::bind(&addr).await.map_err(|e| ctx.error(format!("cannot listen on {addr} (http): {e}")))?;
-    let local = listener.local_addr().map_err(|e| ctx.error(e.to_string()))?;
-    tracing::info!(message = "Receiver listening.", receiver = %ctx.name, transport = "http", address = %local);
     let state = AppState { ingest, limit: cfg.max_request_body_size.get() as usize };
-    let app = axum::Router::new()
-        .route(&cfg.traces_url_path, axum::routing::post(export))
-        .with_state(state);
-    let shutdown = ctx.shutdown.clone();
-    let name = ctx.name.clone();
-    Ok(Box::pin(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await
-            .map_err(|e| tracepipe_pipeline::ComponentError(format!("receiver `{name}` http server failed: {e}")))
-    }))
+    let app = axum::Router::new().route(&cfg.traces_url_path, axum::routing::post(export)).with_state(state);
+    crate::serve::http(&cfg.endpoint, "http", app, ctx).await
 }
 
 fn error_response(format: Format, status: StatusCode, grpc_code: i32, message: String) -> Response {

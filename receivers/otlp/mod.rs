@@ -38,12 +38,5 @@ pub async fn build(config: OtlpConfig, mut ctx: ComponentContext) -> Result<Comp
         servers.push(http::serve(h, ingest.clone(), &ctx).await?);
     }
     drop(ingest);
-    ctx.health.set_listening(&ctx.name, true);
-    let health = ctx.health.clone();
-    let name = ctx.name.clone();
-    Ok(Box::pin(async move {
-        let results = futures::future::join_all(servers).await;
-        health.set_listening(&name, false);
-        results.into_iter().collect::<Result<Vec<()>, _>>().map(|_| ())
-    }))
+    Ok(crate::serve::listeners(servers, &ctx))
 }

@@ -40,9 +40,6 @@ impl AppState {
 
 /// Binds the listener and returns the serving task.
 pub async fn serve(cfg: &ZipkinConfig, output: Output, ctx: &ComponentContext) -> Result<ComponentFuture, BuildError> {
-    let addr = cfg.endpoint.to_string();
-    let listener = tokio::net::TcpListener::bind(&addr).await.map_err(|e| ctx.error(format!("cannot listen on {addr} (http): {e}")))?;
-    tracing::info!(message = "Receiver listening.", receiver = %ctx.name, transport = "http", address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default());
     let r = ctx.name.clone();
     let state = AppState {
         name: ctx.name.as_str().into(),
@@ -58,14 +55,7 @@ pub async fn serve(cfg: &ZipkinConfig, output: Output, ctx: &ComponentContext) -
         .route("/api/v2/spans", axum::routing::post(spans))
         .route("/api/v1/spans", axum::routing::post(spans))
         .with_state(state);
-    let shutdown = ctx.shutdown.clone();
-    let name = ctx.name.clone();
-    Ok(Box::pin(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await
-            .map_err(|e| tracepipe_pipeline::ComponentError(format!("receiver `{name}` http server failed: {e}")))
-    }))
+    crate::serve::http(&cfg.endpoint, "http", app, ctx).await
 }
 
 fn text(status: StatusCode, msg: String) -> Response {

@@ -30,12 +30,5 @@ pub async fn build(cfg: ZipkinConfig, mut ctx: ComponentContext) -> Result<Compo
     let output = ctx.take_output()?;
     ctx.health.expect_receiver(&ctx.name);
     let task = http::serve(&cfg, output, &ctx).await?;
-    ctx.health.set_listening(&ctx.name, true);
-    let health = ctx.health.clone();
-    let name = ctx.name.clone();
-    Ok(Box::pin(async move {
-        let r = task.await;
-        health.set_listening(&name, false);
-        r
-    }))
+    Ok(crate::serve::listeners(vec![task], &ctx))
 }
