@@ -272,3 +272,38 @@ sinks:
         assert a.stop() == 0, a.logs()
         assert time.time() - t0 < 40
         assert "undeliverable spans dropped" in a.logs() and "spans=7" in a.logs(), a.logs()
+
+
+def test_validate_reports_component_setting_errors(tmp_path):
+    """Every receiver and processor checks its own settings; all errors come back at once."""
+    cfg = tmp_path / "bad2.yaml"
+    cfg.write_text("""receivers:
+  j:
+    type: jaeger
+    thrift_compact: { max_packet_size: 70000, workers: 0 }
+  z:
+    type: zipkin
+    envoy_proto_ids: sometimes
+  l:
+    type: lightstep
+    grpc: { endpoint: 0.0.0.0:7000 }
+    http: { endpoint: 0.0.0.0:7000 }
+processors:
+  g:
+    type: guid_inference
+    inputs: [j, z, l]
+    wait: 0s
+    max_bytes: lots
+sinks:
+  s: { type: debug, inputs: [g] }
+""")
+    r = subprocess.run([tracepipe_bin(), "validate", "--config", str(cfg)], capture_output=True, text=True)
+    assert r.returncode == 78, r.stderr
+    for expected in [
+        f"{cfg}:4:21: thrift_compact: max_packet_size must be from 1 to 65507",
+        f"{cfg}:4:21: thrift_compact: workers and queue_packets must be above 0",
+        f"{cfg}:7:22: unknown variant `sometimes`",
+        f"{cfg}:11:11: grpc and http both listen on 0.0.0.0:7000",
+        f"{cfg}:17:16: invalid size \"lots\"",
+    ]:
+        assert expected in r.stderr, f"missing {expected!r} in:\n{r.stderr}"
