@@ -41,6 +41,8 @@ pub mod names {
     pub const PROCESSOR_GUID_EDGES_INFERRED: &str = "tracepipe_processor_guid_edges_inferred_total";
     /// Orphan spans left alone because two candidate parents were equally tight (`processor`).
     pub const PROCESSOR_GUID_AMBIGUOUS: &str = "tracepipe_processor_guid_ambiguous_total";
+    /// Guids with more spans than inference handles, passed on untouched (`processor`).
+    pub const PROCESSOR_GUID_TOO_LARGE: &str = "tracepipe_processor_guid_too_large_total";
     /// Guids resolved before their wait because of `max_bytes` (`processor`).
     pub const PROCESSOR_GUID_EVICTED_EARLY: &str = "tracepipe_processor_guid_evicted_early_total";
     /// Spans a sink delivered (`sink`).

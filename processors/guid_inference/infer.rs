@@ -30,6 +30,10 @@ pub struct Held {
     pub span: Span,
 }
 
+/// Guids with more spans than this are passed on without inference (counted as `too_large`):
+/// matching is quadratic in the spans of one guid, and no real request has this many proxy spans.
+pub const MAX_SPANS_PER_GUID: usize = 4096;
+
 /// What resolving one guid did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Outcome {
@@ -39,6 +43,8 @@ pub struct Outcome {
     pub ambiguous: u64,
     /// Spans whose trace id was rewritten.
     pub retraced: u64,
+    /// The guid had more than [`MAX_SPANS_PER_GUID`] spans and was left alone.
+    pub too_large: bool,
 }
 
 /// A string attribute of a span.
@@ -67,6 +73,10 @@ fn hex(b: &[u8]) -> String {
 /// Rebuilds the tree of one guid's spans in place.
 pub fn resolve(spans: &mut [Held], node_attr: &str, mark: bool) -> Outcome {
     let mut out = Outcome::default();
+    if spans.len() > MAX_SPANS_PER_GUID {
+        out.too_large = true;
+        return out;
+    }
     let traces: std::collections::BTreeSet<&Vec<u8>> = spans.iter().map(|h| &h.span.trace_id).collect();
     if traces.len() < 2 {
         return out; // already one trace: touch nothing

@@ -25,6 +25,7 @@ struct Metrics {
     edges: Counter,
     ambiguous: Counter,
     evicted: Counter,
+    too_large: Counter,
 }
 
 struct State {
@@ -97,6 +98,10 @@ impl State {
         let o = resolve(&mut spans, &self.cfg.node_attribute, self.cfg.mark_inferred);
         self.m.edges.increment(o.edges);
         self.m.ambiguous.increment(o.ambiguous);
+        if o.too_large {
+            self.m.too_large.increment(1);
+            tracing::warn!(message = "Guid with too many spans passed on without inference.", processor = %self.name, spans = spans.len());
+        }
         Some(spans)
     }
 
@@ -141,6 +146,7 @@ pub async fn build(cfg: GuidInferenceConfig, mut ctx: ComponentContext) -> Resul
         edges: metrics::counter!(names::PROCESSOR_GUID_EDGES_INFERRED, "processor" => p.clone()),
         ambiguous: metrics::counter!(names::PROCESSOR_GUID_AMBIGUOUS, "processor" => p.clone()),
         evicted: metrics::counter!(names::PROCESSOR_GUID_EVICTED_EARLY, "processor" => p.clone()),
+        too_large: metrics::counter!(names::PROCESSOR_GUID_TOO_LARGE, "processor" => p.clone()),
     };
     let tick = (cfg.wait.get() / 4).clamp(std::time::Duration::from_millis(10), std::time::Duration::from_millis(250));
     let mut st = State { cfg, groups: HashMap::new(), order: VecDeque::new(), bytes: 0, spans: 0, m, name: p.clone() };

@@ -81,6 +81,24 @@ fn ties_are_counted_not_guessed_and_the_tightest_wins() {
 }
 
 #[test]
+fn a_hostile_guid_with_too_many_spans_is_left_alone_quickly() {
+    // 20,000 orphan CLIENT spans and SERVER spans sharing one guid on one node: quadratic
+    // matching would take minutes; it is refused in constant time instead.
+    let mut spans = Vec::new();
+    for i in 0..10_000u32 {
+        let b = (i % 250) as u8 + 1;
+        spans.push(span(b, b, 0, 2, "n", "g", 0, 100));
+        spans.push(span(b.wrapping_add(1).max(1), b, 0, 3, "n", "g", 10, 20));
+    }
+    let mut h = held(spans.clone());
+    let t0 = std::time::Instant::now();
+    let o = resolve(&mut h, "node_id", true);
+    assert!(o.too_large && o.edges == 0);
+    assert!(t0.elapsed() < std::time::Duration::from_millis(100));
+    assert_eq!(h.into_iter().map(|x| x.span).collect::<Vec<_>>(), spans);
+}
+
+#[test]
 fn shared_span_context_half_gets_the_same_parent() {
     // Envoy default: the callee SERVER reuses the CLIENT id, no parent, marked shared.
     let mut h = held(vec![span(1, 1, 0, 2, "pp", "g", 0, 100), span(2, 7, 0, 3, "pp", "g", 10, 90), span(2, 7, 0, 2, "rv", "g", 12, 88)]);
