@@ -32,3 +32,82 @@ pub(crate) fn listeners(tasks: Vec<ComponentFuture>, ctx: &ComponentContext) -> 
         results.into_iter().collect::<Result<Vec<()>, _>>().map(|_| ())
     })
 }
+
+/// One receiver transport's way into the graph: admits batches through the receiver's output
+/// with its bounded wait, and counts accepted, refused (with reason), rejected and malformed,
+/// with metric handles resolved once.
+#[derive(Clone)]
+pub(crate) struct Admission {
+    inner: std::sync::Arc<AdmissionInner>,
+}
+
+struct AdmissionInner {
+    receiver: String,
+    transport: &'static str,
+    output: tracepipe_pipeline::Output,
+    wait: std::time::Duration,
+    accepted: metrics::Counter,
+    refused_full: metrics::Counter,
+    refused_shutdown: metrics::Counter,
+    rejected: metrics::Counter,
+}
+
+impl Admission {
+    /// Resolves the metric handles for `receiver` / `transport`.
+    pub(crate) fn new(receiver: &str, transport: &'static str, output: tracepipe_pipeline::Output, wait: std::time::Duration) -> Self {
+        use tracepipe_pipeline::telemetry::names;
+        let r = receiver.to_owned();
+        Admission {
+            inner: std::sync::Arc::new(AdmissionInner {
+                accepted: metrics::counter!(names::RECEIVER_ACCEPTED_SPANS, "receiver" => r.clone(), "transport" => transport),
+                refused_full: metrics::counter!(names::RECEIVER_REFUSED_SPANS, "receiver" => r.clone(), "transport" => transport, "reason" => "pipeline_full"),
+                refused_shutdown: metrics::counter!(names::RECEIVER_REFUSED_SPANS, "receiver" => r.clone(), "transport" => transport, "reason" => "shutting_down"),
+                rejected: metrics::counter!(names::RECEIVER_REJECTED_SPANS, "receiver" => r.clone(), "transport" => transport, "reason" => "invalid_span"),
+                receiver: r,
+                transport,
+                output,
+                wait,
+            }),
+        }
+    }
+
+    /// Admits a batch if every consumer has room within the wait; counts the outcome.
+    pub(crate) async fn admit(&self, batch: tracepipe_pipeline::Batch) -> Result<(), tracepipe_pipeline::Refused> {
+        let n = batch.span_count() as u64;
+        let i = &self.inner;
+        match i.output.send_or_refuse(batch, i.wait).await {
+            Ok(()) => {
+                i.accepted.increment(n);
+                Ok(())
+            }
+            Err(e) => {
+                self.refused(e, n);
+                Err(e)
+            }
+        }
+    }
+
+    /// Counts spans refused without trying to admit them (a UDP datagram dropped from a full queue).
+    pub(crate) fn refused(&self, why: tracepipe_pipeline::Refused, spans: u64) {
+        match why {
+            tracepipe_pipeline::Refused::Full => self.inner.refused_full.increment(spans),
+            tracepipe_pipeline::Refused::Closed => self.inner.refused_shutdown.increment(spans),
+        }
+    }
+
+    /// Counts spans dropped individually as invalid.
+    pub(crate) fn rejected(&self, spans: u64) {
+        self.inner.rejected.increment(spans);
+    }
+
+    /// Counts a request that could not be read.
+    pub(crate) fn malformed(&self, reason: &'static str) {
+        use tracepipe_pipeline::telemetry::names;
+        metrics::counter!(names::RECEIVER_MALFORMED_REQUESTS, "receiver" => self.inner.receiver.clone(), "transport" => self.inner.transport, "reason" => reason).increment(1);
+    }
+
+    /// The receiver's name.
+    pub(crate) fn receiver(&self) -> &str {
+        &self.inner.receiver
+    }
+}

@@ -1,6 +1,5 @@
 //! The collector's `POST /api/traces` endpoint (thrift-binary `jaeger.Batch` bodies).
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -10,28 +9,20 @@ use axum::response::{IntoResponse, Response};
 use tracepipe_pipeline::topology::{BuildError, ComponentContext, ComponentFuture, Output, Refused};
 
 use super::config::HttpConfig;
-use super::{admit, malformed, model, Counters};
+use super::{admit, model};
+use crate::serve::Admission;
 
 const TRANSPORT: &str = "http";
 
 #[derive(Clone)]
 struct AppState {
-    name: Arc<str>,
-    output: Output,
-    wait: Duration,
+    adm: Admission,
     limit: usize,
-    counters: Arc<Counters>,
 }
 
 /// Binds the listener and returns the serving task.
 pub async fn serve(cfg: &HttpConfig, output: Output, wait: Duration, ctx: &ComponentContext) -> Result<ComponentFuture, BuildError> {
-    let state = AppState {
-        name: ctx.name.as_str().into(),
-        output,
-        wait,
-        limit: cfg.max_request_body_size.get() as usize,
-        counters: Arc::new(Counters::new(&ctx.name, TRANSPORT)),
-    };
+    let state = AppState { adm: Admission::new(&ctx.name, TRANSPORT, output, wait), limit: cfg.max_request_body_size.get() as usize };
     let app = axum::Router::new().route("/api/traces", axum::routing::post(traces)).with_state(state);
     crate::serve::http(&cfg.endpoint, "thrift_http", app, ctx).await
 }
@@ -40,13 +31,13 @@ async fn traces(State(s): State<AppState>, headers: HeaderMap, body: Body) -> Re
     let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     if !matches!(mime.as_str(), "application/x-thrift" | "application/vnd.apache.thrift.binary") {
-        malformed(&s.name, TRANSPORT, "content_type");
+        s.adm.malformed("content_type");
         return (StatusCode::UNSUPPORTED_MEDIA_TYPE, format!("unsupported content type {ct:?}; use application/x-thrift\n")).into_response();
     }
     let body = match axum::body::to_bytes(body, s.limit).await {
         Ok(b) => b,
         Err(e) => {
-            malformed(&s.name, TRANSPORT, "body_too_large");
+            s.adm.malformed("body_too_large");
             return if e.to_string().contains("length limit") {
                 (StatusCode::PAYLOAD_TOO_LARGE, format!("body exceeds the limit of {} bytes\n", s.limit)).into_response()
             } else {
@@ -57,11 +48,11 @@ async fn traces(State(s): State<AppState>, headers: HeaderMap, body: Body) -> Re
     let batch = match model::decode_batch_binary(&body) {
         Ok(b) => b,
         Err(e) => {
-            malformed(&s.name, TRANSPORT, "thrift");
+            s.adm.malformed("thrift");
             return (StatusCode::BAD_REQUEST, format!("unable to process request body: {e}\n")).into_response();
         }
     };
-    match admit(&batch, &s.output, s.wait, &s.counters).await {
+    match admit(&batch, &s.adm).await {
         Ok(_) => StatusCode::ACCEPTED.into_response(),
         Err(Refused::Full) | Err(Refused::Closed) => {
             let mut r = (StatusCode::SERVICE_UNAVAILABLE, "the pipeline is full; retry later\n").into_response();

@@ -28,57 +28,20 @@ mod tests;
 
 pub use config::{HttpConfig, JaegerConfig, SamplingConfig, UdpConfig};
 
-use metrics::Counter;
-use tracepipe_pipeline::telemetry::names;
-use tracepipe_pipeline::topology::{BuildError, ComponentContext, ComponentFuture, Output, Refused};
+use tracepipe_pipeline::topology::{BuildError, ComponentContext, ComponentFuture, Refused};
 use tracepipe_pipeline::Batch;
 
-/// Per-transport counters, resolved once.
-struct Counters {
-    accepted: Counter,
-    refused_full: Counter,
-    refused_shutdown: Counter,
-    rejected: Counter,
-}
-
-impl Counters {
-    fn new(receiver: &str, transport: &'static str) -> Self {
-        let r = receiver.to_owned();
-        Counters {
-            accepted: metrics::counter!(names::RECEIVER_ACCEPTED_SPANS, "receiver" => r.clone(), "transport" => transport),
-            refused_full: metrics::counter!(names::RECEIVER_REFUSED_SPANS, "receiver" => r.clone(), "transport" => transport, "reason" => "pipeline_full"),
-            refused_shutdown: metrics::counter!(names::RECEIVER_REFUSED_SPANS, "receiver" => r.clone(), "transport" => transport, "reason" => "shutting_down"),
-            rejected: metrics::counter!(names::RECEIVER_REJECTED_SPANS, "receiver" => r, "transport" => transport, "reason" => "invalid_span"),
-        }
-    }
-}
-
-fn malformed(receiver: &str, transport: &'static str, reason: &'static str) {
-    metrics::counter!(names::RECEIVER_MALFORMED_REQUESTS, "receiver" => receiver.to_owned(), "transport" => transport, "reason" => reason).increment(1);
-}
+use crate::serve::Admission;
 
 /// Encodes a Jaeger batch as OTLP (dropping spans with all-zero ids, counted as rejected) and
 /// admits it into the graph in wire form.
-async fn admit(batch: &model::JaegerBatch, output: &Output, wait: std::time::Duration, c: &Counters) -> Result<usize, Refused> {
+async fn admit(batch: &model::JaegerBatch, adm: &Admission) -> Result<usize, Refused> {
     let enc = encode::encode_otlp(batch);
-    c.rejected.increment(enc.rejected);
-    let n = enc.spans;
-    if n == 0 {
+    adm.rejected(enc.rejected);
+    if enc.spans == 0 {
         return Ok(0);
     }
-    match output.send_or_refuse(Batch::from_encoded(enc.bytes.into(), n), wait).await {
-        Ok(()) => {
-            c.accepted.increment(n as u64);
-            Ok(n)
-        }
-        Err(e) => {
-            match e {
-                Refused::Full => c.refused_full.increment(n as u64),
-                Refused::Closed => c.refused_shutdown.increment(n as u64),
-            }
-            Err(e)
-        }
-    }
+    adm.admit(Batch::from_encoded(enc.bytes.into(), enc.spans)).await.map(|()| enc.spans)
 }
 
 /// Binds every configured transport and returns the task serving them until shutdown.

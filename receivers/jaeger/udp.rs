@@ -6,11 +6,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, Mutex};
-use tracepipe_pipeline::topology::{BuildError, ComponentContext, ComponentFuture, Output};
+use tracepipe_pipeline::topology::{BuildError, ComponentContext, ComponentFuture, Output, Refused};
 
 use super::config::UdpConfig;
 use super::model::{self, Protocol};
-use super::{admit, malformed, Counters};
+use super::admit;
+use crate::serve::Admission;
 
 const TRANSPORT: &str = "udp";
 
@@ -29,7 +30,7 @@ pub async fn serve(cfg: &UdpConfig, protocol: Protocol, output: Output, wait: Du
     tracing::info!(message = "Receiver listening.", receiver = %ctx.name, transport = "udp", protocol = ?protocol, address = %socket.local_addr().map(|a| a.to_string()).unwrap_or_default());
     let (tx, rx) = mpsc::channel::<Bytes>(cfg.queue_packets);
     let rx = Arc::new(Mutex::new(rx));
-    let counters = Arc::new(Counters::new(&ctx.name, TRANSPORT));
+    let adm = Admission::new(&ctx.name, TRANSPORT, output, wait);
     let name = ctx.name.clone();
     let max = cfg.max_packet_size;
     let shutdown = ctx.shutdown.clone();
@@ -38,26 +39,23 @@ pub async fn serve(cfg: &UdpConfig, protocol: Protocol, output: Output, wait: Du
         let mut handles = Vec::new();
         for _ in 0..workers {
             let rx = rx.clone();
-            let output = output.clone();
-            let counters = counters.clone();
-            let name = name.clone();
+            let adm = adm.clone();
             handles.push(tokio::spawn(async move {
                 loop {
                     let next = rx.lock().await.recv().await;
                     let Some(packet) = next else { break };
                     match model::decode_emit_batch(&packet, protocol) {
                         Ok(batch) => {
-                            let _ = admit(&batch, &output, wait, &counters).await;
+                            let _ = admit(&batch, &adm).await;
                         }
                         Err(e) => {
-                            malformed(&name, TRANSPORT, "thrift");
-                            tracing::debug!(message = "Malformed datagram dropped.", receiver = %name, error = %e);
+                            adm.malformed("thrift");
+                            tracing::debug!(message = "Malformed datagram dropped.", receiver = %adm.receiver(), error = %e);
                         }
                     }
                 }
             }));
         }
-        drop(output);
         let mut buf = vec![0u8; max + 1];
         loop {
             let n = tokio::select! {
@@ -71,15 +69,15 @@ pub async fn serve(cfg: &UdpConfig, protocol: Protocol, output: Output, wait: Du
                 },
             };
             if n > max {
-                malformed(&name, TRANSPORT, "oversized");
+                adm.malformed("oversized");
                 continue;
             }
             let packet = Bytes::copy_from_slice(&buf[..n]);
             if let Err(mpsc::error::TrySendError::Full(p)) = tx.try_send(packet) {
                 // Count the spans of the dropped datagram from its header alone.
                 match model::peek_span_count(&p, protocol) {
-                    Some(spans) => counters.refused_full.increment(spans as u64),
-                    None => malformed(&name, TRANSPORT, "thrift"),
+                    Some(spans) => adm.refused(Refused::Full, spans as u64),
+                    None => adm.malformed("thrift"),
                 }
             }
         }

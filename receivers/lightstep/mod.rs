@@ -32,14 +32,15 @@ pub use config::LightstepConfig;
 pub use translate::to_otlp;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use metrics::Counter;
 use opentelemetry_proto::tonic::trace::v1::TracesData;
 use prost::Message;
 use tracepipe_pipeline::telemetry::names;
-use tracepipe_pipeline::topology::{BuildError, ComponentContext, ComponentFuture, Output, Refused};
+use tracepipe_pipeline::topology::{BuildError, ComponentContext, ComponentFuture, Output};
 use tracepipe_pipeline::Batch;
+
+use crate::serve::Admission;
 
 /// Why a report was not taken.
 #[derive(Debug, thiserror::Error)]
@@ -56,21 +57,31 @@ pub enum ReportError {
 #[derive(Clone)]
 pub(crate) struct Ingest {
     cfg: Arc<LightstepConfig>,
-    name: Arc<str>,
-    output: Output,
-    wait: Duration,
+    grpc: Admission,
+    http: Admission,
+    unauthenticated_grpc: Counter,
+    unauthenticated_http: Counter,
 }
 
 impl Ingest {
-    fn counter(&self, metric: &'static str, transport: &'static str, reason: Option<&'static str>) -> Counter {
-        match reason {
-            Some(r) => metrics::counter!(metric, "receiver" => self.name.to_string(), "transport" => transport, "reason" => r),
-            None => metrics::counter!(metric, "receiver" => self.name.to_string(), "transport" => transport),
+    fn new(cfg: &LightstepConfig, name: &str, output: Output) -> Self {
+        let wait = cfg.admission_timeout.get();
+        let unauth = |t: &'static str| metrics::counter!(names::RECEIVER_UNAUTHENTICATED_REQUESTS, "receiver" => name.to_owned(), "transport" => t);
+        Ingest {
+            cfg: Arc::new(cfg.clone()),
+            grpc: Admission::new(name, "grpc", output.clone(), wait),
+            http: Admission::new(name, "http", output, wait),
+            unauthenticated_grpc: unauth("grpc"),
+            unauthenticated_http: unauth("http"),
         }
     }
 
+    fn admission(&self, transport: &'static str) -> &Admission {
+        if transport == "grpc" { &self.grpc } else { &self.http }
+    }
+
     pub(crate) fn malformed(&self, transport: &'static str, reason: &'static str) {
-        self.counter(names::RECEIVER_MALFORMED_REQUESTS, transport, Some(reason)).increment(1);
+        self.admission(transport).malformed(reason);
     }
 
     /// Checks the token, translates and admits a report.
@@ -78,21 +89,16 @@ impl Ingest {
         let received = now();
         let token = req.auth.as_ref().map(|a| a.access_token.as_str()).filter(|t| !t.is_empty()).or(header_token).unwrap_or("");
         if !self.cfg.token_allowed(token) {
-            self.counter(names::RECEIVER_UNAUTHENTICATED_REQUESTS, transport, None).increment(1);
+            if transport == "grpc" { &self.unauthenticated_grpc } else { &self.unauthenticated_http }.increment(1);
             return Err(ReportError::Unauthenticated);
         }
         let (rs, rejected) = to_otlp(req);
-        self.counter(names::RECEIVER_REJECTED_SPANS, transport, Some("invalid_span")).increment(rejected as u64);
+        let adm = self.admission(transport);
+        adm.rejected(rejected as u64);
         let n = tracepipe_pipeline::batch::count_spans(&rs);
         if n > 0 {
             let bytes = TracesData { resource_spans: rs }.encode_to_vec();
-            match self.output.send_or_refuse(Batch::from_encoded(bytes.into(), n), self.wait).await {
-                Ok(()) => self.counter(names::RECEIVER_ACCEPTED_SPANS, transport, None).increment(n as u64),
-                Err(Refused::Full | Refused::Closed) => {
-                    self.counter(names::RECEIVER_REFUSED_SPANS, transport, Some("pipeline_full")).increment(n as u64);
-                    return Err(ReportError::Full);
-                }
-            }
+            adm.admit(Batch::from_encoded(bytes.into(), n)).await.map_err(|_| ReportError::Full)?;
         }
         Ok(pb::ReportResponse { receive_timestamp: Some(received), transmit_timestamp: Some(now()), ..Default::default() })
     }
@@ -121,7 +127,7 @@ impl pb::collector_service_server::CollectorService for GrpcService {
 pub async fn build(cfg: LightstepConfig, mut ctx: ComponentContext) -> Result<ComponentFuture, BuildError> {
     let output = ctx.take_output()?;
     ctx.health.expect_receiver(&ctx.name);
-    let ingest = Ingest { cfg: Arc::new(cfg.clone()), name: ctx.name.as_str().into(), output, wait: cfg.admission_timeout.get() };
+    let ingest = Ingest::new(&cfg, &ctx.name, output);
     let mut tasks: Vec<ComponentFuture> = Vec::new();
     if let Some(g) = &cfg.grpc {
         let addr = g.endpoint.to_string();

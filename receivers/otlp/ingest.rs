@@ -3,13 +3,13 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use metrics::Counter;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, TracesData};
 use prost::Message;
-use tracepipe_pipeline::telemetry::names;
 use tracepipe_pipeline::topology::{Output, Refused};
 use tracepipe_pipeline::wire::{scan_traces, SpanProblem};
 use tracepipe_pipeline::{otlp_json, Batch};
+
+use crate::serve::Admission;
 
 /// The transports, as metric labels.
 #[derive(Debug, Clone, Copy)]
@@ -50,26 +50,6 @@ pub enum IngestError {
     ShuttingDown,
 }
 
-struct Counters {
-    accepted: Counter,
-    refused_full: Counter,
-    refused_shutdown: Counter,
-    rejected: Counter,
-}
-
-impl Counters {
-    fn new(name: &str, t: Transport) -> Self {
-        let r = name.to_owned();
-        let tr = t.label();
-        Counters {
-            accepted: metrics::counter!(names::RECEIVER_ACCEPTED_SPANS, "receiver" => r.clone(), "transport" => tr),
-            refused_full: metrics::counter!(names::RECEIVER_REFUSED_SPANS, "receiver" => r.clone(), "transport" => tr, "reason" => "pipeline_full"),
-            refused_shutdown: metrics::counter!(names::RECEIVER_REFUSED_SPANS, "receiver" => r.clone(), "transport" => tr, "reason" => "shutting_down"),
-            rejected: metrics::counter!(names::RECEIVER_REJECTED_SPANS, "receiver" => r, "transport" => tr, "reason" => "invalid_span"),
-        }
-    }
-}
-
 /// Shared by the gRPC and HTTP servers of one receiver.
 #[derive(Clone)]
 pub struct Ingest {
@@ -77,27 +57,21 @@ pub struct Ingest {
 }
 
 struct Inner {
-    name: String,
-    output: Output,
-    wait: Duration,
-    grpc: Counters,
-    http: Counters,
+    grpc: Admission,
+    http: Admission,
 }
 
 impl Ingest {
     pub fn new(name: &str, output: Output, wait: Duration) -> Self {
         Ingest {
             inner: std::sync::Arc::new(Inner {
-                name: name.to_owned(),
-                output,
-                wait,
-                grpc: Counters::new(name, Transport::Grpc),
-                http: Counters::new(name, Transport::Http),
+                grpc: Admission::new(name, Transport::Grpc.label(), output.clone(), wait),
+                http: Admission::new(name, Transport::Http.label(), output, wait),
             }),
         }
     }
 
-    fn counters(&self, t: Transport) -> &Counters {
+    fn admission(&self, t: Transport) -> &Admission {
         match t {
             Transport::Grpc => &self.inner.grpc,
             Transport::Http => &self.inner.http,
@@ -106,7 +80,7 @@ impl Ingest {
 
     /// Counts a request that could not be read at all (bad framing, size, encoding…).
     pub fn malformed(&self, t: Transport, reason: &'static str) {
-        metrics::counter!(names::RECEIVER_MALFORMED_REQUESTS, "receiver" => self.inner.name.clone(), "transport" => t.label(), "reason" => reason).increment(1);
+        self.admission(t).malformed(reason);
     }
 
     /// Validates and admits an encoded `ExportTraceServiceRequest`.
@@ -170,7 +144,7 @@ impl Ingest {
         }
         rs.retain(|r| !r.scope_spans.is_empty());
         let rejected = invalid.len() as u64;
-        self.counters(t).rejected.increment(rejected);
+        self.admission(t).rejected(rejected);
         let message = format!("{rejected} span(s) rejected: {}", reasons.join("; "));
         let batch = Batch::from_resource_spans(rs);
         if !batch.is_empty() {
@@ -182,21 +156,9 @@ impl Ingest {
     }
 
     async fn admit(&self, t: Transport, batch: Batch) -> Result<(), IngestError> {
-        let n = batch.span_count() as u64;
-        let c = self.counters(t);
-        match self.inner.output.send_or_refuse(batch, self.inner.wait).await {
-            Ok(()) => {
-                c.accepted.increment(n);
-                Ok(())
-            }
-            Err(Refused::Full) => {
-                c.refused_full.increment(n);
-                Err(IngestError::Full)
-            }
-            Err(Refused::Closed) => {
-                c.refused_shutdown.increment(n);
-                Err(IngestError::ShuttingDown)
-            }
-        }
+        self.admission(t).admit(batch).await.map_err(|e| match e {
+            Refused::Full => IngestError::Full,
+            Refused::Closed => IngestError::ShuttingDown,
+        })
     }
 }

@@ -1,55 +1,41 @@
 //! The Zipkin HTTP API (`/api/v2/spans`, `/api/v1/spans`).
 
 use std::io::Read;
-use std::sync::Arc;
-use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use metrics::Counter;
 use opentelemetry_proto::tonic::trace::v1::TracesData;
 use prost::Message;
-use tracepipe_pipeline::telemetry::names;
 use tracepipe_pipeline::topology::{BuildError, ComponentContext, ComponentFuture, Output, Refused};
 use tracepipe_pipeline::Batch;
 
 use super::config::{EnvoyProtoIds, ZipkinConfig};
 use super::{model, translate};
+use crate::serve::Admission;
 
 const TRANSPORT: &str = "http";
 
 #[derive(Clone)]
 struct AppState {
-    name: Arc<str>,
-    output: Output,
-    wait: Duration,
+    adm: Admission,
     limit: usize,
     envoy_ids: EnvoyProtoIds,
-    accepted: Counter,
-    refused: Counter,
-    rejected: Counter,
 }
 
 impl AppState {
     fn malformed(&self, reason: &'static str) {
-        metrics::counter!(names::RECEIVER_MALFORMED_REQUESTS, "receiver" => self.name.to_string(), "transport" => TRANSPORT, "reason" => reason).increment(1);
+        self.adm.malformed(reason);
     }
 }
 
 /// Binds the listener and returns the serving task.
 pub async fn serve(cfg: &ZipkinConfig, output: Output, ctx: &ComponentContext) -> Result<ComponentFuture, BuildError> {
-    let r = ctx.name.clone();
     let state = AppState {
-        name: ctx.name.as_str().into(),
-        output,
-        wait: cfg.admission_timeout.get(),
+        adm: Admission::new(&ctx.name, TRANSPORT, output, cfg.admission_timeout.get()),
         limit: cfg.max_request_body_size.get() as usize,
         envoy_ids: cfg.envoy_proto_ids,
-        accepted: metrics::counter!(names::RECEIVER_ACCEPTED_SPANS, "receiver" => r.clone(), "transport" => TRANSPORT),
-        refused: metrics::counter!(names::RECEIVER_REFUSED_SPANS, "receiver" => r.clone(), "transport" => TRANSPORT, "reason" => "pipeline_full"),
-        rejected: metrics::counter!(names::RECEIVER_REJECTED_SPANS, "receiver" => r, "transport" => TRANSPORT, "reason" => "invalid_span"),
     };
     let app = axum::Router::new()
         .route("/api/v2/spans", axum::routing::post(spans))
@@ -126,19 +112,15 @@ async fn spans(State(s): State<AppState>, uri: Uri, headers: HeaderMap, body: Bo
         }
     };
     let (rs, rejected) = translate::to_otlp(zspans);
-    s.rejected.increment(rejected as u64);
+    s.adm.rejected(rejected as u64);
     let n = tracepipe_pipeline::batch::count_spans(&rs);
     if n == 0 {
         return StatusCode::ACCEPTED.into_response();
     }
     let bytes = TracesData { resource_spans: rs }.encode_to_vec();
-    match s.output.send_or_refuse(Batch::from_encoded(bytes.into(), n), s.wait).await {
-        Ok(()) => {
-            s.accepted.increment(n as u64);
-            StatusCode::ACCEPTED.into_response()
-        }
+    match s.adm.admit(Batch::from_encoded(bytes.into(), n)).await {
+        Ok(()) => StatusCode::ACCEPTED.into_response(),
         Err(Refused::Full | Refused::Closed) => {
-            s.refused.increment(n as u64);
             let mut r = text(StatusCode::SERVICE_UNAVAILABLE, "the pipeline is full; retry later".into());
             r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             r
