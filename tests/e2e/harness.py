@@ -201,25 +201,30 @@ def wait_for(predicate, timeout: float = 20.0, interval: float = 0.1, what: str 
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last value: {last!r})")
 
 
+def recording_tracepipe(graph: str, inputs, name: str = "rec"):
+    """A tracepipe (not started) running `graph` (receivers, optionally processors) into a debug
+    sink that writes every span it gets from `inputs` to an OTLP/JSON lines file.
+    Returns (tracepipe, path of the file)."""
+    tp = Tracepipe("PLACEHOLDER", name)
+    out = tp.dir / "spans.jsonl"
+    tp.config_path.write_text(f"""{graph}
+sinks:
+  file: {{ type: debug, inputs: [{", ".join(inputs)}], verbosity: none, path: {out} }}
+telemetry:
+  metrics: {{ endpoint: 127.0.0.1:{tp.metrics_port} }}
+""")
+    return tp, out
+
+
 def far_end(max_size: str = "4MiB"):
-    """A tracepipe (not started) that writes everything it receives to an OTLP/JSON lines file.
+    """A tracepipe (not started) that writes everything it receives over OTLP to a file.
     Returns (tracepipe, grpc_port, http_port, path of the file)."""
     g, h = free_port(), free_port()
-    tp = Tracepipe("PLACEHOLDER", "far")
-    out = tp.dir / "spans.jsonl"
-    tp.config_path.write_text(f"""
+    tp, out = recording_tracepipe(f"""
 receivers:
   in:
     type: otlp
     grpc: {{ endpoint: 127.0.0.1:{g}, max_recv_msg_size: {max_size} }}
     http: {{ endpoint: 127.0.0.1:{h}, max_request_body_size: {max_size} }}
-sinks:
-  file:
-    type: debug
-    inputs: [in]
-    verbosity: none
-    path: {out}
-telemetry:
-  metrics: {{ endpoint: 127.0.0.1:{tp.metrics_port} }}
-""")
+""", ["in"], "far")
     return tp, g, h, out

@@ -7,26 +7,20 @@ import threading
 
 import pytest
 
-from harness import Tracepipe, free_port, metric_sum, read_jsonl_spans, wait_for
+from harness import free_port, metric_sum, read_jsonl_spans, recording_tracepipe, wait_for
 from mesh.mesh import Mesh
 from sdk import normalise_json
 
 
 def collector(otlp_port, wait="1s"):
     port = free_port()
-    tp = Tracepipe("PLACEHOLDER", "guid")
-    out = tp.dir / "spans.jsonl"
-    tp.config_path.write_text(f"""
+    tp, out = recording_tracepipe(f"""
 receivers:
   mesh: {{ type: zipkin, endpoint: 127.0.0.1:{port} }}
   otlp: {{ type: otlp, grpc: {{ endpoint: 127.0.0.1:{otlp_port} }} }}
 processors:
   rebuild: {{ type: guid_inference, inputs: [mesh, otlp], wait: {wait} }}
-sinks:
-  file: {{ type: debug, inputs: [rebuild], verbosity: none, path: {out} }}
-telemetry:
-  metrics: {{ endpoint: 127.0.0.1:{tp.metrics_port} }}
-""")
+""", ["rebuild"], "guid")
     return tp, port, out
 
 

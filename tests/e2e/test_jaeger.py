@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from harness import ROOT, Tracepipe, free_port, http_get, metric_sum, read_jsonl_spans, wait_for
+from harness import ROOT, Tracepipe, free_port, http_get, metric_sum, read_jsonl_spans, recording_tracepipe, wait_for
 from sdk import normalise_json
 
 PEERS = Path(__file__).parent / "peers"
@@ -34,10 +34,8 @@ class JaegerTP:
     def __init__(self, strategies: Path = None, queue_packets: int = 1000):
         self.compact, self.binary = free_udp_port(), free_udp_port()
         self.http, self.sampling = free_port(), free_port()
-        self.tp = Tracepipe("PLACEHOLDER", "jaeger")
-        self.out = self.tp.dir / "spans.jsonl"
         strat = f", strategies_file: {strategies}, reload_interval: 200ms" if strategies else ""
-        self.tp.config_path.write_text(f"""
+        self.tp, self.out = recording_tracepipe(f"""
 receivers:
   jaeger:
     type: jaeger
@@ -45,11 +43,7 @@ receivers:
     thrift_binary: {{ endpoint: 127.0.0.1:{self.binary} }}
     thrift_http: {{ endpoint: 127.0.0.1:{self.http} }}
     sampling: {{ endpoint: 127.0.0.1:{self.sampling}{strat} }}
-sinks:
-  file: {{ type: debug, inputs: [jaeger], verbosity: none, path: {self.out} }}
-telemetry:
-  metrics: {{ endpoint: 127.0.0.1:{self.tp.metrics_port} }}
-""")
+""", ["jaeger"], "jaeger")
 
     def __enter__(self):
         self.tp.start()

@@ -11,7 +11,7 @@ import grpc
 import pytest
 import requests
 
-from harness import ROOT, Tracepipe, free_port, metric_sum, read_jsonl_spans, wait_for
+from harness import ROOT, free_port, metric_sum, read_jsonl_spans, recording_tracepipe, wait_for
 from sdk import normalise_json
 
 PROTO_DIR = ROOT / "receivers/proto"
@@ -21,20 +21,14 @@ LS_PY = ROOT / "tests/.venv-lightstep/bin/python"
 class LightstepTP:
     def __init__(self, tokens=("good-token",)):
         self.grpc, self.http = free_port(), free_port()
-        self.tp = Tracepipe("PLACEHOLDER", "ls")
-        self.out = self.tp.dir / "spans.jsonl"
-        self.tp.config_path.write_text(f"""
+        self.tp, self.out = recording_tracepipe(f"""
 receivers:
   satellite_in:
     type: lightstep
     grpc: {{ endpoint: 127.0.0.1:{self.grpc} }}
     http: {{ endpoint: 127.0.0.1:{self.http} }}
     access_tokens: {json.dumps(list(tokens))}
-sinks:
-  file: {{ type: debug, inputs: [satellite_in], verbosity: none, path: {self.out} }}
-telemetry:
-  metrics: {{ endpoint: 127.0.0.1:{self.tp.metrics_port} }}
-""")
+""", ["satellite_in"], "ls")
 
     def __enter__(self):
         self.tp.start()

@@ -7,7 +7,7 @@ import collections
 
 import pytest
 
-from harness import Tracepipe, free_port, read_jsonl_spans, wait_for
+from harness import free_port, read_jsonl_spans, recording_tracepipe, wait_for
 from mesh.mesh import Mesh
 from sdk import normalise_json
 
@@ -16,18 +16,11 @@ ENVOY_TAGS = ["guid:x-request-id", "node_id", "upstream_cluster", "http.url", "h
 
 def collector(otlp_port=None):
     port = free_port()
-    tp = Tracepipe("PLACEHOLDER", "mesh")
-    out = tp.dir / "spans.jsonl"
     otlp = f"\n  otlp: {{ type: otlp, grpc: {{ endpoint: 127.0.0.1:{otlp_port} }} }}" if otlp_port else ""
-    inputs = "[mesh, otlp]" if otlp_port else "[mesh]"
-    tp.config_path.write_text(f"""
+    tp, out = recording_tracepipe(f"""
 receivers:
   mesh: {{ type: zipkin, endpoint: 127.0.0.1:{port} }}{otlp}
-sinks:
-  file: {{ type: debug, inputs: {inputs}, verbosity: none, path: {out} }}
-telemetry:
-  metrics: {{ endpoint: 127.0.0.1:{tp.metrics_port} }}
-""")
+""", ["mesh", "otlp"] if otlp_port else ["mesh"], "mesh")
     return tp, port, out
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from harness import ROOT, Tracepipe, free_port, metric_sum, read_jsonl_spans, wait_for
+from harness import ROOT, free_port, metric_sum, read_jsonl_spans, recording_tracepipe, wait_for
 from sdk import normalise_json, normalise_sdk
 
 PEERS = Path(__file__).parent / "peers"
@@ -19,16 +19,10 @@ PEERS = Path(__file__).parent / "peers"
 class ZipkinTP:
     def __init__(self, envoy_ids="auto"):
         self.port = free_port()
-        self.tp = Tracepipe("PLACEHOLDER", "zipkin")
-        self.out = self.tp.dir / "spans.jsonl"
-        self.tp.config_path.write_text(f"""
+        self.tp, self.out = recording_tracepipe(f"""
 receivers:
   mesh: {{ type: zipkin, endpoint: 127.0.0.1:{self.port}, envoy_proto_ids: {envoy_ids}, max_request_body_size: 1MiB }}
-sinks:
-  file: {{ type: debug, inputs: [mesh], verbosity: none, path: {self.out} }}
-telemetry:
-  metrics: {{ endpoint: 127.0.0.1:{self.tp.metrics_port} }}
-""")
+""", ["mesh"], "zipkin")
 
     def __enter__(self):
         self.tp.start()
