@@ -15,6 +15,11 @@ venv="$here/.venv"
 peers="$here/.peers/bin"
 mkdir -p "$peers"
 
+# The TLS tests make their certificates with the openssl CLI (Debian's package).
+if ! command -v openssl >/dev/null 2>&1; then
+  apt-get update -q >/dev/null && apt-get install -y -q openssl >/dev/null
+fi
+
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
