@@ -8,11 +8,13 @@
 //! - [`topology`]: component contexts ([`Input`], [`Output`]), bounded channels, fan-out with
 //!   all-or-nothing admission, and the running graph (start in reverse topological order, stop in
 //!   topological order, drain on shutdown);
+//! - [`archive`]: the Parquet trace-archive schema, file layout and DataFusion table;
 //! - [`telemetry`]: metric names, the Prometheus `/metrics`, `/healthz`, `/readyz` server and the
 //!   health registry.
 //!
-//! Receivers, processors and sinks depend on this crate; it depends only on `tracepipe-config`.
+//! Receivers, processors and sinks depend on this crate; it depends on `tracepipe-config` and (for archives) DataFusion.
 
+pub mod archive;
 pub mod batch;
 pub mod otlp_json;
 pub mod telemetry;

@@ -58,6 +58,16 @@ pub mod names {
     pub const SINK_RETRIES: &str = "tracepipe_sink_retries_total";
     /// Bytes a sink wrote to the network after compression (`sink`).
     pub const SINK_SENT_BYTES: &str = "tracepipe_sink_sent_bytes_total";
+    /// Archive files a Parquet sink closed and renamed into place (`sink`).
+    pub const SINK_PARQUET_FILES: &str = "tracepipe_sink_parquet_files_total";
+    /// Rows in the archive files a Parquet sink closed (`sink`).
+    pub const SINK_PARQUET_ROWS: &str = "tracepipe_sink_parquet_rows_total";
+    /// Files a Parquet sink has open (gauge; `sink`).
+    pub const SINK_PARQUET_OPEN_FILES: &str = "tracepipe_sink_parquet_open_files";
+    /// Leftover temporary files found on start (`sink`, `outcome`: renamed, quarantined).
+    pub const SINK_PARQUET_RECOVERED_FILES: &str = "tracepipe_sink_parquet_recovered_files_total";
+    /// Spans an archive receiver read (`receiver`).
+    pub const RECEIVER_ARCHIVE_READ_SPANS: &str = "tracepipe_receiver_archive_read_spans_total";
     /// Always 1, with `version` and `rustc` labels.
     pub const BUILD_INFO: &str = "tracepipe_build_info";
 }

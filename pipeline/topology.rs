@@ -208,6 +208,7 @@ pub struct Planned {
 /// A started graph.
 pub struct RunningTopology {
     tasks: Vec<(String, ComponentKind, JoinHandle<Result<(), ComponentError>>)>,
+    remaining: tokio::sync::watch::Receiver<usize>,
     shutdown: CancellationToken,
     /// Readiness registry shared with the telemetry server.
     pub health: Health,
@@ -237,6 +238,8 @@ impl RunningTopology {
             }
         }
         drop(senders);
+        let (done_tx, remaining) = tokio::sync::watch::channel(planned.len());
+        let done_tx = std::sync::Arc::new(done_tx);
         let mut tasks: Vec<(String, ComponentKind, JoinHandle<Result<(), ComponentError>>)> = Vec::new();
         for p in planned.into_iter().rev() {
             let output = match p.kind {
@@ -263,15 +266,28 @@ impl RunningTopology {
                 }
             };
             tracing::debug!(message = "Component started.", kind = p.kind.as_str(), name = %p.name);
+            let done = done_tx.clone();
+            let fut = async move {
+                let r = fut.await;
+                done.send_modify(|n| *n -= 1);
+                r
+            };
             tasks.push((p.name, p.kind, tokio::spawn(fut)));
         }
         tasks.reverse();
-        Ok(RunningTopology { tasks, shutdown, health })
+        Ok(RunningTopology { tasks, remaining, shutdown, health })
     }
 
     /// A token that fires when the topology is asked to stop.
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
+    }
+
+    /// Resolves once every component has ended by itself (every receiver finished, as a replay
+    /// does, and the rest drained); never while a listening receiver runs.
+    pub async fn finished(&self) {
+        let mut rx = self.remaining.clone();
+        let _ = rx.wait_for(|n| *n == 0).await;
     }
 
     /// Waits until every component has finished by itself (for graphs whose receivers end, such

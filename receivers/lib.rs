@@ -5,7 +5,8 @@
 //! - [`jaeger`]: Jaeger agent UDP (6831 compact, 6832 binary), collector HTTP (14268) and the
 //!   remote-sampling endpoint (5778);
 //! - [`zipkin`]: Zipkin v1/v2 over HTTP (9411), JSON, proto3 and Thrift, with Envoy's proto id repair;
-//! - [`lightstep`]: the LightStep collector protocol (gRPC 8282, HTTP 8181), a satellite stand-in.
+//! - [`lightstep`]: the LightStep collector protocol (gRPC 8282, HTTP 8181), a satellite stand-in;
+//! - [`archive`]: replay of a Parquet trace archive, filtered with SQL, paced, ending when done.
 //!
 //! Every receiver validates input before admitting it, answers its sender with a retryable
 //! error when the graph is full, and counts what it accepted, refused and could not decode
@@ -13,6 +14,7 @@
 //!
 //! Registration is the one explicit `match` in [`validate`], from the YAML `type` to a config.
 
+pub mod archive;
 pub mod jaeger;
 pub mod lightstep;
 pub mod otlp;
@@ -23,7 +25,7 @@ use tracepipe_config::{ComponentDecl, ConfigError, Endpoint};
 use tracepipe_pipeline::topology::{BuildFuture, ComponentContext};
 
 /// Every receiver type, for messages and `--help`.
-pub const TYPES: &[&str] = &["otlp", "jaeger", "zipkin", "lightstep"];
+pub const TYPES: &[&str] = &["otlp", "jaeger", "zipkin", "lightstep", "archive"];
 
 /// A receiver's validated configuration.
 #[derive(Debug, Clone)]
@@ -36,6 +38,8 @@ pub enum ReceiverConfig {
     Zipkin(zipkin::ZipkinConfig),
     /// `type: lightstep`.
     Lightstep(lightstep::LightstepConfig),
+    /// `type: archive`.
+    Archive(archive::ArchiveConfig),
 }
 
 /// Checks a receiver declaration; no I/O.
@@ -45,6 +49,7 @@ pub fn validate(decl: &ComponentDecl, file: &str) -> Result<ReceiverConfig, Vec<
         "jaeger" => jaeger::JaegerConfig::from_node(&decl.body, file).map(ReceiverConfig::Jaeger),
         "zipkin" => zipkin::ZipkinConfig::from_node(&decl.body, file).map(ReceiverConfig::Zipkin),
         "lightstep" => lightstep::LightstepConfig::from_node(&decl.body, file).map(ReceiverConfig::Lightstep),
+        "archive" => archive::ArchiveConfig::from_node(&decl.body, file).map(ReceiverConfig::Archive),
         "" => Err(vec![]), // reported by the loader
         other => Err(vec![ConfigError::new(
             file,
@@ -62,6 +67,7 @@ impl ReceiverConfig {
             ReceiverConfig::Jaeger(c) => c.listen_addresses(),
             ReceiverConfig::Zipkin(c) => c.listen_addresses(),
             ReceiverConfig::Lightstep(c) => c.listen_addresses(),
+            ReceiverConfig::Archive(_) => Vec::new(),
         }
     }
 
@@ -72,6 +78,7 @@ impl ReceiverConfig {
             ReceiverConfig::Jaeger(c) => Box::pin(jaeger::build(c, ctx)),
             ReceiverConfig::Zipkin(c) => Box::pin(zipkin::build(c, ctx)),
             ReceiverConfig::Lightstep(c) => Box::pin(lightstep::build(c, ctx)),
+            ReceiverConfig::Archive(c) => Box::pin(archive::build(c, ctx)),
         }
     }
 }

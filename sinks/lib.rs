@@ -3,6 +3,8 @@
 //! Components that deliver batches out of the graph. One folder each:
 //! - [`otlp`]: OTLP/gRPC, OTLP/HTTP protobuf and JSON, with compression, headers, TLS, retry
 //!   and a bounded queue;
+//! - [`parquet`]: the trace archive (Parquet files in the documented schema, partitioned by
+//!   hour, rolled, atomically renamed);
 //! - [`debug`]: span counts or whole spans to the log, or OTLP/JSON lines to a file.
 //!
 //! Every sink counts `tracepipe_sink_sent_spans_total` and, with a reason,
@@ -11,18 +13,21 @@
 
 pub mod debug;
 pub mod otlp;
+pub mod parquet;
 
 use tracepipe_config::{ComponentDecl, ConfigError};
 use tracepipe_pipeline::topology::{BuildFuture, ComponentContext};
 
 /// Every sink type.
-pub const TYPES: &[&str] = &["otlp", "debug"];
+pub const TYPES: &[&str] = &["otlp", "parquet", "debug"];
 
 /// A sink's validated configuration.
 #[derive(Debug, Clone)]
 pub enum SinkConfig {
     /// `type: otlp`.
     Otlp(otlp::OtlpSinkConfig),
+    /// `type: parquet`.
+    Parquet(parquet::ParquetSinkConfig),
     /// `type: debug`.
     Debug(debug::DebugConfig),
 }
@@ -31,6 +36,7 @@ pub enum SinkConfig {
 pub fn validate(decl: &ComponentDecl, file: &str) -> Result<SinkConfig, Vec<ConfigError>> {
     match decl.type_name.as_str() {
         "otlp" => otlp::OtlpSinkConfig::from_node(&decl.body, file).map(SinkConfig::Otlp),
+        "parquet" => parquet::ParquetSinkConfig::from_node(&decl.body, file).map(SinkConfig::Parquet),
         "debug" => debug::DebugConfig::from_node(&decl.body, file).map(SinkConfig::Debug),
         "" => Err(vec![]),
         other => Err(vec![ConfigError::new(file, decl.type_pos, format!("unknown sink type `{other}`; known types: {}", TYPES.join(", ")))]),
@@ -42,6 +48,7 @@ impl SinkConfig {
     pub fn build(self, ctx: ComponentContext) -> BuildFuture {
         match self {
             SinkConfig::Otlp(c) => Box::pin(otlp::build(c, ctx)),
+            SinkConfig::Parquet(c) => Box::pin(parquet::build(c, ctx)),
             SinkConfig::Debug(c) => Box::pin(debug::build(c, ctx)),
         }
     }

@@ -1,10 +1,12 @@
 //! # tracepipe
 //!
-//! The command line: `run` (the default), `validate`, `print-config`, `graph`. Everything else
+//! The command line: `run` (the default), `validate`, `print-config`, `graph`, and for trace
+//! archives `query` and `replay` ([`archive_cli`]). Everything else
 //! lives in the workspace crates: `tracepipe-config` (YAML → validated graph),
 //! `tracepipe-pipeline` (batch model, runtime, telemetry), and the component crates
 //! `tracepipe-receivers`, `tracepipe-processors`, `tracepipe-sinks`.
 
+mod archive_cli;
 mod graph;
 
 use std::path::PathBuf;
@@ -57,6 +59,42 @@ enum Command {
         #[arg(long, value_enum, default_value_t = GraphFormat::Dot)]
         format: GraphFormat,
     },
+    /// Run one SQL statement over a trace archive (table `spans`).
+    Query {
+        /// The archive directory (what a `parquet` sink writes).
+        #[arg(long, default_value = "./tracepipe-data/traces")]
+        archive: PathBuf,
+        /// The SQL, e.g. "SELECT service_name, count(*) FROM spans GROUP BY 1".
+        sql: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = archive_cli::QueryFormat::Table)]
+        format: archive_cli::QueryFormat,
+    },
+    /// Replay part of a trace archive to a destination (OTLP over gRPC or HTTP).
+    Replay {
+        /// The archive directory.
+        #[arg(long, default_value = "./tracepipe-data/traces")]
+        archive: PathBuf,
+        /// A SQL predicate over `spans`, e.g. "service_name = 'reviews' AND duration_ns > 1000000".
+        #[arg(long = "where")]
+        filter: Option<String>,
+        /// Only spans starting at or after this RFC 3339 time.
+        #[arg(long)]
+        from: Option<String>,
+        /// The destination URL (grpc://host:4317, grpcs://…, http://host:4318/v1/traces, https://…)
+        /// and, optionally once more, the window's end time (RFC 3339).
+        #[arg(long, required = true)]
+        to: Vec<String>,
+        /// max, or a factor of the original pace: 1x, 10x, 0.5x.
+        #[arg(long, default_value = "max")]
+        speed: String,
+        /// Move timestamps so the replay looks live.
+        #[arg(long)]
+        shift_to_now: bool,
+        /// Replay whole traces of the spans that match.
+        #[arg(long)]
+        whole_traces: bool,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -94,6 +132,74 @@ fn main() -> ExitCode {
             Err(code) => code,
         },
         Command::Run { config } => run(config),
+        Command::Query { archive, sql, format } => {
+            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("error: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(archive_cli::query(&archive, &sql, format)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Replay { archive, filter, from, to, speed, shift_to_now, whole_traces } => {
+            let args = archive_cli::ReplayArgs { archive, filter, from, to, speed, shift_to_now, whole_traces };
+            replay(args)
+        }
+    }
+}
+
+fn replay(args: archive_cli::ReplayArgs) -> ExitCode {
+    let text = match archive_cli::replay_config(&args) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let graph = match graph::validate("<replay>", &text) {
+        Ok(g) => g,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    init_logs(&tracepipe_config::LogsConfig { level: "warn".into(), ..graph.file.telemetry.logs.clone() });
+    let Some(archive_cfg) = graph.components.iter().find_map(|(_, _, _, v)| match v {
+        graph::Validated::Receiver(tracepipe_receivers::ReceiverConfig::Archive(c)) => Some(c.clone()),
+        _ => None,
+    }) else {
+        eprintln!("error: the replay graph lost its archive receiver");
+        return ExitCode::FAILURE;
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async move {
+        let total = archive_cli::replay_total(&archive_cfg).await.map_err(|e| anyhow::anyhow!(e))?;
+        let done = tokio_util::sync::CancellationToken::new();
+        let bar = tokio::spawn(archive_cli::progress(total, done.clone()));
+        let r = serve(graph).await;
+        done.cancel();
+        let _ = bar.await;
+        r
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -166,8 +272,10 @@ async fn serve(graph: graph::ValidGraph) -> anyhow::Result<()> {
         None
     };
     tracing::info!(message = "tracepipe started.", version = env!("CARGO_PKG_VERSION"));
-    wait_for_signal().await;
-    tracing::info!(message = "Shutting down: draining the graph.");
+    tokio::select! {
+        _ = wait_for_signal() => tracing::info!(message = "Shutting down: draining the graph."),
+        _ = topology.finished() => tracing::info!(message = "Every component has finished (all receivers ended); stopping."),
+    }
     let result = topology.stop(SHUTDOWN_DEADLINE).await;
     server_stop.cancel();
     if let Some(s) = server {

@@ -19,6 +19,11 @@ pub struct GuidInferenceConfig {
     pub max_bytes: ByteSize,
     /// Mark re-parented spans with `tracepipe.inferred_parent=true` (default true).
     pub mark_inferred: bool,
+    /// Link orphan SERVER spans to the CLIENT span on another node that called their service,
+    /// for proxies that propagate nothing (default true).
+    pub cross_node: bool,
+    /// Clock skew tolerated between nodes when linking across them (default 50ms).
+    pub clock_skew: Duration,
 }
 
 impl Default for GuidInferenceConfig {
@@ -29,6 +34,8 @@ impl Default for GuidInferenceConfig {
             wait: Duration::from_secs(5),
             max_bytes: ByteSize::mib(256),
             mark_inferred: true,
+            cross_node: true,
+            clock_skew: Duration::from_millis(50),
         }
     }
 }
@@ -48,6 +55,19 @@ impl GuidInferenceConfig {
         if c.max_bytes.get() == 0 {
             errors.push(ConfigError::new(file, at("max_bytes"), "max_bytes must be above 0"));
         }
+        if c.clock_skew.get() > c.wait.get() {
+            errors.push(ConfigError::new(file, at("clock_skew"), "clock_skew must not be longer than wait"));
+        }
         if errors.is_empty() { Ok(c) } else { Err(errors) }
+    }
+
+    /// The linking rules these settings ask for.
+    pub fn rules(&self) -> super::infer::Rules {
+        super::infer::Rules {
+            node_attribute: self.node_attribute.clone(),
+            mark_inferred: self.mark_inferred,
+            cross_node: self.cross_node,
+            clock_skew_nanos: self.clock_skew.get().as_nanos().min(u64::MAX as u128) as u64,
+        }
     }
 }

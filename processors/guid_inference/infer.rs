@@ -1,14 +1,24 @@
 //! The inference itself, a pure function over the spans of one guid (so it is testable without
 //! time or channels).
 //!
-//! Rule (measured on Envoy 1.40, see the module docs): when apps forward only `x-request-id`,
-//! every outbound sidecar starts a new trace whose root is its CLIENT span. The true parent of
-//! such an orphan CLIENT span is the SERVER span with the same guid **on the same node** (same
-//! clock) whose `[start, end]` encloses it; the tightest enclosing one wins, and a tie is counted
-//! as ambiguous and left alone rather than guessed. With Envoy's default
-//! `shared_span_context: true`, the SERVER half that reuses the CLIENT's span id gets the same
-//! parent. Every fragment linked this way takes the trace id of the fragment holding the true
-//! root; `tracepipe.original_trace_id` keeps the old one.
+//! Two tiers of rules (measured on Envoy 1.40, see the module docs):
+//!
+//! 1. **Same node.** When apps forward only `x-request-id`, every outbound sidecar starts a new
+//!    trace whose root is its CLIENT span. The true parent of such an orphan CLIENT span is the
+//!    SERVER span with the same guid **on the same node** (same clock) whose `[start, end]`
+//!    encloses it; the tightest enclosing one wins, and a tie is counted as ambiguous and left
+//!    alone rather than guessed. With Envoy's default `shared_span_context: true`, the SERVER
+//!    half that reuses the CLIENT's span id gets the same parent.
+//! 2. **Across nodes** (`cross_node`). Where nothing propagates at all, the callee's SERVER span
+//!    is an orphan root too. Its parent is the CLIENT span of the same guid on *another* node
+//!    whose target (`upstream_cluster` host, else the `http.url` host) names the SERVER's service
+//!    (`service.name` or `istio.canonical_service`, whole or first DNS label) and whose
+//!    `[start - skew, end + skew]` encloses it. Candidates are matched globally, closest first,
+//!    one SERVER per CLIENT while unmatched CLIENTs remain (a retried call then takes the second
+//!    SERVER); two equally close candidates are counted as ambiguous and left alone.
+//!
+//! No edge is added that would close a cycle. Every fragment linked this way takes the trace id
+//! of the fragment holding the true root; `tracepipe.original_trace_id` keeps the old one.
 
 use std::collections::HashMap;
 
@@ -18,6 +28,25 @@ use opentelemetry_proto::tonic::trace::v1::Span;
 
 const SERVER: i32 = 2;
 const CLIENT: i32 = 3;
+
+/// How [`resolve`] links spans.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rules {
+    /// Attribute naming the proxy (node) that emitted a span.
+    pub node_attribute: String,
+    /// Mark re-parented spans with `tracepipe.inferred_parent=true`.
+    pub mark_inferred: bool,
+    /// Link orphan SERVER roots to CLIENT spans on other nodes (tier 2).
+    pub cross_node: bool,
+    /// Clock skew tolerated between nodes in tier 2, in nanoseconds.
+    pub clock_skew_nanos: u64,
+}
+
+impl Default for Rules {
+    fn default() -> Self {
+        Rules { node_attribute: "node_id".into(), mark_inferred: true, cross_node: true, clock_skew_nanos: 50_000_000 }
+    }
+}
 
 /// A span held with its resource and scope.
 #[derive(Debug, Clone, PartialEq)]
@@ -39,7 +68,9 @@ pub const MAX_SPANS_PER_GUID: usize = 4096;
 pub struct Outcome {
     /// Parent edges added.
     pub edges: u64,
-    /// Orphan CLIENT spans with more than one equally tight candidate parent (left alone).
+    /// Of those, edges added across nodes (tier 2).
+    pub cross_node_edges: u64,
+    /// Orphan spans with more than one equally good candidate parent (left alone).
     pub ambiguous: u64,
     /// Spans whose trace id was rewritten.
     pub retraced: u64,
@@ -70,8 +101,83 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
+/// The lowercase names a SERVER span's service goes by: `service.name` and
+/// `istio.canonical_service`, whole and up to the first dot.
+fn service_names(h: &Held) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut add = |v: &str| {
+        let v = v.to_ascii_lowercase();
+        if let Some((first, _)) = v.split_once('.') {
+            out.push(first.to_owned());
+        }
+        out.push(v);
+    };
+    if let Some(r) = &h.resource {
+        for kv in &r.attributes {
+            if kv.key == "service.name"
+                && let Some(any_value::Value::StringValue(v)) = kv.value.as_ref().and_then(|v| v.value.as_ref())
+            {
+                add(v);
+            }
+        }
+    }
+    if let Some(v) = string_attr(&h.span, "istio.canonical_service") {
+        add(v);
+    }
+    out
+}
+
+/// The host a CLIENT span called: the host of an Istio-style `upstream_cluster`
+/// (`outbound|9080||reviews.default.svc.cluster.local`), else of `http.url`; whole and up to
+/// the first dot.
+fn client_targets(s: &Span) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut add = |host: &str| {
+        let host = host.to_ascii_lowercase();
+        if host.is_empty() {
+            return;
+        }
+        if let Some((first, _)) = host.split_once('.') {
+            out.push(first.to_owned());
+        }
+        out.push(host);
+    };
+    for key in ["upstream_cluster", "upstream_cluster.name"] {
+        if let Some(c) = string_attr(s, key)
+            && c.contains('|')
+        {
+            add(c.rsplit('|').next().unwrap_or(""));
+        }
+    }
+    if let Some(url) = string_attr(s, "http.url").or_else(|| string_attr(s, "url.full")) {
+        let rest = url.split_once("://").map(|x| x.1).unwrap_or(url);
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+        let host = authority.rsplit('@').next().unwrap_or("");
+        let host = if host.starts_with('[') { host } else { host.split(':').next().unwrap_or("") };
+        add(host);
+    }
+    out
+}
+
+/// Whether walking up from `from` reaches `target` (adding `target -> from` would close a cycle).
+fn reaches(parent_of: &[Option<usize>], from: usize, target: usize) -> bool {
+    let mut cur = Some(from);
+    let mut steps = 0;
+    while let Some(c) = cur {
+        if c == target {
+            return true;
+        }
+        steps += 1;
+        if steps > parent_of.len() {
+            return true; // already cyclic input: never add to it
+        }
+        cur = parent_of[c];
+    }
+    false
+}
+
 /// Rebuilds the tree of one guid's spans in place.
-pub fn resolve(spans: &mut [Held], node_attr: &str, mark: bool) -> Outcome {
+pub fn resolve(spans: &mut [Held], rules: &Rules) -> Outcome {
     let mut out = Outcome::default();
     if spans.len() > MAX_SPANS_PER_GUID {
         out.too_large = true;
@@ -81,19 +187,47 @@ pub fn resolve(spans: &mut [Held], node_attr: &str, mark: bool) -> Outcome {
     if traces.len() < 2 {
         return out; // already one trace: touch nothing
     }
-    // Orphan CLIENT roots and their tightest enclosing SERVER on the same node.
-    let mut edges: Vec<(usize, Vec<u8>, Vec<u8>)> = Vec::new(); // (client index, parent span id, parent trace)
+    let n = spans.len();
+    // Known parents within the guid. A SERVER root that shares its id with a CLIENT of the same
+    // trace is that CLIENT's shared half (Envoy's shared_span_context): it hangs off the CLIENT.
+    let mut by_id: HashMap<(&[u8], &[u8]), Vec<usize>> = HashMap::new();
+    for (i, h) in spans.iter().enumerate() {
+        by_id.entry((&h.span.trace_id, &h.span.span_id)).or_default().push(i);
+    }
+    let twin = |i: usize| -> Option<usize> {
+        let s = &spans[i].span;
+        by_id.get(&(&s.trace_id[..], &s.span_id[..]))?.iter().copied().find(|&j| j != i && spans[j].span.kind == CLIENT)
+    };
+    let mut parent_of: Vec<Option<usize>> = vec![None; n];
+    let mut shared_half = vec![false; n];
     for (i, h) in spans.iter().enumerate() {
         let s = &h.span;
-        if s.kind != CLIENT || !s.parent_span_id.is_empty() {
+        if s.parent_span_id.is_empty() {
+            if s.kind == SERVER && let Some(c) = twin(i) {
+                parent_of[i] = Some(c);
+                shared_half[i] = true;
+            }
+        } else if let Some(c) = by_id.get(&(&s.trace_id[..], &s.parent_span_id[..])) {
+            // Children of a shared id belong to the callee side: prefer the SERVER half.
+            parent_of[i] = c.iter().copied().find(|&j| spans[j].span.kind == SERVER).or(c.first().copied());
+        }
+    }
+    let nodes: Vec<Option<&str>> = spans.iter().map(|h| string_attr(&h.span, &rules.node_attribute)).collect();
+    let orphan = |i: usize| spans[i].span.parent_span_id.is_empty() && !shared_half[i];
+    let mut edges: Vec<(usize, usize)> = Vec::new(); // (child, parent)
+
+    // Tier 1: orphan CLIENT roots -> tightest enclosing SERVER on the same node.
+    for i in 0..n {
+        let s = &spans[i].span;
+        if s.kind != CLIENT || !orphan(i) {
             continue;
         }
-        let Some(node) = string_attr(s, node_attr) else { continue };
+        let Some(node) = nodes[i] else { continue };
         let mut best: Option<(u64, usize)> = None;
         let mut tie = false;
         for (j, c) in spans.iter().enumerate() {
             let p = &c.span;
-            if j == i || p.kind != SERVER || p.trace_id == s.trace_id || string_attr(p, node_attr) != Some(node) {
+            if j == i || p.kind != SERVER || p.trace_id == s.trace_id || nodes[j] != Some(node) {
                 continue;
             }
             if p.start_time_unix_nano <= s.start_time_unix_nano && p.end_time_unix_nano >= s.end_time_unix_nano {
@@ -110,35 +244,100 @@ pub fn resolve(spans: &mut [Held], node_attr: &str, mark: bool) -> Outcome {
         }
         match (best, tie) {
             (Some(_), true) => out.ambiguous += 1,
-            (Some((_, j)), false) => edges.push((i, spans[j].span.span_id.clone(), spans[j].span.trace_id.clone())),
+            (Some((_, j)), false) => edges.push((i, j)),
             (None, _) => {}
         }
     }
-    if edges.is_empty() {
-        return out;
+    let same_node_edges = edges.len();
+
+    // Tier 2: orphan SERVER roots -> the CLIENT on another node that called their service.
+    if rules.cross_node {
+        let skew = rules.clock_skew_nanos as i128;
+        let targets: Vec<Vec<String>> = spans.iter().map(|h| if h.span.kind == CLIENT { client_targets(&h.span) } else { Vec::new() }).collect();
+        let mut pairs: Vec<(i128, usize, usize)> = Vec::new(); // (gap, server, client)
+        let mut servers = Vec::new();
+        for i in 0..n {
+            let s = &spans[i].span;
+            if s.kind != SERVER || !orphan(i) {
+                continue;
+            }
+            let names = service_names(&spans[i]);
+            if names.is_empty() {
+                continue;
+            }
+            servers.push(i);
+            let (ss, se) = (s.start_time_unix_nano as i128, s.end_time_unix_nano as i128);
+            for j in 0..n {
+                let c = &spans[j].span;
+                if c.kind != CLIENT || c.trace_id == s.trace_id || (nodes[i].is_some() && nodes[j] == nodes[i]) {
+                    continue;
+                }
+                if !targets[j].iter().any(|t| names.contains(t)) {
+                    continue;
+                }
+                let (cs, ce) = (c.start_time_unix_nano as i128, c.end_time_unix_nano as i128);
+                if cs - skew <= ss && se <= ce + skew {
+                    pairs.push(((ss - cs).abs() + (ce - se).abs(), i, j));
+                }
+            }
+        }
+        pairs.sort();
+        let mut server_done = vec![false; n];
+        let mut client_used = vec![false; n];
+        // Closest first, one SERVER per CLIENT; then SERVERs left over (retries) take their
+        // closest CLIENT even if used. A rival at the same distance makes a SERVER ambiguous.
+        for pass in 0..2 {
+            for &(gap, i, j) in &pairs {
+                if server_done[i] || (pass == 0 && client_used[j]) {
+                    continue;
+                }
+                let rival = pairs.iter().any(|&(g, i2, j2)| i2 == i && j2 != j && g == gap && (pass == 1 || !client_used[j2]));
+                server_done[i] = true;
+                if rival {
+                    out.ambiguous += 1;
+                    continue;
+                }
+                client_used[j] = true;
+                edges.push((i, j));
+            }
+        }
     }
-    // Union the fragments along the new edges: child trace -> parent trace.
+
+    // Commit edges that keep the graph acyclic; union the fragments they join.
     let mut uf: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
-    for (i, pspan, ptrace) in &edges {
-        let ct = spans[*i].span.trace_id.clone();
-        let cspan = spans[*i].span.span_id.clone();
-        let (rc, rp) = (find(&mut uf, &ct), find(&mut uf, ptrace));
+    let mut committed: Vec<(usize, usize, bool)> = Vec::new();
+    for (k, &(i, j)) in edges.iter().enumerate() {
+        if reaches(&parent_of, j, i) {
+            out.ambiguous += 1;
+            continue;
+        }
+        parent_of[i] = Some(j);
+        let (rc, rp) = (find(&mut uf, &spans[i].span.trace_id), find(&mut uf, &spans[j].span.trace_id));
         if rc != rp {
             uf.insert(rc, rp);
         }
+        committed.push((i, j, k >= same_node_edges));
+    }
+    for (i, j, cross) in committed {
         out.edges += 1;
-        // The CLIENT, and a shared SERVER half that reuses its id in the same trace.
-        for h in spans.iter_mut() {
+        out.cross_node_edges += cross as u64;
+        let pspan = spans[j].span.span_id.clone();
+        let (ct, cid) = (spans[i].span.trace_id.clone(), spans[i].span.span_id.clone());
+        // The child, and (tier 1) a shared SERVER half that reuses its id in the same trace.
+        for (k, h) in spans.iter_mut().enumerate() {
             let s = &mut h.span;
-            let is_client = s.trace_id == ct && s.span_id == cspan && s.kind == CLIENT;
-            let is_shared_half = s.trace_id == ct && s.span_id == cspan && s.kind == SERVER && s.parent_span_id.is_empty();
-            if (is_client || is_shared_half) && s.parent_span_id.is_empty() {
+            let is_child = k == i;
+            let is_shared_half = shared_half[k] && s.trace_id == ct && s.span_id == cid && s.parent_span_id.is_empty();
+            if (is_child || is_shared_half) && s.parent_span_id.is_empty() {
                 s.parent_span_id = pspan.clone();
-                if mark {
+                if rules.mark_inferred {
                     s.attributes.push(KeyValue { key: "tracepipe.inferred_parent".into(), value: Some(AnyValue { value: Some(any_value::Value::BoolValue(true)) }), key_strindex: 0 });
                 }
             }
         }
+    }
+    if out.edges == 0 {
+        return out;
     }
     // Every span takes the trace id of its component's root fragment.
     for h in spans.iter_mut() {

@@ -11,7 +11,7 @@ use tracepipe_pipeline::topology::{BuildError, ComponentContext, ComponentError,
 use tracepipe_pipeline::Batch;
 
 use super::config::GuidInferenceConfig;
-use super::infer::{resolve, string_attr, Held};
+use super::infer::{resolve, string_attr, Held, Rules};
 
 struct Group {
     spans: Vec<Held>,
@@ -23,6 +23,7 @@ struct Metrics {
     guids_held: Gauge,
     bytes_held: Gauge,
     edges: Counter,
+    cross_node_edges: Counter,
     ambiguous: Counter,
     evicted: Counter,
     too_large: Counter,
@@ -30,6 +31,7 @@ struct Metrics {
 
 struct State {
     cfg: GuidInferenceConfig,
+    rules: Rules,
     groups: HashMap<String, Group>,
     order: VecDeque<(Instant, String)>,
     bytes: usize,
@@ -95,8 +97,9 @@ impl State {
         self.bytes -= g.bytes;
         self.spans -= g.spans.len();
         let mut spans = g.spans;
-        let o = resolve(&mut spans, &self.cfg.node_attribute, self.cfg.mark_inferred);
-        self.m.edges.increment(o.edges);
+        let o = resolve(&mut spans, &self.rules);
+        self.m.edges.increment(o.edges - o.cross_node_edges);
+        self.m.cross_node_edges.increment(o.cross_node_edges);
         self.m.ambiguous.increment(o.ambiguous);
         if o.too_large {
             self.m.too_large.increment(1);
@@ -143,13 +146,14 @@ pub async fn build(cfg: GuidInferenceConfig, mut ctx: ComponentContext) -> Resul
         spans_held: metrics::gauge!(names::PROCESSOR_GUID_SPANS_HELD, "processor" => p.clone()),
         guids_held: metrics::gauge!(names::PROCESSOR_GUID_GUIDS_HELD, "processor" => p.clone()),
         bytes_held: metrics::gauge!(names::PROCESSOR_GUID_BYTES_HELD, "processor" => p.clone()),
-        edges: metrics::counter!(names::PROCESSOR_GUID_EDGES_INFERRED, "processor" => p.clone()),
+        edges: metrics::counter!(names::PROCESSOR_GUID_EDGES_INFERRED, "processor" => p.clone(), "tier" => "same_node"),
+        cross_node_edges: metrics::counter!(names::PROCESSOR_GUID_EDGES_INFERRED, "processor" => p.clone(), "tier" => "cross_node"),
         ambiguous: metrics::counter!(names::PROCESSOR_GUID_AMBIGUOUS, "processor" => p.clone()),
         evicted: metrics::counter!(names::PROCESSOR_GUID_EVICTED_EARLY, "processor" => p.clone()),
         too_large: metrics::counter!(names::PROCESSOR_GUID_TOO_LARGE, "processor" => p.clone()),
     };
     let tick = (cfg.wait.get() / 4).clamp(std::time::Duration::from_millis(10), std::time::Duration::from_millis(250));
-    let mut st = State { cfg, groups: HashMap::new(), order: VecDeque::new(), bytes: 0, spans: 0, m, name: p.clone() };
+    let mut st = State { rules: cfg.rules(), cfg, groups: HashMap::new(), order: VecDeque::new(), bytes: 0, spans: 0, m, name: p.clone() };
     Ok(Box::pin(async move {
         let mut timer = tokio::time::interval(tick);
         timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

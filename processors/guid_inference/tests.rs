@@ -11,7 +11,11 @@ use tracepipe_pipeline::telemetry::Health;
 use tracepipe_pipeline::topology::{ComponentContext, Input, Output};
 use tracepipe_pipeline::Batch;
 
-use super::infer::{resolve, string_attr, Held};
+use super::infer::{resolve, string_attr, Held, Rules};
+
+fn rules(mark: bool) -> Rules {
+    Rules { mark_inferred: mark, ..Rules::default() }
+}
 use super::GuidInferenceConfig;
 
 fn s(k: &str, v: &str) -> KeyValue {
@@ -49,7 +53,7 @@ fn held(spans: Vec<Span>) -> Vec<Held> {
 #[test]
 fn rebuilds_the_true_tree() {
     let mut h = held(xrid_request("g1", 10));
-    let o = resolve(&mut h, "node_id", true);
+    let o = resolve(&mut h, &rules(true));
     assert_eq!((o.edges, o.ambiguous), (2, 0));
     assert!(h.iter().all(|x| x.span.trace_id == vec![10; 16]), "one trace, the root's");
     assert_eq!(h[1].span.parent_span_id, vec![11; 8], "pp CLIENT -> pp SERVER");
@@ -63,20 +67,20 @@ fn rebuilds_the_true_tree() {
 fn whole_traces_and_other_nodes_are_left_alone() {
     let whole = vec![span(1, 1, 0, 2, "pp", "g", 0, 10), span(1, 2, 1, 3, "pp", "g", 1, 9)];
     let mut h = held(whole.clone());
-    assert_eq!(resolve(&mut h, "node_id", true).edges, 0);
+    assert_eq!(resolve(&mut h, &rules(true)).edges, 0);
     assert_eq!(h.into_iter().map(|x| x.span).collect::<Vec<_>>(), whole);
     // A CLIENT whose only enclosing SERVER is on another node: not linked (forward-nothing control).
     let mut h = held(vec![span(1, 1, 0, 2, "a", "g", 0, 10), span(2, 2, 0, 3, "b", "g", 1, 9)]);
-    assert_eq!(resolve(&mut h, "node_id", true).edges, 0);
+    assert_eq!(resolve(&mut h, &rules(true)).edges, 0);
 }
 
 #[test]
 fn ties_are_counted_not_guessed_and_the_tightest_wins() {
     let mut h = held(vec![span(1, 1, 0, 2, "a", "g", 0, 100), span(2, 2, 0, 2, "a", "g", 0, 100), span(3, 3, 0, 3, "a", "g", 10, 20)]);
-    let o = resolve(&mut h, "node_id", true);
+    let o = resolve(&mut h, &rules(true));
     assert_eq!((o.edges, o.ambiguous), (0, 1));
     let mut h = held(vec![span(1, 1, 0, 2, "a", "g", 0, 100), span(2, 2, 0, 2, "a", "g", 5, 50), span(3, 3, 0, 3, "a", "g", 10, 20)]);
-    assert_eq!(resolve(&mut h, "node_id", true).edges, 1);
+    assert_eq!(resolve(&mut h, &rules(true)).edges, 1);
     assert_eq!(h[2].span.parent_span_id, vec![2; 8], "tightest enclosing SERVER");
 }
 
@@ -92,7 +96,7 @@ fn a_hostile_guid_with_too_many_spans_is_left_alone_quickly() {
     }
     let mut h = held(spans.clone());
     let t0 = std::time::Instant::now();
-    let o = resolve(&mut h, "node_id", true);
+    let o = resolve(&mut h, &rules(true));
     assert!(o.too_large && o.edges == 0);
     assert!(t0.elapsed() < std::time::Duration::from_millis(100));
     assert_eq!(h.into_iter().map(|x| x.span).collect::<Vec<_>>(), spans);
@@ -102,10 +106,113 @@ fn a_hostile_guid_with_too_many_spans_is_left_alone_quickly() {
 fn shared_span_context_half_gets_the_same_parent() {
     // Envoy default: the callee SERVER reuses the CLIENT id, no parent, marked shared.
     let mut h = held(vec![span(1, 1, 0, 2, "pp", "g", 0, 100), span(2, 7, 0, 3, "pp", "g", 10, 90), span(2, 7, 0, 2, "rv", "g", 12, 88)]);
-    assert_eq!(resolve(&mut h, "node_id", false).edges, 1);
+    assert_eq!(resolve(&mut h, &rules(false)).edges, 1);
     assert_eq!(h[1].span.parent_span_id, vec![1; 8]);
     assert_eq!(h[2].span.parent_span_id, vec![1; 8]);
     assert!(h.iter().all(|x| x.span.trace_id == vec![1; 16]));
+}
+
+/// A proxy span of the propagate-nothing shape: its own trace (id = span id), no parent, the
+/// resource naming the service, and for CLIENT spans an Istio `upstream_cluster` naming the callee.
+fn lone(id: u8, kind: i32, svc: &str, target: &str, start: u64, end: u64) -> Held {
+    let mut sp = span(id, id, 0, kind, svc, "g", start, end);
+    if kind == 3 {
+        sp.attributes.push(s("upstream_cluster", &format!("outbound|9080||{target}.default.svc.cluster.local")));
+    }
+    let resource = Resource { attributes: vec![s("service.name", &format!("{svc}.default"))], ..Default::default() };
+    Held { resource: Some(resource), scope: None, span: sp }
+}
+
+fn skew_rules(skew: u64) -> Rules {
+    Rules { clock_skew_nanos: skew, ..Rules::default() }
+}
+
+/// productpage -> details || reviews; reviews -> ratings twice; ratings -> db; every span its own
+/// trace; the reviews node's clock runs 20 behind (within the skew of 30).
+fn bookinfo_all_roots() -> (Vec<Held>, Vec<(u8, u8)>) {
+    let spans = vec![
+        lone(1, 2, "productpage", "", 0, 1000),
+        lone(2, 3, "productpage", "details", 100, 400),
+        lone(3, 3, "productpage", "reviews", 100, 900),
+        lone(4, 2, "details", "", 110, 390),
+        lone(5, 2, "reviews", "", 90, 880),
+        lone(6, 3, "reviews", "ratings", 150, 400),
+        lone(7, 3, "reviews", "ratings", 450, 800),
+        lone(8, 2, "ratings", "", 160, 390),
+        lone(9, 2, "ratings", "", 460, 790),
+        lone(10, 3, "ratings", "db", 200, 300),
+        lone(11, 3, "ratings", "db", 500, 600),
+        lone(12, 2, "db", "", 210, 290),
+        lone(13, 2, "db", "", 510, 590),
+    ];
+    let want = vec![(2, 1), (3, 1), (4, 2), (5, 3), (6, 5), (7, 5), (8, 6), (9, 7), (10, 8), (11, 9), (12, 10), (13, 11)];
+    (spans, want)
+}
+
+fn parents(h: &[Held]) -> Vec<(u8, u8)> {
+    let mut v: Vec<(u8, u8)> = h.iter().filter(|x| !x.span.parent_span_id.is_empty()).map(|x| (x.span.span_id[0], x.span.parent_span_id[0])).collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn cross_node_tier_rebuilds_fan_out_repeated_calls_and_skew() {
+    let (mut h, want) = bookinfo_all_roots();
+    let o = resolve(&mut h, &skew_rules(30));
+    assert_eq!(parents(&h), want);
+    assert_eq!((o.edges, o.cross_node_edges, o.ambiguous), (12, 6, 0));
+    assert!(h.iter().all(|x| x.span.trace_id == vec![1; 16]), "one trace, the root's");
+    // Without the cross-node tier only same-node edges exist; the trace stays in pieces.
+    let (mut h, _) = bookinfo_all_roots();
+    let o = resolve(&mut h, &Rules { cross_node: false, ..skew_rules(30) });
+    assert_eq!((o.edges, o.cross_node_edges), (6, 0));
+    // With a skew below the reviews clock offset, the reviews SERVER is not linked.
+    let (mut h, _) = bookinfo_all_roots();
+    resolve(&mut h, &skew_rules(5));
+    assert!(h[4].span.parent_span_id.is_empty());
+}
+
+#[test]
+fn cross_node_tier_needs_the_callee_name_and_counts_ties() {
+    // The CLIENT called details; a reviews SERVER inside its time is not its callee.
+    let mut h = vec![lone(1, 3, "productpage", "details", 0, 100), lone(2, 2, "reviews", "", 10, 90)];
+    assert_eq!(resolve(&mut h, &skew_rules(30)).edges, 0);
+    // Two identical parallel calls to one service: which SERVER answered which is unknowable.
+    let mut h = vec![
+        lone(1, 3, "reviews", "ratings", 100, 500),
+        lone(2, 3, "reviews", "ratings", 100, 500),
+        lone(3, 2, "ratings", "", 110, 490),
+        lone(4, 2, "ratings", "", 110, 490),
+    ];
+    let o = resolve(&mut h, &skew_rules(30));
+    assert_eq!((o.edges, o.ambiguous), (0, 2));
+    // A retried call: one CLIENT, two SERVER attempts; both hang off the CLIENT.
+    let mut h = vec![lone(1, 3, "reviews", "ratings", 100, 900), lone(2, 2, "ratings", "", 110, 400), lone(3, 2, "ratings", "", 420, 890)];
+    let o = resolve(&mut h, &skew_rules(30));
+    assert_eq!(parents(&h), vec![(2, 1), (3, 1)]);
+    assert_eq!(o.cross_node_edges, 2);
+}
+
+#[test]
+fn no_edge_closes_a_cycle() {
+    // Two services calling each other with times equal within the skew: A's CLIENT and B's
+    // SERVER enclose each other, and so do B's CLIENT and A's SERVER.
+    let mut h = vec![
+        lone(1, 2, "a", "", 0, 100),
+        lone(2, 3, "a", "b", 0, 100),
+        lone(3, 2, "b", "", 0, 100),
+        lone(4, 3, "b", "a", 0, 100),
+    ];
+    resolve(&mut h, &skew_rules(30));
+    let p = parents(&h);
+    let parent = |c: u8| p.iter().find(|x| x.0 == c).map(|x| x.1);
+    for start in 1..=4u8 {
+        let mut cur = Some(start);
+        for _ in 0..5 {
+            cur = cur.and_then(parent);
+        }
+        assert_eq!(cur, None, "cycle through span {start}: {p:?}");
+    }
 }
 
 fn batch(spans: Vec<Span>) -> Batch {
@@ -175,15 +282,25 @@ mod props {
             let mut spans = xrid_request("a", 10);
             spans.extend(xrid_request("a", 60).into_iter().map(|mut s| { s.start_time_unix_nano += 1000; s.end_time_unix_nano += 1000; s }));
             let mut reference = held(spans.clone());
-            resolve(&mut reference, "node_id", true);
+            resolve(&mut reference, &rules(true));
             let mut shuffled = held(perm.iter().map(|i| spans[*i].clone()).collect());
-            resolve(&mut shuffled, "node_id", true);
+            resolve(&mut shuffled, &rules(true));
             let key = |h: &Held| (h.span.span_id.clone(), h.span.trace_id.clone(), h.span.parent_span_id.clone());
             let mut a: Vec<_> = reference.iter().map(key).collect();
             let mut b: Vec<_> = shuffled.iter().map(key).collect();
             a.sort();
             b.sort();
             prop_assert_eq!(a, b);
+        }
+
+        /// The propagate-nothing shape too: any arrival order, the same tree.
+        #[test]
+        fn cross_node_order_does_not_matter(perm in Just((0..13).collect::<Vec<usize>>()).prop_shuffle()) {
+            let (spans, want) = bookinfo_all_roots();
+            let mut shuffled: Vec<Held> = perm.iter().map(|i| spans[*i].clone()).collect();
+            resolve(&mut shuffled, &skew_rules(30));
+            prop_assert_eq!(parents(&shuffled), want);
+            prop_assert!(shuffled.iter().all(|x| x.span.trace_id == vec![1; 16]));
         }
     }
 }

@@ -201,15 +201,18 @@ def wait_for(predicate, timeout: float = 20.0, interval: float = 0.1, what: str 
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last value: {last!r})")
 
 
-def recording_tracepipe(graph: str, inputs, name: str = "rec"):
+def recording_tracepipe(graph: str, inputs, name: str = "rec", also: dict = None):
     """A tracepipe (not started) running `graph` (receivers, optionally processors) into a debug
-    sink that writes every span it gets from `inputs` to an OTLP/JSON lines file.
+    sink that writes every span it gets from `inputs` to an OTLP/JSON lines file; `also` maps
+    more file names to their inputs (e.g. to record a processor's input beside its output).
     Returns (tracepipe, path of the file)."""
     tp = Tracepipe("PLACEHOLDER", name)
     out = tp.dir / "spans.jsonl"
+    more = "".join(f"\n  {k}: {{ type: debug, inputs: [{', '.join(v)}], verbosity: none, path: {tp.dir / (k + '.jsonl')} }}"
+                   for k, v in (also or {}).items())
     tp.config_path.write_text(f"""{graph}
 sinks:
-  file: {{ type: debug, inputs: [{", ".join(inputs)}], verbosity: none, path: {out} }}
+  file: {{ type: debug, inputs: [{", ".join(inputs)}], verbosity: none, path: {out} }}{more}
 telemetry:
   metrics: {{ endpoint: 127.0.0.1:{tp.metrics_port} }}
 """)

@@ -1,8 +1,15 @@
-"""Guid-based parent inference on a real Envoy 1.40 mesh: apps forward only x-request-id, so every
-request breaks into 3 traces; tracepipe must rebuild exactly the tree the same topology produces
-with all headers forwarded. Also: forward-all output is untouched, forward-nothing stays apart."""
+"""Guid-based parent inference on a real Envoy 1.40 mesh (tests/e2e/mesh/, `bookinfo` topology:
+productpage -> details || reviews in parallel, details -> inventory whose app is down, reviews ->
+ratings twice per request, ratings -> db; 15 proxy spans per request).
+
+Apps that forward only x-request-id break each request into several traces; tracepipe must
+rebuild exactly the tree the same topology produces with all headers forwarded. The `mixed`
+variant (Zipkin outbound, OpenTelemetry inbound) propagates nothing at all, so every proxy span
+is its own trace and only the cross-node tier can rebuild it. Also: forward-all output is
+byte-for-byte what came in, forward-nothing stays apart."""
 
 import collections
+import json
 import threading
 
 import pytest
@@ -20,7 +27,7 @@ receivers:
   otlp: {{ type: otlp, grpc: {{ endpoint: 127.0.0.1:{otlp_port} }} }}
 processors:
   rebuild: {{ type: guid_inference, inputs: [mesh, otlp], wait: {wait} }}
-""", ["rebuild"], "guid")
+""", ["rebuild"], "guid", also={"raw": ["mesh", "otlp"]})
     return tp, port, out
 
 
@@ -33,9 +40,9 @@ def spans_of(out):
     return res
 
 
-def edge_signatures(spans, with_names=True):
-    """Per request: the set of (child service, kind, name) -> (parent service, kind, name) edges
-    (without names for Envoy defaults, whose span names are Host headers with per-run ports)."""
+def edge_signatures(spans):
+    """Per request (guid): the multiset of (child service, kind, name) -> (parent service, kind,
+    name) edges, the trace ids its spans ended up in, and its span count."""
     # With Envoy's shared span context a CLIENT and the callee's SERVER share one id; a parent id
     # then names both. Read it as Envoy means it: the span on the child's own service, else the
     # SERVER half.
@@ -53,11 +60,11 @@ def edge_signatures(spans, with_names=True):
         groups[s["attributes"]["guid:x-request-id"]].append(s)
     out = {}
     for guid, ss in groups.items():
-        edges = set()
+        edges = collections.Counter()
         for s in ss:
             p = parent_of(s)
-            sig = lambda x: (x["service"], x["kind"], x["name"] if with_names else "")
-            edges.add((sig(s), sig(p) if p else None))
+            sig = lambda x: (x["service"], x["kind"], x["name"])
+            edges[(sig(s), sig(p) if p else None)] += 1
         out[guid] = (edges, {s["trace_id"] for s in ss}, len(ss))
     return out
 
@@ -65,42 +72,65 @@ def edge_signatures(spans, with_names=True):
 def run(variant, forward, n, concurrency=4):
     otlp_port = free_port()
     tp, port, out = collector(otlp_port)
-    with tp, Mesh(variant, port, forward=forward, otlp_port=otlp_port) as mesh:
+    with tp, Mesh(variant, port, forward=forward, otlp_port=otlp_port, topology="bookinfo") as mesh:
+        per_request = mesh.spans_per_request()
+
         def worker(k):
             for _ in range(k):
-                assert mesh.request()[0] == 200
+                status, body = mesh.request()
+                assert status == 200
+                details, reviews = body["downstream"]
+                assert details["downstream"] == {"svc": "inventory", "error_status": 503}, "the failing hop fails"
+                assert [r["svc"] for r in reviews["downstream"]] == ["ratings", "ratings"]
         threads = [threading.Thread(target=worker, args=(n // concurrency,)) for _ in range(concurrency)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
-        wait_for(lambda: len(read_jsonl_spans(out)) >= 5 * n, timeout=40, what=f"{5 * n} spans")
+        wait_for(lambda: len(read_jsonl_spans(out)) >= per_request * n, timeout=60, what=f"{per_request * n} spans")
         m = tp.metrics()
         assert tp.stop() == 0
-        return spans_of(out), m
+        assert len(read_jsonl_spans(out)) == per_request * n
+        return spans_of(out), m, tp.dir / "raw.jsonl"
 
 
-@pytest.mark.parametrize("variant", ["zipkin-json", "zipkin-proto", "otel-grpc", "zipkin-json-envoydefault"])
+_reference = {}
+
+
+def reference_tree(variant):
+    """The tree the topology has when every header is forwarded (the same for all requests).
+    `mixed` propagates nothing even then, so its truth is the Zipkin JSON run's."""
+    ref_variant = "zipkin-json" if variant == "mixed" else variant
+    if ref_variant not in _reference:
+        spans, _, raw = run(ref_variant, "all", 8)
+        shapes = [e for e, _, _ in edge_signatures(spans).values()]
+        assert all(s == shapes[0] for s in shapes), "forward-all requests all have the same shape"
+        assert sum(shapes[0].values()) == 15
+        # Output identical to input: the processor's output is what the receivers produced.
+        canon = lambda rows: sorted(json.dumps(r, sort_keys=True) for r in rows)
+        assert canon(read_jsonl_spans(raw)) == canon(read_jsonl_spans(raw.parent / "spans.jsonl")), "forward-all spans were changed"
+        _reference[ref_variant] = shapes[0]
+    return _reference[ref_variant]
+
+
+@pytest.mark.parametrize("variant", ["zipkin-json", "zipkin-proto", "otel-grpc", "zipkin-json-envoydefault", "mixed"])
 def test_xrid_only_runs_come_out_as_the_forward_all_tree(variant):
-    names = variant != "zipkin-json-envoydefault"
-    ref_spans, _ = run(variant, "all", 8)
-    reference = {frozenset(e) for e, _, _ in edge_signatures(ref_spans, names).values()}
-    assert len(reference) == 1, "forward-all requests all have the same shape"
-    want = next(iter(reference))
-    assert all(s["attributes"].get("tracepipe.inferred_parent") is None for s in ref_spans), "forward-all spans were changed"
-
+    want = reference_tree(variant)
     n = 200
-    spans, m = run(variant, "xrid", n)
-    got = edge_signatures(spans, names)
+    spans, m, _ = run(variant, "xrid", n)
+    got = edge_signatures(spans)
     assert len(got) == n
     in_true_trace = sum(cnt for _, traces, cnt in got.values() if len(traces) == 1)
     total = sum(cnt for _, _, cnt in got.values())
-    right_edges = sum(len(e & want) for e, _, _ in got.values())
-    all_edges = sum(len(want) for _ in got.values())
+    right_edges = sum(sum((e & want).values()) for e, _, _ in got.values())
+    all_edges = sum(want.values()) * len(got)
     span_accuracy, edge_accuracy = in_true_trace / total, right_edges / all_edges
-    print(f"guid inference, {variant}, {n} requests: {span_accuracy:.2%} spans in their true trace, {edge_accuracy:.2%} edges right, "
-          f"{metric_sum(m, 'tracepipe_processor_guid_edges_inferred_total'):.0f} edges inferred, {metric_sum(m, 'tracepipe_processor_guid_ambiguous_total'):.0f} ambiguous")
+    tiers = {t: metric_sum(m, "tracepipe_processor_guid_edges_inferred_total", tier=t) for t in ("same_node", "cross_node")}
+    print(f"guid inference, {variant}, bookinfo, {n} requests: {span_accuracy:.2%} spans in their true trace, {edge_accuracy:.2%} edges right, "
+          f"edges inferred {tiers}, {metric_sum(m, 'tracepipe_processor_guid_ambiguous_total'):.0f} ambiguous")
     assert span_accuracy >= 0.99 and edge_accuracy >= 0.98
+    if variant == "mixed":
+        assert tiers["cross_node"] > 0
     # Zero edges between different requests: every parent carries the child's guid.
     by_id = collections.defaultdict(list)
     for s in spans:
@@ -112,6 +142,6 @@ def test_xrid_only_runs_come_out_as_the_forward_all_tree(variant):
 
 
 def test_forward_nothing_control_links_nothing():
-    spans, m = run("zipkin-json", "none", 8)
+    spans, m, _ = run("zipkin-json", "none", 8)
     assert metric_sum(m, "tracepipe_processor_guid_edges_inferred_total") == 0
     assert all("tracepipe.inferred_parent" not in s["attributes"] for s in spans)

@@ -77,7 +77,7 @@ def test_down_service_gives_error_spans():
     tp, port, out = collector()
     with tp, Mesh("zipkin-json", port, forward="all", ratings_down=True) as mesh:
         status, body = mesh.request()
-        assert status == 200 and body["downstream"]["downstream"] == {"error_status": 503}
+        assert status == 200 and body["downstream"]["downstream"] == {"svc": "ratings", "error_status": 503}
         wait_for(lambda: len(read_jsonl_spans(out)) >= 5, timeout=30, what="5 spans")
         spans = next(iter(by_request(out).values()))
         ratings_server = next(s for s in spans if s["kind"] == 2 and s["service"].startswith("ratings"))

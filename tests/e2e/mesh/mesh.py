@@ -1,11 +1,16 @@
 """An Istio-like mesh of real Envoy 1.40 sidecars for end-to-end tests (reused by the guid
-inference tests): productpage -> reviews -> ratings, each app behind its own Envoy with an
-inbound and an outbound listener, tracing at 100%, Istio-style node ids
+inference tests). Topologies: `chain` (productpage -> reviews -> ratings) and `bookinfo`
+(productpage -> details || reviews in parallel; details -> inventory, whose app is down: a
+failing hop; reviews -> ratings twice per request; ratings -> db). Each app sits behind its own
+Envoy with an inbound listener and one outbound listener per callee, tracing at 100%, Istio-style node ids
 (`sidecar~IP~svc-v1-1.default~default.svc.cluster.local`) and clusters (`inbound|PORT||`,
 `outbound|9080||svc.default.svc.cluster.local`), route decorators, and a tracer pointed at
 tracepipe: Zipkin JSON or proto (`zipkin-json`, `zipkin-proto`; Istio settings: 128-bit ids,
 shared_span_context false), Envoy-default Zipkin (`zipkin-json-envoydefault`), or OpenTelemetry
-(`otel-grpc`). Every port is free and chosen at start."""
+(`otel-grpc`), or `mixed`: outbound listeners trace with Zipkin (B3) and inbound ones with
+OpenTelemetry (W3C), so no hop propagates a context and every proxy span is its own trace (a mesh
+mid-migration between tracers). Apps call `http://CALLEE:9080/...` (Host header) through their
+sidecar, as in Kubernetes. Every port is free and chosen at start."""
 
 import json
 import os
@@ -20,7 +25,13 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[2]
 ENVOY = ROOT / "tests/.peers/bin/envoy"
-SERVICES = ["productpage", "reviews", "ratings"]
+# service -> sequential steps, each a list of callees called in parallel
+TOPOLOGIES = {
+    "chain": {"productpage": [["reviews"]], "reviews": [["ratings"]], "ratings": []},
+    "bookinfo": {"productpage": [["details", "reviews"]], "details": [["inventory"]], "reviews": [["ratings"], ["ratings"]],
+                 "ratings": [["db"]], "db": [], "inventory": []},
+}
+DOWN = {"chain": set(), "bookinfo": {"inventory"}}
 
 sys.path.insert(0, str(HERE.parent))
 from harness import free_port, wait_port  # noqa: E402
@@ -41,21 +52,33 @@ def _cluster(name, port, h2=False):
 
 
 class Mesh:
-    def __init__(self, variant: str, collector_port: int, forward: str = "all", ratings_down: bool = False, otlp_port: int = None):
+    def __init__(self, variant: str, collector_port: int, forward: str = "all", ratings_down: bool = False, otlp_port: int = None,
+                 topology: str = "chain"):
         if not ENVOY.exists():
             raise RuntimeError(f"envoy not installed at {ENVOY}; run tests/install-peers.sh")
-        self.variant, self.collector_port, self.forward, self.ratings_down = variant, collector_port, forward, ratings_down
+        self.variant, self.collector_port, self.forward = variant, collector_port, forward
+        self.calls = TOPOLOGIES[topology]
+        self.services = list(self.calls)
+        self.down = set(DOWN[topology]) | ({"ratings"} if ratings_down else set())
         self.otlp_port = otlp_port or collector_port
         self.dir = Path(tempfile.mkdtemp(prefix=f"mesh-{variant}-"))
-        self.app_ports = {s: free_port() for s in SERVICES}
-        self.inbound = {s: free_port() for s in SERVICES}
-        self.outbound = {s: free_port() for s in SERVICES[:2]}
-        self.admin = {s: free_port() for s in SERVICES}
+        self.app_ports = {s: free_port() for s in self.services}
+        self.inbound = {s: free_port() for s in self.services}
+        self.outbound = {s: {c: free_port() for step in steps for c in step} for s, steps in self.calls.items()}
+        self.admin = {s: free_port() for s in self.services}
         self.headers_log = self.dir / "app_headers.jsonl"
         self.procs = []
 
-    def _provider(self, svc):
+    def spans_per_request(self):
+        """Proxy spans one request yields: a SERVER per call received, a CLIENT per call made."""
+        def count(svc):
+            return 1 + sum(1 + count(c) for step in self.calls[svc] for c in step)
+        return count("productpage")
+
+    def _provider(self, svc, inbound):
         v = self.variant
+        if v == "mixed":
+            v = "otel-grpc" if inbound else "zipkin-json"
         if v.startswith("zipkin"):
             cfg = {"@type": "type.googleapis.com/envoy.config.trace.v3.ZipkinConfig", "collector_cluster": "zipkin",
                    "collector_endpoint": "/api/v2/spans", "collector_endpoint_version": "HTTP_PROTO" if v == "zipkin-proto" else "HTTP_JSON"}
@@ -66,7 +89,7 @@ class Mesh:
             "@type": "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig", "service_name": f"{svc}.default",
             "grpc_service": {"envoy_grpc": {"cluster_name": "otlp_grpc"}, "timeout": "1s"}}}
 
-    def _hcm(self, svc, prefix, cluster, decorator):
+    def _hcm(self, svc, prefix, cluster, decorator, inbound):
         route = {"match": {"prefix": "/"}, "route": {"cluster": cluster, "timeout": "5s"}}
         if self.variant != "zipkin-json-envoydefault":
             route["decorator"] = {"operation": decorator}
@@ -76,22 +99,21 @@ class Mesh:
             "tracing": {"random_sampling": {"value": 100},
                         "custom_tags": [{"tag": "istio.canonical_service", "literal": {"value": svc}},
                                         {"tag": "istio.namespace", "literal": {"value": "default"}}],
-                        "provider": self._provider(svc)},
+                        "provider": self._provider(svc, inbound)},
             "route_config": {"name": prefix, "virtual_hosts": [{"name": prefix, "domains": ["*"], "routes": [route]}]},
             "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]}}
 
-    def _bootstrap(self, i, svc):
+    def _bootstrap(self, svc):
         app = self.app_ports[svc]
         inbound_cluster = f"inbound|{app}||"
         listeners = [{"name": f"virtualInbound_{svc}", "address": _addr(self.inbound[svc]), "traffic_direction": "INBOUND",
-                      "filter_chains": [{"filters": [self._hcm(svc, f"inbound_0.0.0.0_{app}", inbound_cluster, f"{svc}.default.svc.cluster.local:9080/*")]}]}]
+                      "filter_chains": [{"filters": [self._hcm(svc, f"inbound_0.0.0.0_{app}", inbound_cluster, f"{svc}.default.svc.cluster.local:9080/*", True)]}]}]
         clusters = [_cluster(inbound_cluster, app), _cluster("zipkin", self.collector_port), _cluster("otlp_grpc", self.otlp_port, h2=True)]
-        if i < 2:
-            nxt = SERVICES[i + 1]
+        for nxt, port in self.outbound[svc].items():
             oc = f"outbound|9080||{nxt}.default.svc.cluster.local"
-            listeners.append({"name": f"outbound_{nxt}", "address": _addr(self.outbound[svc]), "traffic_direction": "OUTBOUND",
-                              "filter_chains": [{"filters": [self._hcm(svc, f"outbound_0.0.0.0_9080_{nxt}", oc, f"{nxt}.default.svc.cluster.local:9080/*")]}]})
+            listeners.append({"name": f"outbound_{nxt}", "address": _addr(port), "traffic_direction": "OUTBOUND",
+                              "filter_chains": [{"filters": [self._hcm(svc, f"outbound_0.0.0.0_9080_{nxt}", oc, f"{nxt}.default.svc.cluster.local:9080/*", False)]}]})
             clusters.append(_cluster(oc, self.inbound[nxt]))
         return {"node": {"id": f"sidecar~127.0.0.1~{svc}-v1-1.default~default.svc.cluster.local", "cluster": f"{svc}.default"},
                 "admin": {"address": _addr(self.admin[svc])},
@@ -101,21 +123,22 @@ class Mesh:
 
     def __enter__(self):
         try:
-            for i, svc in enumerate(SERVICES):
-                if svc == "ratings" and self.ratings_down:
+            for svc in self.services:
+                if svc in self.down:
                     continue
-                nxt = f"http://127.0.0.1:{self.outbound[svc]}" if i < 2 else "-"
-                self.procs.append(subprocess.Popen([sys.executable, str(HERE / "app.py"), svc, str(self.app_ports[svc]), nxt, self.forward, str(self.headers_log)]))
-            for i, svc in enumerate(SERVICES):
+                steps = [[[c, f"http://127.0.0.1:{self.outbound[svc][c]}"] for c in step] for step in self.calls[svc]]
+                self.procs.append(subprocess.Popen([sys.executable, str(HERE / "app.py"), svc, str(self.app_ports[svc]), json.dumps(steps),
+                                                    self.forward, str(self.headers_log)]))
+            for svc in self.services:
                 cfg = self.dir / f"envoy-{svc}.json"
-                cfg.write_text(json.dumps(self._bootstrap(i, svc)))
+                cfg.write_text(json.dumps(self._bootstrap(svc)))
                 log = open(self.dir / f"envoy-{svc}.log", "wb")
                 self.procs.append(subprocess.Popen([str(ENVOY), "-c", str(cfg), "--concurrency", "1", "--disable-hot-restart",
                                                     "--log-level", "warn", "--service-cluster", f"{svc}.default", "--service-node",
                                                     f"sidecar~127.0.0.1~{svc}-v1-1.default~default.svc.cluster.local"], stdout=log, stderr=subprocess.STDOUT))
-            for svc in SERVICES:
+            for svc in self.services:
                 wait_port(self.inbound[svc], timeout=30, what=f"envoy {svc}")
-                if not (svc == "ratings" and self.ratings_down):
+                if svc not in self.down:
                     wait_port(self.app_ports[svc], timeout=30, what=f"app {svc}")
         except Exception:
             self.__exit__()

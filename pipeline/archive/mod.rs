@@ -1,0 +1,66 @@
+//! Trace archives: spans kept as Parquet files under one directory, written by the `parquet`
+//! sink, queried by `tracepipe query` and replayed by the `archive` receiver.
+//!
+//! - [`schema`]: the documented, stable Arrow schema (one row per span, nothing in OTLP lost)
+//!   and the conversions both ways;
+//! - [`layout`]: where files go (`date=YYYY-MM-DD/hour=HH/part-….parquet`), how they appear
+//!   atomically (written as hidden `.….parquet.tmp`, renamed when closed) and how leftovers of a
+//!   crash are recovered or quarantined on start;
+//! - [`register`]: the archive as the DataFusion table `spans` (partition columns `date` and
+//!   `hour` when the layout has them), with clear errors for missing and empty archives.
+//!
+//! Arrow, Parquet and DataFusion are used through DataFusion's re-exports, so one Arrow version
+//! is built.
+
+pub mod layout;
+pub mod schema;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::DataType;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
+use datafusion::prelude::SessionContext;
+
+/// Why an archive cannot be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    /// The directory does not exist.
+    #[error("archive `{0}` does not exist")]
+    Missing(String),
+    /// The directory holds no closed `.parquet` file.
+    #[error("archive `{0}` holds no .parquet files (nothing archived yet?)")]
+    Empty(String),
+    /// Reading the directory failed.
+    #[error("archive `{0}`: {1}")]
+    Io(String, std::io::Error),
+    /// DataFusion refused the table.
+    #[error("archive `{0}`: {1}")]
+    DataFusion(String, datafusion::error::DataFusionError),
+}
+
+/// Registers the archive under `root` as the table `name` in `ctx`.
+pub async fn register(ctx: &SessionContext, name: &str, root: &Path) -> Result<(), ArchiveError> {
+    let shown = root.display().to_string();
+    if !root.is_dir() {
+        return Err(ArchiveError::Missing(shown));
+    }
+    let files = layout::closed_files(root).map_err(|e| ArchiveError::Io(shown.clone(), e))?;
+    let Some(first) = files.first() else { return Err(ArchiveError::Empty(shown)) };
+    // Partition columns from the first file's path (every file of one archive has the same).
+    let rel = first.strip_prefix(root).unwrap_or(first);
+    let cols: Vec<(String, DataType)> = rel
+        .parent()
+        .into_iter()
+        .flat_map(|p| p.components())
+        .filter_map(|c| c.as_os_str().to_str().and_then(|s| s.split_once('=')).map(|(k, _)| (k.to_owned(), DataType::Utf8)))
+        .collect();
+    let abs = std::fs::canonicalize(root).map_err(|e| ArchiveError::Io(shown.clone(), e))?;
+    let url = ListingTableUrl::parse(format!("{}/", abs.display())).map_err(|e| ArchiveError::DataFusion(shown.clone(), e))?;
+    let options = ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet").with_table_partition_cols(cols);
+    let config = ListingTableConfig::new(url).with_listing_options(options).with_schema(schema::schema());
+    let table = ListingTable::try_new(config).map_err(|e| ArchiveError::DataFusion(shown.clone(), e))?;
+    ctx.register_table(name, Arc::new(table)).map_err(|e| ArchiveError::DataFusion(shown, e))?;
+    Ok(())
+}

@@ -1,0 +1,190 @@
+//! The replay task: one DataFusion query over the archive, streamed, paced and sent on.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use futures::StreamExt;
+use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
+use tokio::time::Instant;
+use tracepipe_pipeline::archive::{self, schema};
+use tracepipe_pipeline::telemetry::names;
+use tracepipe_pipeline::topology::{BuildError, ComponentContext, ComponentError, ComponentFuture};
+use tracepipe_pipeline::Batch;
+
+use super::config::{ArchiveConfig, Speed};
+
+static REPLAYED: AtomicU64 = AtomicU64::new(0);
+
+/// Spans every archive receiver of this process has sent on so far (for `tracepipe replay`'s
+/// progress line).
+pub fn progress() -> u64 {
+    REPLAYED.load(Ordering::Relaxed)
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_nanos(t).to_string()
+}
+
+/// The SQL a receiver with these settings runs against the `spans` table.
+pub fn query_sql(cfg: &ArchiveConfig) -> String {
+    let mut conds = Vec::new();
+    if let Some(w) = &cfg.filter {
+        conds.push(format!("({w})"));
+    }
+    if let Some(f) = cfg.from {
+        conds.push(format!("start_time >= TIMESTAMP '{}'", rfc3339(f)));
+    }
+    if let Some(t) = cfg.to {
+        conds.push(format!("start_time < TIMESTAMP '{}'", rfc3339(t)));
+    }
+    let cond = if conds.is_empty() { "TRUE".to_owned() } else { conds.join(" AND ") };
+    let select = if cfg.whole_traces {
+        format!("SELECT * FROM spans WHERE trace_id IN (SELECT trace_id FROM spans WHERE {cond})")
+    } else {
+        format!("SELECT * FROM spans WHERE {cond}")
+    };
+    // Timed replays need start order; `max` streams in file order (no sort to hold in memory).
+    match cfg.speed {
+        Speed::Max => select,
+        Speed::Factor(_) => format!("{select} ORDER BY start_time"),
+    }
+}
+
+/// A DataFusion session over the archive at `path` (table `spans`), with a memory limit so
+/// that sorts spill instead of growing without bound.
+pub async fn session(path: &std::path::Path, batch_size: usize) -> Result<SessionContext, String> {
+    let runtime = RuntimeEnvBuilder::new().with_memory_limit(512 * 1024 * 1024, 1.0).build_arc().map_err(|e| e.to_string())?;
+    let ctx = SessionContext::new_with_config_rt(SessionConfig::new().with_batch_size(batch_size), runtime);
+    archive::register(&ctx, "spans", path).await.map_err(|e| e.to_string())?;
+    Ok(ctx)
+}
+
+/// Decides when each span goes out and how its timestamps move.
+struct Pacer {
+    speed: Speed,
+    shift: bool,
+    first: Option<u64>,
+    wall: Instant,
+    wall_unix: u64,
+}
+
+impl Pacer {
+    fn new(speed: Speed, shift: bool) -> Self {
+        let wall_unix = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64;
+        Pacer { speed, shift, first: None, wall: Instant::now(), wall_unix }
+    }
+
+    /// (when the span is due, how far its timestamps move)
+    fn place(&mut self, start: u64) -> (Option<Instant>, i128) {
+        if self.first.is_none() {
+            // The clock starts at the first span, not when the query was planned.
+            self.wall = Instant::now();
+            self.wall_unix = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64;
+        }
+        let first = *self.first.get_or_insert(start);
+        let factor = match self.speed {
+            Speed::Max => 1.0,
+            Speed::Factor(f) => f,
+        };
+        let since = Duration::from_nanos(((start.saturating_sub(first)) as f64 / factor) as u64);
+        let due = matches!(self.speed, Speed::Factor(_)).then(|| self.wall + since);
+        let delta = if self.shift { (self.wall_unix + since.as_nanos() as u64) as i128 - start as i128 } else { 0 };
+        (due, delta)
+    }
+}
+
+fn shift(t: u64, delta: i128) -> u64 {
+    (t as i128 + delta).clamp(0, u64::MAX as i128) as u64
+}
+
+/// Opens the archive and plans the query (so a missing archive or a `where` naming an unknown
+/// column fails at start), then returns the task.
+pub async fn build(cfg: ArchiveConfig, mut ctx: ComponentContext) -> Result<ComponentFuture, BuildError> {
+    let output = ctx.take_output()?;
+    let session = session(&cfg.path, cfg.batch_size).await.map_err(|e| ctx.error(e))?;
+    let sql = query_sql(&cfg);
+    let df = session.sql(&sql).await.map_err(|e| ctx.error(format!("cannot plan the replay query: {e}")))?;
+    let name = ctx.name.clone();
+    let shutdown = ctx.shutdown.clone();
+    let accepted = metrics::counter!(names::RECEIVER_ACCEPTED_SPANS, "receiver" => name.clone(), "transport" => "archive");
+    let read = metrics::counter!(names::RECEIVER_ARCHIVE_READ_SPANS, "receiver" => name.clone());
+    tracing::info!(message = "Replaying archive.", receiver = %name, path = %cfg.path.display(), query = %sql);
+    Ok(Box::pin(async move {
+        let err = |e: String| ComponentError(format!("receiver `{name}`: {e}"));
+        let mut stream = df.execute_stream().await.map_err(|e| err(e.to_string()))?;
+        let mut pacer = Pacer::new(cfg.speed, cfg.shift_to_now);
+        let mut total = 0u64;
+        loop {
+            let next = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                n = stream.next() => n,
+            };
+            let Some(rb) = next else { break };
+            let rb = rb.map_err(|e| err(e.to_string()))?;
+            let rs = schema::from_record_batch(&rb).map_err(|e| err(e.to_string()))?;
+            read.increment(rb.num_rows() as u64);
+            // Walk the spans in row order; send what is due before waiting for a later span.
+            let mut group: Vec<ResourceSpans> = Vec::new();
+            let mut in_group = 0usize;
+            for r in rs {
+                for ss in r.scope_spans {
+                    for mut s in ss.spans {
+                        let (due, delta) = pacer.place(s.start_time_unix_nano);
+                        if let Some(due) = due
+                            && due > Instant::now() + Duration::from_millis(1)
+                        {
+                            if in_group > 0 {
+                                output.send(Batch::from_resource_spans(std::mem::take(&mut group))).await.map_err(|e| err(e.to_string()))?;
+                                accepted.increment(in_group as u64);
+                                REPLAYED.fetch_add(in_group as u64, Ordering::Relaxed);
+                                in_group = 0;
+                            }
+                            tokio::select! {
+                                _ = shutdown.cancelled() => return Ok(()),
+                                _ = tokio::time::sleep_until(due) => {}
+                            }
+                        }
+                        if delta != 0 {
+                            s.start_time_unix_nano = shift(s.start_time_unix_nano, delta);
+                            s.end_time_unix_nano = shift(s.end_time_unix_nano, delta);
+                            for e in &mut s.events {
+                                e.time_unix_nano = shift(e.time_unix_nano, delta);
+                            }
+                        }
+                        push(&mut group, &r.resource, &r.schema_url, &ss.scope, &ss.schema_url, s);
+                        in_group += 1;
+                    }
+                }
+            }
+            if in_group > 0 {
+                output.send(Batch::from_resource_spans(group)).await.map_err(|e| err(e.to_string()))?;
+                accepted.increment(in_group as u64);
+                REPLAYED.fetch_add(in_group as u64, Ordering::Relaxed);
+            }
+            total += rb.num_rows() as u64;
+        }
+        tracing::info!(message = "Archive replay finished.", receiver = %name, spans = total);
+        Ok(())
+    }))
+}
+
+fn push(
+    group: &mut Vec<ResourceSpans>,
+    resource: &Option<opentelemetry_proto::tonic::resource::v1::Resource>,
+    rs_url: &str,
+    scope: &Option<opentelemetry_proto::tonic::common::v1::InstrumentationScope>,
+    ss_url: &str,
+    span: opentelemetry_proto::tonic::trace::v1::Span,
+) {
+    use opentelemetry_proto::tonic::trace::v1::ScopeSpans;
+    if !group.last().is_some_and(|g| g.resource == *resource && g.schema_url == rs_url) {
+        group.push(ResourceSpans { resource: resource.clone(), scope_spans: Vec::new(), schema_url: rs_url.to_owned() });
+    }
+    let g = group.last_mut().expect("pushed");
+    if !g.scope_spans.last().is_some_and(|x| x.scope == *scope && x.schema_url == ss_url) {
+        g.scope_spans.push(ScopeSpans { scope: scope.clone(), spans: Vec::new(), schema_url: ss_url.to_owned() });
+    }
+    g.scope_spans.last_mut().expect("pushed").spans.push(span);
+}

@@ -1,0 +1,155 @@
+//! Parquet sink: schema round trip of every OTLP field, partitions, rolling, atomic files,
+//! crash leftovers, and the task's shutdown close.
+
+use std::fs::File;
+use std::time::{Duration as StdDuration, Instant};
+
+use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use opentelemetry_proto::tonic::common::v1::{any_value::Value, AnyValue, ArrayValue, InstrumentationScope, KeyValue, KeyValueList};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{span, ResourceSpans, ScopeSpans, Span, Status};
+use tracepipe_pipeline::archive::{layout, schema};
+
+use super::{ArchiveWriter, ParquetSinkConfig, Roll};
+
+fn kv(k: &str, v: Value) -> KeyValue {
+    KeyValue { key: k.into(), value: Some(AnyValue { value: Some(v) }), key_strindex: 0 }
+}
+
+/// Spans using every OTLP field and every attribute type, nested arrays and maps included.
+pub(crate) fn rich(n: usize, start: u64) -> Vec<ResourceSpans> {
+    let attrs = vec![
+        kv("s", Value::StringValue("str".into())),
+        kv("i", Value::IntValue(-42)),
+        kv("d", Value::DoubleValue(1.5)),
+        kv("b", Value::BoolValue(true)),
+        kv("y", Value::BytesValue(vec![0, 1, 255])),
+        kv("a", Value::ArrayValue(ArrayValue { values: vec![AnyValue { value: Some(Value::IntValue(1)) }, AnyValue { value: Some(Value::StringValue("x".into())) }] })),
+        kv("m", Value::KvlistValue(KeyValueList { values: vec![kv("inner", Value::ArrayValue(ArrayValue { values: vec![AnyValue { value: Some(Value::BoolValue(false)) }] }))] })),
+        KeyValue { key: "empty".into(), value: None, key_strindex: 0 },
+    ];
+    let spans = (0..n)
+        .map(|i| Span {
+            trace_id: vec![1 + (i % 7) as u8; 16],
+            span_id: (i as u64 + 1).to_be_bytes().to_vec(),
+            trace_state: if i % 2 == 0 { "k=v".into() } else { String::new() },
+            parent_span_id: if i % 3 == 0 { Vec::new() } else { vec![9; 8] },
+            flags: 0x301,
+            name: format!("op-{i}"),
+            kind: (i % 6) as i32,
+            start_time_unix_nano: start + i as u64 * 1000,
+            end_time_unix_nano: start + i as u64 * 1000 + 500,
+            attributes: attrs.clone(),
+            dropped_attributes_count: 1,
+            events: vec![span::Event { time_unix_nano: start + 7, name: "ev".into(), attributes: attrs[..3].to_vec(), dropped_attributes_count: 2 }],
+            dropped_events_count: 3,
+            links: vec![span::Link { trace_id: vec![5; 16], span_id: vec![6; 8], trace_state: "l=1".into(), attributes: attrs[5..7].to_vec(), dropped_attributes_count: 4, flags: 1 }],
+            dropped_links_count: 5,
+            status: match i % 3 {
+                0 => None,
+                1 => Some(Status { code: 1, message: String::new() }),
+                _ => Some(Status { code: 2, message: "boom".into() }),
+            },
+        })
+        .collect();
+    vec![
+        ResourceSpans {
+            resource: Some(Resource { attributes: vec![kv("service.name", Value::StringValue("reviews".into())), kv("k8s.pod.uid", Value::IntValue(7))], dropped_attributes_count: 1, entity_refs: vec![] }),
+            scope_spans: vec![ScopeSpans { scope: Some(InstrumentationScope { name: "sc".into(), version: "1.0".into(), attributes: attrs[..2].to_vec(), dropped_attributes_count: 1 }), spans, schema_url: "https://s/1".into() }],
+            schema_url: "https://r/1".into(),
+        },
+        ResourceSpans {
+            resource: Some(Resource::default()),
+            scope_spans: vec![ScopeSpans { scope: Some(InstrumentationScope::default()), spans: vec![Span { trace_id: vec![3; 16], span_id: vec![4; 8], start_time_unix_nano: start, end_time_unix_nano: start, ..Default::default() }], schema_url: String::new() }],
+            schema_url: String::new(),
+        },
+    ]
+}
+
+fn read_all(path: &std::path::Path) -> Vec<ResourceSpans> {
+    let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(path).unwrap()).unwrap().build().unwrap();
+    reader.flat_map(|b| schema::from_record_batch(&b.unwrap()).unwrap()).collect()
+}
+
+const T0: u64 = 1_795_000_000 * 1_000_000_000; // 2026-11-18T11:06:40Z
+
+#[test]
+fn every_otlp_field_survives_the_round_trip() {
+    let spans = rich(50, T0);
+    let b = schema::to_record_batch(&spans).unwrap();
+    assert_eq!(b.schema(), schema::schema());
+    assert_eq!(schema::from_record_batch(&b).unwrap(), spans);
+}
+
+#[test]
+fn files_appear_atomically_in_hour_partitions_and_roll() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = ParquetSinkConfig { path: dir.path().to_path_buf(), roll: Roll { max_rows: 120, ..Roll::default() }, ..Default::default() };
+    let mut w = ArchiveWriter::new(cfg);
+    let now = Instant::now();
+    assert!(w.write(&rich(50, T0), now).unwrap().is_empty());
+    // Open, not closed: only a hidden temporary file exists; nothing a reader would list.
+    assert!(layout::closed_files(dir.path()).unwrap().is_empty());
+    let part = dir.path().join("date=2026-11-18/hour=11");
+    assert_eq!(std::fs::read_dir(&part).unwrap().count(), 1);
+    // One batch straddling the hour: rows go to both partitions.
+    let mut late = rich(10, T0 + 3600 * 1_000_000_000);
+    late.extend(rich(80, T0));
+    let closed = w.write(&late, now).unwrap();
+    assert_eq!(closed.len(), 1, "the 11h file reached max_rows");
+    assert_eq!(closed[0].rows, 50 + 1 + 80 + 1);
+    let rest = w.close_all().unwrap();
+    assert_eq!(rest.len(), 1);
+    let files = layout::closed_files(dir.path()).unwrap();
+    assert_eq!(files.len(), 2);
+    assert!(files[1].starts_with(dir.path().join("date=2026-11-18/hour=12")));
+    let mut want = rich(50, T0);
+    want.extend(rich(80, T0));
+    assert_eq!(read_all(&files[0]), want);
+    assert_eq!(read_all(&files[1]), rich(10, T0 + 3600 * 1_000_000_000));
+}
+
+#[test]
+fn aged_files_are_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = ParquetSinkConfig { path: dir.path().to_path_buf(), partition: layout::Partition::None, ..Default::default() };
+    let mut w = ArchiveWriter::new(cfg);
+    let t = Instant::now();
+    w.write(&rich(5, T0), t).unwrap();
+    assert!(w.roll_aged(t + StdDuration::from_secs(59)).unwrap().is_empty());
+    assert_eq!(w.roll_aged(t + StdDuration::from_secs(60)).unwrap().len(), 1);
+    assert_eq!(layout::closed_files(dir.path()).unwrap().len(), 1);
+}
+
+#[test]
+fn crash_leftovers_are_renamed_when_complete_and_quarantined_when_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let part = dir.path().join("date=2026-11-18/hour=11");
+    std::fs::create_dir_all(&part).unwrap();
+    // A complete file that was closed but not renamed (crash between the two).
+    let complete = tempfile::tempdir().unwrap();
+    let mut w = ArchiveWriter::new(ParquetSinkConfig { path: complete.path().to_path_buf(), partition: layout::Partition::None, ..Default::default() });
+    w.write(&rich(5, T0), Instant::now()).unwrap();
+    let good = w.close_all().unwrap().remove(0).path;
+    std::fs::copy(&good, part.join(".part-1-1-1.parquet.tmp")).unwrap();
+    // A file cut mid-write (no footer).
+    let bytes = std::fs::read(&good).unwrap();
+    std::fs::write(part.join(".part-2-2-2.parquet.tmp"), &bytes[..bytes.len() / 2]).unwrap();
+    let out = layout::recover(dir.path()).unwrap();
+    assert!(matches!(&out[0], layout::Recovered::Renamed { rows: 6, .. }), "{out:?}");
+    assert!(matches!(&out[1], layout::Recovered::Quarantined { .. }), "{out:?}");
+    let files = layout::closed_files(dir.path()).unwrap();
+    assert_eq!(files, vec![part.join("part-1-1-1.parquet")]);
+    assert!(dir.path().join("_quarantine/date=2026-11-18/hour=11/.part-2-2-2.parquet.tmp").exists());
+}
+
+#[test]
+fn config_errors_point_at_fields() {
+    let doc = tracepipe_config::Node::parse("t.yaml", "path: ''\nroll: { max_rows: 0, max_age: 0s }\ncompression: lz9\n");
+    let err = ParquetSinkConfig::from_node(&doc.unwrap(), "t.yaml").unwrap_err();
+    assert!(err[0].to_string().contains("lz9"), "{err:?}");
+    let doc = tracepipe_config::Node::parse("t.yaml", "path: ''\nroll: { max_rows: 0, max_age: 0s }\n").unwrap();
+    let err: Vec<String> = ParquetSinkConfig::from_node(&doc, "t.yaml").unwrap_err().iter().map(|e| e.to_string()).collect();
+    assert_eq!(err.len(), 3, "{err:?}");
+    assert!(err.iter().any(|e| e.contains("t.yaml:2:") && e.contains("max_rows")), "{err:?}");
+}

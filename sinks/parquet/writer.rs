@@ -1,0 +1,177 @@
+//! The synchronous archive writer: open files per partition, roll rules, atomic close.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use datafusion::parquet::arrow::ArrowWriter;
+use datafusion::parquet::basic::{Compression as Codec, ZstdLevel};
+use datafusion::parquet::file::metadata::KeyValue;
+use datafusion::parquet::file::properties::WriterProperties;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans};
+use tracepipe_pipeline::archive::layout::{self, Partition};
+use tracepipe_pipeline::archive::schema;
+
+use super::config::{Compression, ParquetSinkConfig};
+
+/// Why writing failed.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// File-system error.
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    /// Arrow / Parquet error.
+    #[error("{0}")]
+    Parquet(#[from] datafusion::parquet::errors::ParquetError),
+    /// Arrow conversion error.
+    #[error("{0}")]
+    Arrow(#[from] datafusion::arrow::error::ArrowError),
+}
+
+struct OpenFile {
+    writer: ArrowWriter<File>,
+    tmp: PathBuf,
+    fin: PathBuf,
+    rows: u64,
+    opened: Instant,
+}
+
+/// A file closed and renamed into place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Closed {
+    /// Its final path.
+    pub path: PathBuf,
+    /// Rows in it.
+    pub rows: u64,
+}
+
+/// At most this many partitions have an open file; a span for another closes the oldest.
+const MAX_OPEN: usize = 16;
+
+/// Writes spans into the archive under one root.
+pub struct ArchiveWriter {
+    cfg: ParquetSinkConfig,
+    props: WriterProperties,
+    open: BTreeMap<PathBuf, OpenFile>,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> WriteError + '_ {
+    move |source| WriteError::Io { path: path.display().to_string(), source }
+}
+
+impl ArchiveWriter {
+    /// A writer for `cfg` (no file is opened before the first span).
+    pub fn new(cfg: ParquetSinkConfig) -> Self {
+        let codec = match cfg.compression {
+            Compression::Zstd => Codec::ZSTD(ZstdLevel::default()),
+            Compression::Snappy => Codec::SNAPPY,
+            Compression::None => Codec::UNCOMPRESSED,
+        };
+        let props = WriterProperties::builder()
+            .set_compression(codec)
+            .set_max_row_group_row_count(Some(cfg.row_group_rows))
+            .set_key_value_metadata(Some(vec![KeyValue::new("tracepipe.schema_version".into(), schema::SCHEMA_VERSION.to_owned())]))
+            .build();
+        ArchiveWriter { cfg, props, open: BTreeMap::new() }
+    }
+
+    /// Files open now.
+    pub fn open_files(&self) -> usize {
+        self.open.len()
+    }
+
+    /// Writes spans, each into the partition of its start time; returns the files this closed
+    /// (rolled by rows or bytes).
+    pub fn write(&mut self, rs: &[ResourceSpans], now: Instant) -> Result<Vec<Closed>, WriteError> {
+        let mut closed = Vec::new();
+        for (dir, part) in split(rs, self.cfg.partition) {
+            let batch = schema::to_record_batch(part.as_deref().unwrap_or(rs))?;
+            if !self.open.contains_key(&dir) {
+                if self.open.len() >= MAX_OPEN {
+                    let oldest = self.open.iter().min_by_key(|(_, f)| f.opened).map(|(k, _)| k.clone()).expect("non-empty");
+                    closed.push(self.close(&oldest)?);
+                }
+                let full = self.cfg.path.join(&dir);
+                std::fs::create_dir_all(&full).map_err(io(&full))?;
+                let (fin, tmp) = layout::new_file(&full);
+                let file = File::create(&tmp).map_err(io(&tmp))?;
+                let writer = ArrowWriter::try_new(file, schema::schema(), Some(self.props.clone()))?;
+                self.open.insert(dir.clone(), OpenFile { writer, tmp, fin, rows: 0, opened: now });
+            }
+            let f = self.open.get_mut(&dir).expect("inserted");
+            f.writer.write(&batch)?;
+            f.rows += batch.num_rows() as u64;
+            let bytes = f.writer.bytes_written() + f.writer.in_progress_size();
+            if f.rows >= self.cfg.roll.max_rows || bytes as u64 >= self.cfg.roll.max_bytes.get() {
+                closed.push(self.close(&dir)?);
+            }
+        }
+        Ok(closed)
+    }
+
+    /// Closes the files older than `max_age`.
+    pub fn roll_aged(&mut self, now: Instant) -> Result<Vec<Closed>, WriteError> {
+        let max_age = self.cfg.roll.max_age.get();
+        let due: Vec<PathBuf> = self.open.iter().filter(|(_, f)| now.duration_since(f.opened) >= max_age).map(|(k, _)| k.clone()).collect();
+        due.iter().map(|d| self.close(d)).collect()
+    }
+
+    /// Closes every open file (shutdown).
+    pub fn close_all(&mut self) -> Result<Vec<Closed>, WriteError> {
+        let all: Vec<PathBuf> = self.open.keys().cloned().collect();
+        all.iter().map(|d| self.close(d)).collect()
+    }
+
+    fn close(&mut self, dir: &Path) -> Result<Closed, WriteError> {
+        let f = self.open.remove(dir).expect("open");
+        let file = f.writer.into_inner()?;
+        file.sync_all().map_err(io(&f.tmp))?;
+        drop(file);
+        std::fs::rename(&f.tmp, &f.fin).map_err(io(&f.fin))?;
+        Ok(Closed { path: f.fin, rows: f.rows })
+    }
+}
+
+/// Spans grouped by partition directory; `None` as the group means "all of `rs`" (the common
+/// case of one partition, without copying).
+fn split(rs: &[ResourceSpans], p: Partition) -> Vec<(PathBuf, Option<Vec<ResourceSpans>>)> {
+    let mut dirs: BTreeMap<PathBuf, Vec<ResourceSpans>> = BTreeMap::new();
+    let mut first: Option<PathBuf> = None;
+    let mut mixed = false;
+    for r in rs {
+        for ss in &r.scope_spans {
+            for s in &ss.spans {
+                let d = layout::partition_dir(p, s.start_time_unix_nano);
+                match &first {
+                    None => first = Some(d),
+                    Some(f) if *f != d => mixed = true,
+                    _ => {}
+                }
+            }
+        }
+    }
+    let Some(first) = first else { return Vec::new() };
+    if !mixed {
+        return vec![(first, None)];
+    }
+    for r in rs {
+        for ss in &r.scope_spans {
+            for s in &ss.spans {
+                let d = layout::partition_dir(p, s.start_time_unix_nano);
+                let group = dirs.entry(d).or_default();
+                let same = group.last().is_some_and(|g| g.resource == r.resource && g.schema_url == r.schema_url);
+                if !same {
+                    group.push(ResourceSpans { resource: r.resource.clone(), scope_spans: Vec::new(), schema_url: r.schema_url.clone() });
+                }
+                let g = group.last_mut().expect("pushed");
+                let same_scope = g.scope_spans.last().is_some_and(|x| x.scope == ss.scope && x.schema_url == ss.schema_url);
+                if !same_scope {
+                    g.scope_spans.push(ScopeSpans { scope: ss.scope.clone(), spans: Vec::new(), schema_url: ss.schema_url.clone() });
+                }
+                g.scope_spans.last_mut().expect("pushed").spans.push(s.clone());
+            }
+        }
+    }
+    dirs.into_iter().map(|(d, v)| (d, Some(v))).collect()
+}

@@ -1,0 +1,157 @@
+//! `tracepipe query` and `tracepipe replay`: the trace archive from the command line.
+//!
+//! `query` runs one SQL statement over the archive's `spans` table (DataFusion) and prints the
+//! result as a table, CSV or JSON lines. `replay` builds a two-component graph — an `archive`
+//! receiver and a sink chosen by the destination URL's scheme — runs it like `tracepipe run`,
+//! and shows progress (a bar on a terminal, plain lines otherwise).
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::arrow::util::pretty::pretty_format_batches;
+
+/// Output of `tracepipe query`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum QueryFormat {
+    /// An aligned text table.
+    Table,
+    /// CSV with a header line.
+    Csv,
+    /// One JSON object per row.
+    Json,
+}
+
+/// Runs `sql` over the archive at `archive` and prints the result.
+pub async fn query(archive: &Path, sql: &str, format: QueryFormat) -> Result<(), String> {
+    let ctx = tracepipe_receivers::archive::session(archive, 8192).await?;
+    let df = ctx.sql(sql).await.map_err(|e| one_line(&e.to_string()))?;
+    let batches: Vec<RecordBatch> = df.collect().await.map_err(|e| one_line(&e.to_string()))?;
+    let mut out = std::io::stdout().lock();
+    match format {
+        QueryFormat::Table => {
+            let t = pretty_format_batches(&batches).map_err(|e| e.to_string())?;
+            writeln!(out, "{t}").map_err(|e| e.to_string())?;
+        }
+        QueryFormat::Csv => {
+            let mut w = datafusion::arrow::csv::WriterBuilder::new().with_header(true).build(&mut out);
+            for b in &batches {
+                w.write(b).map_err(|e| one_line(&e.to_string()))?;
+            }
+        }
+        QueryFormat::Json => {
+            let mut w = datafusion::arrow::json::LineDelimitedWriter::new(&mut out);
+            for b in &batches {
+                w.write(b).map_err(|e| one_line(&e.to_string()))?;
+            }
+            w.finish().map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(())
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// What `tracepipe replay` was asked.
+pub struct ReplayArgs {
+    pub archive: PathBuf,
+    pub filter: Option<String>,
+    pub from: Option<String>,
+    pub to: Vec<String>,
+    pub speed: String,
+    pub shift_to_now: bool,
+    pub whole_traces: bool,
+}
+
+fn json(s: &str) -> String {
+    serde_json::to_string(s).expect("a string serializes")
+}
+
+/// The sink for a destination URL, as YAML.
+fn sink_for(url: &str) -> Result<String, String> {
+    let (scheme, rest) = url.split_once("://").ok_or_else(|| format!("`{url}` is not a URL (want grpc://, grpcs://, http:// or https://)"))?;
+    let (protocol, endpoint) = match scheme {
+        "grpc" | "otlp" => ("grpc", format!("http://{rest}")),
+        "grpcs" => ("grpc", format!("https://{rest}")),
+        "http" | "https" => ("http/protobuf", url.to_owned()),
+        "kafka" | "satellite" | "lightstep" => return Err(format!("`{scheme}://` destinations need the {scheme} sink, which this build does not have yet")),
+        other => return Err(format!("unknown destination scheme `{other}://` (want grpc://, grpcs://, http:// or https://)")),
+    };
+    Ok(format!("{{ type: otlp, inputs: [archive], endpoint: {}, protocol: {protocol} }}", json(&endpoint)))
+}
+
+/// Builds the replay graph's YAML; `--to` takes both the window end (an RFC 3339 time) and the
+/// destination (a URL), told apart by their form.
+pub fn replay_config(a: &ReplayArgs) -> Result<String, String> {
+    let mut until = None;
+    let mut dest = None;
+    for t in &a.to {
+        if t.contains("://") {
+            if dest.replace(t.clone()).is_some() {
+                return Err("give one destination URL with --to".into());
+            }
+        } else if until.replace(t.clone()).is_some() {
+            return Err("give one end time with --to".into());
+        }
+    }
+    let dest = dest.ok_or("missing destination: --to URL (grpc://host:4317, http://host:4318/v1/traces, ...)")?;
+    let mut r = format!("type: archive, path: {}, speed: {}, shift_to_now: {}, whole_traces: {}", json(&a.archive.display().to_string()), json(&a.speed), a.shift_to_now, a.whole_traces);
+    if let Some(w) = &a.filter {
+        r += &format!(", where: {}", json(w));
+    }
+    if let Some(f) = &a.from {
+        r += &format!(", from: {}", json(f));
+    }
+    if let Some(u) = &until {
+        r += &format!(", to: {}", json(u));
+    }
+    Ok(format!("receivers:\n  archive: {{ {r} }}\nsinks:\n  out: {}\ntelemetry:\n  metrics: {{ enabled: false }}\n", sink_for(&dest)?))
+}
+
+/// Counts the spans a replay will send (for the progress bar's length and ETA).
+pub async fn replay_total(cfg: &tracepipe_receivers::archive::ArchiveConfig) -> Result<u64, String> {
+    let ctx = tracepipe_receivers::archive::session(&cfg.path, 8192).await?;
+    let sql = format!("SELECT count(*) AS n FROM ({})", tracepipe_receivers::archive::query_sql(cfg));
+    let b = ctx.sql(&sql).await.map_err(|e| one_line(&e.to_string()))?.collect().await.map_err(|e| one_line(&e.to_string()))?;
+    let n = b
+        .first()
+        .and_then(|b| b.column(0).as_any().downcast_ref::<datafusion::arrow::array::Int64Array>().map(|a| a.value(0)))
+        .unwrap_or(0);
+    Ok(n.max(0) as u64)
+}
+
+/// Shows replay progress until `done` fires: a bar (spans, spans/s, ETA) on a terminal, a
+/// plain line every 5 s otherwise, and a last line with the totals.
+pub async fn progress(total: u64, done: tokio_util::sync::CancellationToken) {
+    let start = Instant::now();
+    let tty = std::io::stderr().is_terminal();
+    let bar = tty.then(|| {
+        let b = indicatif::ProgressBar::new(total);
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} spans, {per_sec}, ETA {eta}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        b
+    });
+    let mut tick = tokio::time::interval(if tty { Duration::from_millis(100) } else { Duration::from_secs(5) });
+    loop {
+        tokio::select! {
+            _ = done.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let n = tracepipe_receivers::archive::progress();
+        match &bar {
+            Some(b) => b.set_position(n),
+            None => eprintln!("replay: {n}/{total} spans, {:.0} spans/s", n as f64 / start.elapsed().as_secs_f64().max(1e-3)),
+        }
+    }
+    let n = tracepipe_receivers::archive::progress();
+    if let Some(b) = bar {
+        b.set_position(n);
+        b.finish();
+    }
+    eprintln!("replay: {n}/{total} spans sent in {:.1} s ({:.0} spans/s)", start.elapsed().as_secs_f64(), n as f64 / start.elapsed().as_secs_f64().max(1e-3));
+}
