@@ -75,6 +75,16 @@ fn whole_traces_and_other_nodes_are_left_alone() {
 }
 
 #[test]
+fn a_client_ending_just_after_its_server_is_still_its_child() {
+    // Measured on Envoy 1.40: the last outbound CLIENT span ended 5 µs after its SERVER.
+    let mut h = held(vec![span(1, 1, 0, 2, "rv", "g", 1_000, 1_000_000), span(2, 2, 0, 3, "rv", "g", 500_000, 1_005_000)]);
+    assert_eq!(resolve(&mut h, &rules(true)).edges, 1);
+    // ... but not one that ends well after it (another request's, or a later call).
+    let mut h = held(vec![span(1, 1, 0, 2, "rv", "g", 1_000, 1_000_000), span(2, 2, 0, 3, "rv", "g", 500_000, 3_000_000)]);
+    assert_eq!(resolve(&mut h, &rules(true)).edges, 0);
+}
+
+#[test]
 fn ties_are_counted_not_guessed_and_the_tightest_wins() {
     let mut h = held(vec![span(1, 1, 0, 2, "a", "g", 0, 100), span(2, 2, 0, 2, "a", "g", 0, 100), span(3, 3, 0, 3, "a", "g", 10, 20)]);
     let o = resolve(&mut h, &rules(true));
@@ -114,8 +124,9 @@ fn shared_span_context_half_gets_the_same_parent() {
 
 /// A proxy span of the propagate-nothing shape: its own trace (id = span id), no parent, the
 /// resource naming the service, and for CLIENT spans an Istio `upstream_cluster` naming the callee.
+/// Times are in milliseconds.
 fn lone(id: u8, kind: i32, svc: &str, target: &str, start: u64, end: u64) -> Held {
-    let mut sp = span(id, id, 0, kind, svc, "g", start, end);
+    let mut sp = span(id, id, 0, kind, svc, "g", start * 1_000_000, end * 1_000_000);
     if kind == 3 {
         sp.attributes.push(s("upstream_cluster", &format!("outbound|9080||{target}.default.svc.cluster.local")));
     }
@@ -123,8 +134,9 @@ fn lone(id: u8, kind: i32, svc: &str, target: &str, start: u64, end: u64) -> Hel
     Held { resource: Some(resource), scope: None, span: sp }
 }
 
+/// Skew in milliseconds.
 fn skew_rules(skew: u64) -> Rules {
-    Rules { clock_skew_nanos: skew, ..Rules::default() }
+    Rules { clock_skew_nanos: skew * 1_000_000, ..Rules::default() }
 }
 
 /// productpage -> details || reviews; reviews -> ratings twice; ratings -> db; every span its own

@@ -147,7 +147,8 @@ class Mesh:
 
     def request(self, path="/productpage"):
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.inbound['productpage']}{path}", timeout=10) as r:
+            req = urllib.request.Request(f"http://127.0.0.1:{self.inbound['productpage']}{path}", headers={"Host": "productpage:9080"})
+            with urllib.request.urlopen(req, timeout=10) as r:
                 return r.status, json.loads(r.read())
         except urllib.error.HTTPError as e:
             return e.code, None
