@@ -17,7 +17,47 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Sp
 EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 
 
-def build_request(n: int) -> bytes:
+def build_mesh_request(n: int) -> bytes:
+    """n/5 requests of the Envoy x-request-id-only shape (3 fragments each: productpage SERVER;
+    productpage CLIENT -> reviews SERVER; reviews CLIENT -> ratings SERVER), every guid starting
+    with the 8-byte marker RRRRRRRR that the sender replaces per request."""
+    per_service = {}
+    for r in range(n // 5):
+        guid = f"RRRRRRRR-{r:04x}-4a1b-9c2e-6d2a0b9e7c55"
+        t0 = 1_700_000_000_000_000_000 + r * 10_000
+        frags = [os.urandom(16) for _ in range(3)]
+        ids = [os.urandom(8) for _ in range(5)]
+        shape = [  # service, node, kind, trace, id, parent, start, end, upstream
+            ("productpage", 2, 0, 0, None, 0, 9000, "inbound|9080||"),
+            ("productpage", 3, 1, 1, None, 1000, 8000, "outbound|9080||reviews.default.svc.cluster.local"),
+            ("reviews", 2, 1, 2, 1, 1100, 7900, "inbound|9080||"),
+            ("reviews", 3, 2, 3, None, 2000, 7000, "outbound|9080||ratings.default.svc.cluster.local"),
+            ("ratings", 2, 2, 4, 3, 2100, 6900, "inbound|9080||"),
+        ]
+        for svc, kind, frag, sid, parent, start, end, upstream in shape:
+            attrs = [
+                KeyValue(key="guid:x-request-id", value=AnyValue(string_value=guid)),
+                KeyValue(key="node_id", value=AnyValue(string_value=f"sidecar~10.12.4.17~{svc}-v1-1.default~default.svc.cluster.local")),
+                KeyValue(key="upstream_cluster", value=AnyValue(string_value=upstream)),
+                KeyValue(key="http.url", value=AnyValue(string_value=f"http://{svc}:9080/{svc}/{r}")),
+                KeyValue(key="http.method", value=AnyValue(string_value="GET")),
+                KeyValue(key="http.status_code", value=AnyValue(string_value="200")),
+                KeyValue(key="component", value=AnyValue(string_value="proxy")),
+                KeyValue(key="response_flags", value=AnyValue(string_value="-")),
+            ]
+            per_service.setdefault(svc, []).append(Span(
+                trace_id=frags[frag], span_id=ids[sid], parent_span_id=ids[parent] if parent is not None else b"",
+                name=f"{svc}.default.svc.cluster.local:9080/*", kind=kind, start_time_unix_nano=t0 + start * 1000,
+                end_time_unix_nano=t0 + end * 1000, attributes=attrs))
+    out = []
+    for svc, spans in per_service.items():
+        rs = ResourceSpans(scope_spans=[ScopeSpans(spans=spans)])
+        rs.resource.attributes.append(KeyValue(key="service.name", value=AnyValue(string_value=f"{svc}.default")))
+        out.append(rs)
+    return ExportTraceServiceRequest(resource_spans=out).SerializeToString()
+
+
+def build_request(n: int, guid: bool = True) -> bytes:
     spans = []
     for i in range(n):
         attrs = [
@@ -28,7 +68,8 @@ def build_request(n: int) -> bytes:
             KeyValue(key="net.peer.ip", value=AnyValue(string_value="10.12.4.17")),
             KeyValue(key="component", value=AnyValue(string_value="proxy")),
             KeyValue(key="node_id", value=AnyValue(string_value="sidecar~10.12.4.17~reviews-v1-1.default~default.svc.cluster.local")),
-            KeyValue(key="guid:x-request-id", value=AnyValue(string_value="3f0a6c1e-9b7d-9c2e-8f41-6d2a0b9e7c55")),
+        ] + ([KeyValue(key="guid:x-request-id", value=AnyValue(string_value="3f0a6c1e-9b7d-9c2e-8f41-6d2a0b9e7c55"))] if guid else
+             [KeyValue(key="x-request-hash", value=AnyValue(string_value="3f0a6c1e-9b7d-9c2e-8f41-6d2a0b9e7c55"))]) + [
             KeyValue(key="response_size", value=AnyValue(int_value=1843)),
             KeyValue(key="cached", value=AnyValue(bool_value=False)),
         ]
@@ -46,8 +87,10 @@ def main():
     ap.add_argument("--total", type=int, default=2_000_000)
     ap.add_argument("--spans-per-request", type=int, default=500)
     ap.add_argument("--streams", type=int, default=8)
+    ap.add_argument("--shape", choices=["plain", "noguid", "mesh"], default="plain",
+                    help="plain: the Rotel reference spans; noguid: the same without a guid attribute; mesh: x-request-id-only fragments, a new guid per request")
     a = ap.parse_args()
-    body = build_request(a.spans_per_request)
+    body = build_mesh_request(a.spans_per_request) if a.shape == "mesh" else build_request(a.spans_per_request, a.shape == "plain")
     per_request = a.spans_per_request
     need = a.total // per_request
     lock = threading.Lock()
@@ -61,9 +104,11 @@ def main():
                 if state["issued"] >= need:
                     return
                 state["issued"] += 1
+                seq = state["issued"]
+            req = body.replace(b"RRRRRRRR", b"%08x" % seq) if a.shape == "mesh" else body
             while True:
                 try:
-                    call(body, timeout=30)
+                    call(req, timeout=30)
                     with lock:
                         state["ok"] += 1
                     break

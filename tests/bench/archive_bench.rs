@@ -1,0 +1,147 @@
+//! The trace-archive benchmark (issue "Trace archives"): Parquet write throughput per core,
+//! bytes per span on disk against OTLP protobuf bytes, replay (read + decode) throughput, and a
+//! GROUP BY over the archive.
+//!
+//!   cargo run --release --example archive_bench -- [SPANS] [DIR]
+//!
+//! Spans look like mesh proxy spans (5 per trace, 10 attributes: method, URL, status, user agent,
+//! peer IP, component, node id, request guid, response size, cached; 6 services), generated with
+//! unique ids and varied values so compression is not flattered. Writing is single-threaded (one
+//! core, as the sink does it); the query uses every core, as `tracepipe query` does.
+
+use std::time::Instant;
+
+use futures::StreamExt;
+use opentelemetry_proto::tonic::common::v1::{any_value::Value, AnyValue, KeyValue};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, TracesData};
+use prost::Message;
+use tracepipe_pipeline::archive::{layout, schema};
+use tracepipe_receivers::archive::{query_sql, session, ArchiveConfig};
+use tracepipe_sinks::parquet::{ArchiveWriter, ParquetSinkConfig};
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+fn s(k: &str, v: String) -> KeyValue {
+    KeyValue { key: k.into(), value: Some(AnyValue { value: Some(Value::StringValue(v)) }), key_strindex: 0 }
+}
+fn i(k: &str, v: i64) -> KeyValue {
+    KeyValue { key: k.into(), value: Some(AnyValue { value: Some(Value::IntValue(v)) }), key_strindex: 0 }
+}
+
+const SERVICES: [&str; 6] = ["productpage", "details", "reviews", "ratings", "db", "inventory"];
+
+/// One batch of `n` spans (n a multiple of 5), one ResourceSpans per service.
+fn batch(rng: &mut Rng, n: usize, t0: u64) -> Vec<ResourceSpans> {
+    let mut per: Vec<Vec<Span>> = vec![Vec::new(); SERVICES.len()];
+    for t in 0..n / 5 {
+        let trace = [rng.next().to_be_bytes(), rng.next().to_be_bytes()].concat();
+        let guid = format!("{:016x}-{:04x}", rng.next(), t);
+        let start = t0 + t as u64 * 200_000 + rng.next() % 1000;
+        let mut parent = Vec::new();
+        for k in 0..5 {
+            let svc = (rng.next() % SERVICES.len() as u64) as usize;
+            let id = rng.next().to_be_bytes().to_vec();
+            let dur = 100_000 + rng.next() % 20_000_000;
+            per[svc].push(Span {
+                trace_id: trace.clone(),
+                span_id: id.clone(),
+                parent_span_id: parent.clone(),
+                name: format!("{}.default.svc.cluster.local:9080/*", SERVICES[svc]),
+                kind: if k % 2 == 0 { 2 } else { 3 },
+                start_time_unix_nano: start + k * 1000,
+                end_time_unix_nano: start + k * 1000 + dur,
+                attributes: vec![
+                    s("http.method", if rng.next() % 10 == 0 { "POST" } else { "GET" }.into()),
+                    s("http.url", format!("http://{}.default.svc.cluster.local:9080/api/{}", SERVICES[svc], rng.next() % 5000)),
+                    i("http.status_code", if rng.next() % 50 == 0 { 503 } else { 200 }),
+                    s("http.user_agent", "python-requests/2.34.2".into()),
+                    s("net.peer.ip", format!("10.12.{}.{}", rng.next() % 8, rng.next() % 250)),
+                    s("component", "proxy".into()),
+                    s("node_id", format!("sidecar~10.12.4.{}~{}-v1-1.default~default.svc.cluster.local", svc, SERVICES[svc])),
+                    s("guid:x-request-id", guid.clone()),
+                    i("response_size", (rng.next() % 20_000) as i64),
+                    KeyValue { key: "cached".into(), value: Some(AnyValue { value: Some(Value::BoolValue(rng.next() % 3 == 0)) }), key_strindex: 0 },
+                ],
+                ..Default::default()
+            });
+            parent = id;
+        }
+    }
+    per.into_iter()
+        .enumerate()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(k, spans)| ResourceSpans {
+            resource: Some(Resource { attributes: vec![s("service.name", SERVICES[k].into()), s("k8s.namespace.name", "default".into())], ..Default::default() }),
+            scope_spans: vec![ScopeSpans { spans, ..Default::default() }],
+            schema_url: String::new(),
+        })
+        .collect()
+}
+
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let f: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    let ticks: f64 = f.get(11).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0) + f.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+    ticks / 100.0
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let total: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(10_000_000);
+    let dir = std::path::PathBuf::from(args.get(2).cloned().unwrap_or_else(|| std::env::temp_dir().join("tracepipe-archive-bench").display().to_string()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let per_batch = 8190; // a multiple of 5 close to the batch processor's 8192
+    let mut rng = Rng(0x9e3779b97f4a7c15);
+    let t0 = 1_795_000_000u64 * 1_000_000_000;
+
+    // Generate up front so the write timing measures only conversion + Parquet.
+    let batches: Vec<Vec<ResourceSpans>> = (0..total.div_ceil(per_batch)).map(|b| batch(&mut rng, per_batch, t0 + b as u64 * 1_000_000_000)).collect();
+    let spans: usize = batches.iter().map(|b| b.iter().map(|r| r.scope_spans[0].spans.len()).sum::<usize>()).sum();
+    let otlp_bytes: usize = batches.iter().map(|b| TracesData { resource_spans: b.clone() }.encoded_len()).sum();
+
+    let mut w = ArchiveWriter::new(ParquetSinkConfig { path: dir.clone(), ..Default::default() });
+    let (c0, t) = (cpu_seconds(), Instant::now());
+    for b in &batches {
+        w.write(b, std::time::Instant::now()).expect("write");
+    }
+    w.close_all().expect("close");
+    let (write_s, write_cpu) = (t.elapsed().as_secs_f64(), cpu_seconds() - c0);
+    let disk: u64 = layout::closed_files(&dir).unwrap().iter().map(|f| std::fs::metadata(f).unwrap().len()).sum();
+    drop(batches);
+    println!("spans: {spans}");
+    println!("write: {:.2} s wall, {:.2} s CPU -> {:.0} spans/s per core ({:.2} CPU-µs/span)", write_s, write_cpu, spans as f64 / write_cpu, write_cpu * 1e6 / spans as f64);
+    println!("size: {:.1} bytes/span on disk (zstd) vs {:.1} bytes/span OTLP protobuf -> {:.2}x", disk as f64 / spans as f64, otlp_bytes as f64 / spans as f64, disk as f64 / otlp_bytes as f64);
+
+    // Replay at max: the archive receiver's query + conversion back to OTLP, without a sink.
+    let ctx = session(&dir, 8192).await.unwrap();
+    let (c0, t) = (cpu_seconds(), Instant::now());
+    let df = ctx.sql(&query_sql(&ArchiveConfig { path: dir.clone(), ..Default::default() })).await.unwrap();
+    let mut stream = df.execute_stream().await.unwrap();
+    let mut n = 0usize;
+    while let Some(b) = stream.next().await {
+        let rs = schema::from_record_batch(&b.unwrap()).unwrap();
+        n += rs.iter().map(|r| r.scope_spans.iter().map(|s| s.spans.len()).sum::<usize>()).sum::<usize>();
+    }
+    let (rs_s, rs_cpu) = (t.elapsed().as_secs_f64(), cpu_seconds() - c0);
+    assert_eq!(n, spans);
+    println!("replay (read + decode to OTLP): {:.2} s wall, {:.2} s CPU -> {:.0} spans/s", rs_s, rs_cpu, n as f64 / rs_s);
+
+    for sql in [
+        "SELECT service_name, count(*) AS spans, avg(duration_ns) AS avg_ns FROM spans GROUP BY service_name",
+        "SELECT attributes['http.status_code']['int'] AS status, count(*) FROM spans GROUP BY 1",
+    ] {
+        let t = Instant::now();
+        let rows = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+        println!("query {:.3} s ({} result rows): {sql}", t.elapsed().as_secs_f64(), rows.iter().map(|b| b.num_rows()).sum::<usize>());
+    }
+}
