@@ -96,6 +96,27 @@ pub struct Batch {
 #[error("batch payload is not valid OTLP protobuf: {0}")]
 pub struct DecodeError(#[from] prost::DecodeError);
 
+/// Appends `span` to `out`, reusing the last `ResourceSpans` / `ScopeSpans` when its resource and
+/// scope (and schema URLs) are the same, so that spans taken apart in order regroup compactly.
+pub fn push_span(
+    out: &mut Vec<ResourceSpans>,
+    resource: &Option<opentelemetry_proto::tonic::resource::v1::Resource>,
+    resource_schema_url: &str,
+    scope: &Option<opentelemetry_proto::tonic::common::v1::InstrumentationScope>,
+    scope_schema_url: &str,
+    span: opentelemetry_proto::tonic::trace::v1::Span,
+) {
+    use opentelemetry_proto::tonic::trace::v1::ScopeSpans;
+    if !out.last().is_some_and(|r| r.resource == *resource && r.schema_url == resource_schema_url) {
+        out.push(ResourceSpans { resource: resource.clone(), scope_spans: Vec::new(), schema_url: resource_schema_url.to_owned() });
+    }
+    let r = out.last_mut().expect("pushed");
+    if !r.scope_spans.last().is_some_and(|s| s.scope == *scope && s.schema_url == scope_schema_url) {
+        r.scope_spans.push(ScopeSpans { scope: scope.clone(), spans: Vec::new(), schema_url: scope_schema_url.to_owned() });
+    }
+    r.scope_spans.last_mut().expect("pushed").spans.push(span);
+}
+
 /// Number of spans in decoded resource spans.
 pub fn count_spans(rs: &[ResourceSpans]) -> usize {
     rs.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum()

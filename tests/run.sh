@@ -6,6 +6,9 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tracepipe/target}"
 export TRACEPIPE_BIN="$CARGO_TARGET_DIR/debug/tracepipe"
 bash tests/install-peers.sh
-cargo build --locked
+# One build for everything: binary, tests and examples in one invocation share one feature set
+# (dev-dependencies unify features), the same `cargo test --workspace` uses, so the dependency
+# graph (DataFusion included) is compiled once, not once per feature set.
+cargo build --workspace --all-targets --locked
 cargo test --workspace --locked
 tests/.venv/bin/python -m pytest -q -p no:cacheprovider tests/e2e "$@"

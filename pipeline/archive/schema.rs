@@ -50,7 +50,7 @@ use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::record_batch::RecordBatch;
 use opentelemetry_proto::tonic::common::v1::{any_value::Value, AnyValue, InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::{span, ResourceSpans, ScopeSpans, Span, Status};
+use opentelemetry_proto::tonic::trace::v1::{span, ResourceSpans, Span, Status};
 
 /// Stored in each file's key-value metadata as `tracepipe.schema_version`.
 pub const SCHEMA_VERSION: &str = "1";
@@ -600,16 +600,7 @@ pub fn from_record_batch(b: &RecordBatch) -> Result<Vec<ResourceSpans>, ArrowErr
                 (code, message) => Some(Status { code, message: message.to_owned() }),
             },
         };
-        let same_resource = out.last().is_some_and(|r| r.resource.as_ref() == Some(&resource) && r.schema_url == res_schema.value(row));
-        if !same_resource {
-            out.push(ResourceSpans { resource: Some(resource), scope_spans: Vec::new(), schema_url: res_schema.value(row).to_owned() });
-        }
-        let r = out.last_mut().expect("pushed");
-        let same_scope = r.scope_spans.last().is_some_and(|s| s.scope.as_ref() == Some(&scope) && s.schema_url == scope_schema.value(row));
-        if !same_scope {
-            r.scope_spans.push(ScopeSpans { scope: Some(scope), spans: Vec::new(), schema_url: scope_schema.value(row).to_owned() });
-        }
-        r.scope_spans.last_mut().expect("pushed").spans.push(span);
+        crate::batch::push_span(&mut out, &Some(resource), res_schema.value(row), &Some(scope), scope_schema.value(row), span);
     }
     Ok(out)
 }

@@ -11,6 +11,7 @@ use tokio::time::Instant;
 use tracepipe_pipeline::archive::{self, schema};
 use tracepipe_pipeline::telemetry::names;
 use tracepipe_pipeline::topology::{BuildError, ComponentContext, ComponentError, ComponentFuture};
+use tracepipe_pipeline::batch::push_span;
 use tracepipe_pipeline::Batch;
 
 use super::config::{ArchiveConfig, Speed};
@@ -153,7 +154,7 @@ pub async fn build(cfg: ArchiveConfig, mut ctx: ComponentContext) -> Result<Comp
                                 e.time_unix_nano = shift(e.time_unix_nano, delta);
                             }
                         }
-                        push(&mut group, &r.resource, &r.schema_url, &ss.scope, &ss.schema_url, s);
+                        push_span(&mut group, &r.resource, &r.schema_url, &ss.scope, &ss.schema_url, s);
                         in_group += 1;
                     }
                 }
@@ -170,21 +171,3 @@ pub async fn build(cfg: ArchiveConfig, mut ctx: ComponentContext) -> Result<Comp
     }))
 }
 
-fn push(
-    group: &mut Vec<ResourceSpans>,
-    resource: &Option<opentelemetry_proto::tonic::resource::v1::Resource>,
-    rs_url: &str,
-    scope: &Option<opentelemetry_proto::tonic::common::v1::InstrumentationScope>,
-    ss_url: &str,
-    span: opentelemetry_proto::tonic::trace::v1::Span,
-) {
-    use opentelemetry_proto::tonic::trace::v1::ScopeSpans;
-    if !group.last().is_some_and(|g| g.resource == *resource && g.schema_url == rs_url) {
-        group.push(ResourceSpans { resource: resource.clone(), scope_spans: Vec::new(), schema_url: rs_url.to_owned() });
-    }
-    let g = group.last_mut().expect("pushed");
-    if !g.scope_spans.last().is_some_and(|x| x.scope == *scope && x.schema_url == ss_url) {
-        g.scope_spans.push(ScopeSpans { scope: scope.clone(), spans: Vec::new(), schema_url: ss_url.to_owned() });
-    }
-    g.scope_spans.last_mut().expect("pushed").spans.push(span);
-}

@@ -65,12 +65,6 @@ async fn replay(cfg: ArchiveConfig) -> Result<Vec<(StdInstant, Span, Option<Reso
     Ok(got)
 }
 
-fn ids(v: &[(StdInstant, Span, Option<Resource>)]) -> Vec<Vec<u8>> {
-    let mut x: Vec<Vec<u8>> = v.iter().map(|(_, s, _)| s.span_id.clone()).collect();
-    x.sort();
-    x
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replays_everything_unchanged_and_ends() {
     let (dir, all) = archive(10);

@@ -9,7 +9,8 @@ use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::basic::{Compression as Codec, ZstdLevel};
 use datafusion::parquet::file::metadata::KeyValue;
 use datafusion::parquet::file::properties::WriterProperties;
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans};
+use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
+use tracepipe_pipeline::batch::push_span;
 use tracepipe_pipeline::archive::layout::{self, Partition};
 use tracepipe_pipeline::archive::schema;
 
@@ -159,17 +160,7 @@ fn split(rs: &[ResourceSpans], p: Partition) -> Vec<(PathBuf, Option<Vec<Resourc
         for ss in &r.scope_spans {
             for s in &ss.spans {
                 let d = layout::partition_dir(p, s.start_time_unix_nano);
-                let group = dirs.entry(d).or_default();
-                let same = group.last().is_some_and(|g| g.resource == r.resource && g.schema_url == r.schema_url);
-                if !same {
-                    group.push(ResourceSpans { resource: r.resource.clone(), scope_spans: Vec::new(), schema_url: r.schema_url.clone() });
-                }
-                let g = group.last_mut().expect("pushed");
-                let same_scope = g.scope_spans.last().is_some_and(|x| x.scope == ss.scope && x.schema_url == ss.schema_url);
-                if !same_scope {
-                    g.scope_spans.push(ScopeSpans { scope: ss.scope.clone(), spans: Vec::new(), schema_url: ss.schema_url.clone() });
-                }
-                g.scope_spans.last_mut().expect("pushed").spans.push(s.clone());
+                push_span(dirs.entry(d).or_default(), &r.resource, &r.schema_url, &ss.scope, &ss.schema_url, s.clone());
             }
         }
     }
