@@ -7,7 +7,7 @@
 //!   atomically (written as hidden `.….parquet.tmp`, renamed when closed) and how leftovers of a
 //!   crash are recovered or quarantined on start;
 //! - [`register`]: the archive as the DataFusion table `spans` (partition columns `date` and
-//!   `hour` when the layout has them), with clear errors for missing and empty archives.
+//!   `hour` when the layout has them), with clear errors for missing, empty and damaged archives.
 //!
 //! Arrow, Parquet and DataFusion are used through DataFusion's re-exports, so one Arrow version
 //! is built.
@@ -32,6 +32,9 @@ pub enum ArchiveError {
     /// The directory holds no closed `.parquet` file.
     #[error("archive `{0}` holds no .parquet files (nothing archived yet?)")]
     Empty(String),
+    /// A file is not a readable Parquet file (damaged, truncated, or not Parquet at all).
+    #[error("archive file `{0}` is not a readable Parquet file: {1}")]
+    Corrupt(String, String),
     /// Reading the directory failed.
     #[error("archive `{0}`: {1}")]
     Io(String, std::io::Error),
@@ -48,6 +51,15 @@ pub async fn register(ctx: &SessionContext, name: &str, root: &Path) -> Result<(
     }
     let files = layout::closed_files(root).map_err(|e| ArchiveError::Io(shown.clone(), e))?;
     let Some(first) = files.first() else { return Err(ArchiveError::Empty(shown)) };
+    // Check every footer first: the async Parquet reader DataFusion uses panics on some hostile
+    // files (seen: a 36-byte file with PAR1 magic), the footer parser returns an error.
+    for f in &files {
+        use datafusion::parquet::file::reader::SerializedFileReader;
+        let check = std::fs::File::open(f).map_err(|e| e.to_string()).and_then(|h| SerializedFileReader::new(h).map(|_| ()).map_err(|e| e.to_string()));
+        if let Err(reason) = check {
+            return Err(ArchiveError::Corrupt(f.display().to_string(), reason));
+        }
+    }
     // Partition columns from the first file's path (every file of one archive has the same).
     let rel = first.strip_prefix(root).unwrap_or(first);
     let cols: Vec<(String, DataType)> = rel

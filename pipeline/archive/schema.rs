@@ -144,7 +144,7 @@ pub fn schema() -> SchemaRef {
 }
 
 /// The `kind` column's spelling of an OTLP span kind.
-pub fn kind_name(k: i32) -> String {
+pub fn kind_name(k: i32) -> std::borrow::Cow<'static, str> {
     match k {
         0 => "UNSPECIFIED".into(),
         1 => "INTERNAL".into(),
@@ -152,7 +152,7 @@ pub fn kind_name(k: i32) -> String {
         3 => "CLIENT".into(),
         4 => "PRODUCER".into(),
         5 => "CONSUMER".into(),
-        n => n.to_string(),
+        n => n.to_string().into(),
     }
 }
 
@@ -341,7 +341,7 @@ pub fn to_record_batch(rs: &[ResourceSpans]) -> Result<RecordBatch, ArrowError> 
                 trace_state.append_value(&s.trace_state);
                 flags.append_value(s.flags);
                 name.append_value(&s.name);
-                kind.append_value(kind_name(s.kind));
+                kind.append_value(kind_name(s.kind).as_ref());
                 start.append_value(nanos(s.start_time_unix_nano));
                 end.append_value(nanos(s.end_time_unix_nano));
                 duration.append_value(nanos(s.end_time_unix_nano).saturating_sub(nanos(s.start_time_unix_nano)));

@@ -110,7 +110,9 @@ async fn paced_replay_keeps_the_gaps_and_shift_makes_it_live() {
         let want = Duration::from_millis((s.trace_id[0] as u64 - 1) * 100);
         let gap = at.duration_since(first);
         let err = gap.as_secs_f64() - want.as_secs_f64();
-        assert!(err.abs() <= 0.05 * want.as_secs_f64().max(0.1), "trace {} sent after {gap:?}, want {want:?}", s.trace_id[0]);
+        // 5% of the gap, but never below 10 ms: timer and scheduler jitter on a loaded 2-core
+        // machine (the whole test suite runs in parallel) reaches a few milliseconds.
+        assert!(err.abs() <= (0.05 * want.as_secs_f64()).max(0.010), "trace {} sent after {gap:?}, want {want:?}", s.trace_id[0]);
     }
     assert!(t.elapsed() >= Duration::from_millis(900));
     // Shifted: the first span starts about now, durations unchanged.
@@ -135,6 +137,18 @@ async fn clear_errors() {
     let (dir, _) = archive(2);
     let e = replay(ArchiveConfig { path: dir.path().into(), filter: Some("no_such_column = 1".into()), ..Default::default() }).await.unwrap_err();
     assert!(e.contains("no_such_column"), "{e}");
+    // A file that is not Parquet (hostile or damaged) fails the replay with an error naming it.
+    let (dir, _) = archive(2);
+    std::fs::write(dir.path().join("date=2026-11-18/hour=11/part-0-0-0.parquet"), b"PAR1 this is not a parquet file PAR1").unwrap();
+    let e = replay(ArchiveConfig { path: dir.path().into(), ..Default::default() }).await.unwrap_err();
+    assert!(e.contains("part-0-0-0.parquet` is not a readable Parquet file"), "{e}");
+    // Bad times are caught when the config is read.
+    let node = tracepipe_config::Node::parse("t.yaml", "from: yesterday\n").unwrap();
+    let errs = ArchiveConfig::from_node(&node, "t.yaml").unwrap_err();
+    assert!(errs[0].to_string().contains("invalid time `yesterday`"), "{errs:?}");
+    let node = tracepipe_config::Node::parse("t.yaml", "from: 2026-11-22T11:00:00Z\nto: 2026-11-22T10:00:00Z\nbatch_size: 0\n").unwrap();
+    let errs: Vec<String> = ArchiveConfig::from_node(&node, "t.yaml").unwrap_err().iter().map(|e| e.to_string()).collect();
+    assert_eq!(errs.len(), 2, "{errs:?}");
     // Bad syntax is caught when the config is read, with its position.
     let node = tracepipe_config::Node::parse("t.yaml", "where: \"service_name = = 'x'\"\nspeed: fast\n").unwrap();
     let errs = ArchiveConfig::from_node(&node, "t.yaml").unwrap_err();
