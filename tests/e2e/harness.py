@@ -3,10 +3,12 @@ loopback ports, waits until they are ready, reads their metrics and stops them b
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -26,10 +28,47 @@ def tracepipe_bin() -> str:
     return str(path)
 
 
+_HANDED_OUT: set = set()
+_PORT_LOCK = threading.Lock()
+
+
+def _ephemeral_range() -> tuple:
+    try:
+        lo, hi = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(lo), int(hi)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def _bindable(port: int) -> bool:
+    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+        with socket.socket(socket.AF_INET, kind) as s:
+            try:
+                s.bind(("0.0.0.0", port))
+            except OSError:
+                return False
+    return True
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP+UDP port that is free now and was never handed out before in this process.
+
+    Ports come from below the kernel's ephemeral range: a port the kernel gave us with `bind(0)`
+    and that we closed again can be handed to any outgoing connection (Envoy's connections to its
+    apps, the SDKs' exporters) before the peer we start binds it; CI once lost a mesh app that way
+    (`Address already in use`). Outgoing connections only take ephemeral ports, so these cannot be
+    taken from under us by them, and the process-wide set keeps two peers from getting one port."""
+    lo, hi = _ephemeral_range()
+    first, last = (10000, lo - 1) if lo > 12000 else (hi + 1, 65535)
+    rng = random.Random(os.getpid() ^ time.monotonic_ns())
+    with _PORT_LOCK:
+        for _ in range(2000):
+            port = rng.randint(first, last)
+            if port in _HANDED_OUT or not _bindable(port):
+                continue
+            _HANDED_OUT.add(port)
+            return port
+    raise RuntimeError(f"no free port found in {first}-{last}")
 
 
 def wait_port(port: int, timeout: float = 15.0, what: str = "") -> None:

@@ -140,6 +140,11 @@ class Mesh:
                 wait_port(self.inbound[svc], timeout=30, what=f"envoy {svc}")
                 if svc not in self.down:
                     wait_port(self.app_ports[svc], timeout=30, what=f"app {svc}")
+            # A peer that died at start (say, its port was taken) must fail the test here, not as a
+            # timeout later: a port answering is not proof that our process is the one listening.
+            dead = [" ".join(map(str, p.args[:3])) for p in self.procs if p.poll() is not None]
+            if dead:
+                raise RuntimeError(f"mesh peers exited at start: {dead}")
         except Exception:
             self.__exit__()
             raise
