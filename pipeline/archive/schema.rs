@@ -40,11 +40,12 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, BinaryArray, BinaryBuilder, BooleanArray, BooleanBuilder, FixedSizeBinaryArray, FixedSizeBinaryBuilder,
-    Float64Array, Float64Builder, Int64Array, Int64Builder, ListArray, MapArray, StringArray, StringBuilder,
-    StringDictionaryBuilder, StructArray, TimestampNanosecondArray, TimestampNanosecondBuilder, UInt32Array, UInt32Builder,
+    Array, ArrayRef, BinaryArray, BinaryBuilder, BooleanArray, BooleanBuilder, DictionaryArray, FixedSizeBinaryArray, FixedSizeBinaryBuilder,
+    Float64Array, Float64Builder, Int32Builder, Int64Array, Int64Builder, ListArray, MapArray, StringArray, StringBuilder,
+    StructArray, TimestampNanosecondArray, TimestampNanosecondBuilder, UInt32Array, UInt32Builder,
 };
 use datafusion::arrow::buffer::OffsetBuffer;
+use datafusion::arrow::compute::take;
 use datafusion::arrow::datatypes::{DataType, Field, Fields, Int32Type, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::record_batch::RecordBatch;
@@ -192,7 +193,6 @@ fn fixed<const N: usize>(b: &[u8]) -> [u8; N] {
 }
 
 /// Builds the `map<utf8, value>` columns.
-#[derive(Default)]
 struct AttrCols {
     offsets: Vec<i32>,
     key: StringBuilder,
@@ -206,48 +206,65 @@ struct AttrCols {
     len: i32,
 }
 
+/// How much the columns of one batch will hold, counted first so no builder has to grow.
+#[derive(Default)]
+struct Sizes {
+    rows: usize,
+    key_bytes: usize,
+    str_bytes: usize,
+}
+
+impl Sizes {
+    fn add(&mut self, kvs: &[KeyValue]) {
+        self.rows += kvs.len();
+        for kv in kvs {
+            self.key_bytes += kv.key.len();
+            if let Some(Value::StringValue(v)) = kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                self.str_bytes += v.len();
+            }
+        }
+    }
+}
+
 impl AttrCols {
-    fn new() -> Self {
-        AttrCols { offsets: vec![0], ..Default::default() }
+    fn new(maps: usize, n: &Sizes) -> Self {
+        let mut offsets = Vec::with_capacity(maps + 1);
+        offsets.push(0);
+        AttrCols {
+            offsets,
+            key: StringBuilder::with_capacity(n.rows, n.key_bytes),
+            ty: StringBuilder::with_capacity(n.rows, n.rows * 6),
+            s: StringBuilder::with_capacity(n.rows, n.str_bytes),
+            i: Int64Builder::with_capacity(n.rows),
+            d: Float64Builder::with_capacity(n.rows),
+            b: BooleanBuilder::with_capacity(n.rows),
+            bytes: BinaryBuilder::with_capacity(n.rows, 0),
+            json: StringBuilder::with_capacity(n.rows, 0),
+            len: 0,
+        }
     }
 
     fn push(&mut self, kvs: &[KeyValue]) {
         for kv in kvs {
             self.key.append_value(&kv.key);
             let v = kv.value.as_ref().and_then(|v| v.value.as_ref());
-            let ty = match v {
-                Some(Value::StringValue(_)) => "string",
-                Some(Value::IntValue(_)) => "int",
-                Some(Value::DoubleValue(_)) => "double",
-                Some(Value::BoolValue(_)) => "bool",
-                Some(Value::BytesValue(_)) => "bytes",
-                Some(Value::ArrayValue(_)) => "array",
-                Some(Value::KvlistValue(_)) => "map",
-                Some(Value::StringValueStrindex(_)) => "strindex",
-                None => "empty",
+            let (ty, s, i, d, b, bytes) = match v {
+                Some(Value::StringValue(x)) => ("string", Some(x.as_str()), None, None, None, None),
+                Some(Value::IntValue(x)) => ("int", None, Some(*x), None, None, None),
+                Some(Value::DoubleValue(x)) => ("double", None, None, Some(*x), None, None),
+                Some(Value::BoolValue(x)) => ("bool", None, None, None, Some(*x), None),
+                Some(Value::BytesValue(x)) => ("bytes", None, None, None, None, Some(x.as_slice())),
+                Some(Value::ArrayValue(_)) => ("array", None, None, None, None, None),
+                Some(Value::KvlistValue(_)) => ("map", None, None, None, None, None),
+                Some(Value::StringValueStrindex(x)) => ("strindex", None, Some(i64::from(*x)), None, None, None),
+                None => ("empty", None, None, None, None, None),
             };
             self.ty.append_value(ty);
-            match v {
-                Some(Value::StringValue(x)) => self.s.append_value(x),
-                _ => self.s.append_null(),
-            }
-            match v {
-                Some(Value::IntValue(x)) => self.i.append_value(*x),
-                Some(Value::StringValueStrindex(x)) => self.i.append_value(i64::from(*x)),
-                _ => self.i.append_null(),
-            }
-            match v {
-                Some(Value::DoubleValue(x)) => self.d.append_value(*x),
-                _ => self.d.append_null(),
-            }
-            match v {
-                Some(Value::BoolValue(x)) => self.b.append_value(*x),
-                _ => self.b.append_null(),
-            }
-            match v {
-                Some(Value::BytesValue(x)) => self.bytes.append_value(x),
-                _ => self.bytes.append_null(),
-            }
+            self.s.append_option(s);
+            self.i.append_option(i);
+            self.d.append_option(d);
+            self.b.append_option(b);
+            self.bytes.append_option(bytes);
             match v {
                 Some(Value::ArrayValue(_) | Value::KvlistValue(_)) => {
                     self.json.append_value(serde_json::to_string(kv.value.as_ref().expect("matched")).unwrap_or_default())
@@ -278,49 +295,96 @@ impl AttrCols {
     }
 }
 
-fn ts_builder() -> TimestampNanosecondBuilder {
-    TimestampNanosecondBuilder::new().with_timezone("UTC")
+fn ts_builder(n: usize) -> TimestampNanosecondBuilder {
+    TimestampNanosecondBuilder::with_capacity(n).with_timezone("UTC")
 }
 
 fn nanos(t: u64) -> i64 {
     t.min(i64::MAX as u64) as i64
 }
 
+/// The resource and scope columns, one row per `ScopeSpans` (they are the same for all its
+/// spans); `take` repeats them per span, which costs a copy rather than a conversion per span.
+struct ContextCols {
+    service: StringBuilder,
+    res_attrs: AttrCols,
+    res_dropped: UInt32Builder,
+    res_schema: StringBuilder,
+    res_entities: StringBuilder,
+    scope_name: StringBuilder,
+    scope_version: StringBuilder,
+    scope_attrs: AttrCols,
+    scope_dropped: UInt32Builder,
+    scope_schema: StringBuilder,
+}
+
 /// Converts spans to one record batch in the archive schema.
 pub fn to_record_batch(rs: &[ResourceSpans]) -> Result<RecordBatch, ArrowError> {
-    let mut trace_id = FixedSizeBinaryBuilder::new(16);
-    let mut span_id = FixedSizeBinaryBuilder::new(8);
-    let mut parent = FixedSizeBinaryBuilder::new(8);
-    let mut trace_state = StringBuilder::new();
-    let mut flags = UInt32Builder::new();
-    let mut name = StringBuilder::new();
-    let mut kind = StringBuilder::new();
-    let mut start = ts_builder();
-    let mut end = ts_builder();
-    let mut duration = Int64Builder::new();
-    let mut status_code = StringBuilder::new();
-    let mut status_message = StringBuilder::new();
-    let mut service = StringDictionaryBuilder::<Int32Type>::new();
-    let mut attrs = AttrCols::new();
-    let mut dropped_attrs = UInt32Builder::new();
-    let (mut ev_offsets, mut ev_time, mut ev_name, mut ev_attrs, mut ev_dropped) = (vec![0i32], ts_builder(), StringBuilder::new(), AttrCols::new(), UInt32Builder::new());
-    let mut dropped_events = UInt32Builder::new();
-    let mut lk_offsets = vec![0i32];
-    let (mut lk_trace, mut lk_span, mut lk_state, mut lk_attrs, mut lk_dropped, mut lk_flags) =
-        (FixedSizeBinaryBuilder::new(16), FixedSizeBinaryBuilder::new(8), StringBuilder::new(), AttrCols::new(), UInt32Builder::new(), UInt32Builder::new());
-    let mut dropped_links = UInt32Builder::new();
-    let mut res_attrs = AttrCols::new();
-    let mut res_dropped = UInt32Builder::new();
-    let mut res_schema = StringBuilder::new();
-    let mut res_entities = StringBuilder::new();
-    let mut scope_name = StringBuilder::new();
-    let mut scope_version = StringBuilder::new();
-    let mut scope_attrs = AttrCols::new();
-    let mut scope_dropped = UInt32Builder::new();
-    let mut scope_schema = StringBuilder::new();
-    let (mut n_events, mut n_links) = (0i32, 0i32);
     let empty_resource = Resource::default();
     let empty_scope = InstrumentationScope::default();
+    let (mut n, mut names, mut attr_n, mut ev_n, mut lk_n, mut res_n, mut scope_n) = (0usize, 0usize, Sizes::default(), Sizes::default(), Sizes::default(), Sizes::default(), Sizes::default());
+    let (mut n_ev, mut n_lk, mut n_ctx) = (0usize, 0usize, 0usize);
+    for r in rs {
+        for ss in r.scope_spans.iter().filter(|ss| !ss.spans.is_empty()) {
+            n_ctx += 1;
+            res_n.add(&r.resource.as_ref().unwrap_or(&empty_resource).attributes);
+            scope_n.add(&ss.scope.as_ref().unwrap_or(&empty_scope).attributes);
+            for s in &ss.spans {
+                n += 1;
+                names += s.name.len();
+                attr_n.add(&s.attributes);
+                n_ev += s.events.len();
+                n_lk += s.links.len();
+                s.events.iter().for_each(|e| ev_n.add(&e.attributes));
+                s.links.iter().for_each(|l| lk_n.add(&l.attributes));
+            }
+        }
+    }
+
+    let mut trace_id = FixedSizeBinaryBuilder::with_capacity(n, 16);
+    let mut span_id = FixedSizeBinaryBuilder::with_capacity(n, 8);
+    let mut parent = FixedSizeBinaryBuilder::with_capacity(n, 8);
+    let mut trace_state = StringBuilder::with_capacity(n, 0);
+    let mut flags = UInt32Builder::with_capacity(n);
+    let mut name = StringBuilder::with_capacity(n, names);
+    let mut kind = StringBuilder::with_capacity(n, n * 6);
+    let mut start = ts_builder(n);
+    let mut end = ts_builder(n);
+    let mut duration = Int64Builder::with_capacity(n);
+    let mut status_code = StringBuilder::with_capacity(n, n * 5);
+    let mut status_message = StringBuilder::with_capacity(n, 0);
+    let mut service_key = Int32Builder::with_capacity(n);
+    let mut attrs = AttrCols::new(n, &attr_n);
+    let mut dropped_attrs = UInt32Builder::with_capacity(n);
+    let (mut ev_offsets, mut ev_time, mut ev_name, mut ev_attrs, mut ev_dropped) =
+        (Vec::with_capacity(n + 1), ts_builder(n_ev), StringBuilder::with_capacity(n_ev, 0), AttrCols::new(n_ev, &ev_n), UInt32Builder::with_capacity(n_ev));
+    ev_offsets.push(0i32);
+    let mut dropped_events = UInt32Builder::with_capacity(n);
+    let mut lk_offsets = Vec::with_capacity(n + 1);
+    lk_offsets.push(0i32);
+    let (mut lk_trace, mut lk_span, mut lk_state, mut lk_attrs, mut lk_dropped, mut lk_flags) = (
+        FixedSizeBinaryBuilder::with_capacity(n_lk, 16),
+        FixedSizeBinaryBuilder::with_capacity(n_lk, 8),
+        StringBuilder::with_capacity(n_lk, 0),
+        AttrCols::new(n_lk, &lk_n),
+        UInt32Builder::with_capacity(n_lk),
+        UInt32Builder::with_capacity(n_lk),
+    );
+    let mut dropped_links = UInt32Builder::with_capacity(n);
+    let mut ctx = ContextCols {
+        service: StringBuilder::with_capacity(n_ctx, 0),
+        res_attrs: AttrCols::new(n_ctx, &res_n),
+        res_dropped: UInt32Builder::with_capacity(n_ctx),
+        res_schema: StringBuilder::with_capacity(n_ctx, 0),
+        res_entities: StringBuilder::with_capacity(n_ctx, 0),
+        scope_name: StringBuilder::with_capacity(n_ctx, 0),
+        scope_version: StringBuilder::with_capacity(n_ctx, 0),
+        scope_attrs: AttrCols::new(n_ctx, &scope_n),
+        scope_dropped: UInt32Builder::with_capacity(n_ctx),
+        scope_schema: StringBuilder::with_capacity(n_ctx, 0),
+    };
+    let mut ctx_row = UInt32Builder::with_capacity(n);
+    let (mut n_events, mut n_links, mut row_of_ctx) = (0i32, 0i32, 0u32);
 
     for r in rs {
         let res = r.resource.as_ref().unwrap_or(&empty_resource);
@@ -328,9 +392,22 @@ pub fn to_record_batch(rs: &[ResourceSpans]) -> Result<RecordBatch, ArrowError> 
             Some(Value::StringValue(s)) => Some(s.as_str()),
             _ => None,
         });
-        for ss in &r.scope_spans {
+        let entities = (!res.entity_refs.is_empty()).then(|| serde_json::to_string(&res.entity_refs).unwrap_or_default());
+        for ss in r.scope_spans.iter().filter(|ss| !ss.spans.is_empty()) {
             let scope = ss.scope.as_ref().unwrap_or(&empty_scope);
+            ctx.service.append_option(svc);
+            ctx.res_attrs.push(&res.attributes);
+            ctx.res_dropped.append_value(res.dropped_attributes_count);
+            ctx.res_schema.append_value(&r.schema_url);
+            ctx.res_entities.append_option(entities.as_deref());
+            ctx.scope_name.append_value(&scope.name);
+            ctx.scope_version.append_value(&scope.version);
+            ctx.scope_attrs.push(&scope.attributes);
+            ctx.scope_dropped.append_value(scope.dropped_attributes_count);
+            ctx.scope_schema.append_value(&ss.schema_url);
             for s in &ss.spans {
+                ctx_row.append_value(row_of_ctx);
+                service_key.append_option(svc.map(|_| row_of_ctx as i32));
                 trace_id.append_value(fixed::<16>(&s.trace_id))?;
                 span_id.append_value(fixed::<8>(&s.span_id))?;
                 if s.parent_span_id.is_empty() {
@@ -345,13 +422,9 @@ pub fn to_record_batch(rs: &[ResourceSpans]) -> Result<RecordBatch, ArrowError> 
                 start.append_value(nanos(s.start_time_unix_nano));
                 end.append_value(nanos(s.end_time_unix_nano));
                 duration.append_value(nanos(s.end_time_unix_nano).saturating_sub(nanos(s.start_time_unix_nano)));
-                let st = s.status.clone().unwrap_or_default();
-                status_code.append_value(status_name(st.code));
-                status_message.append_value(&st.message);
-                match svc {
-                    Some(v) => service.append_value(v),
-                    None => service.append_null(),
-                }
+                let (code, message) = s.status.as_ref().map_or((0, ""), |st| (st.code, st.message.as_str()));
+                status_code.append_value(status_name(code));
+                status_message.append_value(message);
                 attrs.push(&s.attributes);
                 dropped_attrs.append_value(s.dropped_attributes_count);
                 for e in &s.events {
@@ -374,20 +447,8 @@ pub fn to_record_batch(rs: &[ResourceSpans]) -> Result<RecordBatch, ArrowError> 
                 }
                 lk_offsets.push(n_links);
                 dropped_links.append_value(s.dropped_links_count);
-                res_attrs.push(&res.attributes);
-                res_dropped.append_value(res.dropped_attributes_count);
-                res_schema.append_value(&r.schema_url);
-                if res.entity_refs.is_empty() {
-                    res_entities.append_null();
-                } else {
-                    res_entities.append_value(serde_json::to_string(&res.entity_refs).unwrap_or_default());
-                }
-                scope_name.append_value(&scope.name);
-                scope_version.append_value(&scope.version);
-                scope_attrs.push(&scope.attributes);
-                scope_dropped.append_value(scope.dropped_attributes_count);
-                scope_schema.append_value(&ss.schema_url);
             }
+            row_of_ctx += 1;
         }
     }
     let events = StructArray::new(
@@ -400,6 +461,10 @@ pub fn to_record_batch(rs: &[ResourceSpans]) -> Result<RecordBatch, ArrowError> 
         vec![Arc::new(lk_trace.finish()), Arc::new(lk_span.finish()), Arc::new(lk_state.finish()), lk_attrs.finish(), Arc::new(lk_dropped.finish()), Arc::new(lk_flags.finish())],
         None,
     );
+    let ctx_row = ctx_row.finish();
+    let per_span = |a: ArrayRef| take(a.as_ref(), &ctx_row, None);
+    // The dictionary's values are the per-ScopeSpans names (repeats allowed); keys point at them.
+    let service = DictionaryArray::<Int32Type>::try_new(service_key.finish(), Arc::new(ctx.service.finish()))?;
     let columns: Vec<ArrayRef> = vec![
         Arc::new(trace_id.finish()),
         Arc::new(span_id.finish()),
@@ -413,22 +478,22 @@ pub fn to_record_batch(rs: &[ResourceSpans]) -> Result<RecordBatch, ArrowError> 
         Arc::new(duration.finish()),
         Arc::new(status_code.finish()),
         Arc::new(status_message.finish()),
-        Arc::new(service.finish()),
+        Arc::new(service),
         attrs.finish(),
         Arc::new(dropped_attrs.finish()),
         Arc::new(ListArray::new(list_item(event_fields()), OffsetBuffer::new(ev_offsets.into()), Arc::new(events), None)),
         Arc::new(dropped_events.finish()),
         Arc::new(ListArray::new(list_item(link_fields()), OffsetBuffer::new(lk_offsets.into()), Arc::new(links), None)),
         Arc::new(dropped_links.finish()),
-        res_attrs.finish(),
-        Arc::new(res_dropped.finish()),
-        Arc::new(res_schema.finish()),
-        Arc::new(res_entities.finish()),
-        Arc::new(scope_name.finish()),
-        Arc::new(scope_version.finish()),
-        scope_attrs.finish(),
-        Arc::new(scope_dropped.finish()),
-        Arc::new(scope_schema.finish()),
+        per_span(ctx.res_attrs.finish())?,
+        per_span(Arc::new(ctx.res_dropped.finish()))?,
+        per_span(Arc::new(ctx.res_schema.finish()))?,
+        per_span(Arc::new(ctx.res_entities.finish()))?,
+        per_span(Arc::new(ctx.scope_name.finish()))?,
+        per_span(Arc::new(ctx.scope_version.finish()))?,
+        per_span(ctx.scope_attrs.finish())?,
+        per_span(Arc::new(ctx.scope_dropped.finish()))?,
+        per_span(Arc::new(ctx.scope_schema.finish()))?,
     ];
     RecordBatch::try_new(schema(), columns)
 }

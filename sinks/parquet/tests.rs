@@ -79,6 +79,12 @@ fn every_otlp_field_survives_the_round_trip() {
     let b = schema::to_record_batch(&spans).unwrap();
     assert_eq!(b.schema(), schema::schema());
     assert_eq!(schema::from_record_batch(&b).unwrap(), spans);
+    // service_name is derived (not read back by from_record_batch): check it on its own.
+    let svc = datafusion::arrow::compute::cast(b.column_by_name("service_name").unwrap(), &datafusion::arrow::datatypes::DataType::Utf8).unwrap();
+    let svc = svc.as_any().downcast_ref::<datafusion::arrow::array::StringArray>().unwrap();
+    let mut want: Vec<Option<&str>> = vec![Some("reviews"); 50];
+    want.push(None);
+    assert_eq!(svc.iter().collect::<Vec<_>>(), want);
 }
 
 #[test]
@@ -152,4 +158,25 @@ fn config_errors_point_at_fields() {
     let err: Vec<String> = ParquetSinkConfig::from_node(&doc, "t.yaml").unwrap_err().iter().map(|e| e.to_string()).collect();
     assert_eq!(err.len(), 3, "{err:?}");
     assert!(err.iter().any(|e| e.contains("t.yaml:2:") && e.contains("max_rows")), "{err:?}");
+}
+
+#[test]
+fn unique_columns_skip_the_dictionary_and_nested_ones_the_statistics() {
+    use datafusion::parquet::file::reader::{FileReader, SerializedFileReader};
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = ArchiveWriter::new(ParquetSinkConfig { path: dir.path().to_path_buf(), ..Default::default() });
+    w.write(&rich(50, T0), Instant::now()).unwrap();
+    let closed = w.close_all().unwrap();
+    let reader = SerializedFileReader::new(File::open(&closed[0].path).unwrap()).unwrap();
+    let rg = reader.metadata().row_group(0);
+    let chunk = |p: &str| rg.columns().iter().find(|c| c.column_path().string() == p).unwrap_or_else(|| panic!("no column {p}"));
+    for unique in ["trace_id", "span_id", "start_time", "duration_ns"] {
+        assert!(chunk(unique).dictionary_page_offset().is_none(), "{unique} has a dictionary");
+    }
+    assert!(chunk("name").dictionary_page_offset().is_some(), "name keeps its dictionary");
+    assert!(chunk("attributes.entries.key").dictionary_page_offset().is_some(), "attribute keys keep their dictionary");
+    assert!(chunk("attributes.entries.key").statistics().is_none(), "nested columns have no statistics");
+    assert!(chunk("attributes.entries.value.str").statistics().is_none());
+    assert!(chunk("start_time").statistics().is_some(), "top-level columns keep statistics");
+    assert!(chunk("service_name").statistics().is_some());
 }

@@ -8,7 +8,8 @@ use std::time::Instant;
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::basic::{Compression as Codec, ZstdLevel};
 use datafusion::parquet::file::metadata::KeyValue;
-use datafusion::parquet::file::properties::WriterProperties;
+use datafusion::parquet::arrow::ArrowSchemaConverter;
+use datafusion::parquet::file::properties::{EnabledStatistics, WriterProperties, WriterPropertiesBuilder};
 use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
 use tracepipe_pipeline::batch::push_span;
 use tracepipe_pipeline::archive::layout::{self, Partition};
@@ -69,11 +70,13 @@ impl ArchiveWriter {
             Compression::Snappy => Codec::SNAPPY,
             Compression::None => Codec::UNCOMPRESSED,
         };
-        let props = WriterProperties::builder()
-            .set_compression(codec)
-            .set_max_row_group_row_count(Some(cfg.row_group_rows))
-            .set_key_value_metadata(Some(vec![KeyValue::new("tracepipe.schema_version".into(), schema::SCHEMA_VERSION.to_owned())]))
-            .build();
+        let props = column_settings(
+            WriterProperties::builder()
+                .set_compression(codec)
+                .set_max_row_group_row_count(Some(cfg.row_group_rows))
+                .set_key_value_metadata(Some(vec![KeyValue::new("tracepipe.schema_version".into(), schema::SCHEMA_VERSION.to_owned())])),
+        )
+        .build();
         ArchiveWriter { cfg, props, open: BTreeMap::new() }
     }
 
@@ -132,6 +135,32 @@ impl ArchiveWriter {
         std::fs::rename(&f.tmp, &f.fin).map_err(io(&f.fin))?;
         Ok(Closed { path: f.fin, rows: f.rows })
     }
+}
+
+/// Columns whose every value is (nearly) unique: a dictionary would only cost hashing until the
+/// writer gives up on it at 1 MiB.
+const UNIQUE: &[&str] = &["trace_id", "span_id", "parent_span_id", "start_time", "end_time", "duration_ns"];
+
+/// Columns nested in maps or lists: their min/max mix every key's (or event's) values, so they
+/// prune nothing and are not worth a comparison per value.
+const NESTED: &[&str] = &["attributes", "events", "links", "resource_attributes", "scope_attributes"];
+
+/// Per-column settings: no dictionary for unique ids and times, no statistics inside maps and
+/// lists. Top-level columns keep page statistics (the page index prunes time and service ranges).
+fn column_settings(mut b: WriterPropertiesBuilder) -> WriterPropertiesBuilder {
+    let parquet = ArrowSchemaConverter::new().convert(&schema::schema()).expect("the archive schema converts to Parquet");
+    for c in parquet.columns() {
+        let path = c.path().clone();
+        let parts = path.parts();
+        let (top, leaf) = (parts[0].as_str(), parts[parts.len() - 1].as_str());
+        if UNIQUE.contains(&top) || (top == "links" && (leaf == "trace_id" || leaf == "span_id")) || (top == "events" && leaf == "time") {
+            b = b.set_column_dictionary_enabled(path.clone(), false);
+        }
+        if NESTED.contains(&top) {
+            b = b.set_column_statistics_enabled(path, EnabledStatistics::None);
+        }
+    }
+    b
 }
 
 /// Spans grouped by partition directory; `None` as the group means "all of `rs`" (the common
