@@ -82,26 +82,26 @@ pub struct ScanReport {
     pub invalid: Vec<(usize, SpanProblem)>,
 }
 
-const VARINT: u8 = 0;
-const I64: u8 = 1;
-const LEN: u8 = 2;
-const I32: u8 = 5;
+pub(crate) const VARINT: u8 = 0;
+pub(crate) const I64: u8 = 1;
+pub(crate) const LEN: u8 = 2;
+pub(crate) const I32: u8 = 5;
 
-struct Reader<'a> {
+pub(crate) struct Reader<'a> {
     buf: &'a [u8],
     pos: usize,
     base: usize,
 }
 
 impl<'a> Reader<'a> {
-    fn new(buf: &'a [u8], base: usize) -> Self {
+    pub(crate) fn new(buf: &'a [u8], base: usize) -> Self {
         Reader { buf, pos: 0, base }
     }
-    fn done(&self) -> bool {
+    pub(crate) fn done(&self) -> bool {
         self.pos >= self.buf.len()
     }
     #[inline(always)]
-    fn varint(&mut self) -> Result<u64, WireError> {
+    pub(crate) fn varint(&mut self) -> Result<u64, WireError> {
         // Fast path: most tags and lengths are one byte.
         if let Some(&b) = self.buf.get(self.pos)
             && b < 0x80
@@ -128,7 +128,7 @@ impl<'a> Reader<'a> {
     }
     /// Reads a tag: (field number, wire type).
     #[inline(always)]
-    fn tag(&mut self) -> Result<(u64, u8), WireError> {
+    pub(crate) fn tag(&mut self) -> Result<(u64, u8), WireError> {
         let at = self.base + self.pos;
         let t = self.varint()?;
         let field = t >> 3;
@@ -139,7 +139,7 @@ impl<'a> Reader<'a> {
         Ok((field, (t & 7) as u8))
     }
     #[inline(always)]
-    fn take(&mut self, n: usize) -> Result<&'a [u8], WireError> {
+    pub(crate) fn take(&mut self, n: usize) -> Result<&'a [u8], WireError> {
         let end = self.pos.checked_add(n).filter(|e| *e <= self.buf.len()).ok_or(WireError::Truncated(self.base + self.buf.len()))?;
         let s = &self.buf[self.pos..end];
         self.pos = end;
@@ -147,13 +147,13 @@ impl<'a> Reader<'a> {
     }
     /// Reads the payload of a LEN field; returns it and its absolute offset.
     #[inline(always)]
-    fn len_delimited(&mut self) -> Result<(&'a [u8], usize), WireError> {
+    pub(crate) fn len_delimited(&mut self) -> Result<(&'a [u8], usize), WireError> {
         let n = self.varint()?;
         let n = usize::try_from(n).map_err(|_| WireError::Truncated(self.base + self.pos))?;
         let at = self.base + self.pos;
         Ok((self.take(n)?, at))
     }
-    fn skip(&mut self, wire_type: u8, message: &'static str, field: u64) -> Result<(), WireError> {
+    pub(crate) fn skip(&mut self, wire_type: u8, message: &'static str, field: u64) -> Result<(), WireError> {
         match wire_type {
             VARINT => self.varint().map(|_| ()),
             I64 => self.take(8).map(|_| ()),

@@ -13,6 +13,7 @@
 //! is built.
 
 pub mod layout;
+pub mod encoded;
 pub mod schema;
 
 use std::path::Path;

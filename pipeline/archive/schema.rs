@@ -40,8 +40,8 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, BinaryArray, BinaryBuilder, BooleanArray, BooleanBuilder, DictionaryArray, FixedSizeBinaryArray, FixedSizeBinaryBuilder,
-    Float64Array, Float64Builder, Int32Builder, Int64Array, Int64Builder, ListArray, MapArray, StringArray, StringBuilder,
+    Array, ArrayBuilder, ArrayRef, BinaryArray, BinaryBuilder, BooleanArray, BooleanBuilder, DictionaryArray, FixedSizeBinaryArray, FixedSizeBinaryBuilder,
+    Float64Array, Float64Builder, Int32Array, Int64Array, Int64Builder, ListArray, MapArray, StringArray, StringBuilder,
     StructArray, TimestampNanosecondArray, TimestampNanosecondBuilder, UInt32Array, UInt32Builder,
 };
 use datafusion::arrow::buffer::OffsetBuffer;
@@ -193,7 +193,7 @@ fn fixed<const N: usize>(b: &[u8]) -> [u8; N] {
 }
 
 /// Builds the `map<utf8, value>` columns.
-struct AttrCols {
+pub(crate) struct AttrCols {
     offsets: Vec<i32>,
     key: StringBuilder,
     ty: StringBuilder,
@@ -206,12 +206,24 @@ struct AttrCols {
     len: i32,
 }
 
+/// An attribute value that is not an array or map, borrowed.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Scalar<'a> {
+    Str(&'a str),
+    Int(i64),
+    Double(f64),
+    Bool(bool),
+    Bytes(&'a [u8]),
+    Strindex(i32),
+    Empty,
+}
+
 /// How much the columns of one batch will hold, counted first so no builder has to grow.
 #[derive(Default)]
-struct Sizes {
-    rows: usize,
-    key_bytes: usize,
-    str_bytes: usize,
+pub(crate) struct Sizes {
+    pub(crate) rows: usize,
+    pub(crate) key_bytes: usize,
+    pub(crate) str_bytes: usize,
 }
 
 impl Sizes {
@@ -244,36 +256,63 @@ impl AttrCols {
         }
     }
 
-    fn push(&mut self, kvs: &[KeyValue]) {
-        for kv in kvs {
-            self.key.append_value(&kv.key);
-            let v = kv.value.as_ref().and_then(|v| v.value.as_ref());
-            let (ty, s, i, d, b, bytes) = match v {
-                Some(Value::StringValue(x)) => ("string", Some(x.as_str()), None, None, None, None),
-                Some(Value::IntValue(x)) => ("int", None, Some(*x), None, None, None),
-                Some(Value::DoubleValue(x)) => ("double", None, None, Some(*x), None, None),
-                Some(Value::BoolValue(x)) => ("bool", None, None, None, Some(*x), None),
-                Some(Value::BytesValue(x)) => ("bytes", None, None, None, None, Some(x.as_slice())),
-                Some(Value::ArrayValue(_)) => ("array", None, None, None, None, None),
-                Some(Value::KvlistValue(_)) => ("map", None, None, None, None, None),
-                Some(Value::StringValueStrindex(x)) => ("strindex", None, Some(i64::from(*x)), None, None, None),
-                None => ("empty", None, None, None, None, None),
-            };
-            self.ty.append_value(ty);
-            self.s.append_option(s);
-            self.i.append_option(i);
-            self.d.append_option(d);
-            self.b.append_option(b);
-            self.bytes.append_option(bytes);
-            match v {
-                Some(Value::ArrayValue(_) | Value::KvlistValue(_)) => {
-                    self.json.append_value(serde_json::to_string(kv.value.as_ref().expect("matched")).unwrap_or_default())
-                }
-                _ => self.json.append_null(),
-            }
-            self.len += 1;
-        }
+    pub(crate) fn push(&mut self, kvs: &[KeyValue]) {
+        kvs.iter().for_each(|kv| self.push_entry(kv));
+        self.end_row();
+    }
+
+    /// Ends one map row (a span's, event's, link's, resource's or scope's attributes).
+    pub(crate) fn end_row(&mut self) {
         self.offsets.push(self.len);
+    }
+
+    /// Adds one entry to the current row.
+    pub(crate) fn push_entry(&mut self, kv: &KeyValue) {
+        let v = match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+            Some(Value::StringValue(x)) => Scalar::Str(x),
+            Some(Value::IntValue(x)) => Scalar::Int(*x),
+            Some(Value::DoubleValue(x)) => Scalar::Double(*x),
+            Some(Value::BoolValue(x)) => Scalar::Bool(*x),
+            Some(Value::BytesValue(x)) => Scalar::Bytes(x),
+            Some(Value::StringValueStrindex(x)) => Scalar::Strindex(*x),
+            Some(v @ (Value::ArrayValue(_) | Value::KvlistValue(_))) => {
+                let ty = if matches!(v, Value::ArrayValue(_)) { "array" } else { "map" };
+                self.push_parts(&kv.key, ty, None, None, None, None, None);
+                self.json.append_value(serde_json::to_string(kv.value.as_ref().expect("matched")).unwrap_or_default());
+                return;
+            }
+            None => Scalar::Empty,
+        };
+        self.push_scalar(&kv.key, v);
+    }
+
+    /// Adds one entry whose value is not an array or map.
+    #[inline]
+    pub(crate) fn push_scalar(&mut self, key: &str, v: Scalar<'_>) {
+        match v {
+            Scalar::Str(x) => self.push_parts(key, "string", Some(x), None, None, None, None),
+            Scalar::Int(x) => self.push_parts(key, "int", None, Some(x), None, None, None),
+            Scalar::Double(x) => self.push_parts(key, "double", None, None, Some(x), None, None),
+            Scalar::Bool(x) => self.push_parts(key, "bool", None, None, None, Some(x), None),
+            Scalar::Bytes(x) => self.push_parts(key, "bytes", None, None, None, None, Some(x)),
+            Scalar::Strindex(x) => self.push_parts(key, "strindex", None, Some(i64::from(x)), None, None, None),
+            Scalar::Empty => self.push_parts(key, "empty", None, None, None, None, None),
+        }
+        self.json.append_null();
+    }
+
+    /// Every column but `json`.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    fn push_parts(&mut self, key: &str, ty: &str, s: Option<&str>, i: Option<i64>, d: Option<f64>, b: Option<bool>, bytes: Option<&[u8]>) {
+        self.key.append_value(key);
+        self.ty.append_value(ty);
+        self.s.append_option(s);
+        self.i.append_option(i);
+        self.d.append_option(d);
+        self.b.append_option(b);
+        self.bytes.append_option(bytes);
+        self.len += 1;
     }
 
     fn finish(mut self) -> ArrayRef {
@@ -307,6 +346,7 @@ fn nanos(t: u64) -> i64 {
 /// spans); `take` repeats them per span, which costs a copy rather than a conversion per span.
 struct ContextCols {
     service: StringBuilder,
+    has_service: Vec<bool>,
     res_attrs: AttrCols,
     res_dropped: UInt32Builder,
     res_schema: StringBuilder,
@@ -318,184 +358,339 @@ struct ContextCols {
     scope_schema: StringBuilder,
 }
 
-/// Converts spans to one record batch in the archive schema.
-pub fn to_record_batch(rs: &[ResourceSpans]) -> Result<RecordBatch, ArrowError> {
-    let empty_resource = Resource::default();
-    let empty_scope = InstrumentationScope::default();
-    let (mut n, mut names, mut attr_n, mut ev_n, mut lk_n, mut res_n, mut scope_n) = (0usize, 0usize, Sizes::default(), Sizes::default(), Sizes::default(), Sizes::default(), Sizes::default());
-    let (mut n_ev, mut n_lk, mut n_ctx) = (0usize, 0usize, 0usize);
-    for r in rs {
-        for ss in r.scope_spans.iter().filter(|ss| !ss.spans.is_empty()) {
-            n_ctx += 1;
-            res_n.add(&r.resource.as_ref().unwrap_or(&empty_resource).attributes);
-            scope_n.add(&ss.scope.as_ref().unwrap_or(&empty_scope).attributes);
-            for s in &ss.spans {
-                n += 1;
-                names += s.name.len();
-                attr_n.add(&s.attributes);
-                n_ev += s.events.len();
-                n_lk += s.links.len();
-                s.events.iter().for_each(|e| ev_n.add(&e.attributes));
-                s.links.iter().for_each(|l| lk_n.add(&l.attributes));
-            }
+/// Capacities for [`Columns`]; estimates are fine (builders grow), exact ones avoid regrowth.
+#[derive(Default)]
+pub(crate) struct Capacity {
+    pub(crate) spans: usize,
+    pub(crate) names: usize,
+    pub(crate) contexts: usize,
+    pub(crate) events: usize,
+    pub(crate) links: usize,
+    pub(crate) attrs: Sizes,
+    pub(crate) ev_attrs: Sizes,
+    pub(crate) lk_attrs: Sizes,
+    pub(crate) res_attrs: Sizes,
+    pub(crate) scope_attrs: Sizes,
+}
+
+/// Builds one archive record batch row by row: spans ([`Columns::push_span`]) and the resource and
+/// scope they belong to ([`Columns::push_context`], once per `ScopeSpans`, in any order relative to
+/// its spans). Used from decoded spans here and straight from protobuf in [`super::wire`].
+pub(crate) struct Columns {
+    trace_id: FixedSizeBinaryBuilder,
+    span_id: FixedSizeBinaryBuilder,
+    parent: FixedSizeBinaryBuilder,
+    trace_state: StringBuilder,
+    flags: UInt32Builder,
+    name: StringBuilder,
+    kind: StringBuilder,
+    start: TimestampNanosecondBuilder,
+    end: TimestampNanosecondBuilder,
+    duration: Int64Builder,
+    status_code: StringBuilder,
+    status_message: StringBuilder,
+    pub(crate) attrs: AttrCols,
+    dropped_attrs: UInt32Builder,
+    ev_offsets: Vec<i32>,
+    ev_time: TimestampNanosecondBuilder,
+    ev_name: StringBuilder,
+    ev_attrs: AttrCols,
+    ev_dropped: UInt32Builder,
+    dropped_events: UInt32Builder,
+    lk_offsets: Vec<i32>,
+    lk_trace: FixedSizeBinaryBuilder,
+    lk_span: FixedSizeBinaryBuilder,
+    lk_state: StringBuilder,
+    lk_attrs: AttrCols,
+    lk_dropped: UInt32Builder,
+    lk_flags: UInt32Builder,
+    dropped_links: UInt32Builder,
+    ctx: ContextCols,
+    ctx_row: UInt32Builder,
+}
+
+/// Span fields that are plain values, as [`Columns::push_span_fields`] takes them.
+pub(crate) struct SpanFields<'a> {
+    pub trace_id: &'a [u8],
+    pub span_id: &'a [u8],
+    pub trace_state: &'a str,
+    pub parent_span_id: &'a [u8],
+    pub flags: u32,
+    pub name: &'a str,
+    pub kind: i32,
+    pub start: u64,
+    pub end: u64,
+    pub dropped_attributes_count: u32,
+    pub dropped_events_count: u32,
+    pub dropped_links_count: u32,
+    pub status_code: i32,
+    pub status_message: &'a str,
+}
+
+impl Columns {
+    pub(crate) fn new(c: &Capacity) -> Self {
+        let n = c.spans;
+        let mut ev_offsets = Vec::with_capacity(n + 1);
+        ev_offsets.push(0);
+        let mut lk_offsets = Vec::with_capacity(n + 1);
+        lk_offsets.push(0);
+        Columns {
+            trace_id: FixedSizeBinaryBuilder::with_capacity(n, 16),
+            span_id: FixedSizeBinaryBuilder::with_capacity(n, 8),
+            parent: FixedSizeBinaryBuilder::with_capacity(n, 8),
+            trace_state: StringBuilder::with_capacity(n, 0),
+            flags: UInt32Builder::with_capacity(n),
+            name: StringBuilder::with_capacity(n, c.names),
+            kind: StringBuilder::with_capacity(n, n * 6),
+            start: ts_builder(n),
+            end: ts_builder(n),
+            duration: Int64Builder::with_capacity(n),
+            status_code: StringBuilder::with_capacity(n, n * 5),
+            status_message: StringBuilder::with_capacity(n, 0),
+            attrs: AttrCols::new(n, &c.attrs),
+            dropped_attrs: UInt32Builder::with_capacity(n),
+            ev_offsets,
+            ev_time: ts_builder(c.events),
+            ev_name: StringBuilder::with_capacity(c.events, 0),
+            ev_attrs: AttrCols::new(c.events, &c.ev_attrs),
+            ev_dropped: UInt32Builder::with_capacity(c.events),
+            dropped_events: UInt32Builder::with_capacity(n),
+            lk_offsets,
+            lk_trace: FixedSizeBinaryBuilder::with_capacity(c.links, 16),
+            lk_span: FixedSizeBinaryBuilder::with_capacity(c.links, 8),
+            lk_state: StringBuilder::with_capacity(c.links, 0),
+            lk_attrs: AttrCols::new(c.links, &c.lk_attrs),
+            lk_dropped: UInt32Builder::with_capacity(c.links),
+            lk_flags: UInt32Builder::with_capacity(c.links),
+            dropped_links: UInt32Builder::with_capacity(n),
+            ctx: ContextCols {
+                service: StringBuilder::with_capacity(c.contexts, 0),
+                has_service: Vec::with_capacity(c.contexts),
+                res_attrs: AttrCols::new(c.contexts, &c.res_attrs),
+                res_dropped: UInt32Builder::with_capacity(c.contexts),
+                res_schema: StringBuilder::with_capacity(c.contexts, 0),
+                res_entities: StringBuilder::with_capacity(c.contexts, 0),
+                scope_name: StringBuilder::with_capacity(c.contexts, 0),
+                scope_version: StringBuilder::with_capacity(c.contexts, 0),
+                scope_attrs: AttrCols::new(c.contexts, &c.scope_attrs),
+                scope_dropped: UInt32Builder::with_capacity(c.contexts),
+                scope_schema: StringBuilder::with_capacity(c.contexts, 0),
+            },
+            ctx_row: UInt32Builder::with_capacity(n),
         }
     }
 
-    let mut trace_id = FixedSizeBinaryBuilder::with_capacity(n, 16);
-    let mut span_id = FixedSizeBinaryBuilder::with_capacity(n, 8);
-    let mut parent = FixedSizeBinaryBuilder::with_capacity(n, 8);
-    let mut trace_state = StringBuilder::with_capacity(n, 0);
-    let mut flags = UInt32Builder::with_capacity(n);
-    let mut name = StringBuilder::with_capacity(n, names);
-    let mut kind = StringBuilder::with_capacity(n, n * 6);
-    let mut start = ts_builder(n);
-    let mut end = ts_builder(n);
-    let mut duration = Int64Builder::with_capacity(n);
-    let mut status_code = StringBuilder::with_capacity(n, n * 5);
-    let mut status_message = StringBuilder::with_capacity(n, 0);
-    let mut service_key = Int32Builder::with_capacity(n);
-    let mut attrs = AttrCols::new(n, &attr_n);
-    let mut dropped_attrs = UInt32Builder::with_capacity(n);
-    let (mut ev_offsets, mut ev_time, mut ev_name, mut ev_attrs, mut ev_dropped) =
-        (Vec::with_capacity(n + 1), ts_builder(n_ev), StringBuilder::with_capacity(n_ev, 0), AttrCols::new(n_ev, &ev_n), UInt32Builder::with_capacity(n_ev));
-    ev_offsets.push(0i32);
-    let mut dropped_events = UInt32Builder::with_capacity(n);
-    let mut lk_offsets = Vec::with_capacity(n + 1);
-    lk_offsets.push(0i32);
-    let (mut lk_trace, mut lk_span, mut lk_state, mut lk_attrs, mut lk_dropped, mut lk_flags) = (
-        FixedSizeBinaryBuilder::with_capacity(n_lk, 16),
-        FixedSizeBinaryBuilder::with_capacity(n_lk, 8),
-        StringBuilder::with_capacity(n_lk, 0),
-        AttrCols::new(n_lk, &lk_n),
-        UInt32Builder::with_capacity(n_lk),
-        UInt32Builder::with_capacity(n_lk),
-    );
-    let mut dropped_links = UInt32Builder::with_capacity(n);
-    let mut ctx = ContextCols {
-        service: StringBuilder::with_capacity(n_ctx, 0),
-        res_attrs: AttrCols::new(n_ctx, &res_n),
-        res_dropped: UInt32Builder::with_capacity(n_ctx),
-        res_schema: StringBuilder::with_capacity(n_ctx, 0),
-        res_entities: StringBuilder::with_capacity(n_ctx, 0),
-        scope_name: StringBuilder::with_capacity(n_ctx, 0),
-        scope_version: StringBuilder::with_capacity(n_ctx, 0),
-        scope_attrs: AttrCols::new(n_ctx, &scope_n),
-        scope_dropped: UInt32Builder::with_capacity(n_ctx),
-        scope_schema: StringBuilder::with_capacity(n_ctx, 0),
-    };
-    let mut ctx_row = UInt32Builder::with_capacity(n);
-    let (mut n_events, mut n_links, mut row_of_ctx) = (0i32, 0i32, 0u32);
-
-    for r in rs {
-        let res = r.resource.as_ref().unwrap_or(&empty_resource);
+    /// Adds the resource and scope of one `ScopeSpans`; returns its context number for
+    /// [`Columns::push_span`].
+    pub(crate) fn push_context(&mut self, res: &Resource, res_schema_url: &str, scope: &InstrumentationScope, scope_schema_url: &str) -> u32 {
         let svc = res.attributes.iter().find(|kv| kv.key == "service.name").and_then(|kv| match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
             Some(Value::StringValue(s)) => Some(s.as_str()),
             _ => None,
         });
-        let entities = (!res.entity_refs.is_empty()).then(|| serde_json::to_string(&res.entity_refs).unwrap_or_default());
+        let c = &mut self.ctx;
+        c.service.append_option(svc);
+        c.has_service.push(svc.is_some());
+        c.res_attrs.push(&res.attributes);
+        c.res_dropped.append_value(res.dropped_attributes_count);
+        c.res_schema.append_value(res_schema_url);
+        if res.entity_refs.is_empty() {
+            c.res_entities.append_null();
+        } else {
+            c.res_entities.append_value(serde_json::to_string(&res.entity_refs).unwrap_or_default());
+        }
+        c.scope_name.append_value(&scope.name);
+        c.scope_version.append_value(&scope.version);
+        c.scope_attrs.push(&scope.attributes);
+        c.scope_dropped.append_value(scope.dropped_attributes_count);
+        c.scope_schema.append_value(scope_schema_url);
+        (c.has_service.len() - 1) as u32
+    }
+
+    /// Adds a decoded span of context `ctx`.
+    pub(crate) fn push_span(&mut self, s: &Span, ctx: u32) -> Result<(), ArrowError> {
+        let (status_code, status_message) = s.status.as_ref().map_or((0, ""), |st| (st.code, st.message.as_str()));
+        self.attrs.push(&s.attributes);
+        s.events.iter().for_each(|e| self.push_event(e));
+        s.links.iter().try_for_each(|l| self.push_link(l))?;
+        self.push_span_fields(
+            &SpanFields {
+                trace_id: &s.trace_id,
+                span_id: &s.span_id,
+                trace_state: &s.trace_state,
+                parent_span_id: &s.parent_span_id,
+                flags: s.flags,
+                name: &s.name,
+                kind: s.kind,
+                start: s.start_time_unix_nano,
+                end: s.end_time_unix_nano,
+                dropped_attributes_count: s.dropped_attributes_count,
+                dropped_events_count: s.dropped_events_count,
+                dropped_links_count: s.dropped_links_count,
+                status_code,
+                status_message,
+            },
+            ctx,
+        )
+    }
+
+    /// Adds one event of the span being built (before its [`Columns::push_span_fields`]).
+    pub(crate) fn push_event(&mut self, e: &span::Event) {
+        self.ev_time.append_value(nanos(e.time_unix_nano));
+        self.ev_name.append_value(&e.name);
+        self.ev_attrs.push(&e.attributes);
+        self.ev_dropped.append_value(e.dropped_attributes_count);
+    }
+
+    /// Adds one link of the span being built (before its [`Columns::push_span_fields`]).
+    pub(crate) fn push_link(&mut self, l: &span::Link) -> Result<(), ArrowError> {
+        self.lk_trace.append_value(fixed::<16>(&l.trace_id))?;
+        self.lk_span.append_value(fixed::<8>(&l.span_id))?;
+        self.lk_state.append_value(&l.trace_state);
+        self.lk_attrs.push(&l.attributes);
+        self.lk_dropped.append_value(l.dropped_attributes_count);
+        self.lk_flags.append_value(l.flags);
+        Ok(())
+    }
+
+    /// Ends a span row: its plain fields; its attributes (one map row), events and links must
+    /// have been added before.
+    pub(crate) fn push_span_fields(&mut self, s: &SpanFields<'_>, ctx: u32) -> Result<(), ArrowError> {
+        self.ctx_row.append_value(ctx);
+        self.trace_id.append_value(fixed::<16>(s.trace_id))?;
+        self.span_id.append_value(fixed::<8>(s.span_id))?;
+        if s.parent_span_id.is_empty() {
+            self.parent.append_null();
+        } else {
+            self.parent.append_value(fixed::<8>(s.parent_span_id))?;
+        }
+        self.trace_state.append_value(s.trace_state);
+        self.flags.append_value(s.flags);
+        self.name.append_value(s.name);
+        self.kind.append_value(kind_name(s.kind).as_ref());
+        self.start.append_value(nanos(s.start));
+        self.end.append_value(nanos(s.end));
+        self.duration.append_value(nanos(s.end).saturating_sub(nanos(s.start)));
+        self.status_code.append_value(status_name(s.status_code));
+        self.status_message.append_value(s.status_message);
+        self.dropped_attrs.append_value(s.dropped_attributes_count);
+        self.ev_offsets.push(ArrayBuilder::len(&self.ev_time) as i32);
+        self.dropped_events.append_value(s.dropped_events_count);
+        self.lk_offsets.push(ArrayBuilder::len(&self.lk_flags) as i32);
+        self.dropped_links.append_value(s.dropped_links_count);
+        Ok(())
+    }
+
+    /// The record batch of every row added.
+    pub(crate) fn finish(mut self) -> Result<RecordBatch, ArrowError> {
+        let events = StructArray::new(
+            event_fields(),
+            vec![Arc::new(self.ev_time.finish()), Arc::new(self.ev_name.finish()), self.ev_attrs.finish(), Arc::new(self.ev_dropped.finish())],
+            None,
+        );
+        let links = StructArray::new(
+            link_fields(),
+            vec![
+                Arc::new(self.lk_trace.finish()),
+                Arc::new(self.lk_span.finish()),
+                Arc::new(self.lk_state.finish()),
+                self.lk_attrs.finish(),
+                Arc::new(self.lk_dropped.finish()),
+                Arc::new(self.lk_flags.finish()),
+            ],
+            None,
+        );
+        let ctx_row = self.ctx_row.finish();
+        let per_span = |a: ArrayRef| take(a.as_ref(), &ctx_row, None);
+        let per_span_map = |a: ArrayRef| repeat_map(a, &ctx_row);
+        let mut c = self.ctx;
+        // The dictionary's values are the per-ScopeSpans names (repeats allowed); keys point at them.
+        let keys: Int32Array = ctx_row.values().iter().map(|&r| c.has_service[r as usize].then_some(r as i32)).collect();
+        let service = DictionaryArray::<Int32Type>::try_new(keys, Arc::new(c.service.finish()))?;
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(self.trace_id.finish()),
+            Arc::new(self.span_id.finish()),
+            Arc::new(self.parent.finish()),
+            Arc::new(self.trace_state.finish()),
+            Arc::new(self.flags.finish()),
+            Arc::new(self.name.finish()),
+            Arc::new(self.kind.finish()),
+            Arc::new(self.start.finish()),
+            Arc::new(self.end.finish()),
+            Arc::new(self.duration.finish()),
+            Arc::new(self.status_code.finish()),
+            Arc::new(self.status_message.finish()),
+            Arc::new(service),
+            self.attrs.finish(),
+            Arc::new(self.dropped_attrs.finish()),
+            Arc::new(ListArray::new(list_item(event_fields()), OffsetBuffer::new(self.ev_offsets.into()), Arc::new(events), None)),
+            Arc::new(self.dropped_events.finish()),
+            Arc::new(ListArray::new(list_item(link_fields()), OffsetBuffer::new(self.lk_offsets.into()), Arc::new(links), None)),
+            Arc::new(self.dropped_links.finish()),
+            per_span_map(c.res_attrs.finish())?,
+            per_span(Arc::new(c.res_dropped.finish()))?,
+            per_span(Arc::new(c.res_schema.finish()))?,
+            per_span(Arc::new(c.res_entities.finish()))?,
+            per_span(Arc::new(c.scope_name.finish()))?,
+            per_span(Arc::new(c.scope_version.finish()))?,
+            per_span_map(c.scope_attrs.finish())?,
+            per_span(Arc::new(c.scope_dropped.finish()))?,
+            per_span(Arc::new(c.scope_schema.finish()))?,
+        ];
+        RecordBatch::try_new(schema(), columns)
+    }
+}
+
+/// `take` for a map column, done as one `take` of the entries: arrow's own `take` on maps copies
+/// each row's entries through `MutableArrayData`, which costs more than building them again.
+fn repeat_map(a: ArrayRef, rows: &UInt32Array) -> Result<ArrayRef, ArrowError> {
+    let map = a.as_any().downcast_ref::<MapArray>().expect("attribute columns are maps");
+    let o = map.value_offsets();
+    let mut offsets = Vec::with_capacity(rows.len() + 1);
+    offsets.push(0i32);
+    let mut entries = Vec::new();
+    for &r in rows.values() {
+        let (from, to) = (o[r as usize] as u32, o[r as usize + 1] as u32);
+        entries.extend(from..to);
+        offsets.push(entries.len() as i32);
+    }
+    let entries = take(map.entries(), &UInt32Array::from(entries), None)?;
+    let entries = entries.as_any().downcast_ref::<StructArray>().expect("map entries are structs").clone();
+    Ok(Arc::new(MapArray::try_new(entries_field(), OffsetBuffer::new(offsets.into()), entries, None, false)?))
+}
+
+
+/// Converts spans to one record batch in the archive schema.
+pub fn to_record_batch(rs: &[ResourceSpans]) -> Result<RecordBatch, ArrowError> {
+    let empty_resource = Resource::default();
+    let empty_scope = InstrumentationScope::default();
+    let mut c = Capacity::default();
+    for r in rs {
         for ss in r.scope_spans.iter().filter(|ss| !ss.spans.is_empty()) {
-            let scope = ss.scope.as_ref().unwrap_or(&empty_scope);
-            ctx.service.append_option(svc);
-            ctx.res_attrs.push(&res.attributes);
-            ctx.res_dropped.append_value(res.dropped_attributes_count);
-            ctx.res_schema.append_value(&r.schema_url);
-            ctx.res_entities.append_option(entities.as_deref());
-            ctx.scope_name.append_value(&scope.name);
-            ctx.scope_version.append_value(&scope.version);
-            ctx.scope_attrs.push(&scope.attributes);
-            ctx.scope_dropped.append_value(scope.dropped_attributes_count);
-            ctx.scope_schema.append_value(&ss.schema_url);
+            c.contexts += 1;
+            c.res_attrs.add(&r.resource.as_ref().unwrap_or(&empty_resource).attributes);
+            c.scope_attrs.add(&ss.scope.as_ref().unwrap_or(&empty_scope).attributes);
             for s in &ss.spans {
-                ctx_row.append_value(row_of_ctx);
-                service_key.append_option(svc.map(|_| row_of_ctx as i32));
-                trace_id.append_value(fixed::<16>(&s.trace_id))?;
-                span_id.append_value(fixed::<8>(&s.span_id))?;
-                if s.parent_span_id.is_empty() {
-                    parent.append_null();
-                } else {
-                    parent.append_value(fixed::<8>(&s.parent_span_id))?;
-                }
-                trace_state.append_value(&s.trace_state);
-                flags.append_value(s.flags);
-                name.append_value(&s.name);
-                kind.append_value(kind_name(s.kind).as_ref());
-                start.append_value(nanos(s.start_time_unix_nano));
-                end.append_value(nanos(s.end_time_unix_nano));
-                duration.append_value(nanos(s.end_time_unix_nano).saturating_sub(nanos(s.start_time_unix_nano)));
-                let (code, message) = s.status.as_ref().map_or((0, ""), |st| (st.code, st.message.as_str()));
-                status_code.append_value(status_name(code));
-                status_message.append_value(message);
-                attrs.push(&s.attributes);
-                dropped_attrs.append_value(s.dropped_attributes_count);
-                for e in &s.events {
-                    ev_time.append_value(nanos(e.time_unix_nano));
-                    ev_name.append_value(&e.name);
-                    ev_attrs.push(&e.attributes);
-                    ev_dropped.append_value(e.dropped_attributes_count);
-                    n_events += 1;
-                }
-                ev_offsets.push(n_events);
-                dropped_events.append_value(s.dropped_events_count);
-                for l in &s.links {
-                    lk_trace.append_value(fixed::<16>(&l.trace_id))?;
-                    lk_span.append_value(fixed::<8>(&l.span_id))?;
-                    lk_state.append_value(&l.trace_state);
-                    lk_attrs.push(&l.attributes);
-                    lk_dropped.append_value(l.dropped_attributes_count);
-                    lk_flags.append_value(l.flags);
-                    n_links += 1;
-                }
-                lk_offsets.push(n_links);
-                dropped_links.append_value(s.dropped_links_count);
+                c.spans += 1;
+                c.names += s.name.len();
+                c.attrs.add(&s.attributes);
+                c.events += s.events.len();
+                c.links += s.links.len();
+                s.events.iter().for_each(|e| c.ev_attrs.add(&e.attributes));
+                s.links.iter().for_each(|l| c.lk_attrs.add(&l.attributes));
             }
-            row_of_ctx += 1;
         }
     }
-    let events = StructArray::new(
-        event_fields(),
-        vec![Arc::new(ev_time.finish()), Arc::new(ev_name.finish()), ev_attrs.finish(), Arc::new(ev_dropped.finish())],
-        None,
-    );
-    let links = StructArray::new(
-        link_fields(),
-        vec![Arc::new(lk_trace.finish()), Arc::new(lk_span.finish()), Arc::new(lk_state.finish()), lk_attrs.finish(), Arc::new(lk_dropped.finish()), Arc::new(lk_flags.finish())],
-        None,
-    );
-    let ctx_row = ctx_row.finish();
-    let per_span = |a: ArrayRef| take(a.as_ref(), &ctx_row, None);
-    // The dictionary's values are the per-ScopeSpans names (repeats allowed); keys point at them.
-    let service = DictionaryArray::<Int32Type>::try_new(service_key.finish(), Arc::new(ctx.service.finish()))?;
-    let columns: Vec<ArrayRef> = vec![
-        Arc::new(trace_id.finish()),
-        Arc::new(span_id.finish()),
-        Arc::new(parent.finish()),
-        Arc::new(trace_state.finish()),
-        Arc::new(flags.finish()),
-        Arc::new(name.finish()),
-        Arc::new(kind.finish()),
-        Arc::new(start.finish()),
-        Arc::new(end.finish()),
-        Arc::new(duration.finish()),
-        Arc::new(status_code.finish()),
-        Arc::new(status_message.finish()),
-        Arc::new(service),
-        attrs.finish(),
-        Arc::new(dropped_attrs.finish()),
-        Arc::new(ListArray::new(list_item(event_fields()), OffsetBuffer::new(ev_offsets.into()), Arc::new(events), None)),
-        Arc::new(dropped_events.finish()),
-        Arc::new(ListArray::new(list_item(link_fields()), OffsetBuffer::new(lk_offsets.into()), Arc::new(links), None)),
-        Arc::new(dropped_links.finish()),
-        per_span(ctx.res_attrs.finish())?,
-        per_span(Arc::new(ctx.res_dropped.finish()))?,
-        per_span(Arc::new(ctx.res_schema.finish()))?,
-        per_span(Arc::new(ctx.res_entities.finish()))?,
-        per_span(Arc::new(ctx.scope_name.finish()))?,
-        per_span(Arc::new(ctx.scope_version.finish()))?,
-        per_span(ctx.scope_attrs.finish())?,
-        per_span(Arc::new(ctx.scope_dropped.finish()))?,
-        per_span(Arc::new(ctx.scope_schema.finish()))?,
-    ];
-    RecordBatch::try_new(schema(), columns)
+    let mut cols = Columns::new(&c);
+    for r in rs {
+        let res = r.resource.as_ref().unwrap_or(&empty_resource);
+        for ss in r.scope_spans.iter().filter(|ss| !ss.spans.is_empty()) {
+            let ctx = cols.push_context(res, &r.schema_url, ss.scope.as_ref().unwrap_or(&empty_scope), &ss.schema_url);
+            for s in &ss.spans {
+                cols.push_span(s, ctx)?;
+            }
+        }
+    }
+    cols.finish()
 }
 
 fn col<'a, T: 'static>(b: &'a RecordBatch, name: &str) -> Result<&'a T, ArrowError> {

@@ -1,0 +1,121 @@
+//! The protobuf path gives exactly the rows of the struct path, on every OTLP field and on the
+//! odd encodings protobuf allows (fields out of order, singular fields sent twice).
+
+use opentelemetry_proto::tonic::common::v1::{any_value::Value, AnyValue, ArrayValue, InstrumentationScope, KeyValue, KeyValueList};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{span, ResourceSpans, ScopeSpans, Span, Status, TracesData};
+use prost::Message;
+
+use super::encoded_to_record_batch;
+use crate::archive::schema::to_record_batch;
+
+fn kv(k: &str, v: Option<Value>) -> KeyValue {
+    KeyValue { key: k.into(), value: v.map(|v| AnyValue { value: Some(v) }), key_strindex: 0 }
+}
+
+fn every_field() -> Vec<ResourceSpans> {
+    let attrs = vec![
+        kv("s", Some(Value::StringValue("str".into()))),
+        kv("i", Some(Value::IntValue(-42))),
+        kv("d", Some(Value::DoubleValue(1.5))),
+        kv("b", Some(Value::BoolValue(true))),
+        kv("y", Some(Value::BytesValue(vec![0, 1, 255]))),
+        kv("x", Some(Value::StringValueStrindex(7))),
+        kv("a", Some(Value::ArrayValue(ArrayValue { values: vec![AnyValue { value: Some(Value::IntValue(1)) }] }))),
+        kv("m", Some(Value::KvlistValue(KeyValueList { values: vec![kv("inner", Some(Value::BoolValue(false)))] }))),
+        kv("empty", None),
+    ];
+    let span = |i: u8, events: bool| Span {
+        trace_id: vec![i; 16],
+        span_id: vec![i + 1; 8],
+        parent_span_id: if i % 2 == 0 { vec![] } else { vec![9; 8] },
+        trace_state: if i % 3 == 0 { "k=v".into() } else { String::new() },
+        flags: u32::from(i),
+        name: format!("op-{i}"),
+        kind: i32::from(i % 7),
+        start_time_unix_nano: 1_795_000_000_000_000_000 + u64::from(i),
+        end_time_unix_nano: 1_795_000_000_000_000_500 + u64::from(i),
+        attributes: attrs[..(i as usize % attrs.len()) + 1].to_vec(),
+        dropped_attributes_count: u32::from(i),
+        events: if events { vec![span::Event { time_unix_nano: 5, name: "ev".into(), attributes: attrs[..3].to_vec(), dropped_attributes_count: 2 }] } else { vec![] },
+        dropped_events_count: 3,
+        links: if events { vec![span::Link { trace_id: vec![5; 16], span_id: vec![6; 8], trace_state: "l".into(), attributes: attrs[5..7].to_vec(), dropped_attributes_count: 4, flags: 1 }] } else { vec![] },
+        dropped_links_count: 5,
+        status: match i % 3 {
+            0 => None,
+            1 => Some(Status { code: 1, message: String::new() }),
+            _ => Some(Status { code: 2, message: "boom".into() }),
+        },
+    };
+    vec![
+        ResourceSpans {
+            resource: Some(Resource { attributes: vec![kv("service.name", Some(Value::StringValue("reviews".into()))), kv("k", Some(Value::IntValue(7)))], dropped_attributes_count: 1, entity_refs: vec![] }),
+            scope_spans: vec![
+                ScopeSpans { scope: Some(InstrumentationScope { name: "sc".into(), version: "1".into(), attributes: attrs[..2].to_vec(), dropped_attributes_count: 1 }), spans: (0..20).map(|i| span(i, i % 5 == 0)).collect(), schema_url: "https://s/1".into() },
+                ScopeSpans { scope: None, spans: vec![], schema_url: String::new() },
+                ScopeSpans { scope: None, spans: vec![span(40, false)], schema_url: String::new() },
+            ],
+            schema_url: "https://r/1".into(),
+        },
+        ResourceSpans { resource: None, scope_spans: vec![ScopeSpans { scope: None, spans: vec![span(50, true), span(51, false)], schema_url: String::new() }], schema_url: String::new() },
+    ]
+}
+
+#[test]
+fn same_rows_as_the_struct_path_on_every_field() {
+    let rs = every_field();
+    let bytes = TracesData { resource_spans: rs.clone() }.encode_to_vec();
+    let want = to_record_batch(&rs).unwrap();
+    let got = encoded_to_record_batch([bytes.as_slice()], 23).unwrap();
+    assert_eq!(got, want);
+    // Several received buffers in one batch (the batch processor appends them).
+    let mut more = rs.clone();
+    more.extend(rs.clone());
+    let got = encoded_to_record_batch([bytes.as_slice(), bytes.as_slice()], 1).unwrap();
+    assert_eq!(got, to_record_batch(&more).unwrap());
+}
+
+/// Field `f` of wire type LEN.
+fn len_field(f: u32, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    prost::encoding::encode_key(f, prost::encoding::WireType::LengthDelimited, &mut out);
+    prost::encoding::encode_varint(payload.len() as u64, &mut out);
+    out.extend_from_slice(payload);
+    out
+}
+
+#[test]
+fn odd_but_valid_encodings_match_prost() {
+    // A span whose name comes twice (protobuf: the last wins), whose status comes twice (merged),
+    // and a ScopeSpans whose scope comes after its spans; a KeyValue with its value twice.
+    let base = Span { trace_id: vec![1; 16], span_id: vec![2; 8], name: "first".into(), ..Default::default() };
+    let mut span = base.encode_to_vec();
+    span.extend(len_field(5, b"second"));
+    span.extend(len_field(15, &Status { code: 2, message: String::new() }.encode_to_vec()));
+    span.extend(len_field(15, &Status { code: 0, message: "m".into() }.encode_to_vec()));
+    let mut kv_twice = kv("k", Some(Value::StringValue("a".into()))).encode_to_vec();
+    kv_twice.extend(len_field(2, &AnyValue { value: Some(Value::IntValue(3)) }.encode_to_vec()));
+    let mut span2 = Span { trace_id: vec![3; 16], span_id: vec![4; 8], ..Default::default() }.encode_to_vec();
+    span2.extend(len_field(9, &kv_twice));
+    let mut scope_spans = len_field(2, &span);
+    scope_spans.extend(len_field(2, &span2));
+    scope_spans.extend(len_field(1, &InstrumentationScope { name: "late".into(), ..Default::default() }.encode_to_vec()));
+    let traces = len_field(1, &len_field(2, &scope_spans));
+    let decoded = TracesData::decode(traces.as_slice()).unwrap().resource_spans;
+    assert_eq!(decoded[0].scope_spans[0].spans[0].name, "second");
+    assert_eq!(decoded[0].scope_spans[0].spans[0].status, Some(Status { code: 2, message: "m".into() }), "merged");
+    assert_eq!(encoded_to_record_batch([traces.as_slice()], 2).unwrap(), to_record_batch(&decoded).unwrap());
+}
+
+#[test]
+fn garbage_is_an_error_not_a_panic() {
+    let bytes = TracesData { resource_spans: every_field() }.encode_to_vec();
+    for cut in [1, 7, bytes.len() / 2, bytes.len() - 1] {
+        let _ = encoded_to_record_batch([&bytes[..cut]], 1);
+    }
+    assert!(encoded_to_record_batch([&[0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f][..]], 1).is_err());
+    // Invalid UTF-8 in a span name.
+    let span = len_field(5, &[0xff, 0xfe]);
+    let traces = len_field(1, &len_field(2, &len_field(2, &span)));
+    assert!(encoded_to_record_batch([traces.as_slice()], 1).is_err());
+}
