@@ -178,6 +178,14 @@ impl Batch {
         }
     }
 
+    /// The received `TracesData` buffers, while the batch is still encoded (each scanned valid).
+    pub fn encoded_buffers(&self) -> Option<Vec<&[u8]>> {
+        match &self.payload {
+            Payload::Encoded(chunks) => Some(chunks.iter().map(|c| c.bytes.as_ref()).collect()),
+            Payload::Decoded(_) => None,
+        }
+    }
+
     /// Size of the batch as one `TracesData` message.
     pub fn encoded_len(&self) -> usize {
         match &self.payload {

@@ -52,10 +52,15 @@ pub async fn build(cfg: ParquetSinkConfig, mut ctx: ComponentContext) -> Result<
                 next = input.recv() => match next {
                     Some(batch) => {
                         let n = batch.span_count();
-                        let result = batch
-                            .to_resource_spans()
-                            .map_err(|e| e.to_string())
-                            .and_then(|rs| tokio::task::block_in_place(|| w.write(&rs, Instant::now())).map_err(|e| e.to_string()));
+                        // Still-encoded batches (the usual case) go from protobuf to Arrow
+                        // directly; decoded ones (a processor looked inside) from the structs.
+                        let result = match batch.encoded_buffers() {
+                            Some(bufs) => tokio::task::block_in_place(|| w.write_encoded(bufs, n, Instant::now())).map_err(|e| e.to_string()),
+                            None => batch
+                                .to_resource_spans()
+                                .map_err(|e| e.to_string())
+                                .and_then(|rs| tokio::task::block_in_place(|| w.write(&rs, Instant::now())).map_err(|e| e.to_string())),
+                        };
                         match result {
                             Ok(closed) => {
                                 sent.increment(n as u64);

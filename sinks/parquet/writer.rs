@@ -5,14 +5,17 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use datafusion::arrow::array::{Array, TimestampNanosecondArray, UInt32Array};
+use datafusion::arrow::compute::take_record_batch;
+use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::basic::{Compression as Codec, ZstdLevel};
 use datafusion::parquet::file::metadata::KeyValue;
 use datafusion::parquet::arrow::ArrowSchemaConverter;
 use datafusion::parquet::file::properties::{EnabledStatistics, WriterProperties, WriterPropertiesBuilder};
 use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
-use tracepipe_pipeline::batch::push_span;
 use tracepipe_pipeline::archive::layout::{self, Partition};
+use tracepipe_pipeline::archive::encoded::encoded_to_record_batch;
 use tracepipe_pipeline::archive::schema;
 
 use super::config::{Compression, ParquetSinkConfig};
@@ -88,9 +91,19 @@ impl ArchiveWriter {
     /// Writes spans, each into the partition of its start time; returns the files this closed
     /// (rolled by rows or bytes).
     pub fn write(&mut self, rs: &[ResourceSpans], now: Instant) -> Result<Vec<Closed>, WriteError> {
+        self.write_rows(schema::to_record_batch(rs)?, now)
+    }
+
+    /// As [`ArchiveWriter::write`], from OTLP `TracesData` buffers still encoded (the usual case:
+    /// no decoding into OTLP structs, see `tracepipe_pipeline::archive::encoded`).
+    pub fn write_encoded<'a>(&mut self, bufs: impl IntoIterator<Item = &'a [u8]>, spans: usize, now: Instant) -> Result<Vec<Closed>, WriteError> {
+        self.write_rows(encoded_to_record_batch(bufs, spans)?, now)
+    }
+
+    /// Writes archive rows, each into the partition of its start time.
+    pub fn write_rows(&mut self, rows: RecordBatch, now: Instant) -> Result<Vec<Closed>, WriteError> {
         let mut closed = Vec::new();
-        for (dir, part) in split(rs, self.cfg.partition) {
-            let batch = schema::to_record_batch(part.as_deref().unwrap_or(rs))?;
+        for (dir, batch) in split(rows, self.cfg.partition)? {
             if !self.open.contains_key(&dir) {
                 if self.open.len() >= MAX_OPEN {
                     let oldest = self.open.iter().min_by_key(|(_, f)| f.opened).map(|(k, _)| k.clone()).expect("non-empty");
@@ -163,35 +176,37 @@ fn column_settings(mut b: WriterPropertiesBuilder) -> WriterPropertiesBuilder {
     b
 }
 
-/// Spans grouped by partition directory; `None` as the group means "all of `rs`" (the common
-/// case of one partition, without copying).
-fn split(rs: &[ResourceSpans], p: Partition) -> Vec<(PathBuf, Option<Vec<ResourceSpans>>)> {
-    let mut dirs: BTreeMap<PathBuf, Vec<ResourceSpans>> = BTreeMap::new();
-    let mut first: Option<PathBuf> = None;
-    let mut mixed = false;
-    for r in rs {
-        for ss in &r.scope_spans {
-            for s in &ss.spans {
-                let d = layout::partition_dir(p, s.start_time_unix_nano);
-                match &first {
-                    None => first = Some(d),
-                    Some(f) if *f != d => mixed = true,
-                    _ => {}
-                }
-            }
+/// Rows grouped by partition directory, in order of first appearance; one batch (not copied)
+/// when every row falls in one partition, the common case.
+fn split(rows: RecordBatch, p: Partition) -> Result<Vec<(PathBuf, RecordBatch)>, WriteError> {
+    let start = rows
+        .column_by_name("start_time")
+        .and_then(|c| c.as_any().downcast_ref::<TimestampNanosecondArray>())
+        .expect("archive rows have start_time")
+        .values()
+        .clone();
+    let bucket = |ns: i64| -> i64 {
+        let ns = ns.max(0);
+        match p {
+            Partition::None => 0,
+            Partition::Day => ns / 86_400_000_000_000,
+            Partition::Hour => ns / 3_600_000_000_000,
+        }
+    };
+    let Some(&first) = start.first() else { return Ok(Vec::new()) };
+    if start.iter().all(|&ns| bucket(ns) == bucket(first)) {
+        return Ok(vec![(layout::partition_dir(p, first.max(0) as u64), rows)]);
+    }
+    let mut groups: Vec<(i64, i64, Vec<u32>)> = Vec::new();
+    for (row, &ns) in start.iter().enumerate() {
+        let b = bucket(ns);
+        match groups.iter_mut().find(|g| g.0 == b) {
+            Some(g) => g.2.push(row as u32),
+            None => groups.push((b, ns, vec![row as u32])),
         }
     }
-    let Some(first) = first else { return Vec::new() };
-    if !mixed {
-        return vec![(first, None)];
-    }
-    for r in rs {
-        for ss in &r.scope_spans {
-            for s in &ss.spans {
-                let d = layout::partition_dir(p, s.start_time_unix_nano);
-                push_span(dirs.entry(d).or_default(), &r.resource, &r.schema_url, &ss.scope, &ss.schema_url, s.clone());
-            }
-        }
-    }
-    dirs.into_iter().map(|(d, v)| (d, Some(v))).collect()
+    groups
+        .into_iter()
+        .map(|(_, ns, idx)| Ok((layout::partition_dir(p, ns.max(0) as u64), take_record_batch(&rows, &UInt32Array::from(idx))?)))
+        .collect()
 }
