@@ -26,14 +26,8 @@ fn bad(e: impl std::fmt::Display) -> ArrowError {
     ArrowError::ParseError(format!("OTLP protobuf: {e}"))
 }
 
-/// UTF-8 check with SIMD (std's scalar check was ~18% of the conversion).
-#[inline]
-fn utf8(b: &[u8]) -> Result<&str, simdutf8::basic::Utf8Error> {
-    simdutf8::basic::from_utf8(b)
-}
-
 fn text(b: &[u8]) -> Result<&str, ArrowError> {
-    utf8(b).map_err(bad)
+    std::str::from_utf8(b).map_err(bad)
 }
 
 /// Converts `TracesData` buffers (as received, concatenated or not) holding about `spans` spans
@@ -157,9 +151,9 @@ impl<'a> Walker<'a> {
             let ok = match (field, wt) {
                 (1, LEN) => r.len_delimited().map(|(b, _)| f.trace_id = b),
                 (2, LEN) => r.len_delimited().map(|(b, _)| f.span_id = b),
-                (3, LEN) => r.len_delimited().map(|(b, _)| f.trace_state = utf8(b).unwrap_or("\u{0}")),
+                (3, LEN) => r.len_delimited().map(|(b, _)| f.trace_state = std::str::from_utf8(b).unwrap_or("\u{0}")),
                 (4, LEN) => r.len_delimited().map(|(b, _)| f.parent_span_id = b),
-                (5, LEN) => r.len_delimited().map(|(b, _)| f.name = utf8(b).unwrap_or("\u{0}")),
+                (5, LEN) => r.len_delimited().map(|(b, _)| f.name = std::str::from_utf8(b).unwrap_or("\u{0}")),
                 (6, VARINT) => r.varint().map(|v| f.kind = v as i32),
                 (7, I64) => r.take(8).map(|b| f.start = u64::from_le_bytes(b.try_into().expect("8 bytes"))),
                 (8, I64) => r.take(8).map(|b| f.end = u64::from_le_bytes(b.try_into().expect("8 bytes"))),
@@ -213,7 +207,7 @@ fn status(buf: &[u8]) -> Option<(i32, &str)> {
         match (field, wt) {
             (2, LEN) if seen & 2 == 0 => {
                 seen |= 2;
-                message = utf8(r.len_delimited().ok()?.0).ok()?;
+                message = std::str::from_utf8(r.len_delimited().ok()?.0).ok()?;
             }
             (3, VARINT) if seen & 4 == 0 => {
                 seen |= 4;
@@ -235,7 +229,7 @@ fn key_value_fast(buf: &[u8]) -> Option<(&str, Scalar<'_>)> {
         match (field, wt) {
             (1, LEN) if seen & 2 == 0 => {
                 seen |= 2;
-                key = utf8(r.len_delimited().ok()?.0).ok()?;
+                key = std::str::from_utf8(r.len_delimited().ok()?.0).ok()?;
             }
             (2, LEN) if seen & 4 == 0 => {
                 seen |= 4;
@@ -260,7 +254,7 @@ fn any_value_fast(buf: &[u8]) -> Option<Scalar<'_>> {
             return None;
         }
         v = match (field, wt) {
-            (1, LEN) => Scalar::Str(utf8(r.len_delimited().ok()?.0).ok()?),
+            (1, LEN) => Scalar::Str(std::str::from_utf8(r.len_delimited().ok()?.0).ok()?),
             (2, VARINT) => Scalar::Bool(r.varint().ok()? != 0),
             (3, VARINT) => Scalar::Int(r.varint().ok()? as i64),
             (4, I64) => Scalar::Double(f64::from_le_bytes(r.take(8).ok()?.try_into().ok()?)),
