@@ -35,11 +35,13 @@ fn text(b: &[u8]) -> Result<&str, ArrowError> {
 pub fn encoded_to_record_batch<'a>(bufs: impl IntoIterator<Item = &'a [u8]>, spans: usize) -> Result<RecordBatch, ArrowError> {
     let bufs: Vec<&[u8]> = bufs.into_iter().collect();
     let bytes: usize = bufs.iter().map(|b| b.len()).sum();
+    // Capacities only; a span takes at least a few bytes, so a wrong count cannot over-allocate.
+    let spans = spans.min(bytes / 4);
     let mut cap = Capacity { spans, names: spans * 32, contexts: 8, ..Default::default() };
     cap.attrs.rows = spans * 12;
     cap.attrs.key_bytes = bytes / 4;
     cap.attrs.str_bytes = bytes / 3;
-    let mut w = Walker { cols: Columns::new(&cap), scope_spans: Vec::new(), spans: Vec::new(), kvs: Vec::new() };
+    let mut w = Walker { cols: Columns::new(&cap), spans: Vec::new(), kvs: Vec::new() };
     for buf in bufs {
         let mut r = Reader::new(buf, 0);
         while !r.done() {
@@ -58,7 +60,6 @@ pub fn encoded_to_record_batch<'a>(bufs: impl IntoIterator<Item = &'a [u8]>, spa
 struct Walker<'a> {
     cols: Columns,
     // Reused between messages: slices of the buffer being walked.
-    scope_spans: Vec<&'a [u8]>,
     spans: Vec<&'a [u8]>,
     kvs: Vec<&'a [u8]>,
 }
@@ -66,19 +67,18 @@ struct Walker<'a> {
 impl<'a> Walker<'a> {
     fn resource_spans(&mut self, buf: &'a [u8]) -> Result<(), ArrowError> {
         let (mut resource, mut schema_url) = (Resource::default(), "");
-        let first = self.scope_spans.len();
+        let mut scope_spans = Vec::new();
         let mut r = Reader::new(buf, 0);
         while !r.done() {
             let (field, wt) = r.tag().map_err(bad)?;
             match (field, wt) {
                 (1, LEN) => resource.merge(r.len_delimited().map_err(bad)?.0).map_err(bad)?,
-                (2, LEN) => self.scope_spans.push(r.len_delimited().map_err(bad)?.0),
+                (2, LEN) => scope_spans.push(r.len_delimited().map_err(bad)?.0),
                 (3, LEN) => schema_url = text(r.len_delimited().map_err(bad)?.0)?,
                 _ => r.skip(wt, "ResourceSpans", field).map_err(bad)?,
             }
         }
-        let mine: Vec<&'a [u8]> = self.scope_spans.drain(first..).collect();
-        for ss in mine {
+        for ss in scope_spans {
             self.scope_spans_one(ss, &resource, schema_url)?;
         }
         Ok(())
@@ -148,34 +148,26 @@ impl<'a> Walker<'a> {
                 }
                 seen |= 1 << field;
             }
-            let ok = match (field, wt) {
-                (1, LEN) => r.len_delimited().map(|(b, _)| f.trace_id = b),
-                (2, LEN) => r.len_delimited().map(|(b, _)| f.span_id = b),
-                (3, LEN) => r.len_delimited().map(|(b, _)| f.trace_state = std::str::from_utf8(b).unwrap_or("\u{0}")),
-                (4, LEN) => r.len_delimited().map(|(b, _)| f.parent_span_id = b),
-                (5, LEN) => r.len_delimited().map(|(b, _)| f.name = std::str::from_utf8(b).unwrap_or("\u{0}")),
-                (6, VARINT) => r.varint().map(|v| f.kind = v as i32),
-                (7, I64) => r.take(8).map(|b| f.start = u64::from_le_bytes(b.try_into().expect("8 bytes"))),
-                (8, I64) => r.take(8).map(|b| f.end = u64::from_le_bytes(b.try_into().expect("8 bytes"))),
-                (9, LEN) => r.len_delimited().map(|(b, _)| self.kvs.push(b)),
-                (10, VARINT) => r.varint().map(|v| f.dropped_attributes_count = v as u32),
-                (12, VARINT) => r.varint().map(|v| f.dropped_events_count = v as u32),
-                (14, VARINT) => r.varint().map(|v| f.dropped_links_count = v as u32),
-                (15, LEN) => match r.len_delimited() {
-                    Ok((b, _)) => match status(b) {
-                        Some((code, message)) => {
-                            (f.status_code, f.status_message) = (code, message);
-                            Ok(())
-                        }
-                        None => return Ok(false),
-                    },
-                    Err(e) => Err(e),
-                },
-                (16, I32) => r.take(4).map(|b| f.flags = u32::from_le_bytes(b.try_into().expect("4 bytes"))),
-                (1..=16, _) => return Ok(false),
-                _ => r.skip(wt, "Span", field),
+            // `None`: not the common shape (or not valid): the slow path decides.
+            let step = match (field, wt) {
+                (1, LEN) => r.len_delimited().ok().map(|(b, _)| f.trace_id = b),
+                (2, LEN) => r.len_delimited().ok().map(|(b, _)| f.span_id = b),
+                (3, LEN) => r.len_delimited().ok().and_then(|(b, _)| std::str::from_utf8(b).ok()).map(|v| f.trace_state = v),
+                (4, LEN) => r.len_delimited().ok().map(|(b, _)| f.parent_span_id = b),
+                (5, LEN) => r.len_delimited().ok().and_then(|(b, _)| std::str::from_utf8(b).ok()).map(|v| f.name = v),
+                (6, VARINT) => r.varint().ok().map(|v| f.kind = v as i32),
+                (7, I64) => r.take(8).ok().map(|b| f.start = u64::from_le_bytes(b.try_into().expect("8 bytes"))),
+                (8, I64) => r.take(8).ok().map(|b| f.end = u64::from_le_bytes(b.try_into().expect("8 bytes"))),
+                (9, LEN) => r.len_delimited().ok().map(|(b, _)| self.kvs.push(b)),
+                (10, VARINT) => r.varint().ok().map(|v| f.dropped_attributes_count = v as u32),
+                (12, VARINT) => r.varint().ok().map(|v| f.dropped_events_count = v as u32),
+                (14, VARINT) => r.varint().ok().map(|v| f.dropped_links_count = v as u32),
+                (15, LEN) => r.len_delimited().ok().and_then(|(b, _)| status(b)).map(|st| (f.status_code, f.status_message) = st),
+                (16, I32) => r.take(4).ok().map(|b| f.flags = u32::from_le_bytes(b.try_into().expect("4 bytes"))),
+                (1..=16, _) => None,
+                _ => r.skip(wt, "Span", field).ok(),
             };
-            if ok.is_err() || f.name == "\u{0}" || f.trace_state == "\u{0}" {
+            if step.is_none() {
                 return Ok(false);
             }
         }

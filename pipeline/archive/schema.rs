@@ -346,7 +346,6 @@ fn nanos(t: u64) -> i64 {
 /// spans); `take` repeats them per span, which costs a copy rather than a conversion per span.
 struct ContextCols {
     service: StringBuilder,
-    has_service: Vec<bool>,
     res_attrs: AttrCols,
     res_dropped: UInt32Builder,
     res_schema: StringBuilder,
@@ -465,7 +464,6 @@ impl Columns {
             dropped_links: UInt32Builder::with_capacity(n),
             ctx: ContextCols {
                 service: StringBuilder::with_capacity(c.contexts, 0),
-                has_service: Vec::with_capacity(c.contexts),
                 res_attrs: AttrCols::new(c.contexts, &c.res_attrs),
                 res_dropped: UInt32Builder::with_capacity(c.contexts),
                 res_schema: StringBuilder::with_capacity(c.contexts, 0),
@@ -489,7 +487,6 @@ impl Columns {
         });
         let c = &mut self.ctx;
         c.service.append_option(svc);
-        c.has_service.push(svc.is_some());
         c.res_attrs.push(&res.attributes);
         c.res_dropped.append_value(res.dropped_attributes_count);
         c.res_schema.append_value(res_schema_url);
@@ -503,7 +500,7 @@ impl Columns {
         c.scope_attrs.push(&scope.attributes);
         c.scope_dropped.append_value(scope.dropped_attributes_count);
         c.scope_schema.append_value(scope_schema_url);
-        (c.has_service.len() - 1) as u32
+        (ArrayBuilder::len(&c.service) - 1) as u32
     }
 
     /// Adds a decoded span of context `ctx`.
@@ -604,8 +601,9 @@ impl Columns {
         let per_span_map = |a: ArrayRef| repeat_map(a, &ctx_row);
         let mut c = self.ctx;
         // The dictionary's values are the per-ScopeSpans names (repeats allowed); keys point at them.
-        let keys: Int32Array = ctx_row.values().iter().map(|&r| c.has_service[r as usize].then_some(r as i32)).collect();
-        let service = DictionaryArray::<Int32Type>::try_new(keys, Arc::new(c.service.finish()))?;
+        let names = c.service.finish();
+        let keys: Int32Array = ctx_row.values().iter().map(|&r| names.is_valid(r as usize).then_some(r as i32)).collect();
+        let service = DictionaryArray::<Int32Type>::try_new(keys, Arc::new(names))?;
         let columns: Vec<ArrayRef> = vec![
             Arc::new(self.trace_id.finish()),
             Arc::new(self.span_id.finish()),

@@ -114,6 +114,9 @@ fn garbage_is_an_error_not_a_panic() {
         let _ = encoded_to_record_batch([&bytes[..cut]], 1);
     }
     assert!(encoded_to_record_batch([&[0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f][..]], 1).is_err());
+    // A hostile span count only sizes capacities: no huge allocation, same rows.
+    let want = encoded_to_record_batch([bytes.as_slice()], 23).unwrap();
+    assert_eq!(encoded_to_record_batch([bytes.as_slice()], usize::MAX).unwrap(), want);
     // Invalid UTF-8 in a span name.
     let span = len_field(5, &[0xff, 0xfe]);
     let traces = len_field(1, &len_field(2, &len_field(2, &span)));
