@@ -39,6 +39,7 @@ pub fn encoded_to_record_batch<'a>(bufs: impl IntoIterator<Item = &'a [u8]>, spa
     let spans = spans.min(bytes / 4);
     let mut cap = Capacity { spans, names: spans * 32, contexts: 8, ..Default::default() };
     cap.attrs.rows = spans * 12;
+    cap.attrs.ints = spans * 2;
     cap.attrs.key_bytes = bytes / 4;
     cap.attrs.str_bytes = bytes / 3;
     let mut w = Walker { cols: Columns::new(&cap), spans: Vec::new(), kvs: Vec::new() };

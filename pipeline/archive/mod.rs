@@ -36,6 +36,9 @@ pub enum ArchiveError {
     /// A file is not a readable Parquet file (damaged, truncated, or not Parquet at all).
     #[error("archive file `{0}` is not a readable Parquet file: {1}")]
     Corrupt(String, String),
+    /// A file was written with another schema version (by an older or newer tracepipe).
+    #[error("archive file `{0}` has schema version {1}; this tracepipe reads version {2} (re-archive it with the tracepipe that wrote it, or keep the versions in separate directories)")]
+    Version(String, String, &'static str),
     /// Reading the directory failed.
     #[error("archive `{0}`: {1}")]
     Io(String, std::io::Error),
@@ -56,9 +59,17 @@ pub async fn register(ctx: &SessionContext, name: &str, root: &Path) -> Result<(
     // files (seen: a 36-byte file with PAR1 magic), the footer parser returns an error.
     for f in &files {
         use datafusion::parquet::file::reader::SerializedFileReader;
-        let check = std::fs::File::open(f).map_err(|e| e.to_string()).and_then(|h| SerializedFileReader::new(h).map(|_| ()).map_err(|e| e.to_string()));
-        if let Err(reason) = check {
-            return Err(ArchiveError::Corrupt(f.display().to_string(), reason));
+        use datafusion::parquet::file::reader::FileReader;
+        let check = std::fs::File::open(f).map_err(|e| e.to_string()).and_then(|h| SerializedFileReader::new(h).map_err(|e| e.to_string()));
+        let reader = check.map_err(|reason| ArchiveError::Corrupt(f.display().to_string(), reason))?;
+        let version = reader
+            .metadata()
+            .file_metadata()
+            .key_value_metadata()
+            .and_then(|kvs| kvs.iter().find(|kv| kv.key == "tracepipe.schema_version").and_then(|kv| kv.value.clone()))
+            .unwrap_or_else(|| "none (not written by tracepipe)".to_owned());
+        if version != schema::SCHEMA_VERSION {
+            return Err(ArchiveError::Version(f.display().to_string(), version, schema::SCHEMA_VERSION));
         }
     }
     // Partition columns from the first file's path (every file of one archive has the same).

@@ -1,4 +1,4 @@
-//! The archive schema, version 1: one Arrow row per span, every OTLP field kept.
+//! The archive schema, version 2: one Arrow row per span, every OTLP field kept.
 //!
 //! | column | type | notes |
 //! |---|---|---|
@@ -14,26 +14,35 @@
 //! | `status_code` | utf8 | `UNSET`, `OK`, `ERROR` |
 //! | `status_message` | utf8 | |
 //! | `service_name` | dictionary(int32, utf8), null | the resource's `service.name` |
-//! | `attributes` | map<utf8, value> | span attributes, in order |
+//! | `attributes` … `attributes_order` | an attribute set (below) | span attributes |
 //! | `dropped_attributes_count` | uint32 | |
-//! | `events` | list<struct<time: timestamp(ns, UTC), name: utf8, attributes: map, dropped_attributes_count: uint32>> | |
+//! | `events` | list<struct<time: timestamp(ns, UTC), name: utf8, attributes…: an attribute set, dropped_attributes_count: uint32>> | |
 //! | `dropped_events_count` | uint32 | |
-//! | `links` | list<struct<trace_id, span_id, trace_state, attributes: map, dropped_attributes_count, flags>> | |
+//! | `links` | list<struct<trace_id, span_id, trace_state, attributes…: an attribute set, dropped_attributes_count, flags>> | |
 //! | `dropped_links_count` | uint32 | |
-//! | `resource_attributes` | map<utf8, value> | |
+//! | `resource_attributes` … `resource_attributes_order` | an attribute set | |
 //! | `resource_dropped_attributes_count` | uint32 | |
 //! | `resource_schema_url` | utf8 | |
 //! | `resource_entity_refs` | utf8, null | the resource's entity refs as OTLP/JSON, null when none |
 //! | `scope_name`, `scope_version` | utf8 | |
-//! | `scope_attributes` | map<utf8, value> | |
+//! | `scope_attributes` … `scope_attributes_order` | an attribute set | |
 //! | `scope_dropped_attributes_count` | uint32 | |
 //! | `scope_schema_url` | utf8 | |
 //!
-//! `value` is `struct<type: utf8, str: utf8, int: int64, double: float64, bool: bool, bytes: binary,
-//! json: utf8>`: `type` is `string`, `int`, `double`, `bool`, `bytes`, `array`, `map`, `empty` or
-//! `strindex` (a profiles string-table index, in `int`),
-//! and the column of that type holds the value; arrays and maps (any depth) are in `json` as the
-//! OTLP/JSON `AnyValue`. In SQL: `attributes['http.method']['str']`.
+//! An attribute set `X` is seven columns, one map per value type, so that SQL reads a value
+//! with its own type and Parquet stores two leaf columns (key, value) per attribute:
+//!
+//! | column | type | holds |
+//! |---|---|---|
+//! | `X` | map<utf8, utf8> | string values: `attributes['http.method']` |
+//! | `X_int` | map<utf8, int64> | int values: `attributes_int['http.status_code']` |
+//! | `X_double` | map<utf8, float64> | double values |
+//! | `X_bool` | map<utf8, bool> | bool values |
+//! | `X_bytes` | map<utf8, binary> | bytes values |
+//! | `X_json` | map<utf8, utf8> | everything else as the OTLP/JSON `AnyValue`: arrays, maps (any depth), string-table indexes, empty values (`{}`) |
+//! | `X_order` | utf8, null | the original order of the attributes, one letter per attribute (`s` string, `i` int, `d` double, `b` bool, `y` bytes, `j` json); null when they were already grouped in that order |
+//!
+//! Replay reads `X_order` to give the attributes back in the order they came.
 //!
 //! Ids of the wrong length (only possible from a malformed sender) are zero-padded or cut.
 
@@ -54,54 +63,50 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{span, ResourceSpans, Span, Status};
 
 /// Stored in each file's key-value metadata as `tracepipe.schema_version`.
-pub const SCHEMA_VERSION: &str = "1";
+pub const SCHEMA_VERSION: &str = "2";
 
 fn ts_type() -> DataType {
     DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into()))
 }
 
-fn value_fields() -> Fields {
-    Fields::from(vec![
-        Field::new("type", DataType::Utf8, false),
-        Field::new("str", DataType::Utf8, true),
-        Field::new("int", DataType::Int64, true),
-        Field::new("double", DataType::Float64, true),
-        Field::new("bool", DataType::Boolean, true),
-        Field::new("bytes", DataType::Binary, true),
-        Field::new("json", DataType::Utf8, true),
-    ])
+/// The attribute value types, each kept in its own map column (`<set>`, `<set>_int`, …), with
+/// the letter `<set>_order` uses for it. Replay puts attributes back in this order when a row
+/// has no `_order` (its attributes were already grouped by type in this order).
+pub const ATTRIBUTE_TYPES: [(&str, u8); 6] = [("", b's'), ("_int", b'i'), ("_double", b'd'), ("_bool", b'b'), ("_bytes", b'y'), ("_json", b'j')];
+
+fn map_type(value: DataType) -> DataType {
+    let entries = Fields::from(vec![Field::new("key", DataType::Utf8, false), Field::new("value", value, false)]);
+    DataType::Map(Arc::new(Field::new("entries", DataType::Struct(entries), false)), false)
 }
 
-fn entry_fields() -> Fields {
-    Fields::from(vec![Field::new("key", DataType::Utf8, false), Field::new("value", DataType::Struct(value_fields()), false)])
+fn attr_value_types() -> [DataType; 6] {
+    [DataType::Utf8, DataType::Int64, DataType::Float64, DataType::Boolean, DataType::Binary, DataType::Utf8]
 }
 
-fn entries_field() -> Arc<Field> {
-    Arc::new(Field::new("entries", DataType::Struct(entry_fields()), false))
-}
-
-fn attrs_type() -> DataType {
-    DataType::Map(entries_field(), false)
+/// The seven columns of one attribute set named `set` (`attributes`, `resource_attributes`, …).
+fn attr_fields(set: &str) -> Vec<Field> {
+    let mut f: Vec<Field> = ATTRIBUTE_TYPES.iter().zip(attr_value_types()).map(|((suffix, _), t)| Field::new(format!("{set}{suffix}"), map_type(t), false)).collect();
+    f.push(Field::new(format!("{set}_order"), DataType::Utf8, true));
+    f
 }
 
 fn event_fields() -> Fields {
-    Fields::from(vec![
-        Field::new("time", ts_type(), false),
-        Field::new("name", DataType::Utf8, false),
-        Field::new("attributes", attrs_type(), false),
-        Field::new("dropped_attributes_count", DataType::UInt32, false),
-    ])
+    let mut f = vec![Field::new("time", ts_type(), false), Field::new("name", DataType::Utf8, false)];
+    f.extend(attr_fields("attributes"));
+    f.push(Field::new("dropped_attributes_count", DataType::UInt32, false));
+    Fields::from(f)
 }
 
 fn link_fields() -> Fields {
-    Fields::from(vec![
+    let mut f = vec![
         Field::new("trace_id", DataType::FixedSizeBinary(16), false),
         Field::new("span_id", DataType::FixedSizeBinary(8), false),
         Field::new("trace_state", DataType::Utf8, false),
-        Field::new("attributes", attrs_type(), false),
-        Field::new("dropped_attributes_count", DataType::UInt32, false),
-        Field::new("flags", DataType::UInt32, false),
-    ])
+    ];
+    f.extend(attr_fields("attributes"));
+    f.push(Field::new("dropped_attributes_count", DataType::UInt32, false));
+    f.push(Field::new("flags", DataType::UInt32, false));
+    Fields::from(f)
 }
 
 fn list_item(fields: Fields) -> Arc<Field> {
@@ -112,7 +117,7 @@ fn list_item(fields: Fields) -> Arc<Field> {
 pub fn schema() -> SchemaRef {
     let u32f = |n: &str| Field::new(n, DataType::UInt32, false);
     let utf8 = |n: &str| Field::new(n, DataType::Utf8, false);
-    Arc::new(Schema::new(vec![
+    let mut f = vec![
         Field::new("trace_id", DataType::FixedSizeBinary(16), false),
         Field::new("span_id", DataType::FixedSizeBinary(8), false),
         Field::new("parent_span_id", DataType::FixedSizeBinary(8), true),
@@ -126,22 +131,20 @@ pub fn schema() -> SchemaRef {
         utf8("status_code"),
         utf8("status_message"),
         Field::new("service_name", DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)), true),
-        Field::new("attributes", attrs_type(), false),
+    ];
+    f.extend(attr_fields("attributes"));
+    f.extend([
         u32f("dropped_attributes_count"),
         Field::new("events", DataType::List(list_item(event_fields())), false),
         u32f("dropped_events_count"),
         Field::new("links", DataType::List(list_item(link_fields())), false),
         u32f("dropped_links_count"),
-        Field::new("resource_attributes", attrs_type(), false),
-        u32f("resource_dropped_attributes_count"),
-        utf8("resource_schema_url"),
-        Field::new("resource_entity_refs", DataType::Utf8, true),
-        utf8("scope_name"),
-        utf8("scope_version"),
-        Field::new("scope_attributes", attrs_type(), false),
-        u32f("scope_dropped_attributes_count"),
-        utf8("scope_schema_url"),
-    ]))
+    ]);
+    f.extend(attr_fields("resource_attributes"));
+    f.extend([u32f("resource_dropped_attributes_count"), utf8("resource_schema_url"), Field::new("resource_entity_refs", DataType::Utf8, true), utf8("scope_name"), utf8("scope_version")]);
+    f.extend(attr_fields("scope_attributes"));
+    f.extend([u32f("scope_dropped_attributes_count"), utf8("scope_schema_url")]);
+    Arc::new(Schema::new(f))
 }
 
 /// The `kind` column's spelling of an OTLP span kind.
@@ -192,18 +195,51 @@ fn fixed<const N: usize>(b: &[u8]) -> [u8; N] {
     out
 }
 
-/// Builds the `map<utf8, value>` columns.
-pub(crate) struct AttrCols {
+/// One `map<utf8, T>` column being built.
+struct MapCol<B> {
     offsets: Vec<i32>,
-    key: StringBuilder,
-    ty: StringBuilder,
-    s: StringBuilder,
-    i: Int64Builder,
-    d: Float64Builder,
-    b: BooleanBuilder,
-    bytes: BinaryBuilder,
-    json: StringBuilder,
-    len: i32,
+    keys: StringBuilder,
+    values: B,
+}
+
+impl<B: ArrayBuilder> MapCol<B> {
+    fn new(rows: usize, entries: usize, key_bytes: usize, values: B) -> Self {
+        let mut offsets = Vec::with_capacity(rows + 1);
+        offsets.push(0);
+        MapCol { offsets, keys: StringBuilder::with_capacity(entries, key_bytes), values }
+    }
+
+    #[inline]
+    fn key(&mut self, key: &str) -> &mut B {
+        self.keys.append_value(key);
+        &mut self.values
+    }
+
+    fn end_row(&mut self) {
+        self.offsets.push(ArrayBuilder::len(&self.keys) as i32);
+    }
+
+    fn finish(mut self, value: DataType) -> ArrayRef {
+        let DataType::Map(entries_field, _) = map_type(value) else { unreachable!("map_type gives a map") };
+        let DataType::Struct(fields) = entries_field.data_type().clone() else { unreachable!("map entries are structs") };
+        let entries = StructArray::new(fields, vec![Arc::new(self.keys.finish()), self.values.finish()], None);
+        Arc::new(MapArray::new(entries_field, OffsetBuffer::new(self.offsets.into()), entries, None, false))
+    }
+}
+
+/// Builds the seven columns of one attribute set: a map per value type and the `_order` column.
+pub(crate) struct AttrCols {
+    s: MapCol<StringBuilder>,
+    i: MapCol<Int64Builder>,
+    d: MapCol<Float64Builder>,
+    b: MapCol<BooleanBuilder>,
+    y: MapCol<BinaryBuilder>,
+    j: MapCol<StringBuilder>,
+    order: StringBuilder,
+    /// The current row's type letters, and whether they are still in [`ATTRIBUTE_TYPES`] order.
+    row: Vec<u8>,
+    grouped: bool,
+    last: u8,
 }
 
 /// An attribute value that is not an array or map, borrowed.
@@ -222,37 +258,45 @@ pub(crate) enum Scalar<'a> {
 #[derive(Default)]
 pub(crate) struct Sizes {
     pub(crate) rows: usize,
+    pub(crate) ints: usize,
     pub(crate) key_bytes: usize,
     pub(crate) str_bytes: usize,
 }
 
 impl Sizes {
     fn add(&mut self, kvs: &[KeyValue]) {
-        self.rows += kvs.len();
         for kv in kvs {
-            self.key_bytes += kv.key.len();
-            if let Some(Value::StringValue(v)) = kv.value.as_ref().and_then(|v| v.value.as_ref()) {
-                self.str_bytes += v.len();
+            match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                Some(Value::StringValue(v)) => {
+                    self.rows += 1;
+                    self.key_bytes += kv.key.len();
+                    self.str_bytes += v.len();
+                }
+                Some(Value::IntValue(_)) => self.ints += 1,
+                _ => {}
             }
         }
     }
 }
 
+/// The OTLP/JSON `AnyValue` kept in `_json` (arrays, maps, string-table indexes, empty values).
+fn json_value(v: Option<&AnyValue>) -> String {
+    serde_json::to_string(v.unwrap_or(&AnyValue { value: None })).unwrap_or_else(|_| "{}".to_owned())
+}
+
 impl AttrCols {
     fn new(maps: usize, n: &Sizes) -> Self {
-        let mut offsets = Vec::with_capacity(maps + 1);
-        offsets.push(0);
         AttrCols {
-            offsets,
-            key: StringBuilder::with_capacity(n.rows, n.key_bytes),
-            ty: StringBuilder::with_capacity(n.rows, n.rows * 6),
-            s: StringBuilder::with_capacity(n.rows, n.str_bytes),
-            i: Int64Builder::with_capacity(n.rows),
-            d: Float64Builder::with_capacity(n.rows),
-            b: BooleanBuilder::with_capacity(n.rows),
-            bytes: BinaryBuilder::with_capacity(n.rows, 0),
-            json: StringBuilder::with_capacity(n.rows, 0),
-            len: 0,
+            s: MapCol::new(maps, n.rows, n.key_bytes, StringBuilder::with_capacity(n.rows, n.str_bytes)),
+            i: MapCol::new(maps, n.ints, n.ints * 16, Int64Builder::with_capacity(n.ints)),
+            d: MapCol::new(maps, 0, 0, Float64Builder::new()),
+            b: MapCol::new(maps, 0, 0, BooleanBuilder::new()),
+            y: MapCol::new(maps, 0, 0, BinaryBuilder::new()),
+            j: MapCol::new(maps, 0, 0, StringBuilder::new()),
+            order: StringBuilder::with_capacity(maps, 0),
+            row: Vec::new(),
+            grouped: true,
+            last: 0,
         }
     }
 
@@ -261,9 +305,29 @@ impl AttrCols {
         self.end_row();
     }
 
-    /// Ends one map row (a span's, event's, link's, resource's or scope's attributes).
+    /// Ends one row (a span's, event's, link's, resource's or scope's attributes).
     pub(crate) fn end_row(&mut self) {
-        self.offsets.push(self.len);
+        self.s.end_row();
+        self.i.end_row();
+        self.d.end_row();
+        self.b.end_row();
+        self.y.end_row();
+        self.j.end_row();
+        if self.grouped {
+            self.order.append_null();
+        } else {
+            self.order.append_value(std::str::from_utf8(&self.row).expect("type letters are ASCII"));
+        }
+        self.row.clear();
+        self.grouped = true;
+        self.last = 0;
+    }
+
+    #[inline]
+    fn note(&mut self, rank: u8) {
+        self.row.push(ATTRIBUTE_TYPES[rank as usize].1);
+        self.grouped &= rank >= self.last;
+        self.last = rank;
     }
 
     /// Adds one entry to the current row.
@@ -274,12 +338,9 @@ impl AttrCols {
             Some(Value::DoubleValue(x)) => Scalar::Double(*x),
             Some(Value::BoolValue(x)) => Scalar::Bool(*x),
             Some(Value::BytesValue(x)) => Scalar::Bytes(x),
-            Some(Value::StringValueStrindex(x)) => Scalar::Strindex(*x),
-            Some(v @ (Value::ArrayValue(_) | Value::KvlistValue(_))) => {
-                let ty = if matches!(v, Value::ArrayValue(_)) { "array" } else { "map" };
-                self.push_parts(&kv.key, ty, None, None, None, None, None);
-                self.json.append_value(serde_json::to_string(kv.value.as_ref().expect("matched")).unwrap_or_default());
-                return;
+            Some(Value::StringValueStrindex(_) | Value::ArrayValue(_) | Value::KvlistValue(_)) => {
+                self.j.key(&kv.key).append_value(json_value(kv.value.as_ref()));
+                return self.note(5);
             }
             None => Scalar::Empty,
         };
@@ -289,48 +350,44 @@ impl AttrCols {
     /// Adds one entry whose value is not an array or map.
     #[inline]
     pub(crate) fn push_scalar(&mut self, key: &str, v: Scalar<'_>) {
-        match v {
-            Scalar::Str(x) => self.push_parts(key, "string", Some(x), None, None, None, None),
-            Scalar::Int(x) => self.push_parts(key, "int", None, Some(x), None, None, None),
-            Scalar::Double(x) => self.push_parts(key, "double", None, None, Some(x), None, None),
-            Scalar::Bool(x) => self.push_parts(key, "bool", None, None, None, Some(x), None),
-            Scalar::Bytes(x) => self.push_parts(key, "bytes", None, None, None, None, Some(x)),
-            Scalar::Strindex(x) => self.push_parts(key, "strindex", None, Some(i64::from(x)), None, None, None),
-            Scalar::Empty => self.push_parts(key, "empty", None, None, None, None, None),
-        }
-        self.json.append_null();
+        let rank = match v {
+            Scalar::Str(x) => {
+                self.s.key(key).append_value(x);
+                0
+            }
+            Scalar::Int(x) => {
+                self.i.key(key).append_value(x);
+                1
+            }
+            Scalar::Double(x) => {
+                self.d.key(key).append_value(x);
+                2
+            }
+            Scalar::Bool(x) => {
+                self.b.key(key).append_value(x);
+                3
+            }
+            Scalar::Bytes(x) => {
+                self.y.key(key).append_value(x);
+                4
+            }
+            Scalar::Strindex(x) => {
+                self.j.key(key).append_value(json_value(Some(&AnyValue { value: Some(Value::StringValueStrindex(x)) })));
+                5
+            }
+            Scalar::Empty => {
+                self.j.key(key).append_value(json_value(None));
+                5
+            }
+        };
+        self.note(rank);
     }
 
-    /// Every column but `json`.
-    #[allow(clippy::too_many_arguments)]
-    #[inline]
-    fn push_parts(&mut self, key: &str, ty: &str, s: Option<&str>, i: Option<i64>, d: Option<f64>, b: Option<bool>, bytes: Option<&[u8]>) {
-        self.key.append_value(key);
-        self.ty.append_value(ty);
-        self.s.append_option(s);
-        self.i.append_option(i);
-        self.d.append_option(d);
-        self.b.append_option(b);
-        self.bytes.append_option(bytes);
-        self.len += 1;
-    }
-
-    fn finish(mut self) -> ArrayRef {
-        let value = StructArray::new(
-            value_fields(),
-            vec![
-                Arc::new(self.ty.finish()),
-                Arc::new(self.s.finish()),
-                Arc::new(self.i.finish()),
-                Arc::new(self.d.finish()),
-                Arc::new(self.b.finish()),
-                Arc::new(self.bytes.finish()),
-                Arc::new(self.json.finish()),
-            ],
-            None,
-        );
-        let entries = StructArray::new(entry_fields(), vec![Arc::new(self.key.finish()), Arc::new(value)], None);
-        Arc::new(MapArray::new(entries_field(), OffsetBuffer::new(self.offsets.into()), entries, None, false))
+    /// The seven columns, in [`attr_fields`] order.
+    fn finish(self) -> Vec<ArrayRef> {
+        let [ts, ti, td, tb, ty, tj] = attr_value_types();
+        let mut order = self.order;
+        vec![self.s.finish(ts), self.i.finish(ti), self.d.finish(td), self.b.finish(tb), self.y.finish(ty), self.j.finish(tj), Arc::new(order.finish())]
     }
 }
 
@@ -579,32 +636,26 @@ impl Columns {
 
     /// The record batch of every row added.
     pub(crate) fn finish(mut self) -> Result<RecordBatch, ArrowError> {
-        let events = StructArray::new(
-            event_fields(),
-            vec![Arc::new(self.ev_time.finish()), Arc::new(self.ev_name.finish()), self.ev_attrs.finish(), Arc::new(self.ev_dropped.finish())],
-            None,
-        );
-        let links = StructArray::new(
-            link_fields(),
-            vec![
-                Arc::new(self.lk_trace.finish()),
-                Arc::new(self.lk_span.finish()),
-                Arc::new(self.lk_state.finish()),
-                self.lk_attrs.finish(),
-                Arc::new(self.lk_dropped.finish()),
-                Arc::new(self.lk_flags.finish()),
-            ],
-            None,
-        );
+        let mut ev: Vec<ArrayRef> = vec![Arc::new(self.ev_time.finish()), Arc::new(self.ev_name.finish())];
+        ev.extend(self.ev_attrs.finish());
+        ev.push(Arc::new(self.ev_dropped.finish()));
+        let events = StructArray::try_new(event_fields(), ev, None)?;
+        let mut lk: Vec<ArrayRef> = vec![Arc::new(self.lk_trace.finish()), Arc::new(self.lk_span.finish()), Arc::new(self.lk_state.finish())];
+        lk.extend(self.lk_attrs.finish());
+        lk.push(Arc::new(self.lk_dropped.finish()));
+        lk.push(Arc::new(self.lk_flags.finish()));
+        let links = StructArray::try_new(link_fields(), lk, None)?;
         let ctx_row = self.ctx_row.finish();
-        let per_span = |a: ArrayRef| take(a.as_ref(), &ctx_row, None);
-        let per_span_map = |a: ArrayRef| repeat_map(a, &ctx_row);
+        let per_span = |a: ArrayRef| match a.data_type() {
+            DataType::Map(..) => repeat_map(a, &ctx_row),
+            _ => take(a.as_ref(), &ctx_row, None),
+        };
         let mut c = self.ctx;
         // The dictionary's values are the per-ScopeSpans names (repeats allowed); keys point at them.
         let names = c.service.finish();
         let keys: Int32Array = ctx_row.values().iter().map(|&r| names.is_valid(r as usize).then_some(r as i32)).collect();
         let service = DictionaryArray::<Int32Type>::try_new(keys, Arc::new(names))?;
-        let columns: Vec<ArrayRef> = vec![
+        let mut columns: Vec<ArrayRef> = vec![
             Arc::new(self.trace_id.finish()),
             Arc::new(self.span_id.finish()),
             Arc::new(self.parent.finish()),
@@ -618,22 +669,28 @@ impl Columns {
             Arc::new(self.status_code.finish()),
             Arc::new(self.status_message.finish()),
             Arc::new(service),
-            self.attrs.finish(),
-            Arc::new(self.dropped_attrs.finish()),
+        ];
+        columns.extend(self.attrs.finish());
+        columns.extend([
+            Arc::new(self.dropped_attrs.finish()) as ArrayRef,
             Arc::new(ListArray::new(list_item(event_fields()), OffsetBuffer::new(self.ev_offsets.into()), Arc::new(events), None)),
             Arc::new(self.dropped_events.finish()),
             Arc::new(ListArray::new(list_item(link_fields()), OffsetBuffer::new(self.lk_offsets.into()), Arc::new(links), None)),
             Arc::new(self.dropped_links.finish()),
-            per_span_map(c.res_attrs.finish())?,
-            per_span(Arc::new(c.res_dropped.finish()))?,
-            per_span(Arc::new(c.res_schema.finish()))?,
-            per_span(Arc::new(c.res_entities.finish()))?,
-            per_span(Arc::new(c.scope_name.finish()))?,
-            per_span(Arc::new(c.scope_version.finish()))?,
-            per_span_map(c.scope_attrs.finish())?,
-            per_span(Arc::new(c.scope_dropped.finish()))?,
-            per_span(Arc::new(c.scope_schema.finish()))?,
-        ];
+        ]);
+        for a in c.res_attrs.finish() {
+            columns.push(per_span(a)?);
+        }
+        columns.push(per_span(Arc::new(c.res_dropped.finish()))?);
+        columns.push(per_span(Arc::new(c.res_schema.finish()))?);
+        columns.push(per_span(Arc::new(c.res_entities.finish()))?);
+        columns.push(per_span(Arc::new(c.scope_name.finish()))?);
+        columns.push(per_span(Arc::new(c.scope_version.finish()))?);
+        for a in c.scope_attrs.finish() {
+            columns.push(per_span(a)?);
+        }
+        columns.push(per_span(Arc::new(c.scope_dropped.finish()))?);
+        columns.push(per_span(Arc::new(c.scope_schema.finish()))?);
         RecordBatch::try_new(schema(), columns)
     }
 }
@@ -642,6 +699,7 @@ impl Columns {
 /// each row's entries through `MutableArrayData`, which costs more than building them again.
 fn repeat_map(a: ArrayRef, rows: &UInt32Array) -> Result<ArrayRef, ArrowError> {
     let map = a.as_any().downcast_ref::<MapArray>().expect("attribute columns are maps");
+    let DataType::Map(entries_field, sorted) = map.data_type() else { unreachable!("a MapArray has a map type") };
     let o = map.value_offsets();
     let mut offsets = Vec::with_capacity(rows.len() + 1);
     offsets.push(0i32);
@@ -653,9 +711,8 @@ fn repeat_map(a: ArrayRef, rows: &UInt32Array) -> Result<ArrayRef, ArrowError> {
     }
     let entries = take(map.entries(), &UInt32Array::from(entries), None)?;
     let entries = entries.as_any().downcast_ref::<StructArray>().expect("map entries are structs").clone();
-    Ok(Arc::new(MapArray::try_new(entries_field(), OffsetBuffer::new(offsets.into()), entries, None, false)?))
+    Ok(Arc::new(MapArray::try_new(entries_field.clone(), OffsetBuffer::new(offsets.into()), entries, None, *sorted)?))
 }
-
 
 /// Converts spans to one record batch in the archive schema.
 pub fn to_record_batch(rs: &[ResourceSpans]) -> Result<RecordBatch, ArrowError> {
@@ -707,56 +764,91 @@ fn field<'a, T: 'static>(s: &'a StructArray, name: &str) -> Result<&'a T, ArrowE
         .ok_or_else(|| ArrowError::SchemaError(format!("archive field `{name}` has an unexpected type")))
 }
 
-/// Reads `map<utf8, value>` rows back.
-struct AttrReader<'a> {
+/// One `map<utf8, T>` column read back: its offsets, keys and values.
+struct MapRead<'a, T> {
     map: &'a MapArray,
-    key: &'a StringArray,
-    ty: &'a StringArray,
-    s: &'a StringArray,
-    i: &'a Int64Array,
-    d: &'a Float64Array,
-    b: &'a BooleanArray,
-    bytes: &'a BinaryArray,
-    json: &'a StringArray,
+    keys: &'a StringArray,
+    values: &'a T,
+}
+
+impl<'a, T: 'static> MapRead<'a, T> {
+    fn new(get: &impl Fn(&str) -> Option<&'a ArrayRef>, name: &str) -> Result<Self, ArrowError> {
+        let map = get(name)
+            .ok_or_else(|| ArrowError::SchemaError(format!("archive column `{name}` missing")))?
+            .as_any()
+            .downcast_ref::<MapArray>()
+            .ok_or_else(|| ArrowError::SchemaError(format!("archive column `{name}` is not a map")))?;
+        let keys = map.keys().as_any().downcast_ref::<StringArray>().ok_or_else(|| ArrowError::SchemaError(format!("`{name}` keys are not strings")))?;
+        let values = map.values().as_any().downcast_ref::<T>().ok_or_else(|| ArrowError::SchemaError(format!("`{name}` values have an unexpected type")))?;
+        Ok(MapRead { map, keys, values })
+    }
+
+    fn range(&self, row: usize) -> std::ops::Range<usize> {
+        let o = self.map.value_offsets();
+        o[row] as usize..o[row + 1] as usize
+    }
+}
+
+/// Reads one attribute set (its seven columns) back into `KeyValue`s, in the original order.
+struct AttrReader<'a> {
+    s: MapRead<'a, StringArray>,
+    i: MapRead<'a, Int64Array>,
+    d: MapRead<'a, Float64Array>,
+    b: MapRead<'a, BooleanArray>,
+    y: MapRead<'a, BinaryArray>,
+    j: MapRead<'a, StringArray>,
+    order: &'a StringArray,
 }
 
 impl<'a> AttrReader<'a> {
-    fn new(a: &'a dyn Array) -> Result<Self, ArrowError> {
-        let map = a.as_any().downcast_ref::<MapArray>().ok_or_else(|| ArrowError::SchemaError("attributes are not a map".into()))?;
-        let entries = map.entries();
-        let key = field::<StringArray>(entries, "key")?;
-        let value = field::<StructArray>(entries, "value")?;
+    /// The set `set`, its columns looked up with `get` (a record batch's or an event struct's).
+    fn new(get: impl Fn(&str) -> Option<&'a ArrayRef>, set: &str) -> Result<Self, ArrowError> {
+        let name = |suffix: &str| format!("{set}{suffix}");
+        let order = get(&name("_order"))
+            .and_then(|a| a.as_any().downcast_ref::<StringArray>())
+            .ok_or_else(|| ArrowError::SchemaError(format!("archive column `{set}_order` missing or not utf8")))?;
         Ok(AttrReader {
-            map,
-            key,
-            ty: field(value, "type")?,
-            s: field(value, "str")?,
-            i: field(value, "int")?,
-            d: field(value, "double")?,
-            b: field(value, "bool")?,
-            bytes: field(value, "bytes")?,
-            json: field(value, "json")?,
+            s: MapRead::new(&get, set)?,
+            i: MapRead::new(&get, &name("_int"))?,
+            d: MapRead::new(&get, &name("_double"))?,
+            b: MapRead::new(&get, &name("_bool"))?,
+            y: MapRead::new(&get, &name("_bytes"))?,
+            j: MapRead::new(&get, &name("_json"))?,
+            order,
         })
     }
 
+    /// Entry `k` of the map of type rank `t`.
+    fn entry(&self, t: usize, k: usize) -> KeyValue {
+        let (key, value) = match t {
+            0 => (self.s.keys.value(k), Some(Value::StringValue(self.s.values.value(k).to_owned()))),
+            1 => (self.i.keys.value(k), Some(Value::IntValue(self.i.values.value(k)))),
+            2 => (self.d.keys.value(k), Some(Value::DoubleValue(self.d.values.value(k)))),
+            3 => (self.b.keys.value(k), Some(Value::BoolValue(self.b.values.value(k)))),
+            4 => (self.y.keys.value(k), Some(Value::BytesValue(self.y.values.value(k).to_vec()))),
+            _ => (self.j.keys.value(k), serde_json::from_str::<AnyValue>(self.j.values.value(k)).ok().and_then(|v| v.value)),
+        };
+        KeyValue { key: key.to_owned(), value: value.map(|v| AnyValue { value: Some(v) }), key_strindex: 0 }
+    }
+
     fn row(&self, row: usize) -> Vec<KeyValue> {
-        let o = self.map.value_offsets();
-        let (from, to) = (o[row] as usize, o[row + 1] as usize);
-        (from..to)
-            .map(|k| {
-                let value = match self.ty.value(k) {
-                    "string" => Some(Value::StringValue(self.s.value(k).to_owned())),
-                    "int" => Some(Value::IntValue(self.i.value(k))),
-                    "strindex" => Some(Value::StringValueStrindex(self.i.value(k) as i32)),
-                    "double" => Some(Value::DoubleValue(self.d.value(k))),
-                    "bool" => Some(Value::BoolValue(self.b.value(k))),
-                    "bytes" => Some(Value::BytesValue(self.bytes.value(k).to_vec())),
-                    "array" | "map" => serde_json::from_str::<AnyValue>(self.json.value(k)).ok().and_then(|v| v.value),
-                    _ => None,
-                };
-                KeyValue { key: self.key.value(k).to_owned(), value: value.map(|v| AnyValue { value: Some(v) }), key_strindex: 0 }
-            })
-            .collect()
+        let mut ranges = [self.s.range(row), self.i.range(row), self.d.range(row), self.b.range(row), self.y.range(row), self.j.range(row)];
+        let mut out = Vec::with_capacity(ranges.iter().map(|r| r.len()).sum());
+        if self.order.is_valid(row) {
+            for letter in self.order.value(row).bytes() {
+                let Some(t) = ATTRIBUTE_TYPES.iter().position(|(_, l)| *l == letter) else { continue };
+                if let Some(k) = ranges[t].next() {
+                    out.push(self.entry(t, k));
+                }
+            }
+        }
+        // Grouped rows, and whatever a damaged `_order` did not name: in type order.
+        for (t, r) in ranges.iter_mut().enumerate() {
+            for k in r {
+                out.push(self.entry(t, k));
+            }
+        }
+        out
     }
 }
 
@@ -780,13 +872,14 @@ pub fn from_record_batch(b: &RecordBatch) -> Result<Vec<ResourceSpans>, ArrowErr
     let end = col::<TimestampNanosecondArray>(b, "end_time")?;
     let status_code = col::<StringArray>(b, "status_code")?;
     let status_message = col::<StringArray>(b, "status_message")?;
-    let attrs = AttrReader::new(col::<MapArray>(b, "attributes")?)?;
+    let by_name = |n: &str| b.column_by_name(n);
+    let attrs = AttrReader::new(by_name, "attributes")?;
     let dropped_attrs = col::<UInt32Array>(b, "dropped_attributes_count")?;
     let (events, ev) = list_struct(b, "events")?;
     let (ev_time, ev_name, ev_attrs, ev_dropped) = (
         field::<TimestampNanosecondArray>(ev, "time")?,
         field::<StringArray>(ev, "name")?,
-        AttrReader::new(ev.column_by_name("attributes").ok_or_else(|| ArrowError::SchemaError("event attributes missing".into()))?.as_ref())?,
+        AttrReader::new(|n| ev.column_by_name(n), "attributes")?,
         field::<UInt32Array>(ev, "dropped_attributes_count")?,
     );
     let dropped_events = col::<UInt32Array>(b, "dropped_events_count")?;
@@ -795,18 +888,18 @@ pub fn from_record_batch(b: &RecordBatch) -> Result<Vec<ResourceSpans>, ArrowErr
         field::<FixedSizeBinaryArray>(lk, "trace_id")?,
         field::<FixedSizeBinaryArray>(lk, "span_id")?,
         field::<StringArray>(lk, "trace_state")?,
-        AttrReader::new(lk.column_by_name("attributes").ok_or_else(|| ArrowError::SchemaError("link attributes missing".into()))?.as_ref())?,
+        AttrReader::new(|n| lk.column_by_name(n), "attributes")?,
         field::<UInt32Array>(lk, "dropped_attributes_count")?,
         field::<UInt32Array>(lk, "flags")?,
     );
     let dropped_links = col::<UInt32Array>(b, "dropped_links_count")?;
-    let res_attrs = AttrReader::new(col::<MapArray>(b, "resource_attributes")?)?;
+    let res_attrs = AttrReader::new(by_name, "resource_attributes")?;
     let res_dropped = col::<UInt32Array>(b, "resource_dropped_attributes_count")?;
     let res_schema = col::<StringArray>(b, "resource_schema_url")?;
     let res_entities = col::<StringArray>(b, "resource_entity_refs")?;
     let scope_name = col::<StringArray>(b, "scope_name")?;
     let scope_version = col::<StringArray>(b, "scope_version")?;
-    let scope_attrs = AttrReader::new(col::<MapArray>(b, "scope_attributes")?)?;
+    let scope_attrs = AttrReader::new(by_name, "scope_attributes")?;
     let scope_dropped = col::<UInt32Array>(b, "scope_dropped_attributes_count")?;
     let scope_schema = col::<StringArray>(b, "scope_schema_url")?;
 
@@ -862,3 +955,6 @@ pub fn from_record_batch(b: &RecordBatch) -> Result<Vec<ResourceSpans>, ArrowErr
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests;

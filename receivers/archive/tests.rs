@@ -94,7 +94,7 @@ async fn where_window_and_whole_traces() {
     let traces: std::collections::BTreeSet<u8> = got.iter().map(|(_, s, _)| s.trace_id[0]).collect();
     assert_eq!(traces.into_iter().collect::<Vec<_>>(), vec![3, 4, 5]);
     // Attribute maps are queryable.
-    let got = replay(ArchiveConfig { filter: Some("resource_attributes['service.name']['str'] = 'productpage'".into()), ..base }).await.unwrap();
+    let got = replay(ArchiveConfig { filter: Some("resource_attributes['service.name'] = 'productpage'".into()), ..base }).await.unwrap();
     assert_eq!(got.len(), 10);
 }
 
@@ -142,6 +142,19 @@ async fn clear_errors() {
     std::fs::write(dir.path().join("date=2026-11-18/hour=11/part-0-0-0.parquet"), b"PAR1 this is not a parquet file PAR1").unwrap();
     let e = replay(ArchiveConfig { path: dir.path().into(), ..Default::default() }).await.unwrap_err();
     assert!(e.contains("part-0-0-0.parquet` is not a readable Parquet file"), "{e}");
+    // A Parquet file of another schema version (or not tracepipe's) is named, not misread.
+    let (dir, _) = archive(2);
+    {
+        use datafusion::arrow::array::Int64Array;
+        use datafusion::arrow::record_batch::RecordBatch;
+        let b = RecordBatch::try_from_iter([("x", std::sync::Arc::new(Int64Array::from(vec![1])) as _)]).unwrap();
+        let f = std::fs::File::create(dir.path().join("date=2026-11-18/hour=11/part-9-9-9.parquet")).unwrap();
+        let mut w = datafusion::parquet::arrow::ArrowWriter::try_new(f, b.schema(), None).unwrap();
+        w.write(&b).unwrap();
+        w.close().unwrap();
+    }
+    let e = replay(ArchiveConfig { path: dir.path().into(), ..Default::default() }).await.unwrap_err();
+    assert!(e.contains("part-9-9-9.parquet` has schema version none (not written by tracepipe); this tracepipe reads version 2"), "{e}");
     // Bad times are caught when the config is read.
     let node = tracepipe_config::Node::parse("t.yaml", "from: yesterday\n").unwrap();
     let errs = ArchiveConfig::from_node(&node, "t.yaml").unwrap_err();

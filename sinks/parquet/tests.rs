@@ -39,7 +39,12 @@ pub(crate) fn rich(n: usize, start: u64) -> Vec<ResourceSpans> {
             kind: (i % 6) as i32,
             start_time_unix_nano: start + i as u64 * 1000,
             end_time_unix_nano: start + i as u64 * 1000 + 500,
-            attributes: attrs.clone(),
+            // Every order of types: the archive keeps it (`attributes_order`).
+            attributes: {
+                let mut a = attrs.clone();
+                a.rotate_left(i % attrs.len());
+                a
+            },
             dropped_attributes_count: 1,
             events: vec![span::Event { time_unix_nano: start + 7, name: "ev".into(), attributes: attrs[..3].to_vec(), dropped_attributes_count: 2 }],
             dropped_events_count: 3,
@@ -161,7 +166,7 @@ fn config_errors_point_at_fields() {
 }
 
 #[test]
-fn unique_columns_skip_the_dictionary_and_nested_ones_the_statistics() {
+fn unique_columns_skip_the_dictionary_and_nested_and_id_ones_the_statistics() {
     use datafusion::parquet::file::reader::{FileReader, SerializedFileReader};
     let dir = tempfile::tempdir().unwrap();
     let mut w = ArchiveWriter::new(ParquetSinkConfig { path: dir.path().to_path_buf(), ..Default::default() });
@@ -176,7 +181,10 @@ fn unique_columns_skip_the_dictionary_and_nested_ones_the_statistics() {
     assert!(chunk("name").dictionary_page_offset().is_some(), "name keeps its dictionary");
     assert!(chunk("attributes.entries.key").dictionary_page_offset().is_some(), "attribute keys keep their dictionary");
     assert!(chunk("attributes.entries.key").statistics().is_none(), "nested columns have no statistics");
-    assert!(chunk("attributes.entries.value.str").statistics().is_none());
+    assert!(chunk("attributes_int.entries.value").statistics().is_none());
+    assert!(chunk("events.list.item.attributes.entries.value").statistics().is_none());
+    assert!(chunk("trace_id").statistics().is_none(), "random ids have no statistics");
+    assert!(chunk("attributes_order").statistics().is_none());
     assert!(chunk("start_time").statistics().is_some(), "top-level columns keep statistics");
     assert!(chunk("service_name").statistics().is_some());
 }

@@ -154,12 +154,13 @@ impl ArchiveWriter {
 /// writer gives up on it at 1 MiB.
 const UNIQUE: &[&str] = &["trace_id", "span_id", "parent_span_id", "start_time", "end_time", "duration_ns"];
 
-/// Columns nested in maps or lists: their min/max mix every key's (or event's) values, so they
-/// prune nothing and are not worth a comparison per value.
-const NESTED: &[&str] = &["attributes", "events", "links", "resource_attributes", "scope_attributes"];
+/// Top-level columns whose min/max prune nothing: random ids, and the attribute order strings.
+const NO_STATISTICS: &[&str] = &["trace_id", "span_id", "parent_span_id"];
 
-/// Per-column settings: no dictionary for unique ids and times, no statistics inside maps and
-/// lists. Top-level columns keep page statistics (the page index prunes time and service ranges).
+/// Per-column settings: no dictionary for unique ids and times; no statistics for ids,
+/// `*_order` and anything inside maps and lists (their min/max mix every key's or event's
+/// values, so they prune nothing and are not worth a comparison per value). The other
+/// top-level columns keep page statistics (the page index prunes time and service ranges).
 fn column_settings(mut b: WriterPropertiesBuilder) -> WriterPropertiesBuilder {
     let parquet = ArrowSchemaConverter::new().convert(&schema::schema()).expect("the archive schema converts to Parquet");
     for c in parquet.columns() {
@@ -169,7 +170,7 @@ fn column_settings(mut b: WriterPropertiesBuilder) -> WriterPropertiesBuilder {
         if UNIQUE.contains(&top) || (top == "links" && (leaf == "trace_id" || leaf == "span_id")) || (top == "events" && leaf == "time") {
             b = b.set_column_dictionary_enabled(path.clone(), false);
         }
-        if NESTED.contains(&top) {
+        if parts.len() > 1 || NO_STATISTICS.contains(&top) || top.ends_with("_order") {
             b = b.set_column_statistics_enabled(path, EnabledStatistics::None);
         }
     }

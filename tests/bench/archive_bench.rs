@@ -155,7 +155,7 @@ async fn main() {
 
     for sql in [
         "SELECT service_name, count(*) AS spans, avg(duration_ns) AS avg_ns FROM spans GROUP BY service_name",
-        "SELECT attributes['http.status_code']['int'] AS status, count(*) FROM spans GROUP BY 1",
+        "SELECT attributes_int['http.status_code'] AS status, count(*) FROM spans GROUP BY 1",
     ] {
         let t = Instant::now();
         let rows = ctx.sql(sql).await.unwrap().collect().await.unwrap();

@@ -28,8 +28,8 @@ DOCUMENTED = {  # column -> pyarrow type, as pipeline/archive/schema.rs document
     "resource_entity_refs": pa.string(), "scope_name": pa.string(), "scope_version": pa.string(), "scope_dropped_attributes_count": pa.uint32(),
     "scope_schema_url": pa.string(),
 }
-VALUE = pa.struct([("type", pa.string()), ("str", pa.string()), ("int", pa.int64()), ("double", pa.float64()), ("bool", pa.bool_()),
-                   ("bytes", pa.binary()), ("json", pa.string())])
+# An attribute set: one map per value type (suffix -> value type) and the `_order` string.
+ATTRIBUTE_SET = {"": pa.string(), "_int": pa.int64(), "_double": pa.float64(), "_bool": pa.bool_(), "_bytes": pa.binary(), "_json": pa.string()}
 
 
 def archiver(path: Path, grpc_port: int, max_age="60s"):
@@ -69,18 +69,24 @@ def test_sdk_to_archive_to_replay_field_for_field(tmp_path):
         rows += t.num_rows
         for col, typ in DOCUMENTED.items():
             assert t.schema.field(col).type == typ, f"{col}: {t.schema.field(col).type} != {typ}"
-        for col in ("attributes", "resource_attributes", "scope_attributes"):
-            m = t.schema.field(col).type
-            assert pa.types.is_map(m) and m.key_type == pa.string(), m
-            assert [(f.name, f.type) for f in m.item_type] == [(f.name, f.type) for f in VALUE], m
-        assert pq.read_metadata(f).metadata[b"tracepipe.schema_version"] == b"1"
+        for set_ in ("attributes", "resource_attributes", "scope_attributes"):
+            for suffix, value in ATTRIBUTE_SET.items():
+                m = t.schema.field(set_ + suffix).type
+                assert pa.types.is_map(m) and m.key_type == pa.string() and m.item_type == value, f"{set_}{suffix}: {m}"
+            assert t.schema.field(set_ + "_order").type == pa.string()
+        events = t.schema.field("events").type.value_type
+        assert [events.field(i).name for i in range(events.num_fields)] == [
+            "time", "name", "attributes", "attributes_int", "attributes_double", "attributes_bool", "attributes_bytes", "attributes_json",
+            "attributes_order", "dropped_attributes_count"]
+        assert pq.read_metadata(f).metadata[b"tracepipe.schema_version"] == b"2"
     assert rows == len(sent) == 100
     t = pa.concat_tables(pq.read_table(f) for f in files)
     assert set(t.column("service_name").to_pylist()) == {"e2e-orders"}
-    attrs = dict(t.filter(pa.compute.equal(t.column("name"), "GET /orders-0")).column("attributes")[0].as_py())
-    assert attrs["http.status_code"]["type"] == "int" and attrs["http.status_code"]["int"] == 200
-    assert attrs["ratio"]["double"] == 0.25 and attrs["cached"]["bool"] is False
-    assert json.loads(attrs["tags"]["json"]) is not None and attrs["tags"]["type"] == "array"
+    row = t.filter(pa.compute.equal(t.column("name"), "GET /orders-0"))
+    attrs = {suffix: dict(row.column("attributes" + suffix)[0].as_py()) for suffix in ATTRIBUTE_SET}
+    assert attrs["_int"]["http.status_code"] == 200 and "http.status_code" not in attrs[""]
+    assert attrs["_double"]["ratio"] == 0.25 and attrs["_bool"]["cached"] is False
+    assert "arrayValue" in json.loads(attrs["_json"]["tags"]), attrs["_json"]
 
     # Replay -> OTLP -> a second tracepipe: every field as the SDK sent it.
     b, b_grpc, _, out = far_end()
@@ -151,7 +157,7 @@ def test_query_formats_and_errors(tmp_path):
     run = lambda *a: subprocess.run([tracepipe_bin(), "query", "--archive", str(archive), *a], capture_output=True, text=True, stdin=subprocess.DEVNULL)
     p = run("SELECT kind, count(*) AS n FROM spans GROUP BY kind ORDER BY kind")
     assert p.returncode == 0 and "| CLIENT   | 3 |" in p.stdout, p.stdout
-    p = run("--format", "json", "SELECT name, duration_ns >= 0 AS ok, attributes['http.method']['str'] AS method FROM spans WHERE kind = 'SERVER'")
+    p = run("--format", "json", "SELECT name, duration_ns >= 0 AS ok, attributes['http.method'] AS method FROM spans WHERE kind = 'SERVER'")
     rows = [json.loads(l) for l in p.stdout.splitlines()]
     assert len(rows) == 3 and all(r["ok"] and r["method"] == "GET" for r in rows), p.stdout
     p = run("--format", "csv", "SELECT encode(trace_id, 'hex') AS t FROM spans LIMIT 1")

@@ -35,7 +35,13 @@ fn every_field() -> Vec<ResourceSpans> {
         kind: i32::from(i % 7),
         start_time_unix_nano: 1_795_000_000_000_000_000 + u64::from(i),
         end_time_unix_nano: 1_795_000_000_000_000_500 + u64::from(i),
-        attributes: attrs[..(i as usize % attrs.len()) + 1].to_vec(),
+        attributes: {
+            let mut a = attrs[..(i as usize % attrs.len()) + 1].to_vec();
+            if i % 2 == 1 {
+                a.reverse();
+            }
+            a
+        },
         dropped_attributes_count: u32::from(i),
         events: if events { vec![span::Event { time_unix_nano: 5, name: "ev".into(), attributes: attrs[..3].to_vec(), dropped_attributes_count: 2 }] } else { vec![] },
         dropped_events_count: 3,

@@ -1,0 +1,79 @@
+//! Attribute sets: one map per value type, the original order kept, damaged orders survived.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, MapArray, StringArray};
+use datafusion::arrow::record_batch::RecordBatch;
+use opentelemetry_proto::tonic::common::v1::{any_value::Value, AnyValue, ArrayValue, KeyValue};
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+
+use super::{from_record_batch, to_record_batch};
+
+fn kv(k: &str, v: Option<Value>) -> KeyValue {
+    KeyValue { key: k.into(), value: v.map(|v| AnyValue { value: Some(v) }), key_strindex: 0 }
+}
+
+/// One span; resource and scope empty (what the archive gives back for missing ones).
+fn one_span(attributes: Vec<KeyValue>) -> Vec<ResourceSpans> {
+    let span = Span { trace_id: vec![1; 16], span_id: vec![2; 8], name: "op".into(), attributes, ..Default::default() };
+    vec![ResourceSpans { resource: Some(Default::default()), scope_spans: vec![ScopeSpans { scope: Some(Default::default()), spans: vec![span], schema_url: String::new() }], schema_url: String::new() }]
+}
+
+fn column<'a, T: 'static>(b: &'a RecordBatch, name: &str) -> &'a T {
+    b.column_by_name(name).unwrap_or_else(|| panic!("no column {name}")).as_any().downcast_ref::<T>().unwrap()
+}
+
+#[test]
+fn each_type_goes_to_its_own_map_and_the_order_comes_back() {
+    let attrs = vec![
+        kv("status", Some(Value::IntValue(503))),
+        kv("method", Some(Value::StringValue("GET".into()))),
+        kv("tags", Some(Value::ArrayValue(ArrayValue { values: vec![AnyValue { value: Some(Value::IntValue(1)) }] }))),
+        kv("ratio", Some(Value::DoubleValue(0.5))),
+        kv("cached", Some(Value::BoolValue(true))),
+        kv("blob", Some(Value::BytesValue(vec![0, 255]))),
+        kv("none", None),
+        kv("url", Some(Value::StringValue("/x".into()))),
+    ];
+    let spans = one_span(attrs);
+    let b = to_record_batch(&spans).unwrap();
+    let strings = column::<MapArray>(&b, "attributes");
+    assert_eq!(strings.value_length(0), 2);
+    let keys = strings.keys().as_any().downcast_ref::<StringArray>().unwrap();
+    assert_eq!((keys.value(0), keys.value(1)), ("method", "url"));
+    assert_eq!(column::<MapArray>(&b, "attributes_int").value_length(0), 1);
+    assert_eq!(column::<MapArray>(&b, "attributes_double").value_length(0), 1);
+    assert_eq!(column::<MapArray>(&b, "attributes_bool").value_length(0), 1);
+    assert_eq!(column::<MapArray>(&b, "attributes_bytes").value_length(0), 1);
+    let json = column::<MapArray>(&b, "attributes_json");
+    let values = json.values().as_any().downcast_ref::<StringArray>().unwrap();
+    assert_eq!(json.value_length(0), 2);
+    assert!(values.value(0).contains("arrayValue") || values.value(0).contains("array"), "{}", values.value(0));
+    assert_eq!(column::<StringArray>(&b, "attributes_order").value(0), "isjdbyjs");
+    assert_eq!(from_record_batch(&b).unwrap(), spans, "the original order comes back");
+}
+
+#[test]
+fn attributes_already_grouped_by_type_store_no_order() {
+    let spans = one_span(vec![kv("a", Some(Value::StringValue("x".into()))), kv("b", Some(Value::StringValue("y".into()))), kv("c", Some(Value::IntValue(1)))]);
+    let b = to_record_batch(&spans).unwrap();
+    assert!(column::<StringArray>(&b, "attributes_order").is_null(0));
+    assert!(column::<StringArray>(&b, "resource_attributes_order").is_null(0), "no attributes: nothing to order");
+    assert_eq!(from_record_batch(&b).unwrap(), spans);
+}
+
+#[test]
+fn a_damaged_order_loses_no_attribute() {
+    let spans = one_span(vec![kv("i", Some(Value::IntValue(1))), kv("s", Some(Value::StringValue("x".into()))), kv("t", Some(Value::StringValue("y".into())))]);
+    let b = to_record_batch(&spans).unwrap();
+    for damaged in ["", "zzz", "i", "iiiiss", "s"] {
+        let idx = b.schema().index_of("attributes_order").unwrap();
+        let mut cols = b.columns().to_vec();
+        cols[idx] = Arc::new(StringArray::from(vec![Some(damaged)]));
+        let bad = RecordBatch::try_new(b.schema(), cols).unwrap();
+        let got = from_record_batch(&bad).unwrap();
+        let mut keys: Vec<&str> = got[0].scope_spans[0].spans[0].attributes.iter().map(|kv| kv.key.as_str()).collect();
+        keys.sort();
+        assert_eq!(keys, ["i", "s", "t"], "order {damaged:?}");
+    }
+}
