@@ -64,23 +64,44 @@ pub struct ReplayArgs {
     pub speed: String,
     pub shift_to_now: bool,
     pub whole_traces: bool,
+    /// CA certificates (PEM) to trust for a TLS destination instead of the built-in roots.
+    pub ca_file: Option<PathBuf>,
+    /// The LightStep access token for `satellite://` (else `LIGHTSTEP_ACCESS_TOKEN`).
+    pub access_token: Option<String>,
 }
+
+/// The schemes `--to` takes, for error messages.
+const SCHEMES: &str = "grpc://, grpcs://, http://, https://, satellite:// or satellite+insecure://";
 
 fn json(s: &str) -> String {
     serde_json::to_string(s).expect("a string serializes")
 }
 
-/// The sink for a destination URL, as YAML.
-fn sink_for(url: &str) -> Result<String, String> {
-    let (scheme, rest) = url.split_once("://").ok_or_else(|| format!("`{url}` is not a URL (want grpc://, grpcs://, http:// or https://)"))?;
+/// The sink for a destination URL, as YAML. `satellite://` is a LightStep satellite (or the
+/// LightStep public endpoint) over OTLP/gRPC: TLS, and the `lightstep-access-token` header;
+/// `satellite+insecure://` the same in plaintext, for a satellite inside the cluster.
+fn sink_for(url: &str, a: &ReplayArgs) -> Result<String, String> {
+    let (scheme, rest) = url.split_once("://").ok_or_else(|| format!("`{url}` is not a URL (want {SCHEMES})"))?;
+    let mut headers = String::new();
     let (protocol, endpoint) = match scheme {
         "grpc" | "otlp" => ("grpc", format!("http://{rest}")),
         "grpcs" => ("grpc", format!("https://{rest}")),
         "http" | "https" => ("http/protobuf", url.to_owned()),
-        "kafka" | "satellite" | "lightstep" => return Err(format!("`{scheme}://` destinations need the {scheme} sink, which this build does not have yet")),
-        other => return Err(format!("unknown destination scheme `{other}://` (want grpc://, grpcs://, http:// or https://)")),
+        "satellite" | "satellite+insecure" => {
+            let token = a.access_token.clone().or_else(|| std::env::var("LIGHTSTEP_ACCESS_TOKEN").ok()).filter(|t| !t.is_empty());
+            let token = token.ok_or("`satellite://` needs an access token: --access-token TOKEN or LIGHTSTEP_ACCESS_TOKEN")?;
+            headers = format!(", headers: {{ lightstep-access-token: {} }}", json(&token));
+            ("grpc", format!("{}://{rest}", if scheme == "satellite" { "https" } else { "http" }))
+        }
+        "kafka" => return Err("`kafka://` destinations need the kafka sink, which this build does not have yet".to_owned()),
+        other => return Err(format!("unknown destination scheme `{other}://` (want {SCHEMES})")),
     };
-    Ok(format!("{{ type: otlp, inputs: [archive], endpoint: {}, protocol: {protocol} }}", json(&endpoint)))
+    let tls = match &a.ca_file {
+        Some(ca) if endpoint.starts_with("https://") => format!(", tls: {{ ca_file: {} }}", json(&ca.display().to_string())),
+        Some(_) => return Err(format!("--ca-file needs a TLS destination (grpcs://, https:// or satellite://), not `{scheme}://`")),
+        None => String::new(),
+    };
+    Ok(format!("{{ type: otlp, inputs: [archive], endpoint: {}, protocol: {protocol}{headers}{tls} }}", json(&endpoint)))
 }
 
 /// Builds the replay graph's YAML; `--to` takes both the window end (an RFC 3339 time) and the
@@ -97,7 +118,7 @@ pub fn replay_config(a: &ReplayArgs) -> Result<String, String> {
             return Err("give one end time with --to".into());
         }
     }
-    let dest = dest.ok_or("missing destination: --to URL (grpc://host:4317, http://host:4318/v1/traces, ...)")?;
+    let dest = dest.ok_or("missing destination: --to URL (grpc://host:4317, http://host:4318/v1/traces, satellite://host:port, ...)")?;
     let mut r = format!("type: archive, path: {}, speed: {}, shift_to_now: {}, whole_traces: {}", json(&a.archive.display().to_string()), json(&a.speed), a.shift_to_now, a.whole_traces);
     if let Some(w) = &a.filter {
         r += &format!(", where: {}", json(w));
@@ -108,7 +129,7 @@ pub fn replay_config(a: &ReplayArgs) -> Result<String, String> {
     if let Some(u) = &until {
         r += &format!(", to: {}", json(u));
     }
-    Ok(format!("receivers:\n  archive: {{ {r} }}\nsinks:\n  out: {}\ntelemetry:\n  metrics: {{ enabled: false }}\n", sink_for(&dest)?))
+    Ok(format!("receivers:\n  archive: {{ {r} }}\nsinks:\n  out: {}\ntelemetry:\n  metrics: {{ enabled: false }}\n", sink_for(&dest, a)?))
 }
 
 /// Counts the spans a replay will send (for the progress bar's length and ETA).

@@ -70,7 +70,7 @@ enum Command {
         #[arg(long, value_enum, default_value_t = archive_cli::QueryFormat::Table)]
         format: archive_cli::QueryFormat,
     },
-    /// Replay part of a trace archive to a destination (OTLP over gRPC or HTTP).
+    /// Replay part of a trace archive to a destination (OTLP over gRPC or HTTP, a LightStep satellite).
     Replay {
         /// The archive directory.
         #[arg(long, default_value = "./tracepipe-data/traces")]
@@ -81,8 +81,10 @@ enum Command {
         /// Only spans starting at or after this RFC 3339 time.
         #[arg(long)]
         from: Option<String>,
-        /// The destination URL (grpc://host:4317, grpcs://…, http://host:4318/v1/traces, https://…)
-        /// and, optionally once more, the window's end time (RFC 3339).
+        /// The destination URL (grpc://host:4317, grpcs://…, http://host:4318/v1/traces, https://…,
+        /// satellite://host:port for a LightStep satellite over OTLP with TLS,
+        /// satellite+insecure://host:port without TLS) and, optionally once more, the window's
+        /// end time (RFC 3339).
         #[arg(long, required = true)]
         to: Vec<String>,
         /// max, or a factor of the original pace: 1x, 10x, 0.5x.
@@ -94,6 +96,12 @@ enum Command {
         /// Replay whole traces of the spans that match.
         #[arg(long)]
         whole_traces: bool,
+        /// CA certificates (PEM) to trust for a TLS destination instead of the built-in roots.
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
+        /// LightStep access token for satellite:// (default: $LIGHTSTEP_ACCESS_TOKEN).
+        #[arg(long)]
+        access_token: Option<String>,
     },
 }
 
@@ -148,8 +156,8 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Replay { archive, filter, from, to, speed, shift_to_now, whole_traces } => {
-            let args = archive_cli::ReplayArgs { archive, filter, from, to, speed, shift_to_now, whole_traces };
+        Command::Replay { archive, filter, from, to, speed, shift_to_now, whole_traces, ca_file, access_token } => {
+            let args = archive_cli::ReplayArgs { archive, filter, from, to, speed, shift_to_now, whole_traces, ca_file, access_token };
             replay(args)
         }
     }

@@ -119,6 +119,62 @@ def test_replay_cli_filters_whole_traces(tmp_path):
     assert p.returncode == 78 and "unknown destination scheme" in p.stderr
 
 
+def test_replay_shows_a_progress_bar_on_a_terminal(tmp_path):
+    """On a terminal (a pseudo-terminal here) replay draws indicatif's bar: spans, spans/s, ETA."""
+    import pty
+    archive = tmp_path / "traces"
+    archive_sdk_spans(archive, 4)
+    b, b_grpc, _, out = far_end()
+    with b:
+        master, slave = pty.openpty()
+        proc = subprocess.Popen([tracepipe_bin(), "replay", "--archive", str(archive), "--to", f"grpc://127.0.0.1:{b_grpc}"],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=slave, env={**os.environ, "TERM": "xterm"})
+        os.close(slave)
+        screen = b""
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            screen += chunk
+        os.close(master)
+        assert proc.wait(timeout=60) == 0, screen
+        text = screen.decode(errors="replace")
+        assert "20/20 spans" in text and "ETA" in text and "/s" in text, text  # the bar's template
+        assert "replay: 20/20 spans sent" in text, text
+        wait_for(lambda: len(read_jsonl_spans(out)) >= 20, what="20 spans")
+
+
+def test_replay_to_a_satellite_over_tls_with_the_access_token(tmp_path):
+    """`--to satellite://` is OTLP/gRPC over TLS with the `lightstep-access-token` header; the
+    server is a real grpcio server with a certificate from a custom CA (`--ca-file`)."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+    from test_tls import TlsCollector, make_pki
+    archive = tmp_path / "traces"
+    sent = archive_sdk_spans(archive, 4)
+    pki = tmp_path / "pki"
+    pki.mkdir()
+    make_pki(pki)
+    env = {**os.environ, "LIGHTSTEP_ACCESS_TOKEN": "tok-123"}
+    with TlsCollector(pki, require_client_auth=False) as sat:
+        p = subprocess.run([tracepipe_bin(), "replay", "--archive", str(archive), "--to", f"satellite://localhost:{sat.port}",
+                            "--ca-file", str(pki / "ca.pem")], capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL, env=env)
+        assert p.returncode == 0, p.stderr
+        spans = sum(len(ss.spans) for b in sat.received for rs in ExportTraceServiceRequest.FromString(b).resource_spans for ss in rs.scope_spans)
+        assert spans == len(sent) == 20, spans
+        assert sat.metadata and all(m.get("lightstep-access-token") == "tok-123" for m in sat.metadata), sat.metadata
+    # No token: a config error before anything is sent; --ca-file on a plaintext destination too.
+    env.pop("LIGHTSTEP_ACCESS_TOKEN")
+    p = subprocess.run([tracepipe_bin(), "replay", "--archive", str(archive), "--to", "satellite://localhost:1"], capture_output=True, text=True,
+                       stdin=subprocess.DEVNULL, env=env)
+    assert p.returncode == 78 and "needs an access token" in p.stderr, p.stderr
+    p = subprocess.run([tracepipe_bin(), "replay", "--archive", str(archive), "--to", "grpc://localhost:1", "--ca-file", "x.pem"],
+                       capture_output=True, text=True, stdin=subprocess.DEVNULL, env=env)
+    assert p.returncode == 78 and "--ca-file needs a TLS destination" in p.stderr, p.stderr
+
+
 def test_kill_9_mid_write_serves_nothing_half_written(tmp_path):
     archive = tmp_path / "traces"
     port = free_port()

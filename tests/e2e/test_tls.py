@@ -30,14 +30,15 @@ def make_pki(d):
 
 
 class TlsCollector:
-    """A grpcio OTLP server that requires a client certificate signed by the test CA."""
+    """A grpcio OTLP server with the test CA's server certificate; by default it also requires a
+    client certificate signed by that CA."""
 
-    def __init__(self, d):
+    def __init__(self, d, require_client_auth=True):
         self.received = []
         self.metadata = []
         self.port = free_port()
         creds = grpc.ssl_server_credentials([((d / "server.key").read_bytes(), (d / "server.pem").read_bytes())],
-                                            root_certificates=(d / "ca.pem").read_bytes(), require_client_auth=True)
+                                            root_certificates=(d / "ca.pem").read_bytes(), require_client_auth=require_client_auth)
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
         lock = threading.Lock()
 
