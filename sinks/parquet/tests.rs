@@ -185,6 +185,7 @@ fn unique_columns_skip_the_dictionary_and_nested_and_id_ones_the_statistics() {
     assert!(chunk("events.list.item.attributes.entries.value").statistics().is_none());
     assert!(chunk("trace_id").statistics().is_none(), "random ids have no statistics");
     assert!(chunk("attributes_order").statistics().is_none());
+    assert!(chunk("status_message").statistics().is_none(), "only columns queries prune with keep statistics");
     assert!(chunk("start_time").statistics().is_some(), "top-level columns keep statistics");
     assert!(chunk("service_name").statistics().is_some());
 }

@@ -154,13 +154,14 @@ impl ArchiveWriter {
 /// writer gives up on it at 1 MiB.
 const UNIQUE: &[&str] = &["trace_id", "span_id", "parent_span_id", "start_time", "end_time", "duration_ns"];
 
-/// Top-level columns whose min/max prune nothing: random ids, and the attribute order strings.
-const NO_STATISTICS: &[&str] = &["trace_id", "span_id", "parent_span_id"];
+/// Top-level columns whose statistics a query can prune with (times, durations, who, what,
+/// outcome); the others (random ids, trace state, messages, counts, URLs, `*_order`) get none —
+/// their min/max prune nothing and cost a comparison per value.
+const STATISTICS: &[&str] = &["start_time", "end_time", "duration_ns", "service_name", "name", "kind", "status_code", "scope_name"];
 
-/// Per-column settings: no dictionary for unique ids and times; no statistics for ids,
-/// `*_order` and anything inside maps and lists (their min/max mix every key's or event's
-/// values, so they prune nothing and are not worth a comparison per value). The other
-/// top-level columns keep page statistics (the page index prunes time and service ranges).
+/// Per-column settings: no dictionary for unique ids and times; statistics only for the
+/// [`STATISTICS`] columns — never inside maps and lists, where min/max mix every key's or
+/// event's values. Those keep page statistics (the page index prunes time and service ranges).
 fn column_settings(mut b: WriterPropertiesBuilder) -> WriterPropertiesBuilder {
     let parquet = ArrowSchemaConverter::new().convert(&schema::schema()).expect("the archive schema converts to Parquet");
     for c in parquet.columns() {
@@ -170,7 +171,7 @@ fn column_settings(mut b: WriterPropertiesBuilder) -> WriterPropertiesBuilder {
         if UNIQUE.contains(&top) || (top == "links" && (leaf == "trace_id" || leaf == "span_id")) || (top == "events" && leaf == "time") {
             b = b.set_column_dictionary_enabled(path.clone(), false);
         }
-        if parts.len() > 1 || NO_STATISTICS.contains(&top) || top.ends_with("_order") {
+        if parts.len() > 1 || !STATISTICS.contains(&top) {
             b = b.set_column_statistics_enabled(path, EnabledStatistics::None);
         }
     }

@@ -2,7 +2,10 @@
 //! bytes per span on disk against OTLP protobuf bytes, replay (read + decode) throughput, and a
 //! GROUP BY over the archive.
 //!
-//!   cargo run --release --example archive_bench -- [SPANS] [DIR]
+//!   cargo run --profile profiling --example archive_bench -- [SPANS] [DIR] [ATTRS]
+//!
+//! ATTRS (default 10, the standard load) keeps the first N span attributes, to see how the write
+//! cost scales with span size.
 //!
 //! Spans look like mesh proxy spans (5 per trace, 10 attributes: method, URL, status, user agent,
 //! peer IP, component, node id, request guid, response size, cached; 6 services), generated with
@@ -46,7 +49,7 @@ fn i(k: &str, v: i64) -> KeyValue {
 const SERVICES: [&str; 6] = ["productpage", "details", "reviews", "ratings", "db", "inventory"];
 
 /// One batch of `n` spans (n a multiple of 5), one ResourceSpans per service.
-fn batch(rng: &mut Rng, n: usize, t0: u64) -> Vec<ResourceSpans> {
+fn batch(rng: &mut Rng, n: usize, t0: u64, attrs: usize) -> Vec<ResourceSpans> {
     let mut per: Vec<Vec<Span>> = vec![Vec::new(); SERVICES.len()];
     for t in 0..n / 5 {
         let trace = [rng.next().to_be_bytes(), rng.next().to_be_bytes()].concat();
@@ -76,7 +79,10 @@ fn batch(rng: &mut Rng, n: usize, t0: u64) -> Vec<ResourceSpans> {
                     s("guid:x-request-id", guid.clone()),
                     i("response_size", (rng.next() % 20_000) as i64),
                     KeyValue { key: "cached".into(), value: Some(AnyValue { value: Some(Value::BoolValue(rng.next() % 3 == 0)) }), key_strindex: 0 },
-                ],
+                ]
+                .into_iter()
+                .take(attrs)
+                .collect(),
                 ..Default::default()
             });
             parent = id;
@@ -105,6 +111,8 @@ async fn main() {
     let args: Vec<String> = std::env::args().collect();
     let total: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(10_000_000);
     let dir = std::path::PathBuf::from(args.get(2).cloned().unwrap_or_else(|| std::env::temp_dir().join("tracepipe-archive-bench").display().to_string()));
+    // Span attributes per span (the first N of the 10); 10 is the standard load.
+    let attrs: usize = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(10).min(10);
     let _ = std::fs::remove_dir_all(&dir);
     let per_batch = 8190; // a multiple of 5 close to the batch processor's 8192
     let mut rng = Rng(0x9e3779b97f4a7c15);
@@ -115,7 +123,7 @@ async fn main() {
     let mut w = ArchiveWriter::new(ParquetSinkConfig { path: dir.clone(), ..Default::default() });
     let (mut spans, mut otlp_bytes, mut write_s, mut convert_s) = (0usize, 0usize, 0.0f64, 0.0f64);
     for b in 0..total.div_ceil(per_batch) {
-        let rs = batch(&mut rng, per_batch, t0 + b as u64 * 1_000_000_000);
+        let rs = batch(&mut rng, per_batch, t0 + b as u64 * 1_000_000_000, attrs);
         let spans_before = spans;
         spans += rs.iter().map(|r| r.scope_spans[0].spans.len()).sum::<usize>();
         // As the sink gets it from an OTLP receiver: the received protobuf, still encoded.
@@ -134,7 +142,7 @@ async fn main() {
     w.close_all().expect("close");
     write_s += t.elapsed().as_secs_f64();
     let disk: u64 = layout::closed_files(&dir).unwrap().iter().map(|f| std::fs::metadata(f).unwrap().len()).sum();
-    println!("spans: {spans}");
+    println!("spans: {spans} ({attrs} span attributes each)");
     println!("write (one thread): {:.2} s -> {:.0} spans/s per core ({:.2} µs/span)", write_s, spans as f64 / write_s, write_s * 1e6 / spans as f64);
     println!("  of which OTLP protobuf -> Arrow: {:.2} µs/span; Arrow -> Parquet file: {:.2} µs/span", convert_s * 1e6 / spans as f64, (write_s - convert_s) * 1e6 / spans as f64);
     println!("size: {:.1} bytes/span on disk (zstd) vs {:.1} bytes/span OTLP protobuf -> {:.2}x", disk as f64 / spans as f64, otlp_bytes as f64 / spans as f64, disk as f64 / otlp_bytes as f64);

@@ -214,11 +214,12 @@ class Rotel:
 
 
 def read_jsonl_spans(path: Path) -> list:
-    """Spans from a debug sink's OTLP/JSON lines file, each with its resource and scope."""
+    """Spans from a debug sink's OTLP/JSON lines file, each with its resource and scope. Only
+    complete lines count: the sink may be half-way through writing the last one."""
     out = []
     if not path.exists():
         return out
-    for line in path.read_text().splitlines():
+    for line in path.read_bytes().split(b"\n")[:-1]:
         if not line.strip():
             continue
         doc = json.loads(line)

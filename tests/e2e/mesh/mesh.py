@@ -159,7 +159,8 @@ class Mesh:
             return e.code, None
 
     def app_headers(self):
-        return [json.loads(l) for l in self.headers_log.read_text().splitlines()] if self.headers_log.exists() else []
+        # Complete lines only: an app may be half-way through writing the last one.
+        return [json.loads(l) for l in self.headers_log.read_bytes().split(b"\n")[:-1] if l.strip()] if self.headers_log.exists() else []
 
     def __exit__(self, *exc):
         for p in self.procs:
