@@ -171,6 +171,19 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// `bytes` as a `str` when they are valid UTF-8. Nearly every trace string is ASCII: `is_ascii`
+/// checks a word at a time, where `std::str::from_utf8` walks short strings byte by byte (it was
+/// a quarter of the archive's protobuf -> Arrow conversion); the full validation runs only on
+/// the rest.
+#[inline(always)]
+pub(crate) fn str_of(bytes: &[u8]) -> Option<&str> {
+    if bytes.is_ascii() {
+        // SAFETY: ASCII bytes are valid UTF-8.
+        return Some(unsafe { std::str::from_utf8_unchecked(bytes) });
+    }
+    std::str::from_utf8(bytes).ok()
+}
+
 #[inline(always)]
 fn utf8(s: &[u8], message: &'static str) -> Result<(), WireError> {
     // Nearly every attribute string is ASCII: check that first (word at a time), and run the full

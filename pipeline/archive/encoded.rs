@@ -20,14 +20,14 @@ use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
 
 use super::schema::{Capacity, Columns, Scalar, SpanFields};
-use crate::wire::{Reader, I32, I64, LEN, VARINT};
+use crate::wire::{str_of, Reader, I32, I64, LEN, VARINT};
 
 fn bad(e: impl std::fmt::Display) -> ArrowError {
     ArrowError::ParseError(format!("OTLP protobuf: {e}"))
 }
 
 fn text(b: &[u8]) -> Result<&str, ArrowError> {
-    std::str::from_utf8(b).map_err(bad)
+    str_of(b).ok_or_else(|| bad("invalid UTF-8"))
 }
 
 /// Converts `TracesData` buffers (as received, concatenated or not) holding about `spans` spans
@@ -153,9 +153,9 @@ impl<'a> Walker<'a> {
             let step = match (field, wt) {
                 (1, LEN) => r.len_delimited().ok().map(|(b, _)| f.trace_id = b),
                 (2, LEN) => r.len_delimited().ok().map(|(b, _)| f.span_id = b),
-                (3, LEN) => r.len_delimited().ok().and_then(|(b, _)| std::str::from_utf8(b).ok()).map(|v| f.trace_state = v),
+                (3, LEN) => r.len_delimited().ok().and_then(|(b, _)| str_of(b)).map(|v| f.trace_state = v),
                 (4, LEN) => r.len_delimited().ok().map(|(b, _)| f.parent_span_id = b),
-                (5, LEN) => r.len_delimited().ok().and_then(|(b, _)| std::str::from_utf8(b).ok()).map(|v| f.name = v),
+                (5, LEN) => r.len_delimited().ok().and_then(|(b, _)| str_of(b)).map(|v| f.name = v),
                 (6, VARINT) => r.varint().ok().map(|v| f.kind = v as i32),
                 (7, I64) => r.take(8).ok().map(|b| f.start = u64::from_le_bytes(b.try_into().expect("8 bytes"))),
                 (8, I64) => r.take(8).ok().map(|b| f.end = u64::from_le_bytes(b.try_into().expect("8 bytes"))),
@@ -200,7 +200,7 @@ fn status(buf: &[u8]) -> Option<(i32, &str)> {
         match (field, wt) {
             (2, LEN) if seen & 2 == 0 => {
                 seen |= 2;
-                message = std::str::from_utf8(r.len_delimited().ok()?.0).ok()?;
+                message = str_of(r.len_delimited().ok()?.0)?;
             }
             (3, VARINT) if seen & 4 == 0 => {
                 seen |= 4;
@@ -222,7 +222,7 @@ fn key_value_fast(buf: &[u8]) -> Option<(&str, Scalar<'_>)> {
         match (field, wt) {
             (1, LEN) if seen & 2 == 0 => {
                 seen |= 2;
-                key = std::str::from_utf8(r.len_delimited().ok()?.0).ok()?;
+                key = str_of(r.len_delimited().ok()?.0)?;
             }
             (2, LEN) if seen & 4 == 0 => {
                 seen |= 4;
@@ -247,7 +247,7 @@ fn any_value_fast(buf: &[u8]) -> Option<Scalar<'_>> {
             return None;
         }
         v = match (field, wt) {
-            (1, LEN) => Scalar::Str(std::str::from_utf8(r.len_delimited().ok()?.0).ok()?),
+            (1, LEN) => Scalar::Str(str_of(r.len_delimited().ok()?.0)?),
             (2, VARINT) => Scalar::Bool(r.varint().ok()? != 0),
             (3, VARINT) => Scalar::Int(r.varint().ok()? as i64),
             (4, I64) => Scalar::Double(f64::from_le_bytes(r.take(8).ok()?.try_into().ok()?)),

@@ -24,6 +24,7 @@ fn every_field() -> Vec<ResourceSpans> {
         kv("a", Some(Value::ArrayValue(ArrayValue { values: vec![AnyValue { value: Some(Value::IntValue(1)) }] }))),
         kv("m", Some(Value::KvlistValue(KeyValueList { values: vec![kv("inner", Some(Value::BoolValue(false)))] }))),
         kv("empty", None),
+        kv("naïve", Some(Value::StringValue("grüße ✓".into()))), // not ASCII: the full UTF-8 check
     ];
     let span = |i: u8, events: bool| Span {
         trace_id: vec![i; 16],
