@@ -38,7 +38,7 @@ pub fn encoded_to_record_batch<'a>(bufs: impl IntoIterator<Item = &'a [u8]>, spa
     // Capacities only; a span takes at least a few bytes, so a wrong count cannot over-allocate.
     let spans = spans.min(bytes / 4);
     let mut cap = Capacity { spans, names: spans * 32, contexts: 8, ..Default::default() };
-    cap.attrs.rows = spans * 12;
+    cap.attrs.strings = spans * 12;
     cap.attrs.ints = spans * 2;
     cap.attrs.key_bytes = bytes / 4;
     cap.attrs.str_bytes = bytes / 3;

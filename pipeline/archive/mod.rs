@@ -66,7 +66,7 @@ pub async fn register(ctx: &SessionContext, name: &str, root: &Path) -> Result<(
             .metadata()
             .file_metadata()
             .key_value_metadata()
-            .and_then(|kvs| kvs.iter().find(|kv| kv.key == "tracepipe.schema_version").and_then(|kv| kv.value.clone()))
+            .and_then(|kvs| kvs.iter().find(|kv| kv.key == schema::SCHEMA_VERSION_KEY).and_then(|kv| kv.value.clone()))
             .unwrap_or_else(|| "none (not written by tracepipe)".to_owned());
         if version != schema::SCHEMA_VERSION {
             return Err(ArchiveError::Version(f.display().to_string(), version, schema::SCHEMA_VERSION));

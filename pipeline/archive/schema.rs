@@ -62,7 +62,10 @@ use opentelemetry_proto::tonic::common::v1::{any_value::Value, AnyValue, Instrum
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{span, ResourceSpans, Span, Status};
 
-/// Stored in each file's key-value metadata as `tracepipe.schema_version`.
+/// The key of each file's key-value metadata that holds [`SCHEMA_VERSION`].
+pub const SCHEMA_VERSION_KEY: &str = "tracepipe.schema_version";
+
+/// Stored in each file's key-value metadata under [`SCHEMA_VERSION_KEY`].
 pub const SCHEMA_VERSION: &str = "2";
 
 fn ts_type() -> DataType {
@@ -257,10 +260,12 @@ pub(crate) enum Scalar<'a> {
 /// How much the columns of one batch will hold, counted first so no builder has to grow.
 #[derive(Default)]
 pub(crate) struct Sizes {
-    pub(crate) rows: usize,
-    pub(crate) ints: usize,
+    /// String-valued attributes, their key bytes and value bytes.
+    pub(crate) strings: usize,
     pub(crate) key_bytes: usize,
     pub(crate) str_bytes: usize,
+    /// Int-valued attributes (the other types are rare and start empty).
+    pub(crate) ints: usize,
 }
 
 impl Sizes {
@@ -268,7 +273,7 @@ impl Sizes {
         for kv in kvs {
             match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
                 Some(Value::StringValue(v)) => {
-                    self.rows += 1;
+                    self.strings += 1;
                     self.key_bytes += kv.key.len();
                     self.str_bytes += v.len();
                 }
@@ -287,7 +292,7 @@ fn json_value(v: Option<&AnyValue>) -> String {
 impl AttrCols {
     fn new(maps: usize, n: &Sizes) -> Self {
         AttrCols {
-            s: MapCol::new(maps, n.rows, n.key_bytes, StringBuilder::with_capacity(n.rows, n.str_bytes)),
+            s: MapCol::new(maps, n.strings, n.key_bytes, StringBuilder::with_capacity(n.strings, n.str_bytes)),
             i: MapCol::new(maps, n.ints, n.ints * 16, Int64Builder::with_capacity(n.ints)),
             d: MapCol::new(maps, 0, 0, Float64Builder::new()),
             b: MapCol::new(maps, 0, 0, BooleanBuilder::new()),

@@ -189,3 +189,15 @@ fn unique_columns_skip_the_dictionary_and_nested_and_id_ones_the_statistics() {
     assert!(chunk("start_time").statistics().is_some(), "top-level columns keep statistics");
     assert!(chunk("service_name").statistics().is_some());
 }
+
+#[test]
+fn rows_without_the_archive_schema_are_an_error_not_a_panic() {
+    use datafusion::arrow::array::Int64Array;
+    use datafusion::arrow::record_batch::RecordBatch;
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = ArchiveWriter::new(ParquetSinkConfig { path: dir.path().to_path_buf(), ..Default::default() });
+    let b = RecordBatch::try_from_iter([("x", std::sync::Arc::new(Int64Array::from(vec![1])) as _)]).unwrap();
+    let e = w.write_rows(b, Instant::now()).unwrap_err();
+    assert!(e.to_string().contains("start_time"), "{e}");
+    assert!(layout::closed_files(dir.path()).unwrap().is_empty());
+}

@@ -77,7 +77,7 @@ impl ArchiveWriter {
             WriterProperties::builder()
                 .set_compression(codec)
                 .set_max_row_group_row_count(Some(cfg.row_group_rows))
-                .set_key_value_metadata(Some(vec![KeyValue::new("tracepipe.schema_version".into(), schema::SCHEMA_VERSION.to_owned())])),
+                .set_key_value_metadata(Some(vec![KeyValue::new(schema::SCHEMA_VERSION_KEY.to_owned(), schema::SCHEMA_VERSION.to_owned())])),
         )
         .build();
         ArchiveWriter { cfg, props, open: BTreeMap::new() }
@@ -184,7 +184,7 @@ fn split(rows: RecordBatch, p: Partition) -> Result<Vec<(PathBuf, RecordBatch)>,
     let start = rows
         .column_by_name("start_time")
         .and_then(|c| c.as_any().downcast_ref::<TimestampNanosecondArray>())
-        .expect("archive rows have start_time")
+        .ok_or_else(|| datafusion::arrow::error::ArrowError::SchemaError("archive rows need a timestamp(ns) `start_time` column".into()))?
         .values()
         .clone();
     let bucket = |ns: i64| -> i64 {
