@@ -5,6 +5,7 @@
 //!   and a bounded queue;
 //! - [`parquet`]: the trace archive (Parquet files in the documented schema, partitioned by
 //!   hour, rolled, atomically renamed);
+//! - [`kafka`]: OTLP protobuf or JSON records to a Kafka topic, one per trace keyed by trace id;
 //! - [`debug`]: span counts or whole spans to the log, or OTLP/JSON lines to a file.
 //!
 //! Every sink counts `tracepipe_sink_sent_spans_total` and, with a reason,
@@ -12,6 +13,7 @@
 //! Registration is the one explicit `match` in [`validate`].
 
 pub mod debug;
+pub mod kafka;
 pub mod otlp;
 pub mod parquet;
 
@@ -19,13 +21,15 @@ use tracepipe_config::{ComponentDecl, ConfigError};
 use tracepipe_pipeline::topology::{BuildFuture, ComponentContext};
 
 /// Every sink type.
-pub const TYPES: &[&str] = &["otlp", "parquet", "debug"];
+pub const TYPES: &[&str] = &["otlp", "kafka", "parquet", "debug"];
 
 /// A sink's validated configuration.
 #[derive(Debug, Clone)]
 pub enum SinkConfig {
     /// `type: otlp`.
     Otlp(otlp::OtlpSinkConfig),
+    /// `type: kafka`.
+    Kafka(kafka::KafkaSinkConfig),
     /// `type: parquet`.
     Parquet(parquet::ParquetSinkConfig),
     /// `type: debug`.
@@ -36,6 +40,7 @@ pub enum SinkConfig {
 pub fn validate(decl: &ComponentDecl, file: &str) -> Result<SinkConfig, Vec<ConfigError>> {
     match decl.type_name.as_str() {
         "otlp" => otlp::OtlpSinkConfig::from_node(&decl.body, file).map(SinkConfig::Otlp),
+        "kafka" => kafka::KafkaSinkConfig::from_node(&decl.body, file).map(SinkConfig::Kafka),
         "parquet" => parquet::ParquetSinkConfig::from_node(&decl.body, file).map(SinkConfig::Parquet),
         "debug" => debug::DebugConfig::from_node(&decl.body, file).map(SinkConfig::Debug),
         "" => Err(vec![]),
@@ -48,6 +53,7 @@ impl SinkConfig {
     pub fn build(self, ctx: ComponentContext) -> BuildFuture {
         match self {
             SinkConfig::Otlp(c) => Box::pin(otlp::build(c, ctx)),
+            SinkConfig::Kafka(c) => Box::pin(kafka::build(c, ctx)),
             SinkConfig::Parquet(c) => Box::pin(parquet::build(c, ctx)),
             SinkConfig::Debug(c) => Box::pin(debug::build(c, ctx)),
         }

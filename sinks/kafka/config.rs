@@ -1,0 +1,215 @@
+//! Configuration of the Kafka sink. Names follow the OTel Collector's `kafka` exporter
+//! (`brokers`, `topic`, `encoding`, `partition_traces_by_id`) and Vector's `librdkafka_options`.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use tracepipe_config::{ByteSize, ConfigError, Duration, Node};
+
+/// The record value format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Encoding {
+    /// OTLP protobuf: the bytes of an `ExportTraceServiceRequest` (= `TracesData`), as the OTel
+    /// Collector's `otlp_proto` (default).
+    #[default]
+    OtlpProto,
+    /// OTLP/JSON: `{"resourceSpans": [...]}` with hex ids, as the OTel Collector's `otlp_json`.
+    OtlpJson,
+}
+
+/// Which replicas must have a record before it counts as delivered (librdkafka's `acks`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Acks {
+    /// Every in-sync replica (default): nothing acknowledged is lost when a broker dies.
+    #[default]
+    All,
+    /// The partition leader only.
+    Leader,
+    /// No acknowledgement at all (fire and forget; losses are not seen).
+    None,
+}
+
+impl Acks {
+    /// The librdkafka value.
+    pub fn as_rdkafka(self) -> &'static str {
+        match self {
+            Acks::All => "all",
+            Acks::Leader => "1",
+            Acks::None => "0",
+        }
+    }
+}
+
+/// Record batch compression on the wire (librdkafka's `compression.type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// Uncompressed (default, as the OTel Collector).
+    #[default]
+    None,
+    /// gzip.
+    Gzip,
+    /// snappy.
+    Snappy,
+    /// lz4.
+    Lz4,
+}
+
+impl Compression {
+    /// The librdkafka value.
+    pub fn as_rdkafka(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Gzip => "gzip",
+            Compression::Snappy => "snappy",
+            Compression::Lz4 => "lz4",
+        }
+    }
+}
+
+/// `type: kafka` settings.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaSinkConfig {
+    /// Bootstrap brokers, `host:port` (default `["localhost:9092"]`).
+    pub brokers: Vec<String>,
+    /// Topic (default `otlp_spans`, as the OTel Collector).
+    pub topic: String,
+    /// `otlp_proto` (default) or `otlp_json`.
+    pub encoding: Encoding,
+    /// One record per trace, keyed by the trace id in hex, so a trace's spans share a partition
+    /// and a consumer (a tail sampler behind Kafka) sees whole traces. Default true (the OTel
+    /// Collector's default is false; tracepipe's gateway tier relies on it). When false a batch is
+    /// one record without a key, written as received (no decoding).
+    pub partition_traces_by_id: bool,
+    /// `all` (default), `leader` or `none`.
+    pub acks: Acks,
+    /// `none` (default), `gzip`, `snappy` or `lz4`.
+    pub compression: Compression,
+    /// Largest record (librdkafka `message.max.bytes`, default 1000000 as Kafka's own limit);
+    /// bigger batches and traces are split by spans before they are sent.
+    pub max_message_bytes: ByteSize,
+    /// How long librdkafka keeps retrying a record before it counts as failed
+    /// (`message.timeout.ms`, default 300s, as the OTel Collector's `max_elapsed_time`).
+    pub message_timeout: Duration,
+    /// Memory for records not yet acknowledged (`queue.buffering.max.kbytes`, default 128MiB);
+    /// when full the sink stops reading and backpressure reaches the receivers.
+    pub max_buffer_bytes: ByteSize,
+    /// How long records wait to fill a request (`linger.ms`, default 5ms).
+    pub linger: Duration,
+    /// `client.id` (default `tracepipe`).
+    pub client_id: String,
+    /// Any other librdkafka producer property, applied last (e.g. `security.protocol`).
+    pub librdkafka_options: BTreeMap<String, String>,
+}
+
+impl Default for KafkaSinkConfig {
+    fn default() -> Self {
+        KafkaSinkConfig {
+            brokers: vec!["localhost:9092".into()],
+            topic: "otlp_spans".into(),
+            encoding: Encoding::OtlpProto,
+            partition_traces_by_id: true,
+            acks: Acks::All,
+            compression: Compression::None,
+            max_message_bytes: ByteSize(1_000_000),
+            message_timeout: Duration::from_secs(300),
+            max_buffer_bytes: ByteSize::mib(128),
+            linger: Duration::from_millis(5),
+            client_id: "tracepipe".into(),
+            librdkafka_options: BTreeMap::new(),
+        }
+    }
+}
+
+/// Kafka's rule for topic names: 1 to 249 of `[a-zA-Z0-9._-]`, and not `.` or `..`.
+pub fn valid_topic(t: &str) -> bool {
+    !t.is_empty() && t.len() <= 249 && t != "." && t != ".." && t.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// `host:port` with a numeric port.
+fn valid_broker(b: &str) -> bool {
+    match b.rsplit_once(':') {
+        Some((host, port)) => !host.is_empty() && !host.contains("://") && port.parse::<u16>().is_ok_and(|p| p > 0),
+        None => false,
+    }
+}
+
+impl KafkaSinkConfig {
+    /// Reads and checks the settings; nothing connects here (librdkafka checks
+    /// `librdkafka_options` when the sink is built).
+    pub fn from_node(node: &Node, file: &str) -> Result<KafkaSinkConfig, Vec<ConfigError>> {
+        let c: KafkaSinkConfig = node.deserialize_into(file).map_err(|e| vec![e])?;
+        let at = |k: &str| node.get(k).map(|n| n.pos).unwrap_or(node.pos);
+        let mut errors = Vec::new();
+        if c.brokers.is_empty() {
+            errors.push(ConfigError::new(file, at("brokers"), "brokers must list at least one host:port"));
+        }
+        for b in &c.brokers {
+            if !valid_broker(b) {
+                errors.push(ConfigError::new(file, at("brokers"), format!("invalid broker {b:?}: expected host:port, e.g. kafka-0.kafka:9092")));
+            }
+        }
+        if !valid_topic(&c.topic) {
+            errors.push(ConfigError::new(file, at("topic"), format!("invalid topic {:?}: 1 to 249 characters of a-z, A-Z, 0-9, '.', '_' and '-'", c.topic)));
+        }
+        // librdkafka's own bounds for message.max.bytes.
+        if !(1000..=1_000_000_000).contains(&c.max_message_bytes.get()) {
+            errors.push(ConfigError::new(file, at("max_message_bytes"), "max_message_bytes must be between 1000 and 1000000000"));
+        }
+        if c.message_timeout.get().is_zero() {
+            errors.push(ConfigError::new(file, at("message_timeout"), "message_timeout must be above 0"));
+        }
+        if c.max_buffer_bytes.get() < 1024 || c.max_buffer_bytes.get() / 1024 > i32::MAX as u64 {
+            errors.push(ConfigError::new(file, at("max_buffer_bytes"), "max_buffer_bytes must be between 1KiB and 2TiB"));
+        }
+        if c.client_id.is_empty() {
+            errors.push(ConfigError::new(file, at("client_id"), "client_id must not be empty"));
+        }
+        for k in c.librdkafka_options.keys() {
+            if OWN_KEYS.contains(&k.as_str()) {
+                errors.push(ConfigError::new(
+                    file,
+                    at("librdkafka_options"),
+                    format!("librdkafka_options: `{k}` is set by the sink's own settings; use those instead"),
+                ));
+            }
+        }
+        if errors.is_empty() { Ok(c) } else { Err(errors) }
+    }
+
+    /// The librdkafka producer properties, own settings first, then `librdkafka_options`.
+    pub fn rdkafka_properties(&self) -> Vec<(String, String)> {
+        let mut p: Vec<(String, String)> = vec![
+            ("bootstrap.servers".into(), self.brokers.join(",")),
+            ("client.id".into(), self.client_id.clone()),
+            ("acks".into(), self.acks.as_rdkafka().into()),
+            ("compression.type".into(), self.compression.as_rdkafka().into()),
+            ("message.max.bytes".into(), self.max_message_bytes.get().to_string()),
+            ("message.timeout.ms".into(), self.message_timeout.get().as_millis().to_string()),
+            ("queue.buffering.max.kbytes".into(), (self.max_buffer_bytes.get() / 1024).to_string()),
+            ("linger.ms".into(), self.linger.get().as_millis().to_string()),
+        ];
+        p.extend(self.librdkafka_options.iter().map(|(k, v)| (k.clone(), v.clone())));
+        p
+    }
+}
+
+/// Properties the sink's own settings own; `librdkafka_options` may not set them.
+const OWN_KEYS: &[&str] = &[
+    "bootstrap.servers",
+    "metadata.broker.list",
+    "client.id",
+    "acks",
+    "request.required.acks",
+    "compression.type",
+    "compression.codec",
+    "message.max.bytes",
+    "message.timeout.ms",
+    "delivery.timeout.ms",
+    "queue.buffering.max.kbytes",
+    "linger.ms",
+    "queue.buffering.max.ms",
+];

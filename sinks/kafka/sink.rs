@@ -1,0 +1,260 @@
+//! The Kafka sink's task: batches become records (see [`super::encode`]), librdkafka delivers
+//! and retries them, and each batch is settled when every record of it is acknowledged.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::stream::{FuturesUnordered, StreamExt};
+use metrics::{Counter, Gauge};
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer, PurgeConfig};
+use tracepipe_pipeline::telemetry::{Health, names};
+use tracepipe_pipeline::topology::{BuildError, ComponentContext, ComponentFuture};
+use tracepipe_pipeline::{Batch, BatchStatus};
+
+use super::config::KafkaSinkConfig;
+use super::encode::Layout;
+
+/// Batches whose records may be awaiting acknowledgement at once; librdkafka's own buffer
+/// (`max_buffer_bytes`) bounds the memory.
+const MAX_IN_FLIGHT_BATCHES: usize = 64;
+
+/// Once shutdown has begun, records still unacknowledged after this long are purged and
+/// counted (`reason="shutdown"`), so the process stops within the topology's drain deadline.
+const SHUTDOWN_BUDGET: Duration = Duration::from_secs(20);
+
+/// How long to wait before offering a record again when librdkafka's buffer is full.
+const QUEUE_FULL_WAIT: Duration = Duration::from_millis(5);
+
+struct Metrics {
+    sent: Counter,
+    bytes: Counter,
+    permanent: Counter,
+    exhausted: Counter,
+    shutdown: Counter,
+    too_large: Counter,
+    decode: Counter,
+    in_flight: Gauge,
+}
+
+impl Metrics {
+    fn new(sink: &str) -> Self {
+        let s = sink.to_owned();
+        let failed = |reason: &'static str| metrics::counter!(names::SINK_FAILED_SPANS, "sink" => s.clone(), "reason" => reason);
+        Metrics {
+            sent: metrics::counter!(names::SINK_SENT_SPANS, "sink" => s.clone()),
+            bytes: metrics::counter!(names::SINK_SENT_BYTES, "sink" => s.clone()),
+            permanent: failed("permanent"),
+            exhausted: failed("retries_exhausted"),
+            shutdown: failed("shutdown"),
+            too_large: failed("message_too_large"),
+            decode: failed("decode"),
+            in_flight: metrics::gauge!(names::SINK_QUEUE_SPANS, "sink" => s),
+        }
+    }
+}
+
+/// How a record ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Delivered,
+    /// librdkafka retried until `message_timeout`.
+    Exhausted,
+    /// Purged or abandoned at shutdown.
+    Shutdown,
+    /// The broker refused it for good (too large, not authorized, invalid topic, ...).
+    Permanent,
+}
+
+fn classify(e: &KafkaError) -> Outcome {
+    match e.rdkafka_error_code() {
+        Some(RDKafkaErrorCode::MessageTimedOut) => Outcome::Exhausted,
+        Some(RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight) => Outcome::Shutdown,
+        _ => Outcome::Permanent,
+    }
+}
+
+/// One batch's records awaiting acknowledgement.
+struct Pending {
+    batch: Batch,
+    records: Vec<(DeliveryFuture, usize, usize)>,
+    /// Spans already settled as failed when enqueued.
+    failed: Vec<(Outcome, usize, String)>,
+}
+
+struct Settler {
+    name: String,
+    m: Arc<Metrics>,
+    health: Health,
+}
+
+impl Settler {
+    fn count(&self, outcome: Outcome, spans: usize) {
+        let n = spans as u64;
+        match outcome {
+            Outcome::Delivered => self.m.sent.increment(n),
+            Outcome::Exhausted => self.m.exhausted.increment(n),
+            Outcome::Shutdown => self.m.shutdown.increment(n),
+            Outcome::Permanent => self.m.permanent.increment(n),
+        }
+    }
+
+    /// Awaits every record of a batch, counts each, and records the batch's status.
+    async fn settle(&self, p: Pending) -> usize {
+        let mut worst = BatchStatus::Delivered;
+        let mut error: Option<String> = None;
+        let mut spans_total = 0;
+        let mut note = |outcome: Outcome, msg: String, worst: &mut BatchStatus| {
+            let status = match outcome {
+                Outcome::Delivered => BatchStatus::Delivered,
+                Outcome::Permanent => BatchStatus::Rejected,
+                Outcome::Exhausted | Outcome::Shutdown => BatchStatus::Errored,
+            };
+            *worst = (*worst).max(status);
+            if outcome != Outcome::Delivered {
+                error.get_or_insert(msg);
+            }
+        };
+        for (outcome, spans, msg) in p.failed {
+            self.count(outcome, spans);
+            spans_total += spans;
+            note(outcome, msg, &mut worst);
+        }
+        for (fut, spans, bytes) in p.records {
+            spans_total += spans;
+            let (outcome, msg) = match fut.await {
+                Ok(Ok(_delivery)) => {
+                    self.m.bytes.increment(bytes as u64);
+                    (Outcome::Delivered, String::new())
+                }
+                Ok(Err((e, _msg))) => (classify(&e), e.to_string()),
+                // The producer went away before answering.
+                Err(_canceled) => (Outcome::Shutdown, "producer closed before the record was acknowledged".to_owned()),
+            };
+            self.count(outcome, spans);
+            note(outcome, msg, &mut worst);
+        }
+        match &error {
+            None => self.health.set_sink_failure(&self.name, None),
+            Some(e) => {
+                tracing::error!(message = "Kafka delivery failed; spans dropped.", sink = %self.name, error = %e);
+                self.health.set_sink_failure(&self.name, Some(e.clone()));
+            }
+        }
+        p.batch.set_status(worst);
+        spans_total
+    }
+}
+
+/// Creates the producer (librdkafka checks every property here) and returns the task.
+pub async fn build(cfg: KafkaSinkConfig, mut ctx: ComponentContext) -> Result<ComponentFuture, BuildError> {
+    let mut input = ctx.take_input()?;
+    let mut cc = ClientConfig::new();
+    for (k, v) in cfg.rdkafka_properties() {
+        cc.set(k, v);
+    }
+    let producer: FutureProducer = cc.create().map_err(|e| ctx.error(format!("cannot create the Kafka producer: {e}")))?;
+    let producer = Arc::new(producer);
+    let layout = Layout { encoding: cfg.encoding, by_trace: cfg.partition_traces_by_id, max_bytes: cfg.max_message_bytes.get() as usize };
+    let m = Arc::new(Metrics::new(&ctx.name));
+    let settler = Arc::new(Settler { name: ctx.name.clone(), m: m.clone(), health: ctx.health.clone() });
+    let name = ctx.name.clone();
+    let topic = cfg.topic.clone();
+    let shutdown = ctx.shutdown.clone();
+    tracing::info!(message = "Sink ready.", sink = %name, brokers = %cfg.brokers.join(","), topic = %topic, encoding = ?cfg.encoding);
+    Ok(Box::pin(async move {
+        healthcheck(producer.clone(), name.clone(), topic.clone());
+        let mut in_flight = FuturesUnordered::new();
+        let mut held = 0usize;
+        loop {
+            let batch = tokio::select! {
+                b = input.recv() => match b { Some(b) => b, None => break },
+                Some(spans) = in_flight.next(), if !in_flight.is_empty() => {
+                    held -= spans;
+                    m.in_flight.set(held as f64);
+                    continue;
+                }
+            };
+            let n = batch.span_count();
+            let records = if layout.needs_decode(&batch) { tokio::task::block_in_place(|| layout.records(&batch)) } else { layout.records(&batch) };
+            let records = match records {
+                Ok(r) => r,
+                Err(e) => {
+                    m.decode.increment(n as u64);
+                    tracing::error!(message = "Cannot decode a batch for Kafka; spans dropped.", sink = %name, error = %e);
+                    batch.set_status(BatchStatus::Rejected);
+                    continue;
+                }
+            };
+            let mut p = Pending { batch, records: Vec::with_capacity(records.records.len()), failed: Vec::new() };
+            if records.oversized_spans > 0 {
+                m.too_large.increment(records.oversized_spans as u64);
+                tracing::error!(message = "Span larger than max_message_bytes on its own; dropped.", sink = %name, spans = records.oversized_spans, max_message_bytes = layout.max_bytes);
+            }
+            for r in records.records {
+                loop {
+                    let mut rec = FutureRecord::<str, [u8]>::to(&topic).payload(&r.payload[..]);
+                    if let Some(k) = &r.key {
+                        rec = rec.key(k.as_str());
+                    }
+                    match producer.send_result(rec) {
+                        Ok(fut) => {
+                            p.records.push((fut, r.spans, r.payload.len()));
+                            break;
+                        }
+                        // librdkafka's buffer is full: wait (backpressure) rather than drop.
+                        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => tokio::time::sleep(QUEUE_FULL_WAIT).await,
+                        Err((e, _)) => {
+                            p.failed.push((classify(&e), r.spans, e.to_string()));
+                            break;
+                        }
+                    }
+                }
+            }
+            held += n;
+            m.in_flight.set(held as f64);
+            let s = settler.clone();
+            in_flight.push(async move { s.settle(p).await });
+            while in_flight.len() >= MAX_IN_FLIGHT_BATCHES {
+                if let Some(spans) = in_flight.next().await {
+                    held -= spans;
+                }
+            }
+        }
+        // Input closed: wait for every acknowledgement; once shutdown has gone on for
+        // SHUTDOWN_BUDGET, purge what is left so it is counted and the process can stop.
+        let drain = async {
+            while let Some(spans) = in_flight.next().await {
+                held -= spans;
+                m.in_flight.set(held as f64);
+            }
+        };
+        tokio::pin!(drain);
+        let purged = tokio::select! {
+            _ = &mut drain => false,
+            _ = async { shutdown.cancelled().await; tokio::time::sleep(SHUTDOWN_BUDGET).await } => true,
+        };
+        if purged {
+            tracing::error!(message = "Shutting down; purging records Kafka has not acknowledged.", sink = %name);
+            producer.purge(PurgeConfig::default().queue().inflight());
+            drain.await;
+        }
+        m.in_flight.set(0.0);
+        Ok(())
+    }))
+}
+
+/// Asks the brokers for the topic's metadata once, off the reactor, and logs whether they answer
+/// (Vector's healthcheck). Never fatal: librdkafka keeps reconnecting.
+fn healthcheck(producer: Arc<FutureProducer>, name: String, topic: String) {
+    tokio::task::spawn_blocking(move || match producer.client().fetch_metadata(Some(&topic), Duration::from_secs(10)) {
+        Ok(md) => {
+            let partitions = md.topics().first().map(|t| t.partitions().len()).unwrap_or(0);
+            tracing::info!(message = "Kafka brokers reachable.", sink = %name, topic = %topic, brokers = md.brokers().len(), partitions);
+        }
+        Err(e) => {
+            tracing::warn!(message = "Kafka brokers not reachable yet; records wait in the buffer and are retried.", sink = %name, error = %e)
+        }
+    });
+}

@@ -1,0 +1,288 @@
+//! Kafka sink tests: config checks; records per trace, split to fit; and the task against
+//! librdkafka's mock cluster (a real Kafka protocol server inside librdkafka): delivery with keys
+//! and partitions, broker errors retried, a dead broker counted, purge at shutdown.
+
+use std::time::Duration;
+
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, TracesData};
+use prost::Message;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::mocking::MockCluster;
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+use rdkafka::{Message as _, Offset, TopicPartitionList};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracepipe_config::{ByteSize, ComponentKind, Duration as CfgDuration};
+use tracepipe_pipeline::telemetry::Health;
+use tracepipe_pipeline::topology::{ComponentContext, Input};
+use tracepipe_pipeline::{Batch, BatchStatus, Finalizer};
+
+use super::{Encoding, KafkaSinkConfig, Layout};
+
+fn parse(body: &str) -> Result<KafkaSinkConfig, Vec<tracepipe_config::ConfigError>> {
+    let text = format!("receivers:\n  a: {{type: otlp}}\nsinks:\n  k:\n    type: kafka\n    inputs: [a]\n{body}");
+    let (cfg, errs) = tracepipe_config::load("t.yaml", &text, &|_| None);
+    assert!(errs.is_empty(), "{errs}");
+    KafkaSinkConfig::from_node(&cfg.sinks[0].body, "t.yaml")
+}
+
+#[test]
+fn config_defaults_and_errors() {
+    let c = parse("").unwrap();
+    assert_eq!(c.brokers, vec!["localhost:9092".to_owned()]);
+    assert_eq!(c.topic, "otlp_spans");
+    assert_eq!(c.encoding, Encoding::OtlpProto);
+    assert!(c.partition_traces_by_id);
+    let props = c.rdkafka_properties();
+    assert!(props.contains(&("acks".into(), "all".into())), "{props:?}");
+    assert!(props.contains(&("message.timeout.ms".into(), "300000".into())), "{props:?}");
+    let e = parse("    brokers: [\"kafka://x:9092\", \"k:port\"]\n    topic: \"bad topic\"\n    encoding: avro\n").unwrap_err();
+    assert!(e[0].to_string().starts_with("t.yaml:9:15:"), "{}", e[0]);
+    let e = parse("    brokers: [\"kafka://x:9092\", \"k:port\"]\n    topic: \"bad topic\"\n    librdkafka_options: { acks: \"0\" }\n").unwrap_err();
+    let all: Vec<String> = e.iter().map(|e| e.to_string()).collect();
+    assert_eq!(all.len(), 4, "{all:?}");
+    assert!(all[0].starts_with("t.yaml:7:14: invalid broker \"kafka://x:9092\""), "{all:?}");
+    assert!(all[1].contains("invalid broker \"k:port\""), "{all:?}");
+    assert!(all[2].starts_with("t.yaml:8:12: invalid topic \"bad topic\""), "{all:?}");
+    assert!(all[3].contains("`acks` is set by the sink's own settings"), "{all:?}");
+}
+
+fn span(trace: u8, i: u8, attr_len: usize) -> Span {
+    Span {
+        trace_id: vec![trace; 16],
+        span_id: vec![trace, i, 0, 0, 0, 0, 0, 1],
+        name: format!("op-{trace}-{i}"),
+        attributes: vec![opentelemetry_proto::tonic::common::v1::KeyValue {
+            key: "pad".into(),
+            value: Some(opentelemetry_proto::tonic::common::v1::AnyValue {
+                value: Some(opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue("x".repeat(attr_len))),
+            }),
+            key_strindex: 0,
+        }],
+        ..Default::default()
+    }
+}
+
+/// `traces` traces of `per` spans each, interleaved, in two resources.
+fn batch(traces: u8, per: u8, attr_len: usize) -> Batch {
+    let mut rs = Vec::new();
+    for r in 0..2u8 {
+        let mut spans = Vec::new();
+        for i in 0..per {
+            for t in 1..=traces {
+                if (i + t) % 2 == r {
+                    spans.push(span(t, i, attr_len));
+                }
+            }
+        }
+        rs.push(ResourceSpans {
+            resource: Some(opentelemetry_proto::tonic::resource::v1::Resource {
+                attributes: vec![opentelemetry_proto::tonic::common::v1::KeyValue {
+                    key: "service.name".into(),
+                    value: Some(opentelemetry_proto::tonic::common::v1::AnyValue {
+                        value: Some(opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(format!("svc{r}"))),
+                    }),
+                    key_strindex: 0,
+                }],
+                ..Default::default()
+            }),
+            scope_spans: vec![ScopeSpans { spans, ..Default::default() }],
+            ..Default::default()
+        });
+    }
+    let bytes = TracesData { resource_spans: rs }.encode_to_vec();
+    Batch::from_encoded(bytes.into(), traces as usize * per as usize)
+}
+
+fn spans_of(payload: &[u8]) -> Vec<(Vec<u8>, String, String)> {
+    let td = TracesData::decode(payload).unwrap();
+    let mut out = Vec::new();
+    for r in td.resource_spans {
+        let svc = r.resource.as_ref().map(|res| format!("{:?}", res.attributes[0].value)).unwrap_or_default();
+        for ss in r.scope_spans {
+            for s in ss.spans {
+                out.push((s.trace_id, s.name, svc.clone()));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn one_record_per_trace_keyed_by_hex_trace_id() {
+    let b = batch(3, 4, 10);
+    let layout = Layout { encoding: Encoding::OtlpProto, by_trace: true, max_bytes: 1_000_000 };
+    let r = layout.records(&b).unwrap();
+    assert_eq!(r.records.len(), 3);
+    assert_eq!(r.oversized_spans, 0);
+    for rec in &r.records {
+        let spans = spans_of(&rec.payload);
+        assert_eq!(spans.len(), 4);
+        assert_eq!(rec.spans, 4);
+        let key = rec.key.as_deref().unwrap();
+        assert_eq!(key, hex::encode(&spans[0].0));
+        assert!(spans.iter().all(|s| hex::encode(&s.0) == key));
+        // Each span keeps its own resource: spans of one trace came from both resources.
+        assert!(spans.iter().any(|s| s.2.contains("svc0")) && spans.iter().any(|s| s.2.contains("svc1")), "{spans:?}");
+    }
+}
+
+#[test]
+fn unkeyed_encoded_batch_is_sent_as_received() {
+    let b = batch(3, 4, 10);
+    let layout = Layout { encoding: Encoding::OtlpProto, by_trace: false, max_bytes: 1_000_000 };
+    assert!(!layout.needs_decode(&b));
+    let r = layout.records(&b).unwrap();
+    assert_eq!(r.records.len(), 1);
+    assert!(r.records[0].key.is_none());
+    assert_eq!(r.records[0].payload, b.to_bytes());
+}
+
+#[test]
+fn records_are_split_to_fit_and_a_lone_giant_span_is_counted() {
+    // 3 traces x 8 spans of ~1 KiB each; records of at most 3000 bytes.
+    let b = batch(3, 8, 1000);
+    for (by_trace, encoding) in [(true, Encoding::OtlpProto), (false, Encoding::OtlpProto), (true, Encoding::OtlpJson)] {
+        let layout = Layout { encoding, by_trace, max_bytes: 3000 };
+        let r = layout.records(&b).unwrap();
+        assert_eq!(r.oversized_spans, 0);
+        assert!(r.records.len() >= 8, "{by_trace} {encoding:?}: {}", r.records.len());
+        assert!(r.records.iter().all(|x| x.payload.len() <= 3000));
+        assert_eq!(r.records.iter().map(|x| x.spans).sum::<usize>(), 24);
+        if encoding == Encoding::OtlpJson {
+            let v: serde_json::Value = serde_json::from_slice(&r.records[0].payload).unwrap();
+            assert!(v["resourceSpans"][0]["scopeSpans"][0]["spans"][0]["traceId"].as_str().unwrap().len() == 32);
+        }
+    }
+    let giant = batch(1, 2, 5000);
+    let r = Layout { encoding: Encoding::OtlpProto, by_trace: true, max_bytes: 3000 }.records(&giant).unwrap();
+    assert_eq!(r.oversized_spans, 2);
+    assert!(r.records.is_empty());
+}
+
+fn ctx(input: Input, shutdown: CancellationToken) -> ComponentContext {
+    ComponentContext { name: "k".into(), kind: ComponentKind::Sink, input: Some(input), output: None, shutdown, health: Health::default() }
+}
+
+fn sink_config(brokers: &str, topic: &str) -> KafkaSinkConfig {
+    KafkaSinkConfig { brokers: vec![brokers.to_owned()], topic: topic.to_owned(), linger: CfgDuration::from_millis(1), ..Default::default() }
+}
+
+/// A batch whose finalizer reports its status on the returned channel.
+fn tracked(b: Batch) -> (Batch, mpsc::UnboundedReceiver<BatchStatus>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    (
+        b.with_finalizer(Finalizer::new(move |s| {
+            let _ = tx.send(s);
+        })),
+        rx,
+    )
+}
+
+/// Reads every record of `topic` (all partitions) until `want` arrived or 20 s passed.
+fn consume(bootstrap: &str, topic: &str, partitions: i32, want: usize) -> Vec<(i32, Option<String>, Vec<u8>)> {
+    let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", bootstrap).set("group.id", "t").create().unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
+    }
+    c.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while out.len() < want && std::time::Instant::now() < deadline {
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
+            out.push((m.partition(), m.key().map(|k| String::from_utf8_lossy(k).into_owned()), m.payload().unwrap_or_default().to_vec()));
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivers_every_trace_to_one_partition_through_broker_errors() {
+    let mock = MockCluster::new(3).unwrap();
+    mock.create_topic("spans", 4, 1).unwrap();
+    // The first produce requests fail with retryable errors; librdkafka retries them.
+    mock.request_errors(RDKafkaApiKey::Produce, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS, RDKafkaRespErr::RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT]);
+    let bootstrap = mock.bootstrap_servers();
+    let (tx, input) = Input::channel(4);
+    let task = super::build(sink_config(&bootstrap, "spans"), ctx(input, CancellationToken::new())).await.unwrap();
+    let h = tokio::spawn(task);
+    let (b1, mut s1) = tracked(batch(10, 3, 10));
+    let (b2, mut s2) = tracked(batch(5, 2, 10));
+    tx.send(b1).await.unwrap();
+    tx.send(b2).await.unwrap();
+    drop(tx);
+    h.await.unwrap().unwrap();
+    assert_eq!(s1.recv().await, Some(BatchStatus::Delivered));
+    assert_eq!(s2.recv().await, Some(BatchStatus::Delivered));
+    let bs = bootstrap.clone();
+    let recs = tokio::task::spawn_blocking(move || consume(&bs, "spans", 4, 15)).await.unwrap();
+    assert_eq!(recs.len(), 15, "10 + 5 traces, one record each");
+    let mut partition_of = std::collections::HashMap::new();
+    let mut spans = 0;
+    for (p, key, payload) in &recs {
+        let key = key.clone().expect("keyed by trace id");
+        for (tid, _, _) in spans_of(payload) {
+            assert_eq!(hex::encode(tid), key);
+            spans += 1;
+        }
+        // Batches 1 and 2 reuse trace ids 1..=5: the same key lands on the same partition.
+        assert_eq!(*partition_of.entry(key).or_insert(*p), *p);
+    }
+    assert_eq!(spans, 30 + 10);
+    assert!(partition_of.values().collect::<std::collections::HashSet<_>>().len() > 1, "traces spread over partitions");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_broker_ends_in_retries_exhausted() {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("spans", 1, 1).unwrap();
+    mock.broker_down(1).unwrap();
+    let cfg = KafkaSinkConfig { message_timeout: CfgDuration::from_millis(1500), ..sink_config(&mock.bootstrap_servers(), "spans") };
+    let (tx, input) = Input::channel(4);
+    let health = Health::default();
+    let mut c = ctx(input, CancellationToken::new());
+    c.health = health.clone();
+    let h = tokio::spawn(super::build(cfg, c).await.unwrap());
+    let (b, mut s) = tracked(batch(2, 2, 10));
+    tx.send(b).await.unwrap();
+    drop(tx);
+    tokio::time::timeout(Duration::from_secs(30), h).await.expect("ends after message_timeout").unwrap().unwrap();
+    assert_eq!(s.recv().await, Some(BatchStatus::Errored));
+    let why = health.readiness().unwrap_err().join(" ");
+    assert!(why.contains("timed out"), "{why}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_purges_what_kafka_never_acknowledged() {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("spans", 1, 1).unwrap();
+    mock.broker_down(1).unwrap();
+    // message_timeout is long: only the shutdown purge can end this batch.
+    let cfg = KafkaSinkConfig { partition_traces_by_id: false, ..sink_config(&mock.bootstrap_servers(), "spans") };
+    let shutdown = CancellationToken::new();
+    let (tx, input) = Input::channel(4);
+    let h = tokio::spawn(super::build(cfg, ctx(input, shutdown.clone())).await.unwrap());
+    let (b, mut s) = tracked(batch(2, 2, 10));
+    tx.send(b).await.unwrap();
+    drop(tx);
+    let started = std::time::Instant::now();
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(40), h).await.expect("purged after the shutdown budget").unwrap().unwrap();
+    assert!(started.elapsed() >= Duration::from_secs(19), "waited for acknowledgements first");
+    assert_eq!(s.recv().await, Some(BatchStatus::Errored));
+}
+
+#[tokio::test]
+async fn bad_librdkafka_option_fails_the_build_with_its_name() {
+    let (_tx, input) = Input::channel(1);
+    let mut cfg = sink_config("127.0.0.1:9", "spans");
+    cfg.librdkafka_options.insert("no.such.property".into(), "1".into());
+    cfg.max_buffer_bytes = ByteSize::mib(1);
+    let err = match super::build(cfg, ctx(input, CancellationToken::new())).await {
+        Ok(_) => panic!("built with an unknown property"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("no.such.property"), "{err}");
+}
