@@ -71,7 +71,7 @@ pub struct ReplayArgs {
 }
 
 /// The schemes `--to` takes, for error messages.
-const SCHEMES: &str = "grpc://, grpcs://, http://, https://, satellite:// or satellite+insecure://";
+const SCHEMES: &str = "grpc://, grpcs://, http://, https://, satellite://, satellite+insecure:// or kafka://";
 
 fn json(s: &str) -> String {
     serde_json::to_string(s).expect("a string serializes")
@@ -93,7 +93,7 @@ fn sink_for(url: &str, a: &ReplayArgs) -> Result<String, String> {
             headers = format!(", headers: {{ lightstep-access-token: {} }}", json(&token));
             ("grpc", format!("{}://{rest}", if scheme == "satellite" { "https" } else { "http" }))
         }
-        "kafka" => return Err("`kafka://` destinations need the kafka sink, which this build does not have yet".to_owned()),
+        "kafka" => return kafka_sink(rest, a),
         other => return Err(format!("unknown destination scheme `{other}://` (want {SCHEMES})")),
     };
     let tls = match &a.ca_file {
@@ -102,6 +102,29 @@ fn sink_for(url: &str, a: &ReplayArgs) -> Result<String, String> {
         None => String::new(),
     };
     Ok(format!("{{ type: otlp, inputs: [archive], endpoint: {}, protocol: {protocol}{headers}{tls} }}", json(&endpoint)))
+}
+
+/// `kafka://broker:9092[,broker:9092...][/topic][?encoding=otlp_json]`: the Kafka sink, one
+/// record per trace keyed by trace id (topic `otlp_spans` when none is given).
+fn kafka_sink(rest: &str, a: &ReplayArgs) -> Result<String, String> {
+    if a.ca_file.is_some() {
+        return Err("--ca-file needs a TLS destination (grpcs://, https:// or satellite://), not `kafka://`".into());
+    }
+    let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let (brokers, topic) = rest.split_once('/').unwrap_or((rest, ""));
+    let topic = if topic.is_empty() { "otlp_spans" } else { topic };
+    if brokers.is_empty() {
+        return Err("`kafka://` needs at least one broker: kafka://host:9092/topic".into());
+    }
+    let brokers: Vec<String> = brokers.split(',').map(json).collect();
+    let mut extra = String::new();
+    for kv in query.split('&').filter(|kv| !kv.is_empty()) {
+        match kv.split_once('=') {
+            Some(("encoding", v)) => extra += &format!(", encoding: {}", json(v)),
+            _ => return Err(format!("unknown `kafka://` option `{kv}` (known: encoding=otlp_proto|otlp_json)")),
+        }
+    }
+    Ok(format!("{{ type: kafka, inputs: [archive], brokers: [{}], topic: {}{extra} }}", brokers.join(", "), json(topic)))
 }
 
 /// Builds the replay graph's YAML; `--to` takes both the window end (an RFC 3339 time) and the

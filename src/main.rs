@@ -70,7 +70,7 @@ enum Command {
         #[arg(long, value_enum, default_value_t = archive_cli::QueryFormat::Table)]
         format: archive_cli::QueryFormat,
     },
-    /// Replay part of a trace archive to a destination (OTLP over gRPC or HTTP, a LightStep satellite).
+    /// Replay part of a trace archive to a destination (OTLP over gRPC or HTTP, a LightStep satellite, Kafka).
     Replay {
         /// The archive directory.
         #[arg(long, default_value = "./tracepipe-data/traces")]
@@ -83,7 +83,8 @@ enum Command {
         from: Option<String>,
         /// The destination URL (grpc://host:4317, grpcs://…, http://host:4318/v1/traces, https://…,
         /// satellite://host:port for a LightStep satellite over OTLP with TLS,
-        /// satellite+insecure://host:port without TLS) and, optionally once more, the window's
+        /// satellite+insecure://host:port without TLS, kafka://broker:9092/topic for Kafka, one
+        /// record per trace keyed by trace id) and, optionally once more, the window's
         /// end time (RFC 3339).
         #[arg(long, required = true)]
         to: Vec<String>,

