@@ -11,7 +11,8 @@
 //! together, each with `file:line:column`.
 //!
 //! Component crates (receivers, processors, sinks) own their config structs; this crate gives them
-//! the shared value types: [`Duration`], [`ByteSize`], [`Endpoint`].
+//! the shared value types: [`Duration`], [`ByteSize`], [`Endpoint`], and the Kafka name checks both
+//! Kafka components use ([`valid_kafka_topic`], [`valid_kafka_broker`]).
 
 mod error;
 mod graph;
@@ -24,4 +25,4 @@ mod tests;
 pub use error::{ConfigError, ConfigErrors, Pos};
 pub use graph::{load, ComponentDecl, ComponentKind, ConfigFile, LogFormat, LogsConfig, MetricsConfig, TelemetryConfig};
 pub use node::Node;
-pub use types::{ByteSize, Duration, Endpoint};
+pub use types::{valid_kafka_broker, valid_kafka_topic, ByteSize, Duration, Endpoint};

@@ -146,6 +146,13 @@ impl Batch {
         self
     }
 
+    /// An empty batch carrying this batch's finalizers: for a sink that has handed the spans on
+    /// (copied into a client library's buffer) and only needs to report the outcome later, so the
+    /// span memory is freed now.
+    pub fn finalizers_only(&self) -> Batch {
+        Batch { finalizers: self.finalizers.clone(), ..Batch::empty() }
+    }
+
     /// Records how this batch (copy) ended; the finalizers fire when all copies are dropped.
     pub fn set_status(&self, s: BatchStatus) {
         for f in &self.finalizers {

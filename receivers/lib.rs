@@ -6,6 +6,7 @@
 //!   remote-sampling endpoint (5778);
 //! - [`zipkin`]: Zipkin v1/v2 over HTTP (9411), JSON, proto3 and Thrift, with Envoy's proto id repair;
 //! - [`lightstep`]: the LightStep collector protocol (gRPC 8282, HTTP 8181), a satellite stand-in;
+//! - [`kafka`]: OTLP records from a Kafka topic, as a consumer group, committing only what was delivered;
 //! - [`archive`]: replay of a Parquet trace archive, filtered with SQL, paced, ending when done.
 //!
 //! Every receiver validates input before admitting it, answers its sender with a retryable
@@ -16,6 +17,7 @@
 
 pub mod archive;
 pub mod jaeger;
+pub mod kafka;
 pub mod lightstep;
 pub mod otlp;
 mod serve;
@@ -25,7 +27,7 @@ use tracepipe_config::{ComponentDecl, ConfigError, Endpoint};
 use tracepipe_pipeline::topology::{BuildFuture, ComponentContext};
 
 /// Every receiver type, for messages and `--help`.
-pub const TYPES: &[&str] = &["otlp", "jaeger", "zipkin", "lightstep", "archive"];
+pub const TYPES: &[&str] = &["otlp", "jaeger", "zipkin", "lightstep", "kafka", "archive"];
 
 /// A receiver's validated configuration.
 #[derive(Debug, Clone)]
@@ -38,6 +40,8 @@ pub enum ReceiverConfig {
     Zipkin(zipkin::ZipkinConfig),
     /// `type: lightstep`.
     Lightstep(lightstep::LightstepConfig),
+    /// `type: kafka`.
+    Kafka(kafka::KafkaReceiverConfig),
     /// `type: archive`.
     Archive(archive::ArchiveConfig),
 }
@@ -49,6 +53,7 @@ pub fn validate(decl: &ComponentDecl, file: &str) -> Result<ReceiverConfig, Vec<
         "jaeger" => jaeger::JaegerConfig::from_node(&decl.body, file).map(ReceiverConfig::Jaeger),
         "zipkin" => zipkin::ZipkinConfig::from_node(&decl.body, file).map(ReceiverConfig::Zipkin),
         "lightstep" => lightstep::LightstepConfig::from_node(&decl.body, file).map(ReceiverConfig::Lightstep),
+        "kafka" => kafka::KafkaReceiverConfig::from_node(&decl.body, file).map(ReceiverConfig::Kafka),
         "archive" => archive::ArchiveConfig::from_node(&decl.body, file).map(ReceiverConfig::Archive),
         "" => Err(vec![]), // reported by the loader
         other => Err(vec![ConfigError::new(
@@ -67,7 +72,7 @@ impl ReceiverConfig {
             ReceiverConfig::Jaeger(c) => c.listen_addresses(),
             ReceiverConfig::Zipkin(c) => c.listen_addresses(),
             ReceiverConfig::Lightstep(c) => c.listen_addresses(),
-            ReceiverConfig::Archive(_) => Vec::new(),
+            ReceiverConfig::Kafka(_) | ReceiverConfig::Archive(_) => Vec::new(),
         }
     }
 
@@ -78,6 +83,7 @@ impl ReceiverConfig {
             ReceiverConfig::Jaeger(c) => Box::pin(jaeger::build(c, ctx)),
             ReceiverConfig::Zipkin(c) => Box::pin(zipkin::build(c, ctx)),
             ReceiverConfig::Lightstep(c) => Box::pin(lightstep::build(c, ctx)),
+            ReceiverConfig::Kafka(c) => Box::pin(kafka::build(c, ctx)),
             ReceiverConfig::Archive(c) => Box::pin(archive::build(c, ctx)),
         }
     }

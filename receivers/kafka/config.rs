@@ -1,0 +1,140 @@
+//! Configuration of the Kafka receiver. Names follow the OTel Collector's `kafka` receiver
+//! (`brokers`, `topic`, `group_id`, `encoding`, `initial_offset`, `session_timeout`,
+//! `heartbeat_interval`) and Vector's `librdkafka_options`.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use tracepipe_config::{ConfigError, Duration, Node};
+
+/// The record value format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Encoding {
+    /// OTLP protobuf `ExportTraceServiceRequest` / `TracesData` (default; what tracepipe's
+    /// Kafka sink, the OTel Collector's `otlp_proto` and Rotel's `protobuf` write).
+    #[default]
+    OtlpProto,
+    /// OTLP/JSON `{"resourceSpans": [...]}`.
+    OtlpJson,
+}
+
+/// Where a new consumer group starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum InitialOffset {
+    /// Only records produced from now on (default, as the OTel Collector).
+    #[default]
+    Latest,
+    /// Everything the topic still holds.
+    Earliest,
+}
+
+/// `type: kafka` receiver settings.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaReceiverConfig {
+    /// Bootstrap brokers, `host:port` (default `["localhost:9092"]`).
+    pub brokers: Vec<String>,
+    /// Topic (default `otlp_spans`).
+    pub topic: String,
+    /// Consumer group (default `tracepipe`): replicas in one group share the partitions.
+    pub group_id: String,
+    /// `client.id` (default `tracepipe`).
+    pub client_id: String,
+    /// `otlp_proto` (default) or `otlp_json`.
+    pub encoding: Encoding,
+    /// `latest` (default) or `earliest`, for a group without committed offsets.
+    pub initial_offset: InitialOffset,
+    /// Group session timeout (default 10s).
+    pub session_timeout: Duration,
+    /// Group heartbeat interval (default 3s).
+    pub heartbeat_interval: Duration,
+    /// How long shutdown waits for the graph to deliver what was consumed before committing
+    /// (default 30s); records not delivered by then are read again after a restart.
+    pub shutdown_timeout: Duration,
+    /// Any other librdkafka consumer property, applied last.
+    pub librdkafka_options: BTreeMap<String, String>,
+}
+
+impl Default for KafkaReceiverConfig {
+    fn default() -> Self {
+        KafkaReceiverConfig {
+            brokers: vec!["localhost:9092".into()],
+            topic: "otlp_spans".into(),
+            group_id: "tracepipe".into(),
+            client_id: "tracepipe".into(),
+            encoding: Encoding::OtlpProto,
+            initial_offset: InitialOffset::Latest,
+            session_timeout: Duration::from_secs(10),
+            heartbeat_interval: Duration::from_secs(3),
+            shutdown_timeout: Duration::from_secs(30),
+            librdkafka_options: BTreeMap::new(),
+        }
+    }
+}
+
+/// Properties the receiver sets itself; `librdkafka_options` may not set them.
+const OWN_KEYS: &[&str] = &[
+    "bootstrap.servers",
+    "metadata.broker.list",
+    "group.id",
+    "client.id",
+    "auto.offset.reset",
+    "session.timeout.ms",
+    "heartbeat.interval.ms",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+];
+
+impl KafkaReceiverConfig {
+    /// Reads and checks the settings; nothing connects here.
+    pub fn from_node(node: &Node, file: &str) -> Result<KafkaReceiverConfig, Vec<ConfigError>> {
+        let c: KafkaReceiverConfig = node.deserialize_into(file).map_err(|e| vec![e])?;
+        let at = |k: &str| node.get(k).map(|n| n.pos).unwrap_or(node.pos);
+        let mut errors = Vec::new();
+        if c.brokers.is_empty() {
+            errors.push(ConfigError::new(file, at("brokers"), "brokers must list at least one host:port"));
+        }
+        for b in &c.brokers {
+            if !tracepipe_config::valid_kafka_broker(b) {
+                errors.push(ConfigError::new(file, at("brokers"), format!("invalid broker {b:?}: expected host:port, e.g. kafka-0.kafka:9092")));
+            }
+        }
+        if !tracepipe_config::valid_kafka_topic(&c.topic) {
+            errors.push(ConfigError::new(file, at("topic"), format!("invalid topic {:?}: 1 to 249 characters of a-z, A-Z, 0-9, '.', '_' and '-'", c.topic)));
+        }
+        if c.group_id.is_empty() {
+            errors.push(ConfigError::new(file, at("group_id"), "group_id must not be empty"));
+        }
+        if c.client_id.is_empty() {
+            errors.push(ConfigError::new(file, at("client_id"), "client_id must not be empty"));
+        }
+        if c.heartbeat_interval.get().is_zero() || c.heartbeat_interval.get() >= c.session_timeout.get() {
+            errors.push(ConfigError::new(file, at("heartbeat_interval"), "heartbeat_interval must be above 0 and below session_timeout"));
+        }
+        for k in c.librdkafka_options.keys() {
+            if OWN_KEYS.contains(&k.as_str()) {
+                errors.push(ConfigError::new(file, at("librdkafka_options"), format!("librdkafka_options: `{k}` is set by the receiver's own settings; use those instead")));
+            }
+        }
+        if errors.is_empty() { Ok(c) } else { Err(errors) }
+    }
+
+    /// The librdkafka consumer properties. Offsets are stored by the receiver only once the graph
+    /// has delivered a record, and auto-committed from the store.
+    pub fn rdkafka_properties(&self) -> Vec<(String, String)> {
+        let mut p: Vec<(String, String)> = vec![
+            ("bootstrap.servers".into(), self.brokers.join(",")),
+            ("group.id".into(), self.group_id.clone()),
+            ("client.id".into(), self.client_id.clone()),
+            ("auto.offset.reset".into(), match self.initial_offset { InitialOffset::Latest => "latest", InitialOffset::Earliest => "earliest" }.into()),
+            ("session.timeout.ms".into(), self.session_timeout.get().as_millis().to_string()),
+            ("heartbeat.interval.ms".into(), self.heartbeat_interval.get().as_millis().to_string()),
+            ("enable.auto.commit".into(), "true".into()),
+            ("enable.auto.offset.store".into(), "false".into()),
+        ];
+        p.extend(self.librdkafka_options.iter().map(|(k, v)| (k.clone(), v.clone())));
+        p
+    }
+}

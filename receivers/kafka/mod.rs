@@ -1,0 +1,24 @@
+//! `type: kafka` — consumes OTLP spans from a Kafka topic as a consumer group, as the OTel
+//! Collector's `kafka` receiver does: the second tier of a gateway scaled out behind Kafka (the
+//! Kafka sink keys each trace by its id, so one consumer sees a whole trace).
+//!
+//! - Records: `encoding: otlp_proto` (default) or `otlp_json`, validated like OTLP requests
+//!   (the wire scan; spans with bad ids dropped and counted `rejected`); a record that does not
+//!   decode is counted in `tracepipe_receiver_malformed_requests_total{transport="kafka"}`,
+//!   logged with its partition and offset, and skipped.
+//! - At least once: offsets are stored for commit (auto-commit from the store) only when every
+//!   record up to them has been delivered by the graph (or counted as failed by a sink), in order
+//!   per partition whatever order sinks finish in. When the graph is full the receiver waits
+//!   (Kafka keeps what is not read). On shutdown it stops reading, lets the graph drain (up to
+//!   `shutdown_timeout`) and commits; anything undelivered is read again after a restart.
+
+mod config;
+mod offsets;
+mod receiver;
+
+#[cfg(test)]
+mod tests;
+
+pub use config::{Encoding, InitialOffset, KafkaReceiverConfig};
+pub use offsets::OffsetTracker;
+pub use receiver::build;

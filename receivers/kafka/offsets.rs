@@ -1,0 +1,57 @@
+//! Which offsets may be committed: a record's offset is committable only when it and every
+//! earlier record of its partition have been delivered (or given up on and counted) by the
+//! graph, however out of order the sinks finish. Pure bookkeeping, tested on its own.
+
+use std::collections::{BTreeSet, HashMap};
+
+#[derive(Debug, Default)]
+struct Partition {
+    /// Consumed, not yet done.
+    pending: BTreeSet<i64>,
+    /// Highest offset done so far.
+    highest_done: Option<i64>,
+    /// Last offset reported as committable; starts just before the first offset consumed.
+    reported: Option<i64>,
+}
+
+/// Per-partition bookkeeping of consumed and finished records.
+#[derive(Debug, Default)]
+pub struct OffsetTracker {
+    partitions: HashMap<i32, Partition>,
+}
+
+impl OffsetTracker {
+    /// A record was consumed and handed to the graph.
+    pub fn begin(&mut self, partition: i32, offset: i64) {
+        let p = self.partitions.entry(partition).or_default();
+        if p.reported.is_none() && p.pending.is_empty() {
+            // Nothing before the first record consumed here is ours to commit.
+            p.reported = Some(offset - 1);
+        }
+        p.pending.insert(offset);
+    }
+
+    /// A record is done. Returns the highest offset that may now be committed (every offset up
+    /// to it is done) when that moved forward.
+    pub fn done(&mut self, partition: i32, offset: i64) -> Option<i64> {
+        let p = self.partitions.get_mut(&partition)?;
+        if !p.pending.remove(&offset) {
+            return None;
+        }
+        p.highest_done = Some(p.highest_done.map_or(offset, |h| h.max(offset)));
+        let committable = match p.pending.first() {
+            Some(&first) => first - 1,
+            None => p.highest_done?,
+        };
+        if p.reported.is_some_and(|r| r >= committable) {
+            return None;
+        }
+        p.reported = Some(committable);
+        Some(committable)
+    }
+
+    /// Records consumed and not yet done, over all partitions.
+    pub fn pending(&self) -> usize {
+        self.partitions.values().map(|p| p.pending.len()).sum()
+    }
+}

@@ -1,0 +1,133 @@
+//! Kafka receiver tests: config checks; the offset tracker (commit only what is done, in order);
+//! and the task against librdkafka's mock cluster: records in, malformed ones skipped and
+//! counted, offsets committed only after the batch's finalizer fired.
+
+use std::time::Duration;
+
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, TracesData};
+use prost::Message as _;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::TopicPartitionList;
+use tokio_util::sync::CancellationToken;
+use tracepipe_config::{ComponentKind, Duration as CfgDuration};
+use tracepipe_pipeline::telemetry::Health;
+use tracepipe_pipeline::topology::{ComponentContext, Input, Output};
+use tracepipe_pipeline::BatchStatus;
+
+use super::{InitialOffset, KafkaReceiverConfig, OffsetTracker};
+
+fn parse(body: &str) -> Result<KafkaReceiverConfig, Vec<tracepipe_config::ConfigError>> {
+    let text = format!("receivers:\n  k:\n    type: kafka\n{body}sinks:\n  d: {{type: debug, inputs: [k]}}\n");
+    let (cfg, errs) = tracepipe_config::load("t.yaml", &text, &|_| None);
+    assert!(errs.is_empty(), "{errs}");
+    KafkaReceiverConfig::from_node(&cfg.receivers[0].body, "t.yaml")
+}
+
+#[test]
+fn config_defaults_and_errors() {
+    let c = parse("").unwrap();
+    assert_eq!((c.topic.as_str(), c.group_id.as_str(), c.initial_offset), ("otlp_spans", "tracepipe", InitialOffset::Latest));
+    let props = c.rdkafka_properties();
+    assert!(props.contains(&("enable.auto.offset.store".into(), "false".into())), "{props:?}");
+    let e = parse("    brokers: [\"host\"]\n    topic: \"a/b\"\n    heartbeat_interval: 20s\n    librdkafka_options: { group.id: x }\n").unwrap_err();
+    let all: Vec<String> = e.iter().map(|e| e.to_string()).collect();
+    assert_eq!(all.len(), 4, "{all:?}");
+    assert!(all[0].starts_with("t.yaml:4:14: invalid broker \"host\""), "{all:?}");
+    assert!(all[1].starts_with("t.yaml:5:12: invalid topic \"a/b\""), "{all:?}");
+    assert!(all[2].contains("heartbeat_interval must be above 0 and below session_timeout"), "{all:?}");
+    assert!(all[3].contains("`group.id` is set by the receiver's own settings"), "{all:?}");
+}
+
+#[test]
+fn offsets_commit_only_a_done_prefix() {
+    let mut t = OffsetTracker::default();
+    for o in 10..15 {
+        t.begin(0, o);
+    }
+    t.begin(1, 7);
+    // 12 and 11 finish first: nothing before them is done, so nothing may be committed.
+    assert_eq!(t.done(0, 12), None);
+    assert_eq!(t.done(0, 11), None);
+    assert_eq!(t.done(0, 10), Some(12));
+    assert_eq!(t.done(0, 14), None, "13 is still pending");
+    assert_eq!(t.done(1, 7), Some(7), "partitions are independent");
+    assert_eq!(t.done(0, 13), Some(14));
+    assert_eq!(t.done(0, 13), None, "a second report changes nothing");
+    assert_eq!(t.done(5, 1), None, "unknown partition");
+    assert_eq!(t.pending(), 0);
+}
+
+fn request(spans: usize, tag: u8) -> Vec<u8> {
+    let spans = (0..spans)
+        .map(|i| Span { trace_id: vec![tag; 16], span_id: vec![tag, i as u8 + 1, 0, 0, 0, 0, 0, 1], name: format!("op{i}"), ..Default::default() })
+        .collect();
+    TracesData { resource_spans: vec![ResourceSpans { scope_spans: vec![ScopeSpans { spans, ..Default::default() }], ..Default::default() }] }.encode_to_vec()
+}
+
+fn committed(bootstrap: &str, group: &str, topic: &str) -> i64 {
+    let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", bootstrap).set("group.id", group).create().unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(topic, 0);
+    let got = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+    match got.elements()[0].offset() {
+        rdkafka::Offset::Offset(o) => o,
+        _ => -1,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumes_skips_malformed_and_commits_only_after_delivery() {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("spans", 1, 1).unwrap();
+    let bootstrap = mock.bootstrap_servers();
+    let producer: BaseProducer = ClientConfig::new().set("bootstrap.servers", &bootstrap).create().unwrap();
+    let values = [request(3, 1), b"\xff\xffnot protobuf".to_vec(), request(2, 2)];
+    for v in &values {
+        producer.send(BaseRecord::<(), [u8]>::to("spans").payload(v)).map_err(|(e, _)| e).unwrap();
+    }
+    producer.flush(Duration::from_secs(10)).unwrap();
+
+    let (tx, mut input) = Input::channel(8);
+    let shutdown = CancellationToken::new();
+    let ctx = ComponentContext {
+        name: "k".into(),
+        kind: ComponentKind::Receiver,
+        input: None,
+        output: Some(Output::new(vec![tx])),
+        shutdown: shutdown.clone(),
+        health: Health::default(),
+    };
+    let cfg = KafkaReceiverConfig {
+        brokers: vec![bootstrap.clone()],
+        topic: "spans".into(),
+        group_id: "g".into(),
+        initial_offset: InitialOffset::Earliest,
+        session_timeout: CfgDuration::from_secs(6),
+        heartbeat_interval: CfgDuration::from_secs(1),
+        librdkafka_options: [("auto.commit.interval.ms".to_owned(), "100".to_owned())].into(),
+        ..Default::default()
+    };
+    let h = tokio::spawn(super::build(cfg, ctx).await.unwrap());
+    let first = tokio::time::timeout(Duration::from_secs(30), input.recv()).await.expect("a batch").unwrap();
+    let second = tokio::time::timeout(Duration::from_secs(30), input.recv()).await.expect("a batch").unwrap();
+    assert_eq!((first.span_count(), second.span_count()), (3, 2), "the malformed record is skipped");
+    // Nothing delivered yet: nothing committed, however long auto-commit runs.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let bs = bootstrap.clone();
+    assert_eq!(tokio::task::spawn_blocking(move || committed(&bs, "g", "spans")).await.unwrap(), -1);
+    // The second batch finishes first: still nothing may be committed (offset 0 is pending).
+    second.set_status(BatchStatus::Delivered);
+    drop(second);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let bs = bootstrap.clone();
+    assert_eq!(tokio::task::spawn_blocking(move || committed(&bs, "g", "spans")).await.unwrap(), -1);
+    first.set_status(BatchStatus::Delivered);
+    drop(first);
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(30), h).await.expect("stops").unwrap().unwrap();
+    let bs = bootstrap.clone();
+    assert_eq!(tokio::task::spawn_blocking(move || committed(&bs, "g", "spans")).await.unwrap(), 3, "all three records, the skipped one included");
+}
