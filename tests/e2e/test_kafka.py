@@ -7,6 +7,7 @@ counted; and `tracepipe replay --to kafka://` sends an archive into a topic."""
 import base64
 import json
 import subprocess
+import time
 
 from google.protobuf.json_format import MessageToDict
 from opentelemetry.proto.trace.v1 import trace_pb2
@@ -137,3 +138,97 @@ def test_replay_archive_into_kafka(tmp_path):
     for url, why in ((f"kafka://127.0.0.1:9/t?format=x", "unknown `kafka://` option `format=x`"), ("kafka:///t", "needs at least one broker")):
         p = subprocess.run([tracepipe_bin(), "replay", "--archive", str(archive), "--to", url], capture_output=True, text=True, stdin=subprocess.DEVNULL)
         assert p.returncode == 78 and why in p.stderr, (p.returncode, p.stderr)
+
+
+def consumer_graph(bootstrap: str, topic: str, out_path, extra: str = "") -> str:
+    return f"""
+receivers:
+  bus: {{ type: kafka, brokers: ["{bootstrap}"], topic: {topic}, group_id: gateway, initial_offset: earliest,
+         session_timeout: 6s, heartbeat_interval: 1s{extra} }}
+sinks:
+  file: {{ type: debug, inputs: [bus], verbosity: none, path: {out_path} }}
+"""
+
+
+def test_gateway_tier_behind_kafka_whole_traces_per_replica_exactly_once():
+    """Agent tier -> Kafka (keyed by trace id) -> two consumer replicas in one group: every span
+    arrives once, and every trace whole at one replica."""
+    from harness import read_jsonl_spans
+    port = free_port()
+    with Tansu() as kafka:
+        kafka.create_topic("gw", 4)
+        agent = Tracepipe(f"""
+receivers:
+  apps: {{ type: otlp, grpc: {{ endpoint: 127.0.0.1:{port} }} }}
+processors:
+  batch: {{ type: batch, inputs: [apps], send_batch_size: 20, timeout: 20ms }}
+sinks:
+  bus: {{ type: kafka, inputs: [batch], brokers: ["{kafka.bootstrap}"], topic: gw }}
+""", "agent")
+        replicas = []
+        for i in range(2):
+            t = Tracepipe("PLACEHOLDER", f"gw{i}")
+            t.config_path.write_text(consumer_graph(kafka.bootstrap, "gw", t.dir / "spans.jsonl") +
+                                     f"telemetry: {{ metrics: {{ endpoint: 127.0.0.1:{t.metrics_port} }} }}\n")
+            replicas.append(t)
+        with agent, replicas[0], replicas[1]:
+            time.sleep(8)  # both members joined and the group settled
+            sdk, memory = provider("grpc", f"http://127.0.0.1:{port}")
+            for i in range(30):
+                emit_rich_trace(sdk, f"-{i}")
+            sdk.shutdown()
+            sent = memory.get_finished_spans()
+            files = [r.dir / "spans.jsonl" for r in replicas]
+            wait_for(lambda: sum(len(read_jsonl_spans(f)) for f in files) >= len(sent), timeout=60, what="every span at the gateway tier")
+            time.sleep(1)
+            got = [read_jsonl_spans(f) for f in files]
+            compare(sent, got[0] + got[1])  # exactly once: as many spans as were sent, each span id once
+            assert got[0] and got[1], "both replicas got partitions"
+            traces = [{s["span"]["traceId"] for s in g} for g in got]
+            assert not traces[0] & traces[1], "a trace was split between replicas"
+            for r in replicas:
+                m = r.metrics()
+                assert metric_sum(m, "tracepipe_receiver_accepted_spans_total", transport="kafka") == len(read_jsonl_spans(r.dir / "spans.jsonl"))
+
+
+def test_consumer_commits_what_it_delivered_and_skips_malformed_records(tmp_path):
+    """A restart reads only what came after the last delivered record; a record that is not
+    OTLP is counted and skipped, never stops the partition."""
+    from confluent_kafka import Producer
+    from harness import read_jsonl_spans
+    port = free_port()
+    with Tansu() as kafka:
+        kafka.create_topic("in", 1)
+        prod = Producer({"bootstrap.servers": kafka.bootstrap})
+
+        def produce(values):
+            for v in values:
+                prod.produce("in", v)
+            assert prod.flush(10) == 0
+
+        sdk, memory = provider("grpc", f"http://127.0.0.1:{port}")  # only to make real SDK spans
+        with Tracepipe(kafka_graph(port, kafka.bootstrap).replace("topic: spans-proto", "topic: in").replace(
+                "  json: { type: kafka, inputs: [batch], brokers: [\"" + kafka.bootstrap + "\"], topic: spans-json, encoding: otlp_json }\n", ""), "writer") as w:
+            emit_rich_trace(sdk, "-a")
+            wait_for(lambda: metric_sum(w.metrics(), "tracepipe_sink_sent_spans_total") >= 5, what="first trace in Kafka")
+            produce([b"\x0a\xff\xff\xff garbage"])
+            first = list(memory.get_finished_spans())
+            consumer = Tracepipe("PLACEHOLDER", "consumer")
+            out = consumer.dir / "spans.jsonl"
+            consumer.config_path.write_text(consumer_graph(kafka.bootstrap, "in", out) + f"telemetry: {{ metrics: {{ endpoint: 127.0.0.1:{consumer.metrics_port} }} }}\n")
+            with consumer:
+                wait_for(lambda: len(read_jsonl_spans(out)) >= 5, timeout=60, what="first trace consumed")
+                m = wait_for(lambda: (lambda m: m if metric_sum(m, "tracepipe_receiver_malformed_requests_total", transport="kafka") else None)(consumer.metrics()),
+                             what="malformed record counted")
+                assert metric_sum(m, "tracepipe_receiver_malformed_requests_total", transport="kafka", reason="protobuf") == 1
+                assert consumer.stop() == 0, consumer.logs()
+            emit_rich_trace(sdk, "-b")
+            wait_for(lambda: metric_sum(w.metrics(), "tracepipe_sink_sent_spans_total") >= 10, what="second trace in Kafka")
+            sdk.shutdown()
+            out.unlink()
+            with consumer:  # same group: starts after the committed offset
+                wait_for(lambda: len(read_jsonl_spans(out)) >= 5, timeout=60, what="second trace consumed")
+                time.sleep(1.5)
+                second = [s for s in memory.get_finished_spans() if s not in first]
+                compare(second, read_jsonl_spans(out))  # only the new trace: nothing read twice
+                assert consumer.stop() == 0, consumer.logs()
