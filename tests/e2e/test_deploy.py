@@ -1,0 +1,37 @@
+"""The manifests in deploy/ stay true: every tracepipe `config.yaml` held in a ConfigMap passes
+`tracepipe validate` (with the environment variables the Deployment sets), and every Deployment
+that mounts a ConfigMap runs the binary with `run --config` at the mounted path."""
+
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from harness import ROOT, tracepipe_bin
+
+MANIFESTS = sorted((ROOT / "deploy" / "kubernetes").glob("*.yaml"))
+
+
+def documents(path: Path) -> list:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+@pytest.mark.parametrize("manifest", MANIFESTS, ids=lambda p: p.name)
+def test_every_configmap_config_validates(manifest, tmp_path):
+    docs = documents(manifest)
+    maps = {d["metadata"]["name"]: d["data"]["config.yaml"] for d in docs if d["kind"] == "ConfigMap"}
+    workloads = [d for d in docs if d["kind"] in ("Deployment", "DaemonSet")]
+    assert maps and workloads, f"{manifest.name}: no ConfigMap or no workload"
+    for w in workloads:
+        spec = w["spec"]["template"]["spec"]
+        container = spec["containers"][0]
+        volume = next(v for v in spec["volumes"] if "configMap" in v)
+        config = maps[volume["configMap"]["name"]]
+        mount = next(m for m in container["volumeMounts"] if m["name"] == volume["name"])["mountPath"]
+        assert container["args"] == ["run", "--config", f"{mount}/config.yaml"], container["args"]
+        env = {e["name"]: e["value"] for e in container.get("env", [])}
+        path = tmp_path / f"{w['metadata']['name']}.yaml"
+        path.write_text(config)
+        p = subprocess.run([tracepipe_bin(), "validate", "--config", str(path)], capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", **env})
+        assert p.returncode == 0, f"{manifest.name} / {w['metadata']['name']}:\n{p.stdout}{p.stderr}"
