@@ -11,11 +11,12 @@
 //! together, each with `file:line:column`.
 //!
 //! Component crates (receivers, processors, sinks) own their config structs; this crate gives them
-//! the shared value types: [`Duration`], [`ByteSize`], [`Endpoint`], and the Kafka name checks both
-//! Kafka components use ([`valid_kafka_topic`], [`valid_kafka_broker`]).
+//! the shared value types: [`Duration`], [`ByteSize`], [`Endpoint`], and the checks both
+//! Kafka components make of their shared settings ([`check_kafka_common`]).
 
 mod error;
 mod graph;
+mod kafka;
 mod node;
 mod types;
 
@@ -25,4 +26,5 @@ mod tests;
 pub use error::{ConfigError, ConfigErrors, Pos};
 pub use graph::{load, ComponentDecl, ComponentKind, ConfigFile, LogFormat, LogsConfig, MetricsConfig, TelemetryConfig};
 pub use node::Node;
-pub use types::{valid_kafka_broker, valid_kafka_topic, ByteSize, Duration, Endpoint};
+pub use kafka::{check_kafka_common, valid_kafka_broker, valid_kafka_topic, KafkaCommon};
+pub use types::{ByteSize, Duration, Endpoint};

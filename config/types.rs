@@ -196,16 +196,3 @@ impl<'de> Deserialize<'de> for Endpoint {
         s.parse().map_err(de::Error::custom)
     }
 }
-
-/// Kafka's rule for topic names: 1 to 249 of `[a-zA-Z0-9._-]`, and not `.` or `..`.
-pub fn valid_kafka_topic(t: &str) -> bool {
-    !t.is_empty() && t.len() <= 249 && t != "." && t != ".." && t.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-}
-
-/// A Kafka bootstrap address: `host:port` with a numeric port and no scheme.
-pub fn valid_kafka_broker(b: &str) -> bool {
-    match b.rsplit_once(':') {
-        Some((host, port)) => !host.is_empty() && !host.contains("://") && port.parse::<u16>().is_ok_and(|p| p > 0),
-        None => false,
-    }
-}

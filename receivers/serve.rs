@@ -74,34 +74,25 @@ impl Admission {
     /// Admits a batch if every consumer has room within the wait; counts the outcome.
     pub(crate) async fn admit(&self, batch: tracepipe_pipeline::Batch) -> Result<(), tracepipe_pipeline::Refused> {
         let n = batch.span_count() as u64;
-        let i = &self.inner;
-        match i.output.send_or_refuse(batch, i.wait).await {
-            Ok(()) => {
-                i.accepted.increment(n);
-                Ok(())
-            }
-            Err(e) => {
-                self.refused(e, n);
-                Err(e)
-            }
-        }
+        let r = self.inner.output.send_or_refuse(batch, self.inner.wait).await;
+        self.counted(r, n)
     }
 
     /// Admits a batch, waiting as long as it takes (a source that can hold data itself, such as
     /// Kafka, simply stops reading); refused only when the graph is shutting down.
     pub(crate) async fn admit_waiting(&self, batch: tracepipe_pipeline::Batch) -> Result<(), tracepipe_pipeline::Refused> {
         let n = batch.span_count() as u64;
-        let i = &self.inner;
-        match i.output.send(batch).await {
-            Ok(()) => {
-                i.accepted.increment(n);
-                Ok(())
-            }
-            Err(e) => {
-                self.refused(e, n);
-                Err(e)
-            }
+        let r = self.inner.output.send(batch).await;
+        self.counted(r, n)
+    }
+
+    /// Counts `n` spans as accepted or refused by the outcome of a send.
+    fn counted(&self, r: Result<(), tracepipe_pipeline::Refused>, n: u64) -> Result<(), tracepipe_pipeline::Refused> {
+        match r {
+            Ok(()) => self.inner.accepted.increment(n),
+            Err(e) => self.refused(e, n),
         }
+        r
     }
 
     /// Counts spans refused without trying to admit them (a UDP datagram dropped from a full queue).

@@ -92,31 +92,23 @@ impl KafkaReceiverConfig {
     pub fn from_node(node: &Node, file: &str) -> Result<KafkaReceiverConfig, Vec<ConfigError>> {
         let c: KafkaReceiverConfig = node.deserialize_into(file).map_err(|e| vec![e])?;
         let at = |k: &str| node.get(k).map(|n| n.pos).unwrap_or(node.pos);
-        let mut errors = Vec::new();
-        if c.brokers.is_empty() {
-            errors.push(ConfigError::new(file, at("brokers"), "brokers must list at least one host:port"));
-        }
-        for b in &c.brokers {
-            if !tracepipe_config::valid_kafka_broker(b) {
-                errors.push(ConfigError::new(file, at("brokers"), format!("invalid broker {b:?}: expected host:port, e.g. kafka-0.kafka:9092")));
-            }
-        }
-        if !tracepipe_config::valid_kafka_topic(&c.topic) {
-            errors.push(ConfigError::new(file, at("topic"), format!("invalid topic {:?}: 1 to 249 characters of a-z, A-Z, 0-9, '.', '_' and '-'", c.topic)));
-        }
+        let mut errors = tracepipe_config::check_kafka_common(
+            node,
+            file,
+            tracepipe_config::KafkaCommon {
+                brokers: &c.brokers,
+                topic: &c.topic,
+                client_id: &c.client_id,
+                librdkafka_options: &c.librdkafka_options,
+                own_keys: OWN_KEYS,
+                kind: "receiver",
+            },
+        );
         if c.group_id.is_empty() {
             errors.push(ConfigError::new(file, at("group_id"), "group_id must not be empty"));
         }
-        if c.client_id.is_empty() {
-            errors.push(ConfigError::new(file, at("client_id"), "client_id must not be empty"));
-        }
         if c.heartbeat_interval.get().is_zero() || c.heartbeat_interval.get() >= c.session_timeout.get() {
             errors.push(ConfigError::new(file, at("heartbeat_interval"), "heartbeat_interval must be above 0 and below session_timeout"));
-        }
-        for k in c.librdkafka_options.keys() {
-            if OWN_KEYS.contains(&k.as_str()) {
-                errors.push(ConfigError::new(file, at("librdkafka_options"), format!("librdkafka_options: `{k}` is set by the receiver's own settings; use those instead")));
-            }
         }
         if errors.is_empty() { Ok(c) } else { Err(errors) }
     }

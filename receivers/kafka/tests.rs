@@ -37,8 +37,8 @@ fn config_defaults_and_errors() {
     assert_eq!(all.len(), 4, "{all:?}");
     assert!(all[0].starts_with("t.yaml:4:14: invalid broker \"host\""), "{all:?}");
     assert!(all[1].starts_with("t.yaml:5:12: invalid topic \"a/b\""), "{all:?}");
-    assert!(all[2].contains("heartbeat_interval must be above 0 and below session_timeout"), "{all:?}");
-    assert!(all[3].contains("`group.id` is set by the receiver's own settings"), "{all:?}");
+    assert!(all[2].contains("`group.id` is set by the receiver's own settings"), "{all:?}");
+    assert!(all[3].contains("heartbeat_interval must be above 0 and below session_timeout"), "{all:?}");
 }
 
 #[test]

@@ -130,18 +130,18 @@ impl KafkaSinkConfig {
     pub fn from_node(node: &Node, file: &str) -> Result<KafkaSinkConfig, Vec<ConfigError>> {
         let c: KafkaSinkConfig = node.deserialize_into(file).map_err(|e| vec![e])?;
         let at = |k: &str| node.get(k).map(|n| n.pos).unwrap_or(node.pos);
-        let mut errors = Vec::new();
-        if c.brokers.is_empty() {
-            errors.push(ConfigError::new(file, at("brokers"), "brokers must list at least one host:port"));
-        }
-        for b in &c.brokers {
-            if !tracepipe_config::valid_kafka_broker(b) {
-                errors.push(ConfigError::new(file, at("brokers"), format!("invalid broker {b:?}: expected host:port, e.g. kafka-0.kafka:9092")));
-            }
-        }
-        if !tracepipe_config::valid_kafka_topic(&c.topic) {
-            errors.push(ConfigError::new(file, at("topic"), format!("invalid topic {:?}: 1 to 249 characters of a-z, A-Z, 0-9, '.', '_' and '-'", c.topic)));
-        }
+        let mut errors = tracepipe_config::check_kafka_common(
+            node,
+            file,
+            tracepipe_config::KafkaCommon {
+                brokers: &c.brokers,
+                topic: &c.topic,
+                client_id: &c.client_id,
+                librdkafka_options: &c.librdkafka_options,
+                own_keys: OWN_KEYS,
+                kind: "sink",
+            },
+        );
         // librdkafka's own bounds for message.max.bytes.
         if !(1000..=1_000_000_000).contains(&c.max_message_bytes.get()) {
             errors.push(ConfigError::new(file, at("max_message_bytes"), "max_message_bytes must be between 1000 and 1000000000"));
@@ -151,18 +151,6 @@ impl KafkaSinkConfig {
         }
         if c.max_buffer_bytes.get() < 1024 || c.max_buffer_bytes.get() / 1024 > i32::MAX as u64 {
             errors.push(ConfigError::new(file, at("max_buffer_bytes"), "max_buffer_bytes must be between 1KiB and 2TiB"));
-        }
-        if c.client_id.is_empty() {
-            errors.push(ConfigError::new(file, at("client_id"), "client_id must not be empty"));
-        }
-        for k in c.librdkafka_options.keys() {
-            if OWN_KEYS.contains(&k.as_str()) {
-                errors.push(ConfigError::new(
-                    file,
-                    at("librdkafka_options"),
-                    format!("librdkafka_options: `{k}` is set by the sink's own settings; use those instead"),
-                ));
-            }
         }
         if errors.is_empty() { Ok(c) } else { Err(errors) }
     }
