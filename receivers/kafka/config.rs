@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
-use tracepipe_config::{ConfigError, Duration, Node};
+use tracepipe_config::{ByteSize, ConfigError, Duration, Node};
 
 /// The record value format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -50,6 +50,9 @@ pub struct KafkaReceiverConfig {
     pub session_timeout: Duration,
     /// Group heartbeat interval (default 3s).
     pub heartbeat_interval: Duration,
+    /// Largest record value read (default 20MiB, as the OTLP HTTP receiver's body limit); a
+    /// bigger record is counted as malformed (`body_too_large`) and skipped.
+    pub max_record_bytes: ByteSize,
     /// How long shutdown waits for the graph to deliver what was consumed before committing
     /// (default 30s); records not delivered by then are read again after a restart.
     pub shutdown_timeout: Duration,
@@ -69,6 +72,7 @@ impl Default for KafkaReceiverConfig {
             session_timeout: Duration::from_secs(10),
             heartbeat_interval: Duration::from_secs(3),
             shutdown_timeout: Duration::from_secs(30),
+            max_record_bytes: ByteSize::mib(20),
             librdkafka_options: BTreeMap::new(),
         }
     }
@@ -109,6 +113,9 @@ impl KafkaReceiverConfig {
         }
         if c.heartbeat_interval.get().is_zero() || c.heartbeat_interval.get() >= c.session_timeout.get() {
             errors.push(ConfigError::new(file, at("heartbeat_interval"), "heartbeat_interval must be above 0 and below session_timeout"));
+        }
+        if c.max_record_bytes.get() == 0 {
+            errors.push(ConfigError::new(file, at("max_record_bytes"), "max_record_bytes must be above 0"));
         }
         if errors.is_empty() { Ok(c) } else { Err(errors) }
     }

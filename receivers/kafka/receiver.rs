@@ -31,7 +31,10 @@ enum Decoded {
 
 /// Validates one record value as the OTLP receiver validates a request body: the wire scan, and
 /// invalid spans (bad ids) dropped and counted.
-fn decode(value: &[u8], encoding: Encoding) -> Decoded {
+fn decode(value: &[u8], encoding: Encoding, max_bytes: usize) -> Decoded {
+    if value.len() > max_bytes {
+        return Decoded::Malformed("body_too_large", format!("record of {} bytes is over max_record_bytes ({max_bytes})", value.len()));
+    }
     let bytes: Bytes = match encoding {
         Encoding::OtlpProto => Bytes::copy_from_slice(value),
         Encoding::OtlpJson => match otlp_json::decode_request(value) {
@@ -113,7 +116,7 @@ pub async fn build(cfg: KafkaReceiverConfig, mut ctx: ComponentContext) -> Resul
                 }
             };
             tracker.lock().unwrap_or_else(|e| e.into_inner()).begin(partition, offset);
-            match decode(m.payload().unwrap_or_default(), cfg.encoding) {
+            match decode(m.payload().unwrap_or_default(), cfg.encoding, cfg.max_record_bytes.get() as usize) {
                 Decoded::Spans(batch, rejected) => {
                     if rejected > 0 {
                         admission.rejected(rejected);

@@ -84,7 +84,7 @@ async fn consumes_skips_malformed_and_commits_only_after_delivery() {
     mock.create_topic("spans", 1, 1).unwrap();
     let bootstrap = mock.bootstrap_servers();
     let producer: BaseProducer = ClientConfig::new().set("bootstrap.servers", &bootstrap).create().unwrap();
-    let values = [request(3, 1), b"\xff\xffnot protobuf".to_vec(), request(2, 2)];
+    let values = [request(3, 1), b"\xff\xffnot protobuf".to_vec(), request(40, 3), request(2, 2)];
     for v in &values {
         producer.send(BaseRecord::<(), [u8]>::to("spans").payload(v)).map_err(|(e, _)| e).unwrap();
     }
@@ -108,17 +108,19 @@ async fn consumes_skips_malformed_and_commits_only_after_delivery() {
         session_timeout: CfgDuration::from_secs(6),
         heartbeat_interval: CfgDuration::from_secs(1),
         librdkafka_options: [("auto.commit.interval.ms".to_owned(), "100".to_owned())].into(),
+        // The 40-span record is over the limit.
+        max_record_bytes: tracepipe_config::ByteSize(request(3, 1).len() as u64 * 4),
         ..Default::default()
     };
     let h = tokio::spawn(super::build(cfg, ctx).await.unwrap());
     let first = tokio::time::timeout(Duration::from_secs(30), input.recv()).await.expect("a batch").unwrap();
     let second = tokio::time::timeout(Duration::from_secs(30), input.recv()).await.expect("a batch").unwrap();
-    assert_eq!((first.span_count(), second.span_count()), (3, 2), "the malformed record is skipped");
+    assert_eq!((first.span_count(), second.span_count()), (3, 2), "the malformed and the oversized records are skipped");
     // Nothing delivered yet: nothing committed, however long auto-commit runs.
     tokio::time::sleep(Duration::from_millis(600)).await;
     let bs = bootstrap.clone();
     assert_eq!(tokio::task::spawn_blocking(move || committed(&bs, "g", "spans")).await.unwrap(), -1);
-    // The second batch finishes first: still nothing may be committed (offset 0 is pending).
+    // The last batch finishes first: still nothing may be committed (offset 0 is pending).
     second.set_status(BatchStatus::Delivered);
     drop(second);
     tokio::time::sleep(Duration::from_millis(600)).await;
@@ -129,5 +131,5 @@ async fn consumes_skips_malformed_and_commits_only_after_delivery() {
     shutdown.cancel();
     tokio::time::timeout(Duration::from_secs(30), h).await.expect("stops").unwrap().unwrap();
     let bs = bootstrap.clone();
-    assert_eq!(tokio::task::spawn_blocking(move || committed(&bs, "g", "spans")).await.unwrap(), 3, "all three records, the skipped one included");
+    assert_eq!(tokio::task::spawn_blocking(move || committed(&bs, "g", "spans")).await.unwrap(), 4, "all four records, the skipped ones included");
 }
