@@ -4,6 +4,7 @@
 //! - [`batch`]: the [`Batch`] of spans that travels every channel (encoded OTLP bytes or decoded
 //!   OTLP structs, converted lazily and copy-on-write);
 //! - [`wire`]: the zero-copy OTLP protobuf scanner receivers use to validate and count spans;
+//! - [`regroup`]: still-encoded spans regrouped by trace id without decoding (Kafka records per trace);
 //! - [`otlp_json`]: OTLP/JSON decoding and encoding with the spec's conventions;
 //! - [`topology`]: component contexts ([`Input`], [`Output`]), bounded channels, fan-out with
 //!   all-or-nothing admission, and the running graph (start in reverse topological order, stop in
@@ -17,6 +18,7 @@
 pub mod archive;
 pub mod batch;
 pub mod otlp_json;
+pub mod regroup;
 pub mod telemetry;
 pub mod topology;
 pub mod wire;

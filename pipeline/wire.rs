@@ -100,6 +100,10 @@ impl<'a> Reader<'a> {
     pub(crate) fn done(&self) -> bool {
         self.pos >= self.buf.len()
     }
+    /// Bytes read so far.
+    pub(crate) fn position(&self) -> usize {
+        self.pos
+    }
     #[inline(always)]
     pub(crate) fn varint(&mut self) -> Result<u64, WireError> {
         // Fast path: most tags and lengths are one byte.

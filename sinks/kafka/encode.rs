@@ -6,6 +6,8 @@ use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, TracesData};
 use prost::Message;
 use std::collections::HashMap;
 use tracepipe_pipeline::batch::{DecodeError, count_spans, push_span};
+use tracepipe_pipeline::regroup::{self, Regrouped, TraceGroup};
+use tracepipe_pipeline::wire::WireError;
 use tracepipe_pipeline::{Batch, otlp_json};
 
 use super::config::Encoding;
@@ -31,6 +33,17 @@ pub struct Records {
     pub oversized_spans: usize,
 }
 
+/// Why a batch could not be turned into records (its bytes are not the OTLP they were scanned as).
+#[derive(Debug, thiserror::Error)]
+pub enum EncodeError {
+    /// Decoding to structs failed.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// The wire regrouping failed.
+    #[error("invalid OTLP protobuf: {0}")]
+    Wire(#[from] WireError),
+}
+
 /// How to turn batches into records.
 #[derive(Debug, Clone, Copy)]
 pub struct Layout {
@@ -50,7 +63,7 @@ impl Layout {
     }
 
     /// Splits and encodes a batch.
-    pub fn records(&self, batch: &Batch) -> Result<Records, DecodeError> {
+    pub fn records(&self, batch: &Batch) -> Result<Records, EncodeError> {
         let mut out = Records::default();
         if batch.is_empty() {
             return Ok(out);
@@ -58,6 +71,18 @@ impl Layout {
         if !self.needs_decode(batch) {
             // The fast path: the received bytes are already one `TracesData` message.
             out.records.push(Record { key: None, payload: batch.to_bytes(), spans: batch.span_count() });
+            return Ok(out);
+        }
+        if self.by_trace
+            && self.encoding == Encoding::OtlpProto
+            && let Some(buffers) = batch.encoded_buffers()
+        {
+            // Protobuf in, protobuf out: regroup the received bytes, no decode or encode.
+            let rg = regroup::by_trace(&buffers)?;
+            for g in &rg.groups {
+                let key = if g.trace_id.is_empty() { None } else { Some(hex::encode(g.trace_id)) };
+                self.fit_raw(&rg, g, key, 0..g.spans(), &mut out);
+            }
             return Ok(out);
         }
         let rs = batch.to_resource_spans()?;
@@ -70,6 +95,23 @@ impl Layout {
             self.encode_fitting(None, rs, &mut out);
         }
         Ok(out)
+    }
+
+    /// Encodes spans `range` of a regrouped trace as one record, or halves the range until
+    /// every part fits.
+    fn fit_raw(&self, rg: &Regrouped<'_>, g: &TraceGroup<'_>, key: Option<String>, range: std::ops::Range<usize>, out: &mut Records) {
+        let payload = rg.encode(g, range.clone());
+        if payload.len() <= self.max_bytes {
+            out.records.push(Record { key, payload: Bytes::from(payload), spans: range.len() });
+            return;
+        }
+        if range.len() == 1 {
+            out.oversized_spans += 1;
+            return;
+        }
+        let mid = range.start + range.len() / 2;
+        self.fit_raw(rg, g, key.clone(), range.start..mid, out);
+        self.fit_raw(rg, g, key, mid..range.end, out);
     }
 
     fn encode(&self, rs: Vec<ResourceSpans>) -> Vec<u8> {

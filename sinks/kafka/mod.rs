@@ -23,5 +23,5 @@ mod sink;
 mod tests;
 
 pub use config::{Acks, Compression, Encoding, KafkaSinkConfig};
-pub use encode::{Layout, Record, Records, group_by_trace};
+pub use encode::{EncodeError, Layout, Record, Records, group_by_trace};
 pub use sink::build;

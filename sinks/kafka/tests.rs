@@ -129,6 +129,19 @@ fn one_record_per_trace_keyed_by_hex_trace_id() {
 }
 
 #[test]
+fn regrouped_bytes_and_decoded_structs_give_the_same_records() {
+    let encoded = batch(4, 5, 10);
+    let decoded = Batch::from_resource_spans(encoded.to_resource_spans().unwrap());
+    let layout = Layout { encoding: Encoding::OtlpProto, by_trace: true, max_bytes: 1_000_000 };
+    let (a, b) = (layout.records(&encoded).unwrap(), layout.records(&decoded).unwrap());
+    assert_eq!(a.records.len(), 4);
+    for (x, y) in a.records.iter().zip(&b.records) {
+        assert_eq!((&x.key, x.spans), (&y.key, y.spans));
+        assert_eq!(TracesData::decode(&x.payload[..]).unwrap(), TracesData::decode(&y.payload[..]).unwrap());
+    }
+}
+
+#[test]
 fn unkeyed_encoded_batch_is_sent_as_received() {
     let b = batch(3, 4, 10);
     let layout = Layout { encoding: Encoding::OtlpProto, by_trace: false, max_bytes: 1_000_000 };
