@@ -22,8 +22,11 @@ use crate::serve::Admission;
 /// The metric `transport` label.
 const TRANSPORT: &str = "kafka";
 
+/// How often a repeating consumer error is logged at warn level.
+const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(30);
+
 /// A record's value turned into an admissible batch, or why not.
-enum Decoded {
+pub(super) enum Decoded {
     Spans(Batch, u64),
     Empty,
     Malformed(&'static str, String),
@@ -31,7 +34,7 @@ enum Decoded {
 
 /// Validates one record value as the OTLP receiver validates a request body: the wire scan, and
 /// invalid spans (bad ids) dropped and counted.
-fn decode(value: &[u8], encoding: Encoding, max_bytes: usize) -> Decoded {
+pub(super) fn decode(value: &[u8], encoding: Encoding, max_bytes: usize) -> Decoded {
     if value.len() > max_bytes {
         return Decoded::Malformed("body_too_large", format!("record of {} bytes is over max_record_bytes ({max_bytes})", value.len()));
     }
@@ -85,6 +88,8 @@ pub async fn build(cfg: KafkaReceiverConfig, mut ctx: ComponentContext) -> Resul
         health.set_listening(&name, true);
         let tracker = Arc::new(Mutex::new(OffsetTracker::default()));
         let topic = cfg.topic.clone();
+        // Consumer errors repeat while a broker is down: warn once per ERROR_LOG_INTERVAL.
+        let mut last_warning: Option<tokio::time::Instant> = None;
         loop {
             let msg = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -94,7 +99,12 @@ pub async fn build(cfg: KafkaReceiverConfig, mut ctx: ComponentContext) -> Resul
                 Ok(m) => m,
                 Err(e) => {
                     // Broker down, group rebalancing...: librdkafka keeps trying.
-                    tracing::warn!(message = "Kafka consumer error.", receiver = %name, error = %e);
+                    if last_warning.is_none_or(|t| t.elapsed() >= ERROR_LOG_INTERVAL) {
+                        tracing::warn!(message = "Kafka consumer error; retrying.", receiver = %name, error = %e);
+                        last_warning = Some(tokio::time::Instant::now());
+                    } else {
+                        tracing::debug!(message = "Kafka consumer error; retrying.", receiver = %name, error = %e);
+                    }
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     continue;
                 }

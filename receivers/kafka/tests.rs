@@ -67,6 +67,26 @@ fn request(spans: usize, tag: u8) -> Vec<u8> {
     TracesData { resource_spans: vec![ResourceSpans { scope_spans: vec![ScopeSpans { spans, ..Default::default() }], ..Default::default() }] }.encode_to_vec()
 }
 
+#[test]
+fn records_are_validated_like_otlp_requests() {
+    use super::receiver::{decode, Decoded};
+    use super::Encoding;
+    let td = TracesData::decode(&request(3, 1)[..]).unwrap();
+    // OTLP/JSON records.
+    let json = tracepipe_pipeline::otlp_json::encode_request(td.resource_spans.clone());
+    assert!(matches!(decode(&json, Encoding::OtlpJson, 1 << 20), Decoded::Spans(b, 0) if b.span_count() == 3));
+    assert!(matches!(decode(b"{\"resourceSpans\": 5}", Encoding::OtlpJson, 1 << 20), Decoded::Malformed("json", _)));
+    // A span with a 3-byte trace id is dropped and counted; the others go on.
+    let mut bad = td.clone();
+    bad.resource_spans[0].scope_spans[0].spans[1].trace_id = vec![1, 2, 3];
+    match decode(&bad.encode_to_vec(), Encoding::OtlpProto, 1 << 20) {
+        Decoded::Spans(b, rejected) => assert_eq!((b.span_count(), rejected), (2, 1)),
+        _ => panic!("expected spans"),
+    }
+    assert!(matches!(decode(&[], Encoding::OtlpProto, 1 << 20), Decoded::Empty));
+    assert!(matches!(decode(&request(3, 1), Encoding::OtlpProto, 10), Decoded::Malformed("body_too_large", _)));
+}
+
 fn committed(bootstrap: &str, group: &str, topic: &str) -> i64 {
     let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", bootstrap).set("group.id", group).create().unwrap();
     let mut tpl = TopicPartitionList::new();
