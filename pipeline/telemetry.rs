@@ -13,7 +13,7 @@ use axum::routing::get;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// Metric names. Counters end in `_total`; labels are bounded: `receiver`, `processor`, `sink`,
-/// `transport`, `reason`.
+/// `transport`, `reason` (and a Kafka topic's `topic`, `partition`).
 pub mod names {
     /// Spans a receiver accepted into the graph (`receiver`, `transport`).
     pub const RECEIVER_ACCEPTED_SPANS: &str = "tracepipe_receiver_accepted_spans_total";
@@ -27,6 +27,9 @@ pub mod names {
     /// Spans rejected individually inside an otherwise valid request (`partial_success`)
     /// (`receiver`, `transport`, `reason`).
     pub const RECEIVER_REJECTED_SPANS: &str = "tracepipe_receiver_rejected_spans_total";
+    /// Records of a partition a Kafka receiver's group has not committed yet (gauge, from
+    /// librdkafka's statistics; `receiver`, `topic`, `partition`; 0 for partitions it no longer owns).
+    pub const RECEIVER_KAFKA_LAG: &str = "tracepipe_receiver_kafka_lag_records";
     /// Spans per batch a processor emits (histogram; `processor`).
     pub const PROCESSOR_BATCH_SIZE: &str = "tracepipe_processor_batch_size_spans";
     /// Batches a batch processor emitted, by trigger (`processor`, `trigger` = size|timeout|shutdown).

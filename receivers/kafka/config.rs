@@ -132,6 +132,8 @@ impl KafkaReceiverConfig {
             ("heartbeat.interval.ms".into(), self.heartbeat_interval.get().as_millis().to_string()),
             ("enable.auto.commit".into(), "true".into()),
             ("enable.auto.offset.store".into(), "false".into()),
+            // Statistics feed the lag gauge (receivers/kafka/lag.rs).
+            ("statistics.interval.ms".into(), "5000".into()),
         ];
         p.extend(self.librdkafka_options.iter().map(|(k, v)| (k.clone(), v.clone())));
         p

@@ -11,8 +11,10 @@
 //!   per partition whatever order sinks finish in. When the graph is full the receiver waits
 //!   (Kafka keeps what is not read). On shutdown it stops reading, lets the graph drain (up to
 //!   `shutdown_timeout`) and commits; anything undelivered is read again after a restart.
+//! - Lag: `tracepipe_receiver_kafka_lag_records{topic, partition}` from librdkafka's statistics.
 
 mod config;
+mod lag;
 mod offsets;
 mod receiver;
 

@@ -16,6 +16,7 @@ use tracepipe_pipeline::wire::scan_traces;
 use tracepipe_pipeline::{otlp_json, Batch, Finalizer};
 
 use super::config::{Encoding, KafkaReceiverConfig};
+use super::lag::LagContext;
 use super::offsets::OffsetTracker;
 use crate::serve::Admission;
 
@@ -75,7 +76,8 @@ pub async fn build(cfg: KafkaReceiverConfig, mut ctx: ComponentContext) -> Resul
     for (k, v) in cfg.rdkafka_properties() {
         cc.set(k, v);
     }
-    let consumer: StreamConsumer = cc.create().map_err(|e| ctx.error(format!("cannot create the Kafka consumer: {e}")))?;
+    let consumer: StreamConsumer<LagContext> =
+        cc.create_with_context(LagContext::new(&ctx.name, &cfg.topic)).map_err(|e| ctx.error(format!("cannot create the Kafka consumer: {e}")))?;
     consumer.subscribe(&[&cfg.topic]).map_err(|e| ctx.error(format!("cannot subscribe to `{}`: {e}", cfg.topic)))?;
     let consumer = Arc::new(consumer);
     let admission = Admission::new(&ctx.name, TRANSPORT, output, Duration::ZERO);

@@ -189,6 +189,13 @@ sinks:
             for r in replicas:
                 m = r.metrics()
                 assert metric_sum(m, "tracepipe_receiver_accepted_spans_total", transport="kafka") == len(read_jsonl_spans(r.dir / "spans.jsonl"))
+            # Consumer lag (librdkafka statistics every 5 s, commits every 5 s): every one of the 4
+            # partitions reported by the replica that owns it, and all delivered and committed.
+            def lag():
+                series = {ls: v for r in replicas for (n, ls), v in r.metrics().items() if n == "tracepipe_receiver_kafka_lag_records"}
+                owned = {dict(ls)["partition"] for ls, v in series.items()}
+                return series if owned == {"0", "1", "2", "3"} and sum(series.values()) == 0 else None
+            wait_for(lag, timeout=40, what="lag gauges for every partition, at 0")
 
 
 def test_consumer_commits_what_it_delivered_and_skips_malformed_records(tmp_path):

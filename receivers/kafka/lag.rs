@@ -1,0 +1,55 @@
+//! Consumer lag as a Prometheus gauge: librdkafka's statistics (every `statistics.interval.ms`,
+//! 5 s by default here) give each assigned partition's lag behind its high watermark, counted from
+//! the committed offset — records this replica's group still has to deliver.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::ConsumerContext;
+use rdkafka::statistics::Statistics;
+use tracepipe_pipeline::telemetry::names;
+
+/// The consumer's context: turns statistics into `tracepipe_receiver_kafka_lag_records`.
+pub struct LagContext {
+    receiver: String,
+    topic: String,
+    /// Partitions given a value last time, so one no longer owned can be set back to 0.
+    reported: Mutex<HashSet<i32>>,
+}
+
+impl LagContext {
+    /// For `receiver` reading `topic`.
+    pub fn new(receiver: &str, topic: &str) -> Self {
+        LagContext { receiver: receiver.to_owned(), topic: topic.to_owned(), reported: Mutex::new(HashSet::new()) }
+    }
+
+    fn set(&self, partition: i32, lag: i64) {
+        metrics::gauge!(names::RECEIVER_KAFKA_LAG, "receiver" => self.receiver.clone(), "topic" => self.topic.clone(), "partition" => partition.to_string())
+            .set(lag as f64);
+    }
+}
+
+impl ClientContext for LagContext {
+    fn stats(&self, statistics: Statistics) {
+        let mut now = HashSet::new();
+        tracing::debug!(message = "Kafka statistics.", receiver = %self.receiver, topics = ?statistics.topics.keys().collect::<Vec<_>>(),
+            partitions = ?statistics.topics.get(&self.topic).map(|t| t.partitions.values().map(|p| (p.partition, p.desired, p.consumer_lag, p.committed_offset, p.hi_offset)).collect::<Vec<_>>()));
+        if let Some(t) = statistics.topics.get(&self.topic) {
+            for (&id, p) in &t.partitions {
+                // -1 is librdkafka's internal "unassigned" partition; a lag of -1 is "not known yet".
+                if id >= 0 && p.desired && p.consumer_lag >= 0 {
+                    self.set(id, p.consumer_lag);
+                    now.insert(id);
+                }
+            }
+        }
+        let mut reported = self.reported.lock().unwrap_or_else(|e| e.into_inner());
+        for &gone in reported.difference(&now) {
+            self.set(gone, 0);
+        }
+        *reported = now;
+    }
+}
+
+impl ConsumerContext for LagContext {}
