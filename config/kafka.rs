@@ -1,10 +1,24 @@
 //! Checks both Kafka components (the `kafka` receiver and sink) make of their shared settings:
 //! broker addresses, the topic name, the client id, and `librdkafka_options` that must not
-//! override a setting the component owns.
+//! override a setting the component owns; and the record [`KafkaEncoding`] both use.
 
 use std::collections::BTreeMap;
 
+use serde::Deserialize;
+
 use crate::{ConfigError, Node};
+
+/// The value format of Kafka records (`encoding:`), as the OTel Collector names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum KafkaEncoding {
+    /// OTLP protobuf: an `ExportTraceServiceRequest` (= `TracesData`) (default; the OTel
+    /// Collector's `otlp_proto`, Rotel's `protobuf`).
+    #[default]
+    OtlpProto,
+    /// OTLP/JSON: `{"resourceSpans": [...]}` with hex ids (the OTel Collector's `otlp_json`).
+    OtlpJson,
+}
 
 /// Kafka's rule for topic names: 1 to 249 of `[a-zA-Z0-9._-]`, and not `.` or `..`.
 pub fn valid_kafka_topic(t: &str) -> bool {

@@ -7,17 +7,8 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use tracepipe_config::{ByteSize, ConfigError, Duration, Node};
 
-/// The record value format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum Encoding {
-    /// OTLP protobuf `ExportTraceServiceRequest` / `TracesData` (default; what tracepipe's
-    /// Kafka sink, the OTel Collector's `otlp_proto` and Rotel's `protobuf` write).
-    #[default]
-    OtlpProto,
-    /// OTLP/JSON `{"resourceSpans": [...]}`.
-    OtlpJson,
-}
+/// The record value format: `otlp_proto` (default) or `otlp_json`.
+pub use tracepipe_config::KafkaEncoding as Encoding;
 
 /// Where a new consumer group starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]

@@ -6,17 +6,8 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use tracepipe_config::{ByteSize, ConfigError, Duration, Node};
 
-/// The record value format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum Encoding {
-    /// OTLP protobuf: the bytes of an `ExportTraceServiceRequest` (= `TracesData`), as the OTel
-    /// Collector's `otlp_proto` (default).
-    #[default]
-    OtlpProto,
-    /// OTLP/JSON: `{"resourceSpans": [...]}` with hex ids, as the OTel Collector's `otlp_json`.
-    OtlpJson,
-}
+/// The record value format: `otlp_proto` (default) or `otlp_json`.
+pub use tracepipe_config::KafkaEncoding as Encoding;
 
 /// Which replicas must have a record before it counts as delivered (librdkafka's `acks`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
