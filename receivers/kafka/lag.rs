@@ -1,12 +1,13 @@
-//! Consumer lag as a Prometheus gauge: librdkafka's statistics (every `statistics.interval.ms`,
-//! 5 s by default here) give each assigned partition's lag behind its high watermark, counted from
-//! the committed offset — records this replica's group still has to deliver.
+//! The consumer's context: consumer lag as a Prometheus gauge — librdkafka's statistics (every
+//! `statistics.interval.ms`, 5 s by default here) give each assigned partition's lag behind its
+//! high watermark, counted from the committed offset — and a log line for every partition
+//! assignment and revocation, so an operator sees which replica reads what.
 
 use std::collections::HashSet;
 use std::sync::Mutex;
 
 use rdkafka::client::ClientContext;
-use rdkafka::consumer::ConsumerContext;
+use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
 use rdkafka::statistics::Statistics;
 use tracepipe_pipeline::telemetry::names;
 
@@ -52,4 +53,13 @@ impl ClientContext for LagContext {
     }
 }
 
-impl ConsumerContext for LagContext {}
+impl ConsumerContext for LagContext {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let partitions = |tpl: &rdkafka::TopicPartitionList| tpl.elements().iter().map(|e| e.partition()).collect::<Vec<_>>();
+        match rebalance {
+            Rebalance::Assign(tpl) => tracing::info!(message = "Kafka partitions assigned.", receiver = %self.receiver, topic = %self.topic, partitions = ?partitions(tpl)),
+            Rebalance::Revoke(tpl) => tracing::info!(message = "Kafka partitions revoked.", receiver = %self.receiver, topic = %self.topic, partitions = ?partitions(tpl)),
+            Rebalance::Error(e) => tracing::warn!(message = "Kafka rebalance failed.", receiver = %self.receiver, error = %e),
+        }
+    }
+}

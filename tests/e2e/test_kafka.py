@@ -6,6 +6,7 @@ counted; and `tracepipe replay --to kafka://` sends an archive into a topic."""
 
 import base64
 import json
+import re
 import subprocess
 import time
 
@@ -150,6 +151,18 @@ sinks:
 """
 
 
+def assigned(tp) -> list:
+    """The partitions a consumer replica's last rebalance assigned it (from its log)."""
+    lines = [l for l in tp.logs().splitlines() if "Kafka partitions assigned." in l]
+    return re.findall(r"\d+", lines[-1].split("partitions=")[1]) if lines else []
+
+
+def settled(replicas) -> bool:
+    """Every replica owns partitions and together they own all 4, each once."""
+    parts = [assigned(r) for r in replicas]
+    return all(parts) and sorted(p for ps in parts for p in ps) == ["0", "1", "2", "3"]
+
+
 def test_gateway_tier_behind_kafka_whole_traces_per_replica_exactly_once():
     """Agent tier -> Kafka (keyed by trace id) -> two consumer replicas in one group: every span
     arrives once, and every trace whole at one replica."""
@@ -172,7 +185,7 @@ sinks:
                                      f"telemetry: {{ metrics: {{ endpoint: 127.0.0.1:{t.metrics_port} }} }}\n")
             replicas.append(t)
         with agent, replicas[0], replicas[1]:
-            time.sleep(8)  # both members joined and the group settled
+            wait_for(lambda: settled(replicas), timeout=60, what="both replicas assigned partitions")
             sdk, memory = provider("grpc", f"http://127.0.0.1:{port}")
             for i in range(30):
                 emit_rich_trace(sdk, f"-{i}")
