@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import ROOT, Tracepipe, free_port, metric_sum, wait_for, wait_port
+from harness import ROOT, Tracepipe, free_port, http_get, metric_sum, wait_for, wait_port
 from sdk import emit_rich_trace, provider
 
 RULES = ROOT / "deploy" / "prometheus" / "rules.yaml"
@@ -64,6 +64,8 @@ scrape_configs:
                                  f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT)
         try:
             wait_port(port, timeout=30, what="prometheus")
+            # The port opens before the TSDB is loaded; the API answers 503 until /-/ready is 200.
+            wait_for(lambda: http_get(f"http://127.0.0.1:{port}/-/ready")[0] == 200, timeout=30, what="prometheus ready")
 
             def scraped():
                 r = api(port, "/api/v1/query?query=sum(tracepipe_receiver_accepted_spans_total)")["result"]
@@ -83,3 +85,53 @@ scrape_configs:
         finally:
             prom.terminate()
             prom.wait(timeout=30)
+
+
+def test_the_alerts_fire_when_they_should(tmp_path):
+    """`promtool test rules`: synthetic series that should page (a sink dropping spans, Kafka lag
+    growing, a sink queue near full) fire exactly their alerts, with their summaries, and not
+    before their `for:` has passed."""
+    (tmp_path / "alerts_test.yaml").write_text(f"""
+rule_files: ["{RULES}"]
+evaluation_interval: 1m
+tests:
+  - interval: 1m
+    input_series:
+      - series: 'tracepipe_sink_failed_spans_total{{instance="a", sink="bus", reason="retries_exhausted"}}'
+        values: '0+10x40'
+      - series: 'tracepipe_receiver_kafka_lag_records{{instance="a", receiver="in", topic="otlp_spans", partition="0"}}'
+        values: '150000+1000x40'
+      - series: 'tracepipe_sink_queue_spans{{instance="a", sink="up"}}'
+        values: '95000x40'
+      - series: 'tracepipe_sink_queue_capacity_spans{{instance="a", sink="up"}}'
+        values: '100000x40'
+      - series: 'tracepipe_receiver_refused_spans_total{{instance="a", receiver="apps", transport="grpc", reason="pipeline_full"}}'
+        values: '0x40'
+    alert_rule_test:
+      - eval_time: 3m
+        alertname: TracepipeSinkFailing
+        exp_alerts: []
+      - eval_time: 10m
+        alertname: TracepipeSinkFailing
+        exp_alerts:
+          - exp_labels: {{ instance: a, sink: bus, reason: retries_exhausted }}
+            exp_annotations: {{ summary: "sink bus drops spans (retries_exhausted)" }}
+      - eval_time: 10m
+        alertname: TracepipeSinkQueueFull
+        exp_alerts:
+          - exp_labels: {{ instance: a, sink: up }}
+            exp_annotations: {{ summary: "sink up queue above 90%" }}
+      - eval_time: 10m
+        alertname: TracepipeKafkaLagGrowing
+        exp_alerts: []
+      - eval_time: 30m
+        alertname: TracepipeKafkaLagGrowing
+        exp_alerts:
+          - exp_labels: {{ topic: otlp_spans }}
+            exp_annotations: {{ summary: "consumers of otlp_spans fall behind: add replicas (up to the partition count)" }}
+      - eval_time: 30m
+        alertname: TracepipeRefusingSpans
+        exp_alerts: []
+""")
+    p = subprocess.run([need("promtool"), "test", "rules", str(tmp_path / "alerts_test.yaml")], capture_output=True, text=True)
+    assert p.returncode == 0 and "SUCCESS" in p.stdout, p.stdout + p.stderr
