@@ -17,9 +17,16 @@ pub fn decode_request(body: &[u8]) -> Result<Vec<ResourceSpans>, JsonError> {
     Ok(req.resource_spans)
 }
 
+/// `ExportTraceServiceRequest`'s JSON form over borrowed spans (the same `resourceSpans` key), so
+/// writing JSON needs no copy of the spans.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct RequestRef<'a> {
+    resource_spans: &'a [ResourceSpans],
+}
+
 /// Writes resource spans as one OTLP/JSON `ExportTraceServiceRequest` / `TracesData` object.
-pub fn encode_request(rs: Vec<ResourceSpans>) -> Vec<u8> {
-    let req = ExportTraceServiceRequest { resource_spans: rs };
+pub fn encode_request(rs: &[ResourceSpans]) -> Vec<u8> {
     // Serializing plain data into a Vec cannot fail.
-    serde_json::to_vec(&req).unwrap_or_default()
+    serde_json::to_vec(&RequestRef { resource_spans: rs }).unwrap_or_default()
 }

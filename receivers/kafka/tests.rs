@@ -39,6 +39,12 @@ fn config_defaults_and_errors() {
     assert!(all[1].starts_with("t.yaml:5:12: invalid topic \"a/b\""), "{all:?}");
     assert!(all[2].contains("`group.id` is set by the receiver's own settings"), "{all:?}");
     assert!(all[3].contains("heartbeat_interval must be above 0 and below session_timeout"), "{all:?}");
+    let e = parse("    group_id: \"\"\n    max_record_bytes: 0\n    initial_offset: newest\n").unwrap_err();
+    assert!(e[0].to_string().starts_with("t.yaml:6:21:"), "{}", e[0]);
+    let e = parse("    group_id: \"\"\n    max_record_bytes: 0\n").unwrap_err();
+    let all: Vec<String> = e.iter().map(|e| e.to_string()).collect();
+    assert!(all.iter().any(|m| m.starts_with("t.yaml:4:15: group_id must not be empty")), "{all:?}");
+    assert!(all.iter().any(|m| m.starts_with("t.yaml:5:23: max_record_bytes must be above 0")), "{all:?}");
 }
 
 #[test]
@@ -73,7 +79,7 @@ fn records_are_validated_like_otlp_requests() {
     use super::Encoding;
     let td = TracesData::decode(&request(3, 1)[..]).unwrap();
     // OTLP/JSON records.
-    let json = tracepipe_pipeline::otlp_json::encode_request(td.resource_spans.clone());
+    let json = tracepipe_pipeline::otlp_json::encode_request(&td.resource_spans);
     assert!(matches!(decode(&json, Encoding::OtlpJson, 1 << 20), Decoded::Spans(b, 0) if b.span_count() == 3));
     assert!(matches!(decode(b"{\"resourceSpans\": 5}", Encoding::OtlpJson, 1 << 20), Decoded::Malformed("json", _)));
     // A span with a 3-byte trace id is dropped and counted; the others go on.

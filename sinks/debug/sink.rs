@@ -80,7 +80,7 @@ pub async fn build(cfg: DebugConfig, mut ctx: ComponentContext) -> Result<Compon
                 }
             }
             if let Some(f) = file.as_mut() {
-                let mut line = otlp_json::encode_request(rs);
+                let mut line = otlp_json::encode_request(&rs);
                 line.push(b'\n');
                 if let Err(e) = f.write_all(&line).and_then(|_| f.flush()) {
                     failed.increment(n as u64);

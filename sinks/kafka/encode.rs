@@ -2,10 +2,9 @@
 //! batch, each split by spans until it fits `max_message_bytes`.
 
 use bytes::Bytes;
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, TracesData};
-use prost::Message;
+use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
 use std::collections::HashMap;
-use tracepipe_pipeline::batch::{DecodeError, count_spans, push_span};
+use tracepipe_pipeline::batch::{DecodeError, push_span};
 use tracepipe_pipeline::regroup::{self, Regrouped, TraceGroup};
 use tracepipe_pipeline::wire::WireError;
 use tracepipe_pipeline::{Batch, otlp_json};
@@ -56,9 +55,9 @@ pub struct Layout {
 }
 
 impl Layout {
-    /// True when [`Layout::records`] must decode `batch` (so the caller may move it off the
-    /// async reactor).
-    pub fn needs_decode(&self, batch: &Batch) -> bool {
+    /// True unless the batch's received bytes go out unchanged as one record: the caller moves
+    /// the work (regrouping, decoding, splitting, encoding) off the async reactor.
+    pub fn rebuilds(&self, batch: &Batch) -> bool {
         self.by_trace || self.encoding != Encoding::OtlpProto || !batch.is_encoded() || batch.encoded_len() > self.max_bytes
     }
 
@@ -68,13 +67,12 @@ impl Layout {
         if batch.is_empty() {
             return Ok(out);
         }
-        if !self.needs_decode(batch) {
-            // The fast path: the received bytes are already one `TracesData` message.
-            out.records.push(Record { key: None, payload: batch.to_bytes(), spans: batch.span_count() });
+        if !self.by_trace {
+            // One record (split if too large); an encoded batch that fits goes out as received.
+            self.fit(None, batch.clone(), &mut out)?;
             return Ok(out);
         }
-        if self.by_trace
-            && self.encoding == Encoding::OtlpProto
+        if self.encoding == Encoding::OtlpProto
             && let Some(buffers) = batch.encoded_buffers()
         {
             // Protobuf in, protobuf out: regroup the received bytes, no decode or encode.
@@ -85,14 +83,9 @@ impl Layout {
             }
             return Ok(out);
         }
-        let rs = batch.to_resource_spans()?;
-        if self.by_trace {
-            for (trace_id, group) in group_by_trace(rs) {
-                let key = if trace_id.is_empty() { None } else { Some(hex::encode(&trace_id)) };
-                self.encode_fitting(key, group, &mut out);
-            }
-        } else {
-            self.encode_fitting(None, rs, &mut out);
+        for (trace_id, group) in group_by_trace(batch.to_resource_spans()?) {
+            let key = if trace_id.is_empty() { None } else { Some(hex::encode(&trace_id)) };
+            self.fit(key, Batch::from_resource_spans(group), &mut out)?;
         }
         Ok(out)
     }
@@ -114,41 +107,28 @@ impl Layout {
         self.fit_raw(rg, g, key, mid..range.end, out);
     }
 
-    fn encode(&self, rs: Vec<ResourceSpans>) -> Vec<u8> {
-        match self.encoding {
-            Encoding::OtlpProto => TracesData { resource_spans: rs }.encode_to_vec(),
-            Encoding::OtlpJson => otlp_json::encode_request(rs),
-        }
-    }
-
-    /// Encodes `rs` as one record, or halves it by spans until every part fits.
-    fn encode_fitting(&self, key: Option<String>, rs: Vec<ResourceSpans>, out: &mut Records) {
-        let spans = count_spans(&rs);
+    /// Encodes `b` as one record, or halves it by spans until every part fits. An encoded batch
+    /// is split between its received buffers where possible (no decoding).
+    fn fit(&self, key: Option<String>, mut b: Batch, out: &mut Records) -> Result<(), DecodeError> {
+        let spans = b.span_count();
         if spans == 0 {
-            return;
+            return Ok(());
         }
-        let size = match self.encoding {
-            Encoding::OtlpProto => rs.iter().map(|r| prost::encoding::message::encoded_len(1, r)).sum(),
-            // JSON is only measured by writing it.
-            Encoding::OtlpJson => 0,
+        let payload = match self.encoding {
+            Encoding::OtlpProto => (b.encoded_len() <= self.max_bytes).then(|| b.to_bytes()),
+            Encoding::OtlpJson => Some(Bytes::from(otlp_json::encode_request(b.resource_spans_mut()?))).filter(|p| p.len() <= self.max_bytes),
         };
-        if size <= self.max_bytes {
-            let payload = self.encode(rs.clone());
-            if payload.len() <= self.max_bytes {
-                out.records.push(Record { key, payload: Bytes::from(payload), spans });
-                return;
-            }
+        if let Some(payload) = payload {
+            out.records.push(Record { key, payload, spans });
+            return Ok(());
         }
         if spans == 1 {
             out.oversized_spans += 1;
-            return;
+            return Ok(());
         }
-        let mut rest = Batch::from_resource_spans(rs);
-        // Both halves are already decoded: these cannot fail.
-        let head = rest.split_to(spans / 2).and_then(|h| h.to_resource_spans()).unwrap_or_default();
-        let tail = rest.to_resource_spans().unwrap_or_default();
-        self.encode_fitting(key.clone(), head, out);
-        self.encode_fitting(key, tail, out);
+        let head = b.split_to(spans / 2)?;
+        self.fit(key.clone(), head, out)?;
+        self.fit(key, b, out)
     }
 }
 

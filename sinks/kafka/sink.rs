@@ -177,7 +177,7 @@ pub async fn build(cfg: KafkaSinkConfig, mut ctx: ComponentContext) -> Result<Co
                 }
             };
             let n = batch.span_count();
-            let records = if layout.needs_decode(&batch) { tokio::task::block_in_place(|| layout.records(&batch)) } else { layout.records(&batch) };
+            let records = if layout.rebuilds(&batch) { tokio::task::block_in_place(|| layout.records(&batch)) } else { layout.records(&batch) };
             let records = match records {
                 Ok(r) => r,
                 Err(e) => {
@@ -220,6 +220,7 @@ pub async fn build(cfg: KafkaSinkConfig, mut ctx: ComponentContext) -> Result<Co
             while in_flight.len() >= MAX_IN_FLIGHT_BATCHES {
                 if let Some(spans) = in_flight.next().await {
                     held -= spans;
+                    m.in_flight.set(held as f64);
                 }
             }
         }

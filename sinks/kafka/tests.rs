@@ -46,6 +46,16 @@ fn config_defaults_and_errors() {
     assert!(all[1].contains("invalid broker \"k:port\""), "{all:?}");
     assert!(all[2].starts_with("t.yaml:8:12: invalid topic \"bad topic\""), "{all:?}");
     assert!(all[3].contains("`acks` is set by the sink's own settings"), "{all:?}");
+    // Bounds, each reported at its own key.
+    let e = parse("    max_message_bytes: 10\n    message_timeout: 0s\n    max_buffer_bytes: 10\n    client_id: \"\"\n    linger: soon\n").unwrap_err();
+    assert!(e[0].to_string().starts_with("t.yaml:11:13:"), "{}", e[0]);
+    let e = parse("    max_message_bytes: 10\n    message_timeout: 0s\n    max_buffer_bytes: 10\n    client_id: \"\"\n").unwrap_err();
+    let all: Vec<String> = e.iter().map(|e| e.to_string()).collect();
+    assert_eq!(all.len(), 4, "{all:?}");
+    assert!(all.iter().any(|m| m.starts_with("t.yaml:7:24: max_message_bytes must be between 1000")), "{all:?}");
+    assert!(all.iter().any(|m| m.starts_with("t.yaml:8:22: message_timeout must be above 0")), "{all:?}");
+    assert!(all.iter().any(|m| m.starts_with("t.yaml:9:23: max_buffer_bytes must be between 1KiB")), "{all:?}");
+    assert!(all.iter().any(|m| m.starts_with("t.yaml:10:16: client_id must not be empty")), "{all:?}");
 }
 
 fn span(trace: u8, i: u8, attr_len: usize) -> Span {
@@ -145,7 +155,7 @@ fn regrouped_bytes_and_decoded_structs_give_the_same_records() {
 fn unkeyed_encoded_batch_is_sent_as_received() {
     let b = batch(3, 4, 10);
     let layout = Layout { encoding: Encoding::OtlpProto, by_trace: false, max_bytes: 1_000_000 };
-    assert!(!layout.needs_decode(&b));
+    assert!(!layout.rebuilds(&b));
     let r = layout.records(&b).unwrap();
     assert_eq!(r.records.len(), 1);
     assert!(r.records[0].key.is_none());

@@ -209,7 +209,7 @@ impl Exporter {
             Exporter::Http { client, uri, headers, json, compression } => {
                 let raw: Bytes = if *json {
                     let rs = batch.to_resource_spans().map_err(|e| ExportError::Permanent(e.to_string()))?;
-                    otlp_json::encode_request(rs).into()
+                    otlp_json::encode_request(&rs).into()
                 } else {
                     batch.to_bytes()
                 };
