@@ -1,19 +1,23 @@
-//! The Parquet sink's task: recovers leftovers, writes batches, rolls aged files, closes
+//! The Parquet sink's task: recovers leftovers, then runs `workers` writers that take batches
+//! from the one input, each encoding into its own open files, rolling aged ones, and closing
 //! everything on shutdown.
 
+use std::sync::Arc;
 use std::time::Instant;
 
+use metrics::{Counter, Gauge};
+
+use tracepipe_pipeline::BatchStatus;
 use tracepipe_pipeline::archive::layout::{self, Recovered};
 use tracepipe_pipeline::telemetry::names;
-use tracepipe_pipeline::topology::{BuildError, ComponentContext, ComponentError, ComponentFuture};
-use tracepipe_pipeline::BatchStatus;
+use tracepipe_pipeline::topology::{BuildError, ComponentContext, ComponentError, ComponentFuture, Input};
 
 use super::config::ParquetSinkConfig;
 use super::writer::{ArchiveWriter, Closed};
 
 /// Creates the archive root, recovers what a crash left, and returns the task.
 pub async fn build(cfg: ParquetSinkConfig, mut ctx: ComponentContext) -> Result<ComponentFuture, BuildError> {
-    let mut input = ctx.take_input()?;
+    let input = ctx.take_input()?;
     let name = ctx.name.clone();
     std::fs::create_dir_all(&cfg.path).map_err(|e| ctx.error(format!("cannot create {}: {e}", cfg.path.display())))?;
     let recovered = layout::recover(&cfg.path).map_err(|e| ctx.error(format!("cannot check {} for leftovers: {e}", cfg.path.display())))?;
@@ -29,63 +33,102 @@ pub async fn build(cfg: ParquetSinkConfig, mut ctx: ComponentContext) -> Result<
             }
         }
     }
-    let sent = metrics::counter!(names::SINK_SENT_SPANS, "sink" => name.clone());
-    let failed = metrics::counter!(names::SINK_FAILED_SPANS, "sink" => name.clone(), "reason" => "io");
-    let files = metrics::counter!(names::SINK_PARQUET_FILES, "sink" => name.clone());
-    let rows = metrics::counter!(names::SINK_PARQUET_ROWS, "sink" => name.clone());
-    let open = metrics::gauge!(names::SINK_PARQUET_OPEN_FILES, "sink" => name.clone());
+    let m = SinkMetrics {
+        sent: metrics::counter!(names::SINK_SENT_SPANS, "sink" => name.clone()),
+        failed: metrics::counter!(names::SINK_FAILED_SPANS, "sink" => name.clone(), "reason" => "io"),
+        files: metrics::counter!(names::SINK_PARQUET_FILES, "sink" => name.clone()),
+        rows: metrics::counter!(names::SINK_PARQUET_ROWS, "sink" => name.clone()),
+        open: metrics::gauge!(names::SINK_PARQUET_OPEN_FILES, "sink" => name.clone()),
+    };
     let tick = (cfg.roll.max_age.get() / 4).clamp(std::time::Duration::from_millis(10), std::time::Duration::from_secs(5));
-    let mut w = ArchiveWriter::new(cfg);
-    let note = move |closed: Vec<Closed>, w: &ArchiveWriter| {
+    let input = Arc::new(tokio::sync::Mutex::new(input));
+    let workers = cfg.workers.max(1);
+    Ok(Box::pin(async move {
+        // Each worker its own task (encoding blocks its thread through `block_in_place`, so
+        // workers in one task would take turns), its own writer and open files.
+        let handles: Vec<_> = (0..workers).map(|_| tokio::spawn(work(name.clone(), ArchiveWriter::new(cfg.clone()), input.clone(), m.clone(), tick))).collect();
+        let mut result = Ok(());
+        for h in handles {
+            let r = h.await.unwrap_or_else(|e| Err(ComponentError(format!("sink `{name}`: a writer failed: {e}"))));
+            if result.is_ok() {
+                result = r;
+            }
+        }
+        result
+    }))
+}
+
+/// The sink's metric handles, shared by its workers.
+#[derive(Clone)]
+struct SinkMetrics {
+    sent: Counter,
+    failed: Counter,
+    files: Counter,
+    rows: Counter,
+    open: Gauge,
+}
+
+/// One writer: takes the next batch from the shared input, encodes it into its own files, rolls
+/// them by age, and closes them all once the input ends.
+async fn work(
+    name: String,
+    mut w: ArchiveWriter,
+    input: Arc<tokio::sync::Mutex<Input>>,
+    m: SinkMetrics,
+    tick: std::time::Duration,
+) -> Result<(), ComponentError> {
+    // This worker's share of the open-files gauge.
+    let mut open = 0usize;
+    let mut note = |closed: Vec<Closed>, w: &ArchiveWriter| {
         for c in closed {
-            files.increment(1);
-            rows.increment(c.rows);
+            m.files.increment(1);
+            m.rows.increment(c.rows);
             tracing::debug!(message = "Archive file closed.", path = %c.path.display(), rows = c.rows);
         }
-        open.set(w.open_files() as f64);
+        m.open.increment(w.open_files() as f64 - open as f64);
+        open = w.open_files();
     };
-    Ok(Box::pin(async move {
-        let mut timer = tokio::time::interval(tick);
-        timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                next = input.recv() => match next {
-                    Some(batch) => {
-                        let n = batch.span_count();
-                        // Still-encoded batches (the usual case) go from protobuf to Arrow
-                        // directly; decoded ones (a processor looked inside) from the structs.
-                        let result = match batch.encoded_buffers() {
-                            Some(bufs) => tokio::task::block_in_place(|| w.write_encoded(bufs, n, Instant::now())).map_err(|e| e.to_string()),
-                            None => batch
-                                .to_resource_spans()
-                                .map_err(|e| e.to_string())
-                                .and_then(|rs| tokio::task::block_in_place(|| w.write(&rs, Instant::now())).map_err(|e| e.to_string())),
-                        };
-                        match result {
-                            Ok(closed) => {
-                                sent.increment(n as u64);
-                                note(closed, &w);
-                            }
-                            Err(e) => {
-                                failed.increment(n as u64);
-                                batch.set_status(BatchStatus::Errored);
-                                tracing::error!(message = "Cannot archive spans.", sink = %name, error = %e);
-                            }
+    let mut timer = tokio::time::interval(tick);
+    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            // The lock is held only while waiting for a batch, not while encoding it.
+            next = async { input.lock().await.recv().await } => match next {
+                Some(batch) => {
+                    let n = batch.span_count();
+                    // Still-encoded batches (the usual case) go from protobuf to Arrow
+                    // directly; decoded ones (a processor looked inside) from the structs.
+                    let result = match batch.encoded_buffers() {
+                        Some(bufs) => tokio::task::block_in_place(|| w.write_encoded(bufs, n, Instant::now())).map_err(|e| e.to_string()),
+                        None => batch
+                            .to_resource_spans()
+                            .map_err(|e| e.to_string())
+                            .and_then(|rs| tokio::task::block_in_place(|| w.write(&rs, Instant::now())).map_err(|e| e.to_string())),
+                    };
+                    match result {
+                        Ok(closed) => {
+                            m.sent.increment(n as u64);
+                            note(closed, &w);
+                        }
+                        Err(e) => {
+                            m.failed.increment(n as u64);
+                            batch.set_status(BatchStatus::Errored);
+                            tracing::error!(message = "Cannot archive spans.", sink = %name, error = %e);
                         }
                     }
-                    None => {
-                        let closed = tokio::task::block_in_place(|| w.close_all()).map_err(|e| ComponentError(format!("sink `{name}`: closing archive files failed: {e}")))?;
-                        note(closed, &w);
-                        return Ok(());
-                    }
-                },
-                _ = timer.tick() => {
-                    match tokio::task::block_in_place(|| w.roll_aged(Instant::now())) {
-                        Ok(closed) => note(closed, &w),
-                        Err(e) => tracing::error!(message = "Cannot close archive file.", sink = %name, error = %e),
-                    }
+                }
+                None => {
+                    let closed = tokio::task::block_in_place(|| w.close_all()).map_err(|e| ComponentError(format!("sink `{name}`: closing archive files failed: {e}")))?;
+                    note(closed, &w);
+                    return Ok(());
+                }
+            },
+            _ = timer.tick() => {
+                match tokio::task::block_in_place(|| w.roll_aged(Instant::now())) {
+                    Ok(closed) => note(closed, &w),
+                    Err(e) => tracing::error!(message = "Cannot close archive file.", sink = %name, error = %e),
                 }
             }
         }
-    }))
+    }
 }

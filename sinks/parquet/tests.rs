@@ -201,3 +201,71 @@ fn rows_without_the_archive_schema_are_an_error_not_a_panic() {
     assert!(e.to_string().contains("start_time"), "{e}");
     assert!(layout::closed_files(dir.path()).unwrap().is_empty());
 }
+
+fn task_ctx(input: tracepipe_pipeline::topology::Input) -> tracepipe_pipeline::topology::ComponentContext {
+    tracepipe_pipeline::topology::ComponentContext {
+        name: "archive".into(),
+        kind: tracepipe_config::ComponentKind::Sink,
+        input: Some(input),
+        output: None,
+        shutdown: tokio_util::sync::CancellationToken::new(),
+        health: tracepipe_pipeline::telemetry::Health::default(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_workers_write_every_span_once_and_close_their_files_at_the_end() {
+    use prost::Message;
+    use tracepipe_pipeline::Batch;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = ParquetSinkConfig { path: dir.path().to_path_buf(), partition: layout::Partition::None, workers: 3, ..Default::default() };
+    let (tx, input) = tracepipe_pipeline::topology::Input::channel(64);
+    // Batch k: spans whose span ids start at k * 1000; encoded (the usual case) and decoded.
+    let mut want = Vec::new();
+    for k in 0..40u64 {
+        let mut rs = rich(25, T0 + k * 1_000_000);
+        for s in &mut rs[0].scope_spans[0].spans {
+            s.span_id = (u64::from_be_bytes(s.span_id.clone().try_into().unwrap()) + k * 1000).to_be_bytes().to_vec();
+        }
+        rs.truncate(1);
+        want.extend(rs[0].scope_spans[0].spans.iter().map(|s| s.span_id.clone()));
+        let b = if k % 2 == 0 {
+            Batch::from_encoded(opentelemetry_proto::tonic::trace::v1::TracesData { resource_spans: rs }.encode_to_vec().into(), 25)
+        } else {
+            Batch::from_resource_spans(rs)
+        };
+        tx.send(b).await.unwrap();
+    }
+    drop(tx);
+    let task = super::build(cfg, task_ctx(input)).await.unwrap();
+    tokio::time::timeout(StdDuration::from_secs(30), task).await.expect("the sink ends when its input does").unwrap();
+    let files = layout::closed_files(dir.path()).unwrap();
+    assert!(!files.is_empty() && files.len() <= 3, "one file per worker that got a batch: {files:?}");
+    let mut got: Vec<Vec<u8>> = files.iter().flat_map(|f| read_all(f)).flat_map(|r| r.scope_spans.into_iter().flat_map(|s| s.spans.into_iter().map(|s| s.span_id))).collect();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want, "every span exactly once");
+    // Nothing left half-written.
+    let tmp: Vec<_> = walk_all(dir.path()).into_iter().filter(|p| p.to_string_lossy().ends_with(".tmp")).collect();
+    assert!(tmp.is_empty(), "{tmp:?}");
+}
+
+fn walk_all(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() { out.extend(walk_all(&p)) } else { out.push(p) }
+    }
+    out
+}
+
+#[test]
+fn workers_are_bounded() {
+    for (yaml, ok) in [("workers: 0\n", false), ("workers: 65\n", false), ("workers: 4\n", true)] {
+        let doc = tracepipe_config::Node::parse("t.yaml", yaml).unwrap();
+        match ParquetSinkConfig::from_node(&doc, "t.yaml") {
+            Ok(c) => assert!(ok && c.workers == 4, "{yaml}"),
+            Err(e) => assert!(!ok && e[0].to_string().contains("t.yaml:1:") && e[0].to_string().contains("workers must be between 1 and 64"), "{yaml}: {e:?}"),
+        }
+    }
+}

@@ -2,10 +2,11 @@
 //! bytes per span on disk against OTLP protobuf bytes, replay (read + decode) throughput, and a
 //! GROUP BY over the archive.
 //!
-//!   cargo run --profile profiling --example archive_bench -- [SPANS] [DIR] [ATTRS]
+//!   cargo run --profile profiling --example archive_bench -- [SPANS] [DIR] [ATTRS] [WORKERS]
 //!
 //! ATTRS (default 10, the standard load) keeps the first N span attributes, to see how the write
-//! cost scales with span size.
+//! cost scales with span size. WORKERS (default 2) is the parallel-writers run: the sink's
+//! `workers` setting, N writers on N threads sharing the batches, each with its own files.
 //!
 //! Spans look like mesh proxy spans (5 per trace, 10 attributes: method, URL, status, user agent,
 //! peer IP, component, node id, request guid, response size, cached; 6 services), generated with
@@ -113,6 +114,7 @@ async fn main() {
     let dir = std::path::PathBuf::from(args.get(2).cloned().unwrap_or_else(|| std::env::temp_dir().join("tracepipe-archive-bench").display().to_string()));
     // Span attributes per span (the first N of the 10); 10 is the standard load.
     let attrs: usize = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(10).min(10);
+    let workers: usize = args.get(4).and_then(|a| a.parse().ok()).unwrap_or(2).max(1);
     let _ = std::fs::remove_dir_all(&dir);
     let per_batch = 8190; // a multiple of 5 close to the batch processor's 8192
     let mut rng = Rng(0x9e3779b97f4a7c15);
@@ -161,6 +163,9 @@ async fn main() {
     assert_eq!(n, spans);
     println!("replay (read + decode to OTLP): {:.2} s wall, {:.2} s CPU -> {:.0} spans/s", rs_s, rs_cpu, n as f64 / rs_s);
 
+    parallel(&dir, total.min(2_000_000), attrs, workers);
+    breakdown(total.min(500_000), attrs);
+
     for sql in [
         "SELECT service_name, count(*) AS spans, avg(duration_ns) AS avg_ns FROM spans GROUP BY service_name",
         "SELECT attributes_int['http.status_code'] AS status, count(*) FROM spans GROUP BY 1",
@@ -168,5 +173,106 @@ async fn main() {
         let t = Instant::now();
         let rows = ctx.sql(sql).await.unwrap().collect().await.unwrap();
         println!("query {:.3} s ({} result rows): {sql}", t.elapsed().as_secs_f64(), rows.iter().map(|b| b.num_rows()).sum::<usize>());
+    }
+}
+
+/// The sink's `workers`: `workers` writers on as many threads take the next batch from a shared
+/// queue, each writing its own files (as `sinks/parquet/sink.rs` runs them). Batches are generated
+/// and encoded first, so the wall time and the process CPU time are the writers' alone.
+fn parallel(dir: &std::path::Path, total: usize, attrs: usize, workers: usize) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let per_batch = 8190;
+    let mut rng = Rng(0x2545f4914f6cdd1d);
+    let t0 = 1_795_000_000u64 * 1_000_000_000;
+    let bufs: Vec<(Vec<u8>, usize)> = (0..total.div_ceil(per_batch))
+        .map(|b| {
+            let rs = batch(&mut rng, per_batch, t0 + b as u64 * 1_000_000_000, attrs);
+            let n = rs.iter().map(|r| r.scope_spans[0].spans.len()).sum();
+            (TracesData { resource_spans: rs }.encode_to_vec(), n)
+        })
+        .collect();
+    let spans: usize = bufs.iter().map(|b| b.1).sum();
+    for n in [1, workers] {
+        let out = dir.join(format!("parallel-{n}"));
+        let next = AtomicUsize::new(0);
+        let (c0, t) = (cpu_seconds(), Instant::now());
+        std::thread::scope(|s| {
+            for _ in 0..n {
+                s.spawn(|| {
+                    let mut w = ArchiveWriter::new(ParquetSinkConfig { path: out.clone(), ..Default::default() });
+                    while let Some((b, k)) = bufs.get(next.fetch_add(1, Ordering::Relaxed)) {
+                        w.write_encoded([b.as_slice()], *k, Instant::now()).expect("write");
+                    }
+                    w.close_all().expect("close");
+                });
+            }
+        });
+        let (wall, cpu) = (t.elapsed().as_secs_f64(), cpu_seconds() - c0);
+        let files = layout::closed_files(&out).unwrap();
+        let rows: i64 = files
+            .iter()
+            .map(|f| {
+                use datafusion::parquet::file::reader::{FileReader, SerializedFileReader};
+                SerializedFileReader::new(std::fs::File::open(f).unwrap()).unwrap().metadata().file_metadata().num_rows()
+            })
+            .sum();
+        assert_eq!(rows as usize, spans, "every span written once");
+        println!(
+            "write, {n} worker(s): {spans} spans in {:.2} s wall, {:.2} s CPU -> {:.0} spans/s ({:.2} CPU-µs/span, {} files)",
+            wall,
+            cpu,
+            spans as f64 / wall,
+            cpu * 1e6 / spans as f64,
+            files.len()
+        );
+    }
+}
+
+/// Where the Parquet time goes: the same Arrow rows written by arrow-rs's `ArrowWriter` (zstd, as
+/// the sink) with only some columns kept. Each figure is that column group's encoding cost alone,
+/// so the list shows which columns a faster encoder would have to take over.
+fn breakdown(total: usize, attrs: usize) {
+    use datafusion::parquet::arrow::ArrowWriter;
+    use datafusion::parquet::basic::{Compression, ZstdLevel};
+    use datafusion::parquet::file::properties::{EnabledStatistics, WriterProperties};
+    let per_batch = 8190;
+    let mut rng = Rng(0x9e3779b97f4a7c15);
+    let t0 = 1_795_000_000u64 * 1_000_000_000;
+    let mut rows = Vec::new();
+    let mut spans = 0;
+    for b in 0..total.div_ceil(per_batch) {
+        let rs = batch(&mut rng, per_batch, t0 + b as u64 * 1_000_000_000, attrs);
+        let n: usize = rs.iter().map(|r| r.scope_spans[0].spans.len()).sum();
+        spans += n;
+        rows.push(encoded_to_record_batch([TracesData { resource_spans: rs }.encode_to_vec().as_slice()], n).expect("convert"));
+    }
+    let ids = ["trace_id", "span_id", "parent_span_id", "start_time", "end_time", "duration_ns"];
+    let groups: [(&str, &dyn Fn(&str) -> bool); 6] = [
+        ("every column", &|_| true),
+        ("span attributes (7 columns)", &|c| c.starts_with("attributes")),
+        ("resource attributes (7 columns)", &|c| c.starts_with("resource_attributes")),
+        ("ids and times (6 columns)", &|c| ids.contains(&c)),
+        ("name, kind, status, service_name", &|c| ["name", "kind", "status_code", "status_message", "trace_state", "service_name"].contains(&c)),
+        ("events, links (empty here)", &|c| c == "events" || c == "links"),
+    ];
+    let full = schema::schema();
+    println!("Parquet encoding by column group ({spans} spans, ArrowWriter, zstd, no statistics):");
+    for (label, keep) in groups {
+        let idx: Vec<usize> = full.fields().iter().enumerate().filter(|(_, f)| keep(f.name())).map(|(i, _)| i).collect();
+        let projected = std::sync::Arc::new(full.project(&idx).expect("project"));
+        let mut props = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(ZstdLevel::default()))
+            .set_max_row_group_row_count(Some(128 * 1024))
+            .set_statistics_enabled(EnabledStatistics::None);
+        for c in ids {
+            props = props.set_column_dictionary_enabled(c.into(), false);
+        }
+        let mut w = ArrowWriter::try_new(std::io::sink(), projected, Some(props.build())).expect("writer");
+        let t = Instant::now();
+        for b in &rows {
+            w.write(&b.project(&idx).expect("project")).expect("write");
+        }
+        w.close().expect("close");
+        println!("  {label:36} {:.2} µs/span", t.elapsed().as_secs_f64() * 1e6 / spans as f64);
     }
 }
