@@ -32,20 +32,21 @@ DOCUMENTED = {  # column -> pyarrow type, as pipeline/archive/schema.rs document
 ATTRIBUTE_SET = {"": pa.string(), "_int": pa.int64(), "_double": pa.float64(), "_bool": pa.bool_(), "_bytes": pa.binary(), "_json": pa.string()}
 
 
-def archiver(path: Path, grpc_port: int, max_age="60s"):
+def archiver(path: Path, grpc_port: int, max_age="60s", workers=1, batch=100):
     return Tracepipe(f"""
 receivers:
   apps: {{ type: otlp, grpc: {{ endpoint: 127.0.0.1:{grpc_port} }} }}
 processors:
-  batch: {{ type: batch, inputs: [apps], send_batch_size: 100, timeout: 50ms }}
+  batch: {{ type: batch, inputs: [apps], send_batch_size: {batch}, timeout: 50ms }}
 sinks:
-  archive: {{ type: parquet, inputs: [batch], path: {path}, roll: {{ max_age: {max_age} }} }}
+  archive: {{ type: parquet, inputs: [batch], path: {path}, roll: {{ max_age: {max_age} }}, workers: {workers} }}
 """, "archiver")
 
 
-def archive_sdk_spans(path: Path, traces: int):
+def archive_sdk_spans(path: Path, traces: int, workers=1):
     port = free_port()
-    with archiver(path, port) as a:
+    # With several workers, batches of 10 so that each worker gets some (the input's lock is fair).
+    with archiver(path, port, workers=workers, batch=100 if workers == 1 else 10) as a:
         tp, memory = provider("grpc", f"http://127.0.0.1:{port}")
         for i in range(traces):
             emit_rich_trace(tp, f"-{i}")
@@ -58,9 +59,11 @@ def archive_sdk_spans(path: Path, traces: int):
 
 def test_sdk_to_archive_to_replay_field_for_field(tmp_path):
     archive = tmp_path / "traces"
-    sent = archive_sdk_spans(archive, 20)
+    # Two parallel writers: the archive is their files together, and replay reads them as one.
+    sent = archive_sdk_spans(archive, 20, workers=2)
     files = sorted(archive.rglob("*.parquet"))
-    assert files and all(f.parent.parent.name.startswith("date=") and f.parent.name.startswith("hour=") for f in files)
+    assert len(files) >= 2, f"both workers wrote a file: {files}"
+    assert all(f.parent.parent.name.startswith("date=") and f.parent.name.startswith("hour=") for f in files)
     assert not list(archive.rglob("*.tmp")), "a temporary file survived SIGTERM"
     # pyarrow reads every file and sees the documented schema.
     rows = 0
