@@ -73,6 +73,27 @@ fn raw_field<'a>(buf: &'a [u8], r: &mut Reader<'a>, start: usize, wire_type: u8,
     Ok(&buf[start..r.position()])
 }
 
+/// Walks one `ResourceSpans` or `ScopeSpans` message: every field but the list (field 2) is kept
+/// raw in `envelope`; each list entry (a `ScopeSpans` or a `Span`) goes to `entry`, in order.
+fn walk_envelope<'a>(
+    buf: &'a [u8],
+    message: &'static str,
+    envelope: &mut Envelope<'a>,
+    mut entry: impl FnMut(&'a [u8]) -> Result<(), WireError>,
+) -> Result<(), WireError> {
+    let mut r = Reader::new(buf, 0);
+    while !r.done() {
+        let start = r.position();
+        let (field, wt) = r.tag()?;
+        if field == 2 && wt == LEN {
+            entry(r.len_delimited()?.0)?;
+        } else {
+            envelope.push(raw_field(buf, &mut r, start, wt, message, field)?);
+        }
+    }
+    Ok(())
+}
+
 /// Groups the spans of scanned `TracesData` buffers by trace id.
 pub fn by_trace<'a>(buffers: &[&'a [u8]]) -> Result<Regrouped<'a>, WireError> {
     let mut out = Regrouped { resources: Vec::new(), scopes: Vec::new(), groups: Vec::new() };
@@ -87,37 +108,23 @@ pub fn by_trace<'a>(buffers: &[&'a [u8]]) -> Result<Regrouped<'a>, WireError> {
             }
             let (rs, _) = top.len_delimited()?;
             let resource = out.resources.len();
-            out.resources.push(Envelope { fields: Vec::new(), len: 0 });
-            let mut r = Reader::new(rs, 0);
-            while !r.done() {
-                let start = r.position();
-                let (field, wt) = r.tag()?;
-                if field != 2 || wt != LEN {
-                    let raw = raw_field(rs, &mut r, start, wt, "ResourceSpans", field)?;
-                    out.resources[resource].push(raw);
-                    continue;
-                }
-                let (ss, _) = r.len_delimited()?;
+            let mut resource_env = Envelope { fields: Vec::new(), len: 0 };
+            walk_envelope(rs, "ResourceSpans", &mut resource_env, |ss| {
                 let scope = out.scopes.len();
-                out.scopes.push(Envelope { fields: Vec::new(), len: 0 });
-                let mut s = Reader::new(ss, 0);
-                while !s.done() {
-                    let start = s.position();
-                    let (field, wt) = s.tag()?;
-                    if field != 2 || wt != LEN {
-                        let raw = raw_field(ss, &mut s, start, wt, "ScopeSpans", field)?;
-                        out.scopes[scope].push(raw);
-                        continue;
-                    }
-                    let (span, _) = s.len_delimited()?;
+                let mut scope_env = Envelope { fields: Vec::new(), len: 0 };
+                walk_envelope(ss, "ScopeSpans", &mut scope_env, |span| {
                     let trace_id = trace_id_of(span)?;
                     let g = *index.entry(trace_id).or_insert_with(|| {
                         out.groups.push(TraceGroup { trace_id, entries: Vec::new() });
                         out.groups.len() - 1
                     });
                     out.groups[g].entries.push(Entry { resource, scope, span });
-                }
-            }
+                    Ok(())
+                })?;
+                out.scopes.push(scope_env);
+                Ok(())
+            })?;
+            out.resources.push(resource_env);
         }
     }
     Ok(out)
