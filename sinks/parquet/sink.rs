@@ -45,11 +45,15 @@ pub async fn build(cfg: ParquetSinkConfig, mut ctx: ComponentContext) -> Result<
     let workers = cfg.workers.max(1);
     Ok(Box::pin(async move {
         // Each worker its own task (encoding blocks its thread through `block_in_place`, so
-        // workers in one task would take turns), its own writer and open files.
-        let handles: Vec<_> = (0..workers).map(|_| tokio::spawn(work(name.clone(), ArchiveWriter::new(cfg.clone()), input.clone(), m.clone(), tick))).collect();
+        // workers in one task would take turns), its own writer and open files. A `JoinSet`, so
+        // that dropping the sink's task (the topology giving up on it) aborts its workers too.
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..workers {
+            set.spawn(work(name.clone(), ArchiveWriter::new(cfg.clone()), input.clone(), m.clone(), tick));
+        }
         let mut result = Ok(());
-        for h in handles {
-            let r = h.await.unwrap_or_else(|e| Err(ComponentError(format!("sink `{name}`: a writer failed: {e}"))));
+        while let Some(r) = set.join_next().await {
+            let r = r.unwrap_or_else(|e| Err(ComponentError(format!("sink `{name}`: a writer failed: {e}"))));
             if result.is_ok() {
                 result = r;
             }
