@@ -42,7 +42,49 @@ pub fn encoded_to_record_batch<'a>(bufs: impl IntoIterator<Item = &'a [u8]>, spa
     cap.attrs.ints = spans * 2;
     cap.attrs.key_bytes = bytes / 4;
     cap.attrs.str_bytes = bytes / 3;
-    let mut w = Walker { cols: Columns::new(&cap), spans: Vec::new(), kvs: Vec::new() };
+    let mut cols = Columns::new(&cap);
+    walk(bufs, &mut cols)?;
+    cols.finish()
+}
+
+/// Where the walk puts what it reads: Arrow builders ([`Columns`]) or Parquet pages
+/// ([`super::pages::RowGroupEncoder`]). A span comes as its attributes (`attr`/`attr_entry`,
+/// then `end_attrs`) followed by `span_fields`, or whole (`span`, the slow path).
+pub(crate) trait Rows {
+    /// Adds the resource and scope of one `ScopeSpans`; returns its number for the spans.
+    fn context(&mut self, res: &Resource, res_schema_url: &str, scope: &InstrumentationScope, scope_schema_url: &str) -> u32;
+    fn attr(&mut self, key: &str, v: Scalar<'_>);
+    fn attr_entry(&mut self, kv: &KeyValue);
+    fn end_attrs(&mut self);
+    fn span_fields(&mut self, f: &SpanFields<'_>, ctx: u32) -> Result<(), ArrowError>;
+    fn span(&mut self, s: &Span, ctx: u32) -> Result<(), ArrowError>;
+}
+
+impl Rows for Columns {
+    fn context(&mut self, res: &Resource, res_schema_url: &str, scope: &InstrumentationScope, scope_schema_url: &str) -> u32 {
+        self.push_context(res, res_schema_url, scope, scope_schema_url)
+    }
+    #[inline]
+    fn attr(&mut self, key: &str, v: Scalar<'_>) {
+        self.attrs.push_scalar(key, v)
+    }
+    fn attr_entry(&mut self, kv: &KeyValue) {
+        self.attrs.push_entry(kv)
+    }
+    fn end_attrs(&mut self) {
+        self.attrs.end_row()
+    }
+    fn span_fields(&mut self, f: &SpanFields<'_>, ctx: u32) -> Result<(), ArrowError> {
+        self.push_span_fields(f, ctx)
+    }
+    fn span(&mut self, s: &Span, ctx: u32) -> Result<(), ArrowError> {
+        self.push_span(s, ctx)
+    }
+}
+
+/// Walks `TracesData` buffers into `rows`.
+pub(crate) fn walk<'a, R: Rows + ?Sized>(bufs: impl IntoIterator<Item = &'a [u8]>, rows: &mut R) -> Result<(), ArrowError> {
+    let mut w = Walker { cols: rows, spans: Vec::new(), kvs: Vec::new() };
     for buf in bufs {
         let mut r = Reader::new(buf, 0);
         while !r.done() {
@@ -55,17 +97,17 @@ pub fn encoded_to_record_batch<'a>(bufs: impl IntoIterator<Item = &'a [u8]>, spa
             }
         }
     }
-    w.cols.finish()
+    Ok(())
 }
 
-struct Walker<'a> {
-    cols: Columns,
+struct Walker<'a, 'r, R: Rows + ?Sized> {
+    cols: &'r mut R,
     // Reused between messages: slices of the buffer being walked.
     spans: Vec<&'a [u8]>,
     kvs: Vec<&'a [u8]>,
 }
 
-impl<'a> Walker<'a> {
+impl<'a, R: Rows + ?Sized> Walker<'a, '_, R> {
     fn resource_spans(&mut self, buf: &'a [u8]) -> Result<(), ArrowError> {
         let (mut resource, mut schema_url) = (Resource::default(), "");
         let mut scope_spans = Vec::new();
@@ -101,7 +143,7 @@ impl<'a> Walker<'a> {
         if self.spans.is_empty() {
             return Ok(());
         }
-        let ctx = self.cols.push_context(resource, res_schema_url, &scope, schema_url);
+        let ctx = self.cols.context(resource, res_schema_url, &scope, schema_url);
         let spans = std::mem::take(&mut self.spans);
         for s in &spans {
             self.span(s, ctx)?;
@@ -115,7 +157,7 @@ impl<'a> Walker<'a> {
             true => Ok(()),
             // Something the fast path does not take: decode this span with prost (nothing of it
             // was added yet).
-            false => self.cols.push_span(&Span::decode(buf).map_err(bad)?, ctx),
+            false => self.cols.span(&Span::decode(buf).map_err(bad)?, ctx),
         }
     }
 
@@ -177,15 +219,15 @@ impl<'a> Walker<'a> {
             self.key_value(kv)?;
         }
         self.kvs = kvs;
-        self.cols.attrs.end_row();
-        self.cols.push_span_fields(&f, ctx)?;
+        self.cols.end_attrs();
+        self.cols.span_fields(&f, ctx)?;
         Ok(true)
     }
 
     fn key_value(&mut self, buf: &[u8]) -> Result<(), ArrowError> {
         match key_value_fast(buf) {
-            Some((key, v)) => self.cols.attrs.push_scalar(key, v),
-            None => self.cols.attrs.push_entry(&KeyValue::decode(buf).map_err(bad)?),
+            Some((key, v)) => self.cols.attr(key, v),
+            None => self.cols.attr_entry(&KeyValue::decode(buf).map_err(bad)?),
         }
         Ok(())
     }
@@ -265,4 +307,4 @@ fn any_value_fast(buf: &[u8]) -> Option<Scalar<'_>> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -3,6 +3,8 @@
 //!
 //! - [`schema`]: the documented, stable Arrow schema (one row per span, nothing in OTLP lost)
 //!   and the conversions both ways;
+//! - [`encoded`]: OTLP protobuf walked once, straight into Arrow rows or ([`pages`]) straight
+//!   into Parquet column chunks, which is how the sink writes;
 //! - [`layout`]: where files go (`date=YYYY-MM-DD/hour=HH/part-….parquet`), how they appear
 //!   atomically (written as hidden `.….parquet.tmp`, renamed when closed) and how leftovers of a
 //!   crash are recovered or quarantined on start;
@@ -14,6 +16,7 @@
 
 pub mod layout;
 pub mod encoded;
+pub mod pages;
 pub mod schema;
 
 use std::path::Path;

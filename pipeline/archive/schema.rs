@@ -175,7 +175,7 @@ fn kind_value(s: &str) -> i32 {
     }
 }
 
-fn status_name(c: i32) -> &'static str {
+pub(crate) fn status_name(c: i32) -> &'static str {
     match c {
         1 => "OK",
         2 => "ERROR",
@@ -191,7 +191,7 @@ fn status_value(s: &str) -> i32 {
     }
 }
 
-fn fixed<const N: usize>(b: &[u8]) -> [u8; N] {
+pub(crate) fn fixed<const N: usize>(b: &[u8]) -> [u8; N] {
     let mut out = [0u8; N];
     let n = b.len().min(N);
     out[N - n..].copy_from_slice(&b[b.len() - n..]);
@@ -285,7 +285,7 @@ impl Sizes {
 }
 
 /// The OTLP/JSON `AnyValue` kept in `_json` (arrays, maps, string-table indexes, empty values).
-fn json_value(v: Option<&AnyValue>) -> String {
+pub(crate) fn json_value(v: Option<&AnyValue>) -> String {
     serde_json::to_string(v.unwrap_or(&AnyValue { value: None })).unwrap_or_else(|_| "{}".to_owned())
 }
 
@@ -400,7 +400,7 @@ fn ts_builder(n: usize) -> TimestampNanosecondBuilder {
     TimestampNanosecondBuilder::with_capacity(n).with_timezone("UTC")
 }
 
-fn nanos(t: u64) -> i64 {
+pub(crate) fn nanos(t: u64) -> i64 {
     t.min(i64::MAX as u64) as i64
 }
 

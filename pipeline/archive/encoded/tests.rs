@@ -9,11 +9,11 @@ use prost::Message;
 use super::encoded_to_record_batch;
 use crate::archive::schema::to_record_batch;
 
-fn kv(k: &str, v: Option<Value>) -> KeyValue {
+pub(crate) fn kv(k: &str, v: Option<Value>) -> KeyValue {
     KeyValue { key: k.into(), value: v.map(|v| AnyValue { value: Some(v) }), key_strindex: 0 }
 }
 
-fn every_field() -> Vec<ResourceSpans> {
+pub(crate) fn every_field() -> Vec<ResourceSpans> {
     let attrs = vec![
         kv("s", Some(Value::StringValue("str".into()))),
         kv("i", Some(Value::IntValue(-42))),

@@ -1,0 +1,552 @@
+//! One Parquet leaf column of a row group being built: its levels and values, cut into Data
+//! Pages (v1, compressed) as they fill, and closed into a column chunk.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use datafusion::parquet::basic::{Compression, Encoding, Type as Physical};
+use datafusion::parquet::column::page::{CompressedPage, Page, PageWriter};
+use datafusion::parquet::column::writer::ColumnCloseResult;
+use datafusion::parquet::errors::ParquetError;
+use datafusion::parquet::file::metadata::ColumnChunkMetaData;
+use datafusion::parquet::file::statistics::Statistics;
+use datafusion::parquet::file::writer::{SerializedPageWriter, TrackedWrite};
+use datafusion::parquet::schema::types::ColumnDescPtr;
+
+use super::levels::{bit_width, Hybrid, Levels};
+
+/// A page is cut (between batches) once its values take this many bytes or rows, as arrow-rs's
+/// defaults (1 MiB data pages, 20,000 rows).
+const PAGE_BYTES: usize = 1 << 20;
+const PAGE_ROWS: u64 = 20_000;
+/// A dictionary past this size stops growing: the rest of the chunk is written PLAIN (arrow-rs's
+/// default dictionary page limit, 1 MiB).
+const DICT_BYTES: usize = 1 << 20;
+
+/// The page compressor of a row group (one per encoder, reused for every page).
+pub(crate) enum Codec {
+    Zstd(Box<zstd::bulk::Compressor<'static>>),
+    Snappy(snap::raw::Encoder),
+    None,
+}
+
+impl Codec {
+    pub(crate) fn new(c: Compression) -> Result<Self, ParquetError> {
+        Ok(match c {
+            Compression::ZSTD(level) => {
+                Codec::Zstd(Box::new(zstd::bulk::Compressor::new(level.compression_level()).map_err(|e| ParquetError::General(format!("zstd: {e}")))?))
+            }
+            Compression::SNAPPY => Codec::Snappy(snap::raw::Encoder::new()),
+            Compression::UNCOMPRESSED => Codec::None,
+            other => return Err(ParquetError::NYI(format!("archive pages compressed with {other}"))),
+        })
+    }
+
+    fn compress(&mut self, raw: &[u8]) -> Result<Vec<u8>, ParquetError> {
+        match self {
+            Codec::Zstd(c) => c.compress(raw).map_err(|e| ParquetError::General(format!("zstd: {e}"))),
+            Codec::Snappy(e) => e.compress_vec(raw).map_err(|e| ParquetError::General(format!("snappy: {e}"))),
+            Codec::None => Ok(raw.to_vec()),
+        }
+    }
+}
+
+/// A byte-array dictionary: entries in insertion order, looked up by content.
+#[derive(Default)]
+struct Dict {
+    index: HashMap<Box<[u8]>, u32, foldhash::fast::FixedState>,
+    entries: Vec<Box<[u8]>>,
+    bytes: usize,
+}
+
+impl Dict {
+    #[inline]
+    fn intern(&mut self, v: &[u8]) -> u32 {
+        if let Some(&i) = self.index.get(v) {
+            return i;
+        }
+        let i = self.entries.len() as u32;
+        let b: Box<[u8]> = v.into();
+        self.bytes += 4 + v.len();
+        self.index.insert(b.clone(), i);
+        self.entries.push(b);
+        i
+    }
+}
+
+/// The values of a leaf, by physical type.
+enum Values {
+    /// BYTE_ARRAY: dictionary indices while the dictionary is in use, then PLAIN.
+    /// `open`: the dictionary still takes new values (once full, it is kept for the pages
+    /// that index it and the rest of the chunk is PLAIN).
+    Bytes { dict: Option<Dict>, open: bool, idx: Vec<u32>, plain: Vec<u8>, last: Option<(u32, usize)> },
+    Fixed(Vec<u8>),
+    I64(Vec<i64>),
+    I32(Vec<i32>),
+    F64(Vec<f64>),
+    Bool(Vec<bool>),
+}
+
+/// Min and max of a leaf's values, for the columns queries prune with.
+#[derive(Default)]
+struct Stats {
+    min_i64: i64,
+    max_i64: i64,
+    min_b: Option<Vec<u8>>,
+    max_b: Option<Vec<u8>>,
+    any: bool,
+}
+
+pub(crate) struct Leaf {
+    descr: ColumnDescPtr,
+    max_rep: u8,
+    max_def: u8,
+    rep: Levels,
+    def: Levels,
+    values: Values,
+    /// Values (not levels) in the current page, and rows started in it.
+    page_values: usize,
+    page_rows: u64,
+    pages: Vec<CompressedPage>,
+    encodings: Vec<Encoding>,
+    stats: Option<Stats>,
+    nulls: u64,
+    levels_total: u64,
+    /// A leaf without levels counts its values as rows.
+    rows_total: u64,
+}
+
+/// Where a leaf was, to undo a batch that has to go another way.
+#[derive(Clone, Copy)]
+pub(crate) struct Mark {
+    rep: u64,
+    def: u64,
+    values: usize,
+    plain: usize,
+    page_rows: u64,
+    page_values: usize,
+    nulls: u64,
+}
+
+impl Leaf {
+    pub(crate) fn new(descr: ColumnDescPtr, dictionary: bool, statistics: bool) -> Self {
+        let values = match descr.physical_type() {
+            Physical::BYTE_ARRAY => Values::Bytes { dict: dictionary.then(Dict::default), open: dictionary, idx: Vec::new(), plain: Vec::new(), last: None },
+            Physical::FIXED_LEN_BYTE_ARRAY => Values::Fixed(Vec::new()),
+            Physical::INT64 => Values::I64(Vec::new()),
+            Physical::INT32 => Values::I32(Vec::new()),
+            Physical::DOUBLE => Values::F64(Vec::new()),
+            Physical::BOOLEAN => Values::Bool(Vec::new()),
+            other => unreachable!("the archive schema has no {other} column"),
+        };
+        Leaf {
+            max_rep: descr.max_rep_level() as u8,
+            max_def: descr.max_def_level() as u8,
+            descr,
+            rep: Levels::default(),
+            def: Levels::default(),
+            values,
+            page_values: 0,
+            page_rows: 0,
+            pages: Vec::new(),
+            encodings: Vec::new(),
+            stats: statistics.then(Stats::default),
+            nulls: 0,
+            levels_total: 0,
+            rows_total: 0,
+        }
+    }
+
+    pub(crate) fn descr(&self) -> &ColumnDescPtr {
+        &self.descr
+    }
+
+    /// Levels for a slot without a value (an absent optional, an empty list or map); `n` of them.
+    #[inline]
+    pub(crate) fn null(&mut self, rep: u8, def: u8, n: u32) {
+        self.rep.push(rep, n);
+        self.def.push(def, n);
+        if rep == 0 {
+            self.page_rows += n as u64;
+        }
+        if self.max_rep == 0 {
+            self.nulls += n as u64;
+        }
+    }
+
+    #[inline]
+    fn levels(&mut self, rep: u8, def: u8) {
+        self.rep.push(rep, 1);
+        self.def.push(def, 1);
+        if rep == 0 {
+            self.page_rows += 1;
+        }
+        self.page_values += 1;
+    }
+
+    #[inline]
+    pub(crate) fn bytes(&mut self, rep: u8, def: u8, v: &[u8]) {
+        self.levels(rep, def);
+        let Values::Bytes { dict, open, idx, plain, last } = &mut self.values else { unreachable!("a byte-array leaf") };
+        if let Some(s) = &mut self.stats {
+            note_bytes(s, v);
+        }
+        match dict {
+            Some(d) if *open => {
+                // The same value as the previous one (repeated names, kinds, statuses): no hashing.
+                if let Some((i, len)) = *last
+                    && len == v.len()
+                    && *d.entries[i as usize] == *v
+                {
+                    idx.push(i);
+                    return;
+                }
+                let i = d.intern(v);
+                *last = Some((i, v.len()));
+                idx.push(i);
+            }
+            _ => {
+                plain.extend_from_slice(&(v.len() as u32).to_le_bytes());
+                plain.extend_from_slice(v);
+            }
+        }
+    }
+
+    /// A value expected to equal the dictionary entry `hint` (an attribute key at the same
+    /// position as in the previous row): checked with one comparison instead of a lookup.
+    #[inline]
+    pub(crate) fn bytes_hinted(&mut self, rep: u8, def: u8, v: &[u8], hint: &mut u32) {
+        let stats = self.stats.is_some();
+        if let Values::Bytes { dict: Some(d), open: true, idx, .. } = &mut self.values
+            && !stats
+        {
+            let i = match d.entries.get(*hint as usize) {
+                Some(e) if **e == *v => *hint,
+                _ => d.intern(v),
+            };
+            *hint = i;
+            idx.push(i);
+            self.levels(rep, def);
+            return;
+        }
+        self.bytes(rep, def, v);
+    }
+
+    /// The dictionary index of `v` (for values repeated many times, interned once), if this leaf
+    /// has a dictionary in use.
+    pub(crate) fn intern(&mut self, v: &[u8]) -> Option<u32> {
+        match &mut self.values {
+            Values::Bytes { dict: Some(d), open: true, .. } => Some(d.intern(v)),
+            _ => None,
+        }
+    }
+
+    /// `n` copies of a value interned with [`Leaf::intern`] (`i`, valid while the dictionary is
+    /// in use) whose bytes are `v`.
+    pub(crate) fn repeat_bytes(&mut self, rep: u8, def: u8, i: Option<u32>, v: &[u8], n: u32) {
+        if n == 0 {
+            return;
+        }
+        self.rep.push(rep, n);
+        self.def.push(def, n);
+        if rep == 0 {
+            self.page_rows += n as u64;
+        }
+        self.page_values += n as usize;
+        if let Some(s) = &mut self.stats {
+            note_bytes(s, v);
+        }
+        let Values::Bytes { dict, open, idx, plain, .. } = &mut self.values else { unreachable!("a byte-array leaf") };
+        match (dict, i) {
+            (Some(_), Some(i)) if *open => idx.extend(std::iter::repeat_n(i, n as usize)),
+            (Some(d), None) if *open => {
+                let i = d.intern(v);
+                idx.extend(std::iter::repeat_n(i, n as usize));
+            }
+            _ => {
+                for _ in 0..n {
+                    plain.extend_from_slice(&(v.len() as u32).to_le_bytes());
+                    plain.extend_from_slice(v);
+                }
+            }
+        }
+    }
+
+    #[inline]
+    pub(crate) fn fixed(&mut self, rep: u8, def: u8, v: &[u8]) {
+        self.levels(rep, def);
+        let Values::Fixed(b) = &mut self.values else { unreachable!("a fixed-size leaf") };
+        b.extend_from_slice(v);
+    }
+
+    #[inline]
+    pub(crate) fn i64(&mut self, rep: u8, def: u8, v: i64) {
+        self.levels(rep, def);
+        if let Some(s) = &mut self.stats {
+            if !s.any {
+                (s.min_i64, s.max_i64, s.any) = (v, v, true);
+            }
+            s.min_i64 = s.min_i64.min(v);
+            s.max_i64 = s.max_i64.max(v);
+        }
+        let Values::I64(b) = &mut self.values else { unreachable!("an int64 leaf") };
+        b.push(v);
+    }
+
+    #[inline]
+    pub(crate) fn i32(&mut self, rep: u8, def: u8, v: i32, n: u32) {
+        if n == 0 {
+            return;
+        }
+        self.rep.push(rep, n);
+        self.def.push(def, n);
+        if rep == 0 {
+            self.page_rows += n as u64;
+        }
+        self.page_values += n as usize;
+        let Values::I32(b) = &mut self.values else { unreachable!("an int32 leaf") };
+        b.extend(std::iter::repeat_n(v, n as usize));
+    }
+
+    #[inline]
+    pub(crate) fn f64(&mut self, rep: u8, def: u8, v: f64) {
+        self.levels(rep, def);
+        let Values::F64(b) = &mut self.values else { unreachable!("a double leaf") };
+        b.push(v);
+    }
+
+    #[inline]
+    pub(crate) fn bool(&mut self, rep: u8, def: u8, v: bool) {
+        self.levels(rep, def);
+        let Values::Bool(b) = &mut self.values else { unreachable!("a boolean leaf") };
+        b.push(v);
+    }
+
+    pub(crate) fn mark(&self) -> Mark {
+        let (values, plain) = match &self.values {
+            Values::Bytes { idx, plain, .. } => (idx.len(), plain.len()),
+            Values::Fixed(b) => (b.len(), 0),
+            Values::I64(b) => (b.len(), 0),
+            Values::I32(b) => (b.len(), 0),
+            Values::F64(b) => (b.len(), 0),
+            Values::Bool(b) => (b.len(), 0),
+        };
+        Mark { rep: self.rep.len(), def: self.def.len(), values, plain, page_rows: self.page_rows, page_values: self.page_values, nulls: self.nulls }
+    }
+
+    /// Undoes everything pushed since `m` (taken since the last page cut). Dictionary entries
+    /// added since stay, unused (allowed), and may widen the statistics, which stay true bounds.
+    pub(crate) fn rewind(&mut self, m: Mark) {
+        self.rep.truncate(m.rep);
+        self.def.truncate(m.def);
+        self.page_rows = m.page_rows;
+        self.nulls = m.nulls;
+        self.page_values = m.page_values;
+        match &mut self.values {
+            Values::Bytes { idx, plain, last, .. } => {
+                idx.truncate(m.values);
+                plain.truncate(m.plain);
+                *last = None;
+            }
+            Values::Fixed(b) => b.truncate(m.values),
+            Values::I64(b) => b.truncate(m.values),
+            Values::I32(b) => b.truncate(m.values),
+            Values::F64(b) => b.truncate(m.values),
+            Values::Bool(b) => b.truncate(m.values),
+        }
+    }
+
+    fn page_bytes(&self) -> usize {
+        match &self.values {
+            Values::Bytes { idx, plain, .. } => idx.len() * 4 + plain.len(),
+            Values::Fixed(b) => b.len(),
+            Values::I64(b) => b.len() * 8,
+            Values::I32(b) => b.len() * 4,
+            Values::F64(b) => b.len() * 8,
+            Values::Bool(b) => b.len() / 8,
+        }
+    }
+
+    /// Between batches: cuts the page if it is full, and stops growing a full dictionary.
+    pub(crate) fn maybe_cut(&mut self, codec: &mut Codec) -> Result<(), ParquetError> {
+        let dict_full = matches!(&self.values, Values::Bytes { dict: Some(d), open: true, .. } if d.bytes >= DICT_BYTES);
+        if dict_full || self.page_bytes() >= PAGE_BYTES || self.page_rows >= PAGE_ROWS {
+            self.cut(codec)?;
+        }
+        if dict_full && let Values::Bytes { open, last, .. } = &mut self.values {
+            *open = false;
+            *last = None;
+        }
+        Ok(())
+    }
+
+    /// Encodes the current page (levels and values) and compresses it.
+    fn cut(&mut self, codec: &mut Codec) -> Result<(), ParquetError> {
+        let levels = self.rep.len().max(self.def.len());
+        let num_values = if self.max_rep == 0 && self.max_def == 0 { self.page_values as u64 } else { levels };
+        if num_values == 0 {
+            return Ok(());
+        }
+        let mut buf = Vec::with_capacity(self.page_bytes() + 64);
+        if self.max_rep > 0 {
+            self.rep.write_v1(&mut buf, self.max_rep);
+        }
+        if self.max_def > 0 {
+            self.def.write_v1(&mut buf, self.max_def);
+        }
+        let encoding = match &mut self.values {
+            Values::Bytes { dict: Some(d), idx, .. } if !idx.is_empty() => {
+                let width = bit_width(d.entries.len().saturating_sub(1) as u32);
+                buf.push(width);
+                let mut h = Hybrid::new(&mut buf, width);
+                h.values(idx);
+                h.finish();
+                idx.clear();
+                Encoding::RLE_DICTIONARY
+            }
+            Values::Bytes { plain, .. } => {
+                buf.extend_from_slice(plain);
+                plain.clear();
+                Encoding::PLAIN
+            }
+            Values::Fixed(b) => {
+                buf.extend_from_slice(b);
+                b.clear();
+                Encoding::PLAIN
+            }
+            Values::I64(b) => {
+                b.iter().for_each(|v| buf.extend_from_slice(&v.to_le_bytes()));
+                b.clear();
+                Encoding::PLAIN
+            }
+            Values::I32(b) => {
+                b.iter().for_each(|v| buf.extend_from_slice(&v.to_le_bytes()));
+                b.clear();
+                Encoding::PLAIN
+            }
+            Values::F64(b) => {
+                b.iter().for_each(|v| buf.extend_from_slice(&v.to_le_bytes()));
+                b.clear();
+                Encoding::PLAIN
+            }
+            Values::Bool(b) => {
+                // PLAIN booleans: bit-packed, least significant bit first.
+                for chunk in b.chunks(8) {
+                    buf.push(chunk.iter().enumerate().fold(0u8, |acc, (i, &v)| acc | ((v as u8) << i)));
+                }
+                b.clear();
+                Encoding::PLAIN
+            }
+        };
+        if !self.encodings.contains(&encoding) {
+            self.encodings.push(encoding);
+        }
+        let raw = buf.len();
+        let page = Page::DataPage {
+            buf: Bytes::from(codec.compress(&buf)?),
+            num_values: num_values as u32,
+            encoding,
+            def_level_encoding: Encoding::RLE,
+            rep_level_encoding: Encoding::RLE,
+            statistics: None,
+        };
+        self.pages.push(CompressedPage::new(page, raw));
+        self.levels_total += num_values;
+        self.rows_total += if self.max_rep == 0 && self.max_def == 0 { self.page_values as u64 } else { self.page_rows };
+        self.rep.clear();
+        self.def.clear();
+        self.page_values = 0;
+        self.page_rows = 0;
+        Ok(())
+    }
+
+    /// Bytes buffered so far (pages compressed, values not yet), for rolling files by size.
+    pub(crate) fn buffered_bytes(&self) -> usize {
+        self.pages.iter().map(|p| p.compressed_size()).sum::<usize>() + self.page_bytes()
+    }
+
+    /// The column chunk: dictionary page (if any) then the data pages, with its metadata. The
+    /// leaf is empty again afterwards, ready for the next row group.
+    pub(crate) fn close(&mut self, codec: &mut Codec, compression: Compression) -> Result<(Bytes, ColumnCloseResult), ParquetError> {
+        self.cut(codec)?;
+        let mut tw = TrackedWrite::new(Vec::new());
+        let (mut dict_off, mut data_off, mut unc, mut cmp) = (None, None, 0i64, 0i64);
+        let mut encodings = vec![Encoding::RLE];
+        {
+            let mut pw = SerializedPageWriter::new(&mut tw);
+            if let Values::Bytes { dict: Some(d), .. } = &self.values
+                && self.encodings.contains(&Encoding::RLE_DICTIONARY)
+            {
+                let mut raw = Vec::with_capacity(d.bytes);
+                for e in &d.entries {
+                    raw.extend_from_slice(&(e.len() as u32).to_le_bytes());
+                    raw.extend_from_slice(e);
+                }
+                let page = Page::DictionaryPage { buf: Bytes::from(codec.compress(&raw)?), num_values: d.entries.len() as u32, encoding: Encoding::PLAIN, is_sorted: false };
+                let spec = pw.write_page(CompressedPage::new(page, raw.len()))?;
+                dict_off = Some(spec.offset as i64);
+                unc += spec.uncompressed_size as i64;
+                cmp += spec.compressed_size as i64;
+                encodings.push(Encoding::PLAIN);
+            }
+            for page in self.pages.drain(..) {
+                let spec = pw.write_page(page)?;
+                data_off.get_or_insert(spec.offset as i64);
+                unc += spec.uncompressed_size as i64;
+                cmp += spec.compressed_size as i64;
+            }
+        }
+        for e in &self.encodings {
+            if !encodings.contains(e) {
+                encodings.push(*e);
+            }
+        }
+        let stats = self.stats.as_mut().map(|s| {
+            let nulls = Some(self.nulls);
+            let st = match self.descr.physical_type() {
+                Physical::INT64 => Statistics::int64(s.any.then_some(s.min_i64), s.any.then_some(s.max_i64), None, nulls, false),
+                _ => Statistics::byte_array(s.min_b.take().map(Into::into), s.max_b.take().map(Into::into), None, nulls, false),
+            };
+            *s = Stats::default();
+            st
+        });
+        let mut md = ColumnChunkMetaData::builder(self.descr.clone())
+            .set_encodings(encodings)
+            .set_num_values(self.levels_total as i64)
+            .set_compression(compression)
+            .set_total_compressed_size(cmp)
+            .set_total_uncompressed_size(unc)
+            .set_data_page_offset(data_off.unwrap_or(0))
+            .set_dictionary_page_offset(dict_off);
+        if let Some(st) = stats {
+            md = md.set_statistics(st);
+        }
+        let result = ColumnCloseResult {
+            bytes_written: cmp as u64,
+            rows_written: self.rows_total,
+            metadata: md.build()?,
+            bloom_filter: None,
+            column_index: None,
+            offset_index: None,
+        };
+        if let Values::Bytes { dict: Some(_), open, last, .. } = &mut self.values {
+            *open = true;
+            *last = None;
+        }
+        if let Values::Bytes { dict: Some(d), .. } = &mut self.values {
+            *d = Dict::default();
+        }
+        self.encodings.clear();
+        (self.nulls, self.levels_total, self.rows_total) = (0, 0, 0);
+        Ok((Bytes::from(tw.into_inner()?), result))
+    }
+}
+
+fn note_bytes(s: &mut Stats, v: &[u8]) {
+    if s.min_b.as_deref().is_none_or(|m| v < m) {
+        s.min_b = Some(v.to_vec());
+    }
+    if s.max_b.as_deref().is_none_or(|m| v > m) {
+        s.max_b = Some(v.to_vec());
+    }
+}

@@ -1,0 +1,169 @@
+//! Parquet's RLE / bit-packing hybrid encoding, for repetition and definition levels and for
+//! dictionary indices, fed with runs (`value`, `count`) so that long runs cost one step.
+//!
+//! The format: a sequence of runs, each a ULEB128 header then data. `header = count << 1` is an
+//! RLE run (the value once, in `ceil(width / 8)` bytes); `header = groups << 1 | 1` is a
+//! bit-packed run of `groups * 8` values, `width` bits each, least significant bit first. Only the
+//! last bit-packed run may be padded past the real values (the reader knows how many there are).
+
+/// Appends `v` as ULEB128.
+pub(crate) fn uleb(out: &mut Vec<u8>, mut v: u64) {
+    loop {
+        let b = (v & 0x7f) as u8;
+        v >>= 7;
+        if v == 0 {
+            out.push(b);
+            return;
+        }
+        out.push(b | 0x80);
+    }
+}
+
+/// Bits needed for values up to `max`.
+pub(crate) fn bit_width(max: u32) -> u8 {
+    (32 - max.leading_zeros()) as u8
+}
+
+/// Runs shorter than this go into bit-packed groups (a short RLE run costs more than packing).
+const MIN_RLE: u64 = 8;
+
+/// Encodes runs with the hybrid encoding; `width` bits per value (0 allowed: every value 0).
+pub(crate) struct Hybrid<'a> {
+    out: &'a mut Vec<u8>,
+    width: u8,
+    /// Values waiting to be bit-packed (a bit-packed run is only written with a multiple of 8).
+    pending: Vec<u32>,
+}
+
+impl<'a> Hybrid<'a> {
+    pub(crate) fn new(out: &'a mut Vec<u8>, width: u8) -> Self {
+        Hybrid { out, width, pending: Vec::new() }
+    }
+
+    /// Adds `count` copies of `value`.
+    pub(crate) fn run(&mut self, value: u32, mut count: u64) {
+        if !self.pending.is_empty() {
+            // Top the pending values up to a group boundary from this run first.
+            let fill = ((8 - self.pending.len() % 8) % 8) as u64;
+            let k = fill.min(count);
+            self.pending.extend(std::iter::repeat_n(value, k as usize));
+            count -= k;
+            if count == 0 {
+                return;
+            }
+            if count < MIN_RLE {
+                self.pending.extend(std::iter::repeat_n(value, count as usize));
+                return;
+            }
+            self.flush_packed();
+        }
+        if count >= MIN_RLE {
+            uleb(self.out, count << 1);
+            let bytes = self.width.div_ceil(8) as usize;
+            self.out.extend_from_slice(&value.to_le_bytes()[..bytes]);
+        } else {
+            self.pending.extend(std::iter::repeat_n(value, count as usize));
+        }
+    }
+
+    /// Adds values one by one (dictionary indices), bit-packing them unless they repeat.
+    pub(crate) fn values(&mut self, vals: &[u32]) {
+        let mut i = 0;
+        while i < vals.len() {
+            let v = vals[i];
+            let mut j = i + 1;
+            while j < vals.len() && vals[j] == v {
+                j += 1;
+            }
+            self.run(v, (j - i) as u64);
+            i = j;
+        }
+    }
+
+    fn flush_packed(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let groups = self.pending.len().div_ceil(8);
+        uleb(self.out, ((groups as u64) << 1) | 1);
+        self.pending.resize(groups * 8, 0);
+        let w = self.width as u32;
+        let (mut acc, mut bits) = (0u64, 0u32);
+        for &v in &self.pending {
+            acc |= (v as u64) << bits;
+            bits += w;
+            while bits >= 8 {
+                self.out.push(acc as u8);
+                acc >>= 8;
+                bits -= 8;
+            }
+        }
+        if bits > 0 {
+            self.out.push(acc as u8);
+        }
+        self.pending.clear();
+    }
+
+    /// Writes what is pending; the encoding is complete.
+    pub(crate) fn finish(mut self) {
+        self.flush_packed();
+    }
+}
+
+/// One leaf's levels as runs.
+#[derive(Default)]
+pub(crate) struct Levels {
+    runs: Vec<(u8, u32)>,
+    count: u64,
+}
+
+impl Levels {
+    #[inline]
+    pub(crate) fn push(&mut self, level: u8, n: u32) {
+        if n == 0 {
+            return;
+        }
+        self.count += n as u64;
+        match self.runs.last_mut() {
+            Some((l, c)) if *l == level && *c <= u32::MAX - n => *c += n,
+            _ => self.runs.push((level, n)),
+        }
+    }
+
+    pub(crate) fn len(&self) -> u64 {
+        self.count
+    }
+
+    /// Appends the Data Page v1 form: 4-byte little-endian length, then the hybrid encoding.
+    pub(crate) fn write_v1(&self, out: &mut Vec<u8>, max: u8) {
+        let at = out.len();
+        out.extend_from_slice(&[0; 4]);
+        let mut h = Hybrid::new(out, bit_width(max as u32));
+        for &(l, c) in &self.runs {
+            h.run(l as u32, c as u64);
+        }
+        h.finish();
+        let len = (out.len() - at - 4) as u32;
+        out[at..at + 4].copy_from_slice(&len.to_le_bytes());
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.runs.clear();
+        self.count = 0;
+    }
+
+    /// Keeps the first `n` levels (undoes pushes after a checkpoint).
+    pub(crate) fn truncate(&mut self, n: u64) {
+        while self.count > n {
+            let (_, c) = self.runs.last_mut().expect("count > 0 means a run");
+            let over = self.count - n;
+            if (*c as u64) <= over {
+                self.count -= *c as u64;
+                self.runs.pop();
+            } else {
+                *c -= over as u32;
+                self.count = n;
+            }
+        }
+    }
+}

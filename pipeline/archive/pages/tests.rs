@@ -1,0 +1,179 @@
+//! The page encoder's files read back (with arrow-rs's Parquet reader, an independent decoder)
+//! as exactly the rows the Arrow path builds from the same protobuf, on every OTLP field.
+
+use bytes::Bytes;
+use datafusion::arrow::compute::concat_batches;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use datafusion::parquet::arrow::ArrowWriter;
+use datafusion::parquet::basic::{Compression, Encoding, ZstdLevel};
+use datafusion::parquet::file::properties::WriterProperties;
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, TracesData};
+use prost::Message;
+
+use super::levels::{Hybrid, Levels};
+use super::{parquet_schema, Pushed, RowGroupEncoder};
+use crate::archive::encoded::encoded_to_record_batch;
+use crate::archive::encoded::tests::{every_field, kv};
+use crate::archive::schema::schema;
+
+const HOUR: i64 = 3_600_000_000_000;
+
+fn encoder(c: Compression, bucket: Option<i64>) -> RowGroupEncoder {
+    RowGroupEncoder::new(&parquet_schema(), c, bucket, |p| !p.starts_with("trace_id") && !p.ends_with("span_id"), |p| ["start_time", "name", "service_name"].contains(&p)).unwrap()
+}
+
+/// Row groups of encoded batches (`groups[g]` = the batches of row group g), as a Parquet file.
+fn file(enc: &mut RowGroupEncoder, c: Compression, groups: &[Vec<Vec<u8>>]) -> Bytes {
+    let props = WriterProperties::builder().set_compression(c).build();
+    let (mut fw, _) = ArrowWriter::try_new(Vec::new(), schema(), Some(props)).unwrap().into_serialized_writer().unwrap();
+    for g in groups {
+        for b in g {
+            assert!(matches!(enc.push_encoded(&[b.as_slice()]).unwrap(), Pushed::Rows(_)));
+        }
+        let mut rg = fw.next_row_group().unwrap();
+        for (bytes, close) in enc.finish().unwrap() {
+            rg.append_column(&bytes, close).unwrap();
+        }
+        rg.close().unwrap();
+    }
+    Bytes::from(fw.into_inner().unwrap())
+}
+
+fn read(b: Bytes) -> RecordBatch {
+    let batches: Vec<RecordBatch> = ParquetRecordBatchReaderBuilder::try_new(b).unwrap().build().unwrap().map(|b| b.unwrap()).collect();
+    concat_batches(&batches[0].schema(), &batches).unwrap()
+}
+
+fn want(groups: &[Vec<Vec<u8>>]) -> RecordBatch {
+    let all: Vec<&[u8]> = groups.iter().flatten().map(|b| b.as_slice()).collect();
+    encoded_to_record_batch(all, 1).unwrap()
+}
+
+fn enc(rs: Vec<ResourceSpans>) -> Vec<u8> {
+    TracesData { resource_spans: rs }.encode_to_vec()
+}
+
+#[test]
+fn every_otlp_field_reads_back_as_the_arrow_path_builds_it() {
+    let b = enc(every_field());
+    for c in [Compression::ZSTD(ZstdLevel::default()), Compression::SNAPPY, Compression::UNCOMPRESSED] {
+        let groups = vec![vec![b.clone(), b.clone()], vec![b.clone()]];
+        let mut e = encoder(c, None);
+        let got = read(file(&mut e, c, &groups));
+        assert_eq!(got.num_rows(), 69);
+        assert_eq!(got, want(&groups), "{c}");
+    }
+}
+
+/// `n` mesh-like spans from `seed`: unique ids and URLs (so the value dictionary overflows), two
+/// services, attributes in a fixed order, one start hour.
+fn mesh(seed: u64, n: usize, t0: u64) -> Vec<u8> {
+    let spans = |svc: u64| -> Vec<Span> {
+        (0..n as u64)
+            .map(|i| Span {
+                trace_id: (seed * 1_000_003 + i).to_be_bytes().repeat(2),
+                span_id: (i ^ seed).to_be_bytes().to_vec(),
+                parent_span_id: if i % 3 == 0 { vec![] } else { (i + 1).to_be_bytes().to_vec() },
+                name: format!("svc{svc}.default:9080/*"),
+                kind: 2,
+                start_time_unix_nano: t0 + i * 1000,
+                end_time_unix_nano: t0 + i * 1000 + 77,
+                attributes: vec![
+                    kv("http.method", Some(Value::StringValue("GET".into()))),
+                    kv("http.url", Some(Value::StringValue(format!("http://svc{svc}/api/{seed}/{i}/{}", "x".repeat((i % 40) as usize))))),
+                    kv("http.status_code", Some(Value::IntValue(200 + (i % 3) as i64))),
+                    kv("cached", Some(Value::BoolValue(i % 2 == 0))),
+                    kv("guid:x-request-id", Some(Value::StringValue(format!("{seed:08x}-{i:08x}")))),
+                ],
+                ..Default::default()
+            })
+            .collect()
+    };
+    enc((0..2)
+        .map(|svc| ResourceSpans {
+            resource: Some(Resource { attributes: vec![kv("service.name", Some(Value::StringValue(format!("svc{svc}")))), kv("k8s.namespace.name", Some(Value::StringValue("default".into())))], ..Default::default() }),
+            scope_spans: vec![ScopeSpans { spans: spans(svc), ..Default::default() }],
+            schema_url: String::new(),
+        })
+        .collect())
+}
+
+#[test]
+fn big_row_groups_cut_pages_and_fall_back_from_a_full_dictionary() {
+    let t0 = 1_795_000_000_000_000_000;
+    let groups = vec![(0..6).map(|s| mesh(s, 8000, t0)).collect::<Vec<_>>()];
+    let mut e = encoder(Compression::ZSTD(ZstdLevel::default()), Some(HOUR));
+    let bytes = file(&mut e, Compression::ZSTD(ZstdLevel::default()), &groups);
+    let reader = datafusion::parquet::file::reader::SerializedFileReader::new(bytes.clone()).unwrap();
+    use datafusion::parquet::file::reader::FileReader;
+    let rg = reader.metadata().row_group(0);
+    let values = rg.columns().iter().find(|c| c.column_path().string() == "attributes.entries.value").unwrap();
+    assert!(values.encodings().any(|e| e == Encoding::RLE_DICTIONARY) && values.encodings().any(|e| e == Encoding::PLAIN), "dictionary then PLAIN: {:?}", values.encodings().collect::<Vec<_>>());
+    let start = rg.columns().iter().find(|c| c.column_path().string() == "start_time").unwrap();
+    assert!(start.statistics().is_some_and(|s| s.min_bytes_opt().is_some()), "start_time keeps min/max");
+    let got = read(bytes);
+    assert_eq!(got.num_rows(), 96_000);
+    assert_eq!(got, want(&groups));
+}
+
+#[test]
+fn a_batch_in_two_partitions_goes_in_whole_or_not_at_all() {
+    let t0 = 1_795_000_000_000_000_000u64;
+    let next_hour = t0 + HOUR as u64;
+    let first = mesh(1, 100, t0);
+    // The same hour as `first`, then a span in the next hour: all of it is rewound.
+    let mut mixed = TracesData::decode(mesh(2, 50, t0).as_slice()).unwrap();
+    mixed.resource_spans.extend(TracesData::decode(mesh(3, 50, next_hour).as_slice()).unwrap().resource_spans);
+    let mixed = mixed.encode_to_vec();
+    let mut e = encoder(Compression::SNAPPY, Some(HOUR));
+    assert_eq!(e.push_encoded(&[first.as_slice()]).unwrap(), Pushed::Rows(200));
+    assert_eq!(e.push_encoded(&[mixed.as_slice()]).unwrap(), Pushed::OtherPartition);
+    // A batch of the next hour alone does not fit this row group either.
+    assert_eq!(e.push_encoded(&[mesh(4, 10, next_hour).as_slice()]).unwrap(), Pushed::OtherPartition);
+    assert_eq!(e.rows(), 200);
+    let garbage = [0x0a, 0x03, 0x12, 0x01, 0xff];
+    assert!(e.push_encoded(&[&first[..first.len() / 2], &garbage[..]]).is_err(), "malformed protobuf is an error");
+    assert_eq!(e.rows(), 200, "and leaves nothing behind");
+    let more = mesh(5, 30, t0);
+    assert_eq!(e.push_encoded(&[more.as_slice()]).unwrap(), Pushed::Rows(60));
+    let (mut fw, _) = ArrowWriter::try_new(Vec::new(), schema(), None).unwrap().into_serialized_writer().unwrap();
+    let mut rg = fw.next_row_group().unwrap();
+    for (bytes, close) in e.finish().unwrap() {
+        rg.append_column(&bytes, close).unwrap();
+    }
+    rg.close().unwrap();
+    let got = read(Bytes::from(fw.into_inner().unwrap()));
+    assert_eq!(got, want(&[vec![first, more]]), "exactly the batches that went in");
+    assert_eq!(e.rows(), 0);
+    assert_eq!(e.push_encoded(&[mixed.as_slice()]).unwrap(), Pushed::OtherPartition, "an empty encoder takes a batch of one partition only");
+}
+
+#[test]
+fn hybrid_runs_and_bit_packing() {
+    // 10 zeros at width 1: one RLE run (header 10 << 1, value in one byte).
+    let mut l = Levels::default();
+    l.push(0, 10);
+    let mut out = Vec::new();
+    l.write_v1(&mut out, 1);
+    assert_eq!(out, [2, 0, 0, 0, 20, 0]);
+    // 0,1,1 then 9 ones: the short start is topped up to 8 from the run, bit-packed, then the
+    // remaining 4 ones are pending and packed too (one more group).
+    let mut out = Vec::new();
+    let mut h = Hybrid::new(&mut out, 1);
+    h.run(0, 1);
+    h.run(1, 11);
+    h.finish();
+    assert_eq!(out, [0b101, 0b1111_1110, 0b0000_1111]);
+    // Rewinding a run part-way.
+    let mut l = Levels::default();
+    l.push(1, 5);
+    l.push(0, 3);
+    l.truncate(6);
+    assert_eq!(l.len(), 6);
+    let mut out = Vec::new();
+    l.write_v1(&mut out, 1);
+    assert_eq!(out, [2, 0, 0, 0, 0b11, 0b0001_1111]);
+}
