@@ -120,6 +120,41 @@ fn files_appear_atomically_in_hour_partitions_and_roll() {
     assert_eq!(read_all(&files[1]), rich(10, T0 + 3600 * 1_000_000_000));
 }
 
+/// The usual case, encoded batches (straight to Parquet pages): the same files and rows as
+/// decoded spans, including a batch across the hour (the Arrow path splits it into the same
+/// files) and row groups cut by `row_group_rows`.
+#[test]
+fn encoded_batches_go_to_the_same_partitions_and_read_back_the_same() {
+    use prost::Message;
+    let enc = |rs: Vec<ResourceSpans>| opentelemetry_proto::tonic::trace::v1::TracesData { resource_spans: rs }.encode_to_vec();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = ParquetSinkConfig { path: dir.path().to_path_buf(), roll: Roll { max_rows: 120, ..Roll::default() }, row_group_rows: 40, ..Default::default() };
+    let mut w = ArchiveWriter::new(cfg);
+    let now = Instant::now();
+    assert!(w.write_encoded([enc(rich(50, T0)).as_slice()], 51, now).unwrap().is_empty());
+    assert!(layout::closed_files(dir.path()).unwrap().is_empty(), "open files are not listed");
+    assert_eq!(w.open_files(), 1);
+    let mut late = rich(10, T0 + 3600 * 1_000_000_000);
+    late.extend(rich(80, T0));
+    let closed = w.write_encoded([enc(late).as_slice()], 92, now).unwrap();
+    assert_eq!(closed.len(), 1, "the 11h file reached max_rows");
+    assert_eq!(closed[0].rows, 50 + 1 + 80 + 1);
+    // More for the 12h partition, encoded: pending in the encoder until the file closes.
+    w.write_encoded([enc(rich(5, T0 + 3600 * 1_000_000_000 + 1)).as_slice()], 6, now).unwrap();
+    assert_eq!(w.close_all().unwrap().len(), 1);
+    let files = layout::closed_files(dir.path()).unwrap();
+    assert_eq!(files.len(), 2);
+    let mut want = rich(50, T0);
+    want.extend(rich(80, T0));
+    assert_eq!(read_all(&files[0]), want);
+    let mut want = rich(10, T0 + 3600 * 1_000_000_000);
+    want.extend(rich(5, T0 + 3600 * 1_000_000_000 + 1));
+    assert_eq!(read_all(&files[1]), want);
+    use datafusion::parquet::file::reader::{FileReader, SerializedFileReader};
+    let groups: Vec<i64> = SerializedFileReader::new(File::open(&files[0]).unwrap()).unwrap().metadata().row_groups().iter().map(|g| g.num_rows()).collect();
+    assert_eq!(groups, [51, 81], "the encoder's row group, then the split batch's");
+}
+
 #[test]
 fn aged_files_are_closed() {
     let dir = tempfile::tempdir().unwrap();

@@ -1,4 +1,11 @@
 //! The synchronous archive writer: open files per partition, roll rules, atomic close.
+//!
+//! Encoded OTLP batches (the usual case) go straight to Parquet pages through one
+//! [`RowGroupEncoder`], which fills a row group of one partition across batches; when it is full,
+//! or a batch is for another partition, or the file closes, its column chunks are spliced into
+//! that partition's file. Decoded spans, and the rare batch that straddles two partitions, take
+//! the Arrow path (rows → `ArrowColumnWriter`s), written as their own row groups of the same
+//! files. Both give the same rows (tested).
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -8,7 +15,9 @@ use std::time::Instant;
 use datafusion::arrow::array::{Array, TimestampNanosecondArray, UInt32Array};
 use datafusion::arrow::compute::take_record_batch;
 use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::parquet::arrow::arrow_writer::{compute_leaves, ArrowRowGroupWriterFactory};
 use datafusion::parquet::arrow::ArrowWriter;
+use datafusion::parquet::file::writer::SerializedFileWriter;
 use datafusion::parquet::basic::{Compression as Codec, ZstdLevel};
 use datafusion::parquet::file::metadata::KeyValue;
 use datafusion::parquet::arrow::ArrowSchemaConverter;
@@ -16,6 +25,7 @@ use datafusion::parquet::file::properties::{EnabledStatistics, WriterProperties,
 use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
 use tracepipe_pipeline::archive::layout::{self, Partition};
 use tracepipe_pipeline::archive::encoded::encoded_to_record_batch;
+use tracepipe_pipeline::archive::pages::{parquet_schema, Pushed, RowGroupEncoder};
 use tracepipe_pipeline::archive::schema;
 
 use super::config::{Compression, ParquetSinkConfig};
@@ -35,7 +45,8 @@ pub enum WriteError {
 }
 
 struct OpenFile {
-    writer: ArrowWriter<File>,
+    writer: SerializedFileWriter<File>,
+    factory: ArrowRowGroupWriterFactory,
     tmp: PathBuf,
     fin: PathBuf,
     rows: u64,
@@ -59,6 +70,9 @@ pub struct ArchiveWriter {
     cfg: ParquetSinkConfig,
     props: WriterProperties,
     open: BTreeMap<PathBuf, OpenFile>,
+    /// The row group being built from encoded batches, and the partition directory it is for.
+    encoder: RowGroupEncoder,
+    encoder_dir: Option<PathBuf>,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> WriteError + '_ {
@@ -80,7 +94,14 @@ impl ArchiveWriter {
                 .set_key_value_metadata(Some(vec![KeyValue::new(schema::SCHEMA_VERSION_KEY.to_owned(), schema::SCHEMA_VERSION.to_owned())])),
         )
         .build();
-        ArchiveWriter { cfg, props, open: BTreeMap::new() }
+        let bucket_ns = match cfg.partition {
+            Partition::None => None,
+            Partition::Day => Some(DAY_NS),
+            Partition::Hour => Some(HOUR_NS),
+        };
+        let encoder = RowGroupEncoder::new(&parquet_schema(), codec, bucket_ns, |p| dictionary(&parts(p)), |p| statistics(&parts(p)))
+            .expect("the page encoder takes the archive schema (tested)");
+        ArchiveWriter { cfg, props, open: BTreeMap::new(), encoder, encoder_dir: None }
     }
 
     /// Files open now.
@@ -95,32 +116,109 @@ impl ArchiveWriter {
     }
 
     /// As [`ArchiveWriter::write`], from OTLP `TracesData` buffers still encoded (the usual case:
-    /// no decoding into OTLP structs, see `tracepipe_pipeline::archive::encoded`).
+    /// straight to Parquet pages, see `tracepipe_pipeline::archive::pages`).
     pub fn write_encoded<'a>(&mut self, bufs: impl IntoIterator<Item = &'a [u8]>, spans: usize, now: Instant) -> Result<Vec<Closed>, WriteError> {
-        self.write_rows(encoded_to_record_batch(bufs, spans)?, now)
+        let bufs: Vec<&[u8]> = bufs.into_iter().collect();
+        let mut closed = Vec::new();
+        let mut pushed = self.encoder.push_encoded(&bufs)?;
+        if pushed == Pushed::OtherPartition && self.encoder.rows() > 0 {
+            // A new partition (the hour turned): the row group so far goes to its file first.
+            closed.extend(self.flush_encoder(now)?);
+            pushed = self.encoder.push_encoded(&bufs)?;
+        }
+        match pushed {
+            Pushed::Rows(0) => {}
+            Pushed::Rows(_) => {
+                let bucket = self.encoder.bucket().unwrap_or(0);
+                let ns = match self.cfg.partition {
+                    Partition::None => 0,
+                    Partition::Day => bucket * DAY_NS,
+                    Partition::Hour => bucket * HOUR_NS,
+                };
+                let dir = layout::partition_dir(self.cfg.partition, ns as u64);
+                closed.extend(self.ensure_open(&dir, now)?);
+                self.encoder_dir = Some(dir.clone());
+                let f = &self.open[&dir];
+                let rows = f.rows + self.encoder.rows();
+                let bytes = f.writer.bytes_written() + self.encoder.buffered_bytes();
+                if rows >= self.cfg.roll.max_rows || bytes as u64 >= self.cfg.roll.max_bytes.get() {
+                    closed.push(self.close(&dir)?);
+                } else if self.encoder.rows() >= self.cfg.row_group_rows as u64 {
+                    closed.extend(self.flush_encoder(now)?);
+                }
+            }
+            // Spans of two partitions in one batch: split by the Arrow path.
+            Pushed::OtherPartition => closed.extend(self.write_rows(encoded_to_record_batch(bufs, spans)?, now)?),
+        }
+        Ok(closed)
+    }
+
+    /// Opens the file of partition `dir` if it is not open (closing the oldest at the limit).
+    fn ensure_open(&mut self, dir: &Path, now: Instant) -> Result<Option<Closed>, WriteError> {
+        if self.open.contains_key(dir) {
+            return Ok(None);
+        }
+        let mut closed = None;
+        if self.open.len() >= MAX_OPEN {
+            let oldest = self.open.iter().filter(|(k, _)| k.as_path() != dir).min_by_key(|(_, f)| f.opened).map(|(k, _)| k.clone()).expect("non-empty");
+            closed = Some(self.close(&oldest)?);
+        }
+        let full = self.cfg.path.join(dir);
+        std::fs::create_dir_all(&full).map_err(io(&full))?;
+        let (fin, tmp) = layout::new_file(&full);
+        let file = File::create(&tmp).map_err(io(&tmp))?;
+        // ArrowWriter sets the file up (schema, the Arrow schema in the metadata, properties);
+        // row groups are then added column chunk by column chunk.
+        let (writer, factory) = ArrowWriter::try_new(file, schema::schema(), Some(self.props.clone()))?.into_serialized_writer()?;
+        self.open.insert(dir.to_path_buf(), OpenFile { writer, factory, tmp, fin, rows: 0, opened: now });
+        Ok(closed)
+    }
+
+    /// Splices the encoder's row group into its partition's file.
+    fn flush_encoder(&mut self, now: Instant) -> Result<Option<Closed>, WriteError> {
+        let Some(dir) = self.encoder_dir.take() else { return Ok(None) };
+        if self.encoder.rows() == 0 {
+            return Ok(None);
+        }
+        let closed = self.ensure_open(&dir, now)?;
+        let rows = self.encoder.rows();
+        let chunks = self.encoder.finish()?;
+        let f = self.open.get_mut(&dir).expect("opened");
+        let mut rg = f.writer.next_row_group()?;
+        for (bytes, close) in chunks {
+            rg.append_column(&bytes, close)?;
+        }
+        rg.close()?;
+        f.rows += rows;
+        Ok(closed)
     }
 
     /// Writes archive rows, each into the partition of its start time.
     pub fn write_rows(&mut self, rows: RecordBatch, now: Instant) -> Result<Vec<Closed>, WriteError> {
         let mut closed = Vec::new();
+        let arrow_schema = schema::schema();
         for (dir, batch) in split(rows, self.cfg.partition)? {
-            if !self.open.contains_key(&dir) {
-                if self.open.len() >= MAX_OPEN {
-                    let oldest = self.open.iter().min_by_key(|(_, f)| f.opened).map(|(k, _)| k.clone()).expect("non-empty");
-                    closed.push(self.close(&oldest)?);
+            closed.extend(self.ensure_open(&dir, now)?);
+            let f = self.open.get_mut(&dir).expect("opened");
+            // One row group: each column's leaves through its own ArrowColumnWriter.
+            let mut writers = f.factory.create_column_writers(f.writer.flushed_row_groups().len())?.into_iter();
+            let mut chunks = Vec::new();
+            for (field, column) in arrow_schema.fields().iter().zip(batch.columns()) {
+                for leaf in compute_leaves(field, column)? {
+                    let mut w = writers.next().ok_or_else(|| WriteError::Parquet(datafusion::parquet::errors::ParquetError::General("more leaves than column writers".into())))?;
+                    w.write(&leaf)?;
+                    chunks.push(w.close()?);
                 }
-                let full = self.cfg.path.join(&dir);
-                std::fs::create_dir_all(&full).map_err(io(&full))?;
-                let (fin, tmp) = layout::new_file(&full);
-                let file = File::create(&tmp).map_err(io(&tmp))?;
-                let writer = ArrowWriter::try_new(file, schema::schema(), Some(self.props.clone()))?;
-                self.open.insert(dir.clone(), OpenFile { writer, tmp, fin, rows: 0, opened: now });
             }
-            let f = self.open.get_mut(&dir).expect("inserted");
-            f.writer.write(&batch)?;
+            let mut rg = f.writer.next_row_group()?;
+            for c in chunks {
+                c.append_to_row_group(&mut rg)?;
+            }
+            rg.close()?;
             f.rows += batch.num_rows() as u64;
-            let bytes = f.writer.bytes_written() + f.writer.in_progress_size();
-            if f.rows >= self.cfg.roll.max_rows || bytes as u64 >= self.cfg.roll.max_bytes.get() {
+            let pending = if self.encoder_dir.as_deref() == Some(dir.as_path()) { (self.encoder.rows(), self.encoder.buffered_bytes()) } else { (0, 0) };
+            let f = &self.open[&dir];
+            if f.rows + pending.0 >= self.cfg.roll.max_rows || (f.writer.bytes_written() + pending.1) as u64 >= self.cfg.roll.max_bytes.get() {
                 closed.push(self.close(&dir)?);
             }
         }
@@ -141,6 +239,9 @@ impl ArchiveWriter {
     }
 
     fn close(&mut self, dir: &Path) -> Result<Closed, WriteError> {
+        if self.encoder_dir.as_deref() == Some(dir) {
+            self.flush_encoder(Instant::now())?;
+        }
         let f = self.open.remove(dir).expect("open");
         let file = f.writer.into_inner()?;
         file.sync_all().map_err(io(&f.tmp))?;
@@ -159,19 +260,36 @@ const UNIQUE: &[&str] = &["trace_id", "span_id", "parent_span_id", "start_time",
 /// their min/max prune nothing and cost a comparison per value.
 const STATISTICS: &[&str] = &["start_time", "end_time", "duration_ns", "service_name", "name", "kind", "status_code", "scope_name"];
 
-/// Per-column settings: no dictionary for unique ids and times; statistics only for the
-/// [`STATISTICS`] columns — never inside maps and lists, where min/max mix every key's or
-/// event's values. Those keep page statistics (the page index prunes time and service ranges).
+const HOUR_NS: i64 = 3_600_000_000_000;
+const DAY_NS: i64 = 24 * HOUR_NS;
+
+fn parts(path: &str) -> Vec<&str> {
+    path.split('.').collect()
+}
+
+/// Whether a leaf (its path's parts) gets a dictionary: not unique ids and times.
+fn dictionary(parts: &[&str]) -> bool {
+    let (top, leaf) = (parts[0], parts[parts.len() - 1]);
+    !(UNIQUE.contains(&top) || (top == "links" && (leaf == "trace_id" || leaf == "span_id")) || (top == "events" && leaf == "time"))
+}
+
+/// Whether a leaf keeps min/max statistics: only the [`STATISTICS`] columns — never inside maps
+/// and lists, where min/max mix every key's or event's values.
+fn statistics(parts: &[&str]) -> bool {
+    parts.len() == 1 && STATISTICS.contains(&parts[0])
+}
+
+/// Per-column settings of the Arrow path (the page encoder takes the same [`dictionary`] and
+/// [`statistics`] rules).
 fn column_settings(mut b: WriterPropertiesBuilder) -> WriterPropertiesBuilder {
     let parquet = ArrowSchemaConverter::new().convert(&schema::schema()).expect("the archive schema converts to Parquet");
     for c in parquet.columns() {
         let path = c.path().clone();
-        let parts = path.parts();
-        let (top, leaf) = (parts[0].as_str(), parts[parts.len() - 1].as_str());
-        if UNIQUE.contains(&top) || (top == "links" && (leaf == "trace_id" || leaf == "span_id")) || (top == "events" && leaf == "time") {
+        let p: Vec<&str> = path.parts().iter().map(String::as_str).collect();
+        if !dictionary(&p) {
             b = b.set_column_dictionary_enabled(path.clone(), false);
         }
-        if parts.len() > 1 || !STATISTICS.contains(&top) {
+        if !statistics(&p) {
             b = b.set_column_statistics_enabled(path, EnabledStatistics::None);
         }
     }

@@ -4,6 +4,9 @@
 //!
 //!   cargo run --profile profiling --example archive_bench -- [SPANS] [DIR] [ATTRS] [WORKERS]
 //!
+//! `ARCHIVE_BENCH=parallel` runs only the pre-generated write section (1 worker, then WORKERS),
+//! which is what to run under `perf` to see the writer alone.
+//!
 //! ATTRS (default 10, the standard load) keeps the first N span attributes, to see how the write
 //! cost scales with span size. WORKERS (default 2) is the parallel-writers run: the sink's
 //! `workers` setting, N writers on N threads sharing the batches, each with its own files.
@@ -48,6 +51,11 @@ async fn main() {
     let attrs: usize = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(10).min(10);
     let workers: usize = args.get(4).and_then(|a| a.parse().ok()).unwrap_or(2).max(1);
     let _ = std::fs::remove_dir_all(&dir);
+    // `ARCHIVE_BENCH=parallel`: only the pre-generated write runs (to profile the writer alone).
+    if std::env::var("ARCHIVE_BENCH").as_deref() == Ok("parallel") {
+        parallel(&dir, total, attrs, workers);
+        return;
+    }
     let per_batch = 8190; // a multiple of 5 close to the batch processor's 8192
     let mut rng = Rng(0x9e3779b97f4a7c15);
     let t0 = 1_795_000_000u64 * 1_000_000_000;
@@ -124,7 +132,9 @@ fn parallel(dir: &std::path::Path, total: usize, attrs: usize, workers: usize) {
         })
         .collect();
     let spans: usize = bufs.iter().map(|b| b.1).sum();
-    for n in [1, workers] {
+    let mut runs = vec![1, workers];
+    runs.dedup();
+    for n in runs {
         let out = dir.join(format!("parallel-{n}"));
         let next = AtomicUsize::new(0);
         let (c0, t) = (cpu_seconds(), Instant::now());

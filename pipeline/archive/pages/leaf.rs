@@ -8,7 +8,7 @@ use datafusion::parquet::basic::{Compression, Encoding, Type as Physical};
 use datafusion::parquet::column::page::{CompressedPage, Page, PageWriter};
 use datafusion::parquet::column::writer::ColumnCloseResult;
 use datafusion::parquet::errors::ParquetError;
-use datafusion::parquet::file::metadata::ColumnChunkMetaData;
+use datafusion::parquet::file::metadata::{ColumnChunkMetaData, OffsetIndexBuilder};
 use datafusion::parquet::file::statistics::Statistics;
 use datafusion::parquet::file::writer::{SerializedPageWriter, TrackedWrite};
 use datafusion::parquet::schema::types::ColumnDescPtr;
@@ -107,7 +107,8 @@ pub(crate) struct Leaf {
     /// Values (not levels) in the current page, and rows started in it.
     page_values: usize,
     page_rows: u64,
-    pages: Vec<CompressedPage>,
+    /// Compressed data pages and the rows each starts (rows are whole within a page).
+    pages: Vec<(CompressedPage, u64)>,
     encodings: Vec<Encoding>,
     stats: Option<Stats>,
     nulls: u64,
@@ -450,9 +451,10 @@ impl Leaf {
             rep_level_encoding: Encoding::RLE,
             statistics: None,
         };
-        self.pages.push(CompressedPage::new(page, raw));
+        let rows = if self.max_rep == 0 && self.max_def == 0 { self.page_values as u64 } else { self.page_rows };
+        self.pages.push((CompressedPage::new(page, raw), rows));
         self.levels_total += num_values;
-        self.rows_total += if self.max_rep == 0 && self.max_def == 0 { self.page_values as u64 } else { self.page_rows };
+        self.rows_total += rows;
         self.rep.clear();
         self.def.clear();
         self.page_values = 0;
@@ -462,7 +464,7 @@ impl Leaf {
 
     /// Bytes buffered so far (pages compressed, values not yet), for rolling files by size.
     pub(crate) fn buffered_bytes(&self) -> usize {
-        self.pages.iter().map(|p| p.compressed_size()).sum::<usize>() + self.page_bytes()
+        self.pages.iter().map(|p| p.0.compressed_size()).sum::<usize>() + self.page_bytes()
     }
 
     /// The column chunk: dictionary page (if any) then the data pages, with its metadata. The
@@ -472,6 +474,8 @@ impl Leaf {
         let mut tw = TrackedWrite::new(Vec::new());
         let (mut dict_off, mut data_off, mut unc, mut cmp) = (None, None, 0i64, 0i64);
         let mut encodings = vec![Encoding::RLE];
+        // The offset index (where each page is, and its first row), as arrow-rs writes it.
+        let mut offsets = OffsetIndexBuilder::new();
         {
             let mut pw = SerializedPageWriter::new(&mut tw);
             if let Values::Bytes { dict: Some(d), .. } = &self.values
@@ -489,9 +493,11 @@ impl Leaf {
                 cmp += spec.compressed_size as i64;
                 encodings.push(Encoding::PLAIN);
             }
-            for page in self.pages.drain(..) {
+            for (page, rows) in self.pages.drain(..) {
                 let spec = pw.write_page(page)?;
                 data_off.get_or_insert(spec.offset as i64);
+                offsets.append_row_count(rows as i64);
+                offsets.append_offset_and_size(spec.offset as i64, spec.compressed_size as i32);
                 unc += spec.uncompressed_size as i64;
                 cmp += spec.compressed_size as i64;
             }
@@ -527,7 +533,7 @@ impl Leaf {
             metadata: md.build()?,
             bloom_filter: None,
             column_index: None,
-            offset_index: None,
+            offset_index: Some(offsets.build()),
         };
         if let Values::Bytes { dict: Some(_), open, last, .. } = &mut self.values {
             *open = true;
