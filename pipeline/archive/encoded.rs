@@ -256,6 +256,7 @@ fn status(buf: &[u8]) -> Option<(i32, &str)> {
 }
 
 /// A `KeyValue` whose key and value appear once and whose value is a scalar.
+#[inline]
 fn key_value_fast(buf: &[u8]) -> Option<(&str, Scalar<'_>)> {
     let (mut key, mut value, mut seen) = ("", Scalar::Empty, 0u8);
     let mut r = Reader::new(buf, 0);
@@ -278,6 +279,7 @@ fn key_value_fast(buf: &[u8]) -> Option<(&str, Scalar<'_>)> {
 }
 
 /// An `AnyValue` holding at most one field, a scalar one.
+#[inline]
 fn any_value_fast(buf: &[u8]) -> Option<Scalar<'_>> {
     let mut r = Reader::new(buf, 0);
     let mut v = Scalar::Empty;

@@ -24,7 +24,15 @@ const PAGE_ROWS: u64 = 20_000;
 const DICT_BYTES: usize = 1 << 20;
 
 /// The page compressor of a row group (one per encoder, reused for every page).
-pub(crate) enum Codec {
+pub(crate) struct Codec {
+    kind: Kind,
+    /// A page's raw bytes, and its compressed bytes: reused, so that page-sized buffers are not
+    /// allocated (and faulted in) for every page.
+    pub(crate) raw: Vec<u8>,
+    out: Vec<u8>,
+}
+
+enum Kind {
     Zstd(Box<zstd::bulk::Compressor<'static>>),
     Snappy(snap::raw::Encoder),
     None,
@@ -32,22 +40,31 @@ pub(crate) enum Codec {
 
 impl Codec {
     pub(crate) fn new(c: Compression) -> Result<Self, ParquetError> {
-        Ok(match c {
-            Compression::ZSTD(level) => {
-                Codec::Zstd(Box::new(zstd::bulk::Compressor::new(level.compression_level()).map_err(|e| ParquetError::General(format!("zstd: {e}")))?))
-            }
-            Compression::SNAPPY => Codec::Snappy(snap::raw::Encoder::new()),
-            Compression::UNCOMPRESSED => Codec::None,
+        let kind = match c {
+            Compression::ZSTD(level) => Kind::Zstd(Box::new(zstd::bulk::Compressor::new(level.compression_level()).map_err(|e| ParquetError::General(format!("zstd: {e}")))?)),
+            Compression::SNAPPY => Kind::Snappy(snap::raw::Encoder::new()),
+            Compression::UNCOMPRESSED => Kind::None,
             other => return Err(ParquetError::NYI(format!("archive pages compressed with {other}"))),
-        })
+        };
+        Ok(Codec { kind, raw: Vec::new(), out: Vec::new() })
     }
 
-    fn compress(&mut self, raw: &[u8]) -> Result<Vec<u8>, ParquetError> {
-        match self {
-            Codec::Zstd(c) => c.compress(raw).map_err(|e| ParquetError::General(format!("zstd: {e}"))),
-            Codec::Snappy(e) => e.compress_vec(raw).map_err(|e| ParquetError::General(format!("snappy: {e}"))),
-            Codec::None => Ok(raw.to_vec()),
-        }
+    /// `self.raw`, compressed, as an exactly-sized buffer.
+    fn compress_raw(&mut self) -> Result<Bytes, ParquetError> {
+        let raw = &self.raw;
+        let n = match &mut self.kind {
+            Kind::None => return Ok(Bytes::copy_from_slice(raw)),
+            Kind::Zstd(c) => {
+                self.out.clear();
+                self.out.reserve(zstd::zstd_safe::compress_bound(raw.len()));
+                c.compress_to_buffer(raw, &mut self.out).map_err(|e| ParquetError::General(format!("zstd: {e}")))?
+            }
+            Kind::Snappy(e) => {
+                self.out.resize(snap::raw::max_compress_len(raw.len()), 0);
+                e.compress(raw, &mut self.out).map_err(|e| ParquetError::General(format!("snappy: {e}")))?
+            }
+        };
+        Ok(Bytes::copy_from_slice(&self.out[..n]))
     }
 }
 
@@ -189,9 +206,6 @@ impl Leaf {
     pub(crate) fn bytes(&mut self, rep: u8, def: u8, v: &[u8]) {
         self.levels(rep, def);
         let Values::Bytes { dict, open, idx, plain, last } = &mut self.values else { unreachable!("a byte-array leaf") };
-        if let Some(s) = &mut self.stats {
-            note_bytes(s, v);
-        }
         match dict {
             Some(d) if *open => {
                 // The same value as the previous one (repeated names, kinds, statuses): no hashing.
@@ -202,13 +216,23 @@ impl Leaf {
                     idx.push(i);
                     return;
                 }
+                let before = d.entries.len();
                 let i = d.intern(v);
                 *last = Some((i, v.len()));
                 idx.push(i);
+                // Min/max: a value already in the dictionary was noted when it was added.
+                if d.entries.len() > before
+                    && let Some(s) = &mut self.stats
+                {
+                    note_bytes(s, v);
+                }
             }
             _ => {
                 plain.extend_from_slice(&(v.len() as u32).to_le_bytes());
                 plain.extend_from_slice(v);
+                if let Some(s) = &mut self.stats {
+                    note_bytes(s, v);
+                }
             }
         }
     }
@@ -388,7 +412,8 @@ impl Leaf {
         if num_values == 0 {
             return Ok(());
         }
-        let mut buf = Vec::with_capacity(self.page_bytes() + 64);
+        let mut buf = std::mem::take(&mut codec.raw);
+        buf.clear();
         if self.max_rep > 0 {
             self.rep.write_v1(&mut buf, self.max_rep);
         }
@@ -443,8 +468,9 @@ impl Leaf {
             self.encodings.push(encoding);
         }
         let raw = buf.len();
+        codec.raw = buf;
         let page = Page::DataPage {
-            buf: Bytes::from(codec.compress(&buf)?),
+            buf: codec.compress_raw()?,
             num_values: num_values as u32,
             encoding,
             def_level_encoding: Encoding::RLE,
@@ -481,13 +507,14 @@ impl Leaf {
             if let Values::Bytes { dict: Some(d), .. } = &self.values
                 && self.encodings.contains(&Encoding::RLE_DICTIONARY)
             {
-                let mut raw = Vec::with_capacity(d.bytes);
+                codec.raw.clear();
                 for e in &d.entries {
-                    raw.extend_from_slice(&(e.len() as u32).to_le_bytes());
-                    raw.extend_from_slice(e);
+                    codec.raw.extend_from_slice(&(e.len() as u32).to_le_bytes());
+                    codec.raw.extend_from_slice(e);
                 }
-                let page = Page::DictionaryPage { buf: Bytes::from(codec.compress(&raw)?), num_values: d.entries.len() as u32, encoding: Encoding::PLAIN, is_sorted: false };
-                let spec = pw.write_page(CompressedPage::new(page, raw.len()))?;
+                let raw = codec.raw.len();
+                let page = Page::DictionaryPage { buf: codec.compress_raw()?, num_values: d.entries.len() as u32, encoding: Encoding::PLAIN, is_sorted: false };
+                let spec = pw.write_page(CompressedPage::new(page, raw))?;
                 dict_off = Some(spec.offset as i64);
                 unc += spec.uncompressed_size as i64;
                 cmp += spec.compressed_size as i64;
