@@ -31,28 +31,49 @@ const MIN_RLE: u64 = 8;
 pub(crate) struct Hybrid<'a> {
     out: &'a mut Vec<u8>,
     width: u8,
-    /// Values waiting to be bit-packed (a bit-packed run is only written with a multiple of 8).
-    pending: Vec<u32>,
+    /// Values waiting to be bit-packed (a bit-packed run is only written with a multiple of 8):
+    /// their count, whole bytes packed so far, and the bits not yet a whole 32-bit word.
+    pending: u64,
+    packed: Vec<u8>,
+    acc: u64,
+    bits: u32,
 }
 
 impl<'a> Hybrid<'a> {
     pub(crate) fn new(out: &'a mut Vec<u8>, width: u8) -> Self {
-        Hybrid { out, width, pending: Vec::new() }
+        Hybrid { out, width, pending: 0, packed: Vec::new(), acc: 0, bits: 0 }
+    }
+
+    #[inline]
+    fn pack(&mut self, value: u32, n: u64) {
+        let w = self.width as u32;
+        self.pending += n;
+        if w == 0 {
+            return;
+        }
+        for _ in 0..n {
+            self.acc |= (value as u64) << self.bits;
+            self.bits += w;
+            if self.bits >= 32 {
+                self.packed.extend_from_slice(&(self.acc as u32).to_le_bytes());
+                self.acc >>= 32;
+                self.bits -= 32;
+            }
+        }
     }
 
     /// Adds `count` copies of `value`.
     pub(crate) fn run(&mut self, value: u32, mut count: u64) {
-        if !self.pending.is_empty() {
+        if self.pending > 0 {
             // Top the pending values up to a group boundary from this run first.
-            let fill = ((8 - self.pending.len() % 8) % 8) as u64;
-            let k = fill.min(count);
-            self.pending.extend(std::iter::repeat_n(value, k as usize));
+            let k = ((8 - self.pending % 8) % 8).min(count);
+            self.pack(value, k);
             count -= k;
             if count == 0 {
                 return;
             }
             if count < MIN_RLE {
-                self.pending.extend(std::iter::repeat_n(value, count as usize));
+                self.pack(value, count);
                 return;
             }
             self.flush_packed();
@@ -62,7 +83,7 @@ impl<'a> Hybrid<'a> {
             let bytes = self.width.div_ceil(8) as usize;
             self.out.extend_from_slice(&value.to_le_bytes()[..bytes]);
         } else {
-            self.pending.extend(std::iter::repeat_n(value, count as usize));
+            self.pack(value, count);
         }
     }
 
@@ -81,27 +102,18 @@ impl<'a> Hybrid<'a> {
     }
 
     fn flush_packed(&mut self) {
-        if self.pending.is_empty() {
+        if self.pending == 0 {
             return;
         }
-        let groups = self.pending.len().div_ceil(8);
-        uleb(self.out, ((groups as u64) << 1) | 1);
-        self.pending.resize(groups * 8, 0);
-        let w = self.width as u32;
-        let (mut acc, mut bits) = (0u64, 0u32);
-        for &v in &self.pending {
-            acc |= (v as u64) << bits;
-            bits += w;
-            while bits >= 8 {
-                self.out.push(acc as u8);
-                acc >>= 8;
-                bits -= 8;
-            }
-        }
-        if bits > 0 {
-            self.out.push(acc as u8);
-        }
-        self.pending.clear();
+        let groups = self.pending.div_ceil(8);
+        self.pack(0, groups * 8 - self.pending);
+        // groups * 8 * width bits: whole bytes.
+        let tail = self.bits.div_ceil(8) as usize;
+        self.packed.extend_from_slice(&self.acc.to_le_bytes()[..tail]);
+        uleb(self.out, (groups << 1) | 1);
+        self.out.extend_from_slice(&self.packed);
+        (self.pending, self.acc, self.bits) = (0, 0, 0);
+        self.packed.clear();
     }
 
     /// Writes what is pending; the encoding is complete.
