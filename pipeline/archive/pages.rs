@@ -28,12 +28,12 @@ use datafusion::parquet::basic::Compression;
 use datafusion::parquet::column::writer::ColumnCloseResult;
 use datafusion::parquet::errors::ParquetError;
 use datafusion::parquet::schema::types::SchemaDescriptor;
-use opentelemetry_proto::tonic::common::v1::{any_value::Value, InstrumentationScope, KeyValue};
+use opentelemetry_proto::tonic::common::v1::{InstrumentationScope, KeyValue, any_value::Value};
 use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::{span, Span};
+use opentelemetry_proto::tonic::trace::v1::{Span, span};
 
-use super::encoded::{walk, Rows};
-use super::schema::{fixed, json_value, kind_name, nanos, status_name, Scalar, SpanFields};
+use super::encoded::{Rows, walk};
+use super::schema::{Scalar, SpanFields, fixed, json_value, kind_name, nanos, status_name};
 use leaf::{Codec, Leaf, Mark};
 
 /// Leaves of one attribute set: key and value of each of the six maps, then `_order`.
@@ -223,16 +223,10 @@ impl AttrRow {
     }
 
     fn any(&mut self, out: &mut (impl Sink + ?Sized), set: usize, at: At, kv: &KeyValue) {
-        let v = match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
-            Some(Value::StringValue(x)) => Scalar::Str(x),
-            Some(Value::IntValue(x)) => Scalar::Int(*x),
-            Some(Value::DoubleValue(x)) => Scalar::Double(*x),
-            Some(Value::BoolValue(x)) => Scalar::Bool(*x),
-            Some(Value::BytesValue(x)) => Scalar::Bytes(x),
-            Some(Value::StringValueStrindex(_) | Value::ArrayValue(_) | Value::KvlistValue(_)) => return self.json_entry(out, set, at, kv),
-            None => Scalar::Empty,
-        };
-        self.entry(out, set, at, &kv.key, v);
+        match Scalar::of(kv) {
+            Some(v) => self.entry(out, set, at, &kv.key, v),
+            None => self.json_entry(out, set, at, kv),
+        }
     }
 
     /// The key leaf of map `rank` and the levels of its next entry; notes the type letter.
@@ -335,11 +329,27 @@ impl RowGroupEncoder {
             })
             .collect();
         // The levels this encoder writes, against the schema's.
-        let expect = [(TRACE_ID, 0, 0), (PARENT, 0, 1), (ATTRS, 1, 1), (ATTRS + 12, 0, 1), (EVENTS, 1, 1), (EVENTS + 2, 2, 2), (EVENTS + 14, 1, 2), (LINKS + 3, 2, 2), (RES_ATTRS, 1, 1), (SCOPE_SCHEMA, 0, 0)];
+        let expect = [
+            (TRACE_ID, 0, 0),
+            (PARENT, 0, 1),
+            (ATTRS, 1, 1),
+            (ATTRS + 12, 0, 1),
+            (EVENTS, 1, 1),
+            (EVENTS + 2, 2, 2),
+            (EVENTS + 14, 1, 2),
+            (LINKS + 3, 2, 2),
+            (RES_ATTRS, 1, 1),
+            (SCOPE_SCHEMA, 0, 0),
+        ];
         for (i, rep, def) in expect {
             let d = leaves[i].descr();
             if (d.max_rep_level(), d.max_def_level()) != (rep, def) {
-                return Err(ParquetError::General(format!("archive leaf {} has levels ({}, {}), the page encoder writes ({rep}, {def})", d.path(), d.max_rep_level(), d.max_def_level())));
+                return Err(ParquetError::General(format!(
+                    "archive leaf {} has levels ({}, {}), the page encoder writes ({rep}, {def})",
+                    d.path(),
+                    d.max_rep_level(),
+                    d.max_def_level()
+                )));
             }
         }
         Ok(RowGroupEncoder {
@@ -569,7 +579,6 @@ impl Rows for RowGroupEncoder {
     }
 
     fn span(&mut self, s: &Span, ctx: u32) -> Result<(), ArrowError> {
-        let (status_code, status_message) = s.status.as_ref().map_or((0, ""), |st| (st.code, st.message.as_str()));
         self.attrs.push(&mut self.leaves[..], ATTRS, TOP, &s.attributes);
         if !s.events.is_empty() {
             self.flush_repeats()?;
@@ -581,25 +590,7 @@ impl Rows for RowGroupEncoder {
             s.links.iter().enumerate().for_each(|(i, k)| self.link(i == 0, k));
             self.wrote_links = true;
         }
-        self.span_fields(
-            &SpanFields {
-                trace_id: &s.trace_id,
-                span_id: &s.span_id,
-                trace_state: &s.trace_state,
-                parent_span_id: &s.parent_span_id,
-                flags: s.flags,
-                name: &s.name,
-                kind: s.kind,
-                start: s.start_time_unix_nano,
-                end: s.end_time_unix_nano,
-                dropped_attributes_count: s.dropped_attributes_count,
-                dropped_events_count: s.dropped_events_count,
-                dropped_links_count: s.dropped_links_count,
-                status_code,
-                status_message,
-            },
-            ctx,
-        )
+        self.span_fields(&SpanFields::of(s), ctx)
     }
 }
 

@@ -257,6 +257,21 @@ pub(crate) enum Scalar<'a> {
     Empty,
 }
 
+impl<'a> Scalar<'a> {
+    /// The value of `kv` when it is not kept as OTLP/JSON (arrays, maps, string-table indexes).
+    pub(crate) fn of(kv: &'a KeyValue) -> Option<Self> {
+        Some(match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+            Some(Value::StringValue(x)) => Scalar::Str(x),
+            Some(Value::IntValue(x)) => Scalar::Int(*x),
+            Some(Value::DoubleValue(x)) => Scalar::Double(*x),
+            Some(Value::BoolValue(x)) => Scalar::Bool(*x),
+            Some(Value::BytesValue(x)) => Scalar::Bytes(x),
+            Some(Value::StringValueStrindex(_) | Value::ArrayValue(_) | Value::KvlistValue(_)) => return None,
+            None => Scalar::Empty,
+        })
+    }
+}
+
 /// How much the columns of one batch will hold, counted first so no builder has to grow.
 #[derive(Default)]
 pub(crate) struct Sizes {
@@ -337,19 +352,13 @@ impl AttrCols {
 
     /// Adds one entry to the current row.
     pub(crate) fn push_entry(&mut self, kv: &KeyValue) {
-        let v = match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
-            Some(Value::StringValue(x)) => Scalar::Str(x),
-            Some(Value::IntValue(x)) => Scalar::Int(*x),
-            Some(Value::DoubleValue(x)) => Scalar::Double(*x),
-            Some(Value::BoolValue(x)) => Scalar::Bool(*x),
-            Some(Value::BytesValue(x)) => Scalar::Bytes(x),
-            Some(Value::StringValueStrindex(_) | Value::ArrayValue(_) | Value::KvlistValue(_)) => {
+        match Scalar::of(kv) {
+            Some(v) => self.push_scalar(&kv.key, v),
+            None => {
                 self.j.key(&kv.key).append_value(json_value(kv.value.as_ref()));
-                return self.note(5);
+                self.note(5);
             }
-            None => Scalar::Empty,
-        };
-        self.push_scalar(&kv.key, v);
+        }
     }
 
     /// Adds one entry whose value is not an array or map.
@@ -488,6 +497,29 @@ pub(crate) struct SpanFields<'a> {
     pub status_message: &'a str,
 }
 
+impl<'a> SpanFields<'a> {
+    /// The plain fields of a decoded span.
+    pub(crate) fn of(s: &'a Span) -> Self {
+        let (status_code, status_message) = s.status.as_ref().map_or((0, ""), |st| (st.code, st.message.as_str()));
+        SpanFields {
+            trace_id: &s.trace_id,
+            span_id: &s.span_id,
+            trace_state: &s.trace_state,
+            parent_span_id: &s.parent_span_id,
+            flags: s.flags,
+            name: &s.name,
+            kind: s.kind,
+            start: s.start_time_unix_nano,
+            end: s.end_time_unix_nano,
+            dropped_attributes_count: s.dropped_attributes_count,
+            dropped_events_count: s.dropped_events_count,
+            dropped_links_count: s.dropped_links_count,
+            status_code,
+            status_message,
+        }
+    }
+}
+
 impl Columns {
     pub(crate) fn new(c: &Capacity) -> Self {
         let n = c.spans;
@@ -567,29 +599,10 @@ impl Columns {
 
     /// Adds a decoded span of context `ctx`.
     pub(crate) fn push_span(&mut self, s: &Span, ctx: u32) -> Result<(), ArrowError> {
-        let (status_code, status_message) = s.status.as_ref().map_or((0, ""), |st| (st.code, st.message.as_str()));
         self.attrs.push(&s.attributes);
         s.events.iter().for_each(|e| self.push_event(e));
         s.links.iter().try_for_each(|l| self.push_link(l))?;
-        self.push_span_fields(
-            &SpanFields {
-                trace_id: &s.trace_id,
-                span_id: &s.span_id,
-                trace_state: &s.trace_state,
-                parent_span_id: &s.parent_span_id,
-                flags: s.flags,
-                name: &s.name,
-                kind: s.kind,
-                start: s.start_time_unix_nano,
-                end: s.end_time_unix_nano,
-                dropped_attributes_count: s.dropped_attributes_count,
-                dropped_events_count: s.dropped_events_count,
-                dropped_links_count: s.dropped_links_count,
-                status_code,
-                status_message,
-            },
-            ctx,
-        )
+        self.push_span_fields(&SpanFields::of(s), ctx)
     }
 
     /// Adds one event of the span being built (before its [`Columns::push_span_fields`]).

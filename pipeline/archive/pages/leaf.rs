@@ -13,7 +13,7 @@ use datafusion::parquet::file::statistics::Statistics;
 use datafusion::parquet::file::writer::{SerializedPageWriter, TrackedWrite};
 use datafusion::parquet::schema::types::ColumnDescPtr;
 
-use super::levels::{bit_width, Hybrid, Levels};
+use super::levels::{Hybrid, Levels, bit_width};
 
 /// A page is cut (between batches) once its values take this many bytes or rows, as arrow-rs's
 /// defaults (1 MiB data pages, 20,000 rows).
@@ -41,7 +41,9 @@ enum Kind {
 impl Codec {
     pub(crate) fn new(c: Compression) -> Result<Self, ParquetError> {
         let kind = match c {
-            Compression::ZSTD(level) => Kind::Zstd(Box::new(zstd::bulk::Compressor::new(level.compression_level()).map_err(|e| ParquetError::General(format!("zstd: {e}")))?)),
+            Compression::ZSTD(level) => {
+                Kind::Zstd(Box::new(zstd::bulk::Compressor::new(level.compression_level()).map_err(|e| ParquetError::General(format!("zstd: {e}")))?))
+            }
             Compression::SNAPPY => Kind::Snappy(snap::raw::Encoder::new()),
             Compression::UNCOMPRESSED => Kind::None,
             other => return Err(ParquetError::NYI(format!("archive pages compressed with {other}"))),
@@ -96,7 +98,13 @@ enum Values {
     /// BYTE_ARRAY: dictionary indices while the dictionary is in use, then PLAIN.
     /// `open`: the dictionary still takes new values (once full, it is kept for the pages
     /// that index it and the rest of the chunk is PLAIN).
-    Bytes { dict: Option<Dict>, open: bool, idx: Vec<u32>, plain: Vec<u8>, last: Option<(u32, usize)> },
+    Bytes {
+        dict: Option<Dict>,
+        open: bool,
+        idx: Vec<u32>,
+        plain: Vec<u8>,
+        last: Option<(u32, usize)>,
+    },
     Fixed(Vec<u8>),
     I64(Vec<i64>),
     I32(Vec<i32>),
@@ -182,23 +190,26 @@ impl Leaf {
     /// Levels for a slot without a value (an absent optional, an empty list or map); `n` of them.
     #[inline]
     pub(crate) fn null(&mut self, rep: u8, def: u8, n: u32) {
-        self.rep.push(rep, n);
-        self.def.push(def, n);
-        if rep == 0 {
-            self.page_rows += n as u64;
-        }
+        self.slots(rep, def, n);
         if self.max_rep == 0 {
             self.nulls += n as u64;
         }
     }
 
+    /// The levels of `n` slots (values or not) and the rows they start.
+    #[inline]
+    fn slots(&mut self, rep: u8, def: u8, n: u32) {
+        self.rep.push(rep, n);
+        self.def.push(def, n);
+        if rep == 0 {
+            self.page_rows += n as u64;
+        }
+    }
+
+    /// The levels of one value.
     #[inline]
     fn levels(&mut self, rep: u8, def: u8) {
-        self.rep.push(rep, 1);
-        self.def.push(def, 1);
-        if rep == 0 {
-            self.page_rows += 1;
-        }
+        self.slots(rep, def, 1);
         self.page_values += 1;
     }
 
@@ -272,11 +283,7 @@ impl Leaf {
         if n == 0 {
             return;
         }
-        self.rep.push(rep, n);
-        self.def.push(def, n);
-        if rep == 0 {
-            self.page_rows += n as u64;
-        }
+        self.slots(rep, def, n);
         self.page_values += n as usize;
         if let Some(s) = &mut self.stats {
             note_bytes(s, v);
@@ -323,11 +330,7 @@ impl Leaf {
         if n == 0 {
             return;
         }
-        self.rep.push(rep, n);
-        self.def.push(def, n);
-        if rep == 0 {
-            self.page_rows += n as u64;
-        }
+        self.slots(rep, def, n);
         self.page_values += n as usize;
         let Values::I32(b) = &mut self.values else { unreachable!("an int32 leaf") };
         b.extend(std::iter::repeat_n(v, n as usize));
@@ -440,21 +443,9 @@ impl Leaf {
                 b.clear();
                 Encoding::PLAIN
             }
-            Values::I64(b) => {
-                b.iter().for_each(|v| buf.extend_from_slice(&v.to_le_bytes()));
-                b.clear();
-                Encoding::PLAIN
-            }
-            Values::I32(b) => {
-                b.iter().for_each(|v| buf.extend_from_slice(&v.to_le_bytes()));
-                b.clear();
-                Encoding::PLAIN
-            }
-            Values::F64(b) => {
-                b.iter().for_each(|v| buf.extend_from_slice(&v.to_le_bytes()));
-                b.clear();
-                Encoding::PLAIN
-            }
+            Values::I64(b) => plain_le(&mut buf, b, |v| v.to_le_bytes()),
+            Values::I32(b) => plain_le(&mut buf, b, |v| v.to_le_bytes()),
+            Values::F64(b) => plain_le(&mut buf, b, |v| v.to_le_bytes()),
             Values::Bool(b) => {
                 // PLAIN booleans: bit-packed, least significant bit first.
                 for chunk in b.chunks(8) {
@@ -573,6 +564,13 @@ impl Leaf {
         (self.nulls, self.levels_total, self.rows_total) = (0, 0, 0);
         Ok((Bytes::from(tw.into_inner()?), result))
     }
+}
+
+/// PLAIN numbers: each little-endian; `vals` is emptied.
+fn plain_le<T, const N: usize>(buf: &mut Vec<u8>, vals: &mut Vec<T>, le: impl Fn(&T) -> [u8; N]) -> Encoding {
+    vals.iter().for_each(|v| buf.extend_from_slice(&le(v)));
+    vals.clear();
+    Encoding::PLAIN
 }
 
 fn note_bytes(s: &mut Stats, v: &[u8]) {

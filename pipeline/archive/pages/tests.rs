@@ -4,8 +4,8 @@
 use bytes::Bytes;
 use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use datafusion::parquet::arrow::ArrowWriter;
+use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use datafusion::parquet::basic::{Compression, Encoding, ZstdLevel};
 use datafusion::parquet::file::properties::WriterProperties;
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
@@ -14,7 +14,7 @@ use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Tra
 use prost::Message;
 
 use super::levels::{Hybrid, Levels};
-use super::{parquet_schema, Pushed, RowGroupEncoder};
+use super::{Pushed, RowGroupEncoder, parquet_schema};
 use crate::archive::encoded::encoded_to_record_batch;
 use crate::archive::encoded::tests::{every_field, kv};
 use crate::archive::schema::schema;
@@ -22,7 +22,14 @@ use crate::archive::schema::schema;
 const HOUR: i64 = 3_600_000_000_000;
 
 fn encoder(c: Compression, bucket: Option<i64>) -> RowGroupEncoder {
-    RowGroupEncoder::new(&parquet_schema(), c, bucket, |p| !p.starts_with("trace_id") && !p.ends_with("span_id"), |p| ["start_time", "name", "service_name"].contains(&p)).unwrap()
+    RowGroupEncoder::new(
+        &parquet_schema(),
+        c,
+        bucket,
+        |p| !p.starts_with("trace_id") && !p.ends_with("span_id"),
+        |p| ["start_time", "name", "service_name"].contains(&p),
+    )
+    .unwrap()
 }
 
 /// Row groups of encoded batches (`groups[g]` = the batches of row group g), as a Parquet file.
@@ -94,7 +101,13 @@ fn mesh(seed: u64, n: usize, t0: u64) -> Vec<u8> {
     };
     enc((0..2)
         .map(|svc| ResourceSpans {
-            resource: Some(Resource { attributes: vec![kv("service.name", Some(Value::StringValue(format!("svc{svc}")))), kv("k8s.namespace.name", Some(Value::StringValue("default".into())))], ..Default::default() }),
+            resource: Some(Resource {
+                attributes: vec![
+                    kv("service.name", Some(Value::StringValue(format!("svc{svc}")))),
+                    kv("k8s.namespace.name", Some(Value::StringValue("default".into()))),
+                ],
+                ..Default::default()
+            }),
             scope_spans: vec![ScopeSpans { spans: spans(svc), ..Default::default() }],
             schema_url: String::new(),
         })
@@ -111,7 +124,11 @@ fn big_row_groups_cut_pages_and_fall_back_from_a_full_dictionary() {
     use datafusion::parquet::file::reader::FileReader;
     let rg = reader.metadata().row_group(0);
     let values = rg.columns().iter().find(|c| c.column_path().string() == "attributes.entries.value").unwrap();
-    assert!(values.encodings().any(|e| e == Encoding::RLE_DICTIONARY) && values.encodings().any(|e| e == Encoding::PLAIN), "dictionary then PLAIN: {:?}", values.encodings().collect::<Vec<_>>());
+    assert!(
+        values.encodings().any(|e| e == Encoding::RLE_DICTIONARY) && values.encodings().any(|e| e == Encoding::PLAIN),
+        "dictionary then PLAIN: {:?}",
+        values.encodings().collect::<Vec<_>>()
+    );
     let start = rg.columns().iter().find(|c| c.column_path().string() == "start_time").unwrap();
     assert!(start.statistics().is_some_and(|s| s.min_bytes_opt().is_some()), "start_time keeps min/max");
     let got = read(bytes);
