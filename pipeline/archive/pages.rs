@@ -177,19 +177,8 @@ struct AttrRow {
 
 impl AttrRow {
     fn entry(&mut self, out: &mut (impl Sink + ?Sized), set: usize, at: At, key: &str, v: Scalar<'_>) {
-        let (rank, json);
-        let json_bytes: Option<&[u8]> = match v {
-            Scalar::Strindex(x) => {
-                json = json_value(Some(&opentelemetry_proto::tonic::common::v1::AnyValue { value: Some(Value::StringValueStrindex(x)) }));
-                Some(json.as_bytes())
-            }
-            Scalar::Empty => {
-                json = json_value(None);
-                Some(json.as_bytes())
-            }
-            _ => None,
-        };
-        rank = match v {
+        // The map of the value's type (a table lookup, not a branch).
+        let rank = match v {
             Scalar::Str(_) => 0,
             Scalar::Int(_) => 1,
             Scalar::Double(_) => 2,
@@ -197,21 +186,24 @@ impl AttrRow {
             Scalar::Bytes(_) => 4,
             Scalar::Strindex(_) | Scalar::Empty => 5,
         };
-        let (k, val) = self.slot(set, at, rank);
+        let (k, (rep, def)) = self.slot(set, at, rank);
         let pos = self.counts[rank] as usize - 1;
         let hints = &mut self.hints[rank];
         if hints.len() <= pos {
             hints.resize(pos + 1, u32::MAX);
         }
-        out.key(k, val.0, val.1, key.as_bytes(), &mut hints[pos]);
-        let (rep, def) = val;
+        out.key(k, rep, def, key.as_bytes(), &mut hints[pos]);
         match v {
             Scalar::Str(x) => out.bytes(k + 1, rep, def, x.as_bytes()),
             Scalar::Int(x) => out.i64(k + 1, rep, def, x),
             Scalar::Double(x) => out.f64(k + 1, rep, def, x),
             Scalar::Bool(x) => out.bool(k + 1, rep, def, x),
             Scalar::Bytes(x) => out.bytes(k + 1, rep, def, x),
-            Scalar::Strindex(_) | Scalar::Empty => out.bytes(k + 1, rep, def, json_bytes.expect("set above")),
+            Scalar::Strindex(x) => {
+                let any = opentelemetry_proto::tonic::common::v1::AnyValue { value: Some(Value::StringValueStrindex(x)) };
+                out.bytes(k + 1, rep, def, json_value(Some(&any)).as_bytes())
+            }
+            Scalar::Empty => out.bytes(k + 1, rep, def, json_value(None).as_bytes()),
         }
     }
 
