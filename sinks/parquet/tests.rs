@@ -155,6 +155,24 @@ fn encoded_batches_go_to_the_same_partitions_and_read_back_the_same() {
     assert_eq!(groups, [51, 81], "the encoder's row group, then the split batch's");
 }
 
+/// A partition whose file cannot be created: the batch is an error, its rows stay with the
+/// encoder, and they reach the file once it can be created (nothing dropped silently).
+#[test]
+fn rows_whose_file_cannot_be_opened_are_kept_and_written_once_it_can() {
+    use prost::Message;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("archive");
+    std::fs::write(&root, b"a file where the archive directory should be").unwrap();
+    let mut w = ArchiveWriter::new(ParquetSinkConfig { path: root.clone(), ..Default::default() });
+    let bytes = opentelemetry_proto::tonic::trace::v1::TracesData { resource_spans: rich(20, T0) }.encode_to_vec();
+    assert!(w.write_encoded([bytes.as_slice()], 21, Instant::now()).is_err());
+    assert!(w.close_all().is_err(), "still blocked at close: an error, not a silent drop");
+    std::fs::remove_file(&root).unwrap();
+    let closed = w.close_all().unwrap();
+    assert_eq!(closed.len(), 1);
+    assert_eq!(read_all(&closed[0].path), rich(20, T0));
+}
+
 #[test]
 fn aged_files_are_closed() {
     let dir = tempfile::tempdir().unwrap();

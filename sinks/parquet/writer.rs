@@ -136,8 +136,10 @@ impl ArchiveWriter {
                     Partition::Hour => bucket * HOUR_NS,
                 };
                 let dir = layout::partition_dir(self.cfg.partition, ns as u64);
-                closed.extend(self.ensure_open(&dir, now)?);
+                // Bound first: if the file cannot be opened now, the rows stay with their
+                // partition and the next flush or close tries again (and reports the error).
                 self.encoder_dir = Some(dir.clone());
+                closed.extend(self.ensure_open(&dir, now)?);
                 let f = &self.open[&dir];
                 let rows = f.rows + self.encoder.rows();
                 let bytes = f.writer.bytes_written() + self.encoder.buffered_bytes();
@@ -176,11 +178,14 @@ impl ArchiveWriter {
 
     /// Splices the encoder's row group into its partition's file.
     fn flush_encoder(&mut self, now: Instant) -> Result<Option<Closed>, WriteError> {
-        let Some(dir) = self.encoder_dir.take() else { return Ok(None) };
+        let Some(dir) = self.encoder_dir.clone() else { return Ok(None) };
         if self.encoder.rows() == 0 {
+            self.encoder_dir = None;
             return Ok(None);
         }
+        // The binding stays until the rows are in the file, so a failure here is retried.
         let closed = self.ensure_open(&dir, now)?;
+        self.encoder_dir = None;
         let rows = self.encoder.rows();
         let chunks = self.encoder.finish()?;
         let f = self.open.get_mut(&dir).expect("opened");
@@ -234,8 +239,13 @@ impl ArchiveWriter {
 
     /// Closes every open file (shutdown).
     pub fn close_all(&mut self) -> Result<Vec<Closed>, WriteError> {
+        // Pending rows first, even for a partition whose file could not be opened before.
+        let mut closed: Vec<Closed> = self.flush_encoder(Instant::now())?.into_iter().collect();
         let all: Vec<PathBuf> = self.open.keys().cloned().collect();
-        all.iter().map(|d| self.close(d)).collect()
+        for d in all {
+            closed.push(self.close(&d)?);
+        }
+        Ok(closed)
     }
 
     fn close(&mut self, dir: &Path) -> Result<Closed, WriteError> {
