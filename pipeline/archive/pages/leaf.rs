@@ -222,7 +222,7 @@ impl Leaf {
                 // The same value as the previous one (repeated names, kinds, statuses): no hashing.
                 if let Some((i, len)) = *last
                     && len == v.len()
-                    && *d.entries[i as usize] == *v
+                    && same(&d.entries[i as usize], v)
                 {
                     idx.push(i);
                     return;
@@ -257,7 +257,7 @@ impl Leaf {
             && !stats
         {
             let i = match d.entries.get(*hint as usize) {
-                Some(e) if **e == *v => *hint,
+                Some(e) if same(e, v) => *hint,
                 _ => d.intern(v),
             };
             *hint = i;
@@ -563,6 +563,24 @@ impl Leaf {
         self.encodings.clear();
         (self.nulls, self.levels_total, self.rows_total) = (0, 0, 0);
         Ok((Bytes::from(tw.into_inner()?), result))
+    }
+}
+
+/// Whether two short strings (attribute keys, span names, kinds) are equal, without a `memcmp`
+/// call: up to 16 bytes as two overlapping 8-byte words (or 4-byte words, or bytes) from each end.
+#[inline(always)]
+pub(super) fn same(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    let word8 = |s: &[u8], at: usize| u64::from_le_bytes(s[at..at + 8].try_into().expect("8 bytes"));
+    let word4 = |s: &[u8], at: usize| u32::from_le_bytes(s[at..at + 4].try_into().expect("4 bytes"));
+    match n {
+        0..4 => a == b,
+        4..8 => word4(a, 0) == word4(b, 0) && word4(a, n - 4) == word4(b, n - 4),
+        8..=16 => word8(a, 0) == word8(b, 0) && word8(a, n - 8) == word8(b, n - 8),
+        _ => a == b,
     }
 }
 

@@ -194,3 +194,19 @@ fn hybrid_runs_and_bit_packing() {
     l.write_v1(&mut out, 1);
     assert_eq!(out, [2, 0, 0, 0, 0b11, 0b0001_1111]);
 }
+
+#[test]
+fn short_string_comparison_matches_slice_equality() {
+    let words: Vec<Vec<u8>> = (0..40usize).map(|n| (0..n).map(|i| b'a' + (i % 26) as u8).collect()).collect();
+    for a in &words {
+        for b in &words {
+            assert_eq!(super::leaf::same(a, b), a == b);
+            // One byte changed anywhere.
+            for i in 0..b.len() {
+                let mut c = b.clone();
+                c[i] ^= 1;
+                assert_eq!(super::leaf::same(a, &c), *a == c, "{a:?} vs {c:?}");
+            }
+        }
+    }
+}
