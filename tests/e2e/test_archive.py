@@ -1,5 +1,5 @@
 """Trace archives end to end: the Python OTel SDK -> tracepipe (parquet sink) -> Parquet files
-that pyarrow (an independent reader) opens with the documented schema -> `archive` replay ->
+that pyarrow and DuckDB (independent readers) open with the documented schema -> `archive` replay ->
 OTLP -> a second tracepipe, every field equal to what the SDK sent; kill -9 mid-write never
 serves half a file; `tracepipe query` answers SQL and fails cleanly; the embedded default graph
 archives out of the box."""
@@ -90,6 +90,22 @@ def test_sdk_to_archive_to_replay_field_for_field(tmp_path):
     assert attrs["_int"]["http.status_code"] == 200 and "http.status_code" not in attrs[""]
     assert attrs["_double"]["ratio"] == 0.25 and attrs["_bool"]["cached"] is False
     assert "arrayValue" in json.loads(attrs["_json"]["tags"]), attrs["_json"]
+
+    # DuckDB (a third, independent Parquet reader: its own C++ decoder, not Arrow's) reads the
+    # same files — pages written by tracepipe's own encoder — and agrees with pyarrow.
+    import duckdb
+    db = duckdb.connect()
+    paths = [str(f) for f in files]
+    got = db.execute(
+        "SELECT count(*), count(DISTINCT span_id), epoch_ns(min(start_time)), sum(duration_ns), "
+        "count(*) FILTER (WHERE parent_span_id IS NULL) FROM read_parquet($paths)",
+        {"paths": paths}).fetchone()
+    first_start = pa.compute.min(t.column("start_time")).cast(pa.int64()).as_py()
+    assert got == (100, 100, first_start, sum(t.column("duration_ns").to_pylist()), t.column("parent_span_id").null_count), got
+    one = db.execute(
+        "SELECT attributes_int['http.status_code'], attributes_double['ratio'], attributes_bool['cached'], service_name, kind "
+        "FROM read_parquet($paths) WHERE name = 'GET /orders-0'", {"paths": paths}).fetchall()
+    assert one == [(200, 0.25, False, "e2e-orders", row.column("kind")[0].as_py())], one
 
     # Replay -> OTLP -> a second tracepipe: every field as the SDK sent it.
     b, b_grpc, _, out = far_end()
