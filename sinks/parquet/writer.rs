@@ -140,10 +140,7 @@ impl ArchiveWriter {
                 // partition and the next flush or close tries again (and reports the error).
                 self.encoder_dir = Some(dir.clone());
                 closed.extend(self.ensure_open(&dir, now)?);
-                let f = &self.open[&dir];
-                let rows = f.rows + self.encoder.rows();
-                let bytes = f.writer.bytes_written() + self.encoder.buffered_bytes();
-                if rows >= self.cfg.roll.max_rows || bytes as u64 >= self.cfg.roll.max_bytes.get() {
+                if self.full(&dir) {
                     closed.push(self.close(&dir)?);
                 } else if self.encoder.rows() >= self.cfg.row_group_rows as u64 {
                     closed.extend(self.flush_encoder(now)?);
@@ -174,6 +171,14 @@ impl ArchiveWriter {
         let (writer, factory) = ArrowWriter::try_new(file, schema::schema(), Some(self.props.clone()))?.into_serialized_writer()?;
         self.open.insert(dir.to_path_buf(), OpenFile { writer, factory, tmp, fin, rows: 0, opened: now });
         Ok(closed)
+    }
+
+    /// Whether the open file of `dir` reached `max_rows` or `max_bytes`, counting the encoder's
+    /// rows and bytes when they are for that file.
+    fn full(&self, dir: &Path) -> bool {
+        let f = &self.open[dir];
+        let (rows, bytes) = if self.encoder_dir.as_deref() == Some(dir) { (self.encoder.rows(), self.encoder.buffered_bytes()) } else { (0, 0) };
+        f.rows + rows >= self.cfg.roll.max_rows || (f.writer.bytes_written() + bytes) as u64 >= self.cfg.roll.max_bytes.get()
     }
 
     /// Splices the encoder's row group into its partition's file.
@@ -221,9 +226,7 @@ impl ArchiveWriter {
             }
             rg.close()?;
             f.rows += batch.num_rows() as u64;
-            let pending = if self.encoder_dir.as_deref() == Some(dir.as_path()) { (self.encoder.rows(), self.encoder.buffered_bytes()) } else { (0, 0) };
-            let f = &self.open[&dir];
-            if f.rows + pending.0 >= self.cfg.roll.max_rows || (f.writer.bytes_written() + pending.1) as u64 >= self.cfg.roll.max_bytes.get() {
+            if self.full(&dir) {
                 closed.push(self.close(&dir)?);
             }
         }
