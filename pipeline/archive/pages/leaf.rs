@@ -1,8 +1,6 @@
 //! One Parquet leaf column of a row group being built: its levels and values, cut into Data
 //! Pages (v1, compressed) as they fill, and closed into a column chunk.
 
-use std::collections::HashMap;
-
 use bytes::Bytes;
 use datafusion::parquet::basic::{Compression, Encoding, Type as Physical};
 use datafusion::parquet::column::page::{CompressedPage, Page, PageWriter};
@@ -51,9 +49,8 @@ impl Codec {
         Ok(Codec { kind, raw: Vec::new(), out: Vec::new() })
     }
 
-    /// `self.raw`, compressed, as an exactly-sized buffer.
-    fn compress_raw(&mut self) -> Result<Bytes, ParquetError> {
-        let raw = &self.raw;
+    /// `raw`, compressed, as an exactly-sized buffer.
+    fn compress(&mut self, raw: &[u8]) -> Result<Bytes, ParquetError> {
         let n = match &mut self.kind {
             Kind::None => return Ok(Bytes::copy_from_slice(raw)),
             Kind::Zstd(c) => {
@@ -68,27 +65,61 @@ impl Codec {
         };
         Ok(Bytes::copy_from_slice(&self.out[..n]))
     }
+
+    /// The page in `self.raw`, compressed.
+    fn compress_raw(&mut self) -> Result<Bytes, ParquetError> {
+        let raw = std::mem::take(&mut self.raw);
+        let out = self.compress(&raw);
+        self.raw = raw;
+        out
+    }
 }
 
-/// A byte-array dictionary: entries in insertion order, looked up by content.
+/// A byte-array dictionary: its entries kept as the PLAIN dictionary page itself (each a 4-byte
+/// length then the bytes), where each one starts, and a hash table of entry numbers.
 #[derive(Default)]
 struct Dict {
-    index: HashMap<Box<[u8]>, u32, foldhash::fast::FixedState>,
-    entries: Vec<Box<[u8]>>,
-    bytes: usize,
+    page: Vec<u8>,
+    starts: Vec<u32>,
+    index: hashbrown::HashTable<u32>,
+}
+
+/// Entry `i` of a dictionary page whose entries start at `starts`.
+#[inline]
+fn entry<'p>(page: &'p [u8], starts: &[u32], i: u32) -> Option<&'p [u8]> {
+    let at = *starts.get(i as usize)? as usize;
+    let n = u32::from_le_bytes(page[at - 4..at].try_into().expect("a 4-byte length")) as usize;
+    Some(&page[at..at + n])
+}
+
+fn hash(v: &[u8]) -> u64 {
+    use std::hash::BuildHasher;
+    foldhash::fast::FixedState::default().hash_one(v)
 }
 
 impl Dict {
+    fn len(&self) -> usize {
+        self.starts.len()
+    }
+
+    /// Entry `i`'s bytes.
+    #[inline]
+    fn get(&self, i: u32) -> Option<&[u8]> {
+        entry(&self.page, &self.starts, i)
+    }
+
     #[inline]
     fn intern(&mut self, v: &[u8]) -> u32 {
-        if let Some(&i) = self.index.get(v) {
+        let h = hash(v);
+        let Dict { page, starts, index } = self;
+        if let Some(&i) = index.find(h, |&i| entry(page, starts, i) == Some(v)) {
             return i;
         }
-        let i = self.entries.len() as u32;
-        let b: Box<[u8]> = v.into();
-        self.bytes += 4 + v.len();
-        self.index.insert(b.clone(), i);
-        self.entries.push(b);
+        let i = starts.len() as u32;
+        page.extend_from_slice(&(v.len() as u32).to_le_bytes());
+        starts.push(page.len() as u32);
+        page.extend_from_slice(v);
+        index.insert_unique(h, i, |&j| hash(entry(page, starts, j).expect("an entry")));
         i
     }
 }
@@ -222,17 +253,17 @@ impl Leaf {
                 // The same value as the previous one (repeated names, kinds, statuses): no hashing.
                 if let Some((i, len)) = *last
                     && len == v.len()
-                    && same(&d.entries[i as usize], v)
+                    && d.get(i).is_some_and(|e| same(e, v))
                 {
                     idx.push(i);
                     return;
                 }
-                let before = d.entries.len();
+                let before = d.len();
                 let i = d.intern(v);
                 *last = Some((i, v.len()));
                 idx.push(i);
                 // Min/max: a value already in the dictionary was noted when it was added.
-                if d.entries.len() > before
+                if d.len() > before
                     && let Some(s) = &mut self.stats
                 {
                     note_bytes(s, v);
@@ -256,7 +287,7 @@ impl Leaf {
         if let Values::Bytes { dict: Some(d), open: true, idx, .. } = &mut self.values
             && !stats
         {
-            let i = match d.entries.get(*hint as usize) {
+            let i = match d.get(*hint) {
                 Some(e) if same(e, v) => *hint,
                 _ => d.intern(v),
             };
@@ -397,7 +428,7 @@ impl Leaf {
 
     /// Between batches: cuts the page if it is full, and stops growing a full dictionary.
     pub(crate) fn maybe_cut(&mut self, codec: &mut Codec) -> Result<(), ParquetError> {
-        let dict_full = matches!(&self.values, Values::Bytes { dict: Some(d), open: true, .. } if d.bytes >= DICT_BYTES);
+        let dict_full = matches!(&self.values, Values::Bytes { dict: Some(d), open: true, .. } if d.page.len() >= DICT_BYTES);
         if dict_full || self.page_bytes() >= PAGE_BYTES || self.page_rows >= PAGE_ROWS {
             self.cut(codec)?;
         }
@@ -425,7 +456,7 @@ impl Leaf {
         }
         let encoding = match &mut self.values {
             Values::Bytes { dict: Some(d), idx, .. } if !idx.is_empty() => {
-                let width = bit_width(d.entries.len().saturating_sub(1) as u32);
+                let width = bit_width(d.len().saturating_sub(1) as u32);
                 buf.push(width);
                 let mut h = Hybrid::new(&mut buf, width);
                 h.values(idx);
@@ -498,14 +529,8 @@ impl Leaf {
             if let Values::Bytes { dict: Some(d), .. } = &self.values
                 && self.encodings.contains(&Encoding::RLE_DICTIONARY)
             {
-                codec.raw.clear();
-                for e in &d.entries {
-                    codec.raw.extend_from_slice(&(e.len() as u32).to_le_bytes());
-                    codec.raw.extend_from_slice(e);
-                }
-                let raw = codec.raw.len();
-                let page = Page::DictionaryPage { buf: codec.compress_raw()?, num_values: d.entries.len() as u32, encoding: Encoding::PLAIN, is_sorted: false };
-                let spec = pw.write_page(CompressedPage::new(page, raw))?;
+                let page = Page::DictionaryPage { buf: codec.compress(&d.page)?, num_values: d.len() as u32, encoding: Encoding::PLAIN, is_sorted: false };
+                let spec = pw.write_page(CompressedPage::new(page, d.page.len()))?;
                 dict_off = Some(spec.offset as i64);
                 unc += spec.uncompressed_size as i64;
                 cmp += spec.compressed_size as i64;
