@@ -210,3 +210,41 @@ fn short_string_comparison_matches_slice_equality() {
         }
     }
 }
+
+/// Malformed and hostile protobuf (every truncation of a real batch, a length prefix far past the
+/// buffer, invalid UTF-8): an error or the spans that are complete, never a panic; a failed
+/// batch leaves nothing behind, and the encoder still writes a correct file afterwards.
+#[test]
+fn malformed_batches_are_errors_and_leave_nothing_behind() {
+    let good = enc(every_field());
+    let mut e = encoder(Compression::SNAPPY, None);
+    let mut kept = Vec::new();
+    for cut in (1..good.len()).step_by(7) {
+        let before = e.rows();
+        match e.push_encoded(&[&good[..cut]]) {
+            Ok(Pushed::Rows(n)) => {
+                assert_eq!(e.rows(), before + n as u64);
+                kept.push(good[..cut].to_vec());
+            }
+            Ok(Pushed::OtherPartition) => unreachable!("no partitions"),
+            Err(_) => assert_eq!(e.rows(), before, "a failed batch added rows"),
+        }
+    }
+    // A TracesData field 1 declaring 2^35 bytes, and a span name that is not UTF-8.
+    let hostile = [0x0a, 0x80, 0x80, 0x80, 0x80, 0x01, 0x12];
+    assert!(e.push_encoded(&[&hostile[..]]).is_err());
+    let span = [0x2a, 0x02, 0xff, 0xfe]; // Span.name = ff fe
+    let scope_spans = [&[0x12, span.len() as u8][..], &span].concat();
+    let resource_spans = [&[0x12, scope_spans.len() as u8][..], &scope_spans].concat();
+    let traces = [&[0x0a, resource_spans.len() as u8][..], &resource_spans].concat();
+    assert!(e.push_encoded(&[traces.as_slice()]).is_err(), "invalid UTF-8 in a span name");
+    kept.push(good.clone());
+    assert!(matches!(e.push_encoded(&[good.as_slice()]).unwrap(), Pushed::Rows(23)));
+    let (mut fw, _) = ArrowWriter::try_new(Vec::new(), schema(), None).unwrap().into_serialized_writer().unwrap();
+    let mut rg = fw.next_row_group().unwrap();
+    for (bytes, close) in e.finish().unwrap() {
+        rg.append_column(&bytes, close).unwrap();
+    }
+    rg.close().unwrap();
+    assert_eq!(read(Bytes::from(fw.into_inner().unwrap())), want(&[kept]), "exactly the batches that went in");
+}
