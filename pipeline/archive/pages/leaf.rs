@@ -441,8 +441,9 @@ impl Leaf {
 
     /// Encodes the current page (levels and values) and compresses it.
     fn cut(&mut self, codec: &mut Codec) -> Result<(), ParquetError> {
-        let levels = self.rep.len().max(self.def.len());
-        let num_values = if self.max_rep == 0 && self.max_def == 0 { self.page_values as u64 } else { levels };
+        // A leaf without levels (required, not nested) counts its values as rows.
+        let flat = self.max_rep == 0 && self.max_def == 0;
+        let num_values = if flat { self.page_values as u64 } else { self.rep.len().max(self.def.len()) };
         if num_values == 0 {
             return Ok(());
         }
@@ -499,7 +500,7 @@ impl Leaf {
             rep_level_encoding: Encoding::RLE,
             statistics: None,
         };
-        let rows = if self.max_rep == 0 && self.max_def == 0 { self.page_values as u64 } else { self.page_rows };
+        let rows = if flat { self.page_values as u64 } else { self.page_rows };
         self.pages.push((CompressedPage::new(page, raw), rows));
         self.levels_total += num_values;
         self.rows_total += rows;
@@ -578,12 +579,8 @@ impl Leaf {
             column_index: None,
             offset_index: Some(offsets.build()),
         };
-        if let Values::Bytes { dict: Some(_), open, last, .. } = &mut self.values {
-            *open = true;
-            *last = None;
-        }
-        if let Values::Bytes { dict: Some(d), .. } = &mut self.values {
-            *d = Dict::default();
+        if let Values::Bytes { dict: Some(d), open, last, .. } = &mut self.values {
+            (*d, *open, *last) = (Dict::default(), true, None);
         }
         self.encodings.clear();
         (self.nulls, self.levels_total, self.rows_total) = (0, 0, 0);
