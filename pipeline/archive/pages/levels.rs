@@ -79,26 +79,64 @@ impl<'a> Hybrid<'a> {
             self.flush_packed();
         }
         if count >= MIN_RLE {
-            uleb(self.out, count << 1);
-            let bytes = self.width.div_ceil(8) as usize;
-            self.out.extend_from_slice(&value.to_le_bytes()[..bytes]);
+            self.rle(value, count);
         } else {
             self.pack(value, count);
         }
     }
 
-    /// Adds values one by one (dictionary indices), bit-packing them unless they repeat.
+    /// Adds values one by one (dictionary indices): a group of 8 starting a run of 8 or more
+    /// equal values goes into an RLE run, any other group is bit-packed as it is.
     pub(crate) fn values(&mut self, vals: &[u32]) {
         let mut i = 0;
-        while i < vals.len() {
-            let v = vals[i];
-            let mut j = i + 1;
-            while j < vals.len() && vals[j] == v {
-                j += 1;
-            }
-            self.run(v, (j - i) as u64);
-            i = j;
+        // Top pending values up to a group boundary first.
+        while self.pending % 8 != 0 && i < vals.len() {
+            self.pack(vals[i], 1);
+            i += 1;
         }
+        while let Some(group) = vals.get(i..i + 8) {
+            let v = group[0];
+            if group.iter().all(|&x| x == v) {
+                let run = vals[i..].iter().take_while(|&&x| x == v).count();
+                self.flush_packed();
+                self.rle(v, run as u64);
+                i += run;
+            } else {
+                self.pack_group(group);
+                i += 8;
+            }
+        }
+        vals[i..].iter().for_each(|&v| self.pack(v, 1));
+    }
+
+    /// Bit-packs 8 values (the pending count being a multiple of 8).
+    #[inline]
+    fn pack_group(&mut self, group: &[u32]) {
+        let w = self.width as u32;
+        if w > 16 {
+            group.iter().for_each(|&v| self.pack(v, 1));
+            return;
+        }
+        self.pending += 8;
+        if w > 0 {
+            // At a group boundary the bits not yet written are whole bytes: written first. Then 8
+            // values of `w` bits are exactly `w` bytes, packed as one u128.
+            let tail = (self.bits / 8) as usize;
+            self.packed.extend_from_slice(&self.acc.to_le_bytes()[..tail]);
+            (self.acc, self.bits) = (0, 0);
+            let mut acc = 0u128;
+            for (k, &v) in group.iter().enumerate() {
+                acc |= (v as u128) << (k as u32 * w);
+            }
+            self.packed.extend_from_slice(&acc.to_le_bytes()[..w as usize]);
+        }
+    }
+
+    /// An RLE run (nothing pending).
+    fn rle(&mut self, value: u32, count: u64) {
+        uleb(self.out, count << 1);
+        let bytes = self.width.div_ceil(8) as usize;
+        self.out.extend_from_slice(&value.to_le_bytes()[..bytes]);
     }
 
     fn flush_packed(&mut self) {
