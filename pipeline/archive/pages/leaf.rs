@@ -230,8 +230,13 @@ impl Leaf {
     /// The levels of `n` slots (values or not) and the rows they start.
     #[inline]
     fn slots(&mut self, rep: u8, def: u8, n: u32) {
-        self.rep.push(rep, n);
-        self.def.push(def, n);
+        // Levels are kept only where the schema has them (a required top-level leaf has none).
+        if self.max_rep > 0 {
+            self.rep.push(rep, n);
+        }
+        if self.max_def > 0 {
+            self.def.push(def, n);
+        }
         if rep == 0 {
             self.page_rows += n as u64;
         }
