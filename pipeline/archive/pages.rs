@@ -98,24 +98,31 @@ trait Sink {
 }
 
 impl Sink for [Leaf] {
+    #[inline(always)]
     fn null(&mut self, leaf: usize, rep: u8, def: u8) {
         self[leaf].null(rep, def, 1);
     }
+    #[inline(always)]
     fn bytes(&mut self, leaf: usize, rep: u8, def: u8, v: &[u8]) {
         self[leaf].bytes(rep, def, v);
     }
+    #[inline(always)]
     fn key(&mut self, leaf: usize, rep: u8, def: u8, v: &[u8], hint: &mut u32) {
         self[leaf].bytes_hinted(rep, def, v, hint);
     }
+    #[inline(always)]
     fn i64(&mut self, leaf: usize, rep: u8, def: u8, v: i64) {
         self[leaf].i64(rep, def, v);
     }
+    #[inline(always)]
     fn f64(&mut self, leaf: usize, rep: u8, def: u8, v: f64) {
         self[leaf].f64(rep, def, v);
     }
+    #[inline(always)]
     fn bool(&mut self, leaf: usize, rep: u8, def: u8, v: bool) {
         self[leaf].bool(rep, def, v);
     }
+    #[inline(always)]
     fn i32(&mut self, leaf: usize, rep: u8, def: u8, v: i32) {
         self[leaf].i32(rep, def, v, 1);
     }
@@ -176,6 +183,7 @@ struct AttrRow {
 }
 
 impl AttrRow {
+    #[inline(always)]
     fn entry(&mut self, out: &mut (impl Sink + ?Sized), set: usize, at: At, key: &str, v: Scalar<'_>) {
         // The map of the value's type (a table lookup, not a branch).
         let rank = match v {
@@ -222,6 +230,7 @@ impl AttrRow {
     }
 
     /// The key leaf of map `rank` and the levels of its next entry; notes the type letter.
+    #[inline(always)]
     fn slot(&mut self, set: usize, at: At, rank: usize) -> (usize, (u8, u8)) {
         if self.letters.is_empty() {
             self.grouped = true;

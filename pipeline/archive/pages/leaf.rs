@@ -228,7 +228,7 @@ impl Leaf {
     }
 
     /// The levels of `n` slots (values or not) and the rows they start.
-    #[inline]
+    #[inline(always)]
     fn slots(&mut self, rep: u8, def: u8, n: u32) {
         // Levels are kept only where the schema has them (a required top-level leaf has none).
         if self.max_rep > 0 {
@@ -243,13 +243,13 @@ impl Leaf {
     }
 
     /// The levels of one value.
-    #[inline]
+    #[inline(always)]
     fn levels(&mut self, rep: u8, def: u8) {
         self.slots(rep, def, 1);
         self.page_values += 1;
     }
 
-    #[inline]
+    #[inline(always)]
     pub(crate) fn bytes(&mut self, rep: u8, def: u8, v: &[u8]) {
         self.levels(rep, def);
         let Values::Bytes { dict, open, idx, plain, last } = &mut self.values else { unreachable!("a byte-array leaf") };
@@ -286,7 +286,7 @@ impl Leaf {
 
     /// A value expected to equal the dictionary entry `hint` (an attribute key at the same
     /// position as in the previous row): checked with one comparison instead of a lookup.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn bytes_hinted(&mut self, rep: u8, def: u8, v: &[u8], hint: &mut u32) {
         let stats = self.stats.is_some();
         if let Values::Bytes { dict: Some(d), open: true, idx, .. } = &mut self.values
@@ -347,7 +347,7 @@ impl Leaf {
         b.extend_from_slice(v);
     }
 
-    #[inline]
+    #[inline(always)]
     pub(crate) fn i64(&mut self, rep: u8, def: u8, v: i64) {
         self.levels(rep, def);
         if let Some(s) = &mut self.stats {
