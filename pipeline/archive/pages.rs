@@ -310,13 +310,14 @@ impl RowGroupEncoder {
     /// An encoder for files with the Parquet schema `parquet` (the archive schema converted by
     /// `ArrowSchemaConverter`, as the file writer has it); rows are partitioned by start time in
     /// buckets of `bucket_ns` nanoseconds (`None`: no partitions). `dictionary` and `statistics`
-    /// say, per leaf, whether to use a dictionary and to keep min/max.
+    /// say, per leaf (its path's parts), whether to use a dictionary and to keep min/max (the
+    /// archive's rules: [`super::schema::dictionary`], [`super::schema::statistics`]).
     pub fn new(
         parquet: &SchemaDescriptor,
         compression: Compression,
         bucket_ns: Option<i64>,
-        dictionary: impl Fn(&str) -> bool,
-        statistics: impl Fn(&str) -> bool,
+        dictionary: impl Fn(&[&str]) -> bool,
+        statistics: impl Fn(&[&str]) -> bool,
     ) -> Result<Self, ParquetError> {
         if parquet.num_columns() != LEAVES {
             return Err(ParquetError::General(format!("archive schema has {} leaf columns, the page encoder knows {LEAVES}", parquet.num_columns())));
@@ -325,7 +326,7 @@ impl RowGroupEncoder {
             .columns()
             .iter()
             .map(|c| {
-                let path = c.path().string();
+                let path: Vec<&str> = c.path().parts().iter().map(String::as_str).collect();
                 Leaf::new(c.clone(), dictionary(&path), statistics(&path))
             })
             .collect();

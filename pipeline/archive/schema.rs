@@ -150,6 +150,28 @@ pub fn schema() -> SchemaRef {
     Arc::new(Schema::new(f))
 }
 
+/// Columns whose every value is (nearly) unique: a dictionary would only cost hashing until the
+/// writer gives up on it at 1 MiB.
+const UNIQUE: &[&str] = &["trace_id", "span_id", "parent_span_id", "start_time", "end_time", "duration_ns"];
+
+/// Top-level columns whose statistics a query can prune with (times, durations, who, what,
+/// outcome); the others (random ids, trace state, messages, counts, URLs, `*_order`) get none —
+/// their min/max prune nothing and cost a comparison per value.
+const STATISTICS: &[&str] = &["start_time", "end_time", "duration_ns", "service_name", "name", "kind", "status_code", "scope_name"];
+
+/// Whether the Parquet leaf column at `path` (its parts: `["links", "list", "item",
+/// "trace_id"]`) is written with a dictionary: not unique ids and times.
+pub fn dictionary(path: &[&str]) -> bool {
+    let (top, leaf) = (path[0], path[path.len() - 1]);
+    !(UNIQUE.contains(&top) || (top == "links" && (leaf == "trace_id" || leaf == "span_id")) || (top == "events" && leaf == "time"))
+}
+
+/// Whether the Parquet leaf column at `path` keeps min/max statistics: only the [`STATISTICS`]
+/// columns — never inside maps and lists, where min/max mix every key's or event's values.
+pub fn statistics(path: &[&str]) -> bool {
+    path.len() == 1 && STATISTICS.contains(&path[0])
+}
+
 /// The `kind` column's spelling of an OTLP span kind.
 pub fn kind_name(k: i32) -> std::borrow::Cow<'static, str> {
     match k {

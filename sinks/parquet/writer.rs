@@ -99,7 +99,7 @@ impl ArchiveWriter {
             Partition::Day => Some(DAY_NS),
             Partition::Hour => Some(HOUR_NS),
         };
-        let encoder = RowGroupEncoder::new(&parquet_schema(), codec, bucket_ns, |p| dictionary(&parts(p)), |p| statistics(&parts(p)))
+        let encoder = RowGroupEncoder::new(&parquet_schema(), codec, bucket_ns, schema::dictionary, schema::statistics)
             .expect("the page encoder takes the archive schema (tested)");
         ArchiveWriter { cfg, props, open: BTreeMap::new(), encoder, encoder_dir: None }
     }
@@ -264,45 +264,20 @@ impl ArchiveWriter {
     }
 }
 
-/// Columns whose every value is (nearly) unique: a dictionary would only cost hashing until the
-/// writer gives up on it at 1 MiB.
-const UNIQUE: &[&str] = &["trace_id", "span_id", "parent_span_id", "start_time", "end_time", "duration_ns"];
-
-/// Top-level columns whose statistics a query can prune with (times, durations, who, what,
-/// outcome); the others (random ids, trace state, messages, counts, URLs, `*_order`) get none —
-/// their min/max prune nothing and cost a comparison per value.
-const STATISTICS: &[&str] = &["start_time", "end_time", "duration_ns", "service_name", "name", "kind", "status_code", "scope_name"];
-
 const HOUR_NS: i64 = 3_600_000_000_000;
 const DAY_NS: i64 = 24 * HOUR_NS;
 
-fn parts(path: &str) -> Vec<&str> {
-    path.split('.').collect()
-}
-
-/// Whether a leaf (its path's parts) gets a dictionary: not unique ids and times.
-fn dictionary(parts: &[&str]) -> bool {
-    let (top, leaf) = (parts[0], parts[parts.len() - 1]);
-    !(UNIQUE.contains(&top) || (top == "links" && (leaf == "trace_id" || leaf == "span_id")) || (top == "events" && leaf == "time"))
-}
-
-/// Whether a leaf keeps min/max statistics: only the [`STATISTICS`] columns — never inside maps
-/// and lists, where min/max mix every key's or event's values.
-fn statistics(parts: &[&str]) -> bool {
-    parts.len() == 1 && STATISTICS.contains(&parts[0])
-}
-
-/// Per-column settings of the Arrow path (the page encoder takes the same [`dictionary`] and
-/// [`statistics`] rules).
+/// Per-column settings of the Arrow path (the page encoder takes the same
+/// [`schema::dictionary`] and [`schema::statistics`] rules).
 fn column_settings(mut b: WriterPropertiesBuilder) -> WriterPropertiesBuilder {
     let parquet = ArrowSchemaConverter::new().convert(&schema::schema()).expect("the archive schema converts to Parquet");
     for c in parquet.columns() {
         let path = c.path().clone();
         let p: Vec<&str> = path.parts().iter().map(String::as_str).collect();
-        if !dictionary(&p) {
+        if !schema::dictionary(&p) {
             b = b.set_column_dictionary_enabled(path.clone(), false);
         }
-        if !statistics(&p) {
+        if !schema::statistics(&p) {
             b = b.set_column_statistics_enabled(path, EnabledStatistics::None);
         }
     }

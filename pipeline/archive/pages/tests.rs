@@ -26,8 +26,8 @@ fn encoder(c: Compression, bucket: Option<i64>) -> RowGroupEncoder {
         &parquet_schema(),
         c,
         bucket,
-        |p| !p.starts_with("trace_id") && !p.ends_with("span_id"),
-        |p| ["start_time", "name", "service_name"].contains(&p),
+        |p| p[0] != "trace_id" && !p[p.len() - 1].ends_with("span_id"),
+        |p| p.len() == 1 && ["start_time", "name", "service_name"].contains(&p[0]),
     )
     .unwrap()
 }
