@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
-from harness import PEERS, Tansu, free_port, metric_sum, wait_port  # noqa: E402
+from harness import PEERS, Tansu, free_port, metric_sum, scratch, wait_port  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 HZ = os.sysconf("SC_CLK_TCK")
@@ -194,4 +194,6 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    # Every scratch directory (configs, logs, peers' state) under one, removed after a clean run.
+    with scratch("tp-bench-run-"):
+        main()

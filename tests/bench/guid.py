@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from bench import ROOT, cpu_seconds, free_port, peak_rss_mib, start_tracepipe, wait_port
-from harness import http_get, metric_sum, parse_metrics
+from harness import http_get, metric_sum, parse_metrics, scratch
 
 
 def graph(port, mport, with_guid, wait):
@@ -97,4 +97,6 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    # Every scratch directory (configs, logs, peers' state) under one, removed after a clean run.
+    with scratch("tp-guid-bench-run-"):
+        main()

@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
 from bench import ROOT, cpu_seconds, peak_rss_mib, start_tracepipe  # noqa: E402
-from harness import free_port, http_get, metric_sum, parse_metrics  # noqa: E402
+from harness import free_port, http_get, metric_sum, parse_metrics, scratch  # noqa: E402
 
 
 def udp_rcvbuf_errors() -> int:
@@ -79,4 +79,6 @@ telemetry: {{ metrics: {{ endpoint: 127.0.0.1:{mport} }}, logs: {{ level: warn }
 
 
 if __name__ == "__main__":
-    main()
+    # Every scratch directory (configs, logs, peers' state) under one, removed after a clean run.
+    with scratch("tp-jaeger-bench-run-"):
+        main()

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from bench import ROOT, cpu_seconds, free_port, start_tracepipe, wait_port
+from harness import scratch
 
 
 def run(sink, total, workdir):
@@ -60,4 +61,6 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    # Every scratch directory (configs, logs, peers' state) under one, removed after a clean run.
+    with scratch("tp-parquet-bench-run-"):
+        main()

@@ -1,12 +1,15 @@
 """Harness for end-to-end tests: starts the real tracepipe binary and real peers (Rotel) on free
 loopback ports, waits until they are ready, reads their metrics and stops them by PID."""
 
+import contextlib
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -15,6 +18,25 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PEERS = ROOT / "tests" / ".peers" / "bin"
+
+
+@contextlib.contextmanager
+def scratch(prefix: str):
+    """One directory for every `tempfile.mkdtemp` made inside the block (configs, logs, the
+    peers' state): removed when the block ends normally, kept (and named on stderr) when it
+    raises, so the logs can be read. The benchmarks run under it; pytest's conftest does the same
+    per test session."""
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    previous, tempfile.tempdir = tempfile.tempdir, str(root)
+    try:
+        yield root
+    except BaseException:
+        sys.stderr.write(f"\nscratch directories kept in {root}\n")
+        raise
+    else:
+        shutil.rmtree(root, ignore_errors=True)
+    finally:
+        tempfile.tempdir = previous
 
 
 def tracepipe_bin() -> str:
