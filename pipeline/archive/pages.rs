@@ -74,6 +74,19 @@ const SCOPE_DROPPED: usize = SCOPE_ATTRS + SET_LEAVES;
 const SCOPE_SCHEMA: usize = SCOPE_DROPPED + 1;
 const LEAVES: usize = SCOPE_SCHEMA + 1;
 
+/// The key leaf of every map (the value leaf follows it and shares its levels): six maps in each
+/// attribute set.
+const MAP_KEYS: [usize; 30] = {
+    let sets = [ATTRS, EVENTS + 2, LINKS + 3, RES_ATTRS, SCOPE_ATTRS];
+    let mut keys = [0; 30];
+    let mut i = 0;
+    while i < 30 {
+        keys[i] = sets[i / 6] + 2 * (i % 6);
+        i += 1;
+    }
+    keys
+};
+
 /// Where an attribute set sits: the repetition level of a row's first value, the level of its
 /// maps' repeated entries, and the definition level at which its maps exist (empty).
 #[derive(Clone, Copy)]
@@ -322,7 +335,7 @@ impl RowGroupEncoder {
         if parquet.num_columns() != LEAVES {
             return Err(ParquetError::General(format!("archive schema has {} leaf columns, the page encoder knows {LEAVES}", parquet.num_columns())));
         }
-        let leaves: Vec<Leaf> = parquet
+        let mut leaves: Vec<Leaf> = parquet
             .columns()
             .iter()
             .map(|c| {
@@ -353,6 +366,19 @@ impl RowGroupEncoder {
                     d.max_def_level()
                 )));
             }
+        }
+        // Each map's value leaf shares its key leaf's levels.
+        for k in MAP_KEYS {
+            let (key, value) = (leaves[k].descr(), leaves[k + 1].descr());
+            let (kp, vp) = (key.path().parts(), value.path().parts());
+            if kp.last().map(String::as_str) != Some("key")
+                || vp.last().map(String::as_str) != Some("value")
+                || kp[..kp.len() - 1] != vp[..vp.len() - 1]
+                || (key.max_rep_level(), key.max_def_level()) != (value.max_rep_level(), value.max_def_level())
+            {
+                return Err(ParquetError::General(format!("archive leaves {} and {} are not one map's key and value", key.path(), value.path())));
+            }
+            leaves[k + 1].share_levels();
         }
         Ok(RowGroupEncoder {
             leaves,
@@ -403,8 +429,16 @@ impl RowGroupEncoder {
             (self.attrs, self.other) = (AttrRow::default(), AttrRow::default());
             return if std::mem::take(&mut self.mismatch) { Ok(Pushed::OtherPartition) } else { Err(e) };
         }
-        for l in &mut self.leaves {
-            l.maybe_cut(&mut self.codec)?;
+        let mut i = 0;
+        while i < LEAVES {
+            if MAP_KEYS.contains(&i) {
+                let (key, value) = self.leaves[i..].split_at_mut(1);
+                Leaf::maybe_cut_pair(&mut key[0], &mut value[0], &mut self.codec)?;
+                i += 2;
+            } else {
+                self.leaves[i].maybe_cut(&mut self.codec)?;
+                i += 1;
+            }
         }
         Ok(Pushed::Rows((self.rows - cp.rows) as usize))
     }
@@ -413,6 +447,10 @@ impl RowGroupEncoder {
     /// row group with `append_column`. The encoder is empty afterwards.
     pub fn finish(&mut self) -> Result<Vec<(Bytes, ColumnCloseResult)>, ParquetError> {
         self.flush_repeats()?;
+        for &k in MAP_KEYS.iter() {
+            let (key, value) = self.leaves[k..].split_at_mut(1);
+            Leaf::cut_pair(&mut key[0], &mut value[0], &mut self.codec)?;
+        }
         let out = self.leaves.iter_mut().map(|l| l.close(&mut self.codec, self.compression)).collect();
         self.rows = 0;
         self.bucket = None;

@@ -157,6 +157,9 @@ pub(crate) struct Leaf {
     descr: ColumnDescPtr,
     max_rep: u8,
     max_def: u8,
+    /// A map's value leaf: its levels are its key leaf's (pushed there only), and its pages are
+    /// cut together with the key leaf's ([`Leaf::cut_pair`]).
+    shares_levels: bool,
     rep: Levels,
     def: Levels,
     values: Values,
@@ -199,6 +202,7 @@ impl Leaf {
         Leaf {
             max_rep: descr.max_rep_level() as u8,
             max_def: descr.max_def_level() as u8,
+            shares_levels: false,
             descr,
             rep: Levels::default(),
             def: Levels::default(),
@@ -230,12 +234,15 @@ impl Leaf {
     /// The levels of `n` slots (values or not) and the rows they start.
     #[inline(always)]
     fn slots(&mut self, rep: u8, def: u8, n: u32) {
-        // Levels are kept only where the schema has them (a required top-level leaf has none).
-        if self.max_rep > 0 {
-            self.rep.push(rep, n);
-        }
-        if self.max_def > 0 {
-            self.def.push(def, n);
+        // Levels are kept only where the schema has them (a required top-level leaf has none),
+        // and once for a map's key and value leaves.
+        if !self.shares_levels {
+            if self.max_rep > 0 {
+                self.rep.push(rep, n);
+            }
+            if self.max_def > 0 {
+                self.def.push(def, n);
+            }
         }
         if rep == 0 {
             self.page_rows += n as u64;
@@ -431,34 +438,76 @@ impl Leaf {
         }
     }
 
-    /// Between batches: cuts the page if it is full, and stops growing a full dictionary.
-    pub(crate) fn maybe_cut(&mut self, codec: &mut Codec) -> Result<(), ParquetError> {
+    /// Makes this leaf (a map's value leaf) take its levels from its key leaf.
+    pub(crate) fn share_levels(&mut self) {
+        self.shares_levels = true;
+    }
+
+    /// Whether the page is full, and whether the dictionary is (it then stops growing).
+    fn full(&self) -> (bool, bool) {
         let dict_full = matches!(&self.values, Values::Bytes { dict: Some(d), open: true, .. } if d.page.len() >= DICT_BYTES);
-        if dict_full || self.page_bytes() >= PAGE_BYTES || self.page_rows >= PAGE_ROWS {
-            self.cut(codec)?;
-        }
-        if dict_full && let Values::Bytes { open, last, .. } = &mut self.values {
+        (dict_full || self.page_bytes() >= PAGE_BYTES || self.page_rows >= PAGE_ROWS, dict_full)
+    }
+
+    fn close_dict(&mut self) {
+        if let Values::Bytes { open, last, .. } = &mut self.values {
             *open = false;
             *last = None;
+        }
+    }
+
+    /// Between batches: cuts the page if it is full, and stops growing a full dictionary.
+    pub(crate) fn maybe_cut(&mut self, codec: &mut Codec) -> Result<(), ParquetError> {
+        let (cut, dict_full) = self.full();
+        if cut {
+            self.cut(codec, None)?;
+        }
+        if dict_full {
+            self.close_dict();
         }
         Ok(())
     }
 
+    /// [`Leaf::maybe_cut`] for a map's key leaf and the value leaf that shares its levels: both
+    /// pages are cut when either is full.
+    pub(crate) fn maybe_cut_pair(key: &mut Leaf, value: &mut Leaf, codec: &mut Codec) -> Result<(), ParquetError> {
+        let ((kc, kd), (vc, vd)) = (key.full(), value.full());
+        if kc || vc {
+            Leaf::cut_pair(key, value, codec)?;
+        }
+        if kd {
+            key.close_dict();
+        }
+        if vd {
+            value.close_dict();
+        }
+        Ok(())
+    }
+
+    /// Cuts the pages of a map's key leaf and of the value leaf sharing its levels.
+    pub(crate) fn cut_pair(key: &mut Leaf, value: &mut Leaf, codec: &mut Codec) -> Result<(), ParquetError> {
+        debug_assert!(value.shares_levels && (key.page_rows, key.page_values) == (value.page_rows, value.page_values), "a map's key and value leaves in step");
+        value.cut(codec, Some((&key.rep, &key.def)))?;
+        key.cut(codec, None)
+    }
+
     /// Encodes the current page (levels and values) and compresses it.
-    fn cut(&mut self, codec: &mut Codec) -> Result<(), ParquetError> {
+    /// `shared`: the levels of a leaf sharing them (its key leaf's), else its own.
+    fn cut(&mut self, codec: &mut Codec, shared: Option<(&Levels, &Levels)>) -> Result<(), ParquetError> {
         // A leaf without levels (required, not nested) counts its values as rows.
         let flat = self.max_rep == 0 && self.max_def == 0;
-        let num_values = if flat { self.page_values as u64 } else { self.rep.len().max(self.def.len()) };
+        let (rep, def) = shared.unwrap_or((&self.rep, &self.def));
+        let num_values = if flat { self.page_values as u64 } else { rep.len().max(def.len()) };
         if num_values == 0 {
             return Ok(());
         }
         let mut buf = std::mem::take(&mut codec.raw);
         buf.clear();
         if self.max_rep > 0 {
-            self.rep.write_v1(&mut buf, self.max_rep);
+            rep.write_v1(&mut buf, self.max_rep);
         }
         if self.max_def > 0 {
-            self.def.write_v1(&mut buf, self.max_def);
+            def.write_v1(&mut buf, self.max_def);
         }
         let encoding = match &mut self.values {
             Values::Bytes { dict: Some(d), idx, .. } if !idx.is_empty() => {
@@ -524,7 +573,10 @@ impl Leaf {
     /// The column chunk: dictionary page (if any) then the data pages, with its metadata. The
     /// leaf is empty again afterwards, ready for the next row group.
     pub(crate) fn close(&mut self, codec: &mut Codec, compression: Compression) -> Result<(Bytes, ColumnCloseResult), ParquetError> {
-        self.cut(codec)?;
+        // (A leaf sharing levels had its last page cut with its key leaf's, by the caller.)
+        if !self.shares_levels {
+            self.cut(codec, None)?;
+        }
         let mut tw = TrackedWrite::new(Vec::new());
         let (mut dict_off, mut data_off, mut unc, mut cmp) = (None, None, 0i64, 0i64);
         let mut encodings = vec![Encoding::RLE];
