@@ -51,6 +51,10 @@ pub fn encoded_to_record_batch<'a>(bufs: impl IntoIterator<Item = &'a [u8]>, spa
 /// ([`super::pages::RowGroupEncoder`]). A span comes as its attributes (`attr`/`attr_entry`,
 /// then `end_attrs`) followed by `span_fields`, or whole (`span`, the slow path).
 pub(crate) trait Rows {
+    /// The number the next [`Rows::context`] will return: the walk gives it to a `ScopeSpans`'
+    /// spans as it meets them, and adds the context after them (its schema URL, field 3, comes
+    /// after the spans), so the spans are read in one pass over the buffer.
+    fn next_context(&self) -> u32;
     /// Adds the resource and scope of one `ScopeSpans`; returns its number for the spans.
     fn context(&mut self, res: &Resource, res_schema_url: &str, scope: &InstrumentationScope, scope_schema_url: &str) -> u32;
     fn attr(&mut self, key: &str, v: Scalar<'_>);
@@ -61,6 +65,9 @@ pub(crate) trait Rows {
 }
 
 impl Rows for Columns {
+    fn next_context(&self) -> u32 {
+        self.contexts()
+    }
     fn context(&mut self, res: &Resource, res_schema_url: &str, scope: &InstrumentationScope, scope_schema_url: &str) -> u32 {
         self.push_context(res, res_schema_url, scope, scope_schema_url)
     }
@@ -84,7 +91,7 @@ impl Rows for Columns {
 
 /// Walks `TracesData` buffers into `rows`.
 pub(crate) fn walk<'a, R: Rows + ?Sized>(bufs: impl IntoIterator<Item = &'a [u8]>, rows: &mut R) -> Result<(), ArrowError> {
-    let mut w = Walker { cols: rows, spans: Vec::new(), kvs: Vec::new() };
+    let mut w = Walker { cols: rows, kvs: Vec::new() };
     for buf in bufs {
         let mut r = Reader::new(buf, 0);
         while !r.done() {
@@ -102,8 +109,7 @@ pub(crate) fn walk<'a, R: Rows + ?Sized>(bufs: impl IntoIterator<Item = &'a [u8]
 
 struct Walker<'a, 'r, R: Rows + ?Sized> {
     cols: &'r mut R,
-    // Reused between messages: slices of the buffer being walked.
-    spans: Vec<&'a [u8]>,
+    // Reused between spans: a span's attributes, slices of the buffer being walked.
     kvs: Vec<&'a [u8]>,
 }
 
@@ -128,27 +134,27 @@ impl<'a, R: Rows + ?Sized> Walker<'a, '_, R> {
     }
 
     fn scope_spans_one(&mut self, buf: &'a [u8], resource: &Resource, res_schema_url: &str) -> Result<(), ArrowError> {
-        let (mut scope, mut schema_url) = (InstrumentationScope::default(), "");
-        self.spans.clear();
+        let (mut scope, mut schema_url, mut spans) = (InstrumentationScope::default(), "", 0usize);
+        // The spans go in as they come (one pass: each span's bytes are read once, in order); their
+        // context is added after them, with the number it was promised.
+        let ctx = self.cols.next_context();
         let mut r = Reader::new(buf, 0);
         while !r.done() {
             let (field, wt) = r.tag().map_err(bad)?;
             match (field, wt) {
                 (1, LEN) => scope.merge(r.len_delimited().map_err(bad)?.0).map_err(bad)?,
-                (2, LEN) => self.spans.push(r.len_delimited().map_err(bad)?.0),
+                (2, LEN) => {
+                    self.span(r.len_delimited().map_err(bad)?.0, ctx)?;
+                    spans += 1;
+                }
                 (3, LEN) => schema_url = text(r.len_delimited().map_err(bad)?.0)?,
                 _ => r.skip(wt, "ScopeSpans", field).map_err(bad)?,
             }
         }
-        if self.spans.is_empty() {
-            return Ok(());
+        if spans > 0 {
+            let added = self.cols.context(resource, res_schema_url, &scope, schema_url);
+            debug_assert_eq!(added, ctx, "the context number promised to the spans");
         }
-        let ctx = self.cols.context(resource, res_schema_url, &scope, schema_url);
-        let spans = std::mem::take(&mut self.spans);
-        for s in &spans {
-            self.span(s, ctx)?;
-        }
-        self.spans = spans;
         Ok(())
     }
 

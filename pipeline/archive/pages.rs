@@ -459,6 +459,7 @@ impl RowGroupEncoder {
 
     /// Writes the pending repeats: the current context for its spans, empty events and links.
     fn flush_repeats(&mut self) -> Result<(), ParquetError> {
+        self.flush_empty_lists();
         if let Some((ctx, n)) = self.repeat.take() {
             let ops = &self.contexts[ctx as usize];
             // Leaves written once per row: each op `n` times; leaves with several writes per row
@@ -481,6 +482,13 @@ impl RowGroupEncoder {
                 i = j;
             }
         }
+        Ok(())
+    }
+
+    /// Writes the pending empty events and links (before a span's own). The pending context
+    /// repeats stay: they go to other leaves, and the context may not be added yet (a
+    /// `ScopeSpans`' context comes after its spans).
+    fn flush_empty_lists(&mut self) {
         if self.no_events > 0 {
             self.leaves[EVENTS..EVENTS + EVENT_LEAVES].iter_mut().for_each(|l| l.null(0, 0, self.no_events));
             self.no_events = 0;
@@ -489,7 +497,6 @@ impl RowGroupEncoder {
             self.leaves[LINKS..LINKS + LINK_LEAVES].iter_mut().for_each(|l| l.null(0, 0, self.no_links));
             self.no_links = 0;
         }
-        Ok(())
     }
 
     fn event(&mut self, first: bool, e: &span::Event) {
@@ -523,6 +530,10 @@ fn replay(l: &mut Leaf, op: &Op, n: u32) {
 }
 
 impl Rows for RowGroupEncoder {
+    fn next_context(&self) -> u32 {
+        self.contexts.len() as u32
+    }
+
     fn context(&mut self, res: &Resource, res_schema_url: &str, scope: &InstrumentationScope, scope_schema_url: &str) -> u32 {
         let mut r = Recorder { leaves: &mut self.leaves, ops: Vec::new() };
         let svc = res.attributes.iter().find(|kv| kv.key == "service.name").and_then(|kv| match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
@@ -621,12 +632,12 @@ impl Rows for RowGroupEncoder {
     fn span(&mut self, s: &Span, ctx: u32) -> Result<(), ArrowError> {
         self.attrs.push(&mut self.leaves[..], ATTRS, TOP, &s.attributes);
         if !s.events.is_empty() {
-            self.flush_repeats()?;
+            self.flush_empty_lists();
             s.events.iter().enumerate().for_each(|(i, e)| self.event(i == 0, e));
             self.wrote_events = true;
         }
         if !s.links.is_empty() {
-            self.flush_repeats()?;
+            self.flush_empty_lists();
             s.links.iter().enumerate().for_each(|(i, k)| self.link(i == 0, k));
             self.wrote_links = true;
         }

@@ -594,6 +594,11 @@ impl Columns {
         }
     }
 
+    /// Contexts (resource and scope rows) added so far: the next one's number.
+    pub(crate) fn contexts(&self) -> u32 {
+        ArrayBuilder::len(&self.ctx.service) as u32
+    }
+
     /// Adds the resource and scope of one `ScopeSpans`; returns its context number for
     /// [`Columns::push_span`].
     pub(crate) fn push_context(&mut self, res: &Resource, res_schema_url: &str, scope: &InstrumentationScope, scope_schema_url: &str) -> u32 {

@@ -91,10 +91,10 @@ fn len_field(f: u32, payload: &[u8]) -> Vec<u8> {
     out
 }
 
-#[test]
-fn odd_but_valid_encodings_match_prost() {
-    // A span whose name comes twice (protobuf: the last wins), whose status comes twice (merged),
-    // and a ScopeSpans whose scope comes after its spans; a KeyValue with its value twice.
+/// `TracesData` with odd but valid encodings: a span whose name comes twice (protobuf: the last
+/// wins), whose status comes twice (merged), and a ScopeSpans whose scope comes after its spans;
+/// a KeyValue with its value twice.
+pub(crate) fn odd_encodings() -> Vec<u8> {
     let base = Span { trace_id: vec![1; 16], span_id: vec![2; 8], name: "first".into(), ..Default::default() };
     let mut span = base.encode_to_vec();
     span.extend(len_field(5, b"second"));
@@ -107,7 +107,12 @@ fn odd_but_valid_encodings_match_prost() {
     let mut scope_spans = len_field(2, &span);
     scope_spans.extend(len_field(2, &span2));
     scope_spans.extend(len_field(1, &InstrumentationScope { name: "late".into(), ..Default::default() }.encode_to_vec()));
-    let traces = len_field(1, &len_field(2, &scope_spans));
+    len_field(1, &len_field(2, &scope_spans))
+}
+
+#[test]
+fn odd_but_valid_encodings_match_prost() {
+    let traces = odd_encodings();
     let decoded = TracesData::decode(traces.as_slice()).unwrap().resource_spans;
     assert_eq!(decoded[0].scope_spans[0].spans[0].name, "second");
     assert_eq!(decoded[0].scope_spans[0].spans[0].status, Some(Status { code: 2, message: "m".into() }), "merged");

@@ -16,7 +16,7 @@ use prost::Message;
 use super::levels::{Hybrid, Levels};
 use super::{Pushed, RowGroupEncoder, parquet_schema};
 use crate::archive::encoded::encoded_to_record_batch;
-use crate::archive::encoded::tests::{every_field, kv};
+use crate::archive::encoded::tests::{every_field, kv, odd_encodings};
 use crate::archive::schema::schema;
 
 const HOUR: i64 = 3_600_000_000_000;
@@ -73,6 +73,13 @@ fn every_otlp_field_reads_back_as_the_arrow_path_builds_it() {
         assert_eq!(got.num_rows(), 69);
         assert_eq!(got, want(&groups), "{c}");
     }
+    // A ScopeSpans whose scope comes after its spans (their context is added after them), between
+    // ordinary ones.
+    let groups = vec![vec![b.clone(), odd_encodings(), b.clone()]];
+    let c = Compression::ZSTD(ZstdLevel::default());
+    let got = read(file(&mut encoder(c, None), c, &groups));
+    assert_eq!(got.num_rows(), 23 + 2 + 23);
+    assert_eq!(got, want(&groups));
 }
 
 /// `n` mesh-like spans from `seed`: unique ids and URLs (so the value dictionary overflows), two
