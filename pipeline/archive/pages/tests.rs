@@ -254,6 +254,18 @@ proptest::proptest! {
         h.finish();
         proptest::prop_assert_eq!(unhybrid(&out, width, vals.len()), vals);
     }
+
+    /// Levels-style runs (`Hybrid::run`, any count) read back as written, at every width.
+    #[test]
+    fn hybrid_runs_read_back(width in 1u8..=20, runs in proptest::collection::vec((0u32..1 << 20, 1u64..80), 0..40)) {
+        let mask = (1u64 << width) as u32 - 1;
+        let mut out = Vec::new();
+        let mut h = Hybrid::new(&mut out, width);
+        runs.iter().for_each(|&(v, n)| h.run(v & mask, n));
+        h.finish();
+        let want: Vec<u32> = runs.iter().flat_map(|&(v, n)| std::iter::repeat_n(v & mask, n as usize)).collect();
+        proptest::prop_assert_eq!(unhybrid(&out, width, want.len()), want);
+    }
 }
 
 #[test]
