@@ -134,7 +134,7 @@ impl<'a, R: Rows + ?Sized> Walker<'a, '_, R> {
     }
 
     fn scope_spans_one(&mut self, buf: &'a [u8], resource: &Resource, res_schema_url: &str) -> Result<(), ArrowError> {
-        let (mut scope, mut schema_url, mut spans) = (InstrumentationScope::default(), "", 0usize);
+        let (mut scope, mut schema_url, mut any_span) = (InstrumentationScope::default(), "", false);
         // The spans go in as they come (one pass: each span's bytes are read once, in order); their
         // context is added after them, with the number it was promised.
         let ctx = self.cols.next_context();
@@ -145,13 +145,13 @@ impl<'a, R: Rows + ?Sized> Walker<'a, '_, R> {
                 (1, LEN) => scope.merge(r.len_delimited().map_err(bad)?.0).map_err(bad)?,
                 (2, LEN) => {
                     self.span(r.len_delimited().map_err(bad)?.0, ctx)?;
-                    spans += 1;
+                    any_span = true;
                 }
                 (3, LEN) => schema_url = text(r.len_delimited().map_err(bad)?.0)?,
                 _ => r.skip(wt, "ScopeSpans", field).map_err(bad)?,
             }
         }
-        if spans > 0 {
+        if any_span {
             let added = self.cols.context(resource, res_schema_url, &scope, schema_url);
             debug_assert_eq!(added, ctx, "the context number promised to the spans");
         }

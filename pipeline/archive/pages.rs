@@ -329,8 +329,8 @@ impl RowGroupEncoder {
         parquet: &SchemaDescriptor,
         compression: Compression,
         bucket_ns: Option<i64>,
-        dictionary: impl Fn(&[&str]) -> bool,
-        statistics: impl Fn(&[&str]) -> bool,
+        dictionary: impl Fn(&[String]) -> bool,
+        statistics: impl Fn(&[String]) -> bool,
     ) -> Result<Self, ParquetError> {
         if parquet.num_columns() != LEAVES {
             return Err(ParquetError::General(format!("archive schema has {} leaf columns, the page encoder knows {LEAVES}", parquet.num_columns())));
@@ -338,10 +338,7 @@ impl RowGroupEncoder {
         let mut leaves: Vec<Leaf> = parquet
             .columns()
             .iter()
-            .map(|c| {
-                let path: Vec<&str> = c.path().parts().iter().map(String::as_str).collect();
-                Leaf::new(c.clone(), dictionary(&path), statistics(&path))
-            })
+            .map(|c| Leaf::new(c.clone(), dictionary(c.path().parts()), statistics(c.path().parts())))
             .collect();
         // The levels this encoder writes, against the schema's.
         let expect = [

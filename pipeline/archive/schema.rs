@@ -159,17 +159,17 @@ const UNIQUE: &[&str] = &["trace_id", "span_id", "parent_span_id", "start_time",
 /// their min/max prune nothing and cost a comparison per value.
 const STATISTICS: &[&str] = &["start_time", "end_time", "duration_ns", "service_name", "name", "kind", "status_code", "scope_name"];
 
-/// Whether the Parquet leaf column at `path` (its parts: `["links", "list", "item",
+/// Whether the Parquet leaf column at `path` (its `ColumnPath` parts: `["links", "list", "item",
 /// "trace_id"]`) is written with a dictionary: not unique ids and times.
-pub fn dictionary(path: &[&str]) -> bool {
-    let (top, leaf) = (path[0], path[path.len() - 1]);
+pub fn dictionary(path: &[String]) -> bool {
+    let (top, leaf) = (path[0].as_str(), path[path.len() - 1].as_str());
     !(UNIQUE.contains(&top) || (top == "links" && (leaf == "trace_id" || leaf == "span_id")) || (top == "events" && leaf == "time"))
 }
 
 /// Whether the Parquet leaf column at `path` keeps min/max statistics: only the [`STATISTICS`]
 /// columns — never inside maps and lists, where min/max mix every key's or event's values.
-pub fn statistics(path: &[&str]) -> bool {
-    path.len() == 1 && STATISTICS.contains(&path[0])
+pub fn statistics(path: &[String]) -> bool {
+    path.len() == 1 && STATISTICS.contains(&path[0].as_str())
 }
 
 /// The `kind` column's spelling of an OTLP span kind.

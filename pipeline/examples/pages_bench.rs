@@ -12,7 +12,7 @@
 mod mesh_load;
 
 use datafusion::parquet::basic::{Compression, ZstdLevel};
-use mesh_load::{Rng, batch};
+use mesh_load::{Rng, batch, cpu_seconds};
 use opentelemetry_proto::tonic::trace::v1::TracesData;
 use prost::Message;
 use tracepipe_pipeline::archive::pages::{RowGroupEncoder, parquet_schema};
@@ -20,14 +20,6 @@ use tracepipe_pipeline::archive::schema;
 
 /// The sink's row group size (`row_group_rows` default).
 const ROW_GROUP: u64 = 128 * 1024;
-
-/// CPU seconds of this process (user + system), from /proc.
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let f: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
-    let ticks: f64 = f.get(11).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0) + f.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
-    ticks / 100.0
-}
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();

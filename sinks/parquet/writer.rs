@@ -272,13 +272,12 @@ const DAY_NS: i64 = 24 * HOUR_NS;
 fn column_settings(mut b: WriterPropertiesBuilder) -> WriterPropertiesBuilder {
     let parquet = ArrowSchemaConverter::new().convert(&schema::schema()).expect("the archive schema converts to Parquet");
     for c in parquet.columns() {
-        let path = c.path().clone();
-        let p: Vec<&str> = path.parts().iter().map(String::as_str).collect();
-        if !schema::dictionary(&p) {
+        let path = c.path();
+        if !schema::dictionary(path.parts()) {
             b = b.set_column_dictionary_enabled(path.clone(), false);
         }
-        if !schema::statistics(&p) {
-            b = b.set_column_statistics_enabled(path, EnabledStatistics::None);
+        if !schema::statistics(path.parts()) {
+            b = b.set_column_statistics_enabled(path.clone(), EnabledStatistics::None);
         }
     }
     b

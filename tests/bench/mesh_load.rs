@@ -1,6 +1,7 @@
 //! The benchmarks' span load: mesh-proxy-like spans (5 per trace, up to 10 attributes: method,
 //! URL, status, user agent, peer IP, component, node id, request guid, response size, cached; 6
-//! services), unique ids and varied values so compression is not flattered.
+//! services), unique ids and varied values so compression is not flattered; and how the Rust
+//! benchmarks measure CPU.
 
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
 use opentelemetry_proto::tonic::resource::v1::Resource;
@@ -22,6 +23,14 @@ fn s(k: &str, v: String) -> KeyValue {
 }
 fn i(k: &str, v: i64) -> KeyValue {
     KeyValue { key: k.into(), value: Some(AnyValue { value: Some(Value::IntValue(v)) }), key_strindex: 0 }
+}
+
+/// CPU seconds of this process (user + system), from /proc.
+pub fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let f: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    let ticks: f64 = f.get(11).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0) + f.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+    ticks / 100.0
 }
 
 const SERVICES: [&str; 6] = ["productpage", "details", "reviews", "ratings", "db", "inventory"];

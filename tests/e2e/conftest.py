@@ -6,19 +6,15 @@ test passed and keeps it (and says where) when one failed, so the logs can be re
 no longer fill /tmp.
 """
 
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-_RUN_DIR = Path(tempfile.mkdtemp(prefix="tracepipe-e2e-"))
-tempfile.tempdir = str(_RUN_DIR)
+from harness import scratch_begin, scratch_end  # noqa: E402
+
+_RUN_DIR = scratch_begin("tracepipe-e2e-")
 
 
 def pytest_sessionfinish(session, exitstatus):
-    if exitstatus == 0:
-        shutil.rmtree(_RUN_DIR, ignore_errors=True)
-    else:
-        sys.stderr.write(f"\ntracepipe e2e: scratch directories kept in {_RUN_DIR}\n")
+    scratch_end(_RUN_DIR, exitstatus == 0)

@@ -20,23 +20,34 @@ ROOT = Path(__file__).resolve().parents[2]
 PEERS = ROOT / "tests" / ".peers" / "bin"
 
 
+def scratch_begin(prefix: str) -> Path:
+    """A directory that every later `tempfile.mkdtemp` (configs, logs, the peers' state) lands
+    under, until `scratch_end`."""
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    tempfile.tempdir = str(root)
+    return root
+
+
+def scratch_end(root: Path, ok: bool) -> None:
+    """Removes `root` after a clean run; keeps it (and names it on stderr) otherwise, so the logs
+    can be read."""
+    tempfile.tempdir = None
+    if ok:
+        shutil.rmtree(root, ignore_errors=True)
+    else:
+        sys.stderr.write(f"\nscratch directories kept in {root}\n")
+
+
 @contextlib.contextmanager
 def scratch(prefix: str):
-    """One directory for every `tempfile.mkdtemp` made inside the block (configs, logs, the
-    peers' state): removed when the block ends normally, kept (and named on stderr) when it
-    raises, so the logs can be read. The benchmarks run under it; pytest's conftest does the same
-    per test session."""
-    root = Path(tempfile.mkdtemp(prefix=prefix))
-    previous, tempfile.tempdir = tempfile.tempdir, str(root)
+    """`scratch_begin` .. `scratch_end` around a block (the benchmarks); ok unless it raises.
+    pytest's conftest does the same per test session."""
+    root, ok = scratch_begin(prefix), False
     try:
         yield root
-    except BaseException:
-        sys.stderr.write(f"\nscratch directories kept in {root}\n")
-        raise
-    else:
-        shutil.rmtree(root, ignore_errors=True)
+        ok = True
     finally:
-        tempfile.tempdir = previous
+        scratch_end(root, ok)
 
 
 def tracepipe_bin() -> str:

@@ -27,7 +27,7 @@ fn encoder(c: Compression, bucket: Option<i64>) -> RowGroupEncoder {
         c,
         bucket,
         |p| p[0] != "trace_id" && !p[p.len() - 1].ends_with("span_id"),
-        |p| p.len() == 1 && ["start_time", "name", "service_name"].contains(&p[0]),
+        |p| p.len() == 1 && ["start_time", "name", "service_name"].contains(&p[0].as_str()),
     )
     .unwrap()
 }
