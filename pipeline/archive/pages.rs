@@ -7,7 +7,8 @@
 //! each value once into the leaf column it ends up in ([`leaf::Leaf`]): levels kept as runs,
 //! attribute keys checked against the key at the same position in the previous span (one
 //! comparison, no hashing), the resource and scope of a `ScopeSpans` encoded once and repeated
-//! for its spans. Pages are Data Page v1, PLAIN or RLE_DICTIONARY, compressed as configured.
+//! for its spans. Pages are Data Page v1, PLAIN, RLE_DICTIONARY or (byte arrays past their dictionary)
+//! DELTA_LENGTH_BYTE_ARRAY, compressed as configured.
 //!
 //! A [`RowGroupEncoder`] holds one row group being built, across batches; the sink closes it into
 //! column chunks ([`RowGroupEncoder::finish`]) and splices them into its file
@@ -17,6 +18,7 @@
 //! Every span of a batch goes in, or none: a batch whose spans fall in two partitions (an hour
 //! boundary) is rewound and left to the caller ([`Pushed::OtherPartition`]).
 
+mod delta;
 mod leaf;
 mod levels;
 

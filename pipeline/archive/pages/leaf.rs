@@ -11,13 +11,14 @@ use datafusion::parquet::file::statistics::Statistics;
 use datafusion::parquet::file::writer::{SerializedPageWriter, TrackedWrite};
 use datafusion::parquet::schema::types::ColumnDescPtr;
 
+use super::delta::delta_binary_packed;
 use super::levels::{Hybrid, Levels, bit_width};
 
 /// A page is cut (between batches) once its values take this many bytes or rows, as arrow-rs's
 /// defaults (1 MiB data pages, 20,000 rows).
 const PAGE_BYTES: usize = 1 << 20;
 const PAGE_ROWS: u64 = 20_000;
-/// A dictionary past this size stops growing: the rest of the chunk is written PLAIN (arrow-rs's
+/// A dictionary past this size stops growing: the rest of the chunk is written without one (arrow-rs's
 /// default dictionary page limit, 1 MiB).
 const DICT_BYTES: usize = 1 << 20;
 
@@ -126,13 +127,15 @@ impl Dict {
 
 /// The values of a leaf, by physical type.
 enum Values {
-    /// BYTE_ARRAY: dictionary indices while the dictionary is in use, then PLAIN.
+    /// BYTE_ARRAY: dictionary indices while the dictionary is in use, then DELTA_LENGTH_BYTE_ARRAY
+    /// (each value's length in `lens`, its bytes appended to `plain`).
     /// `open`: the dictionary still takes new values (once full, it is kept for the pages
-    /// that index it and the rest of the chunk is PLAIN).
+    /// that index it and the rest of the chunk is DELTA_LENGTH_BYTE_ARRAY).
     Bytes {
         dict: Option<Dict>,
         open: bool,
         idx: Vec<u32>,
+        lens: Vec<u32>,
         plain: Vec<u8>,
         last: Option<(u32, usize)>,
     },
@@ -182,6 +185,7 @@ pub(crate) struct Mark {
     rep: u64,
     def: u64,
     values: usize,
+    lens: usize,
     plain: usize,
     page_rows: u64,
     page_values: usize,
@@ -191,7 +195,7 @@ pub(crate) struct Mark {
 impl Leaf {
     pub(crate) fn new(descr: ColumnDescPtr, dictionary: bool, statistics: bool) -> Self {
         let values = match descr.physical_type() {
-            Physical::BYTE_ARRAY => Values::Bytes { dict: dictionary.then(Dict::default), open: dictionary, idx: Vec::new(), plain: Vec::new(), last: None },
+            Physical::BYTE_ARRAY => Values::Bytes { dict: dictionary.then(Dict::default), open: dictionary, idx: Vec::new(), lens: Vec::new(), plain: Vec::new(), last: None },
             Physical::FIXED_LEN_BYTE_ARRAY => Values::Fixed(Vec::new()),
             Physical::INT64 => Values::I64(Vec::new()),
             Physical::INT32 => Values::I32(Vec::new()),
@@ -259,7 +263,7 @@ impl Leaf {
     #[inline(always)]
     pub(crate) fn bytes(&mut self, rep: u8, def: u8, v: &[u8]) {
         self.levels(rep, def);
-        let Values::Bytes { dict, open, idx, plain, last } = &mut self.values else { unreachable!("a byte-array leaf") };
+        let Values::Bytes { dict, open, idx, lens, plain, last } = &mut self.values else { unreachable!("a byte-array leaf") };
         match dict {
             Some(d) if *open => {
                 // The same value as the previous one (repeated names, kinds, statuses): no hashing.
@@ -282,7 +286,7 @@ impl Leaf {
                 }
             }
             _ => {
-                plain.extend_from_slice(&(v.len() as u32).to_le_bytes());
+                lens.push(v.len() as u32);
                 plain.extend_from_slice(v);
                 if let Some(s) = &mut self.stats {
                     note_bytes(s, v);
@@ -331,7 +335,7 @@ impl Leaf {
         if let Some(s) = &mut self.stats {
             note_bytes(s, v);
         }
-        let Values::Bytes { dict, open, idx, plain, .. } = &mut self.values else { unreachable!("a byte-array leaf") };
+        let Values::Bytes { dict, open, idx, lens, plain, .. } = &mut self.values else { unreachable!("a byte-array leaf") };
         match (dict, i) {
             (Some(_), Some(i)) if *open => idx.extend(std::iter::repeat_n(i, n as usize)),
             (Some(d), None) if *open => {
@@ -339,8 +343,8 @@ impl Leaf {
                 idx.extend(std::iter::repeat_n(i, n as usize));
             }
             _ => {
+                lens.extend(std::iter::repeat_n(v.len() as u32, n as usize));
                 for _ in 0..n {
-                    plain.extend_from_slice(&(v.len() as u32).to_le_bytes());
                     plain.extend_from_slice(v);
                 }
             }
@@ -394,15 +398,15 @@ impl Leaf {
     }
 
     pub(crate) fn mark(&self) -> Mark {
-        let (values, plain) = match &self.values {
-            Values::Bytes { idx, plain, .. } => (idx.len(), plain.len()),
-            Values::Fixed(b) => (b.len(), 0),
-            Values::I64(b) => (b.len(), 0),
-            Values::I32(b) => (b.len(), 0),
-            Values::F64(b) => (b.len(), 0),
-            Values::Bool(b) => (b.len(), 0),
+        let (values, lens, plain) = match &self.values {
+            Values::Bytes { idx, lens, plain, .. } => (idx.len(), lens.len(), plain.len()),
+            Values::Fixed(b) => (b.len(), 0, 0),
+            Values::I64(b) => (b.len(), 0, 0),
+            Values::I32(b) => (b.len(), 0, 0),
+            Values::F64(b) => (b.len(), 0, 0),
+            Values::Bool(b) => (b.len(), 0, 0),
         };
-        Mark { rep: self.rep.len(), def: self.def.len(), values, plain, page_rows: self.page_rows, page_values: self.page_values, nulls: self.nulls }
+        Mark { rep: self.rep.len(), def: self.def.len(), values, lens, plain, page_rows: self.page_rows, page_values: self.page_values, nulls: self.nulls }
     }
 
     /// Undoes everything pushed since `m` (taken since the last page cut). Dictionary entries
@@ -414,8 +418,9 @@ impl Leaf {
         self.nulls = m.nulls;
         self.page_values = m.page_values;
         match &mut self.values {
-            Values::Bytes { idx, plain, last, .. } => {
+            Values::Bytes { idx, lens, plain, last, .. } => {
                 idx.truncate(m.values);
+                lens.truncate(m.lens);
                 plain.truncate(m.plain);
                 *last = None;
             }
@@ -429,7 +434,8 @@ impl Leaf {
 
     fn page_bytes(&self) -> usize {
         match &self.values {
-            Values::Bytes { idx, plain, .. } => idx.len() * 4 + plain.len(),
+            // (Counted as PLAIN would take them, a 4-byte length each.)
+            Values::Bytes { idx, lens, plain, .. } => (idx.len() + lens.len()) * 4 + plain.len(),
             Values::Fixed(b) => b.len(),
             Values::I64(b) => b.len() * 8,
             Values::I32(b) => b.len() * 4,
@@ -519,10 +525,12 @@ impl Leaf {
                 idx.clear();
                 Encoding::RLE_DICTIONARY
             }
-            Values::Bytes { plain, .. } => {
+            Values::Bytes { lens, plain, .. } => {
+                delta_binary_packed(&mut buf, lens);
                 buf.extend_from_slice(plain);
+                lens.clear();
                 plain.clear();
-                Encoding::PLAIN
+                Encoding::DELTA_LENGTH_BYTE_ARRAY
             }
             Values::Fixed(b) => {
                 buf.extend_from_slice(b);
