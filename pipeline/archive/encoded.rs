@@ -231,7 +231,7 @@ impl<'a, R: Rows + ?Sized> Walker<'a, '_, R> {
     }
 
     fn key_value(&mut self, buf: &[u8]) -> Result<(), ArrowError> {
-        match key_value_fast(buf) {
+        match key_value_common(buf).or_else(|| key_value_fast(buf)) {
             Some((key, v)) => self.cols.attr(key, v),
             None => self.cols.attr_entry(&KeyValue::decode(buf).map_err(bad)?),
         }
@@ -259,6 +259,38 @@ fn status(buf: &[u8]) -> Option<(i32, &str)> {
         }
     }
     Some((code, message))
+}
+
+/// The `KeyValue` every SDK writes: the key, then a string, int, bool or double value, each
+/// length one byte, nothing else; read without the general field loop. Anything else, or
+/// anything not valid, is `None` (for [`key_value_fast`] to read, or reject).
+#[inline(always)]
+fn key_value_common(buf: &[u8]) -> Option<(&str, Scalar<'_>)> {
+    let [0x0a, kl, rest @ ..] = buf else { return None };
+    let kl = *kl as usize;
+    if kl >= 0x80 || rest.len() < kl {
+        return None;
+    }
+    let (key, rest) = rest.split_at(kl);
+    let [0x12, vl, any @ ..] = rest else { return None };
+    if *vl >= 0x80 || *vl as usize != any.len() {
+        return None;
+    }
+    let v = match any {
+        [0x0a, sl, s @ ..] if *sl < 0x80 && *sl as usize == s.len() => Scalar::Str(str_of(s)?),
+        [0x10, b] if *b < 0x80 => Scalar::Bool(*b != 0),
+        [0x18, int @ ..] => {
+            let mut r = Reader::new(int, 0);
+            let v = r.varint().ok()?;
+            if !r.done() {
+                return None;
+            }
+            Scalar::Int(v as i64)
+        }
+        [0x21, d @ ..] => Scalar::Double(f64::from_le_bytes(d.try_into().ok()?)),
+        _ => return None,
+    };
+    Some((str_of(key)?, v))
 }
 
 /// A `KeyValue` whose key and value appear once and whose value is a scalar.

@@ -6,7 +6,7 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{span, ResourceSpans, ScopeSpans, Span, Status, TracesData};
 use prost::Message;
 
-use super::encoded_to_record_batch;
+use super::{encoded_to_record_batch, key_value_common, key_value_fast};
 use crate::archive::schema::to_record_batch;
 
 pub(crate) fn kv(k: &str, v: Option<Value>) -> KeyValue {
@@ -133,4 +133,65 @@ fn garbage_is_an_error_not_a_panic() {
     let span = len_field(5, &[0xff, 0xfe]);
     let traces = len_field(1, &len_field(2, &len_field(2, &span)));
     assert!(encoded_to_record_batch([traces.as_slice()], 1).is_err());
+}
+
+#[test]
+fn the_common_key_value_shape_takes_the_short_read() {
+    for (kv, want) in [
+        (kv("http.method", Some(Value::StringValue("GET".into()))), "Some((\"http.method\", Str(\"GET\")))"),
+        (kv("k", Some(Value::StringValue(String::new()))), "Some((\"k\", Str(\"\")))"),
+        (kv("status", Some(Value::IntValue(-1))), "Some((\"status\", Int(-1)))"),
+        (kv("n", Some(Value::IntValue(300))), "Some((\"n\", Int(300)))"),
+        (kv("cached", Some(Value::BoolValue(true))), "Some((\"cached\", Bool(true)))"),
+        (kv("ratio", Some(Value::DoubleValue(0.25))), "Some((\"ratio\", Double(0.25)))"),
+        (kv("naïve", Some(Value::StringValue("grüße".into()))), "Some((\"naïve\", Str(\"grüße\")))"),
+        // Not the common shape: the general read (or prost) takes them.
+        (kv("long", Some(Value::StringValue("x".repeat(200)))), "None"),
+        (kv("bytes", Some(Value::BytesValue(vec![1, 2]))), "None"),
+        (kv("empty", None), "None"),
+        // (An empty key is not on the wire at all: the value comes first.)
+        (kv("", Some(Value::StringValue("v".into()))), "None"),
+    ] {
+        let buf = kv.encode_to_vec();
+        assert_eq!(format!("{:?}", key_value_common(&buf)), want, "{kv:?}");
+    }
+    // Invalid UTF-8 in the key or the value: not read (prost rejects it later).
+    assert!(key_value_common(&[0x0a, 1, 0xff, 0x12, 3, 0x0a, 1, b'a']).is_none());
+    assert!(key_value_common(&[0x0a, 1, b'k', 0x12, 3, 0x0a, 1, 0xff]).is_none());
+}
+
+/// Protobuf's `KeyValue` with any scalar value, and odd but valid encodings of it.
+fn any_key_value() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+    use proptest::prelude::*;
+    let value = prop_oneof![
+        ".{0,150}".prop_map(|s| Some(Value::StringValue(s))),
+        any::<i64>().prop_map(|i| Some(Value::IntValue(i))),
+        any::<f64>().prop_map(|d| Some(Value::DoubleValue(d))),
+        any::<bool>().prop_map(|b| Some(Value::BoolValue(b))),
+        proptest::collection::vec(any::<u8>(), 0..8).prop_map(|b| Some(Value::BytesValue(b))),
+        Just(None),
+    ];
+    (".{0,140}", value, 0u8..4).prop_map(|(k, v, odd)| {
+        let mut buf = kv(&k, v).encode_to_vec();
+        match odd {
+            // The key again (protobuf keeps the last), or an unknown field, or a key_strindex.
+            1 => buf.extend_from_slice(&[0x0a, 1, b'z']),
+            2 => buf.extend_from_slice(&[0x28, 5]),
+            3 => buf.splice(0..0, [0x18, 2]).for_each(drop),
+            _ => {}
+        }
+        buf
+    })
+}
+
+proptest::proptest! {
+    /// The short read gives what the general read gives, or leaves the buffer to it.
+    #[test]
+    fn the_short_key_value_read_agrees_with_the_general_one(buf in any_key_value(), cut in 0usize..200, garbage in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40)) {
+        for b in [&buf[..], &buf[..cut.min(buf.len())], &garbage[..]] {
+            if let Some(short) = key_value_common(b) {
+                proptest::prop_assert_eq!(format!("{:?}", Some(short)), format!("{:?}", key_value_fast(b)));
+            }
+        }
+    }
 }
