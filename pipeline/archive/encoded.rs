@@ -185,9 +185,11 @@ impl<'a, R: Rows + ?Sized> Walker<'a, '_, R> {
             status_code: 0,
             status_message: "",
         };
-        let mut seen = 0u32;
         self.kvs.clear();
-        let mut r = Reader::new(buf, 0);
+        // The fields SDKs write first, in order, and the attributes after them: read straight
+        // (noted in `seen`, so a field sent again still takes the slow path); the loop reads the rest.
+        let (mut seen, at) = span_head(buf, &mut f, &mut self.kvs);
+        let mut r = Reader::new(&buf[at..], at);
         while !r.done() {
             let Ok((field, wt)) = r.tag() else { return Ok(false) };
             if field != 9 && field <= 16 {
@@ -237,6 +239,52 @@ impl<'a, R: Rows + ?Sized> Walker<'a, '_, R> {
         }
         Ok(())
     }
+}
+
+/// Reads the head of a span as SDKs write it: trace id, span id, optional trace state and parent,
+/// name, optional kind, start and end, then attributes, each with a one-byte length; stops at the
+/// first field that is not next in that order (or not of that shape). Returns the fields read (as
+/// `span_fast`'s `seen` bits) and where it stopped.
+#[inline(always)]
+fn span_head<'a>(buf: &'a [u8], f: &mut SpanFields<'a>, kvs: &mut Vec<&'a [u8]>) -> (u32, usize) {
+    // Field `tag` (its first byte) with a one-byte length, at `p`.
+    let short = |p: usize, tag: u8| -> Option<&'a [u8]> {
+        match buf.get(p..p + 2) {
+            Some(&[t, n]) if t == tag && n < 0x80 => buf.get(p + 2..p + 2 + n as usize),
+            _ => None,
+        }
+    };
+    let (mut seen, mut p) = (0u32, 0usize);
+    'head: {
+        let Some(b) = short(p, 0x0a) else { break 'head };
+        (f.trace_id, seen, p) = (b, seen | 1 << 1, p + 2 + b.len());
+        let Some(b) = short(p, 0x12) else { break 'head };
+        (f.span_id, seen, p) = (b, seen | 1 << 2, p + 2 + b.len());
+        if let Some(b) = short(p, 0x1a) {
+            let Some(v) = str_of(b) else { break 'head };
+            (f.trace_state, seen, p) = (v, seen | 1 << 3, p + 2 + b.len());
+        }
+        if let Some(b) = short(p, 0x22) {
+            (f.parent_span_id, seen, p) = (b, seen | 1 << 4, p + 2 + b.len());
+        }
+        let Some(b) = short(p, 0x2a) else { break 'head };
+        let Some(v) = str_of(b) else { break 'head };
+        (f.name, seen, p) = (v, seen | 1 << 5, p + 2 + b.len());
+        if let Some(&[0x30, k]) = buf.get(p..p + 2)
+            && k < 0x80
+        {
+            (f.kind, seen, p) = (k as i32, seen | 1 << 6, p + 2);
+        }
+        let Some(&[0x39, ref v @ ..]) = buf.get(p..p + 9) else { break 'head };
+        (f.start, seen, p) = (u64::from_le_bytes(v.try_into().expect("8 bytes")), seen | 1 << 7, p + 9);
+        let Some(&[0x41, ref v @ ..]) = buf.get(p..p + 9) else { break 'head };
+        (f.end, seen, p) = (u64::from_le_bytes(v.try_into().expect("8 bytes")), seen | 1 << 8, p + 9);
+        while let Some(b) = short(p, 0x4a) {
+            kvs.push(b);
+            p += 2 + b.len();
+        }
+    }
+    (seen, p)
 }
 
 /// A `Status` with each field at most once: (code, message).
