@@ -430,7 +430,7 @@ impl RowGroupEncoder {
         }
         let mut i = 0;
         while i < LEAVES {
-            if MAP_KEYS.contains(&i) {
+            if self.leaves.get(i + 1).is_some_and(Leaf::shares_levels) {
                 let (key, value) = self.leaves[i..].split_at_mut(1);
                 Leaf::maybe_cut_pair(&mut key[0], &mut value[0], &mut self.codec)?;
                 i += 2;

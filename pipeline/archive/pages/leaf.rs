@@ -449,6 +449,11 @@ impl Leaf {
         self.shares_levels = true;
     }
 
+    /// Whether this leaf takes its levels from the leaf before it (its map's key leaf).
+    pub(crate) fn shares_levels(&self) -> bool {
+        self.shares_levels
+    }
+
     /// Whether the page is full, and whether the dictionary is (it then stops growing).
     fn full(&self) -> (bool, bool) {
         let dict_full = matches!(&self.values, Values::Bytes { dict: Some(d), open: true, .. } if d.page.len() >= DICT_BYTES);
