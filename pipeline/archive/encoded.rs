@@ -325,7 +325,15 @@ fn key_value_common(buf: &[u8]) -> Option<(&str, Scalar<'_>)> {
         return None;
     }
     let v = match any {
-        [0x0a, sl, s @ ..] if *sl < 0x80 && *sl as usize == s.len() => Scalar::Str(str_of(s)?),
+        [0x0a, sl, s @ ..] if *sl < 0x80 && *sl as usize == s.len() => {
+            // The key and the string both ASCII (the tags and one-byte lengths around them are):
+            // one check over the whole `KeyValue` instead of one per string.
+            if buf.is_ascii() {
+                // SAFETY: ASCII is valid UTF-8.
+                return Some(unsafe { (std::str::from_utf8_unchecked(key), Scalar::Str(std::str::from_utf8_unchecked(s))) });
+            }
+            Scalar::Str(str_of(s)?)
+        }
         [0x10, b] if *b < 0x80 => Scalar::Bool(*b != 0),
         [0x18, int @ ..] => {
             let mut r = Reader::new(int, 0);

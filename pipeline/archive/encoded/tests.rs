@@ -145,6 +145,10 @@ fn the_common_key_value_shape_takes_the_short_read() {
         (kv("cached", Some(Value::BoolValue(true))), "Some((\"cached\", Bool(true)))"),
         (kv("ratio", Some(Value::DoubleValue(0.25))), "Some((\"ratio\", Double(0.25)))"),
         (kv("naïve", Some(Value::StringValue("grüße".into()))), "Some((\"naïve\", Str(\"grüße\")))"),
+        // Non-ASCII in only one of them (the one-check-for-both read must not take these).
+        (kv("naïve", Some(Value::StringValue("plain".into()))), "Some((\"naïve\", Str(\"plain\")))"),
+        (kv("plain", Some(Value::StringValue("grüße".into()))), "Some((\"plain\", Str(\"grüße\")))"),
+        (kv("naïve", Some(Value::IntValue(7))), "Some((\"naïve\", Int(7)))"),
         // Not the common shape: the general read (or prost) takes them.
         (kv("long", Some(Value::StringValue("x".repeat(200)))), "None"),
         (kv("bytes", Some(Value::BytesValue(vec![1, 2]))), "None"),
@@ -158,6 +162,9 @@ fn the_common_key_value_shape_takes_the_short_read() {
     // Invalid UTF-8 in the key or the value: not read (prost rejects it later).
     assert!(key_value_common(&[0x0a, 1, 0xff, 0x12, 3, 0x0a, 1, b'a']).is_none());
     assert!(key_value_common(&[0x0a, 1, b'k', 0x12, 3, 0x0a, 1, 0xff]).is_none());
+    assert!(key_value_common(&[0x0a, 2, 0xc3, b'k', 0x12, 4, 0x0a, 2, 0xc3, 0xa9]).is_none());
+    assert!(key_value_common(&[0x0a, 2, 0xc3, 0xa9, 0x12, 4, 0x0a, 2, 0xc3, b'v']).is_none());
+    assert!(key_value_common(&[0x0a, 1, 0xff, 0x12, 2, 0x18, 7]).is_none());
 }
 
 /// Protobuf's `KeyValue` with any scalar value, and odd but valid encodings of it.
