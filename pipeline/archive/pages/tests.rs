@@ -144,6 +144,53 @@ fn big_row_groups_cut_pages_and_fall_back_from_a_full_dictionary() {
     assert_eq!(got, want(&groups));
 }
 
+/// Spans whose one string attribute is unique and long: its dictionary fills within the first
+/// ~1,300 rows.
+fn unique_values(seed: u64, n: usize, t0: u64) -> Vec<u8> {
+    let spans = (0..n as u64)
+        .map(|i| Span {
+            trace_id: (seed * 1_000_003 + i).to_be_bytes().repeat(2),
+            span_id: (i ^ seed).to_be_bytes().to_vec(),
+            name: "op".into(),
+            start_time_unix_nano: t0 + i,
+            end_time_unix_nano: t0 + i + 5,
+            attributes: vec![
+                kv("http.method", Some(Value::StringValue("GET".into()))),
+                kv("blob", Some(Value::StringValue(format!("{seed}/{i}/{}", "y".repeat(800))))),
+            ],
+            ..Default::default()
+        })
+        .collect();
+    enc(vec![ResourceSpans { scope_spans: vec![ScopeSpans { spans, ..Default::default() }], ..Default::default() }])
+}
+
+#[test]
+fn a_dictionary_that_fills_early_is_skipped_for_the_next_row_groups() {
+    let t0 = 1_795_000_000_000_000_000;
+    // Row group g: 10 batches of 800 spans (a full dictionary is noticed between batches); the
+    // first and the ninth try a dictionary for the unique values.
+    let groups: Vec<Vec<Vec<u8>>> = (0..10).map(|g| (0..10).map(|b| unique_values(g * 10 + b, 800, t0)).collect()).collect();
+    let mut e = encoder(Compression::SNAPPY, Some(HOUR));
+    let bytes = file(&mut e, Compression::SNAPPY, &groups);
+    let reader = datafusion::parquet::file::reader::SerializedFileReader::new(bytes.clone()).unwrap();
+    use datafusion::parquet::file::reader::FileReader;
+    let dict = |path: &str| -> Vec<bool> {
+        reader
+            .metadata()
+            .row_groups()
+            .iter()
+            .map(|rg| rg.columns().iter().find(|c| c.column_path().string() == path).unwrap().dictionary_page_offset().is_some())
+            .collect()
+    };
+    let skipped = [true, false, false, false, false, false, false, false, true, false];
+    assert_eq!(dict("attributes.entries.value"), skipped, "the values' dictionary: tried, skipped for 7 row groups, tried again");
+    assert_eq!(dict("attributes.entries.key"), [true; 10], "the keys' dictionary never fills");
+    assert_eq!(dict("name"), [true; 10]);
+    let got = read(bytes);
+    assert_eq!(got.num_rows(), 80_000);
+    assert_eq!(got, want(&groups));
+}
+
 #[test]
 fn a_batch_in_two_partitions_goes_in_whole_or_not_at_all() {
     let t0 = 1_795_000_000_000_000_000u64;
