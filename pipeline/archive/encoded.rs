@@ -326,13 +326,10 @@ fn key_value_common(buf: &[u8]) -> Option<(&str, Scalar<'_>)> {
     }
     let v = match any {
         [0x0a, sl, s @ ..] if *sl < 0x80 && *sl as usize == s.len() => {
-            // The key and the string both ASCII (the tags and one-byte lengths around them are):
-            // one check over the whole `KeyValue` instead of one per string.
-            if buf.is_ascii() {
-                // SAFETY: ASCII is valid UTF-8.
-                return Some(unsafe { (std::str::from_utf8_unchecked(key), Scalar::Str(std::str::from_utf8_unchecked(s))) });
-            }
-            Scalar::Str(str_of(s)?)
+            // One UTF-8 check over the whole `KeyValue` instead of one per string: the tags and
+            // one-byte lengths around the two strings are ASCII, so it is valid exactly when both are.
+            let all = str_of(buf)?;
+            return Some((&all[2..2 + kl], Scalar::Str(&all[buf.len() - s.len()..])));
         }
         [0x10, b] if *b < 0x80 => Scalar::Bool(*b != 0),
         [0x18, int @ ..] => {
