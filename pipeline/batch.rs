@@ -96,6 +96,16 @@ pub struct Batch {
 #[error("batch payload is not valid OTLP protobuf: {0}")]
 pub struct DecodeError(#[from] prost::DecodeError);
 
+/// [`Batch::append`] failed: one of the two batches does not decode.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct AppendError {
+    /// Why.
+    pub error: DecodeError,
+    /// The batch that did not decode, with its finalizers (the caller counts and drops it).
+    pub rejected: Batch,
+}
+
 /// Appends `span` to `out`, reusing the last `ResourceSpans` / `ScopeSpans` when its resource and
 /// scope (and schema URLs) are the same, so that spans taken apart in order regroup compactly.
 pub fn push_span(
@@ -151,6 +161,11 @@ impl Batch {
     /// span memory is freed now.
     pub fn finalizers_only(&self) -> Batch {
         Batch { finalizers: self.finalizers.clone(), ..Batch::empty() }
+    }
+
+    /// The acknowledgements this batch carries.
+    pub fn finalizers(&self) -> &[Arc<Finalizer>] {
+        &self.finalizers
     }
 
     /// Records how this batch (copy) ended; the finalizers fire when all copies are dropped.
@@ -251,22 +266,38 @@ impl Batch {
     }
 
     /// Appends another batch. Two encoded batches merge by appending buffer handles; otherwise
-    /// both are decoded.
-    pub fn append(&mut self, mut other: Batch) -> Result<(), DecodeError> {
-        self.finalizers.append(&mut other.finalizers);
-        self.spans += other.spans;
-        match (&mut self.payload, other.payload) {
-            (Payload::Encoded(a), Payload::Encoded(b)) => a.extend(b),
-            (_, other_payload) => {
-                let extra = match other_payload {
-                    Payload::Encoded(chunks) => decode_chunks(&chunks)?,
-                    Payload::Decoded(rs) => Arc::try_unwrap(rs).unwrap_or_else(|a| a.as_ref().clone()),
-                };
-                let spans = self.spans;
-                self.resource_spans_mut()?.extend(extra);
-                self.spans = spans;
+    /// both are decoded. On a decode error nothing is lost: the batch that did not decode comes
+    /// back in the error (with its finalizers) and `self` holds the other one.
+    pub fn append(&mut self, mut other: Batch) -> Result<(), AppendError> {
+        if let (Payload::Encoded(_), Payload::Encoded(_)) = (&self.payload, &other.payload) {
+            let Payload::Encoded(b) = std::mem::replace(&mut other.payload, Payload::Encoded(Vec::new())) else { unreachable!() };
+            if let Payload::Encoded(a) = &mut self.payload {
+                a.extend(b);
             }
+            self.spans += other.spans;
+            self.finalizers.append(&mut other.finalizers);
+            return Ok(());
         }
+        let extra = match &other.payload {
+            Payload::Encoded(chunks) => match decode_chunks(chunks) {
+                Ok(rs) => rs,
+                Err(error) => return Err(AppendError { error, rejected: other }),
+            },
+            Payload::Decoded(_) => match std::mem::replace(&mut other.payload, Payload::Encoded(Vec::new())) {
+                Payload::Decoded(rs) => Arc::try_unwrap(rs).unwrap_or_else(|a| a.as_ref().clone()),
+                Payload::Encoded(_) => unreachable!("matched above"),
+            },
+        };
+        if let Err(error) = self.resource_spans_mut() {
+            // `self` is the one that does not decode: hand it back, keep `other`.
+            other.payload = Payload::Decoded(Arc::new(extra));
+            let rejected = std::mem::replace(self, other);
+            return Err(AppendError { error, rejected });
+        }
+        let spans = self.spans + other.spans;
+        self.resource_spans_mut().expect("decoded above").extend(extra);
+        self.spans = spans;
+        self.finalizers.append(&mut other.finalizers);
         Ok(())
     }
 
@@ -292,40 +323,110 @@ impl Batch {
                 return Ok(Batch { payload: Payload::Encoded(head), spans, finalizers: self.finalizers.clone() });
             }
         }
+        // Whole `ResourceSpans` first, then a part of the next one: drained once (linear).
         let rs = self.resource_spans_mut()?;
-        let mut head: Vec<ResourceSpans> = Vec::new();
         let mut need = max_spans;
-        while need > 0 && !rs.is_empty() {
-            let n = rs[0].scope_spans.iter().map(|s| s.spans.len()).sum::<usize>();
-            if n <= need {
-                head.push(rs.remove(0));
-                need -= n;
-                continue;
+        let mut whole = 0;
+        while whole < rs.len() {
+            let n = count_spans(&rs[whole..=whole]);
+            if n > need {
+                break;
             }
-            // Split inside this resource.
-            let first = &mut rs[0];
-            let mut part = ResourceSpans { resource: first.resource.clone(), scope_spans: Vec::new(), schema_url: first.schema_url.clone() };
-            while need > 0 {
-                let ss = &mut first.scope_spans[0];
-                if ss.spans.len() <= need {
-                    need -= ss.spans.len();
-                    part.scope_spans.push(first.scope_spans.remove(0));
-                } else {
-                    let rest = ss.spans.split_off(need);
-                    let taken = std::mem::replace(&mut ss.spans, rest);
-                    part.scope_spans.push(opentelemetry_proto::tonic::trace::v1::ScopeSpans {
-                        scope: ss.scope.clone(),
-                        spans: taken,
-                        schema_url: ss.schema_url.clone(),
-                    });
-                    need = 0;
-                }
+            need -= n;
+            whole += 1;
+        }
+        let mut head: Vec<ResourceSpans> = rs.drain(..whole).collect();
+        if need > 0
+            && let Some(first) = rs.first_mut()
+        {
+            let mut scopes = 0;
+            while scopes < first.scope_spans.len() && first.scope_spans[scopes].spans.len() <= need {
+                need -= first.scope_spans[scopes].spans.len();
+                scopes += 1;
+            }
+            let mut part = ResourceSpans { resource: first.resource.clone(), scope_spans: first.scope_spans.drain(..scopes).collect(), schema_url: first.schema_url.clone() };
+            if need > 0
+                && let Some(ss) = first.scope_spans.first_mut()
+            {
+                part.scope_spans.push(opentelemetry_proto::tonic::trace::v1::ScopeSpans {
+                    scope: ss.scope.clone(),
+                    spans: ss.spans.drain(..need).collect(),
+                    schema_url: ss.schema_url.clone(),
+                });
             }
             head.push(part);
         }
         self.recount();
         let mut out = Batch::from_resource_spans(head);
         out.finalizers = self.finalizers.clone();
+        Ok(out)
+    }
+}
+
+/// A batch cut by [`Batch::split_by_bytes`].
+#[derive(Debug, Default)]
+pub struct SizedParts {
+    /// Parts in order, each encoding to at most the limit; each carries the batch's finalizers.
+    pub parts: Vec<Batch>,
+    /// Single spans that alone (with their resource and scope) encode to more than the limit,
+    /// each as a one-span batch with the finalizers.
+    pub too_large: Vec<Batch>,
+}
+
+impl Batch {
+    /// Cuts the batch into parts that each encode (as one `TracesData` /
+    /// `ExportTraceServiceRequest`) to at most `max_bytes`, keeping span order. Received buffers
+    /// that fit go into parts whole (no copy); a larger buffer is cut between its spans on the wire
+    /// (each part a copy of its spans inside copies of their resource and scope envelopes, no
+    /// decoding); a decoded batch is encoded once and cut the same way. Linear in the bytes.
+    pub fn split_by_bytes(&self, max_bytes: usize) -> Result<SizedParts, crate::wire::WireError> {
+        let mut out = SizedParts::default();
+        if self.encoded_len() <= max_bytes {
+            out.parts.push(self.clone());
+            return Ok(out);
+        }
+        let encoded;
+        let chunks: &[Chunk] = match &self.payload {
+            Payload::Encoded(chunks) => chunks,
+            Payload::Decoded(_) => {
+                encoded = [Chunk { bytes: self.to_bytes(), spans: self.spans }];
+                &encoded
+            }
+        };
+        let part = |chunks: Vec<Chunk>| {
+            let spans = chunks.iter().map(|c| c.spans).sum();
+            Batch { payload: Payload::Encoded(chunks), spans, finalizers: self.finalizers.clone() }
+        };
+        let mut current: Vec<Chunk> = Vec::new();
+        let mut current_len = 0;
+        for c in chunks {
+            if c.bytes.len() <= max_bytes {
+                if current_len + c.bytes.len() > max_bytes {
+                    out.parts.push(part(std::mem::take(&mut current)));
+                    current_len = 0;
+                }
+                current_len += c.bytes.len();
+                current.push(c.clone());
+                continue;
+            }
+            if !current.is_empty() {
+                out.parts.push(part(std::mem::take(&mut current)));
+                current_len = 0;
+            }
+            let rg = crate::regroup::in_order(&[&c.bytes])?;
+            let Some(group) = rg.groups.first() else { continue };
+            let packed = rg.pack(group, max_bytes);
+            for range in packed.fits {
+                let spans = range.len();
+                out.parts.push(part(vec![Chunk { bytes: rg.encode(group, range).into(), spans }]));
+            }
+            for i in packed.alone_too_large {
+                out.too_large.push(part(vec![Chunk { bytes: rg.encode(group, i..i + 1).into(), spans: 1 }]));
+            }
+        }
+        if !current.is_empty() {
+            out.parts.push(part(current));
+        }
         Ok(out)
     }
 }

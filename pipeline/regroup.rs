@@ -96,6 +96,17 @@ fn walk_envelope<'a>(
 
 /// Groups the spans of scanned `TracesData` buffers by trace id.
 pub fn by_trace<'a>(buffers: &[&'a [u8]]) -> Result<Regrouped<'a>, WireError> {
+    collect(buffers, trace_id_of)
+}
+
+/// Every span of scanned `TracesData` buffers in one group, in received order (trace id empty):
+/// for cutting a request into smaller ones by bytes ([`Regrouped::pack`]) without decoding.
+pub fn in_order<'a>(buffers: &[&'a [u8]]) -> Result<Regrouped<'a>, WireError> {
+    collect(buffers, |_| Ok(&[]))
+}
+
+/// Walks the buffers once, putting each span in the group of `key(span)`.
+fn collect<'a>(buffers: &[&'a [u8]], key: impl Fn(&'a [u8]) -> Result<&'a [u8], WireError>) -> Result<Regrouped<'a>, WireError> {
     let mut out = Regrouped { resources: Vec::new(), scopes: Vec::new(), groups: Vec::new() };
     let mut index: HashMap<&'a [u8], usize> = HashMap::new();
     for buf in buffers {
@@ -113,7 +124,7 @@ pub fn by_trace<'a>(buffers: &[&'a [u8]]) -> Result<Regrouped<'a>, WireError> {
                 let scope = out.scopes.len();
                 let mut scope_env = Envelope { fields: Vec::new(), len: 0 };
                 walk_envelope(ss, "ScopeSpans", &mut scope_env, |span| {
-                    let trace_id = trace_id_of(span)?;
+                    let trace_id = key(span)?;
                     let g = *index.entry(trace_id).or_insert_with(|| {
                         out.groups.push(TraceGroup { trace_id, entries: Vec::new() });
                         out.groups.len() - 1
@@ -145,11 +156,99 @@ fn trace_id_of(span: &[u8]) -> Result<&[u8], WireError> {
     Ok(id)
 }
 
+/// Most bytes a LEN field's tag and length prefix take for a message under 32 GiB.
+const MAX_FIELD_HEAD: usize = 1 + 5;
+
+/// Cuts of one group into consecutive span ranges that each encode to at most a byte limit.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Packed {
+    /// Ranges of the group's spans, in order, each encoding (with [`Regrouped::encode`]) to at
+    /// most the limit.
+    pub fits: Vec<std::ops::Range<usize>>,
+    /// Spans (indices into the group) that encode to more than the limit alone, with their
+    /// envelopes; not in any range.
+    pub alone_too_large: Vec<usize>,
+}
+
 impl Regrouped<'_> {
+    /// Packs `group`'s spans, in order, into as few consecutive ranges as one greedy pass gives,
+    /// each encoding to at most `max_bytes`. The pass charges each span its field and each change
+    /// of resource or scope that envelope with the longest possible length prefix, so a range's
+    /// charge is an upper bound of its encoding (exact up to a few bytes per envelope). Linear in
+    /// the spans.
+    pub fn pack(&self, group: &TraceGroup<'_>, max_bytes: usize) -> Packed {
+        let mut out = Packed::default();
+        let entries = &group.entries;
+        // The exact encoding of one span with its envelopes.
+        let alone = |e: &Entry<'_>| {
+            let scope = field_len(e.span.len()) + self.scopes[e.scope].len;
+            let resource = field_len(scope) + self.resources[e.resource].len;
+            field_len(resource)
+        };
+        let mut start = 0;
+        let mut charged = 0;
+        for (i, e) in entries.iter().enumerate() {
+            let new_resource = i == start || entries[i - 1].resource != e.resource;
+            let new_scope = new_resource || entries[i - 1].scope != e.scope;
+            let mut cost = field_len(e.span.len());
+            if new_scope {
+                cost += MAX_FIELD_HEAD + self.scopes[e.scope].len;
+            }
+            if new_resource {
+                cost += MAX_FIELD_HEAD + self.resources[e.resource].len;
+            }
+            if i > start && charged + cost > max_bytes {
+                out.fits.push(start..i);
+                start = i;
+                // The span opens a new range: both its envelopes are charged again.
+                cost = field_len(e.span.len()) + 2 * MAX_FIELD_HEAD + self.scopes[e.scope].len + self.resources[e.resource].len;
+                charged = 0;
+            }
+            if i == start && cost > max_bytes {
+                // The bound is over; the exact size decides whether the span fits on its own.
+                if alone(e) > max_bytes {
+                    out.alone_too_large.push(i);
+                } else {
+                    out.fits.push(i..i + 1);
+                }
+                start = i + 1;
+                charged = 0;
+                continue;
+            }
+            charged += cost;
+        }
+        if start < entries.len() {
+            out.fits.push(start..entries.len());
+        }
+        out
+    }
+
     /// Encodes `group`'s spans `range` as one `TracesData`: consecutive spans that shared a
     /// `ResourceSpans` / `ScopeSpans` share one again.
     pub fn encode(&self, group: &TraceGroup<'_>, range: std::ops::Range<usize>) -> Vec<u8> {
-        let entries = &group.entries[range];
+        self.encode_entries(&group.entries[range])
+    }
+
+    /// Encodes every span of `group` but those at the (ascending) indices `skip`.
+    pub fn encode_without(&self, group: &TraceGroup<'_>, skip: &[usize]) -> Vec<u8> {
+        let mut skip = skip.iter().peekable();
+        let kept: Vec<Entry<'_>> = group
+            .entries
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| {
+                let drop = skip.peek() == Some(&i);
+                if drop {
+                    skip.next();
+                }
+                !drop
+            })
+            .map(|(_, e)| *e)
+            .collect();
+        self.encode_entries(&kept)
+    }
+
+    fn encode_entries(&self, entries: &[Entry<'_>]) -> Vec<u8> {
         // Runs of one resource, and inside them runs of one scope.
         let mut resource_runs: Vec<(usize, Vec<(usize, &[Entry<'_>])>)> = Vec::new();
         let mut i = 0;

@@ -30,10 +30,19 @@ pub mod names {
     /// Records of a partition a Kafka receiver's group has not committed yet (gauge, from
     /// librdkafka's statistics; `receiver`, `topic`, `partition`; 0 for partitions it no longer owns).
     pub const RECEIVER_KAFKA_LAG: &str = "tracepipe_receiver_kafka_lag_records";
+    /// Kafka records whose delivery failed with a retryable error and that are delivered again
+    /// (`receiver`).
+    pub const RECEIVER_KAFKA_REDELIVERED_RECORDS: &str = "tracepipe_receiver_kafka_redelivered_records_total";
+    /// Kafka records committed although their delivery failed (`receiver`, `reason`: permanent,
+    /// error with `message_marking.on_error`).
+    pub const RECEIVER_KAFKA_COMMITTED_FAILED_RECORDS: &str = "tracepipe_receiver_kafka_committed_failed_records_total";
     /// Spans per batch a processor emits (histogram; `processor`).
     pub const PROCESSOR_BATCH_SIZE: &str = "tracepipe_processor_batch_size_spans";
     /// Batches a batch processor emitted, by trigger (`processor`, `trigger` = size|timeout|shutdown).
     pub const PROCESSOR_BATCH_SENDS: &str = "tracepipe_processor_batch_sends_total";
+    /// Spans a processor dropped, counted and never passed on (`processor`, `reason`: decode, a
+    /// batch whose bytes do not decode although they were scanned valid).
+    pub const PROCESSOR_DROPPED_SPANS: &str = "tracepipe_processor_dropped_spans_total";
     /// Spans a guid-inference processor holds (gauge; `processor`).
     pub const PROCESSOR_GUID_SPANS_HELD: &str = "tracepipe_processor_guid_spans_held";
     /// Guids a guid-inference processor holds (gauge; `processor`).
@@ -51,7 +60,7 @@ pub mod names {
     /// Spans a sink delivered (`sink`).
     pub const SINK_SENT_SPANS: &str = "tracepipe_sink_sent_spans_total";
     /// Spans a sink gave up on (`sink`, `reason`: permanent, retries_exhausted, queue_full,
-    /// shutdown, encode).
+    /// shutdown, encode, message_too_large, rejected_by_server).
     pub const SINK_FAILED_SPANS: &str = "tracepipe_sink_failed_spans_total";
     /// Spans waiting in a sink's queue (gauge; `sink`).
     pub const SINK_QUEUE_SPANS: &str = "tracepipe_sink_queue_spans";
@@ -59,6 +68,8 @@ pub mod names {
     pub const SINK_QUEUE_CAPACITY: &str = "tracepipe_sink_queue_capacity_spans";
     /// Export attempts retried (`sink`, `reason`).
     pub const SINK_RETRIES: &str = "tracepipe_sink_retries_total";
+    /// Requests a sink cut in half because the upstream refused them as too large (`sink`).
+    pub const SINK_SPLIT_REQUESTS: &str = "tracepipe_sink_split_requests_total";
     /// Bytes a sink wrote to the network after compression (`sink`).
     pub const SINK_SENT_BYTES: &str = "tracepipe_sink_sent_bytes_total";
     /// Archive files a Parquet sink closed and renamed into place (`sink`).
@@ -96,6 +107,8 @@ struct HealthState {
     receivers: BTreeMap<String, bool>,
     /// sink name -> last permanent failure, if any
     failing_sinks: BTreeMap<String, String>,
+    /// component name -> why its task ended while the graph was running
+    failed: BTreeMap<String, String>,
 }
 
 /// What `/readyz` reports: every receiver listening, no sink permanently failing.
@@ -125,11 +138,16 @@ impl Health {
             }
         }
     }
+    /// Records that a component's task died (the process is stopping).
+    pub fn set_failed(&self, name: &str, error: &str) {
+        self.lock().failed.insert(name.to_owned(), error.to_owned());
+    }
     /// `Ok` when ready, otherwise the reasons.
     pub fn readiness(&self) -> Result<(), Vec<String>> {
         let s = self.lock();
         let mut why: Vec<String> = s.receivers.iter().filter(|(_, l)| !**l).map(|(n, _)| format!("receiver {n} is not listening")).collect();
         why.extend(s.failing_sinks.iter().map(|(n, r)| format!("sink {n} is failing: {r}")));
+        why.extend(s.failed.iter().map(|(n, r)| format!("component {n} failed: {r}")));
         if why.is_empty() { Ok(()) } else { Err(why) }
     }
     fn lock(&self) -> std::sync::MutexGuard<'_, HealthState> {

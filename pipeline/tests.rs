@@ -205,3 +205,193 @@ mod props {
         }
     }
 }
+
+/// Resources with a service attribute of `res_pad` bytes, scopes, and spans with a name of
+/// `span_pad[i]` bytes: the shapes `split_by_bytes` must cut (a huge resource, a huge span).
+fn sized_traces(shape: &[(usize, Vec<Vec<usize>>)]) -> Vec<ResourceSpans> {
+    use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+    let mut n = 0u32;
+    shape
+        .iter()
+        .enumerate()
+        .map(|(r, (res_pad, scopes))| ResourceSpans {
+            resource: Some(Resource {
+                attributes: vec![KeyValue { key_strindex: 0, key: "service.name".into(), value: Some(AnyValue { value: Some(any_value::Value::StringValue(format!("{r}{}", "r".repeat(*res_pad)))) }) }],
+                ..Default::default()
+            }),
+            scope_spans: scopes
+                .iter()
+                .enumerate()
+                .map(|(s, spans)| ScopeSpans {
+                    scope: Some(InstrumentationScope { name: format!("scope-{s}"), ..Default::default() }),
+                    spans: spans
+                        .iter()
+                        .map(|pad| {
+                            n += 1;
+                            Span { trace_id: vec![1; 16], span_id: n.to_be_bytes().repeat(2), name: format!("{n}-{}", "s".repeat(*pad)), ..Default::default() }
+                        })
+                        .collect(),
+                    schema_url: String::new(),
+                })
+                .collect(),
+            schema_url: format!("https://r/{r}"),
+        })
+        .collect()
+}
+
+fn span_names(rs: &[ResourceSpans]) -> Vec<String> {
+    rs.iter().flat_map(|r| &r.scope_spans).flat_map(|s| &s.spans).map(|s| s.name.clone()).collect()
+}
+
+/// Every span of `parts`, with its resource and scope, in order.
+fn flatten(rs: &[ResourceSpans]) -> Vec<(Option<opentelemetry_proto::tonic::resource::v1::Resource>, String, Span)> {
+    rs.iter()
+        .flat_map(|r| r.scope_spans.iter().flat_map(move |s| s.spans.iter().map(move |sp| (r.resource.clone(), format!("{:?}{}", s.scope, s.schema_url), sp.clone()))))
+        .collect()
+}
+
+#[test]
+fn split_by_bytes_keeps_fitting_buffers_whole_and_cuts_big_ones() {
+    // Three received buffers: two small, one of 10 spans of ~1 KB.
+    let small = encode(sized_traces(&[(10, vec![vec![10, 10]])]));
+    let big = encode(sized_traces(&[(10, vec![vec![1000; 10]])]));
+    let mut b = Batch::from_encoded(small.clone(), 2);
+    b.append(Batch::from_encoded(small.clone(), 2)).unwrap();
+    b.append(Batch::from_encoded(big.clone(), 10)).unwrap();
+    let parts = b.split_by_bytes(3000).unwrap();
+    assert!(parts.too_large.is_empty());
+    // The two small buffers share the first part untouched; the big one is cut in ~1 KB spans.
+    assert_eq!(parts.parts[0].encoded_buffers().unwrap(), vec![&small[..], &small[..]]);
+    assert!(parts.parts.iter().all(|p| p.encoded_len() <= 3000));
+    assert_eq!(parts.parts.iter().map(|p| p.span_count()).sum::<usize>(), 14);
+    // Greedy: each cut part of the big buffer holds two spans (three would not fit).
+    assert_eq!(parts.parts[1..].iter().map(|p| p.span_count()).collect::<Vec<_>>(), vec![2; 5]);
+    // A limit no span fits: every span of the big buffer is too large alone.
+    let parts = Batch::from_encoded(big, 10).split_by_bytes(900).unwrap();
+    assert!(parts.parts.is_empty());
+    assert_eq!(parts.too_large.len(), 10);
+    assert!(parts.too_large.iter().all(|p| p.span_count() == 1 && p.encoded_len() > 900));
+}
+
+#[test]
+fn split_by_bytes_carries_finalizers() {
+    let fired = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let f = fired.clone();
+    let b = Batch::from_encoded(encode(sized_traces(&[(10, vec![vec![500; 6]])])), 6).with_finalizer(Finalizer::new(move |s| *f.lock().unwrap() = Some(s)));
+    let parts = b.split_by_bytes(1200).unwrap();
+    drop(b);
+    assert!(parts.parts.len() >= 3);
+    let mut parts = parts.parts;
+    parts.pop().unwrap().set_status(BatchStatus::Errored);
+    assert_eq!(*fired.lock().unwrap(), None, "fired while parts are still held");
+    drop(parts);
+    assert_eq!(*fired.lock().unwrap(), Some(BatchStatus::Errored));
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(200))]
+    /// Any shape, any limit, encoded or decoded: parts fit, and parts plus the too-large spans
+    /// are the batch's spans in order, each with its own resource and scope.
+    #[test]
+    fn split_by_bytes_fits_and_loses_nothing(
+        shape in proptest::collection::vec((0usize..600, proptest::collection::vec(proptest::collection::vec(0usize..700, 0..6), 1..4)), 1..4),
+        max in 60usize..3000,
+        decoded: bool,
+    ) {
+        let rs = sized_traces(&shape);
+        let n = crate::batch::count_spans(&rs);
+        let b = if decoded { Batch::from_resource_spans(rs.clone()) } else { Batch::from_encoded(encode(rs.clone()), n) };
+        let parts = b.split_by_bytes(max).unwrap();
+        let mut got = Vec::new();
+        for p in &parts.parts {
+            proptest::prop_assert!(p.encoded_len() <= max, "part of {} bytes over {}", p.encoded_len(), max);
+            proptest::prop_assert_eq!(p.span_count(), scan_traces(&p.to_bytes()).unwrap().spans);
+            got.extend(flatten(&p.to_resource_spans().unwrap()));
+        }
+        for p in &parts.too_large {
+            proptest::prop_assert!(p.encoded_len() > max);
+            proptest::prop_assert_eq!(p.span_count(), 1);
+            got.extend(flatten(&p.to_resource_spans().unwrap()));
+        }
+        let mut want = flatten(&rs);
+        // Too-large spans come after the parts: compare as sets of names, and in order without them.
+        let alone: Vec<String> = parts.too_large.iter().flat_map(|p| span_names(&p.to_resource_spans().unwrap())).collect();
+        let key = |v: &Vec<(_, String, Span)>| { let mut k: Vec<String> = v.iter().map(|x| x.2.name.clone()).collect(); k.sort(); k };
+        proptest::prop_assert_eq!(key(&got), key(&want));
+        want.retain(|w| !alone.contains(&w.2.name));
+        got.truncate(got.len() - parts.too_large.len());
+        proptest::prop_assert_eq!(got, want);
+    }
+}
+
+/// A sink that fails (an error, or a panic) while the graph runs is noticed at once: `failed()`
+/// resolves, `/readyz` names it, and `stop` returns its error (the process exits non-zero).
+#[tokio::test]
+async fn a_stage_that_dies_is_noticed_not_hidden_until_shutdown() {
+    use crate::topology::{ComponentContext, ComponentError, Planned, RunningTopology};
+    use tracepipe_config::ComponentKind;
+    for panics in [false, true] {
+        let health = crate::telemetry::Health::default();
+        let planned = vec![Planned {
+            name: "dies".into(),
+            kind: ComponentKind::Sink,
+            inputs: vec![],
+            channel_capacity: 1,
+            build: Box::new(move |mut ctx: ComponentContext| {
+                Box::pin(async move {
+                    let _input = ctx.take_input()?;
+                    let fut: crate::ComponentFuture = Box::pin(async move {
+                        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                        if panics {
+                            panic!("boom");
+                        }
+                        Err(ComponentError("disk on fire".into()))
+                    });
+                    Ok(fut)
+                })
+            }),
+        }];
+        let topo = RunningTopology::start(planned, health.clone()).await.unwrap();
+        assert!(health.readiness().is_ok());
+        tokio::time::timeout(std::time::Duration::from_secs(5), topo.failed()).await.expect("failure noticed");
+        let why = health.readiness().unwrap_err().join("; ");
+        assert!(why.contains("component dies failed") && why.contains(if panics { "panicked: boom" } else { "disk on fire" }), "{why}");
+        let e = topo.stop(std::time::Duration::from_secs(5)).await.unwrap_err();
+        assert!(e.0.contains(if panics { "boom" } else { "disk on fire" }), "{e}");
+    }
+}
+
+/// `append` never loses a batch: when one of the two does not decode, it comes back in the error
+/// with its finalizers and the other is kept whole.
+#[test]
+fn append_hands_back_the_batch_that_does_not_decode() {
+    let good = Batch::from_resource_spans(traces(&[2]));
+    let bad = Batch::from_encoded(Bytes::from_static(b"\x0a\xff\xff\xff\x0f"), 3);
+    let mut m = good.clone();
+    let e = m.append(bad.clone()).unwrap_err();
+    assert_eq!((e.rejected.span_count(), m.span_count()), (3, 2));
+    assert_eq!(m.to_resource_spans().unwrap(), traces(&[2]));
+    // The other way round: `self` is the bad one; it comes back and `self` holds the good one.
+    let mut m = bad;
+    let e = m.append(good).unwrap_err();
+    assert_eq!((e.rejected.span_count(), m.span_count()), (3, 2));
+    assert_eq!(m.to_resource_spans().unwrap(), traces(&[2]));
+}
+
+/// `split_to` across whole resources, whole scopes and inside a scope keeps every span in order.
+#[test]
+fn split_to_cuts_resources_scopes_and_spans_in_order() {
+    let mut rs = traces(&[2, 3]);
+    rs.extend(traces(&[1, 4]));
+    let all = span_names(&rs);
+    for cut in 0..=10 {
+        let mut b = Batch::from_resource_spans(rs.clone());
+        let head = b.split_to(cut).unwrap();
+        assert_eq!(head.span_count(), cut);
+        assert_eq!(b.span_count(), 10 - cut);
+        let mut got = span_names(&head.to_resource_spans().unwrap());
+        got.extend(span_names(&b.to_resource_spans().unwrap()));
+        assert_eq!(got, all, "cut at {cut}");
+    }
+}

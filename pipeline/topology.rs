@@ -19,6 +19,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -210,6 +211,8 @@ pub struct RunningTopology {
     tasks: Vec<(String, ComponentKind, JoinHandle<Result<(), ComponentError>>)>,
     remaining: tokio::sync::watch::Receiver<usize>,
     shutdown: CancellationToken,
+    /// Fires when a component failed (returned an error or panicked) before shutdown.
+    failed: CancellationToken,
     /// Readiness registry shared with the telemetry server.
     pub health: Health,
 }
@@ -219,6 +222,7 @@ impl RunningTopology {
     /// built and started in reverse order, so every consumer runs before its producers.
     pub async fn start(planned: Vec<Planned>, health: Health) -> Result<RunningTopology, BuildError> {
         let shutdown = CancellationToken::new();
+        let failed = CancellationToken::new();
         let mut senders: std::collections::HashMap<String, mpsc::Sender<Batch>> = Default::default();
         let mut inputs: std::collections::HashMap<String, Input> = Default::default();
         for p in &planned {
@@ -267,20 +271,31 @@ impl RunningTopology {
             };
             tracing::debug!(message = "Component started.", kind = p.kind.as_str(), name = %p.name);
             let done = done_tx.clone();
+            let watch = Watch { name: p.name.clone(), kind: p.kind, shutdown: shutdown.clone(), failed: failed.clone(), health: health.clone() };
             let fut = async move {
-                let r = fut.await;
+                let r = match std::panic::AssertUnwindSafe(fut).catch_unwind().await {
+                    Ok(r) => r,
+                    Err(panic) => Err(ComponentError(format!("{} `{}` panicked: {}", watch.kind.as_str(), watch.name, panic_message(&panic)))),
+                };
+                watch.ended(&r);
                 done.send_modify(|n| *n -= 1);
                 r
             };
             tasks.push((p.name, p.kind, tokio::spawn(fut)));
         }
         tasks.reverse();
-        Ok(RunningTopology { tasks, remaining, shutdown, health })
+        Ok(RunningTopology { tasks, remaining, shutdown, failed, health })
     }
 
     /// A token that fires when the topology is asked to stop.
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
+    }
+
+    /// Resolves when a component has failed (returned an error or panicked) while the graph was
+    /// running: the process should stop and exit non-zero rather than go on refusing traffic.
+    pub async fn failed(&self) {
+        self.failed.cancelled().await
     }
 
     /// Resolves once every component has ended by itself (every receiver finished, as a replay
@@ -328,6 +343,34 @@ impl RunningTopology {
         }
         first
     }
+}
+
+/// What a component's task reports when it ends.
+struct Watch {
+    name: String,
+    kind: ComponentKind,
+    shutdown: CancellationToken,
+    failed: CancellationToken,
+    health: Health,
+}
+
+impl Watch {
+    /// A component that ends with an error before shutdown was asked for has died: log it, make
+    /// `/readyz` fail, and tell the process.
+    fn ended(&self, r: &Result<(), ComponentError>) {
+        if let Err(e) = r
+            && !self.shutdown.is_cancelled()
+        {
+            tracing::error!(message = "Component failed; tracepipe is stopping.", kind = self.kind.as_str(), name = %self.name, error = %e);
+            self.health.set_failed(&self.name, &e.0);
+            self.failed.cancel();
+        }
+    }
+}
+
+/// The text of a panic payload.
+fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<&str>().map(|s| (*s).to_owned()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_else(|| "non-string panic payload".into())
 }
 
 fn flatten(

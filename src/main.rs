@@ -291,6 +291,8 @@ async fn serve(graph: graph::ValidGraph, on_started: impl FnOnce()) -> anyhow::R
     tokio::select! {
         _ = wait_for_signal() => tracing::info!(message = "Shutting down: draining the graph."),
         _ = topology.finished() => tracing::info!(message = "Every component has finished (all receivers ended); stopping."),
+        // The failed component's error comes back from `stop`, so the exit code is non-zero.
+        _ = topology.failed() => tracing::error!(message = "A component failed; draining the rest of the graph and exiting with an error."),
     }
     let result = topology.stop(SHUTDOWN_DEADLINE).await;
     server_stop.cancel();

@@ -4,7 +4,7 @@ use metrics::{Counter, Histogram};
 use tokio::time::Instant;
 use tracepipe_pipeline::telemetry::names;
 use tracepipe_pipeline::topology::{BuildError, ComponentContext, ComponentError, ComponentFuture, Output};
-use tracepipe_pipeline::Batch;
+use tracepipe_pipeline::{Batch, BatchStatus};
 
 use super::config::BatchConfig;
 
@@ -18,6 +18,7 @@ enum Trigger {
 struct Emitter {
     output: Output,
     max: usize,
+    dropped: Counter,
     sizes: Histogram,
     by_size: Counter,
     by_timeout: Counter,
@@ -29,7 +30,13 @@ impl Emitter {
     async fn emit(&self, mut pending: Batch, trigger: Trigger) -> Result<(), ComponentError> {
         loop {
             let piece = if self.max > 0 && pending.span_count() > self.max {
-                pending.split_to(self.max).map_err(|e| ComponentError(format!("processor `{}`: {e}", self.name)))?
+                match pending.split_to(self.max) {
+                    Ok(piece) => piece,
+                    Err(e) => {
+                        self.drop_bad(&pending, &e);
+                        return Ok(());
+                    }
+                }
             } else {
                 std::mem::replace(&mut pending, Batch::empty())
             };
@@ -48,6 +55,14 @@ impl Emitter {
                 .map_err(|e| ComponentError(format!("processor `{}`: downstream stopped: {e}", self.name)))?;
         }
     }
+
+    /// Counts and drops a batch that does not decode (its finalizers report it rejected); the
+    /// processor goes on.
+    fn drop_bad(&self, batch: &Batch, error: &dyn std::fmt::Display) {
+        self.dropped.increment(batch.span_count() as u64);
+        batch.set_status(BatchStatus::Rejected);
+        tracing::error!(message = "Batch does not decode; spans dropped.", processor = %self.name, spans = batch.span_count(), %error);
+    }
 }
 
 /// Builds the batch processor task.
@@ -58,6 +73,7 @@ pub async fn build(cfg: BatchConfig, mut ctx: ComponentContext) -> Result<Compon
     let em = Emitter {
         output,
         max: cfg.send_batch_max_size,
+        dropped: metrics::counter!(names::PROCESSOR_DROPPED_SPANS, "processor" => p.clone(), "reason" => "decode"),
         sizes: metrics::histogram!(names::PROCESSOR_BATCH_SIZE, "processor" => p.clone()),
         by_size: metrics::counter!(names::PROCESSOR_BATCH_SENDS, "processor" => p.clone(), "trigger" => "size"),
         by_timeout: metrics::counter!(names::PROCESSOR_BATCH_SENDS, "processor" => p.clone(), "trigger" => "timeout"),
@@ -74,7 +90,9 @@ pub async fn build(cfg: BatchConfig, mut ctx: ComponentContext) -> Result<Compon
                 biased;
                 next = input.recv() => match next {
                     Some(b) => {
-                        pending.append(b).map_err(|e| ComponentError(format!("processor `{}`: {e}", em.name)))?;
+                        if let Err(e) = pending.append(b) {
+                            em.drop_bad(&e.rejected, &e.error);
+                        }
                         if pending.span_count() >= size || timeout.is_zero() {
                             let full = std::mem::replace(&mut pending, Batch::empty());
                             em.emit(full, if timeout.is_zero() { Trigger::Timeout } else { Trigger::Size }).await?;

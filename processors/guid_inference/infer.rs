@@ -21,6 +21,7 @@
 //! of the fragment holding the true root; `tracepipe.original_trace_id` keeps the old one.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource;
@@ -48,13 +49,23 @@ impl Default for Rules {
     }
 }
 
+/// A `ResourceSpans` or `ScopeSpans` without its spans: what every span that arrived in it
+/// shares (one copy, behind an `Arc`, however many spans are held).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Envelope<T> {
+    /// The resource or scope.
+    pub value: Option<T>,
+    /// Its schema URL.
+    pub schema_url: String,
+}
+
 /// A span held with its resource and scope.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Held {
     /// The span's resource.
-    pub resource: Option<Resource>,
+    pub resource: Arc<Envelope<Resource>>,
     /// The span's instrumentation scope.
-    pub scope: Option<InstrumentationScope>,
+    pub scope: Arc<Envelope<InstrumentationScope>>,
     /// The span.
     pub span: Span,
 }
@@ -118,7 +129,7 @@ fn service_names(h: &Held) -> Vec<String> {
         }
         out.push(v);
     };
-    if let Some(r) = &h.resource {
+    if let Some(r) = &h.resource.value {
         for kv in &r.attributes {
             if kv.key == "service.name"
                 && let Some(any_value::Value::StringValue(v)) = kv.value.as_ref().and_then(|v| v.value.as_ref())

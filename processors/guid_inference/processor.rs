@@ -1,6 +1,13 @@
 //! The processor task: a single owner of the held guids.
+//!
+//! Held spans keep their batches' acknowledgements: each guid's group holds the finalizers of
+//! every batch that brought it a span, and the batch that releases the group carries them on, so
+//! a Kafka receiver commits a record only once every span of it has been delivered downstream.
+//! A span's resource and scope are shared by every span held from the same `ResourceSpans` /
+//! `ScopeSpans` (counted in the held bytes once per guid that holds them).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 
 use metrics::{Counter, Gauge};
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans};
@@ -8,14 +15,31 @@ use prost::Message;
 use tokio::time::Instant;
 use tracepipe_pipeline::telemetry::names;
 use tracepipe_pipeline::topology::{BuildError, ComponentContext, ComponentError, ComponentFuture, Output};
-use tracepipe_pipeline::Batch;
+use tracepipe_pipeline::{Batch, BatchStatus, Finalizer};
 
 use super::config::GuidInferenceConfig;
-use super::infer::{resolve, string_attr, Held, Rules};
+use super::infer::{resolve, string_attr, Envelope, Held, Rules};
+
+/// Bytes charged per held span on top of its encoding (the `Held` and map entries).
+const SPAN_OVERHEAD: usize = 64;
 
 struct Group {
     spans: Vec<Held>,
     bytes: usize,
+    /// Acknowledgements of the batches that brought spans, each once.
+    finalizers: Vec<Arc<Finalizer>>,
+    /// The batch (by arrival number) that last added its finalizers.
+    last_batch: u64,
+    /// The addresses of the resource and scope envelopes last charged to this group (only
+    /// compared, while the group holds both alive).
+    last_envelopes: (usize, usize),
+}
+
+/// Spans to pass on, with the acknowledgements they carry.
+#[derive(Default)]
+struct Released {
+    spans: Vec<Held>,
+    finalizers: Vec<Arc<Finalizer>>,
 }
 
 struct Metrics {
@@ -27,6 +51,7 @@ struct Metrics {
     ambiguous: Counter,
     evicted: Counter,
     too_large: Counter,
+    dropped: Counter,
 }
 
 struct State {
@@ -38,14 +63,36 @@ struct State {
     spans: usize,
     m: Metrics,
     name: String,
+    /// Batches ingested so far.
+    batches: u64,
 }
 
-fn to_batch(held: Vec<Held>) -> Batch {
-    let rs: Vec<ResourceSpans> = held
-        .into_iter()
-        .map(|h| ResourceSpans { resource: h.resource, scope_spans: vec![ScopeSpans { scope: h.scope, spans: vec![h.span], schema_url: String::new() }], schema_url: String::new() })
-        .collect();
-    Batch::from_resource_spans(rs)
+/// Regroups released spans: consecutive spans that share a resource (and scope) envelope share
+/// one `ResourceSpans` (`ScopeSpans`) again; the batch carries the finalizers, each once.
+fn to_batch(released: Released) -> Batch {
+    let mut rs: Vec<ResourceSpans> = Vec::new();
+    let mut last: Option<(Arc<Envelope<_>>, Arc<Envelope<_>>)> = None;
+    for h in released.spans {
+        let same_resource = last.as_ref().is_some_and(|(r, _)| Arc::ptr_eq(r, &h.resource));
+        let same_scope = same_resource && last.as_ref().is_some_and(|(_, s)| Arc::ptr_eq(s, &h.scope));
+        if !same_resource {
+            rs.push(ResourceSpans { resource: h.resource.value.clone(), scope_spans: Vec::new(), schema_url: h.resource.schema_url.clone() });
+        }
+        let r = rs.last_mut().expect("pushed");
+        if !same_scope {
+            r.scope_spans.push(ScopeSpans { scope: h.scope.value.clone(), spans: Vec::new(), schema_url: h.scope.schema_url.clone() });
+        }
+        r.scope_spans.last_mut().expect("pushed").spans.push(h.span);
+        last = Some((h.resource, h.scope));
+    }
+    let mut seen = HashSet::new();
+    let mut b = Batch::from_resource_spans(rs);
+    for f in released.finalizers {
+        if seen.insert(Arc::as_ptr(&f)) {
+            b = b.with_finalizer(f);
+        }
+    }
+    b
 }
 
 impl State {
@@ -55,33 +102,59 @@ impl State {
         self.m.bytes_held.set(self.bytes as f64);
     }
 
-    /// Takes a batch apart: spans without a guid come back at once, the rest are held. A batch
-    /// still in wire form whose bytes do not contain the guid key at all passes untouched,
-    /// without being decoded.
-    fn ingest(&mut self, mut batch: Batch, now: Instant) -> Result<Batch, ComponentError> {
+    /// Takes a batch apart: spans without a guid come back at once, the rest are held (their
+    /// groups keep the batch's finalizers). A batch still in wire form whose bytes do not contain
+    /// the guid key at all passes untouched, without being decoded. A batch that does not decode
+    /// is counted, reported rejected and dropped; the processor goes on.
+    fn ingest(&mut self, mut batch: Batch, now: Instant) -> Batch {
         let key = self.cfg.guid_attribute.clone();
         if batch.encoded_contains(key.as_bytes()) == Some(false) {
-            return Ok(batch);
+            return batch;
         }
-        let rs = batch.resource_spans_mut().map_err(|e| ComponentError(format!("processor `{}`: {e}", self.name)))?;
+        self.batches += 1;
+        let seq = self.batches;
+        let finalizers = batch.finalizers().to_vec();
+        let rs = match batch.resource_spans_mut() {
+            Ok(rs) => rs,
+            Err(error) => {
+                self.m.dropped.increment(batch.span_count() as u64);
+                batch.set_status(BatchStatus::Rejected);
+                tracing::error!(message = "Batch does not decode; spans dropped.", processor = %self.name, spans = batch.span_count(), %error);
+                return Batch::empty();
+            }
+        };
         for r in rs.iter_mut() {
+            let mut resource: Option<Arc<Envelope<_>>> = None;
             for ss in r.scope_spans.iter_mut() {
+                let mut scope: Option<Arc<Envelope<_>>> = None;
                 let spans = std::mem::take(&mut ss.spans);
                 for s in spans {
-                    match string_attr(&s, &key).map(str::to_owned) {
-                        None => ss.spans.push(s),
-                        Some(guid) => {
-                            let bytes = s.encoded_len() + 64;
-                            let g = self.groups.entry(guid.clone()).or_insert_with(|| {
-                                self.order.push_back((now, guid));
-                                Group { spans: Vec::new(), bytes: 0 }
-                            });
-                            g.bytes += bytes;
-                            g.spans.push(Held { resource: r.resource.clone(), scope: ss.scope.clone(), span: s });
-                            self.bytes += bytes;
-                            self.spans += 1;
-                        }
+                    let Some(guid) = string_attr(&s, &key).map(str::to_owned) else {
+                        ss.spans.push(s);
+                        continue;
+                    };
+                    let resource = resource.get_or_insert_with(|| Arc::new(Envelope { value: r.resource.clone(), schema_url: r.schema_url.clone() }));
+                    let scope = scope.get_or_insert_with(|| Arc::new(Envelope { value: ss.scope.clone(), schema_url: ss.schema_url.clone() }));
+                    let g = self.groups.entry(guid.clone()).or_insert_with(|| {
+                        self.order.push_back((now, guid));
+                        Group { spans: Vec::new(), bytes: 0, finalizers: Vec::new(), last_batch: 0, last_envelopes: (0, 0) }
+                    });
+                    let mut bytes = s.encoded_len() + SPAN_OVERHEAD;
+                    let envelopes = (Arc::as_ptr(resource) as usize, Arc::as_ptr(scope) as usize);
+                    if g.last_envelopes != envelopes {
+                        // The first span of these envelopes in this group: charge them (they stay
+                        // alive while the group holds it). An upper bound of the memory shared.
+                        bytes += r.resource.as_ref().map_or(0, |x| x.encoded_len()) + ss.scope.as_ref().map_or(0, |x| x.encoded_len()) + SPAN_OVERHEAD;
+                        g.last_envelopes = envelopes;
                     }
+                    if g.last_batch != seq {
+                        g.finalizers.extend(finalizers.iter().cloned());
+                        g.last_batch = seq;
+                    }
+                    g.bytes += bytes;
+                    g.spans.push(Held { resource: resource.clone(), scope: scope.clone(), span: s });
+                    self.bytes += bytes;
+                    self.spans += 1;
                 }
             }
             r.scope_spans.retain(|ss| !ss.spans.is_empty());
@@ -89,11 +162,11 @@ impl State {
         rs.retain(|r| !r.scope_spans.is_empty());
         batch.recount();
         self.gauges();
-        Ok(batch)
+        batch
     }
 
-    fn release(&mut self, guid: &str) -> Option<Vec<Held>> {
-        let g = self.groups.remove(guid)?;
+    fn release(&mut self, guid: &str, out: &mut Released) {
+        let Some(g) = self.groups.remove(guid) else { return };
         self.bytes -= g.bytes;
         self.spans -= g.spans.len();
         let mut spans = g.spans;
@@ -105,12 +178,13 @@ impl State {
             self.m.too_large.increment(1);
             tracing::warn!(message = "Guid with too many spans passed on without inference.", processor = %self.name, spans = spans.len());
         }
-        Some(spans)
+        out.spans.extend(spans);
+        out.finalizers.extend(g.finalizers);
     }
 
     /// Guids whose wait is over, and the oldest ones while over the memory bound.
-    fn due(&mut self, now: Instant, all: bool) -> Vec<Held> {
-        let mut out = Vec::new();
+    fn due(&mut self, now: Instant, all: bool) -> Released {
+        let mut out = Released::default();
         while let Some((t, guid)) = self.order.front().cloned() {
             let expired = all || t + self.cfg.wait.get() <= now;
             let over = self.bytes > self.cfg.max_bytes.get() as usize;
@@ -121,9 +195,7 @@ impl State {
             if !expired {
                 self.m.evicted.increment(1);
             }
-            if let Some(spans) = self.release(&guid) {
-                out.extend(spans);
-            }
+            self.release(&guid, &mut out);
         }
         self.gauges();
         out
@@ -151,9 +223,10 @@ pub async fn build(cfg: GuidInferenceConfig, mut ctx: ComponentContext) -> Resul
         ambiguous: metrics::counter!(names::PROCESSOR_GUID_AMBIGUOUS, "processor" => p.clone()),
         evicted: metrics::counter!(names::PROCESSOR_GUID_EVICTED_EARLY, "processor" => p.clone()),
         too_large: metrics::counter!(names::PROCESSOR_GUID_TOO_LARGE, "processor" => p.clone()),
+        dropped: metrics::counter!(names::PROCESSOR_DROPPED_SPANS, "processor" => p.clone(), "reason" => "decode"),
     };
     let tick = (cfg.wait.get() / 4).clamp(std::time::Duration::from_millis(10), std::time::Duration::from_millis(250));
-    let mut st = State { rules: cfg.rules(), cfg, groups: HashMap::new(), order: VecDeque::new(), bytes: 0, spans: 0, m, name: p.clone() };
+    let mut st = State { rules: cfg.rules(), cfg, groups: HashMap::new(), order: VecDeque::new(), bytes: 0, spans: 0, m, name: p.clone(), batches: 0 };
     Ok(Box::pin(async move {
         let mut timer = tokio::time::interval(tick);
         timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -162,10 +235,10 @@ pub async fn build(cfg: GuidInferenceConfig, mut ctx: ComponentContext) -> Resul
                 next = input.recv() => match next {
                     Some(b) => {
                         let now = Instant::now();
-                        let pass = st.ingest(b, now)?;
+                        let pass = st.ingest(b, now);
                         send(&output, pass, &p).await?;
                         let early = st.due(now, false);
-                        if !early.is_empty() {
+                        if !early.spans.is_empty() {
                             send(&output, to_batch(early), &p).await?;
                         }
                     }
@@ -177,7 +250,7 @@ pub async fn build(cfg: GuidInferenceConfig, mut ctx: ComponentContext) -> Resul
                 },
                 _ = timer.tick() => {
                     let due = st.due(Instant::now(), false);
-                    if !due.is_empty() {
+                    if !due.spans.is_empty() {
                         send(&output, to_batch(due), &p).await?;
                     }
                 }

@@ -47,7 +47,7 @@ fn xrid_request(guid: &str, base: u8) -> Vec<Span> {
 }
 
 fn held(spans: Vec<Span>) -> Vec<Held> {
-    spans.into_iter().map(|span| Held { resource: None, scope: None, span }).collect()
+    spans.into_iter().map(|span| Held { resource: Default::default(), scope: Default::default(), span }).collect()
 }
 
 #[test]
@@ -131,7 +131,7 @@ fn lone(id: u8, kind: i32, svc: &str, target: &str, start: u64, end: u64) -> Hel
         sp.attributes.push(s("upstream_cluster", &format!("outbound|9080||{target}.default.svc.cluster.local")));
     }
     let resource = Resource { attributes: vec![s("service.name", &format!("{svc}.default"))], ..Default::default() };
-    Held { resource: Some(resource), scope: None, span: sp }
+    Held { resource: std::sync::Arc::new(super::infer::Envelope { value: Some(resource), schema_url: String::new() }), scope: Default::default(), span: sp }
 }
 
 /// Skew in milliseconds.
@@ -314,5 +314,98 @@ mod props {
             prop_assert_eq!(parents(&shuffled), want);
             prop_assert!(shuffled.iter().all(|x| x.span.trace_id == vec![1; 16]));
         }
+    }
+}
+
+mod acks {
+    use super::*;
+    use tracepipe_pipeline::{BatchStatus, Finalizer};
+
+    fn tracked(b: Batch) -> (Batch, std::sync::mpsc::Receiver<BatchStatus>) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        (b.with_finalizer(Finalizer::new(move |s| { let _ = tx.send(s); })), rx)
+    }
+
+    fn start(wait_secs: u64) -> (tokio::sync::mpsc::Sender<Batch>, Input, tokio::task::JoinHandle<Result<(), tracepipe_pipeline::ComponentError>>) {
+        let (tx, input) = Input::channel(8);
+        let (otx, out) = Input::channel(64);
+        let ctx = ComponentContext { name: "g".into(), kind: ComponentKind::Processor, input: Some(input), output: Some(Output::new(vec![otx])), shutdown: CancellationToken::new(), health: Health::default() };
+        let cfg = GuidInferenceConfig { wait: tracepipe_config::Duration::from_secs(wait_secs), ..Default::default() };
+        let h = tokio::spawn(async move { super::super::build(cfg, ctx).await.unwrap().await });
+        (tx, out, h)
+    }
+
+    /// Held spans keep their batch's acknowledgement: it fires only once every guid it fed has
+    /// been released and the released batches are done, with the worst status.
+    #[tokio::test(start_paused = true)]
+    async fn held_spans_keep_their_batches_finalizers_until_delivered() {
+        let (tx, mut out, h) = start(5);
+        let g1 = xrid_request("g1", 10);
+        let g2 = xrid_request("g2", 50);
+        // b0 opens g1; a second later b1 feeds g1 and opens g2 (all its spans are held); b2 feeds g2.
+        let (b0, s0) = tracked(batch(vec![g1[0].clone()]));
+        tx.send(b0).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let (b1, s1) = tracked(batch(vec![g1[1].clone(), g2[0].clone()]));
+        tx.send(b1).await.unwrap();
+        let (b2, s2) = tracked(batch(g2[1..].to_vec()));
+        tx.send(b2).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert!(s0.try_recv().is_err() && s1.try_recv().is_err(), "acknowledged while its spans are only held");
+        // g1 is released first; b1 still has a span held in g2.
+        let first = tokio::time::timeout(std::time::Duration::from_secs(5), out.recv()).await.unwrap().unwrap();
+        assert_eq!(first.span_count(), 2);
+        drop(first);
+        assert_eq!(s0.recv_timeout(std::time::Duration::from_secs(1)).unwrap(), BatchStatus::Delivered);
+        assert!(s1.try_recv().is_err(), "acknowledged while a span of it is still held in g2");
+        let second = tokio::time::timeout(std::time::Duration::from_secs(5), out.recv()).await.unwrap().unwrap();
+        assert_eq!(second.span_count(), 5);
+        assert!(s1.try_recv().is_err() && s2.try_recv().is_err(), "acknowledged before the sink was done");
+        second.set_status(BatchStatus::Errored);
+        drop(second);
+        assert_eq!(s1.recv_timeout(std::time::Duration::from_secs(1)).unwrap(), BatchStatus::Errored);
+        assert_eq!(s2.recv_timeout(std::time::Duration::from_secs(1)).unwrap(), BatchStatus::Errored);
+        drop(tx);
+        h.await.unwrap().unwrap();
+    }
+
+    /// Released spans of one resource and scope come out in one `ResourceSpans` / `ScopeSpans`
+    /// with their schema URLs, not one envelope copy per span.
+    #[tokio::test(start_paused = true)]
+    async fn released_spans_share_their_envelopes_again() {
+        let (tx, mut out, h) = start(1);
+        let rs = ResourceSpans {
+            resource: Some(Resource { attributes: vec![s("service.name", "pp")], ..Default::default() }),
+            scope_spans: vec![ScopeSpans { spans: xrid_request("g", 10), schema_url: "https://scope".into(), ..Default::default() }],
+            schema_url: "https://resource".into(),
+        };
+        tx.send(Batch::from_resource_spans(vec![rs])).await.unwrap();
+        let b = tokio::time::timeout(std::time::Duration::from_secs(3), out.recv()).await.unwrap().unwrap();
+        let got = b.to_resource_spans().unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].schema_url, "https://resource");
+        assert_eq!(got[0].scope_spans.len(), 1);
+        assert_eq!(got[0].scope_spans[0].schema_url, "https://scope");
+        assert_eq!(got[0].scope_spans[0].spans.len(), 5);
+        drop(tx);
+        h.await.unwrap().unwrap();
+    }
+
+    /// A batch that does not decode is counted, reported rejected and dropped; the processor
+    /// keeps running and passes the next batch.
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_that_does_not_decode_does_not_kill_the_processor() {
+        let (tx, mut out, h) = start(1);
+        let mut garbage = b"\x0a\xff\xff\xff\x0f".to_vec();
+        garbage.extend_from_slice(b"guid:x-request-id");
+        let (bad, status) = tracked(Batch::from_encoded(garbage.into(), 1));
+        tx.send(bad).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        assert_eq!(status.try_recv().unwrap(), BatchStatus::Rejected);
+        tx.send(batch(xrid_request("g", 10))).await.unwrap();
+        let b = tokio::time::timeout(std::time::Duration::from_secs(3), out.recv()).await.unwrap().unwrap();
+        assert_eq!(b.span_count(), 5);
+        drop(tx);
+        h.await.unwrap().unwrap();
     }
 }

@@ -202,12 +202,14 @@ pub fn encode_otlp(b: &JaegerBatch) -> Encoded {
     }
     // Group by instrumentation scope, in order of first appearance.
     let mut groups: Vec<((String, String), Vec<&Span>)> = Vec::new();
+    let mut index: std::collections::HashMap<(String, String), usize> = Default::default();
     for s in &valid {
         let k = scope_key(s);
-        match groups.iter_mut().find(|(g, _)| *g == k) {
-            Some((_, v)) => v.push(s),
-            None => groups.push((k, vec![s])),
-        }
+        let i = *index.entry(k.clone()).or_insert_with(|| {
+            groups.push((k, Vec::new()));
+            groups.len() - 1
+        });
+        groups[i].1.push(s);
     }
     let mut out = Vec::with_capacity(512 * valid.len());
     nested(&mut out, 1, |o| {

@@ -4,6 +4,9 @@
 //! before anything is allocated, and `TConfiguration` caps strings and containers, so hostile
 //! lengths (2^31 elements, huge strings) fail fast without allocating them.
 
+use std::cell::Cell;
+use std::rc::Rc;
+
 use thrift::protocol::{TInputProtocol, TType};
 
 /// Why a payload could not be read.
@@ -100,15 +103,40 @@ fn read_struct(p: &mut dyn TInputProtocol, mut f: impl FnMut(&mut dyn TInputProt
     Ok(())
 }
 
-/// Reads a list of structs, refusing lengths the remaining bytes cannot hold.
-fn read_list<T>(p: &mut dyn TInputProtocol, remaining: usize, mut item: impl FnMut(&mut dyn TInputProtocol) -> Result<T, ThriftError>) -> Result<Vec<T>, ThriftError> {
+/// Most elements a list reserves room for before they are read; beyond it the list grows with
+/// what is actually read (so lists in progress, nested or one after another, never hold more
+/// than the elements the payload really carried).
+const LIST_RESERVE: usize = 1024;
+
+/// A payload reader that keeps count of the bytes not yet read, for [`read_list`].
+struct Counted<'a> {
+    buf: &'a [u8],
+    left: Rc<Cell<usize>>,
+}
+
+impl std::io::Read for Counted<'_> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.buf.read(out)?;
+        self.left.set(self.buf.len());
+        Ok(n)
+    }
+}
+
+/// A reader over `payload` and its count of bytes left.
+fn counted(payload: &[u8]) -> (Counted<'_>, Rc<Cell<usize>>) {
+    let left = Rc::new(Cell::new(payload.len()));
+    (Counted { buf: payload, left: left.clone() }, left)
+}
+
+/// Reads a list of structs, refusing lengths the bytes still unread cannot hold.
+fn read_list<T>(p: &mut dyn TInputProtocol, left: &Cell<usize>, mut item: impl FnMut(&mut dyn TInputProtocol) -> Result<T, ThriftError>) -> Result<Vec<T>, ThriftError> {
     let li = p.read_list_begin()?;
     let n = li.size;
     // Every element takes at least one byte (a struct at least its STOP).
-    if n < 0 || n as usize > remaining {
+    if n < 0 || n as usize > left.get() {
         return Err(ThriftError::ListTooLong(n));
     }
-    let mut out = Vec::with_capacity(n as usize);
+    let mut out = Vec::with_capacity((n as usize).min(LIST_RESERVE));
     for _ in 0..n {
         if li.element_type != TType::Struct {
             p.skip(li.element_type)?;
@@ -158,8 +186,8 @@ fn read_tag(p: &mut dyn TInputProtocol) -> Result<Tag, ThriftError> {
     Ok(t)
 }
 
-/// Reads a `jaeger.Batch` struct. `remaining` bounds list lengths (the payload size).
-pub fn read_batch(p: &mut dyn TInputProtocol, remaining: usize) -> Result<JaegerBatch, ThriftError> {
+/// Reads a `jaeger.Batch` struct. `remaining` (the bytes not yet read) bounds list lengths.
+fn read_batch(p: &mut dyn TInputProtocol, remaining: &Cell<usize>) -> Result<JaegerBatch, ThriftError> {
     let mut b = JaegerBatch::default();
     let mut have_process = false;
     read_struct(p, |p, id, ty| {
@@ -194,7 +222,7 @@ pub fn read_batch(p: &mut dyn TInputProtocol, remaining: usize) -> Result<Jaeger
     Ok(b)
 }
 
-fn read_span(p: &mut dyn TInputProtocol, remaining: usize) -> Result<Span, ThriftError> {
+fn read_span(p: &mut dyn TInputProtocol, remaining: &Cell<usize>) -> Result<Span, ThriftError> {
     let mut s = Span::default();
     read_struct(p, |p, id, ty| {
         Ok(match (id, ty) {
@@ -310,10 +338,10 @@ fn config(limit: usize) -> thrift::TConfiguration {
 /// Decodes an `Agent.emitBatch` message (a UDP datagram).
 pub fn decode_emit_batch(payload: &[u8], protocol: Protocol) -> Result<JaegerBatch, ThriftError> {
     let limit = payload.len();
-    let mut transport = payload;
+    let (transport, left) = counted(payload);
     let mut p: Box<dyn TInputProtocol + '_> = match protocol {
-        Protocol::Compact => Box::new(thrift::protocol::TCompactInputProtocol::with_config(&mut transport, config(limit))),
-        Protocol::Binary => Box::new(thrift::protocol::TBinaryInputProtocol::with_config(&mut transport, false, config(limit))),
+        Protocol::Compact => Box::new(thrift::protocol::TCompactInputProtocol::with_config(transport, config(limit))),
+        Protocol::Binary => Box::new(thrift::protocol::TBinaryInputProtocol::with_config(transport, false, config(limit))),
     };
     let msg = p.read_message_begin()?;
     if msg.name != "emitBatch" {
@@ -323,7 +351,7 @@ pub fn decode_emit_batch(payload: &[u8], protocol: Protocol) -> Result<JaegerBat
     read_struct(p.as_mut(), |p, id, ty| {
         Ok(match (id, ty) {
             (1, TType::Struct) => {
-                batch = Some(read_batch(p, limit)?);
+                batch = Some(read_batch(p, &left)?);
                 true
             }
             _ => false,
@@ -336,9 +364,9 @@ pub fn decode_emit_batch(payload: &[u8], protocol: Protocol) -> Result<JaegerBat
 /// Decodes a bare binary-protocol `jaeger.Batch` (the collector's `POST /api/traces` body).
 pub fn decode_batch_binary(payload: &[u8]) -> Result<JaegerBatch, ThriftError> {
     let limit = payload.len();
-    let mut transport = payload;
-    let mut p = thrift::protocol::TBinaryInputProtocol::with_config(&mut transport, true, config(limit));
-    read_batch(&mut p, limit)
+    let (transport, left) = counted(payload);
+    let mut p = thrift::protocol::TBinaryInputProtocol::with_config(transport, true, config(limit));
+    read_batch(&mut p, &left)
 }
 
 /// The span count of an `emitBatch` datagram, reading only up to the span list header (for

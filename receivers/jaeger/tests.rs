@@ -425,3 +425,33 @@ mod encoder_equivalence {
         }
     }
 }
+
+/// A list is checked against the bytes still unread, not the whole payload: a spans list that
+/// claims more elements than the bytes after its header, though fewer than the payload's size, is
+/// refused at its header (before any span is read or room reserved for it).
+#[test]
+fn list_lengths_are_checked_against_the_bytes_left() {
+    let mut evil: Vec<u8> = Vec::new();
+    {
+        let mut o = TBinaryOutputProtocol::new(&mut evil, true);
+        o.write_message_begin(&TMessageIdentifier::new("emitBatch", TMessageType::OneWay, 1)).unwrap();
+        o.write_struct_begin(&TStructIdentifier::new("a")).unwrap();
+        o.write_field_begin(&TFieldIdentifier::new("batch", TType::Struct, 1)).unwrap();
+        o.write_struct_begin(&TStructIdentifier::new("Batch")).unwrap();
+        o.write_field_begin(&TFieldIdentifier::new("process", TType::Struct, 1)).unwrap();
+        o.write_struct_begin(&TStructIdentifier::new("Process")).unwrap();
+        o.write_field_stop().unwrap();
+        o.write_struct_end().unwrap();
+        o.write_field_end().unwrap();
+        // Padding in an unknown field makes the payload large; the list comes after it.
+        o.write_field_begin(&TFieldIdentifier::new("pad", TType::String, 9)).unwrap();
+        o.write_string(&"p".repeat(1000)).unwrap();
+        o.write_field_end().unwrap();
+        o.write_field_begin(&TFieldIdentifier::new("spans", TType::List, 2)).unwrap();
+        o.write_list_begin(&TListIdentifier::new(TType::Struct, 900)).unwrap();
+    }
+    evil.extend_from_slice(&[0; 20]);
+    assert!(evil.len() > 900, "the claim fits the payload as a whole");
+    let err = model::decode_emit_batch(&evil, Protocol::Binary).unwrap_err();
+    assert!(matches!(err, model::ThriftError::ListTooLong(900)), "{err}");
+}

@@ -203,6 +203,7 @@ pub fn to_otlp(b: &JaegerBatch) -> Vec<ResourceSpans> {
     let mut resource_attrs = vec![kv("service.name", any_value::Value::StringValue(b.process.service_name.clone()))];
     resource_attrs.extend(b.process.tags.iter().map(|t| kv(&t.key, tag_value(t))));
     let mut scopes: Vec<ScopeSpans> = Vec::new();
+    let mut scope_index: std::collections::HashMap<(String, String), usize> = Default::default();
     for js in &b.spans {
         let m = SpanMapping::of(js);
         let mut s = Span {
@@ -245,16 +246,13 @@ pub fn to_otlp(b: &JaegerBatch) -> Vec<ResourceSpans> {
             }
             s.events.push(ev);
         }
-        let idx = match scopes.iter().position(|sc| sc.scope.as_ref().map(|x| (&x.name, &x.version)) == Some((&m.scope_name, &m.scope_version))) {
-            Some(i) => i,
-            None => {
-                scopes.push(ScopeSpans {
-                    scope: Some(InstrumentationScope { name: m.scope_name.clone(), version: m.scope_version.clone(), ..Default::default() }),
-                    ..Default::default()
-                });
-                scopes.len() - 1
-            }
-        };
+        let idx = *scope_index.entry((m.scope_name.clone(), m.scope_version.clone())).or_insert_with(|| {
+            scopes.push(ScopeSpans {
+                scope: Some(InstrumentationScope { name: m.scope_name.clone(), version: m.scope_version.clone(), ..Default::default() }),
+                ..Default::default()
+            });
+            scopes.len() - 1
+        });
         scopes[idx].spans.push(s);
     }
     vec![ResourceSpans { resource: Some(Resource { attributes: resource_attrs, ..Default::default() }), scope_spans: scopes, schema_url: String::new() }]

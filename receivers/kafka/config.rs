@@ -21,6 +21,29 @@ pub enum InitialOffset {
     Earliest,
 }
 
+/// `message_marking:` — when a record's offset is stored for commit (the OTel Collector's kafka
+/// receiver setting of the same name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MessageMarking {
+    /// `true` (default): once every sink that got the record's spans is done with them (at least
+    /// once); `false`: as soon as the record is read (at most once: a crash loses what is in
+    /// flight).
+    pub after: bool,
+    /// With `after`, what happens to a record whose delivery failed with a retryable error (a
+    /// sink gave up after `max_elapsed_time`): `false` (default) keeps it uncommitted and delivers
+    /// it again, with backoff, before reading further; `true` commits past it (counted). A
+    /// permanent failure (the upstream refused the spans) is always committed past, counted and
+    /// logged.
+    pub on_error: bool,
+}
+
+impl Default for MessageMarking {
+    fn default() -> Self {
+        MessageMarking { after: true, on_error: false }
+    }
+}
+
 /// `type: kafka` receiver settings.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -47,6 +70,8 @@ pub struct KafkaReceiverConfig {
     /// How long shutdown waits for the graph to deliver what was consumed before committing
     /// (default 30s); records not delivered by then are read again after a restart.
     pub shutdown_timeout: Duration,
+    /// When offsets are stored for commit, and what a failed delivery does.
+    pub message_marking: MessageMarking,
     /// Any other librdkafka consumer property, applied last.
     pub librdkafka_options: BTreeMap<String, String>,
 }
@@ -64,6 +89,7 @@ impl Default for KafkaReceiverConfig {
             heartbeat_interval: Duration::from_secs(3),
             shutdown_timeout: Duration::from_secs(30),
             max_record_bytes: ByteSize::mib(20),
+            message_marking: MessageMarking::default(),
             librdkafka_options: BTreeMap::new(),
         }
     }

@@ -11,6 +11,13 @@
 //!   per partition whatever order sinks finish in. When the graph is full the receiver waits
 //!   (Kafka keeps what is not read). On shutdown it stops reading, lets the graph drain (up to
 //!   `shutdown_timeout`) and commits; anything undelivered is read again after a restart.
+//! - `message_marking` (the OTel Collector's setting): by default a record whose delivery failed
+//!   with a retryable error (a sink gave up after its `max_elapsed_time`) stays uncommitted and is
+//!   delivered again with backoff (1 s doubling to 30 s; no new record is read meanwhile), counted
+//!   in `tracepipe_receiver_kafka_redelivered_records_total`; `on_error: true` commits past it
+//!   instead. A permanent failure is committed past, logged and counted in
+//!   `tracepipe_receiver_kafka_committed_failed_records_total{reason}`. `after: false` commits on
+//!   read (at most once).
 //! - Lag: `tracepipe_receiver_kafka_lag_records{topic, partition}` from librdkafka's statistics.
 
 mod config;
@@ -21,6 +28,6 @@ mod receiver;
 #[cfg(test)]
 mod tests;
 
-pub use config::{Encoding, InitialOffset, KafkaReceiverConfig};
+pub use config::{Encoding, InitialOffset, KafkaReceiverConfig, MessageMarking};
 pub use offsets::OffsetTracker;
 pub use receiver::build;

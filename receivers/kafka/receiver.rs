@@ -13,7 +13,8 @@ use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::Message;
 use tracepipe_pipeline::topology::{BuildError, ComponentContext, ComponentFuture};
 use tracepipe_pipeline::wire::scan_traces;
-use tracepipe_pipeline::{otlp_json, Batch, Finalizer};
+use tracepipe_pipeline::telemetry::names;
+use tracepipe_pipeline::{otlp_json, Batch, BatchStatus, Finalizer};
 
 use super::config::{Encoding, KafkaReceiverConfig};
 use super::lag::LagContext;
@@ -56,17 +57,79 @@ pub(super) fn decode(value: &[u8], encoding: Encoding, max_bytes: usize) -> Deco
     if report.invalid.is_empty() {
         return Decoded::Spans(Batch::from_encoded(bytes, report.spans), 0);
     }
-    let mut rs = match TracesData::decode(bytes.as_ref()) {
-        Ok(t) => t.resource_spans,
-        Err(e) => return Decoded::Malformed("protobuf", format!("invalid OTLP protobuf: {e}")),
-    };
-    crate::otlp::drop_invalid(&mut rs, &report.invalid);
-    let b = Batch::from_resource_spans(rs);
-    let kept = b.span_count();
-    if kept == 0 {
-        return Decoded::Empty;
+    match crate::otlp::without_invalid(&bytes, &report) {
+        Ok((_, 0, _)) => Decoded::Empty,
+        Ok((kept_bytes, kept, _)) => Decoded::Spans(Batch::from_encoded(kept_bytes, kept), report.invalid.len() as u64),
+        Err(e) => Decoded::Malformed("protobuf", format!("invalid OTLP protobuf: {e}")),
     }
-    Decoded::Spans(Batch::from_encoded(b.to_bytes(), kept), report.invalid.len() as u64)
+}
+
+/// A record whose delivery failed with a retryable error, to be admitted again.
+struct Redelivery {
+    partition: i32,
+    offset: i64,
+    payload: Bytes,
+    spans: usize,
+    /// Deliveries tried so far.
+    attempts: u32,
+}
+
+/// First wait before a failed record is delivered again; doubles per attempt up to the max.
+const REDELIVERY_BACKOFF: Duration = Duration::from_secs(1);
+const REDELIVERY_BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// What the per-record finalizers share.
+struct Marking {
+    tracker: Mutex<OffsetTracker>,
+    consumer: Arc<StreamConsumer<LagContext>>,
+    topic: String,
+    name: String,
+    on_error: bool,
+    redeliver: tokio::sync::mpsc::UnboundedSender<Redelivery>,
+    redelivered: metrics::Counter,
+    committed_permanent: metrics::Counter,
+    committed_error: metrics::Counter,
+}
+
+impl Marking {
+    fn tracker(&self) -> std::sync::MutexGuard<'_, OffsetTracker> {
+        self.tracker.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The record is done with: store the highest offset now committable.
+    fn done(&self, partition: i32, offset: i64) {
+        if let Some(last) = self.tracker().done(partition, offset) {
+            // Stores last + 1 for the next auto-commit; fails only if the partition was revoked
+            // meanwhile (its new owner re-reads from the last commit).
+            if let Err(e) = self.consumer.store_offset(&self.topic, partition, last) {
+                tracing::debug!(message = "Offset not stored.", partition, offset = last, error = %e);
+            }
+        }
+    }
+
+    /// The finalizer of a record's batch: marks the record done, or sends it back for another
+    /// delivery.
+    fn finalizer(self: &Arc<Self>, r: Redelivery) -> Arc<Finalizer> {
+        let this = self.clone();
+        Finalizer::new(move |status| match status {
+            BatchStatus::Delivered => this.done(r.partition, r.offset),
+            BatchStatus::Rejected => {
+                this.committed_permanent.increment(1);
+                tracing::warn!(message = "Record's spans refused permanently downstream; committed past.", receiver = %this.name, partition = r.partition, offset = r.offset);
+                this.done(r.partition, r.offset);
+            }
+            BatchStatus::Errored if this.on_error => {
+                this.committed_error.increment(1);
+                tracing::warn!(message = "Record's delivery failed; committed past (message_marking.on_error).", receiver = %this.name, partition = r.partition, offset = r.offset);
+                this.done(r.partition, r.offset);
+            }
+            BatchStatus::Errored => {
+                this.redelivered.increment(1);
+                // If the receiver has stopped, the record stays uncommitted: read again after a restart.
+                let _ = this.redeliver.send(Redelivery { attempts: r.attempts + 1, ..r });
+            }
+        })
+    }
 }
 
 /// Creates the consumer and subscribes (librdkafka checks every property here); returns the task.
@@ -85,17 +148,50 @@ pub async fn build(cfg: KafkaReceiverConfig, mut ctx: ComponentContext) -> Resul
     let shutdown = ctx.shutdown.clone();
     let health = ctx.health.clone();
     health.expect_receiver(&name);
+    let (redeliver, mut redeliveries) = tokio::sync::mpsc::unbounded_channel::<Redelivery>();
+    let committed = |reason: &'static str| metrics::counter!(names::RECEIVER_KAFKA_COMMITTED_FAILED_RECORDS, "receiver" => name.clone(), "reason" => reason);
+    let marking = Arc::new(Marking {
+        tracker: Mutex::new(OffsetTracker::default()),
+        consumer: consumer.clone(),
+        topic: cfg.topic.clone(),
+        name: name.clone(),
+        on_error: cfg.message_marking.on_error,
+        redeliver,
+        redelivered: metrics::counter!(names::RECEIVER_KAFKA_REDELIVERED_RECORDS, "receiver" => name.clone()),
+        committed_permanent: committed("permanent"),
+        committed_error: committed("error"),
+    });
+    let mark_after = cfg.message_marking.after;
     tracing::info!(message = "Receiver ready.", receiver = %name, brokers = %cfg.brokers.join(","), topic = %cfg.topic, group_id = %cfg.group_id);
     Ok(Box::pin(async move {
         health.set_listening(&name, true);
-        let tracker = Arc::new(Mutex::new(OffsetTracker::default()));
-        let topic = cfg.topic.clone();
         // Consumer errors repeat while a broker is down: warn once per ERROR_LOG_INTERVAL.
         let mut last_warning: Option<tokio::time::Instant> = None;
+        // Records to deliver again, oldest first; while any wait, no new record is read (what
+        // is held stays bounded by what was in flight).
+        let mut again: std::collections::VecDeque<(tokio::time::Instant, Redelivery)> = Default::default();
         loop {
+            let next_again = again.front().map(|(t, _)| *t);
             let msg = tokio::select! {
+                biased;
                 _ = shutdown.cancelled() => break,
-                m = consumer.recv() => m,
+                r = redeliveries.recv() => {
+                    if let Some(r) = r {
+                        let wait = REDELIVERY_BACKOFF.saturating_mul(1 << r.attempts.saturating_sub(1).min(5)).min(REDELIVERY_BACKOFF_MAX);
+                        tracing::warn!(message = "Record's delivery failed; it will be delivered again.", receiver = %name, partition = r.partition, offset = r.offset, attempt = r.attempts, delay = ?wait);
+                        again.push_back((tokio::time::Instant::now() + wait, r));
+                    }
+                    continue;
+                }
+                _ = tokio::time::sleep_until(next_again.unwrap_or_else(tokio::time::Instant::now)), if next_again.is_some() => {
+                    let (_, r) = again.pop_front().expect("front checked");
+                    let batch = Batch::from_encoded(r.payload.clone(), r.spans).with_finalizer(marking.finalizer(r));
+                    if admission.admit_waiting(batch).await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
+                m = consumer.recv(), if again.is_empty() => m,
             };
             let m = match msg {
                 Ok(m) => m,
@@ -112,51 +208,49 @@ pub async fn build(cfg: KafkaReceiverConfig, mut ctx: ComponentContext) -> Resul
                 }
             };
             let (partition, offset) = (m.partition(), m.offset());
-            let done = {
-                let tracker = tracker.clone();
-                let consumer = consumer.clone();
-                let topic = topic.clone();
-                move || {
-                    let commit = tracker.lock().unwrap_or_else(|e| e.into_inner()).done(partition, offset);
-                    if let Some(last) = commit {
-                        // Stores last + 1 for the next auto-commit; fails only if the partition was
-                        // revoked meanwhile (its new owner re-reads from the last commit).
-                        if let Err(e) = consumer.store_offset(&topic, partition, last) {
-                            tracing::debug!(message = "Offset not stored.", partition, offset = last, error = %e);
-                        }
-                    }
-                }
-            };
-            tracker.lock().unwrap_or_else(|e| e.into_inner()).begin(partition, offset);
+            marking.tracker().begin(partition, offset);
             match decode(m.payload().unwrap_or_default(), cfg.encoding, cfg.max_record_bytes.get() as usize) {
                 Decoded::Spans(batch, rejected) => {
                     if rejected > 0 {
                         admission.rejected(rejected);
                     }
-                    let fin = Finalizer::new(move |_status| done());
                     drop(m);
-                    if admission.admit_waiting(batch.with_finalizer(fin)).await.is_err() {
+                    let batch = if mark_after {
+                        let r = Redelivery { partition, offset, payload: batch.to_bytes(), spans: batch.span_count(), attempts: 0 };
+                        batch.with_finalizer(marking.finalizer(r))
+                    } else {
+                        marking.done(partition, offset);
+                        batch
+                    };
+                    if admission.admit_waiting(batch).await.is_err() {
                         break;
                     }
                 }
-                Decoded::Empty => done(),
+                Decoded::Empty => marking.done(partition, offset),
                 Decoded::Malformed(reason, error) => {
                     // A record that can never be read: counted, logged, and committed past.
                     admission.malformed(reason);
                     tracing::warn!(message = "Kafka record is not valid OTLP; skipped.", receiver = %name, partition, offset, error = %error);
-                    done();
+                    marking.done(partition, offset);
                 }
             }
         }
         health.set_listening(&name, false);
         // Close the output so the stages downstream drain, wait (bounded) until every record
-        // consumed has been delivered, then commit what was stored.
+        // consumed has been delivered or has come back for another delivery, then commit what
+        // was stored. Records waiting for another delivery stay uncommitted.
         drop(admission);
         let deadline = tokio::time::Instant::now() + cfg.shutdown_timeout.get();
-        while tracker.lock().unwrap_or_else(|e| e.into_inner()).pending() > 0 && tokio::time::Instant::now() < deadline {
+        loop {
+            while let Ok(r) = redeliveries.try_recv() {
+                again.push_back((tokio::time::Instant::now(), r));
+            }
+            if marking.tracker().pending() <= again.len() || tokio::time::Instant::now() >= deadline {
+                break;
+            }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let left = tracker.lock().unwrap_or_else(|e| e.into_inner()).pending();
+        let left = marking.tracker().pending();
         if left > 0 {
             tracing::warn!(message = "Records not delivered by shutdown; they will be read again.", receiver = %name, records = left);
         }

@@ -159,3 +159,96 @@ async fn consumes_skips_malformed_and_commits_only_after_delivery() {
     let bs = bootstrap.clone();
     assert_eq!(tokio::task::spawn_blocking(move || committed(&bs, "g", "spans")).await.unwrap(), 4, "all four records, the skipped ones included");
 }
+
+/// Starts the receiver on `topic` of `bootstrap` from the earliest offset.
+async fn receiver(bootstrap: &str, marking: super::MessageMarking) -> (Input, CancellationToken, tokio::task::JoinHandle<Result<(), tracepipe_pipeline::ComponentError>>) {
+    let (tx, input) = Input::channel(8);
+    let shutdown = CancellationToken::new();
+    let ctx = ComponentContext { name: "k".into(), kind: ComponentKind::Receiver, input: None, output: Some(Output::new(vec![tx])), shutdown: shutdown.clone(), health: Health::default() };
+    let cfg = KafkaReceiverConfig {
+        brokers: vec![bootstrap.to_owned()],
+        topic: "spans".into(),
+        group_id: "g".into(),
+        initial_offset: InitialOffset::Earliest,
+        session_timeout: CfgDuration::from_secs(6),
+        heartbeat_interval: CfgDuration::from_secs(1),
+        librdkafka_options: [("auto.commit.interval.ms".to_owned(), "100".to_owned())].into(),
+        message_marking: marking,
+        ..Default::default()
+    };
+    let h = tokio::spawn(super::build(cfg, ctx).await.unwrap());
+    (input, shutdown, h)
+}
+
+fn produce(bootstrap: &str, values: &[Vec<u8>]) {
+    let producer: BaseProducer = ClientConfig::new().set("bootstrap.servers", bootstrap).create().unwrap();
+    for v in values {
+        producer.send(BaseRecord::<(), [u8]>::to("spans").payload(v)).map_err(|(e, _)| e).unwrap();
+    }
+    producer.flush(Duration::from_secs(10)).unwrap();
+}
+
+async fn recv(input: &mut Input) -> tracepipe_pipeline::Batch {
+    tokio::time::timeout(Duration::from_secs(30), input.recv()).await.expect("a batch").unwrap()
+}
+
+async fn committed_now(bootstrap: &str) -> i64 {
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let bs = bootstrap.to_owned();
+    tokio::task::spawn_blocking(move || committed(&bs, "g", "spans")).await.unwrap()
+}
+
+/// A record whose delivery failed with a retryable error (a sink gave up) is not committed: it
+/// is delivered again, and nothing after it is committed until it is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_that_failed_is_delivered_again_not_committed() {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("spans", 1, 1).unwrap();
+    let bootstrap = mock.bootstrap_servers();
+    produce(&bootstrap, &[request(3, 1), request(2, 2)]);
+    let (mut input, shutdown, h) = receiver(&bootstrap, Default::default()).await;
+    let first = recv(&mut input).await;
+    let second = recv(&mut input).await;
+    assert_eq!((first.span_count(), second.span_count()), (3, 2));
+    second.set_status(BatchStatus::Delivered);
+    drop(second);
+    first.set_status(BatchStatus::Errored);
+    drop(first);
+    // The failed record comes back (after its backoff) with the same spans.
+    let again = recv(&mut input).await;
+    assert_eq!(again.span_count(), 3);
+    assert_eq!(committed_now(&bootstrap).await, -1, "committed past a record that was not delivered");
+    again.set_status(BatchStatus::Delivered);
+    drop(again);
+    assert_eq!(committed_now(&bootstrap).await, 2);
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(30), h).await.expect("stops").unwrap().unwrap();
+}
+
+/// A permanent failure is committed past (counted, logged); with `on_error: true` so is a
+/// retryable one; `after: false` commits as soon as a record is read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permanent_failures_and_on_error_commit_past() {
+    use super::MessageMarking;
+    for (marking, status) in [
+        (MessageMarking::default(), BatchStatus::Rejected),
+        (MessageMarking { after: true, on_error: true }, BatchStatus::Errored),
+        (MessageMarking { after: false, on_error: false }, BatchStatus::Errored),
+    ] {
+        let mock = MockCluster::new(1).unwrap();
+        mock.create_topic("spans", 1, 1).unwrap();
+        let bootstrap = mock.bootstrap_servers();
+        produce(&bootstrap, &[request(3, 1)]);
+        let (mut input, shutdown, h) = receiver(&bootstrap, marking).await;
+        let b = tokio::time::timeout(Duration::from_secs(30), input.recv()).await.expect("a batch").unwrap();
+        if !marking.after {
+            assert_eq!(committed_now(&bootstrap).await, 1, "after: false commits on read");
+        }
+        b.set_status(status);
+        drop(b);
+        assert_eq!(committed_now(&bootstrap).await, 1, "{marking:?} {status:?}");
+        assert!(tokio::time::timeout(Duration::from_millis(1500), input.recv()).await.is_err(), "{marking:?} {status:?}: delivered again");
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(30), h).await.expect("stops").unwrap().unwrap();
+    }
+}

@@ -53,6 +53,10 @@ async fn reports(State((ingest, limit)): State<(Ingest, usize)>, headers: Header
             }
         }
     } else {
+        let token = headers.get("lightstep-access-token").and_then(|v| v.to_str().ok());
+        if let Err(e) = ingest.check_token_early(&body, token, "http") {
+            return error(StatusCode::UNAUTHORIZED, false, e.to_string());
+        }
         match pb::ReportRequest::decode(body.as_ref()) {
             Ok(r) => r,
             Err(e) => {

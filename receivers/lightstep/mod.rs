@@ -84,6 +84,29 @@ impl Ingest {
         self.admission(transport).malformed(reason);
     }
 
+    /// For a protobuf body: the token check on the `auth` field alone (prost skips the spans
+    /// without allocating them), so an unauthenticated sender never costs a full decode. `Err`
+    /// (counted) when a token list is configured and the request's token is not on it.
+    pub(crate) fn check_token_early(&self, body: &[u8], header_token: Option<&str>, transport: &'static str) -> Result<(), ReportError> {
+        if self.cfg.access_tokens.is_empty() {
+            return Ok(());
+        }
+        /// `ReportRequest` with only its `auth` field.
+        #[derive(Clone, PartialEq, prost::Message)]
+        struct AuthOnly {
+            #[prost(message, optional, tag = "2")]
+            auth: Option<pb::Auth>,
+        }
+        // A body that does not decode is left to the full decode, which reports it.
+        let Ok(peek) = AuthOnly::decode(body) else { return Ok(()) };
+        let token = peek.auth.as_ref().map(|a| a.access_token.as_str()).filter(|t| !t.is_empty()).or(header_token).unwrap_or("");
+        if self.cfg.token_allowed(token) {
+            return Ok(());
+        }
+        if transport == "grpc" { &self.unauthenticated_grpc } else { &self.unauthenticated_http }.increment(1);
+        Err(ReportError::Unauthenticated)
+    }
+
     /// Checks the token, translates and admits a report.
     pub(crate) async fn report(&self, req: &pb::ReportRequest, header_token: Option<&str>, transport: &'static str) -> Result<pb::ReportResponse, ReportError> {
         let received = now();

@@ -3,10 +3,11 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, TracesData};
+use opentelemetry_proto::tonic::trace::v1::TracesData;
 use prost::Message;
+use tracepipe_pipeline::regroup;
 use tracepipe_pipeline::topology::{Output, Refused};
-use tracepipe_pipeline::wire::{scan_traces, SpanProblem};
+use tracepipe_pipeline::wire::{scan_traces, ScanReport, WireError};
 use tracepipe_pipeline::{otlp_json, Batch};
 
 use crate::serve::Admission;
@@ -98,11 +99,21 @@ impl Ingest {
             }
             return self.admit(t, Batch::from_encoded(body, report.spans)).await.map(|_| Accepted::default());
         }
-        // Slow path: drop the invalid spans.
-        let rs = TracesData::decode(body.as_ref())
-            .map_err(|e| IngestError::Malformed(format!("invalid OTLP protobuf: {e}")))?
-            .resource_spans;
-        self.admit_filtered(t, rs, &report.invalid).await
+        // Slow path: drop the invalid spans on the wire (a copy of the valid ones inside their
+        // envelopes; no decoding, so memory stays proportional to the request's bytes).
+        let (bytes, kept, reasons) = match without_invalid(&body, &report) {
+            Ok(r) => r,
+            Err(e) => {
+                self.malformed(t, "protobuf");
+                return Err(IngestError::Malformed(format!("invalid OTLP protobuf: {e}")));
+            }
+        };
+        let rejected = report.invalid.len() as u64;
+        self.admission(t).rejected(rejected);
+        if kept > 0 {
+            self.admit(t, Batch::from_encoded(bytes, kept)).await?;
+        }
+        Ok(Accepted { rejected, message: format!("{rejected} span(s) rejected: {}", reasons.join("; ")) })
     }
 
     /// Validates and admits an OTLP/JSON request.
@@ -119,20 +130,6 @@ impl Ingest {
         self.protobuf(t, bytes).await
     }
 
-    async fn admit_filtered(&self, t: Transport, mut rs: Vec<ResourceSpans>, invalid: &[(usize, SpanProblem)]) -> Result<Accepted, IngestError> {
-        let reasons = drop_invalid(&mut rs, invalid);
-        let rejected = invalid.len() as u64;
-        self.admission(t).rejected(rejected);
-        let message = format!("{rejected} span(s) rejected: {}", reasons.join("; "));
-        let batch = Batch::from_resource_spans(rs);
-        if !batch.is_empty() {
-            // Keep the accepted part in wire form, like every other batch.
-            let bytes = batch.to_bytes();
-            self.admit(t, Batch::from_encoded(bytes, batch.span_count())).await?;
-        }
-        Ok(Accepted { rejected, message })
-    }
-
     async fn admit(&self, t: Transport, batch: Batch) -> Result<(), IngestError> {
         self.admission(t).admit(batch).await.map_err(|e| match e {
             Refused::Full => IngestError::Full,
@@ -141,31 +138,21 @@ impl Ingest {
     }
 }
 
-/// Removes the spans [`scan_traces`] found invalid (by index in message order) and the resource
-/// and scope groups left empty; returns the distinct problems, for the sender's message.
-pub(crate) fn drop_invalid(rs: &mut Vec<ResourceSpans>, invalid: &[(usize, SpanProblem)]) -> Vec<&'static str> {
-    let mut index = 0usize;
-    let mut k = 0usize;
+/// The request without the spans [`scan_traces`] found invalid (by index in message order), as
+/// wire bytes, with the number of spans kept and the distinct problems (for the sender's message).
+/// Resource and scope groups left empty are dropped.
+pub(crate) fn without_invalid(body: &[u8], report: &ScanReport) -> Result<(Bytes, usize, Vec<&'static str>), WireError> {
+    let rg = regroup::in_order(&[body])?;
+    let skip: Vec<usize> = report.invalid.iter().map(|(i, _)| *i).collect();
+    let bytes = match rg.groups.first() {
+        Some(g) => rg.encode_without(g, &skip),
+        None => Vec::new(),
+    };
     let mut reasons: Vec<&'static str> = Vec::new();
-    for r in rs.iter_mut() {
-        for ss in &mut r.scope_spans {
-            ss.spans.retain(|_| {
-                let keep = match invalid.get(k) {
-                    Some((i, p)) if *i == index => {
-                        k += 1;
-                        if !reasons.contains(&p.as_str()) {
-                            reasons.push(p.as_str());
-                        }
-                        false
-                    }
-                    _ => true,
-                };
-                index += 1;
-                keep
-            });
+    for (_, p) in &report.invalid {
+        if !reasons.contains(&p.as_str()) {
+            reasons.push(p.as_str());
         }
-        r.scope_spans.retain(|ss| !ss.spans.is_empty());
     }
-    rs.retain(|r| !r.scope_spans.is_empty());
-    reasons
+    Ok((bytes.into(), report.spans - report.invalid.len(), reasons))
 }

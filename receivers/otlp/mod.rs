@@ -22,7 +22,7 @@ mod ingest;
 mod tests;
 
 pub use config::{GrpcConfig, HttpConfig, OtlpConfig};
-pub(crate) use ingest::drop_invalid;
+pub(crate) use ingest::without_invalid;
 
 use tracepipe_pipeline::topology::{BuildError, ComponentContext, ComponentFuture};
 

@@ -82,6 +82,8 @@ fn event(ts: u64, value: String) -> span::Event {
 /// Translates spans; spans with all-zero ids are returned separately (the receiver rejects them).
 pub fn to_otlp(spans: Vec<ZSpan>) -> (Vec<ResourceSpans>, usize) {
     let mut out: Vec<ResourceSpans> = Vec::new();
+    let mut resource_index: std::collections::HashMap<String, usize> = Default::default();
+    let mut scope_index: std::collections::HashMap<(usize, String, String), usize> = Default::default();
     let mut rejected = 0;
     for z in spans {
         if z.trace_id.iter().all(|b| *b == 0) || z.id.iter().all(|b| *b == 0) {
@@ -137,21 +139,16 @@ pub fn to_otlp(spans: Vec<ZSpan>) -> (Vec<ResourceSpans>, usize) {
             sp.flags |= 0x01;
         }
         sp.events = z.annotations.into_iter().map(|(ts, value)| event(ts, value)).collect();
-        let ri = match out.iter().position(|r| r.resource.as_ref().and_then(|res| res.attributes.first()).and_then(|a| a.value.as_ref()).and_then(|v| v.value.as_ref()) == Some(&s(&service))) {
-            Some(i) => i,
-            None => {
-                out.push(ResourceSpans { resource: Some(Resource { attributes: vec![kv("service.name", s(&service))], ..Default::default() }), ..Default::default() });
-                out.len() - 1
-            }
-        };
+        // Resource and scope found by hash (not by a search of what was built: linear in spans).
+        let ri = *resource_index.entry(service.clone()).or_insert_with(|| {
+            out.push(ResourceSpans { resource: Some(Resource { attributes: vec![kv("service.name", s(&service))], ..Default::default() }), ..Default::default() });
+            out.len() - 1
+        });
         let scopes = &mut out[ri].scope_spans;
-        let si = match scopes.iter().position(|sc| sc.scope.as_ref().map(|x| (&x.name, &x.version)) == Some((&scope_name, &scope_version))) {
-            Some(i) => i,
-            None => {
-                scopes.push(ScopeSpans { scope: Some(InstrumentationScope { name: scope_name, version: scope_version, ..Default::default() }), ..Default::default() });
-                scopes.len() - 1
-            }
-        };
+        let si = *scope_index.entry((ri, scope_name.clone(), scope_version.clone())).or_insert_with(|| {
+            scopes.push(ScopeSpans { scope: Some(InstrumentationScope { name: scope_name, version: scope_version, ..Default::default() }), ..Default::default() });
+            scopes.len() - 1
+        });
         scopes[si].spans.push(sp);
     }
     (out, rejected)

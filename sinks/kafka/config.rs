@@ -143,6 +143,14 @@ impl KafkaSinkConfig {
         if c.max_buffer_bytes.get() < 1024 || c.max_buffer_bytes.get() / 1024 > i32::MAX as u64 {
             errors.push(ConfigError::new(file, at("max_buffer_bytes"), "max_buffer_bytes must be between 1KiB and 2TiB"));
         }
+        if c.max_message_bytes.get() > c.max_buffer_bytes.get() {
+            // A record that cannot fit librdkafka's buffer would wait for room forever.
+            errors.push(ConfigError::new(
+                file,
+                at("max_message_bytes"),
+                format!("max_message_bytes ({}) must not exceed max_buffer_bytes ({})", c.max_message_bytes.get(), c.max_buffer_bytes.get()),
+            ));
+        }
         if errors.is_empty() { Ok(c) } else { Err(errors) }
     }
 

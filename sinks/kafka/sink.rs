@@ -167,6 +167,7 @@ pub async fn build(cfg: KafkaSinkConfig, mut ctx: ComponentContext) -> Result<Co
         healthcheck(producer.clone(), name.clone(), topic.clone());
         let mut in_flight = FuturesUnordered::new();
         let mut held = 0usize;
+        let mut stopping_since: Option<tokio::time::Instant> = None;
         loop {
             let batch = tokio::select! {
                 b = input.recv() => match b { Some(b) => b, None => break },
@@ -204,8 +205,15 @@ pub async fn build(cfg: KafkaSinkConfig, mut ctx: ComponentContext) -> Result<Co
                             p.records.push((fut, r.spans, r.payload.len()));
                             break;
                         }
-                        // librdkafka's buffer is full: wait (backpressure) rather than drop.
-                        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => tokio::time::sleep(QUEUE_FULL_WAIT).await,
+                        // librdkafka's buffer is full: wait (backpressure) rather than drop; once
+                        // shutdown has gone on for SHUTDOWN_BUDGET, give up on it (counted).
+                        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                            if shutdown.is_cancelled() && stopping_since.get_or_insert_with(tokio::time::Instant::now).elapsed() >= SHUTDOWN_BUDGET {
+                                p.failed.push((Outcome::Shutdown, r.spans, "librdkafka's queue stayed full through shutdown".into()));
+                                break;
+                            }
+                            tokio::time::sleep(QUEUE_FULL_WAIT).await
+                        }
                         Err((e, _)) => {
                             p.failed.push((classify(&e), r.spans, e.to_string()));
                             break;

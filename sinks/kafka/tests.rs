@@ -56,6 +56,12 @@ fn config_defaults_and_errors() {
     assert!(all.iter().any(|m| m.starts_with("t.yaml:8:22: message_timeout must be above 0")), "{all:?}");
     assert!(all.iter().any(|m| m.starts_with("t.yaml:9:23: max_buffer_bytes must be between 1KiB")), "{all:?}");
     assert!(all.iter().any(|m| m.starts_with("t.yaml:10:16: client_id must not be empty")), "{all:?}");
+    // A record that could never fit librdkafka's buffer would wait for room forever.
+    let e = parse("    max_message_bytes: 2000000
+    max_buffer_bytes: 1MiB
+").unwrap_err();
+    assert_eq!(e.len(), 1);
+    assert!(e[0].to_string().starts_with("t.yaml:7:24: max_message_bytes (2000000) must not exceed max_buffer_bytes (1048576)"), "{}", e[0]);
 }
 
 fn span(trace: u8, i: u8, attr_len: usize) -> Span {

@@ -34,6 +34,10 @@ pub enum ExportError {
     /// Will never succeed (bad request, unauthenticated, not found…).
     #[error("{0}")]
     Permanent(String),
+    /// The request is larger than the server (or, for JSON bodies, `max_request_bytes`) takes:
+    /// resending it unchanged cannot succeed, a smaller one may.
+    #[error("{0}")]
+    TooLarge(String),
 }
 
 /// What a successful export reports.
@@ -107,8 +111,15 @@ pub enum Exporter {
         json: bool,
         /// Body compression.
         compression: Compression,
+        /// Largest body before compression (JSON bodies are checked here; protobuf ones are
+        /// cut to size before they reach the exporter).
+        max_body: usize,
     },
 }
+
+/// Most bytes of an upstream's response body read (an OTLP response is a few bytes; a
+/// misbehaving server must not make the sink buffer without bound).
+const MAX_RESPONSE_BYTES: usize = 64 << 10;
 
 fn https_connector(cfg: &OtlpSinkConfig, http2_only: bool) -> Result<HttpsConnector, String> {
     let tls = tls::client_config(&cfg.tls)?;
@@ -177,7 +188,14 @@ impl Exporter {
                 for (k, v) in &cfg.headers {
                     headers.insert(HeaderName::from_bytes(k.as_bytes()).map_err(|e| e.to_string())?, HeaderValue::from_str(v).map_err(|e| e.to_string())?);
                 }
-                Ok(Exporter::Http { client, uri, headers, json: cfg.protocol == Protocol::HttpJson, compression: cfg.compression })
+                Ok(Exporter::Http {
+                    client,
+                    uri,
+                    headers,
+                    json: cfg.protocol == Protocol::HttpJson,
+                    compression: cfg.compression,
+                    max_body: cfg.max_request_bytes.get() as usize,
+                })
             }
         }
     }
@@ -206,13 +224,16 @@ impl Exporter {
                     Err(s) => Err(classify_grpc(&s)),
                 }
             }
-            Exporter::Http { client, uri, headers, json, compression } => {
+            Exporter::Http { client, uri, headers, json, compression, max_body } => {
                 let raw: Bytes = if *json {
                     let rs = batch.to_resource_spans().map_err(|e| ExportError::Permanent(e.to_string()))?;
                     otlp_json::encode_request(&rs).into()
                 } else {
                     batch.to_bytes()
                 };
+                if raw.len() > *max_body {
+                    return Err(ExportError::TooLarge(format!("request body of {} bytes exceeds max_request_bytes ({max_body})", raw.len())));
+                }
                 let body: Bytes = match compression {
                     Compression::None => raw,
                     Compression::Gzip => {
@@ -249,7 +270,8 @@ impl Exporter {
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.trim().parse::<u64>().ok())
                     .map(Duration::from_secs);
-                let body = match tokio::time::timeout(timeout, resp.into_body().collect()).await {
+                let limited = http_body_util::Limited::new(resp.into_body(), MAX_RESPONSE_BYTES);
+                let body = match tokio::time::timeout(timeout, limited.collect()).await {
                     Ok(Ok(b)) => b.to_bytes(),
                     _ => Bytes::new(),
                 };
@@ -266,25 +288,43 @@ impl Exporter {
                 }
                 let text = String::from_utf8_lossy(&body[..body.len().min(256)]).into_owned();
                 let message = format!("HTTP {status}: {text}");
-                match status.as_u16() {
-                    429 | 502 | 503 | 504 => Err(ExportError::Retryable { message, retry_after }),
-                    _ => Err(ExportError::Permanent(message)),
-                }
+                Err(classify_http(status.as_u16(), message, retry_after))
             }
         }
     }
 }
 
-/// The OTel retry rules for gRPC codes.
-fn classify_grpc(s: &Status) -> ExportError {
+/// The OTLP/HTTP retry rules: 429, 502, 503 and 504 are retried (honouring `Retry-After`), 413
+/// means the body was too large, anything else is permanent.
+pub(crate) fn classify_http(status: u16, message: String, retry_after: Option<Duration>) -> ExportError {
+    match status {
+        429 | 502 | 503 | 504 => ExportError::Retryable { message, retry_after },
+        413 => ExportError::TooLarge(message),
+        _ => ExportError::Permanent(message),
+    }
+}
+
+/// True when a status says the request message was larger than the server takes: tonic servers
+/// (tracepipe, Rotel) answer `OUT_OF_RANGE` "decoded message length too large", grpc-go servers
+/// (the OTel Collector) `RESOURCE_EXHAUSTED` "received message larger than max".
+fn says_too_large(s: &Status) -> bool {
+    let m = s.message();
+    matches!(s.code(), Code::OutOfRange | Code::ResourceExhausted) && (m.contains("too large") || m.contains("larger than max"))
+}
+
+/// The OTel retry rules for gRPC codes, and a too-large message told apart from the rest.
+pub(crate) fn classify_grpc(s: &Status) -> ExportError {
     let message = format!("gRPC {:?}: {}", s.code(), s.message());
+    if says_too_large(s) {
+        return ExportError::TooLarge(message);
+    }
     match s.code() {
         Code::Unavailable | Code::Aborted | Code::DeadlineExceeded | Code::Cancelled | Code::OutOfRange | Code::DataLoss => {
             ExportError::Retryable { message, retry_after: None }
         }
         // As the OTel Go exporter: RESOURCE_EXHAUSTED is retried only when the server says when
-        // (RetryInfo details or grpc-retry-pushback-ms); otherwise it is a hard limit (e.g. the
-        // message is larger than the server accepts) that retrying cannot fix.
+        // (RetryInfo details or grpc-retry-pushback-ms); otherwise it is a hard limit that
+        // retrying cannot fix (a too-large message is told apart above).
         Code::ResourceExhausted => {
             let pushback = s.metadata().get("grpc-retry-pushback-ms").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
             if pushback.is_some() || !s.details().is_empty() {

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::Deserialize;
-use tracepipe_config::{ConfigError, Duration, Node};
+use tracepipe_config::{ByteSize, ConfigError, Duration, Node};
 
 /// Wire protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -107,6 +107,11 @@ impl Default for QueueConfig {
     }
 }
 
+/// Smallest `max_request_bytes`: room for one small span with its envelopes.
+const MIN_REQUEST_BYTES: u64 = 1024;
+/// Largest `max_request_bytes` (protobuf messages are limited to 2 GiB).
+const MAX_REQUEST_BYTES: u64 = 2 << 30;
+
 /// The validated sink configuration.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -123,6 +128,11 @@ pub struct OtlpSinkConfig {
     pub tls: TlsConfig,
     /// Per-request timeout (default 10s).
     pub timeout: Duration,
+    /// Largest request body, counted uncompressed as servers count it (default 4MiB, the gRPC
+    /// default a server accepts). Bigger batches are cut by spans before sending; a request the
+    /// server still refuses as too large is halved; a span bigger than this alone is dropped
+    /// and counted (`reason="message_too_large"`).
+    pub max_request_bytes: ByteSize,
     /// Retry policy.
     pub retry: RetryConfig,
     /// Queue policy.
@@ -138,6 +148,7 @@ impl Default for OtlpSinkConfig {
             headers: BTreeMap::new(),
             tls: TlsConfig::default(),
             timeout: Duration::from_secs(10),
+            max_request_bytes: ByteSize::mib(4),
             retry: RetryConfig::default(),
             queue: QueueConfig::default(),
         }
@@ -172,6 +183,9 @@ impl OtlpSinkConfig {
         }
         if !(c.retry.multiplier >= 1.0) {
             errors.push(ConfigError::new(file, at("retry"), "retry: multiplier must be at least 1"));
+        }
+        if !(MIN_REQUEST_BYTES..=MAX_REQUEST_BYTES).contains(&c.max_request_bytes.get()) {
+            errors.push(ConfigError::new(file, at("max_request_bytes"), "max_request_bytes must be between 1KiB and 2GiB"));
         }
         if c.timeout.get().is_zero() {
             errors.push(ConfigError::new(file, at("timeout"), "timeout must be above 0"));

@@ -1,6 +1,7 @@
 //! The OTLP sink's task: a span-bounded queue feeding `num_consumers` export workers that retry
 //! with exponential backoff.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,7 +22,9 @@ struct Metrics {
     shutdown: Counter,
     rejected: Counter,
     queue_full: Counter,
+    too_large: Counter,
     retries: Counter,
+    splits: Counter,
     queue: Gauge,
 }
 
@@ -37,7 +40,9 @@ impl Metrics {
             shutdown: failed("shutdown"),
             rejected: failed("rejected_by_server"),
             queue_full: failed("queue_full"),
+            too_large: failed("message_too_large"),
             retries: metrics::counter!(names::SINK_RETRIES, "sink" => s.clone()),
+            splits: metrics::counter!(names::SINK_SPLIT_REQUESTS, "sink" => s.clone()),
             queue: metrics::gauge!(names::SINK_QUEUE_SPANS, "sink" => s),
         }
     }
@@ -52,6 +57,19 @@ struct Worker {
     health: Health,
     /// Fires when the process is stopping.
     shutdown: tokio_util::sync::CancellationToken,
+    /// `max_request_bytes`: no request is larger.
+    max_request_bytes: usize,
+    /// The size requests are cut to: `max_request_bytes`, or less once the upstream refused a
+    /// request as too large (half that request's size), shared by the workers.
+    limit: AtomicUsize,
+}
+
+/// How one request ended.
+enum Attempt {
+    /// Delivered, or failed and counted.
+    Done,
+    /// The server (or, for JSON, the size check) refused it as too large: cut it smaller.
+    TooLarge(String),
 }
 
 /// Once shutdown has begun, a batch that still fails after this long is dropped and counted
@@ -60,14 +78,76 @@ struct Worker {
 const SHUTDOWN_RETRY_BUDGET: Duration = Duration::from_secs(20);
 
 impl Worker {
-    /// Exports one batch, retrying retryable failures; counts the outcome.
+    /// Exports one batch as requests of at most `limit` bytes, in order; a request refused as too
+    /// large is cut in half (and the limit lowered for the requests after it), a single span
+    /// refused as too large, or bigger than `max_request_bytes`, is dropped and counted.
     async fn deliver(&self, batch: Batch) {
+        let limit = self.limit.load(Ordering::Relaxed);
+        // A stack of requests, the next on top.
+        let mut todo: Vec<Batch> = Vec::new();
+        self.cut(&batch, limit, &mut todo);
+        drop(batch);
+        while let Some(part) = todo.pop() {
+            let limit = self.limit.load(Ordering::Relaxed);
+            if part.span_count() > 1 && part.encoded_len() > limit {
+                // Cut before the limit was lowered (by a sibling's refusal): cut it again.
+                self.cut(&part, limit, &mut todo);
+                continue;
+            }
+            let Attempt::TooLarge(message) = self.attempt(&part).await else { continue };
+            let n = part.span_count();
+            if n <= 1 {
+                self.m.too_large.increment(n as u64);
+                tracing::error!(message = "Upstream refused a single span as too large; dropped.", sink = %self.name, bytes = part.encoded_len(), error = %message);
+                part.set_status(BatchStatus::Rejected);
+                continue;
+            }
+            let half = (part.encoded_len() / 2).max(1);
+            if self.limit.fetch_min(half, Ordering::Relaxed) > half {
+                tracing::warn!(
+                    message = "Upstream refused a request as too large; requests are now cut smaller. Set max_request_bytes to the upstream's limit.",
+                    sink = %self.name, refused_bytes = part.encoded_len(), new_limit = half, error = %message
+                );
+            }
+            self.m.splits.increment(1);
+            self.cut(&part, half, &mut todo);
+        }
+    }
+
+    /// Pushes `batch` cut to `limit` bytes onto `todo`, so that its first part is popped first.
+    /// A span that alone exceeds `limit` but not `max_request_bytes` is tried on its own (the
+    /// upstream's real limit may lie between).
+    fn cut(&self, batch: &Batch, limit: usize, todo: &mut Vec<Batch>) {
+        let parts = match batch.split_by_bytes(limit) {
+            Ok(p) => p,
+            Err(e) => {
+                self.m.permanent.increment(batch.span_count() as u64);
+                tracing::error!(message = "Batch is not valid OTLP; spans dropped.", sink = %self.name, spans = batch.span_count(), error = %e);
+                batch.set_status(BatchStatus::Rejected);
+                return;
+            }
+        };
+        let mut ordered = parts.parts;
+        for single in parts.too_large {
+            if single.encoded_len() > self.max_request_bytes {
+                self.m.too_large.increment(1);
+                tracing::error!(message = "Span larger than max_request_bytes on its own; dropped.", sink = %self.name, bytes = single.encoded_len(), max_request_bytes = self.max_request_bytes);
+                single.set_status(BatchStatus::Rejected);
+            } else {
+                ordered.push(single);
+            }
+        }
+        todo.extend(ordered.into_iter().rev());
+    }
+
+    /// Sends one request, retrying retryable failures; counts the outcome unless it is too large.
+    async fn attempt(&self, batch: &Batch) -> Attempt {
         let n = batch.span_count() as u64;
         let start = tokio::time::Instant::now();
         let mut wait = self.retry.initial_interval.get();
         let mut stopping_since: Option<tokio::time::Instant> = None;
         loop {
-            match self.exporter.export(&batch, self.timeout).await {
+            match self.exporter.export(batch, self.timeout).await {
                 Ok(done) => {
                     let ok = n.saturating_sub(done.rejected);
                     self.m.sent.increment(ok);
@@ -78,14 +158,15 @@ impl Worker {
                     }
                     self.health.set_sink_failure(&self.name, None);
                     batch.set_status(BatchStatus::Delivered);
-                    return;
+                    return Attempt::Done;
                 }
+                Err(ExportError::TooLarge(message)) => return Attempt::TooLarge(message),
                 Err(ExportError::Permanent(msg)) => {
                     self.m.permanent.increment(n);
                     tracing::error!(message = "Export failed permanently; spans dropped.", sink = %self.name, spans = n, error = %msg);
                     self.health.set_sink_failure(&self.name, Some(msg));
                     batch.set_status(BatchStatus::Rejected);
-                    return;
+                    return Attempt::Done;
                 }
                 Err(ExportError::Retryable { message, retry_after }) => {
                     let max_elapsed = self.retry.max_elapsed_time.get();
@@ -95,7 +176,7 @@ impl Worker {
                         self.m.exhausted.increment(n);
                         tracing::error!(message = "Export failed; retries exhausted, spans dropped.", sink = %self.name, spans = n, error = %message);
                         batch.set_status(BatchStatus::Errored);
-                        return;
+                        return Attempt::Done;
                     }
                     self.m.retries.increment(1);
                     tracing::warn!(message = "Export failed; will retry.", sink = %self.name, spans = n, error = %message, delay = ?delay);
@@ -105,7 +186,7 @@ impl Worker {
                             self.m.shutdown.increment(n);
                             tracing::error!(message = "Shutting down; undeliverable spans dropped.", sink = %self.name, spans = n, error = %message);
                             batch.set_status(BatchStatus::Errored);
-                            return;
+                            return Attempt::Done;
                         }
                     }
                     tokio::select! {
@@ -140,6 +221,8 @@ pub async fn build(cfg: OtlpSinkConfig, mut ctx: ComponentContext) -> Result<Com
         m: m.clone(),
         health: ctx.health.clone(),
         shutdown: ctx.shutdown.clone(),
+        max_request_bytes: cfg.max_request_bytes.get() as usize,
+        limit: AtomicUsize::new(cfg.max_request_bytes.get() as usize),
     });
     let capacity = cfg.queue.max_spans;
     let policy = cfg.queue.when_full;
