@@ -305,11 +305,14 @@ pub(crate) fn classify_http(status: u16, message: String, retry_after: Option<Du
 }
 
 /// True when a status says the request message was larger than the server takes: tonic servers
-/// (tracepipe, Rotel) answer `OUT_OF_RANGE` "decoded message length too large", grpc-go servers
-/// (the OTel Collector) `RESOURCE_EXHAUSTED` "received message larger than max".
+/// (tracepipe, Rotel) answer `OUT_OF_RANGE` "decoded message length too large" or, for a
+/// compressed message, `RESOURCE_EXHAUSTED` "size limit, of N bytes, exceeded while
+/// decompressing"; grpc-go servers (the OTel Collector) `RESOURCE_EXHAUSTED` "received message
+/// larger than max".
 fn says_too_large(s: &Status) -> bool {
     let m = s.message();
-    matches!(s.code(), Code::OutOfRange | Code::ResourceExhausted) && (m.contains("too large") || m.contains("larger than max"))
+    matches!(s.code(), Code::OutOfRange | Code::ResourceExhausted)
+        && (m.contains("too large") || m.contains("larger than max") || m.contains("size limit"))
 }
 
 /// The OTel retry rules for gRPC codes, and a too-large message told apart from the rest.

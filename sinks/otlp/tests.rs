@@ -75,7 +75,8 @@ fn grpc_codes_classified_as_the_otel_exporters_do() {
     let tonic_says = Status::new(Code::OutOfRange, "Error, decoded message length too large: found 5242880 bytes, the limit is: 4194304 bytes");
     let go_says = Status::new(Code::ResourceExhausted, "grpc: received message larger than max (5242880 vs. 4194304)");
     let go_after_decompression = Status::new(Code::ResourceExhausted, "grpc: received message after decompression larger than max (5242880 vs. 4194304)");
-    for s in [tonic_says, go_says, go_after_decompression] {
+    let tonic_decompressing = Status::new(Code::ResourceExhausted, "Error decompressing: size limit, of 1048576 bytes, exceeded while decompressing message");
+    for s in [tonic_says, tonic_decompressing, go_says, go_after_decompression] {
         assert_eq!(kind(&classify_grpc(&s)), "too_large", "{s:?}");
     }
     // Transport failures reported as UNKNOWN are retried.
