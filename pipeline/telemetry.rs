@@ -76,6 +76,9 @@ pub mod names {
     pub const SINK_PARQUET_FILES: &str = "tracepipe_sink_parquet_files_total";
     /// Rows in the archive files a Parquet sink closed (`sink`).
     pub const SINK_PARQUET_ROWS: &str = "tracepipe_sink_parquet_rows_total";
+    /// Spans a Parquet sink has written into files not yet closed (gauge; `sink`): counted in
+    /// `tracepipe_sink_sent_spans_total` once their file is closed and renamed into place.
+    pub const SINK_PARQUET_PENDING_SPANS: &str = "tracepipe_sink_parquet_pending_spans";
     /// Files a Parquet sink has open (gauge; `sink`).
     pub const SINK_PARQUET_OPEN_FILES: &str = "tracepipe_sink_parquet_open_files";
     /// Leftover temporary files found on start (`sink`, `outcome`: renamed, quarantined).

@@ -39,6 +39,7 @@ pub async fn build(cfg: ParquetSinkConfig, mut ctx: ComponentContext) -> Result<
         files: metrics::counter!(names::SINK_PARQUET_FILES, "sink" => name.clone()),
         rows: metrics::counter!(names::SINK_PARQUET_ROWS, "sink" => name.clone()),
         open: metrics::gauge!(names::SINK_PARQUET_OPEN_FILES, "sink" => name.clone()),
+        pending: metrics::gauge!(names::SINK_PARQUET_PENDING_SPANS, "sink" => name.clone()),
     };
     let tick = (cfg.roll.max_age.get() / 4).clamp(std::time::Duration::from_millis(10), std::time::Duration::from_secs(5));
     let input = Arc::new(tokio::sync::Mutex::new(input));
@@ -70,6 +71,7 @@ struct SinkMetrics {
     files: Counter,
     rows: Counter,
     open: Gauge,
+    pending: Gauge,
 }
 
 /// One writer: takes the next batch from the shared input, encodes it into its own files, rolls
@@ -81,16 +83,27 @@ async fn work(
     m: SinkMetrics,
     tick: std::time::Duration,
 ) -> Result<(), ComponentError> {
-    // This worker's share of the open-files gauge.
+    // This worker's share of the open-files and pending-spans gauges.
     let mut open = 0usize;
-    let mut note = |closed: Vec<Closed>, w: &ArchiveWriter| {
+    let mut pending = 0u64;
+    // Spans count as sent once they are in a closed file; dropping the acknowledgements then
+    // reports their batches delivered. Lost rows are counted and their batches reported errored.
+    let mut note = |closed: Vec<Closed>, w: &mut ArchiveWriter| {
         for c in closed {
             m.files.increment(1);
             m.rows.increment(c.rows);
+            m.sent.increment(c.rows);
             tracing::debug!(message = "Archive file closed.", path = %c.path.display(), rows = c.rows);
+        }
+        for lost in w.take_lost() {
+            m.failed.increment(lost.rows);
+            lost.acks.iter().for_each(|a| a.set_status(BatchStatus::Errored));
+            tracing::error!(message = "Archive rows lost.", sink = %name, spans = lost.rows, error = %lost.error);
         }
         m.open.increment(w.open_files() as f64 - open as f64);
         open = w.open_files();
+        m.pending.increment(w.pending_rows() as f64 - pending as f64);
+        pending = w.pending_rows();
     };
     let mut timer = tokio::time::interval(tick);
     timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -100,37 +113,57 @@ async fn work(
             next = async { input.lock().await.recv().await } => match next {
                 Some(batch) => {
                     let n = batch.span_count();
+                    w.set_ack(batch.finalizers_only());
                     // Still-encoded batches (the usual case) go from protobuf to Arrow
                     // directly; decoded ones (a processor looked inside) from the structs.
                     let result = match batch.encoded_buffers() {
-                        Some(bufs) => tokio::task::block_in_place(|| w.write_encoded(bufs, n, Instant::now())).map_err(|e| e.to_string()),
-                        None => batch
-                            .to_resource_spans()
-                            .map_err(|e| e.to_string())
-                            .and_then(|rs| tokio::task::block_in_place(|| w.write(&rs, Instant::now())).map_err(|e| e.to_string())),
+                        Some(bufs) => tokio::task::block_in_place(|| w.write_encoded(bufs, n, Instant::now())),
+                        None => match batch.to_resource_spans() {
+                            Ok(rs) => tokio::task::block_in_place(|| w.write(&rs, Instant::now())),
+                            Err(e) => {
+                                m.failed.increment(n as u64);
+                                batch.set_status(BatchStatus::Rejected);
+                                tracing::error!(message = "Cannot archive spans: the batch does not decode.", sink = %name, error = %e);
+                                continue;
+                            }
+                        },
                     };
+                    drop(batch);
                     match result {
-                        Ok(closed) => {
-                            m.sent.increment(n as u64);
-                            note(closed, &w);
-                        }
+                        Ok(closed) => note(closed, &mut w),
                         Err(e) => {
-                            m.failed.increment(n as u64);
-                            batch.set_status(BatchStatus::Errored);
+                            // What the error cost is in `take_lost` (counted by `note`); rows kept
+                            // for a retry are not counted yet.
                             tracing::error!(message = "Cannot archive spans.", sink = %name, error = %e);
+                            let closed = w.take_closed();
+                            note(closed, &mut w);
                         }
                     }
                 }
                 None => {
-                    let closed = tokio::task::block_in_place(|| w.close_all()).map_err(|e| ComponentError(format!("sink `{name}`: closing archive files failed: {e}")))?;
-                    note(closed, &w);
-                    return Ok(());
+                    return match tokio::task::block_in_place(|| w.close_all()) {
+                        Ok(closed) => {
+                            note(closed, &mut w);
+                            Ok(())
+                        }
+                        Err(e) => {
+                            // Whatever did not reach a closed file is lost: counted, reported.
+                            w.abandon(&e);
+                            let closed = w.take_closed();
+                            note(closed, &mut w);
+                            Err(ComponentError(format!("sink `{name}`: closing archive files failed: {e}")))
+                        }
+                    };
                 }
             },
             _ = timer.tick() => {
                 match tokio::task::block_in_place(|| w.roll_aged(Instant::now())) {
-                    Ok(closed) => note(closed, &w),
-                    Err(e) => tracing::error!(message = "Cannot close archive file.", sink = %name, error = %e),
+                    Ok(closed) => note(closed, &mut w),
+                    Err(e) => {
+                        tracing::error!(message = "Cannot close archive file.", sink = %name, error = %e);
+                        let closed = w.take_closed();
+                        note(closed, &mut w);
+                    }
                 }
             }
         }

@@ -322,3 +322,77 @@ fn workers_are_bounded() {
         }
     }
 }
+
+mod acks {
+    use super::*;
+    use std::sync::mpsc;
+    use tracepipe_pipeline::{Batch, BatchStatus, Finalizer};
+
+    fn ack() -> (Batch, mpsc::Receiver<BatchStatus>) {
+        let (tx, rx) = mpsc::channel();
+        (Batch::empty().with_finalizer(Finalizer::new(move |s| {
+            let _ = tx.send(s);
+        })), rx)
+    }
+
+    fn enc(rs: Vec<ResourceSpans>) -> Vec<u8> {
+        use prost::Message;
+        opentelemetry_proto::tonic::trace::v1::TracesData { resource_spans: rs }.encode_to_vec()
+    }
+
+    /// A batch counts as delivered only once its rows are in a closed file: not when they are
+    /// buffered in the encoder or an open file.
+    #[test]
+    fn a_batch_is_acknowledged_when_its_file_is_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = ArchiveWriter::new(ParquetSinkConfig { path: dir.path().to_path_buf(), row_group_rows: 10, ..Default::default() });
+        let (a1, s1) = ack();
+        w.set_ack(a1);
+        assert!(w.write_encoded([enc(rich(20, T0)).as_slice()], 21, Instant::now()).unwrap().is_empty());
+        let (a2, s2) = ack();
+        w.set_ack(a2);
+        assert!(w.write(&rich(5, T0), Instant::now()).unwrap().is_empty());
+        assert_eq!(w.pending_rows(), 21 + 6);
+        assert!(s1.try_recv().is_err() && s2.try_recv().is_err(), "acknowledged while only in an open file");
+        let closed = w.close_all().unwrap();
+        assert_eq!((closed.len(), closed[0].rows), (1, 27));
+        assert!(s1.try_recv().is_err(), "the Closed still holds the acknowledgement until the sink has counted it");
+        drop(closed);
+        assert_eq!(s1.try_recv().unwrap(), BatchStatus::Delivered);
+        assert_eq!(s2.try_recv().unwrap(), BatchStatus::Delivered);
+        assert!(w.take_lost().is_empty());
+    }
+
+    /// While the directory cannot be written, the encoder keeps at most one row group: beyond it
+    /// the rows are dropped, counted lost and their batches told so; memory stays bounded.
+    #[test]
+    fn an_unwritable_directory_keeps_memory_bounded_and_counts_what_it_drops() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("archive");
+        std::fs::write(&root, b"a file where the archive directory should be").unwrap();
+        let mut w = ArchiveWriter::new(ParquetSinkConfig { path: root.clone(), row_group_rows: 50, ..Default::default() });
+        let mut statuses = Vec::new();
+        let mut lost = 0;
+        for _ in 0..20 {
+            let (a, s) = ack();
+            statuses.push(s);
+            w.set_ack(a);
+            assert!(w.write_encoded([enc(rich(20, T0)).as_slice()], 21, Instant::now()).is_err());
+            assert!(w.pending_rows() < 50 + 21, "{} rows held", w.pending_rows());
+            for l in w.take_lost() {
+                lost += l.rows;
+                l.acks.iter().for_each(|a| a.set_status(BatchStatus::Errored));
+            }
+        }
+        let held = w.pending_rows();
+        assert_eq!(lost + held, 20 * 21, "every row is held or counted lost");
+        assert!(lost >= 20 * 21 - 70);
+        // The batches whose rows were dropped are reported errored; the held ones not yet.
+        let errored = statuses.iter().filter(|s| s.try_recv() == Ok(BatchStatus::Errored)).count() as u64;
+        assert_eq!(errored * 21, lost);
+        // The directory comes back: what is held reaches a file.
+        std::fs::remove_file(&root).unwrap();
+        let closed = w.close_all().unwrap();
+        assert_eq!(closed.iter().map(|c| c.rows).sum::<u64>(), held);
+    }
+}

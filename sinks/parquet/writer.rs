@@ -27,6 +27,7 @@ use tracepipe_pipeline::archive::layout::{self, Partition};
 use tracepipe_pipeline::archive::encoded::encoded_to_record_batch;
 use tracepipe_pipeline::archive::pages::{parquet_schema, Pushed, RowGroupEncoder};
 use tracepipe_pipeline::archive::schema;
+use tracepipe_pipeline::Batch;
 
 use super::config::{Compression, ParquetSinkConfig};
 
@@ -51,15 +52,32 @@ struct OpenFile {
     fin: PathBuf,
     rows: u64,
     opened: Instant,
+    /// Acknowledgements of the batches with rows in this file.
+    acks: Vec<Batch>,
 }
 
 /// A file closed and renamed into place.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Closed {
     /// Its final path.
     pub path: PathBuf,
     /// Rows in it.
     pub rows: u64,
+    /// Acknowledgements (finalizer-only batches) of the batches whose rows it holds: dropping
+    /// them reports those batches delivered (unless another of their parts was lost).
+    pub acks: Vec<Batch>,
+}
+
+/// Rows that will never reach a closed file (a file that could not be written or closed, rows
+/// discarded to keep memory bounded while a directory cannot be written, a malformed batch).
+#[derive(Debug)]
+pub struct Lost {
+    /// How many.
+    pub rows: u64,
+    /// The acknowledgements of the batches they came from.
+    pub acks: Vec<Batch>,
+    /// Why.
+    pub error: String,
 }
 
 /// At most this many partitions have an open file; a span for another closes the oldest.
@@ -73,6 +91,14 @@ pub struct ArchiveWriter {
     /// The row group being built from encoded batches, and the partition directory it is for.
     encoder: RowGroupEncoder,
     encoder_dir: Option<PathBuf>,
+    /// Acknowledgements of the batches with rows in the encoder.
+    encoder_acks: Vec<Batch>,
+    /// The acknowledgement of the batch being written (see [`ArchiveWriter::set_ack`]).
+    ack: Option<Batch>,
+    /// Files closed since the last successful call returned them.
+    closed: Vec<Closed>,
+    /// Rows lost since [`ArchiveWriter::take_lost`] last took them.
+    lost: Vec<Lost>,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> WriteError + '_ {
@@ -101,7 +127,17 @@ impl ArchiveWriter {
         };
         let encoder = RowGroupEncoder::new(&parquet_schema(), codec, bucket_ns, schema::dictionary, schema::statistics)
             .expect("the page encoder takes the archive schema (tested)");
-        ArchiveWriter { cfg, props, open: BTreeMap::new(), encoder, encoder_dir: None }
+        ArchiveWriter {
+            cfg,
+            props,
+            open: BTreeMap::new(),
+            encoder,
+            encoder_dir: None,
+            encoder_acks: Vec::new(),
+            ack: None,
+            closed: Vec::new(),
+            lost: Vec::new(),
+        }
     }
 
     /// Files open now.
@@ -109,26 +145,78 @@ impl ArchiveWriter {
         self.open.len()
     }
 
+    /// Rows written but not yet in a closed file (in open files and the encoder).
+    pub fn pending_rows(&self) -> u64 {
+        self.open.values().map(|f| f.rows).sum::<u64>() + self.encoder.rows()
+    }
+
+    /// The acknowledgement (a finalizer-only batch, [`Batch::finalizers_only`]) of the batch the
+    /// next write takes: held with the batch's rows until they are in a closed file
+    /// ([`Closed::acks`]) or lost ([`ArchiveWriter::take_lost`]).
+    pub fn set_ack(&mut self, ack: Batch) {
+        self.ack = Some(ack);
+    }
+
+    /// Rows lost since the last call, with their acknowledgements (to report them failed).
+    pub fn take_lost(&mut self) -> Vec<Lost> {
+        std::mem::take(&mut self.lost)
+    }
+
+    fn lose(&mut self, rows: u64, acks: Vec<Batch>, error: &dyn std::fmt::Display) {
+        if rows > 0 || !acks.is_empty() {
+            self.lost.push(Lost { rows, acks, error: error.to_string() });
+        }
+    }
+
+    /// The files closed and not yet returned (a call that failed may have closed some).
+    pub fn take_closed(&mut self) -> Vec<Closed> {
+        std::mem::take(&mut self.closed)
+    }
+
     /// Writes spans, each into the partition of its start time; returns the files this closed
     /// (rolled by rows or bytes).
     pub fn write(&mut self, rs: &[ResourceSpans], now: Instant) -> Result<Vec<Closed>, WriteError> {
-        self.write_rows(schema::to_record_batch(rs)?, now)
+        let ack = self.ack.take().unwrap_or_else(Batch::empty);
+        let rows = match schema::to_record_batch(rs) {
+            Ok(r) => r,
+            Err(e) => {
+                self.lose(tracepipe_pipeline::batch::count_spans(rs) as u64, vec![ack], &e);
+                return Err(e.into());
+            }
+        };
+        self.ack = Some(ack);
+        self.write_rows(rows, now)
     }
 
     /// As [`ArchiveWriter::write`], from OTLP `TracesData` buffers still encoded (the usual case:
-    /// straight to Parquet pages, see `tracepipe_pipeline::archive::pages`).
+    /// straight to Parquet pages, see `tracepipe_pipeline::archive::pages`). An error leaves the
+    /// batch's rows either with the encoder (its file could not be opened yet: tried again at the
+    /// next flush or close, up to one row group) or lost ([`ArchiveWriter::take_lost`]).
     pub fn write_encoded<'a>(&mut self, bufs: impl IntoIterator<Item = &'a [u8]>, spans: usize, now: Instant) -> Result<Vec<Closed>, WriteError> {
+        let ack = self.ack.take().unwrap_or_else(Batch::empty);
         let bufs: Vec<&[u8]> = bufs.into_iter().collect();
-        let mut closed = Vec::new();
-        let mut pushed = self.encoder.push_encoded(&bufs)?;
+        let mut pushed = match self.encoder.push_encoded(&bufs) {
+            Ok(p) => p,
+            Err(e) => {
+                self.lose(spans as u64, vec![ack], &e);
+                return Err(e.into());
+            }
+        };
         if pushed == Pushed::OtherPartition && self.encoder.rows() > 0 {
             // A new partition (the hour turned): the row group so far goes to its file first.
-            closed.extend(self.flush_encoder(now)?);
-            pushed = self.encoder.push_encoded(&bufs)?;
+            let flushed = self.flush_encoder(now).map(|_| ()).and_then(|()| self.encoder.push_encoded(&bufs).map_err(WriteError::from));
+            match flushed {
+                Ok(p) => pushed = p,
+                Err(e) => {
+                    self.lose(spans as u64, vec![ack], &e);
+                    return Err(e);
+                }
+            }
         }
         match pushed {
             Pushed::Rows(0) => {}
             Pushed::Rows(_) => {
+                self.encoder_acks.push(ack);
                 let bucket = self.encoder.bucket().unwrap_or(0);
                 let ns = match self.cfg.partition {
                     Partition::None => 0,
@@ -137,30 +225,64 @@ impl ArchiveWriter {
                 };
                 let dir = layout::partition_dir(self.cfg.partition, ns as u64);
                 // Bound first: if the file cannot be opened now, the rows stay with their
-                // partition and the next flush or close tries again (and reports the error).
+                // partition and the next flush or close tries again (and reports the error);
+                // a full row group that still has no file is dropped (counted), so memory stays
+                // bounded while the directory cannot be written.
                 self.encoder_dir = Some(dir.clone());
-                closed.extend(self.ensure_open(&dir, now)?);
+                if let Err(e) = self.ensure_open(&dir, now) {
+                    self.discard_full_encoder(&e);
+                    return Err(e);
+                }
                 if self.full(&dir) {
-                    closed.push(self.close(&dir)?);
+                    self.close(&dir)?;
                 } else if self.encoder.rows() >= self.cfg.row_group_rows as u64 {
-                    closed.extend(self.flush_encoder(now)?);
+                    self.flush_encoder(now)?;
                 }
             }
             // Spans of two partitions in one batch: split by the Arrow path.
-            Pushed::OtherPartition => closed.extend(self.write_rows(encoded_to_record_batch(bufs, spans)?, now)?),
+            Pushed::OtherPartition => {
+                let rows = match encoded_to_record_batch(bufs, spans) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        self.lose(spans as u64, vec![ack], &e);
+                        return Err(e.into());
+                    }
+                };
+                self.ack = Some(ack);
+                self.write_rows_inner(rows, now)?;
+            }
         }
-        Ok(closed)
+        Ok(self.take_closed())
+    }
+
+    /// Drops the encoder's rows (counted lost) once they fill a row group without a file to go to.
+    fn discard_full_encoder(&mut self, error: &WriteError) {
+        if self.encoder.rows() < self.cfg.row_group_rows as u64 {
+            return;
+        }
+        let rows = self.encoder.rows();
+        let _ = self.encoder.finish();
+        self.encoder_dir = None;
+        let acks = std::mem::take(&mut self.encoder_acks);
+        self.lose(rows, acks, error);
+    }
+
+    /// A file that failed mid-write: its rows are lost (counted), its temporary file removed.
+    fn fail_file(&mut self, dir: &Path, error: &dyn std::fmt::Display) {
+        if let Some(f) = self.open.remove(dir) {
+            let _ = std::fs::remove_file(&f.tmp);
+            self.lose(f.rows, f.acks, error);
+        }
     }
 
     /// Opens the file of partition `dir` if it is not open (closing the oldest at the limit).
-    fn ensure_open(&mut self, dir: &Path, now: Instant) -> Result<Option<Closed>, WriteError> {
+    fn ensure_open(&mut self, dir: &Path, now: Instant) -> Result<(), WriteError> {
         if self.open.contains_key(dir) {
-            return Ok(None);
+            return Ok(());
         }
-        let mut closed = None;
         if self.open.len() >= MAX_OPEN {
             let oldest = self.open.iter().filter(|(k, _)| k.as_path() != dir).min_by_key(|(_, f)| f.opened).map(|(k, _)| k.clone()).expect("non-empty");
-            closed = Some(self.close(&oldest)?);
+            self.close(&oldest)?;
         }
         let full = self.cfg.path.join(dir);
         std::fs::create_dir_all(&full).map_err(io(&full))?;
@@ -169,8 +291,8 @@ impl ArchiveWriter {
         // ArrowWriter sets the file up (schema, the Arrow schema in the metadata, properties);
         // row groups are then added column chunk by column chunk.
         let (writer, factory) = ArrowWriter::try_new(file, schema::schema(), Some(self.props.clone()))?.into_serialized_writer()?;
-        self.open.insert(dir.to_path_buf(), OpenFile { writer, factory, tmp, fin, rows: 0, opened: now });
-        Ok(closed)
+        self.open.insert(dir.to_path_buf(), OpenFile { writer, factory, tmp, fin, rows: 0, opened: now, acks: Vec::new() });
+        Ok(())
     }
 
     /// Whether the open file of `dir` reached `max_rows` or `max_bytes`, counting the encoder's
@@ -181,86 +303,181 @@ impl ArchiveWriter {
         f.rows + rows >= self.cfg.roll.max_rows || (f.writer.bytes_written() + bytes) as u64 >= self.cfg.roll.max_bytes.get()
     }
 
-    /// Splices the encoder's row group into its partition's file.
-    fn flush_encoder(&mut self, now: Instant) -> Result<Option<Closed>, WriteError> {
-        let Some(dir) = self.encoder_dir.clone() else { return Ok(None) };
+    /// Splices the encoder's row group into its partition's file. If the file cannot be opened,
+    /// the rows stay (up to a row group) for the next try; if writing fails, the rows and the
+    /// file are lost (counted).
+    fn flush_encoder(&mut self, now: Instant) -> Result<(), WriteError> {
+        let Some(dir) = self.encoder_dir.clone() else { return Ok(()) };
         if self.encoder.rows() == 0 {
             self.encoder_dir = None;
-            return Ok(None);
+            return Ok(());
         }
         // The binding stays until the rows are in the file, so a failure here is retried.
-        let closed = self.ensure_open(&dir, now)?;
+        if let Err(e) = self.ensure_open(&dir, now) {
+            self.discard_full_encoder(&e);
+            return Err(e);
+        }
         self.encoder_dir = None;
         let rows = self.encoder.rows();
-        let chunks = self.encoder.finish()?;
+        let acks = std::mem::take(&mut self.encoder_acks);
         let f = self.open.get_mut(&dir).expect("opened");
-        let mut rg = f.writer.next_row_group()?;
-        for (bytes, close) in chunks {
-            rg.append_column(&bytes, close)?;
+        let written = (|| -> Result<(), WriteError> {
+            let chunks = self.encoder.finish()?;
+            let mut rg = f.writer.next_row_group()?;
+            for (bytes, close) in chunks {
+                rg.append_column(&bytes, close)?;
+            }
+            rg.close()?;
+            Ok(())
+        })();
+        match written {
+            Ok(()) => {
+                f.rows += rows;
+                f.acks.extend(acks);
+                Ok(())
+            }
+            Err(e) => {
+                self.lose(rows, acks, &e);
+                self.fail_file(&dir, &e);
+                Err(e)
+            }
         }
-        rg.close()?;
-        f.rows += rows;
-        Ok(closed)
     }
 
     /// Writes archive rows, each into the partition of its start time.
     pub fn write_rows(&mut self, rows: RecordBatch, now: Instant) -> Result<Vec<Closed>, WriteError> {
-        let mut closed = Vec::new();
-        let arrow_schema = schema::schema();
-        for (dir, batch) in split(rows, self.cfg.partition)? {
-            closed.extend(self.ensure_open(&dir, now)?);
+        self.write_rows_inner(rows, now)?;
+        Ok(self.take_closed())
+    }
+
+    fn write_rows_inner(&mut self, rows: RecordBatch, now: Instant) -> Result<(), WriteError> {
+        let ack = self.ack.take().unwrap_or_else(Batch::empty);
+        let n = rows.num_rows() as u64;
+        let parts = match split(rows, self.cfg.partition) {
+            Ok(p) => p,
+            Err(e) => {
+                self.lose(n, vec![ack], &e);
+                return Err(e);
+            }
+        };
+        let mut first_error = None;
+        for (dir, batch) in parts {
+            let rows = batch.num_rows() as u64;
+            if let Err(e) = self.ensure_open(&dir, now) {
+                self.lose(rows, vec![ack.clone()], &e);
+                first_error.get_or_insert(e);
+                continue;
+            }
+            if let Err(e) = self.write_row_group(&dir, &batch) {
+                self.lose(rows, vec![ack.clone()], &e);
+                self.fail_file(&dir, &e);
+                first_error.get_or_insert(e);
+                continue;
+            }
             let f = self.open.get_mut(&dir).expect("opened");
-            // One row group: each column's leaves through its own ArrowColumnWriter.
-            let mut writers = f.factory.create_column_writers(f.writer.flushed_row_groups().len())?.into_iter();
-            let mut chunks = Vec::new();
-            for (field, column) in arrow_schema.fields().iter().zip(batch.columns()) {
-                for leaf in compute_leaves(field, column)? {
-                    let mut w = writers.next().ok_or_else(|| WriteError::Parquet(datafusion::parquet::errors::ParquetError::General("more leaves than column writers".into())))?;
-                    w.write(&leaf)?;
-                    chunks.push(w.close()?);
-                }
-            }
-            let mut rg = f.writer.next_row_group()?;
-            for c in chunks {
-                c.append_to_row_group(&mut rg)?;
-            }
-            rg.close()?;
-            f.rows += batch.num_rows() as u64;
-            if self.full(&dir) {
-                closed.push(self.close(&dir)?);
+            f.rows += rows;
+            f.acks.push(ack.clone());
+            if self.full(&dir)
+                && let Err(e) = self.close(&dir)
+            {
+                first_error.get_or_insert(e);
             }
         }
-        Ok(closed)
+        match first_error {
+            None => Ok(()),
+            Some(e) => Err(e),
+        }
+    }
+
+    /// One row group in `dir`'s open file: each column's leaves through its own
+    /// `ArrowColumnWriter`.
+    fn write_row_group(&mut self, dir: &Path, batch: &RecordBatch) -> Result<(), WriteError> {
+        let arrow_schema = schema::schema();
+        let f = self.open.get_mut(dir).expect("opened");
+        let mut writers = f.factory.create_column_writers(f.writer.flushed_row_groups().len())?.into_iter();
+        let mut chunks = Vec::new();
+        for (field, column) in arrow_schema.fields().iter().zip(batch.columns()) {
+            for leaf in compute_leaves(field, column)? {
+                let mut w = writers.next().ok_or_else(|| WriteError::Parquet(datafusion::parquet::errors::ParquetError::General("more leaves than column writers".into())))?;
+                w.write(&leaf)?;
+                chunks.push(w.close()?);
+            }
+        }
+        let mut rg = f.writer.next_row_group()?;
+        for c in chunks {
+            c.append_to_row_group(&mut rg)?;
+        }
+        rg.close()?;
+        Ok(())
     }
 
     /// Closes the files older than `max_age`.
     pub fn roll_aged(&mut self, now: Instant) -> Result<Vec<Closed>, WriteError> {
         let max_age = self.cfg.roll.max_age.get();
         let due: Vec<PathBuf> = self.open.iter().filter(|(_, f)| now.duration_since(f.opened) >= max_age).map(|(k, _)| k.clone()).collect();
-        due.iter().map(|d| self.close(d)).collect()
+        for d in due {
+            self.close(&d)?;
+        }
+        Ok(self.take_closed())
     }
 
-    /// Closes every open file (shutdown).
+    /// Closes every open file (shutdown); every file is tried, the first error is returned.
     pub fn close_all(&mut self) -> Result<Vec<Closed>, WriteError> {
         // Pending rows first, even for a partition whose file could not be opened before.
-        let mut closed: Vec<Closed> = self.flush_encoder(Instant::now())?.into_iter().collect();
+        let mut first = self.flush_encoder(Instant::now()).err();
         let all: Vec<PathBuf> = self.open.keys().cloned().collect();
         for d in all {
-            closed.push(self.close(&d)?);
+            if let Err(e) = self.close(&d) {
+                first.get_or_insert(e);
+            }
         }
-        Ok(closed)
+        match first {
+            None => Ok(self.take_closed()),
+            Some(e) => Err(e),
+        }
     }
 
-    fn close(&mut self, dir: &Path) -> Result<Closed, WriteError> {
+    /// Gives up on everything not in a closed file (the sink is stopping after a failed
+    /// close): those rows are lost ([`ArchiveWriter::take_lost`]), temporary files removed.
+    pub fn abandon(&mut self, error: &dyn std::fmt::Display) {
+        let rows = self.encoder.rows();
+        if rows > 0 {
+            let _ = self.encoder.finish();
+            let acks = std::mem::take(&mut self.encoder_acks);
+            self.lose(rows, acks, error);
+        }
+        self.encoder_dir = None;
+        let all: Vec<PathBuf> = self.open.keys().cloned().collect();
+        for d in all {
+            self.fail_file(&d, error);
+        }
+    }
+
+    /// Closes `dir`'s file and renames it into place ([`ArchiveWriter::closed`]); on failure its
+    /// rows are lost (counted) and the temporary file removed.
+    fn close(&mut self, dir: &Path) -> Result<(), WriteError> {
         if self.encoder_dir.as_deref() == Some(dir) {
             self.flush_encoder(Instant::now())?;
         }
-        let f = self.open.remove(dir).expect("open");
-        let file = f.writer.into_inner()?;
-        file.sync_all().map_err(io(&f.tmp))?;
-        drop(file);
-        std::fs::rename(&f.tmp, &f.fin).map_err(io(&f.fin))?;
-        Ok(Closed { path: f.fin, rows: f.rows })
+        let Some(f) = self.open.remove(dir) else { return Ok(()) };
+        let (tmp, fin, rows, acks) = (f.tmp.clone(), f.fin.clone(), f.rows, f.acks);
+        let done = (|| -> Result<(), WriteError> {
+            let file = f.writer.into_inner()?;
+            file.sync_all().map_err(io(&tmp))?;
+            drop(file);
+            std::fs::rename(&tmp, &fin).map_err(io(&fin))
+        })();
+        match done {
+            Ok(()) => {
+                self.closed.push(Closed { path: fin, rows, acks });
+                Ok(())
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                self.lose(rows, acks, &e);
+                Err(e)
+            }
+        }
     }
 }
 

@@ -43,6 +43,12 @@ sinks:
 """, "archiver")
 
 
+def archived(m: dict, **labels) -> float:
+    """Spans a Parquet sink has written: in closed files (sent) or in files still open (pending;
+    counted sent once their file closes, at roll or SIGTERM)."""
+    return metric_sum(m, "tracepipe_sink_sent_spans_total", **labels) + metric_sum(m, "tracepipe_sink_parquet_pending_spans", **labels)
+
+
 def archive_sdk_spans(path: Path, traces: int, workers=1):
     port = free_port()
     # With several workers, batches of 10 so that each worker gets some (the input's lock is fair).
@@ -52,7 +58,7 @@ def archive_sdk_spans(path: Path, traces: int, workers=1):
             emit_rich_trace(tp, f"-{i}")
         tp.shutdown()
         sent = memory.get_finished_spans()
-        wait_for(lambda: metric_sum(a.metrics(), "tracepipe_sink_sent_spans_total") >= len(sent), what="spans archived")
+        wait_for(lambda: archived(a.metrics()) >= len(sent), what="spans archived")
         assert a.stop() == 0, a.logs()  # SIGTERM closes the open file
     return sent
 
@@ -207,7 +213,10 @@ def test_kill_9_mid_write_serves_nothing_half_written(tmp_path):
     for i in range(5):
         emit_rich_trace(tp, f"-{i}")
     tp.shutdown()
-    wait_for(lambda: metric_sum(a.metrics(), "tracepipe_sink_sent_spans_total") >= 25, what="spans written")
+    wait_for(lambda: archived(a.metrics()) >= 25, what="spans written")
+    m = a.metrics()
+    assert metric_sum(m, "tracepipe_sink_sent_spans_total") == 0, "nothing is counted sent before its file is closed"
+    assert metric_sum(m, "tracepipe_sink_parquet_pending_spans") == 25
     assert list(archive.rglob(".*.parquet.tmp")), "an open file should exist"
     assert not list(archive.rglob("*.parquet")) or all(p.name.startswith(".") for p in archive.rglob("*.parquet"))
     a.proc.kill()
@@ -223,7 +232,7 @@ def test_kill_9_mid_write_serves_nothing_half_written(tmp_path):
         tp, memory = provider("grpc", f"http://127.0.0.1:{port}")
         emit_rich_trace(tp, "-after")
         tp.shutdown()
-        wait_for(lambda: metric_sum(b.metrics(), "tracepipe_sink_sent_spans_total") >= 5, what="spans written")
+        wait_for(lambda: archived(b.metrics()) >= 5, what="spans written")
         assert b.stop() == 0
     assert list((archive / "_quarantine").rglob("*.tmp"))
     q = subprocess.run([tracepipe_bin(), "query", "--archive", str(archive), "--format", "csv", "SELECT count(*) AS n FROM spans"], capture_output=True, text=True)
@@ -294,7 +303,7 @@ processors:
         for _ in range(10):
             assert mesh.request()[0] == 200
         want = 10 * mesh.spans_per_request()
-        wait_for(lambda: metric_sum(tp.metrics(), "tracepipe_sink_sent_spans_total", sink="archive") >= want, timeout=30, what=f"{want} spans archived")
+        wait_for(lambda: archived(tp.metrics(), sink="archive") >= want, timeout=30, what=f"{want} spans archived")
         assert tp.stop() == 0
     b, b_grpc, _, out = far_end()
     with b:
