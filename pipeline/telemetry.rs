@@ -79,6 +79,9 @@ pub mod names {
     /// Spans a Parquet sink has written into files not yet closed (gauge; `sink`): counted in
     /// `tracepipe_sink_sent_spans_total` once their file is closed and renamed into place.
     pub const SINK_PARQUET_PENDING_SPANS: &str = "tracepipe_sink_parquet_pending_spans";
+    /// Spans a Parquet sink partitioned by their write time because their start time was beyond
+    /// `max_clock_skew` (`sink`).
+    pub const SINK_PARQUET_CLOCK_SKEWED_SPANS: &str = "tracepipe_sink_parquet_clock_skewed_spans_total";
     /// Files a Parquet sink has open (gauge; `sink`).
     pub const SINK_PARQUET_OPEN_FILES: &str = "tracepipe_sink_parquet_open_files";
     /// Leftover temporary files found on start (`sink`, `outcome`: renamed, quarantined).

@@ -307,6 +307,10 @@ pub struct RowGroupEncoder {
     /// Nanoseconds per partition (`None`: one partition), and the partition of the rows.
     bucket_ns: Option<i64>,
     bucket: Option<i64>,
+    /// Start times outside `[lo, hi]` are partitioned as `fallback` (see [`RowGroupEncoder::set_window`]).
+    window: Option<(i64, i64, i64)>,
+    /// Spans of the last push partitioned by the fallback time.
+    skewed: u64,
     /// The batch's resources and scopes, recorded; the one being repeated and how many times.
     contexts: Vec<Vec<(usize, Op)>>,
     repeat: Option<(u32, u32)>,
@@ -386,6 +390,8 @@ impl RowGroupEncoder {
             rows: 0,
             bucket_ns,
             bucket: None,
+            window: None,
+            skewed: 0,
             contexts: Vec::new(),
             repeat: None,
             no_events: 0,
@@ -408,6 +414,18 @@ impl RowGroupEncoder {
         self.bucket
     }
 
+    /// Spans whose start time lies outside `[lo, hi]` go to the partition of `fallback` instead
+    /// (their rows keep their own start time): a sender's absurd clock cannot create a directory
+    /// and a file per span. `None`: every span by its start time.
+    pub fn set_window(&mut self, window: Option<(i64, i64, i64)>) {
+        self.window = window;
+    }
+
+    /// Spans of the last successful push that were partitioned by the window's fallback time.
+    pub fn skewed(&self) -> u64 {
+        self.skewed
+    }
+
     /// Bytes the row group holds so far (compressed pages, raw values of unfinished pages).
     pub fn buffered_bytes(&self) -> usize {
         self.leaves.iter().map(|l| l.buffered_bytes()).sum()
@@ -417,13 +435,14 @@ impl RowGroupEncoder {
     pub fn push_encoded(&mut self, bufs: &[&[u8]]) -> Result<Pushed, ArrowError> {
         let cp = Checkpoint { marks: self.leaves.iter().map(|l| l.mark()).collect(), rows: self.rows, bucket: self.bucket };
         self.contexts.clear();
+        self.skewed = 0;
         self.mismatch = false;
         let walked = walk(bufs.iter().copied(), self);
         if let Err(e) = walked.and_then(|()| self.flush_repeats().map_err(ArrowError::from)) {
             for (l, m) in self.leaves.iter_mut().zip(cp.marks) {
                 l.rewind(m);
             }
-            (self.rows, self.bucket, self.repeat, self.no_events, self.no_links) = (cp.rows, cp.bucket, None, 0, 0);
+            (self.rows, self.bucket, self.repeat, self.no_events, self.no_links, self.skewed) = (cp.rows, cp.bucket, None, 0, 0, 0);
             (self.wrote_events, self.wrote_links) = (false, false);
             (self.attrs, self.other) = (AttrRow::default(), AttrRow::default());
             return if std::mem::take(&mut self.mismatch) { Ok(Pushed::OtherPartition) } else { Err(e) };
@@ -580,7 +599,14 @@ impl Rows for RowGroupEncoder {
     fn span_fields(&mut self, f: &SpanFields<'_>, ctx: u32) -> Result<(), ArrowError> {
         let (start, end) = (nanos(f.start), nanos(f.end));
         if let Some(ns) = self.bucket_ns {
-            let b = start.max(0) / ns;
+            let t = match self.window {
+                Some((lo, hi, fallback)) if start < lo || start > hi => {
+                    self.skewed += 1;
+                    fallback
+                }
+                _ => start,
+            };
+            let b = t.max(0) / ns;
             match self.bucket {
                 None => self.bucket = Some(b),
                 Some(have) if have != b => {

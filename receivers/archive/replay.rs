@@ -62,34 +62,59 @@ pub async fn session(path: &std::path::Path, batch_size: usize) -> Result<Sessio
     Ok(ctx)
 }
 
+/// The longest a paced replay waits between two spans (wall time, after `speed`): a longer gap
+/// in the archive's start times (a span with a zero or absurd start time sorted first, a day
+/// with no traffic) is skipped, logged, and pacing goes on from the span after it.
+pub const MAX_PACED_WAIT: Duration = Duration::from_secs(60);
+
 /// Decides when each span goes out and how its timestamps move.
 struct Pacer {
     speed: Speed,
     shift: bool,
+    /// The archive time the wall clock was anchored to.
     first: Option<u64>,
+    /// The start time of the span before (spans come in start order when paced).
+    prev: u64,
     wall: Instant,
     wall_unix: u64,
+    /// Gaps skipped so far.
+    skipped: u64,
 }
 
 impl Pacer {
     fn new(speed: Speed, shift: bool) -> Self {
         let wall_unix = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64;
-        Pacer { speed, shift, first: None, wall: Instant::now(), wall_unix }
+        Pacer { speed, shift, first: None, prev: 0, wall: Instant::now(), wall_unix, skipped: 0 }
+    }
+
+    fn anchor(&mut self, start: u64) {
+        self.first = Some(start);
+        self.wall = Instant::now();
+        self.wall_unix = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64;
     }
 
     /// (when the span is due, how far its timestamps move)
     fn place(&mut self, start: u64) -> (Option<Instant>, i128) {
-        if self.first.is_none() {
-            // The clock starts at the first span, not when the query was planned.
-            self.wall = Instant::now();
-            self.wall_unix = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64;
-        }
-        let first = *self.first.get_or_insert(start);
         let factor = match self.speed {
             Speed::Max => 1.0,
             Speed::Factor(f) => f,
         };
-        let since = Duration::from_nanos(((start.saturating_sub(first)) as f64 / factor) as u64);
+        match self.first {
+            // The clock starts at the first span, not when the query was planned.
+            None => self.anchor(start),
+            Some(_) if matches!(self.speed, Speed::Factor(_)) => {
+                let gap = Duration::from_nanos((start.saturating_sub(self.prev) as f64 / factor).min(u64::MAX as f64) as u64);
+                if gap > MAX_PACED_WAIT {
+                    self.skipped += 1;
+                    tracing::warn!(message = "Paced replay skips a gap in the archive's start times.", gap = ?gap, from_ns = self.prev, to_ns = start, max_wait = ?MAX_PACED_WAIT);
+                    self.anchor(start);
+                }
+            }
+            Some(_) => {}
+        }
+        self.prev = start;
+        let first = self.first.unwrap_or(start);
+        let since = Duration::from_nanos(((start.saturating_sub(first)) as f64 / factor).min(u64::MAX as f64) as u64);
         let due = matches!(self.speed, Speed::Factor(_)).then(|| self.wall + since);
         let delta = if self.shift { (self.wall_unix + since.as_nanos() as u64) as i128 - start as i128 } else { 0 };
         (due, delta)
@@ -166,8 +191,39 @@ pub async fn build(cfg: ArchiveConfig, mut ctx: ComponentContext) -> Result<Comp
             }
             total += rb.num_rows() as u64;
         }
-        tracing::info!(message = "Archive replay finished.", receiver = %name, spans = total);
+        tracing::info!(message = "Archive replay finished.", receiver = %name, spans = total, gaps_skipped = pacer.skipped);
         Ok(())
     }))
 }
 
+
+#[cfg(test)]
+mod pacing_tests {
+    use super::*;
+
+    /// A first span at time 0 (or any outlier) does not make a paced replay sleep for decades:
+    /// the gap after it is skipped and pacing goes on from the next span.
+    #[tokio::test]
+    async fn an_outlier_start_time_does_not_stall_a_paced_replay() {
+        let mut p = Pacer::new(Speed::Factor(1.0), true);
+        let t = 1_795_000_000_000_000_000u64;
+        let (due0, _) = p.place(0);
+        let (due1, delta1) = p.place(t);
+        let (due2, _) = p.place(t + 500_000_000);
+        let now = Instant::now();
+        assert!(due0.unwrap() <= now + Duration::from_millis(5));
+        assert!(due1.unwrap() <= now + Duration::from_millis(5), "the 56-year gap is skipped");
+        let wait = due2.unwrap().saturating_duration_since(now);
+        assert!(wait > Duration::from_millis(400) && wait <= Duration::from_millis(505), "pacing resumes: {wait:?}");
+        assert_eq!(p.skipped, 1);
+        // Shifted to now from the new anchor.
+        let now_unix = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as i128;
+        assert!((t as i128 + delta1 - now_unix).abs() < 1_000_000_000);
+        // A gap under the limit is waited for, not skipped.
+        let mut p = Pacer::new(Speed::Factor(10.0), false);
+        p.place(t);
+        let (due, _) = p.place(t + 300_000_000_000); // 5 min of archive time at 10x = 30 s
+        assert!(due.unwrap().saturating_duration_since(Instant::now()) > Duration::from_secs(29));
+        assert_eq!(p.skipped, 0);
+    }
+}

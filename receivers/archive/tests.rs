@@ -34,7 +34,7 @@ fn archive(n: u8) -> (tempfile::TempDir, Vec<ResourceSpans>) {
             all.push(ResourceSpans { resource: svc(service), scope_spans: vec![ScopeSpans { spans: vec![span], ..Default::default() }], ..Default::default() });
         }
     }
-    let mut w = ArchiveWriter::new(ParquetSinkConfig { path: dir.path().to_path_buf(), ..Default::default() });
+    let mut w = ArchiveWriter::new(ParquetSinkConfig { max_clock_skew: tracepipe_config::Duration::from_secs(0), path: dir.path().to_path_buf(), ..Default::default() });
     // Two files, to make the reader merge them.
     let (a, b) = all.split_at(all.len() / 2);
     w.write(a, std::time::Instant::now()).unwrap();

@@ -56,6 +56,11 @@ pub struct ParquetSinkConfig {
     /// falls behind. Each worker keeps its own file per partition, so a partition gets up to
     /// `workers` files per roll.
     pub workers: usize,
+    /// Spans whose start time is further than this from the time they are written (a sender's
+    /// clock far off, or a zero timestamp) go to the partition of the write time instead, counted
+    /// in `tracepipe_sink_parquet_clock_skewed_spans_total`; their rows keep their own start
+    /// time. Default 24h; `0s` partitions every span by its start time.
+    pub max_clock_skew: Duration,
 }
 
 /// At most this many [`ParquetSinkConfig::workers`].
@@ -70,6 +75,7 @@ impl Default for ParquetSinkConfig {
             compression: Compression::Zstd,
             row_group_rows: 128 * 1024,
             workers: 1,
+            max_clock_skew: Duration::from_secs(24 * 3600),
         }
     }
 }

@@ -95,7 +95,7 @@ fn every_otlp_field_survives_the_round_trip() {
 #[test]
 fn files_appear_atomically_in_hour_partitions_and_roll() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = ParquetSinkConfig { path: dir.path().to_path_buf(), roll: Roll { max_rows: 120, ..Roll::default() }, ..Default::default() };
+    let cfg = ParquetSinkConfig { max_clock_skew: tracepipe_config::Duration::from_secs(0), path: dir.path().to_path_buf(), roll: Roll { max_rows: 120, ..Roll::default() }, ..Default::default() };
     let mut w = ArchiveWriter::new(cfg);
     let now = Instant::now();
     assert!(w.write(&rich(50, T0), now).unwrap().is_empty());
@@ -128,7 +128,7 @@ fn encoded_batches_go_to_the_same_partitions_and_read_back_the_same() {
     use prost::Message;
     let enc = |rs: Vec<ResourceSpans>| opentelemetry_proto::tonic::trace::v1::TracesData { resource_spans: rs }.encode_to_vec();
     let dir = tempfile::tempdir().unwrap();
-    let cfg = ParquetSinkConfig { path: dir.path().to_path_buf(), roll: Roll { max_rows: 120, ..Roll::default() }, row_group_rows: 40, ..Default::default() };
+    let cfg = ParquetSinkConfig { max_clock_skew: tracepipe_config::Duration::from_secs(0), path: dir.path().to_path_buf(), roll: Roll { max_rows: 120, ..Roll::default() }, row_group_rows: 40, ..Default::default() };
     let mut w = ArchiveWriter::new(cfg);
     let now = Instant::now();
     assert!(w.write_encoded([enc(rich(50, T0)).as_slice()], 51, now).unwrap().is_empty());
@@ -163,7 +163,7 @@ fn rows_whose_file_cannot_be_opened_are_kept_and_written_once_it_can() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("archive");
     std::fs::write(&root, b"a file where the archive directory should be").unwrap();
-    let mut w = ArchiveWriter::new(ParquetSinkConfig { path: root.clone(), ..Default::default() });
+    let mut w = ArchiveWriter::new(ParquetSinkConfig { max_clock_skew: tracepipe_config::Duration::from_secs(0), path: root.clone(), ..Default::default() });
     let bytes = opentelemetry_proto::tonic::trace::v1::TracesData { resource_spans: rich(20, T0) }.encode_to_vec();
     assert!(w.write_encoded([bytes.as_slice()], 21, Instant::now()).is_err());
     assert!(w.close_all().is_err(), "still blocked at close: an error, not a silent drop");
@@ -176,7 +176,7 @@ fn rows_whose_file_cannot_be_opened_are_kept_and_written_once_it_can() {
 #[test]
 fn aged_files_are_closed() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = ParquetSinkConfig { path: dir.path().to_path_buf(), partition: layout::Partition::None, ..Default::default() };
+    let cfg = ParquetSinkConfig { max_clock_skew: tracepipe_config::Duration::from_secs(0), path: dir.path().to_path_buf(), partition: layout::Partition::None, ..Default::default() };
     let mut w = ArchiveWriter::new(cfg);
     let t = Instant::now();
     w.write(&rich(5, T0), t).unwrap();
@@ -192,7 +192,7 @@ fn crash_leftovers_are_renamed_when_complete_and_quarantined_when_not() {
     std::fs::create_dir_all(&part).unwrap();
     // A complete file that was closed but not renamed (crash between the two).
     let complete = tempfile::tempdir().unwrap();
-    let mut w = ArchiveWriter::new(ParquetSinkConfig { path: complete.path().to_path_buf(), partition: layout::Partition::None, ..Default::default() });
+    let mut w = ArchiveWriter::new(ParquetSinkConfig { max_clock_skew: tracepipe_config::Duration::from_secs(0), path: complete.path().to_path_buf(), partition: layout::Partition::None, ..Default::default() });
     w.write(&rich(5, T0), Instant::now()).unwrap();
     let good = w.close_all().unwrap().remove(0).path;
     std::fs::copy(&good, part.join(".part-1-1-1.parquet.tmp")).unwrap();
@@ -222,7 +222,7 @@ fn config_errors_point_at_fields() {
 fn unique_columns_skip_the_dictionary_and_nested_and_id_ones_the_statistics() {
     use datafusion::parquet::file::reader::{FileReader, SerializedFileReader};
     let dir = tempfile::tempdir().unwrap();
-    let mut w = ArchiveWriter::new(ParquetSinkConfig { path: dir.path().to_path_buf(), ..Default::default() });
+    let mut w = ArchiveWriter::new(ParquetSinkConfig { max_clock_skew: tracepipe_config::Duration::from_secs(0), path: dir.path().to_path_buf(), ..Default::default() });
     w.write(&rich(50, T0), Instant::now()).unwrap();
     let closed = w.close_all().unwrap();
     let reader = SerializedFileReader::new(File::open(&closed[0].path).unwrap()).unwrap();
@@ -248,7 +248,7 @@ fn rows_without_the_archive_schema_are_an_error_not_a_panic() {
     use datafusion::arrow::array::Int64Array;
     use datafusion::arrow::record_batch::RecordBatch;
     let dir = tempfile::tempdir().unwrap();
-    let mut w = ArchiveWriter::new(ParquetSinkConfig { path: dir.path().to_path_buf(), ..Default::default() });
+    let mut w = ArchiveWriter::new(ParquetSinkConfig { max_clock_skew: tracepipe_config::Duration::from_secs(0), path: dir.path().to_path_buf(), ..Default::default() });
     let b = RecordBatch::try_from_iter([("x", std::sync::Arc::new(Int64Array::from(vec![1])) as _)]).unwrap();
     let e = w.write_rows(b, Instant::now()).unwrap_err();
     assert!(e.to_string().contains("start_time"), "{e}");
@@ -271,7 +271,7 @@ async fn parallel_workers_write_every_span_once_and_close_their_files_at_the_end
     use prost::Message;
     use tracepipe_pipeline::Batch;
     let dir = tempfile::tempdir().unwrap();
-    let cfg = ParquetSinkConfig { path: dir.path().to_path_buf(), partition: layout::Partition::None, workers: 3, ..Default::default() };
+    let cfg = ParquetSinkConfig { max_clock_skew: tracepipe_config::Duration::from_secs(0), path: dir.path().to_path_buf(), partition: layout::Partition::None, workers: 3, ..Default::default() };
     let (tx, input) = tracepipe_pipeline::topology::Input::channel(64);
     // Batch k: spans whose span ids start at k * 1000; encoded (the usual case) and decoded.
     let mut want = Vec::new();
@@ -345,7 +345,7 @@ mod acks {
     #[test]
     fn a_batch_is_acknowledged_when_its_file_is_closed() {
         let dir = tempfile::tempdir().unwrap();
-        let mut w = ArchiveWriter::new(ParquetSinkConfig { path: dir.path().to_path_buf(), row_group_rows: 10, ..Default::default() });
+        let mut w = ArchiveWriter::new(ParquetSinkConfig { max_clock_skew: tracepipe_config::Duration::from_secs(0), path: dir.path().to_path_buf(), row_group_rows: 10, ..Default::default() });
         let (a1, s1) = ack();
         w.set_ack(a1);
         assert!(w.write_encoded([enc(rich(20, T0)).as_slice()], 21, Instant::now()).unwrap().is_empty());
@@ -370,7 +370,7 @@ mod acks {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("archive");
         std::fs::write(&root, b"a file where the archive directory should be").unwrap();
-        let mut w = ArchiveWriter::new(ParquetSinkConfig { path: root.clone(), row_group_rows: 50, ..Default::default() });
+        let mut w = ArchiveWriter::new(ParquetSinkConfig { max_clock_skew: tracepipe_config::Duration::from_secs(0), path: root.clone(), row_group_rows: 50, ..Default::default() });
         let mut statuses = Vec::new();
         let mut lost = 0;
         for _ in 0..20 {
@@ -395,4 +395,31 @@ mod acks {
         let closed = w.close_all().unwrap();
         assert_eq!(closed.iter().map(|c| c.rows).sum::<u64>(), held);
     }
+}
+
+/// A sender's clock far off (or a zero start time) does not make a partition per span: spans
+/// beyond `max_clock_skew` go to the partition of the write time, counted, keeping their own
+/// start time in the row; both the page path and the Arrow path.
+#[test]
+fn absurd_start_times_go_to_the_write_time_partition() {
+    use prost::Message;
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = ArchiveWriter::new(ParquetSinkConfig { path: dir.path().to_path_buf(), ..Default::default() });
+    let now_ns = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    // Encoded: 20 spans two weeks ago (beyond the default 24h) -> today's partition.
+    let old = opentelemetry_proto::tonic::trace::v1::TracesData { resource_spans: rich(20, T0) }.encode_to_vec();
+    w.write_encoded([old.as_slice()], 21, Instant::now()).unwrap();
+    assert_eq!(w.take_skewed(), 21);
+    // Decoded, mixed: one at 0, one in the far future, one now: all in today's partition.
+    let mut mixed = rich(1, 0);
+    mixed.extend(rich(1, u64::MAX / 2));
+    mixed.extend(rich(1, now_ns));
+    w.write(&mixed, Instant::now()).unwrap();
+    assert_eq!(w.take_skewed(), 4);
+    let closed = w.close_all().unwrap();
+    assert_eq!(closed.len(), 1, "one partition, not one per absurd hour");
+    let today = layout::partition_dir(layout::Partition::Hour, now_ns);
+    assert!(closed[0].path.starts_with(dir.path().join(&today)), "{:?} not under {today:?}", closed[0].path);
+    let rows = read_all(&closed[0].path);
+    assert!(rows.iter().flat_map(|r| &r.scope_spans).flat_map(|s| &s.spans).any(|s| s.start_time_unix_nano == T0), "rows keep their own start time");
 }

@@ -99,6 +99,8 @@ pub struct ArchiveWriter {
     closed: Vec<Closed>,
     /// Rows lost since [`ArchiveWriter::take_lost`] last took them.
     lost: Vec<Lost>,
+    /// Spans partitioned by their write time (start time beyond `max_clock_skew`), not yet taken.
+    skewed: u64,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> WriteError + '_ {
@@ -137,7 +139,24 @@ impl ArchiveWriter {
             ack: None,
             closed: Vec::new(),
             lost: Vec::new(),
+            skewed: 0,
         }
+    }
+
+    /// `(lo, hi, now)` in Unix nanoseconds: start times outside `[lo, hi]` are partitioned as
+    /// `now` (`max_clock_skew`), or `None` when the setting is 0.
+    fn window(&self) -> Option<(i64, i64, i64)> {
+        let skew = i64::try_from(self.cfg.max_clock_skew.get().as_nanos()).unwrap_or(i64::MAX);
+        if skew == 0 {
+            return None;
+        }
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0);
+        Some((now.saturating_sub(skew), now.saturating_add(skew), now))
+    }
+
+    /// Spans partitioned by their write time since the last call (`max_clock_skew`).
+    pub fn take_skewed(&mut self) -> u64 {
+        std::mem::take(&mut self.skewed)
     }
 
     /// Files open now.
@@ -195,6 +214,8 @@ impl ArchiveWriter {
     pub fn write_encoded<'a>(&mut self, bufs: impl IntoIterator<Item = &'a [u8]>, spans: usize, now: Instant) -> Result<Vec<Closed>, WriteError> {
         let ack = self.ack.take().unwrap_or_else(Batch::empty);
         let bufs: Vec<&[u8]> = bufs.into_iter().collect();
+        let window = self.window();
+        self.encoder.set_window(window);
         let mut pushed = match self.encoder.push_encoded(&bufs) {
             Ok(p) => p,
             Err(e) => {
@@ -216,6 +237,7 @@ impl ArchiveWriter {
         match pushed {
             Pushed::Rows(0) => {}
             Pushed::Rows(_) => {
+                self.skewed += self.encoder.skewed();
                 self.encoder_acks.push(ack);
                 let bucket = self.encoder.bucket().unwrap_or(0);
                 let ns = match self.cfg.partition {
@@ -353,7 +375,8 @@ impl ArchiveWriter {
     fn write_rows_inner(&mut self, rows: RecordBatch, now: Instant) -> Result<(), WriteError> {
         let ack = self.ack.take().unwrap_or_else(Batch::empty);
         let n = rows.num_rows() as u64;
-        let parts = match split(rows, self.cfg.partition) {
+        let window = self.window();
+        let parts = match split(rows, self.cfg.partition, window, &mut self.skewed) {
             Ok(p) => p,
             Err(e) => {
                 self.lose(n, vec![ack], &e);
@@ -501,36 +524,49 @@ fn column_settings(mut b: WriterPropertiesBuilder) -> WriterPropertiesBuilder {
 }
 
 /// Rows grouped by partition directory, in order of first appearance; one batch (not copied)
-/// when every row falls in one partition, the common case.
-fn split(rows: RecordBatch, p: Partition) -> Result<Vec<(PathBuf, RecordBatch)>, WriteError> {
+/// when every row falls in one partition, the common case. A start time outside the window
+/// `(lo, hi, now)` is partitioned as `now` (counted in `skewed`).
+fn split(rows: RecordBatch, p: Partition, window: Option<(i64, i64, i64)>, skewed: &mut u64) -> Result<Vec<(PathBuf, RecordBatch)>, WriteError> {
     let start = rows
         .column_by_name("start_time")
         .and_then(|c| c.as_any().downcast_ref::<TimestampNanosecondArray>())
         .ok_or_else(|| datafusion::arrow::error::ArrowError::SchemaError("archive rows need a timestamp(ns) `start_time` column".into()))?
         .values()
         .clone();
+    let place = |ns: i64| -> i64 {
+        match window {
+            Some((lo, hi, now)) if ns < lo || ns > hi => now,
+            _ => ns,
+        }
+        .max(0)
+    };
     let bucket = |ns: i64| -> i64 {
-        let ns = ns.max(0);
         match p {
             Partition::None => 0,
             Partition::Day => ns / 86_400_000_000_000,
             Partition::Hour => ns / 3_600_000_000_000,
         }
     };
+    if p != Partition::None {
+        *skewed += start.iter().filter(|&&ns| place(ns) != ns.max(0)).count() as u64;
+    }
     let Some(&first) = start.first() else { return Ok(Vec::new()) };
-    if start.iter().all(|&ns| bucket(ns) == bucket(first)) {
-        return Ok(vec![(layout::partition_dir(p, first.max(0) as u64), rows)]);
+    let first = place(first);
+    if start.iter().all(|&ns| bucket(place(ns)) == bucket(first)) {
+        return Ok(vec![(layout::partition_dir(p, first as u64), rows)]);
     }
     let mut groups: Vec<(i64, i64, Vec<u32>)> = Vec::new();
+    let mut index: std::collections::HashMap<i64, usize> = Default::default();
     for (row, &ns) in start.iter().enumerate() {
-        let b = bucket(ns);
-        match groups.iter_mut().find(|g| g.0 == b) {
-            Some(g) => g.2.push(row as u32),
-            None => groups.push((b, ns, vec![row as u32])),
-        }
+        let t = place(ns);
+        let g = *index.entry(bucket(t)).or_insert_with(|| {
+            groups.push((bucket(t), t, Vec::new()));
+            groups.len() - 1
+        });
+        groups[g].2.push(row as u32);
     }
     groups
         .into_iter()
-        .map(|(_, ns, idx)| Ok((layout::partition_dir(p, ns.max(0) as u64), take_record_batch(&rows, &UInt32Array::from(idx))?)))
+        .map(|(_, ns, idx)| Ok((layout::partition_dir(p, ns as u64), take_record_batch(&rows, &UInt32Array::from(idx))?)))
         .collect()
 }

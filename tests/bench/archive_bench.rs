@@ -57,7 +57,7 @@ async fn main() {
 
     // Generated batch by batch (10M spans would not fit in memory at once); only the writer's
     // calls are timed, so the figure is conversion + Parquet encoding + file writes on one core.
-    let mut w = ArchiveWriter::new(ParquetSinkConfig { path: dir.clone(), ..Default::default() });
+    let mut w = ArchiveWriter::new(ParquetSinkConfig { max_clock_skew: tracepipe_config::Duration::from_secs(0), path: dir.clone(), ..Default::default() });
     let (mut spans, mut otlp_bytes, mut write_s, mut convert_s) = (0usize, 0usize, 0.0f64, 0.0f64);
     for b in 0..total.div_ceil(per_batch) {
         let rs = batch(&mut rng, per_batch, t0 + b as u64 * 1_000_000_000, attrs);
@@ -142,7 +142,7 @@ fn parallel(dir: &std::path::Path, total: usize, attrs: usize, workers: usize, a
         std::thread::scope(|s| {
             for _ in 0..n {
                 s.spawn(|| {
-                    let mut w = ArchiveWriter::new(ParquetSinkConfig { path: out.clone(), ..Default::default() });
+                    let mut w = ArchiveWriter::new(ParquetSinkConfig { max_clock_skew: tracepipe_config::Duration::from_secs(0), path: out.clone(), ..Default::default() });
                     while let Some((b, k)) = bufs.get(next.fetch_add(1, Ordering::Relaxed)) {
                         if arrow {
                             w.write_rows(encoded_to_record_batch([b.as_slice()], *k).expect("convert"), Instant::now()).expect("write");
