@@ -299,16 +299,22 @@ pub fn resolve(spans: &mut [Held], rules: &Rules) -> Outcome {
             }
         }
         pairs.sort();
+        // Sorted by (gap, server, client): a server's candidates at one distance are one run.
+        let mut run_start = vec![0; pairs.len()];
+        for k in 1..pairs.len() {
+            run_start[k] = if (pairs[k].0, pairs[k].1) == (pairs[k - 1].0, pairs[k - 1].1) { run_start[k - 1] } else { k };
+        }
         let mut server_done = vec![false; n];
         let mut client_used = vec![false; n];
         // Closest first, one SERVER per CLIENT; then SERVERs left over (retries) take their
         // closest CLIENT even if used. A rival at the same distance makes a SERVER ambiguous.
+        // Each server is decided once, scanning only its run: linear in the pairs.
         for pass in 0..2 {
-            for &(gap, i, j) in &pairs {
+            for (k, &(gap, i, j)) in pairs.iter().enumerate() {
                 if server_done[i] || (pass == 0 && client_used[j]) {
                     continue;
                 }
-                let rival = pairs.iter().any(|&(g, i2, j2)| i2 == i && j2 != j && g == gap && (pass == 1 || !client_used[j2]));
+                let rival = pairs[run_start[k]..].iter().take_while(|&&(g, i2, _)| (g, i2) == (gap, i)).any(|&(_, _, j2)| j2 != j && (pass == 1 || !client_used[j2]));
                 server_done[i] = true;
                 if rival {
                     out.ambiguous += 1;
