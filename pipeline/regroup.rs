@@ -141,6 +141,124 @@ fn collect<'a>(buffers: &[&'a [u8]], key: impl Fn(&'a [u8]) -> Result<&'a [u8], 
     Ok(out)
 }
 
+/// A scanned `TracesData` buffer without the spans at the ascending, message-order indices
+/// `skip` yields, streamed: each `ResourceSpans` is walked twice (sizes, then bytes), so memory is the
+/// output plus one length per `ScopeSpans` of the resource being copied; no per-span state.
+/// `ScopeSpans` and `ResourceSpans` left without spans are dropped; other fields are copied as
+/// received.
+pub fn without_spans(buf: &[u8], skip: impl Iterator<Item = usize> + Clone) -> Result<Vec<u8>, WireError> {
+    let mut out = Vec::with_capacity(buf.len());
+    let mut index = 0usize; // message-order index of the next span
+    let mut skip = skip.peekable();
+    let mut scope_lens: Vec<Option<usize>> = Vec::new();
+    let mut top = Reader::new(buf, 0);
+    while !top.done() {
+        let (field, wt) = top.tag()?;
+        if field != 1 || wt != LEN {
+            top.skip(wt, "TracesData", field)?;
+            continue;
+        }
+        let (rs, _) = top.len_delimited()?;
+        // Pass 1: the kept length of each ScopeSpans (None: nothing kept) and of the resource.
+        scope_lens.clear();
+        let (first_index, mut pending_skip) = (index, skip.clone());
+        let mut resource_len = 0usize;
+        let mut r = Reader::new(rs, 0);
+        while !r.done() {
+            let start = r.position();
+            let (f, w) = r.tag()?;
+            if f == 2 && w == LEN {
+                let (ss, _) = r.len_delimited()?;
+                let len = kept_scope_len(ss, &mut index, &mut pending_skip)?;
+                scope_lens.push(len);
+                if let Some(len) = len {
+                    resource_len += field_len(len);
+                }
+            } else {
+                r.skip(w, "ResourceSpans", f)?;
+                resource_len += r.position() - start;
+            }
+        }
+        if scope_lens.iter().all(Option::is_none) {
+            skip = pending_skip;
+            continue;
+        }
+        // Pass 2: write what was measured.
+        index = first_index;
+        put_field(&mut out, 0x0a, resource_len);
+        let mut r = Reader::new(rs, 0);
+        let mut scopes = scope_lens.iter();
+        while !r.done() {
+            let start = r.position();
+            let (f, w) = r.tag()?;
+            if f == 2 && w == LEN {
+                let (ss, _) = r.len_delimited()?;
+                match scopes.next().copied().flatten() {
+                    Some(len) => {
+                        put_field(&mut out, 0x12, len);
+                        copy_kept_scope(ss, &mut index, &mut skip, &mut out)?;
+                    }
+                    None => {
+                        kept_scope_len(ss, &mut index, &mut skip)?;
+                    }
+                }
+            } else {
+                r.skip(w, "ResourceSpans", f)?;
+                out.extend_from_slice(&rs[start..r.position()]);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A `ScopeSpans`' length with only its kept spans, or `None` when it keeps none.
+fn kept_scope_len(ss: &[u8], index: &mut usize, skip: &mut std::iter::Peekable<impl Iterator<Item = usize>>) -> Result<Option<usize>, WireError> {
+    let mut len = 0usize;
+    let mut kept = 0usize;
+    let mut r = Reader::new(ss, 0);
+    while !r.done() {
+        let start = r.position();
+        let (f, w) = r.tag()?;
+        if f == 2 && w == LEN {
+            let (span, _) = r.len_delimited()?;
+            if skip.peek() == Some(index) {
+                skip.next();
+            } else {
+                len += field_len(span.len());
+                kept += 1;
+            }
+            *index += 1;
+        } else {
+            r.skip(w, "ScopeSpans", f)?;
+            len += r.position() - start;
+        }
+    }
+    Ok((kept > 0).then_some(len))
+}
+
+/// Copies a `ScopeSpans`' fields but the skipped spans.
+fn copy_kept_scope(ss: &[u8], index: &mut usize, skip: &mut std::iter::Peekable<impl Iterator<Item = usize>>, out: &mut Vec<u8>) -> Result<(), WireError> {
+    let mut r = Reader::new(ss, 0);
+    while !r.done() {
+        let start = r.position();
+        let (f, w) = r.tag()?;
+        if f == 2 && w == LEN {
+            let (span, _) = r.len_delimited()?;
+            if skip.peek() == Some(index) {
+                skip.next();
+            } else {
+                put_field(out, 0x12, span.len());
+                out.extend_from_slice(span);
+            }
+            *index += 1;
+        } else {
+            r.skip(w, "ScopeSpans", f)?;
+            out.extend_from_slice(&ss[start..r.position()]);
+        }
+    }
+    Ok(())
+}
+
 /// A span's `trace_id` (field 1; the last one wins, as in protobuf), empty when absent.
 fn trace_id_of(span: &[u8]) -> Result<&[u8], WireError> {
     let mut r = Reader::new(span, 0);
@@ -227,25 +345,6 @@ impl Regrouped<'_> {
     /// `ResourceSpans` / `ScopeSpans` share one again.
     pub fn encode(&self, group: &TraceGroup<'_>, range: std::ops::Range<usize>) -> Vec<u8> {
         self.encode_entries(&group.entries[range])
-    }
-
-    /// Encodes every span of `group` but those at the (ascending) indices `skip`.
-    pub fn encode_without(&self, group: &TraceGroup<'_>, skip: &[usize]) -> Vec<u8> {
-        let mut skip = skip.iter().peekable();
-        let kept: Vec<Entry<'_>> = group
-            .entries
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| {
-                let drop = skip.peek() == Some(&i);
-                if drop {
-                    skip.next();
-                }
-                !drop
-            })
-            .map(|(_, e)| *e)
-            .collect();
-        self.encode_entries(&kept)
     }
 
     fn encode_entries(&self, entries: &[Entry<'_>]) -> Vec<u8> {
@@ -363,10 +462,38 @@ mod tests {
         assert_eq!(names, ["s1-1", "s1-3"]);
     }
 
+    /// `without_spans` drops exactly the spans at the given indices, and the scopes and
+    /// resources left empty; it agrees with removing them from the decoded structs.
+    #[test]
+    fn without_spans_agrees_with_the_structs() {
+        let rs = sample(); // 7 spans: resource a (scope x: 3, scope y: 2), resource b (scope x: 2)
+        let buf = TracesData { resource_spans: rs.clone() }.encode_to_vec();
+        let all: Vec<usize> = (0..7).collect();
+        for mask in 0u32..(1 << 7) {
+            let skip: Vec<usize> = all.iter().copied().filter(|i| mask & (1 << i) != 0).collect();
+            let got = TracesData::decode(&super::without_spans(&buf, skip.iter().copied()).unwrap()[..]).unwrap().resource_spans;
+            let mut want = rs.clone();
+            let mut k = 0;
+            for r in &mut want {
+                for ss in &mut r.scope_spans {
+                    ss.spans.retain(|_| {
+                        let keep = mask & (1 << k) == 0;
+                        k += 1;
+                        keep
+                    });
+                }
+                r.scope_spans.retain(|ss| !ss.spans.is_empty());
+            }
+            want.retain(|r| !r.scope_spans.is_empty());
+            assert_eq!(got, want, "skip {skip:?}");
+        }
+    }
+
     #[test]
     fn garbage_is_an_error_not_a_panic() {
         for bad in [&b"\x0a\x05\x12\x03\x12\x09"[..], b"\x0a\xff\xff\xff\xff\x0f", b"\x00"] {
             assert!(by_trace(&[bad]).is_err(), "{bad:?}");
+            assert!(super::without_spans(bad, [0].into_iter()).is_err(), "{bad:?}");
         }
     }
 }

@@ -78,8 +78,9 @@ impl SpanProblem {
 pub struct ScanReport {
     /// Number of spans in the message.
     pub spans: usize,
-    /// Invalid spans: (index in message order, problem). Empty in the common case.
-    pub invalid: Vec<(usize, SpanProblem)>,
+    /// Invalid spans: (index in message order, problem). Empty in the common case; 8 bytes per
+    /// invalid span (a span takes at least 2 bytes on the wire, so at most 4x the message).
+    pub invalid: Vec<(u32, SpanProblem)>,
 }
 
 pub(crate) const VARINT: u8 = 0;
@@ -389,7 +390,9 @@ fn walk<'a>(
                     let index = report.spans;
                     report.spans += 1;
                     if let Some(p) = span_problem(&f) {
-                        report.invalid.push((index, p));
+                        // A span takes 2+ bytes and messages are under 4 GiB (every receiver's limit
+                        // is far lower), so the index fits.
+                        report.invalid.push((index as u32, p));
                     }
                 } else {
                     walk(sub, inner, at, deeper, report, span)?;

@@ -142,12 +142,7 @@ impl Ingest {
 /// wire bytes, with the number of spans kept and the distinct problems (for the sender's message).
 /// Resource and scope groups left empty are dropped.
 pub(crate) fn without_invalid(body: &[u8], report: &ScanReport) -> Result<(Bytes, usize, Vec<&'static str>), WireError> {
-    let rg = regroup::in_order(&[body])?;
-    let skip: Vec<usize> = report.invalid.iter().map(|(i, _)| *i).collect();
-    let bytes = match rg.groups.first() {
-        Some(g) => rg.encode_without(g, &skip),
-        None => Vec::new(),
-    };
+    let bytes = regroup::without_spans(body, report.invalid.iter().map(|(i, _)| *i as usize))?;
     let mut reasons: Vec<&'static str> = Vec::new();
     for (_, p) in &report.invalid {
         if !reasons.contains(&p.as_str()) {
