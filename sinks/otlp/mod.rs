@@ -14,6 +14,12 @@
 //!   `DEADLINE_EXCEEDED`, `CANCELLED`, `OUT_OF_RANGE`, `DATA_LOSS`; HTTP 429/502/503/504 and
 //!   connection errors, honouring `Retry-After`) until `max_elapsed_time`.
 //!   Permanent errors are counted (`reason="permanent"`) and not retried.
+//! - Request size: every request is at most `max_request_bytes` (default 4 MiB, uncompressed);
+//!   bigger batches are cut by spans on the wire before sending. A request the upstream refuses
+//!   as too large (tonic `OUT_OF_RANGE`/`RESOURCE_EXHAUSTED` "too large"/"size limit", grpc-go
+//!   `RESOURCE_EXHAUSTED` "larger than max", HTTP 413) is cut in half and the halved size kept
+//!   for later requests (`tracepipe_sink_split_requests_total`); a span too large on its own is
+//!   dropped and counted (`reason="message_too_large"`).
 
 mod client;
 mod config;
