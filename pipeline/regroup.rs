@@ -6,6 +6,7 @@
 //! The input must be `TracesData` buffers that passed [`crate::wire::scan_traces`]; anything
 //! else is refused with a [`WireError`], never a panic.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use crate::wire::{Reader, WireError, LEN};
@@ -18,16 +19,57 @@ struct Entry<'a> {
     span: &'a [u8],
 }
 
-/// A `ResourceSpans` or `ScopeSpans` without its list: the other fields, as received.
+/// A `ResourceSpans` or `ScopeSpans` without its list: the other fields, as received (or, for
+/// one whose attributes were cut to bound the copies, re-encoded).
 struct Envelope<'a> {
-    fields: Vec<&'a [u8]>,
+    fields: Vec<Cow<'a, [u8]>>,
     len: usize,
 }
 
 impl<'a> Envelope<'a> {
     fn push(&mut self, raw: &'a [u8]) {
         self.len += raw.len();
-        self.fields.push(raw);
+        self.fields.push(Cow::Borrowed(raw));
+    }
+
+    /// Cuts the attributes of the message in field 1 (the `Resource` or `InstrumentationScope`)
+    /// so the envelope takes about `room` bytes; the cut is added to its dropped count. Returns
+    /// how many attributes were cut.
+    fn cut(&mut self, room: u64, resource: bool) -> Result<u32, WireError> {
+        use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
+        use opentelemetry_proto::tonic::resource::v1::Resource;
+        use prost::Message;
+        let Some(i) = self.fields.iter().position(|f| f.first() == Some(&0x0a)) else { return Ok(0) };
+        let others = (self.len - self.fields[i].len()) as u64;
+        let mut room = room.saturating_sub(others + MAX_FIELD_HEAD as u64);
+        let (_, payload) = {
+            let mut r = Reader::new(&self.fields[i], 0);
+            r.tag()?;
+            ((), r.len_delimited()?.0)
+        };
+        let bad = |e: prost::DecodeError| WireError::Undecodable(if resource { "Resource" } else { "InstrumentationScope" }, e.to_string());
+        let (bytes, cut) = if resource {
+            let mut m = Resource::decode(payload).map_err(bad)?;
+            let (kept, cut) = crate::archive::budget::cut_attributes(&m.attributes, &mut room, Some("service.name"));
+            m.attributes = kept;
+            m.dropped_attributes_count = m.dropped_attributes_count.saturating_add(cut);
+            (m.encode_to_vec(), cut)
+        } else {
+            let mut m = InstrumentationScope::decode(payload).map_err(bad)?;
+            let (kept, cut) = crate::archive::budget::cut_attributes(&m.attributes, &mut room, None);
+            m.attributes = kept;
+            m.dropped_attributes_count = m.dropped_attributes_count.saturating_add(cut);
+            (m.encode_to_vec(), cut)
+        };
+        if cut == 0 {
+            return Ok(0);
+        }
+        let mut field = Vec::with_capacity(bytes.len() + MAX_FIELD_HEAD);
+        put_field(&mut field, 0x0a, bytes.len());
+        field.extend_from_slice(&bytes);
+        self.len = self.len - self.fields[i].len() + field.len();
+        self.fields[i] = Cow::Owned(field);
+        Ok(cut)
     }
 }
 
@@ -289,6 +331,50 @@ pub struct Packed {
 }
 
 impl Regrouped<'_> {
+    /// Bounds what encoding every group whole copies: each group (record) carries a copy of the
+    /// envelopes of its spans, so one huge resource shared by very many traces would be copied
+    /// into every trace's record (K × N). When those copies would exceed `budget` bytes, every
+    /// envelope larger than an even share of the budget per copy has its attributes cut
+    /// (`service.name` kept; the cut added to its dropped count). Returns the attributes cut.
+    pub fn bound_copies(&mut self, budget: u64) -> Result<u64, WireError> {
+        // Distinct groups per envelope: linear in the entries.
+        let mut res_copies = vec![0u64; self.resources.len()];
+        let mut scope_copies = vec![0u64; self.scopes.len()];
+        let mut res_last = vec![usize::MAX; self.resources.len()];
+        let mut scope_last = vec![usize::MAX; self.scopes.len()];
+        for (g, group) in self.groups.iter().enumerate() {
+            for e in &group.entries {
+                if res_last[e.resource] != g {
+                    res_last[e.resource] = g;
+                    res_copies[e.resource] += 1;
+                }
+                if scope_last[e.scope] != g {
+                    scope_last[e.scope] = g;
+                    scope_copies[e.scope] += 1;
+                }
+            }
+        }
+        let total: u64 = self.resources.iter().zip(&res_copies).map(|(r, c)| r.len as u64 * c).sum::<u64>()
+            + self.scopes.iter().zip(&scope_copies).map(|(s, c)| s.len as u64 * c).sum::<u64>();
+        if total <= budget {
+            return Ok(0);
+        }
+        let copies: u64 = res_copies.iter().sum::<u64>() + scope_copies.iter().sum::<u64>();
+        let share = budget / copies.max(1);
+        let mut cut = 0u64;
+        for (r, c) in self.resources.iter_mut().zip(&res_copies) {
+            if *c > 0 && r.len as u64 > share {
+                cut += r.cut(share, true)? as u64;
+            }
+        }
+        for (s, c) in self.scopes.iter_mut().zip(&scope_copies) {
+            if *c > 0 && s.len as u64 > share {
+                cut += s.cut(share, false)? as u64;
+            }
+        }
+        Ok(cut)
+    }
+
     /// Packs `group`'s spans, in order, into as few consecutive ranges as one greedy pass gives,
     /// each encoding to at most `max_bytes`. The pass charges each span its field and each change
     /// of resource or scope that envelope with the longest possible length prefix, so a range's

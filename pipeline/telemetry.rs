@@ -82,6 +82,10 @@ pub mod names {
     /// Spans a Parquet sink partitioned by their write time because their start time was beyond
     /// `max_clock_skew` (`sink`).
     pub const SINK_PARQUET_CLOCK_SKEWED_SPANS: &str = "tracepipe_sink_parquet_clock_skewed_spans_total";
+    /// Resource and scope attributes a sink cut because a batch would have copied more context
+    /// than its budget: into every row (Parquet) or every trace's record (Kafka) (`sink`; see
+    /// `archive::budget`).
+    pub const SINK_TRUNCATED_ATTRIBUTES: &str = "tracepipe_sink_truncated_attributes_total";
     /// Files a Parquet sink has open (gauge; `sink`).
     pub const SINK_PARQUET_OPEN_FILES: &str = "tracepipe_sink_parquet_open_files";
     /// Leftover temporary files found on start (`sink`, `outcome`: renamed, quarantined).

@@ -34,6 +34,9 @@ pub enum WireError {
     /// Field number 0, or a key above u32::MAX.
     #[error("invalid field key at byte {0}")]
     BadField(usize),
+    /// A message the scanner passed that prost still refuses (re-encoding an envelope).
+    #[error("cannot decode {0}: {1}")]
+    Undecodable(&'static str, String),
     /// A string field that is not UTF-8.
     #[error("invalid UTF-8 in a string field of {0}")]
     BadUtf8(&'static str),

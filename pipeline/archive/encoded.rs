@@ -19,6 +19,7 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
 
+use super::budget::{attr_bytes, ContextBudget};
 use super::schema::{Capacity, Columns, Scalar, SpanFields};
 use crate::wire::{str_of, Reader, I32, I64, LEN, VARINT};
 
@@ -33,6 +34,12 @@ fn text(b: &[u8]) -> Result<&str, ArrowError> {
 /// Converts `TracesData` buffers (as received, concatenated or not) holding about `spans` spans
 /// into one archive record batch; equal to [`super::schema::to_record_batch`] of their decoding.
 pub fn encoded_to_record_batch<'a>(bufs: impl IntoIterator<Item = &'a [u8]>, spans: usize) -> Result<RecordBatch, ArrowError> {
+    encoded_to_record_batch_counted(bufs, spans).map(|(b, _)| b)
+}
+
+/// [`encoded_to_record_batch`], and how many resource and scope attributes the context budget
+/// cut ([`super::budget`]).
+pub fn encoded_to_record_batch_counted<'a>(bufs: impl IntoIterator<Item = &'a [u8]>, spans: usize) -> Result<(RecordBatch, u64), ArrowError> {
     let bufs: Vec<&[u8]> = bufs.into_iter().collect();
     let bytes: usize = bufs.iter().map(|b| b.len()).sum();
     // Capacities only; a span takes at least a few bytes, so a wrong count cannot over-allocate.
@@ -43,8 +50,8 @@ pub fn encoded_to_record_batch<'a>(bufs: impl IntoIterator<Item = &'a [u8]>, spa
     cap.attrs.key_bytes = bytes / 4;
     cap.attrs.str_bytes = bytes / 3;
     let mut cols = Columns::new(&cap);
-    walk(bufs, &mut cols)?;
-    cols.finish()
+    let truncated = walk(bufs, &mut cols)?;
+    Ok((cols.finish()?, truncated))
 }
 
 /// Where the walk puts what it reads: Arrow builders ([`Columns`]) or Parquet pages
@@ -89,9 +96,12 @@ impl Rows for Columns {
     }
 }
 
-/// Walks `TracesData` buffers into `rows`.
-pub(crate) fn walk<'a, R: Rows + ?Sized>(bufs: impl IntoIterator<Item = &'a [u8]>, rows: &mut R) -> Result<(), ArrowError> {
-    let mut w = Walker { cols: rows, kvs: Vec::new() };
+/// Walks `TracesData` buffers into `rows`; returns how many resource and scope attributes the
+/// context budget cut ([`super::budget`]).
+pub(crate) fn walk<'a, R: Rows + ?Sized>(bufs: impl IntoIterator<Item = &'a [u8]>, rows: &mut R) -> Result<u64, ArrowError> {
+    let bufs: Vec<&'a [u8]> = bufs.into_iter().collect();
+    let bytes: u64 = bufs.iter().map(|b| b.len() as u64).sum();
+    let mut w = Walker { cols: rows, kvs: Vec::new(), budget: ContextBudget::new(bytes) };
     for buf in bufs {
         let mut r = Reader::new(buf, 0);
         while !r.done() {
@@ -104,13 +114,14 @@ pub(crate) fn walk<'a, R: Rows + ?Sized>(bufs: impl IntoIterator<Item = &'a [u8]
             }
         }
     }
-    Ok(())
+    Ok(w.budget.truncated)
 }
 
 struct Walker<'a, 'r, R: Rows + ?Sized> {
     cols: &'r mut R,
     // Reused between spans: a span's attributes, slices of the buffer being walked.
     kvs: Vec<&'a [u8]>,
+    budget: ContextBudget,
 }
 
 impl<'a, R: Rows + ?Sized> Walker<'a, '_, R> {
@@ -127,14 +138,15 @@ impl<'a, R: Rows + ?Sized> Walker<'a, '_, R> {
                 _ => r.skip(wt, "ResourceSpans", field).map_err(bad)?,
             }
         }
+        let res_bytes = attr_bytes(&resource.attributes);
         for ss in scope_spans {
-            self.scope_spans_one(ss, &resource, schema_url)?;
+            self.scope_spans_one(ss, &resource, res_bytes, schema_url)?;
         }
         Ok(())
     }
 
-    fn scope_spans_one(&mut self, buf: &'a [u8], resource: &Resource, res_schema_url: &str) -> Result<(), ArrowError> {
-        let (mut scope, mut schema_url, mut any_span) = (InstrumentationScope::default(), "", false);
+    fn scope_spans_one(&mut self, buf: &'a [u8], resource: &Resource, res_bytes: u64, res_schema_url: &str) -> Result<(), ArrowError> {
+        let (mut scope, mut schema_url, mut spans) = (InstrumentationScope::default(), "", 0u64);
         // The spans go in as they come (one pass: each span's bytes are read once, in order); their
         // context is added after them, with the number it was promised.
         let ctx = self.cols.next_context();
@@ -145,14 +157,15 @@ impl<'a, R: Rows + ?Sized> Walker<'a, '_, R> {
                 (1, LEN) => scope.merge(r.len_delimited().map_err(bad)?.0).map_err(bad)?,
                 (2, LEN) => {
                     self.span(r.len_delimited().map_err(bad)?.0, ctx)?;
-                    any_span = true;
+                    spans += 1;
                 }
                 (3, LEN) => schema_url = text(r.len_delimited().map_err(bad)?.0)?,
                 _ => r.skip(wt, "ScopeSpans", field).map_err(bad)?,
             }
         }
-        if any_span {
-            let added = self.cols.context(resource, res_schema_url, &scope, schema_url);
+        if spans > 0 {
+            let (resource, scope) = self.budget.fit(resource, res_bytes, &scope, spans);
+            let added = self.cols.context(&resource, res_schema_url, &scope, schema_url);
             debug_assert_eq!(added, ctx, "the context number promised to the spans");
         }
         Ok(())

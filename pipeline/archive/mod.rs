@@ -5,6 +5,8 @@
 //!   and the conversions both ways;
 //! - [`encoded`]: OTLP protobuf walked once, straight into Arrow rows or ([`pages`]) straight
 //!   into Parquet column chunks, which is how the sink writes;
+//! - [`budget`]: how much resource and scope context a batch may replay into its rows (a huge
+//!   resource over very many tiny spans is cut, counted, instead of growing K × N);
 //! - [`layout`]: where files go (`date=YYYY-MM-DD/hour=HH/part-….parquet`), how they appear
 //!   atomically (written as hidden `.….parquet.tmp`, renamed when closed) and how leftovers of a
 //!   crash are recovered or quarantined on start;
@@ -14,6 +16,7 @@
 //! Arrow, Parquet and DataFusion are used through DataFusion's re-exports, so one Arrow version
 //! is built.
 
+pub mod budget;
 pub mod layout;
 pub mod encoded;
 pub mod pages;

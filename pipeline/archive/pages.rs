@@ -311,6 +311,8 @@ pub struct RowGroupEncoder {
     window: Option<(i64, i64, i64)>,
     /// Spans of the last push partitioned by the fallback time.
     skewed: u64,
+    /// Resource and scope attributes the last push's context budget cut.
+    truncated: u64,
     /// The batch's resources and scopes, recorded; the one being repeated and how many times.
     contexts: Vec<Vec<(usize, Op)>>,
     repeat: Option<(u32, u32)>,
@@ -392,6 +394,7 @@ impl RowGroupEncoder {
             bucket: None,
             window: None,
             skewed: 0,
+            truncated: 0,
             contexts: Vec::new(),
             repeat: None,
             no_events: 0,
@@ -421,6 +424,12 @@ impl RowGroupEncoder {
         self.window = window;
     }
 
+    /// Resource and scope attributes the last successful push cut to its context budget
+    /// ([`super::budget`]).
+    pub fn truncated(&self) -> u64 {
+        self.truncated
+    }
+
     /// Spans of the last successful push that were partitioned by the window's fallback time.
     pub fn skewed(&self) -> u64 {
         self.skewed
@@ -436,9 +445,14 @@ impl RowGroupEncoder {
         let cp = Checkpoint { marks: self.leaves.iter().map(|l| l.mark()).collect(), rows: self.rows, bucket: self.bucket };
         self.contexts.clear();
         self.skewed = 0;
+        self.truncated = 0;
         self.mismatch = false;
         let walked = walk(bufs.iter().copied(), self);
-        if let Err(e) = walked.and_then(|()| self.flush_repeats().map_err(ArrowError::from)) {
+        let walked = walked.and_then(|truncated| self.flush_repeats().map(|()| truncated).map_err(ArrowError::from));
+        if let Ok(truncated) = walked {
+            self.truncated = truncated;
+        }
+        if let Err(e) = walked {
             for (l, m) in self.leaves.iter_mut().zip(cp.marks) {
                 l.rewind(m);
             }

@@ -761,14 +761,34 @@ fn repeat_map(a: ArrayRef, rows: &UInt32Array) -> Result<ArrayRef, ArrowError> {
 
 /// Converts spans to one record batch in the archive schema.
 pub fn to_record_batch(rs: &[ResourceSpans]) -> Result<RecordBatch, ArrowError> {
+    to_record_batch_counted(rs).map(|(b, _)| b)
+}
+
+/// [`to_record_batch`], and how many resource and scope attributes the context budget cut
+/// ([`super::budget`]).
+pub fn to_record_batch_counted(rs: &[ResourceSpans]) -> Result<(RecordBatch, u64), ArrowError> {
     let empty_resource = Resource::default();
     let empty_scope = InstrumentationScope::default();
+    // Each context as it will be written (cut to the batch's budget when it would replay more).
+    let bytes: u64 = rs.iter().map(|r| prost::encoding::message::encoded_len(1, r) as u64).sum();
+    let mut budget = super::budget::ContextBudget::new(bytes);
+    let mut contexts = Vec::new();
+    for r in rs {
+        let res = r.resource.as_ref().unwrap_or(&empty_resource);
+        let res_bytes = super::budget::attr_bytes(&res.attributes);
+        for ss in r.scope_spans.iter().filter(|ss| !ss.spans.is_empty()) {
+            contexts.push(budget.fit(res, res_bytes, ss.scope.as_ref().unwrap_or(&empty_scope), ss.spans.len() as u64));
+        }
+    }
     let mut c = Capacity::default();
+    let mut k = 0;
     for r in rs {
         for ss in r.scope_spans.iter().filter(|ss| !ss.spans.is_empty()) {
+            let (res, scope) = &contexts[k];
+            k += 1;
             c.contexts += 1;
-            c.res_attrs.add(&r.resource.as_ref().unwrap_or(&empty_resource).attributes);
-            c.scope_attrs.add(&ss.scope.as_ref().unwrap_or(&empty_scope).attributes);
+            c.res_attrs.add(&res.attributes);
+            c.scope_attrs.add(&scope.attributes);
             for s in &ss.spans {
                 c.spans += 1;
                 c.names += s.name.len();
@@ -781,16 +801,18 @@ pub fn to_record_batch(rs: &[ResourceSpans]) -> Result<RecordBatch, ArrowError> 
         }
     }
     let mut cols = Columns::new(&c);
+    let mut k = 0;
     for r in rs {
-        let res = r.resource.as_ref().unwrap_or(&empty_resource);
         for ss in r.scope_spans.iter().filter(|ss| !ss.spans.is_empty()) {
-            let ctx = cols.push_context(res, &r.schema_url, ss.scope.as_ref().unwrap_or(&empty_scope), &ss.schema_url);
+            let (res, scope) = &contexts[k];
+            k += 1;
+            let ctx = cols.push_context(res, &r.schema_url, scope, &ss.schema_url);
             for s in &ss.spans {
                 cols.push_span(s, ctx)?;
             }
         }
     }
-    cols.finish()
+    Ok((cols.finish()?, budget.truncated))
 }
 
 fn col<'a, T: 'static>(b: &'a RecordBatch, name: &str) -> Result<&'a T, ArrowError> {

@@ -5,6 +5,7 @@ use bytes::Bytes;
 use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
 use std::collections::HashMap;
 use tracepipe_pipeline::batch::{DecodeError, push_span};
+use tracepipe_pipeline::archive::budget::{attr_bytes, cut_attributes, replay_budget};
 use tracepipe_pipeline::regroup::{self, Regrouped, TraceGroup};
 use tracepipe_pipeline::wire::WireError;
 use tracepipe_pipeline::{Batch, otlp_json};
@@ -30,6 +31,9 @@ pub struct Records {
     pub records: Vec<Record>,
     /// Spans dropped because a single span exceeds the record size limit.
     pub oversized_spans: usize,
+    /// Resource and scope attributes cut because copying them into every trace's record would
+    /// have exceeded the batch's budget (`archive::budget::replay_budget`).
+    pub truncated_attributes: u64,
 }
 
 /// Why a batch could not be turned into records (its bytes are not the OTLP they were scanned as).
@@ -76,14 +80,18 @@ impl Layout {
             && let Some(buffers) = batch.encoded_buffers()
         {
             // Protobuf in, protobuf out: regroup the received bytes, no decode or encode.
-            let rg = regroup::by_trace(&buffers)?;
+            let mut rg = regroup::by_trace(&buffers)?;
+            let bytes: u64 = buffers.iter().map(|b| b.len() as u64).sum();
+            out.truncated_attributes += rg.bound_copies(replay_budget(bytes))?;
             for g in &rg.groups {
                 let key = if g.trace_id.is_empty() { None } else { Some(hex::encode(g.trace_id)) };
                 self.fit_raw(&rg, g, key, 0..g.spans(), &mut out);
             }
             return Ok(out);
         }
-        for (trace_id, group) in group_by_trace(batch.to_resource_spans()?) {
+        let mut rs = batch.to_resource_spans()?;
+        out.truncated_attributes += bound_resource_copies(&mut rs);
+        for (trace_id, group) in group_by_trace(rs) {
             let key = if trace_id.is_empty() { None } else { Some(hex::encode(&trace_id)) };
             self.fit(key, Batch::from_resource_spans(group), &mut out)?;
         }
@@ -130,6 +138,36 @@ impl Layout {
         self.fit(key.clone(), head, out)?;
         self.fit(key, b, out)
     }
+}
+
+/// Cuts the attributes of resources that would be copied into so many per-trace records that the
+/// copies exceed the batch's budget (the struct path of `Regrouped::bound_copies`); returns the
+/// attributes cut.
+fn bound_resource_copies(rs: &mut [ResourceSpans]) -> u64 {
+    let bytes: u64 = rs.iter().map(|r| prost::encoding::message::encoded_len(1, r) as u64).sum();
+    let budget = replay_budget(bytes);
+    let copies: Vec<u64> = rs
+        .iter()
+        .map(|r| r.scope_spans.iter().flat_map(|ss| &ss.spans).map(|s| s.trace_id.as_slice()).collect::<std::collections::HashSet<_>>().len() as u64)
+        .collect();
+    let sizes: Vec<u64> = rs.iter().map(|r| r.resource.as_ref().map_or(0, |x| attr_bytes(&x.attributes))).collect();
+    if sizes.iter().zip(&copies).map(|(s, c)| s * c).sum::<u64>() <= budget {
+        return 0;
+    }
+    let share = budget / copies.iter().sum::<u64>().max(1);
+    let mut cut = 0u64;
+    for (r, size) in rs.iter_mut().zip(sizes) {
+        if let Some(res) = r.resource.as_mut()
+            && size > share
+        {
+            let mut room = share;
+            let (kept, n) = cut_attributes(&res.attributes, &mut room, Some("service.name"));
+            res.attributes = kept;
+            res.dropped_attributes_count = res.dropped_attributes_count.saturating_add(n);
+            cut += n as u64;
+        }
+    }
+    cut
 }
 
 /// Regroups spans by trace id, in order of each trace's first span, keeping each span's

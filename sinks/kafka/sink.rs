@@ -35,6 +35,7 @@ struct Metrics {
     shutdown: Counter,
     too_large: Counter,
     decode: Counter,
+    truncated: Counter,
     in_flight: Gauge,
 }
 
@@ -50,6 +51,7 @@ impl Metrics {
             shutdown: failed("shutdown"),
             too_large: failed("message_too_large"),
             decode: failed("decode"),
+            truncated: metrics::counter!(names::SINK_TRUNCATED_ATTRIBUTES, "sink" => s.clone()),
             in_flight: metrics::gauge!(names::SINK_QUEUE_SPANS, "sink" => s),
         }
     }
@@ -190,6 +192,10 @@ pub async fn build(cfg: KafkaSinkConfig, mut ctx: ComponentContext) -> Result<Co
             };
             // librdkafka copies each record: keep only the finalizers until the acknowledgements.
             let mut p = Pending { batch: batch.finalizers_only(), records: Vec::with_capacity(records.records.len()), failed: Vec::new() };
+            if records.truncated_attributes > 0 {
+                m.truncated.increment(records.truncated_attributes);
+                tracing::warn!(message = "Resource attributes cut: copying them into every trace's record would exceed the batch's budget.", sink = %name, attributes = records.truncated_attributes);
+            }
             if records.oversized_spans > 0 {
                 m.too_large.increment(records.oversized_spans as u64);
                 tracing::error!(message = "Span larger than max_message_bytes on its own; dropped.", sink = %name, spans = records.oversized_spans, max_message_bytes = layout.max_bytes);

@@ -315,3 +315,33 @@ async fn bad_librdkafka_option_fails_the_build_with_its_name() {
     };
     assert!(err.contains("no.such.property"), "{err}");
 }
+
+/// One huge resource shared by very many traces is not copied whole into every trace's record
+/// (K × N): past the batch's budget its attributes are cut (service.name kept, the cut in the
+/// resource's dropped count) and counted. Encoded and decoded batches alike.
+#[test]
+fn a_huge_resource_over_many_traces_is_cut_not_copied_into_every_record() {
+    use opentelemetry_proto::tonic::common::v1::{any_value::Value, AnyValue, KeyValue};
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+    let mut attrs: Vec<KeyValue> = (0..500).map(|i| KeyValue { key: format!("k{i}"), value: Some(AnyValue { value: Some(Value::StringValue("v".repeat(1000))) }), key_strindex: 0 }).collect();
+    attrs.push(KeyValue { key: "service.name".into(), value: Some(AnyValue { value: Some(Value::StringValue("big".into())) }), key_strindex: 0 });
+    let spans: Vec<Span> = (0..20_000u32).map(|i| Span { trace_id: [i.to_be_bytes(); 4].concat(), span_id: vec![1; 8], ..Default::default() }).collect();
+    let rs = vec![ResourceSpans { resource: Some(Resource { attributes: attrs, ..Default::default() }), scope_spans: vec![ScopeSpans { spans, ..Default::default() }], ..Default::default() }];
+    let bytes = TracesData { resource_spans: rs.clone() }.encode_to_vec();
+    let layout = Layout { encoding: Encoding::OtlpProto, by_trace: true, max_bytes: 1_000_000 };
+    for b in [Batch::from_encoded(bytes.clone().into(), 20_000), Batch::from_resource_spans(rs.clone())] {
+        let r = layout.records(&b).unwrap();
+        assert_eq!(r.records.len(), 20_000, "still one record per trace");
+        assert!(r.truncated_attributes >= 450, "{}", r.truncated_attributes);
+        let total: usize = r.records.iter().map(|x| x.payload.len()).sum();
+        // 20,000 copies of a 500 KB resource would be 10 GB.
+        assert!(total as u64 <= 32 * bytes.len() as u64 + (4 << 20) + 20_000 * 64, "{total} bytes of records for a {}-byte batch", bytes.len());
+        let first = TracesData::decode(&r.records[0].payload[..]).unwrap();
+        let res = first.resource_spans[0].resource.as_ref().unwrap();
+        assert!(res.attributes.iter().any(|kv| kv.key == "service.name"));
+        assert_eq!(res.attributes.len() as u32 + res.dropped_attributes_count, 501);
+    }
+    // A batch within its budget is left alone.
+    let small = batch(4, 5, 10);
+    assert_eq!(layout.records(&small).unwrap().truncated_attributes, 0);
+}

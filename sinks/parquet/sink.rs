@@ -41,6 +41,7 @@ pub async fn build(cfg: ParquetSinkConfig, mut ctx: ComponentContext) -> Result<
         open: metrics::gauge!(names::SINK_PARQUET_OPEN_FILES, "sink" => name.clone()),
         pending: metrics::gauge!(names::SINK_PARQUET_PENDING_SPANS, "sink" => name.clone()),
         skewed: metrics::counter!(names::SINK_PARQUET_CLOCK_SKEWED_SPANS, "sink" => name.clone()),
+        truncated: metrics::counter!(names::SINK_TRUNCATED_ATTRIBUTES, "sink" => name.clone()),
     };
     let tick = (cfg.roll.max_age.get() / 4).clamp(std::time::Duration::from_millis(10), std::time::Duration::from_secs(5));
     let input = Arc::new(tokio::sync::Mutex::new(input));
@@ -74,6 +75,7 @@ struct SinkMetrics {
     open: Gauge,
     pending: Gauge,
     skewed: Counter,
+    truncated: Counter,
 }
 
 /// One writer: takes the next batch from the shared input, encodes it into its own files, rolls
@@ -103,6 +105,7 @@ async fn work(
             tracing::error!(message = "Archive rows lost.", sink = %name, spans = lost.rows, error = %lost.error);
         }
         m.skewed.increment(w.take_skewed());
+        m.truncated.increment(w.take_truncated());
         m.open.increment(w.open_files() as f64 - open as f64);
         open = w.open_files();
         m.pending.increment(w.pending_rows() as f64 - pending as f64);

@@ -423,3 +423,42 @@ fn absurd_start_times_go_to_the_write_time_partition() {
     let rows = read_all(&closed[0].path);
     assert!(rows.iter().flat_map(|r| &r.scope_spans).flat_map(|s| &s.spans).any(|s| s.start_time_unix_nano == T0), "rows keep their own start time");
 }
+
+/// One huge resource over very many tiny spans (K attributes × N rows) does not turn a few MiB
+/// into gigabytes of rows: the context a batch replays is bounded (archive::budget), the cut is
+/// counted and recorded in `resource_dropped_attributes_count`, `service.name` kept. Both the
+/// page path (encoded) and the Arrow path (decoded).
+#[test]
+fn a_huge_resource_over_many_tiny_spans_is_cut_not_replayed_k_times_n() {
+    use prost::Message;
+    let mut attrs: Vec<KeyValue> = (0..1000).map(|i| KeyValue { key: format!("k{i}"), value: Some(AnyValue { value: Some(Value::StringValue("v".repeat(1000))) }), key_strindex: 0 }).collect();
+    attrs.push(KeyValue { key: "service.name".into(), value: Some(AnyValue { value: Some(Value::StringValue("big".into())) }), key_strindex: 0 });
+    let spans: Vec<Span> = (0..20_000u32)
+        .map(|i| Span { trace_id: vec![1; 16], span_id: (i + 1).to_be_bytes().repeat(2), start_time_unix_nano: T0, end_time_unix_nano: T0 + 1, ..Default::default() })
+        .collect();
+    let rs = vec![ResourceSpans { resource: Some(Resource { attributes: attrs, ..Default::default() }), scope_spans: vec![ScopeSpans { spans, ..Default::default() }], ..Default::default() }];
+    let bytes = opentelemetry_proto::tonic::trace::v1::TracesData { resource_spans: rs.clone() }.encode_to_vec();
+    // ~1 MB of resource, 20,000 spans: 20 GB of attribute values if every row repeated it.
+    assert!(bytes.len() < 2 << 20);
+    for encoded in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = ArchiveWriter::new(ParquetSinkConfig { max_clock_skew: tracepipe_config::Duration::from_secs(0), path: dir.path().to_path_buf(), ..Default::default() });
+        if encoded {
+            w.write_encoded([bytes.as_slice()], 20_000, Instant::now()).unwrap();
+        } else {
+            w.write(&rs, Instant::now()).unwrap();
+        }
+        let truncated = w.take_truncated();
+        assert!(truncated > 900, "{truncated} attributes cut (encoded: {encoded})");
+        let closed = w.close_all().unwrap();
+        assert_eq!(closed[0].rows, 20_000);
+        let size = std::fs::metadata(&closed[0].path).unwrap().len();
+        let back = read_all(&closed[0].path);
+        let res = back[0].resource.as_ref().unwrap();
+        assert!(res.attributes.iter().any(|kv| kv.key == "service.name"), "service.name kept");
+        assert_eq!(res.attributes.len() as u64 + res.dropped_attributes_count as u64, 1001, "the cut is recorded in the row");
+        let written: usize = back.iter().flat_map(|r| r.resource.iter()).map(|r| r.attributes.iter().map(|kv| kv.encoded_len()).sum::<usize>()).sum();
+        assert!(written as u64 <= 32 * bytes.len() as u64 + (4 << 20), "replayed {written} bytes of context for a {}-byte batch (encoded: {encoded})", bytes.len());
+        eprintln!("encoded={encoded}: {truncated} attributes cut, file {size} bytes");
+    }
+}

@@ -24,7 +24,7 @@ use datafusion::parquet::arrow::ArrowSchemaConverter;
 use datafusion::parquet::file::properties::{EnabledStatistics, WriterProperties, WriterPropertiesBuilder};
 use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
 use tracepipe_pipeline::archive::layout::{self, Partition};
-use tracepipe_pipeline::archive::encoded::encoded_to_record_batch;
+use tracepipe_pipeline::archive::encoded::encoded_to_record_batch_counted;
 use tracepipe_pipeline::archive::pages::{parquet_schema, Pushed, RowGroupEncoder};
 use tracepipe_pipeline::archive::schema;
 use tracepipe_pipeline::Batch;
@@ -101,6 +101,8 @@ pub struct ArchiveWriter {
     lost: Vec<Lost>,
     /// Spans partitioned by their write time (start time beyond `max_clock_skew`), not yet taken.
     skewed: u64,
+    /// Resource and scope attributes cut to a batch's context budget, not yet taken.
+    truncated: u64,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> WriteError + '_ {
@@ -140,6 +142,7 @@ impl ArchiveWriter {
             closed: Vec::new(),
             lost: Vec::new(),
             skewed: 0,
+            truncated: 0,
         }
     }
 
@@ -152,6 +155,13 @@ impl ArchiveWriter {
         }
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0);
         Some((now.saturating_sub(skew), now.saturating_add(skew), now))
+    }
+
+    /// Resource and scope attributes cut since the last call: a batch may replay at most a
+    /// bounded multiple of its bytes as context into its rows
+    /// (`tracepipe_pipeline::archive::budget`).
+    pub fn take_truncated(&mut self) -> u64 {
+        std::mem::take(&mut self.truncated)
     }
 
     /// Spans partitioned by their write time since the last call (`max_clock_skew`).
@@ -196,8 +206,11 @@ impl ArchiveWriter {
     /// (rolled by rows or bytes).
     pub fn write(&mut self, rs: &[ResourceSpans], now: Instant) -> Result<Vec<Closed>, WriteError> {
         let ack = self.ack.take().unwrap_or_else(Batch::empty);
-        let rows = match schema::to_record_batch(rs) {
-            Ok(r) => r,
+        let rows = match schema::to_record_batch_counted(rs) {
+            Ok((r, truncated)) => {
+                self.truncated += truncated;
+                r
+            }
             Err(e) => {
                 self.lose(tracepipe_pipeline::batch::count_spans(rs) as u64, vec![ack], &e);
                 return Err(e.into());
@@ -238,6 +251,7 @@ impl ArchiveWriter {
             Pushed::Rows(0) => {}
             Pushed::Rows(_) => {
                 self.skewed += self.encoder.skewed();
+                self.truncated += self.encoder.truncated();
                 self.encoder_acks.push(ack);
                 let bucket = self.encoder.bucket().unwrap_or(0);
                 let ns = match self.cfg.partition {
@@ -263,8 +277,11 @@ impl ArchiveWriter {
             }
             // Spans of two partitions in one batch: split by the Arrow path.
             Pushed::OtherPartition => {
-                let rows = match encoded_to_record_batch(bufs, spans) {
-                    Ok(r) => r,
+                let rows = match encoded_to_record_batch_counted(bufs, spans) {
+                    Ok((r, truncated)) => {
+                        self.truncated += truncated;
+                        r
+                    }
                     Err(e) => {
                         self.lose(spans as u64, vec![ack], &e);
                         return Err(e.into());
