@@ -79,3 +79,23 @@ fn config_checks() {
     let e = BatchConfig::from_node(&cfg.processors[0].body, "t.yaml").unwrap_err();
     assert_eq!(e[0].to_string(), "t.yaml:8:26: send_batch_max_size (10) must be 0 or at least send_batch_size (100)");
 }
+
+/// A batch that does not decode (it cannot join a decoded one) is dropped, reported rejected to
+/// its finalizer and counted; the processor keeps running and batches the rest.
+#[tokio::test(start_paused = true)]
+async fn a_batch_that_does_not_decode_is_dropped_not_fatal() {
+    use tracepipe_pipeline::{BatchStatus, Finalizer};
+    let (tx, mut out, h) = start(BatchConfig { send_batch_size: 5, send_batch_max_size: 0, timeout: tracepipe_config::Duration::from_secs(10) }).await;
+    tx.send(batch(2, 1)).await.unwrap();
+    let (stx, srx) = std::sync::mpsc::channel();
+    let bad = Batch::from_encoded(b"\x0a\xff\xff\xff\x0f".to_vec().into(), 3).with_finalizer(Finalizer::new(move |s| {
+        let _ = stx.send(s);
+    }));
+    tx.send(bad).await.unwrap();
+    tx.send(batch(3, 2)).await.unwrap();
+    let b = tokio::time::timeout(Duration::from_millis(1), out.recv()).await.expect("the processor stopped").unwrap();
+    assert_eq!(names(&b), ["1-0", "1-1", "2-0", "2-1", "2-2"]);
+    assert_eq!(srx.try_recv().unwrap(), BatchStatus::Rejected);
+    drop(tx);
+    h.await.unwrap().unwrap();
+}
