@@ -242,3 +242,34 @@ async fn json_bodies_stay_under_max_request_bytes() {
     assert!(seen.accepted.len() >= 6, "cut into several bodies: {:?}", seen.accepted);
     assert_eq!(status.recv().await, Some(BatchStatus::Delivered));
 }
+
+/// `when_full: drop_newest`: a batch that does not fit the queue's room is dropped at once
+/// (reported errored; counted `queue_full`), never waited for, while the queued one is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_newest_drops_what_does_not_fit_the_queue() {
+    let seen = Arc::new(Mutex::new(Vec::<usize>::new()));
+    let s = seen.clone();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let s = s.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let req = ExportTraceServiceRequest::decode(body).unwrap();
+                s.lock().unwrap().push(req.resource_spans.iter().flat_map(|r| &r.scope_spans).map(|x| x.spans.len()).sum());
+                (axum::http::StatusCode::OK, axum::body::Bytes::new())
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let mut cfg = http_sink(&url, super::Protocol::HttpProtobuf, 4 << 20);
+    cfg.queue = super::QueueConfig { max_spans: 10, when_full: super::WhenFull::DropNewest, num_consumers: 1 };
+    let (a, mut sa) = tracked(buffer("a", &[100; 8]));
+    let (b, mut sb) = tracked(buffer("b", &[100; 5]));
+    run_sink(cfg, vec![a, b]).await;
+    assert_eq!(sb.recv().await, Some(BatchStatus::Errored), "5 spans do not fit the 2 left");
+    assert_eq!(sa.recv().await, Some(BatchStatus::Delivered));
+    assert_eq!(*seen.lock().unwrap(), vec![8]);
+}

@@ -11,9 +11,10 @@ from otlp_wire import post, request
 
 
 class Scripted:
-    """Answers POST /v1/traces with the next status of `script` (then 200), recording times."""
+    """Answers POST /v1/traces with the next status of `script` (then 200), recording times;
+    a 200's body is `ok_body` (an ExportTraceServiceResponse)."""
 
-    def __init__(self, script):
+    def __init__(self, script, ok_body: bytes = b""):
         self.script = list(script)
         self.calls = []
         outer = self
@@ -26,9 +27,11 @@ class Scripted:
                 self.send_response(status)
                 if status in (429, 503):
                     self.send_header("Retry-After", "1")
+                body = ok_body if status == 200 else b""
                 self.send_header("Content-Type", "application/x-protobuf")
-                self.send_header("Content-Length", "0")
+                self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
+                self.wfile.write(body)
 
             def log_message(self, *a):
                 pass
@@ -89,4 +92,24 @@ def test_permanent_status_is_counted_not_retried():
             # The next good export clears it.
             assert post(a_h, request([os.urandom(8)]).SerializeToString()).status_code == 200
             wait_for(lambda: http_get(f"http://127.0.0.1:{a.metrics_port}/readyz")[0] == 200, what="ready again")
+            assert a.stop() == 0
+
+
+def test_partial_success_is_counted_rejected_by_server():
+    """An upstream that takes a request but rejects some spans (`partial_success`): those are
+    counted `rejected_by_server`, the rest sent; nothing is retried."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
+    resp = ExportTraceServiceResponse()
+    resp.partial_success.rejected_spans = 2
+    resp.partial_success.error_message = "2 spans too old"
+    with Scripted([], ok_body=resp.SerializeToString()) as srv:
+        a_g, a_h = free_port(), free_port()
+        with Tracepipe(graph(a_g, a_h, srv.port), "partial") as a:
+            assert post(a_h, request([os.urandom(8) for _ in range(5)]).SerializeToString()).status_code == 200
+            wait_for(lambda: metric_sum(a.metrics(), "tracepipe_sink_failed_spans_total", sink="up", reason="rejected_by_server") == 2, what="2 rejected")
+            m = a.metrics()
+            assert metric_sum(m, "tracepipe_sink_sent_spans_total", sink="up") == 3
+            assert metric_sum(m, "tracepipe_sink_retries_total", sink="up") == 0
+            assert len(srv.calls) == 1
+            assert "Server rejected part of a batch." in a.logs()
             assert a.stop() == 0
