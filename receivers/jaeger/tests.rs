@@ -455,3 +455,44 @@ fn list_lengths_are_checked_against_the_bytes_left() {
     let err = model::decode_emit_batch(&evil, Protocol::Binary).unwrap_err();
     assert!(matches!(err, model::ThriftError::ListTooLong(900)), "{err}");
 }
+
+/// Jaeger's required fields are required here too: a list of empty structs is refused rather
+/// than decoded into a model ~170x its bytes; what a datagram full of the smallest valid spans
+/// and tags decodes into stays within a stated factor of its bytes.
+#[test]
+fn required_fields_bound_what_tiny_structs_cost() {
+    // 3,000 empty span structs (one STOP byte each).
+    let mut evil: Vec<u8> = Vec::new();
+    {
+        let mut o = TCompactOutputProtocol::new(&mut evil);
+        o.write_message_begin(&TMessageIdentifier::new("emitBatch", TMessageType::OneWay, 1)).unwrap();
+        o.write_struct_begin(&TStructIdentifier::new("a")).unwrap();
+        o.write_field_begin(&TFieldIdentifier::new("batch", TType::Struct, 1)).unwrap();
+        o.write_struct_begin(&TStructIdentifier::new("Batch")).unwrap();
+        o.write_field_begin(&TFieldIdentifier::new("process", TType::Struct, 1)).unwrap();
+        o.write_struct_begin(&TStructIdentifier::new("Process")).unwrap();
+        o.write_field_stop().unwrap();
+        o.write_struct_end().unwrap();
+        o.write_field_end().unwrap();
+        o.write_field_begin(&TFieldIdentifier::new("spans", TType::List, 2)).unwrap();
+        o.write_list_begin(&TListIdentifier::new(TType::Struct, 3000)).unwrap();
+    }
+    evil.extend(std::iter::repeat_n(0u8, 3000));
+    evil.extend_from_slice(&[0, 0, 0]);
+    let err = model::decode_emit_batch(&evil, Protocol::Compact).unwrap_err();
+    assert!(matches!(err, model::ThriftError::Missing("Span.traceIdLow")), "{err}");
+    // The smallest valid spans, each with the smallest valid tags, filling a 65,000-byte datagram.
+    let tag = Tag { key: String::new(), v_type: 0, v_str: Some(String::new()), ..Default::default() };
+    let span = Span { tags: vec![tag; 40], ..Default::default() };
+    let mut b = JaegerBatch { process: Process::default(), spans: vec![span; 1] };
+    let per_span = emit_batch(&b, Protocol::Compact, true).len() - emit_batch(&JaegerBatch { spans: vec![], ..b.clone() }, Protocol::Compact, true).len();
+    b.spans = vec![b.spans[0].clone(); 64_000 / per_span];
+    let bytes = emit_batch(&b, Protocol::Compact, true);
+    assert!(bytes.len() <= 65_000);
+    let got = model::decode_emit_batch(&bytes, Protocol::Compact).unwrap();
+    let tags: usize = got.spans.iter().map(|s| s.tags.len()).sum();
+    let model_bytes = got.spans.len() * std::mem::size_of::<Span>() + tags * std::mem::size_of::<Tag>();
+    let factor = model_bytes as f64 / bytes.len() as f64;
+    eprintln!("{} spans, {tags} tags in {} bytes: the model is {factor:.1}x the datagram", got.spans.len(), bytes.len());
+    assert!(factor < 30.0, "{} spans, {tags} tags: the model is {factor:.1}x the datagram", got.spans.len());
+}
