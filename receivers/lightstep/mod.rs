@@ -132,18 +132,109 @@ fn now() -> prost_types::Timestamp {
     prost_types::Timestamp { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 }
 }
 
-struct GrpcService(Ingest);
+/// `CollectorService/Report` served from the raw request bytes: the access token is checked on
+/// the `auth` field alone before the report is decoded (as over HTTP).
+#[derive(Clone)]
+struct GrpcService {
+    ingest: Ingest,
+    max_size: usize,
+}
 
-#[tonic::async_trait]
-impl pb::collector_service_server::CollectorService for GrpcService {
-    async fn report(&self, request: tonic::Request<pb::ReportRequest>) -> Result<tonic::Response<pb::ReportResponse>, tonic::Status> {
-        let header = request.metadata().get("lightstep-access-token").and_then(|v| v.to_str().ok()).map(str::to_owned);
-        match self.0.report(request.get_ref(), header.as_deref(), "grpc").await {
-            Ok(r) => Ok(tonic::Response::new(r)),
-            Err(ReportError::Unauthenticated) => Err(tonic::Status::unauthenticated("invalid access token")),
-            Err(e @ ReportError::Full) => Err(tonic::Status::unavailable(e.to_string())),
-        }
+const REPORT_PATH: &str = "/lightstep.collector.CollectorService/Report";
+
+/// Requests as bytes, prost responses.
+#[derive(Debug, Clone, Copy, Default)]
+struct RawReportCodec;
+
+impl tonic::codec::Codec for RawReportCodec {
+    type Encode = pb::ReportResponse;
+    type Decode = bytes::Bytes;
+    type Encoder = RawReportCodec;
+    type Decoder = RawReportCodec;
+    fn encoder(&mut self) -> Self::Encoder {
+        *self
     }
+    fn decoder(&mut self) -> Self::Decoder {
+        *self
+    }
+}
+
+impl tonic::codec::Encoder for RawReportCodec {
+    type Item = pb::ReportResponse;
+    type Error = tonic::Status;
+    fn encode(&mut self, item: Self::Item, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        item.encode(dst).map_err(|e| tonic::Status::internal(e.to_string()))
+    }
+}
+
+impl tonic::codec::Decoder for RawReportCodec {
+    type Item = bytes::Bytes;
+    type Error = tonic::Status;
+    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<bytes::Bytes>, tonic::Status> {
+        use bytes::Buf;
+        let n = src.remaining();
+        Ok(Some(src.copy_to_bytes(n)))
+    }
+}
+
+struct Unary(Ingest);
+
+impl tonic::server::UnaryService<bytes::Bytes> for Unary {
+    type Response = pb::ReportResponse;
+    type Future = futures::future::BoxFuture<'static, Result<tonic::Response<pb::ReportResponse>, tonic::Status>>;
+    fn call(&mut self, request: tonic::Request<bytes::Bytes>) -> Self::Future {
+        let ingest = self.0.clone();
+        Box::pin(async move {
+            let header = request.metadata().get("lightstep-access-token").and_then(|v| v.to_str().ok()).map(str::to_owned);
+            let body = request.into_inner();
+            if ingest.check_token_early(&body, header.as_deref(), "grpc").is_err() {
+                return Err(tonic::Status::unauthenticated("invalid access token"));
+            }
+            let req = match pb::ReportRequest::decode(body) {
+                Ok(r) => r,
+                Err(e) => {
+                    ingest.malformed("grpc", "protobuf");
+                    return Err(tonic::Status::invalid_argument(format!("invalid ReportRequest: {e}")));
+                }
+            };
+            match ingest.report(&req, header.as_deref(), "grpc").await {
+                Ok(r) => Ok(tonic::Response::new(r)),
+                Err(ReportError::Unauthenticated) => Err(tonic::Status::unauthenticated("invalid access token")),
+                Err(e @ ReportError::Full) => Err(tonic::Status::unavailable(e.to_string())),
+            }
+        })
+    }
+}
+
+impl<B> tower::Service<::http::Request<B>> for GrpcService
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+{
+    type Response = ::http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = futures::future::BoxFuture<'static, Result<Self::Response, std::convert::Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), std::convert::Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: ::http::Request<B>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            if req.uri().path() != REPORT_PATH {
+                return Ok(tonic::Status::unimplemented(format!("unknown method {}", req.uri().path())).into_http());
+            }
+            let mut grpc = tonic::server::Grpc::new(RawReportCodec)
+                .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
+                .max_decoding_message_size(this.max_size);
+            Ok(grpc.unary(Unary(this.ingest.clone()), req).await)
+        })
+    }
+}
+
+impl tonic::server::NamedService for GrpcService {
+    const NAME: &'static str = "lightstep.collector.CollectorService";
 }
 
 /// Binds the configured listeners and returns the task serving them until shutdown.
@@ -156,9 +247,7 @@ pub async fn build(cfg: LightstepConfig, mut ctx: ComponentContext) -> Result<Co
         let addr = g.endpoint.to_string();
         let listener = tokio::net::TcpListener::bind(&addr).await.map_err(|e| ctx.error(format!("cannot listen on {addr} (grpc): {e}")))?;
         tracing::info!(message = "Receiver listening.", receiver = %ctx.name, transport = "grpc", address = %listener.local_addr().map(|a| a.to_string()).unwrap_or(addr));
-        let svc = pb::collector_service_server::CollectorServiceServer::new(GrpcService(ingest.clone()))
-            .max_decoding_message_size(cfg.max_request_size.get() as usize)
-            .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
+        let svc = GrpcService { ingest: ingest.clone(), max_size: cfg.max_request_size.get() as usize };
         let shutdown = ctx.shutdown.clone();
         let name = ctx.name.clone();
         tasks.push(Box::pin(async move {

@@ -123,6 +123,14 @@ def test_grpc_client_generated_from_our_proto(tmp_path):
         with pytest.raises(grpc.RpcError) as e:
             stub.Report(pb.ReportRequest(auth=pb.Auth(access_token="nope")), timeout=5)
         assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        # The token is checked on the auth field before the report is decoded; a report that does
+        # not decode is INVALID_ARGUMENT and counted.
+        raw = grpc.insecure_channel(f"127.0.0.1:{ls.grpc}").unary_unary(
+            "/lightstep.collector.CollectorService/Report", request_serializer=lambda b: b, response_deserializer=lambda b: b)
+        with pytest.raises(grpc.RpcError) as e:
+            raw(b"\xff\xff", timeout=5)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert metric_sum(ls.tp.metrics(), "tracepipe_receiver_malformed_requests_total", receiver="satellite_in", transport="grpc", reason="protobuf") == 1
         # JSON over HTTP, token in the header.
         body = {"reporter": {"tags": [{"key": "lightstep.component_name", "stringValue": "json-svc"}]},
                 "spans": [{"spanContext": {"traceId": "12", "spanId": "34"}, "operationName": "j", "startTimestamp": "2026-11-22T10:00:00Z", "durationMicros": "5"}]}
