@@ -104,6 +104,27 @@ pub struct TelemetryConfig {
     pub logs: LogsConfig,
 }
 
+/// The `memory:` section: the process-wide memory limit.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MemoryConfig {
+    /// The limit on the process's resident memory. Unset: 80% of the cgroup's `memory.max` when
+    /// the process runs under one with a limit, otherwise no limit.
+    pub limit: Option<crate::types::ByteSize>,
+    /// Above `limit × soft_ratio` receivers refuse new data with retryable errors (gRPC
+    /// `UNAVAILABLE`, HTTP 503 + `Retry-After`), UDP datagrams are dropped and counted, Kafka
+    /// receivers pause, and `/readyz` says why (default 0.85).
+    pub soft_ratio: f64,
+    /// How often resident memory is read (default 100ms).
+    pub check_interval: crate::types::Duration,
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        MemoryConfig { limit: None, soft_ratio: 0.85, check_interval: crate::types::Duration::from_millis(100) }
+    }
+}
+
 /// A whole configuration file, structurally valid (component settings are checked by their crates).
 #[derive(Debug, Clone, Default)]
 pub struct ConfigFile {
@@ -117,6 +138,8 @@ pub struct ConfigFile {
     pub sinks: Vec<ComponentDecl>,
     /// Telemetry settings.
     pub telemetry: TelemetryConfig,
+    /// The process-wide memory limit.
+    pub memory: MemoryConfig,
 }
 
 impl ConfigFile {
@@ -200,10 +223,25 @@ pub fn load(file: &str, text: &str, env: &dyn Fn(&str) -> Option<String>) -> (Co
                 Ok(t) => cfg.telemetry = t,
                 Err(e) => errors.push(e),
             },
+            "memory" => match value.deserialize_into::<MemoryConfig>(file) {
+                Ok(m) => {
+                    if !(m.soft_ratio > 0.0 && m.soft_ratio <= 1.0) {
+                        errors.push(ConfigError::new(file, value.get("soft_ratio").map(|n| n.pos).unwrap_or(value.pos), "memory.soft_ratio must be above 0 and at most 1"));
+                    }
+                    if m.limit.is_some_and(|l| l.get() < 16 << 20) {
+                        errors.push(ConfigError::new(file, value.get("limit").map(|n| n.pos).unwrap_or(value.pos), "memory.limit must be at least 16MiB"));
+                    }
+                    if m.check_interval.get().is_zero() {
+                        errors.push(ConfigError::new(file, value.get("check_interval").map(|n| n.pos).unwrap_or(value.pos), "memory.check_interval must be above 0"));
+                    }
+                    cfg.memory = m;
+                }
+                Err(e) => errors.push(e),
+            },
             other => errors.push(ConfigError::new(
                 file,
                 key.pos,
-                format!("unknown top-level key `{other}`; expected one of receivers, processors, sinks, telemetry"),
+                format!("unknown top-level key `{other}`; expected one of receivers, processors, sinks, telemetry, memory"),
             )),
         }
     }

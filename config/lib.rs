@@ -24,7 +24,7 @@ mod types;
 mod tests;
 
 pub use error::{ConfigError, ConfigErrors, Pos};
-pub use graph::{load, ComponentDecl, ComponentKind, ConfigFile, LogFormat, LogsConfig, MetricsConfig, TelemetryConfig};
+pub use graph::{load, ComponentDecl, ComponentKind, ConfigFile, LogFormat, LogsConfig, MemoryConfig, MetricsConfig, TelemetryConfig};
 pub use node::Node;
 pub use kafka::{check_kafka_common, valid_kafka_broker, valid_kafka_topic, KafkaCommon, KafkaEncoding};
 pub use types::{ByteSize, Duration, Endpoint};

@@ -10,6 +10,8 @@
 //!   all-or-nothing admission, and the running graph (start in reverse topological order, stop in
 //!   topological order, drain on shutdown);
 //! - [`archive`]: the Parquet trace-archive schema, file layout and DataFusion table;
+//! - [`memory`]: the process-wide memory limit (resident memory sampled; receivers refuse above
+//!   the soft limit);
 //! - [`telemetry`]: metric names, the Prometheus `/metrics`, `/healthz`, `/readyz` server and the
 //!   health registry.
 //!
@@ -17,6 +19,7 @@
 
 pub mod archive;
 pub mod batch;
+pub mod memory;
 pub mod otlp_json;
 pub mod regroup;
 pub mod telemetry;

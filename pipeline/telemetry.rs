@@ -92,6 +92,15 @@ pub mod names {
     pub const SINK_PARQUET_RECOVERED_FILES: &str = "tracepipe_sink_parquet_recovered_files_total";
     /// Spans an archive receiver read (`receiver`).
     pub const RECEIVER_ARCHIVE_READ_SPANS: &str = "tracepipe_receiver_archive_read_spans_total";
+    /// The memory limit in force (gauge; absent without one).
+    pub const MEMORY_LIMIT: &str = "tracepipe_memory_limit_bytes";
+    /// The soft limit, above which receivers refuse (gauge).
+    pub const MEMORY_SOFT_LIMIT: &str = "tracepipe_memory_soft_limit_bytes";
+    /// The process's resident memory as last sampled (gauge; with a memory limit).
+    pub const PROCESS_RESIDENT_MEMORY: &str = "tracepipe_process_resident_memory_bytes";
+    /// Requests a receiver refused before reading them (`receiver`, `transport`, `reason`:
+    /// memory).
+    pub const RECEIVER_REFUSED_REQUESTS: &str = "tracepipe_receiver_refused_requests_total";
     /// Always 1, with `version` and `rustc` labels.
     pub const BUILD_INFO: &str = "tracepipe_build_info";
 }
@@ -119,6 +128,8 @@ struct HealthState {
     failing_sinks: BTreeMap<String, String>,
     /// component name -> why its task ended while the graph was running
     failed: BTreeMap<String, String>,
+    /// why receivers refuse for memory, while they do
+    memory: Option<String>,
 }
 
 /// What `/readyz` reports: every receiver listening, no sink permanently failing.
@@ -148,6 +159,10 @@ impl Health {
             }
         }
     }
+    /// Records that receivers refuse for memory (`Some(why)`) or accept again (`None`).
+    pub fn set_memory_pressure(&self, why: Option<String>) {
+        self.lock().memory = why;
+    }
     /// Records that a component's task died (the process is stopping).
     pub fn set_failed(&self, name: &str, error: &str) {
         self.lock().failed.insert(name.to_owned(), error.to_owned());
@@ -158,6 +173,7 @@ impl Health {
         let mut why: Vec<String> = s.receivers.iter().filter(|(_, l)| !**l).map(|(n, _)| format!("receiver {n} is not listening")).collect();
         why.extend(s.failing_sinks.iter().map(|(n, r)| format!("sink {n} is failing: {r}")));
         why.extend(s.failed.iter().map(|(n, r)| format!("component {n} failed: {r}")));
+        why.extend(s.memory.iter().map(|m| format!("refusing data: {m}")));
         if why.is_empty() { Ok(()) } else { Err(why) }
     }
     fn lock(&self) -> std::sync::MutexGuard<'_, HealthState> {

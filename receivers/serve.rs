@@ -49,6 +49,8 @@ struct AdmissionInner {
     accepted: metrics::Counter,
     refused_full: metrics::Counter,
     refused_shutdown: metrics::Counter,
+    refused_memory: metrics::Counter,
+    refused_requests_memory: metrics::Counter,
     rejected: metrics::Counter,
 }
 
@@ -62,6 +64,8 @@ impl Admission {
                 accepted: metrics::counter!(names::RECEIVER_ACCEPTED_SPANS, "receiver" => r.clone(), "transport" => transport),
                 refused_full: metrics::counter!(names::RECEIVER_REFUSED_SPANS, "receiver" => r.clone(), "transport" => transport, "reason" => "pipeline_full"),
                 refused_shutdown: metrics::counter!(names::RECEIVER_REFUSED_SPANS, "receiver" => r.clone(), "transport" => transport, "reason" => "shutting_down"),
+                refused_memory: metrics::counter!(names::RECEIVER_REFUSED_SPANS, "receiver" => r.clone(), "transport" => transport, "reason" => "memory"),
+                refused_requests_memory: metrics::counter!(names::RECEIVER_REFUSED_REQUESTS, "receiver" => r.clone(), "transport" => transport, "reason" => "memory"),
                 rejected: metrics::counter!(names::RECEIVER_REJECTED_SPANS, "receiver" => r.clone(), "transport" => transport, "reason" => "invalid_span"),
                 receiver: r,
                 transport,
@@ -71,9 +75,14 @@ impl Admission {
         }
     }
 
-    /// Admits a batch if every consumer has room within the wait; counts the outcome.
+    /// Admits a batch if every consumer has room within the wait and memory is under the soft
+    /// limit; counts the outcome.
     pub(crate) async fn admit(&self, batch: tracepipe_pipeline::Batch) -> Result<(), tracepipe_pipeline::Refused> {
         let n = batch.span_count() as u64;
+        if tracepipe_pipeline::memory::under_pressure() {
+            self.inner.refused_memory.increment(n);
+            return Err(tracepipe_pipeline::Refused::Full);
+        }
         let r = self.inner.output.send_or_refuse(batch, self.inner.wait).await;
         self.counted(r, n)
     }
@@ -101,6 +110,16 @@ impl Admission {
             tracepipe_pipeline::Refused::Full => self.inner.refused_full.increment(spans),
             tracepipe_pipeline::Refused::Closed => self.inner.refused_shutdown.increment(spans),
         }
+    }
+
+    /// For a request not read yet: `true` (and counted) when it must be refused for memory, so
+    /// that its body is neither read nor decompressed.
+    pub(crate) fn refuse_request_for_memory(&self) -> bool {
+        let refuse = tracepipe_pipeline::memory::under_pressure();
+        if refuse {
+            self.inner.refused_requests_memory.increment(1);
+        }
+        refuse
     }
 
     /// Counts spans dropped individually as invalid.

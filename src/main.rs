@@ -273,6 +273,9 @@ async fn serve(graph: graph::ValidGraph, on_started: impl FnOnce()) -> anyhow::R
     let telemetry = graph.file.telemetry.clone();
     let handle = tracepipe_pipeline::telemetry::install_recorder().map_err(|e| anyhow::anyhow!("cannot install the metrics recorder: {e}"))?;
     let health = tracepipe_pipeline::telemetry::Health::default();
+    if let Some(limit) = tracepipe_pipeline::memory::start(&graph.file.memory, health.clone()) {
+        tracing::info!(message = "Memory limit in force.", limit_bytes = limit, soft_ratio = graph.file.memory.soft_ratio);
+    }
     let planned = graph::plan(graph);
     let topology = tracepipe_pipeline::RunningTopology::start(planned, health.clone()).await?;
     let server_stop = tokio_util::sync::CancellationToken::new();

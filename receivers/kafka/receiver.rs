@@ -191,7 +191,9 @@ pub async fn build(cfg: KafkaReceiverConfig, mut ctx: ComponentContext) -> Resul
                     }
                     continue;
                 }
-                m = consumer.recv(), if again.is_empty() => m,
+                // Above the memory limit's soft line: stop reading (Kafka keeps the records).
+                _ = tokio::time::sleep(Duration::from_millis(50)), if again.is_empty() && tracepipe_pipeline::memory::under_pressure() => continue,
+                m = consumer.recv(), if again.is_empty() && !tracepipe_pipeline::memory::under_pressure() => m,
             };
             let m = match msg {
                 Ok(m) => m,

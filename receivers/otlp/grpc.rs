@@ -95,6 +95,10 @@ where
             if req.uri().path() != EXPORT_PATH {
                 return Ok(Status::unimplemented(format!("unknown method {}", req.uri().path())).into_http());
             }
+            if this.ingest.refuse_for_memory(Transport::Grpc) {
+                // Refused before the message is read or decompressed.
+                return Ok(Status::unavailable("tracepipe is above its memory limit; retry later").into_http());
+            }
             let mut grpc = tonic::server::Grpc::new(RawRequestCodec)
                 .accept_compressed(CompressionEncoding::Gzip)
                 .accept_compressed(CompressionEncoding::Zstd)

@@ -120,6 +120,11 @@ async fn export(State(s): State<AppState>, headers: HeaderMap, body: Body) -> Re
             };
         }
     };
+    // Above the memory limit: refused before the body is decompressed or decoded (it is read,
+    // up to the size limit, so that the client gets the 503 rather than a reset connection).
+    if s.ingest.refuse_for_memory(Transport::Http) {
+        return error_response(format, StatusCode::SERVICE_UNAVAILABLE, 14, "tracepipe is above its memory limit; retry later".into());
+    }
     let encoding = headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).unwrap_or("");
     let body = match decompress(encoding, raw, s.limit) {
         Ok(b) => b,

@@ -79,6 +79,12 @@ impl Ingest {
         }
     }
 
+    /// `true` (counted) when a request must be refused unread because memory is above the soft
+    /// limit: its body is neither read nor decompressed.
+    pub fn refuse_for_memory(&self, t: Transport) -> bool {
+        self.admission(t).refuse_request_for_memory()
+    }
+
     /// Counts a request that could not be read at all (bad framing, size, encoding…).
     pub fn malformed(&self, t: Transport, reason: &'static str) {
         self.admission(t).malformed(reason);

@@ -57,6 +57,8 @@ struct Worker {
     health: Health,
     /// Fires when the process is stopping.
     shutdown: tokio_util::sync::CancellationToken,
+    /// When the first retry after shutdown began happened: the shutdown retry budget runs from it.
+    stopping_since: std::sync::OnceLock<tokio::time::Instant>,
     /// `max_request_bytes`: no request is larger.
     max_request_bytes: usize,
     /// The size requests are cut to: `max_request_bytes`, or less once the upstream refused a
@@ -145,7 +147,6 @@ impl Worker {
         let n = batch.span_count() as u64;
         let start = tokio::time::Instant::now();
         let mut wait = self.retry.initial_interval.get();
-        let mut stopping_since: Option<tokio::time::Instant> = None;
         loop {
             match self.exporter.export(batch, self.timeout).await {
                 Ok(done) => {
@@ -181,7 +182,9 @@ impl Worker {
                     self.m.retries.increment(1);
                     tracing::warn!(message = "Export failed; will retry.", sink = %self.name, spans = n, error = %message, delay = ?delay);
                     if self.shutdown.is_cancelled() {
-                        let since = *stopping_since.get_or_insert_with(tokio::time::Instant::now);
+                        // One budget for the whole sink, from the first retry after shutdown began
+                        // (not one per batch: a full queue would take its length times 20 s).
+                        let since = *self.stopping_since.get_or_init(tokio::time::Instant::now);
                         if since.elapsed() >= SHUTDOWN_RETRY_BUDGET {
                             self.m.shutdown.increment(n);
                             tracing::error!(message = "Shutting down; undeliverable spans dropped.", sink = %self.name, spans = n, error = %message);
@@ -191,7 +194,7 @@ impl Worker {
                     }
                     tokio::select! {
                         _ = tokio::time::sleep(jitter(delay)) => {}
-                        _ = self.shutdown.cancelled(), if stopping_since.is_none() => {}
+                        _ = self.shutdown.cancelled(), if self.stopping_since.get().is_none() => {}
                     }
                     wait = Duration::from_secs_f64((wait.as_secs_f64() * self.retry.multiplier).min(self.retry.max_interval.get().as_secs_f64()));
                 }
@@ -221,6 +224,7 @@ pub async fn build(cfg: OtlpSinkConfig, mut ctx: ComponentContext) -> Result<Com
         m: m.clone(),
         health: ctx.health.clone(),
         shutdown: ctx.shutdown.clone(),
+        stopping_since: std::sync::OnceLock::new(),
         max_request_bytes: cfg.max_request_bytes.get() as usize,
         limit: AtomicUsize::new(cfg.max_request_bytes.get() as usize),
     });
