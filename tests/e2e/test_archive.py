@@ -132,13 +132,20 @@ def test_replay_cli_filters_whole_traces(tmp_path):
     sent = archive_sdk_spans(archive, 10)
     b, b_grpc, _, out = far_end()
     with b:
-        p = subprocess.run([tracepipe_bin(), "replay", "--archive", str(archive), "--where", "name = 'SELECT orders' AND kind = 'CLIENT'",
+        # A strict subset: the root spans of traces 3 and 7; --whole-traces brings their other
+        # 4 spans each, and nothing of the other 8 traces.
+        p = subprocess.run([tracepipe_bin(), "replay", "--archive", str(archive), "--where", "name IN ('GET /orders-3', 'GET /orders-7') AND kind = 'SERVER'",
                             "--whole-traces", "--to", f"grpc://127.0.0.1:{b_grpc}"], capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
         assert p.returncode == 0, p.stderr
-        assert "replay: 50/50 spans sent" in p.stderr, p.stderr  # plain progress lines off a terminal
-        wait_for(lambda: len(read_jsonl_spans(out)) >= 50, what="50 spans")
-        time.sleep(0.5)
-        assert len(read_jsonl_spans(out)) == 50
+        assert "replay: 10/10 spans sent" in p.stderr, p.stderr  # plain progress lines off a terminal
+        wait_for(lambda: len(read_jsonl_spans(out)) >= 10, what="10 spans")
+        want_traces = {f"{s.get_span_context().trace_id:032x}" for s in sent if s.name in ("GET /orders-3", "GET /orders-7")}
+        assert len(want_traces) == 2
+        want = {f"{s.get_span_context().span_id:016x}" for s in sent if f"{s.get_span_context().trace_id:032x}" in want_traces}
+        # Everything replayed arrived by now (replay exits after its sink flushed): exactly those.
+        assert b.stop() == 0
+        got = [s["span"]["spanId"] for s in read_jsonl_spans(out)]
+        assert sorted(got) == sorted(want), (got, want)
     # Unknown scheme and missing destination are config errors.
     p = subprocess.run([tracepipe_bin(), "replay", "--archive", str(archive), "--to", "ftp://x"], capture_output=True, text=True, stdin=subprocess.DEVNULL)
     assert p.returncode == 78 and "unknown destination scheme" in p.stderr
