@@ -64,6 +64,8 @@ pub mod names {
     pub const SINK_FAILED_SPANS: &str = "tracepipe_sink_failed_spans_total";
     /// Spans waiting in a sink's queue (gauge; `sink`).
     pub const SINK_QUEUE_SPANS: &str = "tracepipe_sink_queue_spans";
+    /// Bytes waiting in a sink's queue, as the batches' encoded size (gauge; `sink`).
+    pub const SINK_QUEUE_BYTES: &str = "tracepipe_sink_queue_bytes";
     /// Queue capacity in spans (gauge; `sink`).
     pub const SINK_QUEUE_CAPACITY: &str = "tracepipe_sink_queue_capacity_spans";
     /// Export attempts retried (`sink`, `reason`).

@@ -95,6 +95,9 @@ pub enum WhenFull {
 pub struct QueueConfig {
     /// Capacity in spans (default 100000).
     pub max_spans: usize,
+    /// Capacity in bytes, counted as the batches' encoded size (default 256MiB): whichever of
+    /// the two fills first applies `when_full`. A batch larger than this alone is queued alone.
+    pub max_bytes: ByteSize,
     /// `block` or `drop_newest`.
     pub when_full: WhenFull,
     /// Concurrent export requests (default 4).
@@ -103,7 +106,7 @@ pub struct QueueConfig {
 
 impl Default for QueueConfig {
     fn default() -> Self {
-        QueueConfig { max_spans: 100_000, when_full: WhenFull::Block, num_consumers: 4 }
+        QueueConfig { max_spans: 100_000, max_bytes: ByteSize::mib(256), when_full: WhenFull::Block, num_consumers: 4 }
     }
 }
 
@@ -178,8 +181,8 @@ impl OtlpSinkConfig {
         if c.tls.cert_file.is_some() != c.tls.key_file.is_some() {
             errors.push(ConfigError::new(file, at("tls"), "tls: cert_file and key_file must be given together"));
         }
-        if c.queue.max_spans == 0 || c.queue.num_consumers == 0 {
-            errors.push(ConfigError::new(file, at("queue"), "queue: max_spans and num_consumers must be above 0"));
+        if c.queue.max_spans == 0 || c.queue.num_consumers == 0 || c.queue.max_bytes.get() < 1024 {
+            errors.push(ConfigError::new(file, at("queue"), "queue: max_spans and num_consumers must be above 0, max_bytes at least 1KiB"));
         }
         if !(c.retry.multiplier >= 1.0) {
             errors.push(ConfigError::new(file, at("retry"), "retry: multiplier must be at least 1"));

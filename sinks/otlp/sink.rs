@@ -26,6 +26,7 @@ struct Metrics {
     retries: Counter,
     splits: Counter,
     queue: Gauge,
+    queue_bytes: Gauge,
 }
 
 impl Metrics {
@@ -43,7 +44,8 @@ impl Metrics {
             too_large: failed("message_too_large"),
             retries: metrics::counter!(names::SINK_RETRIES, "sink" => s.clone()),
             splits: metrics::counter!(names::SINK_SPLIT_REQUESTS, "sink" => s.clone()),
-            queue: metrics::gauge!(names::SINK_QUEUE_SPANS, "sink" => s),
+            queue: metrics::gauge!(names::SINK_QUEUE_SPANS, "sink" => s.clone()),
+            queue_bytes: metrics::gauge!(names::SINK_QUEUE_BYTES, "sink" => s),
         }
     }
 }
@@ -229,6 +231,7 @@ pub async fn build(cfg: OtlpSinkConfig, mut ctx: ComponentContext) -> Result<Com
         limit: AtomicUsize::new(cfg.max_request_bytes.get() as usize),
     });
     let capacity = cfg.queue.max_spans;
+    let byte_capacity = (cfg.queue.max_bytes.get() / 1024).clamp(1, u32::MAX as u64) as usize;
     let policy = cfg.queue.when_full;
     let consumers = cfg.queue.num_consumers;
     let name = ctx.name.clone();
@@ -236,13 +239,17 @@ pub async fn build(cfg: OtlpSinkConfig, mut ctx: ComponentContext) -> Result<Com
     Ok(Box::pin(async move {
         // The queue: permits are spans; a batch holds its permits until exported.
         let room = Arc::new(Semaphore::new(capacity));
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<(Batch, tokio::sync::OwnedSemaphorePermit)>();
+        // And in bytes (KiB permits, the batch's encoded size rounded up): spans alone do not
+        // bound memory when a span may be a few hundred bytes or a few megabytes.
+        let bytes_room = Arc::new(Semaphore::new(byte_capacity));
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<(Batch, (tokio::sync::OwnedSemaphorePermit, tokio::sync::OwnedSemaphorePermit))>();
         let rx = Arc::new(Mutex::new(rx));
         let mut workers = Vec::new();
         for _ in 0..consumers {
             let rx = rx.clone();
             let w = worker.clone();
             let room = room.clone();
+            let bytes_room = bytes_room.clone();
             let m = m.clone();
             workers.push(tokio::spawn(async move {
                 loop {
@@ -251,19 +258,21 @@ pub async fn build(cfg: OtlpSinkConfig, mut ctx: ComponentContext) -> Result<Com
                     w.deliver(batch).await;
                     drop(permit);
                     m.queue.set((capacity - room.available_permits()) as f64);
+                    m.queue_bytes.set(((byte_capacity - bytes_room.available_permits()) * 1024) as f64);
                 }
             }));
         }
         while let Some(batch) = input.recv().await {
             let n = batch.span_count().clamp(1, capacity) as u32;
+            let kib = batch.encoded_len().div_ceil(1024).clamp(1, byte_capacity) as u32;
             let permit = match policy {
-                WhenFull::Block => match room.clone().acquire_many_owned(n).await {
-                    Ok(p) => p,
-                    Err(_) => break,
+                WhenFull::Block => match (room.clone().acquire_many_owned(n).await, bytes_room.clone().acquire_many_owned(kib).await) {
+                    (Ok(a), Ok(b)) => (a, b),
+                    _ => break,
                 },
-                WhenFull::DropNewest => match room.clone().try_acquire_many_owned(n) {
-                    Ok(p) => p,
-                    Err(_) => {
+                WhenFull::DropNewest => match (room.clone().try_acquire_many_owned(n), bytes_room.clone().try_acquire_many_owned(kib)) {
+                    (Ok(a), Ok(b)) => (a, b),
+                    _ => {
                         m.queue_full.increment(batch.span_count() as u64);
                         batch.set_status(BatchStatus::Errored);
                         continue;
@@ -271,6 +280,7 @@ pub async fn build(cfg: OtlpSinkConfig, mut ctx: ComponentContext) -> Result<Com
                 },
             };
             m.queue.set((capacity - room.available_permits()) as f64);
+            m.queue_bytes.set(((byte_capacity - bytes_room.available_permits()) * 1024) as f64);
             if tx.send((batch, permit)).is_err() {
                 break;
             }
@@ -281,6 +291,7 @@ pub async fn build(cfg: OtlpSinkConfig, mut ctx: ComponentContext) -> Result<Com
             w.await.map_err(|e| ComponentError(format!("sink `{name}`: worker failed: {e}")))?;
         }
         m.queue.set(0.0);
+        m.queue_bytes.set(0.0);
         Ok(())
     }))
 }

@@ -243,10 +243,8 @@ async fn json_bodies_stay_under_max_request_bytes() {
     assert_eq!(status.recv().await, Some(BatchStatus::Delivered));
 }
 
-/// `when_full: drop_newest`: a batch that does not fit the queue's room is dropped at once
-/// (reported errored; counted `queue_full`), never waited for, while the queued one is delivered.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn drop_newest_drops_what_does_not_fit_the_queue() {
+/// An OTLP/HTTP endpoint that takes 300 ms per request and records each request's span count.
+async fn slow_server() -> (String, Arc<Mutex<Vec<usize>>>) {
     let seen = Arc::new(Mutex::new(Vec::<usize>::new()));
     let s = seen.clone();
     let app = axum::Router::new().route(
@@ -264,12 +262,24 @@ async fn drop_newest_drops_what_does_not_fit_the_queue() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    let mut cfg = http_sink(&url, super::Protocol::HttpProtobuf, 4 << 20);
-    cfg.queue = super::QueueConfig { max_spans: 10, when_full: super::WhenFull::DropNewest, num_consumers: 1 };
-    let (a, mut sa) = tracked(buffer("a", &[100; 8]));
-    let (b, mut sb) = tracked(buffer("b", &[100; 5]));
-    run_sink(cfg, vec![a, b]).await;
-    assert_eq!(sb.recv().await, Some(BatchStatus::Errored), "5 spans do not fit the 2 left");
-    assert_eq!(sa.recv().await, Some(BatchStatus::Delivered));
-    assert_eq!(*seen.lock().unwrap(), vec![8]);
+    (url, seen)
+}
+
+/// `when_full: drop_newest`: a batch that does not fit the queue's room — in spans, or in bytes
+/// although its spans fit — is dropped at once (reported errored; counted `queue_full`), never
+/// waited for, while the queued one is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_newest_drops_what_does_not_fit_the_queue() {
+    // (queue spans, queue bytes, span size): 8 + 5 spans over 10; then 2 x ~8 KB over 12 KiB.
+    for (max_spans, max_bytes, size) in [(10, 256 << 20, 100), (1000, 12 << 10, 1000)] {
+        let (url, seen) = slow_server().await;
+        let mut cfg = http_sink(&url, super::Protocol::HttpProtobuf, 4 << 20);
+        cfg.queue = super::QueueConfig { max_spans, max_bytes: ByteSize(max_bytes), when_full: super::WhenFull::DropNewest, num_consumers: 1 };
+        let (a, mut sa) = tracked(buffer("a", &vec![size; 8]));
+        let (b, mut sb) = tracked(buffer("b", &vec![size; 5]));
+        run_sink(cfg, vec![a, b]).await;
+        assert_eq!(sb.recv().await, Some(BatchStatus::Errored), "queue {max_spans} spans / {max_bytes} bytes: the second batch does not fit");
+        assert_eq!(sa.recv().await, Some(BatchStatus::Delivered));
+        assert_eq!(*seen.lock().unwrap(), vec![8]);
+    }
 }
