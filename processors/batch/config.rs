@@ -1,7 +1,7 @@
 //! Configuration of the batch processor.
 
 use serde::Deserialize;
-use tracepipe_config::{ConfigError, Duration, Node};
+use tracepipe_config::{ByteSize, ConfigError, Duration, Node};
 
 /// `type: batch` settings (names and defaults as in the OTel Collector).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -13,11 +13,14 @@ pub struct BatchConfig {
     pub send_batch_max_size: usize,
     /// Send a non-empty batch this long after its first span (default 200ms).
     pub timeout: Duration,
+    /// Send when this many bytes are pending (encoded size; default 8MiB), however few spans:
+    /// what the processor holds is bounded in bytes as well as in spans.
+    pub send_batch_max_bytes: ByteSize,
 }
 
 impl Default for BatchConfig {
     fn default() -> Self {
-        BatchConfig { send_batch_size: 8192, send_batch_max_size: 0, timeout: Duration::from_millis(200) }
+        BatchConfig { send_batch_size: 8192, send_batch_max_size: 0, timeout: Duration::from_millis(200), send_batch_max_bytes: ByteSize::mib(8) }
     }
 }
 
@@ -32,6 +35,10 @@ impl BatchConfig {
                 pos,
                 format!("send_batch_max_size ({}) must be 0 or at least send_batch_size ({})", c.send_batch_max_size, c.send_batch_size),
             )]);
+        }
+        if c.send_batch_max_bytes.get() < 1024 {
+            let pos = node.get("send_batch_max_bytes").map(|n| n.pos).unwrap_or(node.pos);
+            return Err(vec![ConfigError::new(file, pos, "send_batch_max_bytes must be at least 1KiB")]);
         }
         if c.send_batch_size == 0 {
             let pos = node.get("send_batch_size").map(|n| n.pos).unwrap_or(node.pos);

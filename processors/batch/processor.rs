@@ -82,18 +82,27 @@ pub async fn build(cfg: BatchConfig, mut ctx: ComponentContext) -> Result<Compon
     };
     let timeout = cfg.timeout.get();
     let size = cfg.send_batch_size;
+    let max_bytes = cfg.send_batch_max_bytes.get() as usize;
     Ok(Box::pin(async move {
         let mut pending = Batch::empty();
+        // The pending batch's encoded size, added up per batch as they come (no re-scan).
+        let mut pending_bytes = 0usize;
         let mut deadline: Option<Instant> = None;
         loop {
             tokio::select! {
                 biased;
                 next = input.recv() => match next {
                     Some(b) => {
-                        if let Err(e) = pending.append(b) {
-                            em.drop_bad(&e.rejected, &e.error);
+                        let bytes = b.encoded_len();
+                        match pending.append(b) {
+                            Ok(()) => pending_bytes += bytes,
+                            Err(e) => {
+                                em.drop_bad(&e.rejected, &e.error);
+                                pending_bytes = pending.encoded_len();
+                            }
                         }
-                        if pending.span_count() >= size || timeout.is_zero() {
+                        if pending.span_count() >= size || pending_bytes >= max_bytes || timeout.is_zero() {
+                            pending_bytes = 0;
                             let full = std::mem::replace(&mut pending, Batch::empty());
                             em.emit(full, if timeout.is_zero() { Trigger::Timeout } else { Trigger::Size }).await?;
                             deadline = None;
@@ -108,6 +117,7 @@ pub async fn build(cfg: BatchConfig, mut ctx: ComponentContext) -> Result<Compon
                     }
                 },
                 _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                    pending_bytes = 0;
                     let due = std::mem::replace(&mut pending, Batch::empty());
                     em.emit(due, Trigger::Timeout).await?;
                     deadline = None;

@@ -39,7 +39,7 @@ fn names(b: &Batch) -> Vec<String> {
 
 #[tokio::test(start_paused = true)]
 async fn size_trigger_sends_at_once() {
-    let (tx, mut out, _h) = start(BatchConfig { send_batch_size: 5, send_batch_max_size: 0, timeout: tracepipe_config::Duration::from_secs(10) }).await;
+    let (tx, mut out, _h) = start(BatchConfig { send_batch_size: 5, send_batch_max_size: 0, timeout: tracepipe_config::Duration::from_secs(10), ..Default::default() }).await;
     tx.send(batch(3, 1)).await.unwrap();
     tx.send(batch(3, 2)).await.unwrap();
     let b = tokio::time::timeout(Duration::from_millis(1), out.recv()).await.expect("size trigger fired late").unwrap();
@@ -49,7 +49,7 @@ async fn size_trigger_sends_at_once() {
 
 #[tokio::test(start_paused = true)]
 async fn timeout_trigger_after_first_span() {
-    let (tx, mut out, _h) = start(BatchConfig { send_batch_size: 100, send_batch_max_size: 0, timeout: tracepipe_config::Duration::from_millis(200) }).await;
+    let (tx, mut out, _h) = start(BatchConfig { send_batch_size: 100, send_batch_max_size: 0, timeout: tracepipe_config::Duration::from_millis(200), ..Default::default() }).await;
     tx.send(batch(2, 1)).await.unwrap();
     tokio::time::sleep(Duration::from_millis(150)).await;
     tx.send(batch(1, 2)).await.unwrap();
@@ -60,7 +60,7 @@ async fn timeout_trigger_after_first_span() {
 
 #[tokio::test(start_paused = true)]
 async fn max_size_splits_and_shutdown_flushes() {
-    let (tx, mut out, h) = start(BatchConfig { send_batch_size: 4, send_batch_max_size: 4, timeout: tracepipe_config::Duration::from_secs(60) }).await;
+    let (tx, mut out, h) = start(BatchConfig { send_batch_size: 4, send_batch_max_size: 4, timeout: tracepipe_config::Duration::from_secs(60), ..Default::default() }).await;
     tx.send(batch(10, 1)).await.unwrap();
     let sizes: Vec<usize> = vec![out.recv().await.unwrap().span_count(), out.recv().await.unwrap().span_count(), out.recv().await.unwrap().span_count()];
     assert_eq!(sizes, [4, 4, 2]);
@@ -85,7 +85,7 @@ fn config_checks() {
 #[tokio::test(start_paused = true)]
 async fn a_batch_that_does_not_decode_is_dropped_not_fatal() {
     use tracepipe_pipeline::{BatchStatus, Finalizer};
-    let (tx, mut out, h) = start(BatchConfig { send_batch_size: 5, send_batch_max_size: 0, timeout: tracepipe_config::Duration::from_secs(10) }).await;
+    let (tx, mut out, h) = start(BatchConfig { send_batch_size: 5, send_batch_max_size: 0, timeout: tracepipe_config::Duration::from_secs(10), ..Default::default() }).await;
     tx.send(batch(2, 1)).await.unwrap();
     let (stx, srx) = std::sync::mpsc::channel();
     let bad = Batch::from_encoded(b"\x0a\xff\xff\xff\x0f".to_vec().into(), 3).with_finalizer(Finalizer::new(move |s| {
@@ -98,4 +98,21 @@ async fn a_batch_that_does_not_decode_is_dropped_not_fatal() {
     assert_eq!(srx.try_recv().unwrap(), BatchStatus::Rejected);
     drop(tx);
     h.await.unwrap().unwrap();
+}
+
+/// Big spans: the pending batch is sent once it holds `send_batch_max_bytes`, however few spans,
+/// so what the processor holds is bounded in bytes too.
+#[tokio::test(start_paused = true)]
+async fn byte_trigger_sends_big_spans_early() {
+    let big = |tag: u8| {
+        let spans = (0..3).map(|i| Span { trace_id: vec![tag; 16], span_id: vec![i + 1; 8], name: format!("{tag}-{i}-{}", "x".repeat(100_000)), ..Default::default() }).collect();
+        Batch::from_resource_spans(vec![ResourceSpans { scope_spans: vec![ScopeSpans { spans, ..Default::default() }], ..Default::default() }])
+    };
+    let cfg = BatchConfig { send_batch_size: 8192, timeout: tracepipe_config::Duration::from_secs(10), send_batch_max_bytes: tracepipe_config::ByteSize(500_000), ..Default::default() };
+    let (tx, mut out, _h) = start(cfg).await;
+    tx.send(big(1)).await.unwrap(); // ~300 KB: held
+    assert!(tokio::time::timeout(Duration::from_millis(1), out.recv()).await.is_err(), "sent before either trigger");
+    tx.send(big(2)).await.unwrap(); // ~600 KB pending: over 500 KB
+    let b = tokio::time::timeout(Duration::from_millis(1), out.recv()).await.expect("byte trigger did not fire").unwrap();
+    assert_eq!(b.span_count(), 6);
 }
