@@ -211,7 +211,7 @@ pub fn without_spans(buf: &[u8], skip: impl Iterator<Item = usize> + Clone) -> R
             let (f, w) = r.tag()?;
             if f == 2 && w == LEN {
                 let (ss, _) = r.len_delimited()?;
-                let len = kept_scope_len(ss, &mut index, &mut pending_skip)?;
+                let len = kept_scope(ss, &mut index, &mut pending_skip, None)?;
                 scope_lens.push(len);
                 if let Some(len) = len {
                     resource_len += field_len(len);
@@ -238,10 +238,10 @@ pub fn without_spans(buf: &[u8], skip: impl Iterator<Item = usize> + Clone) -> R
                 match scopes.next().copied().flatten() {
                     Some(len) => {
                         put_field(&mut out, 0x12, len);
-                        copy_kept_scope(ss, &mut index, &mut skip, &mut out)?;
+                        kept_scope(ss, &mut index, &mut skip, Some(&mut out))?;
                     }
                     None => {
-                        kept_scope_len(ss, &mut index, &mut skip)?;
+                        kept_scope(ss, &mut index, &mut skip, None)?;
                     }
                 }
             } else {
@@ -253,8 +253,10 @@ pub fn without_spans(buf: &[u8], skip: impl Iterator<Item = usize> + Clone) -> R
     Ok(out)
 }
 
-/// A `ScopeSpans`' length with only its kept spans, or `None` when it keeps none.
-fn kept_scope_len(ss: &[u8], index: &mut usize, skip: &mut std::iter::Peekable<impl Iterator<Item = usize>>) -> Result<Option<usize>, WireError> {
+/// Walks a `ScopeSpans` keeping all but the skipped spans: returns its length with only the kept
+/// spans (`None` when it keeps none), and with `out` also writes those fields there. One walker
+/// for both passes of [`without_spans`], so the measured length is what is written.
+fn kept_scope(ss: &[u8], index: &mut usize, skip: &mut std::iter::Peekable<impl Iterator<Item = usize>>, mut out: Option<&mut Vec<u8>>) -> Result<Option<usize>, WireError> {
     let mut len = 0usize;
     let mut kept = 0usize;
     let mut r = Reader::new(ss, 0);
@@ -268,37 +270,21 @@ fn kept_scope_len(ss: &[u8], index: &mut usize, skip: &mut std::iter::Peekable<i
             } else {
                 len += field_len(span.len());
                 kept += 1;
+                if let Some(out) = out.as_deref_mut() {
+                    put_field(out, 0x12, span.len());
+                    out.extend_from_slice(span);
+                }
             }
             *index += 1;
         } else {
             r.skip(w, "ScopeSpans", f)?;
             len += r.position() - start;
+            if let Some(out) = out.as_deref_mut() {
+                out.extend_from_slice(&ss[start..r.position()]);
+            }
         }
     }
     Ok((kept > 0).then_some(len))
-}
-
-/// Copies a `ScopeSpans`' fields but the skipped spans.
-fn copy_kept_scope(ss: &[u8], index: &mut usize, skip: &mut std::iter::Peekable<impl Iterator<Item = usize>>, out: &mut Vec<u8>) -> Result<(), WireError> {
-    let mut r = Reader::new(ss, 0);
-    while !r.done() {
-        let start = r.position();
-        let (f, w) = r.tag()?;
-        if f == 2 && w == LEN {
-            let (span, _) = r.len_delimited()?;
-            if skip.peek() == Some(index) {
-                skip.next();
-            } else {
-                put_field(out, 0x12, span.len());
-                out.extend_from_slice(span);
-            }
-            *index += 1;
-        } else {
-            r.skip(w, "ScopeSpans", f)?;
-            out.extend_from_slice(&ss[start..r.position()]);
-        }
-    }
-    Ok(())
 }
 
 /// A span's `trace_id` (field 1; the last one wins, as in protobuf), empty when absent.

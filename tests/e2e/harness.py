@@ -263,6 +263,14 @@ def read_jsonl_spans(path: Path) -> list:
     return out
 
 
+def peak_rss(pid: int) -> int:
+    """A process's peak resident memory (`VmHWM`), in bytes."""
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmHWM for pid {pid}")
+
+
 def wait_for(predicate, timeout: float = 20.0, interval: float = 0.1, what: str = "condition"):
     end = time.time() + timeout
     last = None

@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from harness import Tracepipe, free_port, metric_sum, wait_for
+from harness import Tracepipe, free_port, metric_sum, peak_rss, wait_for
 from otlp_wire import post
 
 LIMIT = 20 << 20
@@ -31,13 +31,6 @@ def body(span: bytes, n: int) -> bytes:
     bad = field(0x0A, b"abc") + field(0x12, b"\x01" * 8)
     spans = field(0x12, bad) + field(0x12, span) * n
     return field(0x0A, field(0x12, spans))
-
-
-def peak_rss(pid: int) -> int:
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmHWM")
 
 
 # (shape, span bytes on the wire, spans accepted)

@@ -8,15 +8,8 @@ import os
 
 import requests
 
-from harness import Tracepipe, free_port, http_get, metric_sum
+from harness import Tracepipe, free_port, http_get, metric_sum, peak_rss
 from otlp_wire import request
-
-
-def peak_rss(pid: int) -> int:
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmHWM")
 
 
 def graph(g: int, h: int, dead: int, limit: str) -> str:
