@@ -184,6 +184,9 @@ impl ConfigFile {
                 break;
             }
         }
+        // Processors on a cycle have no topological place; they are listed anyway (the cycle is
+        // a reported error, so the graph never runs) so that their own settings are checked too.
+        order.extend(pending);
         order.extend(self.sinks.iter());
         order
     }

@@ -326,3 +326,25 @@ sinks:
         f"{cfg}:17:16: invalid size \"lots\"",
     ]:
         assert expected in r.stderr, f"missing {expected!r} in:\n{r.stderr}"
+
+
+def test_validate_reports_errors_inside_a_cycle_with_the_cycle(tmp_path):
+    """A cycle does not hide the settings errors of the processors on it: both come back."""
+    cfg = tmp_path / "cycle.yaml"
+    cfg.write_text("""receivers:
+  in: { type: otlp }
+processors:
+  a:
+    type: batch
+    inputs: [in, b]
+    timeout: soon
+  b:
+    type: batch
+    inputs: [a]
+sinks:
+  s: { type: debug, inputs: [b] }
+""")
+    r = subprocess.run([tracepipe_bin(), "validate", "--config", str(cfg)], capture_output=True, text=True)
+    assert r.returncode == 78, r.stderr
+    assert "processors form a cycle" in r.stderr, r.stderr
+    assert f"{cfg}:7:14: invalid duration" in r.stderr, r.stderr
