@@ -13,6 +13,10 @@ pub struct JsonError(#[from] serde_json::Error);
 /// Parses an OTLP/JSON `ExportTraceServiceRequest` (`{"resourceSpans": [...]}`).
 /// `serde_json` refuses nesting deeper than 128 levels, so hostile input cannot exhaust the stack.
 pub fn decode_request(body: &[u8]) -> Result<Vec<ResourceSpans>, JsonError> {
+    // serde would read a JSON array as the struct's fields in order: only an object is a request.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(<serde_json::Error as serde::de::Error>::custom("an OTLP/JSON request must be a JSON object").into());
+    }
     let req: ExportTraceServiceRequest = serde_json::from_slice(body)?;
     Ok(req.resource_spans)
 }

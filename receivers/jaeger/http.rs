@@ -34,6 +34,12 @@ async fn traces(State(s): State<AppState>, headers: HeaderMap, body: Body) -> Re
         s.adm.malformed("content_type");
         return (StatusCode::UNSUPPORTED_MEDIA_TYPE, format!("unsupported content type {ct:?}; use application/x-thrift\n")).into_response();
     }
+    // As Jaeger's collector: bodies are not decompressed, so an encoded one is refused rather
+    // than read as Thrift.
+    if let Some(enc) = headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).filter(|e| !e.trim().eq_ignore_ascii_case("identity")) {
+        s.adm.malformed("encoding");
+        return (StatusCode::UNSUPPORTED_MEDIA_TYPE, format!("unsupported Content-Encoding {enc:?}; send the body uncompressed\n")).into_response();
+    }
     let body = match axum::body::to_bytes(body, s.limit).await {
         Ok(b) => b,
         Err(e) => {

@@ -37,6 +37,11 @@ async fn reports(State((ingest, limit)): State<(Ingest, usize)>, headers: Header
         ingest.malformed("http", "content_type");
         return error(StatusCode::UNSUPPORTED_MEDIA_TYPE, false, format!("unsupported Content-Type {ct:?}; use application/octet-stream or application/json"));
     }
+    // Bodies are not decompressed: an encoded one is refused rather than read as a report.
+    if let Some(enc) = headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).filter(|e| !e.trim().eq_ignore_ascii_case("identity")) {
+        ingest.malformed("http", "encoding");
+        return error(StatusCode::UNSUPPORTED_MEDIA_TYPE, json, format!("unsupported Content-Encoding {enc:?}; send the body uncompressed"));
+    }
     let body = match axum::body::to_bytes(body, limit).await {
         Ok(b) => b,
         Err(_) => {

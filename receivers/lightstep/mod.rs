@@ -225,6 +225,10 @@ where
             if req.uri().path() != REPORT_PATH {
                 return Ok(tonic::Status::unimplemented(format!("unknown method {}", req.uri().path())).into_http());
             }
+            if !crate::otlp::is_grpc(req.headers()) {
+                this.ingest.malformed("grpc", "content_type");
+                return Ok(crate::otlp::unsupported_media_type());
+            }
             let mut grpc = tonic::server::Grpc::new(RawReportCodec)
                 .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
                 .max_decoding_message_size(this.max_size);

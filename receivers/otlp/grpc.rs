@@ -51,9 +51,9 @@ impl Decoder for RawRequestCodec {
 }
 
 #[derive(Clone)]
-struct ExportService {
-    ingest: Ingest,
-    max_size: usize,
+pub(super) struct ExportService {
+    pub(super) ingest: Ingest,
+    pub(super) max_size: usize,
 }
 
 struct Unary(Ingest);
@@ -95,6 +95,10 @@ where
             if req.uri().path() != EXPORT_PATH {
                 return Ok(Status::unimplemented(format!("unknown method {}", req.uri().path())).into_http());
             }
+            if !is_grpc(req.headers()) {
+                this.ingest.malformed(Transport::Grpc, "content_type");
+                return Ok(unsupported_media_type());
+            }
             if this.ingest.refuse_for_memory(Transport::Grpc) {
                 // Refused before the message is read or decompressed.
                 return Ok(Status::unavailable("tracepipe is above its memory limit; retry later").into_http());
@@ -121,6 +125,18 @@ where
 
 impl tonic::server::NamedService for ExportService {
     const NAME: &'static str = "opentelemetry.proto.collector.trace.v1.TraceService";
+}
+
+/// True when the request says it is gRPC (`content-type: application/grpc[+proto]`).
+pub(crate) fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|ct| ct.starts_with("application/grpc"))
+}
+
+/// What the gRPC spec says a server answers to a request that is not gRPC: HTTP 415.
+pub(crate) fn unsupported_media_type() -> http::Response<tonic::body::Body> {
+    let mut r = http::Response::new(tonic::body::Body::empty());
+    *r.status_mut() = http::StatusCode::UNSUPPORTED_MEDIA_TYPE;
+    r
 }
 
 /// Binds the gRPC listener and returns the serving task.

@@ -22,6 +22,7 @@ mod ingest;
 mod tests;
 
 pub use config::{GrpcConfig, HttpConfig, OtlpConfig};
+pub(crate) use grpc::{is_grpc, unsupported_media_type};
 pub(crate) use ingest::without_invalid;
 
 use tracepipe_pipeline::topology::{BuildError, ComponentContext, ComponentFuture};

@@ -1,1 +1,50 @@
-//! Tests of the OTLP receiver.
+//! Tests of the OTLP receiver: the gRPC service refuses what is not gRPC, and the wire filter
+//! that drops invalid spans.
+
+use tower::ServiceExt;
+use tracepipe_pipeline::topology::{Input, Output};
+use tracepipe_pipeline::wire::scan_traces;
+
+use super::grpc::ExportService;
+use super::ingest::{without_invalid, Ingest};
+
+/// As the gRPC spec says: a request whose content-type is not `application/grpc…` gets HTTP
+/// 415, not an OK with an empty response.
+#[tokio::test]
+async fn a_request_that_is_not_grpc_gets_415() {
+    let (tx, _input) = Input::channel(1);
+    let svc = ExportService { ingest: Ingest::new("in", Output::new(vec![tx]), std::time::Duration::ZERO), max_size: 4 << 20 };
+    let path = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+    let req = |ct: &str| http::Request::post(path).header("content-type", ct).body(http_body_util::Full::new(bytes::Bytes::from_static(b"\0\0\0\0\0"))).unwrap();
+    for ct in ["application/json", "text/plain", ""] {
+        let resp = svc.clone().oneshot(req(ct)).await.unwrap();
+        assert_eq!(resp.status(), http::StatusCode::UNSUPPORTED_MEDIA_TYPE, "{ct:?}");
+    }
+    // A real (empty) gRPC message is answered OK.
+    let resp = svc.clone().oneshot(req("application/grpc")).await.unwrap();
+    assert_eq!(resp.status(), http::StatusCode::OK);
+    assert_eq!(resp.headers().get("grpc-status").map(|v| v.to_str().unwrap().to_owned()), None, "trailers carry the status");
+}
+
+/// Invalid spans are dropped on the wire; the rest decode as the valid ones, with their envelopes.
+#[test]
+fn invalid_spans_are_dropped_on_the_wire() {
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, TracesData};
+    use prost::Message;
+    let span = |id: u8, trace_len: usize| Span { trace_id: vec![7; trace_len], span_id: vec![id; 8], name: format!("s{id}"), ..Default::default() };
+    let rs = vec![ResourceSpans {
+        scope_spans: vec![ScopeSpans { spans: vec![span(1, 16), span(2, 3), span(3, 16)], schema_url: "u".into(), ..Default::default() }, ScopeSpans { spans: vec![span(4, 0)], ..Default::default() }],
+        ..Default::default()
+    }];
+    let body = TracesData { resource_spans: rs }.encode_to_vec();
+    let report = scan_traces(&body).unwrap();
+    let (bytes, kept, reasons) = without_invalid(&body, &report).unwrap();
+    assert_eq!(kept, 2);
+    assert_eq!(reasons, vec!["trace_id must be 16 bytes"]);
+    let got = TracesData::decode(bytes.as_ref()).unwrap().resource_spans;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].scope_spans.len(), 1, "the scope left empty is dropped");
+    assert_eq!(got[0].scope_spans[0].schema_url, "u");
+    let names: Vec<&str> = got[0].scope_spans[0].spans.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["s1", "s3"]);
+}

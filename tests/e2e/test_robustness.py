@@ -10,7 +10,7 @@ import time
 import grpc
 import pytest
 
-from harness import Tracepipe, far_end, free_port, metric_sum, read_jsonl_spans, tracepipe_bin, wait_for
+from harness import Tracepipe, far_end, free_port, metric_sum, read_jsonl_spans, recording_tracepipe, tracepipe_bin, wait_for
 from otlp_wire import parse_response, post, request
 
 EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
@@ -30,6 +30,8 @@ def test_http_bad_input_gets_clear_errors_and_server_keeps_serving(server):
         ("corrupt protobuf", dict(body=b"\x0a\xff\xff\xff\xff\x0f garbage"), 400),
         ("truncated protobuf", dict(body=good[:-5]), 400),
         ("bad json", dict(body=b'{"resourceSpans": [', content_type="application/json"), 400),
+        ("json array at the top level", dict(body=b'[[]]', content_type="application/json"), 400),
+        ("json empty array", dict(body=b'[]', content_type="application/json"), 400),
         ("json with bad hex id", dict(body=b'{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"zz","spanId":"01"}]}]}]}', content_type="application/json"), 400),
         ("wrong content type", dict(body=good, content_type="text/plain"), 415),
         ("unknown encoding", dict(body=good, encoding="br"), 415),
@@ -348,3 +350,24 @@ sinks:
     assert r.returncode == 78, r.stderr
     assert "processors form a cycle" in r.stderr, r.stderr
     assert f"{cfg}:7:14: invalid duration" in r.stderr, r.stderr
+
+
+def test_encoded_bodies_are_refused_where_they_are_not_decompressed():
+    """The Jaeger collector and LightStep HTTP endpoints do not decompress (as Jaeger's own): a
+    body with a Content-Encoding is 415, not read as Thrift or a report."""
+    j, l_g, l_h = free_port(), free_port(), free_port()
+    tp, out = recording_tracepipe(f"""
+receivers:
+  jaeger: {{ type: jaeger, thrift_http: {{ endpoint: 127.0.0.1:{j} }} }}
+  ls: {{ type: lightstep, grpc: {{ endpoint: 127.0.0.1:{l_g} }}, http: {{ endpoint: 127.0.0.1:{l_h} }} }}
+""", ["jaeger", "ls"], "enc")
+    import requests
+    with tp:
+        r = requests.post(f"http://127.0.0.1:{j}/api/traces", data=b"\x00" * 10, headers={"Content-Type": "application/x-thrift", "Content-Encoding": "br"})
+        assert r.status_code == 415 and "Content-Encoding" in r.text, (r.status_code, r.text)
+        r = requests.post(f"http://127.0.0.1:{l_h}/api/v2/reports", data=b"{}", headers={"Content-Type": "application/json", "Content-Encoding": "gzip"})
+        assert r.status_code == 415 and "Content-Encoding" in r.text, (r.status_code, r.text)
+        m = tp.metrics()
+        assert metric_sum(m, "tracepipe_receiver_malformed_requests_total", receiver="jaeger", reason="encoding") == 1
+        assert metric_sum(m, "tracepipe_receiver_malformed_requests_total", receiver="ls", reason="encoding") == 1
+        assert tp.stop() == 0
