@@ -170,3 +170,21 @@ fn value_types_parse() {
     assert!(!Endpoint::new("127.0.0.1", 4317).conflicts_with(&Endpoint::new("127.0.0.2", 4317)));
     assert!(!Endpoint::new("0.0.0.0", 0).conflicts_with(&Endpoint::new("0.0.0.0", 0)));
 }
+
+#[test]
+fn memory_section_defaults_and_errors_all_at_once() {
+    let base = "receivers:\n  a:\n    type: otlp\nsinks:\n  s:\n    type: debug\n    inputs: [a]\n";
+    let (cfg, errs) = crate::load("t.yaml", base, &|_| None);
+    assert!(errs.is_empty());
+    assert_eq!(cfg.memory.limit, None);
+    assert_eq!(cfg.memory.soft_ratio, 0.85);
+    let (cfg, errs) = crate::load("t.yaml", &format!("{base}memory: {{ limit: 512MiB, soft_ratio: 0.9 }}\n"), &|_| None);
+    assert!(errs.is_empty(), "{errs}");
+    assert_eq!(cfg.memory.limit, Some(ByteSize::mib(512)));
+    let joined = load_err(&format!("{base}memory:\n  limit: 1MiB\n  soft_ratio: 1.5\n  check_interval: 0s\n")).join("\n");
+    assert!(joined.contains("t.yaml:9:10: memory.limit must be at least 16MiB"), "{joined}");
+    assert!(joined.contains("t.yaml:10:15: memory.soft_ratio must be above 0 and at most 1"), "{joined}");
+    assert!(joined.contains("t.yaml:11:19: memory.check_interval must be above 0"), "{joined}");
+    let joined = load_err(&format!("{base}memory: {{ limt: 1GiB }}\n")).join("\n");
+    assert!(joined.contains("unknown field `limt`"), "{joined}");
+}

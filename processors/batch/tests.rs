@@ -78,6 +78,11 @@ fn config_checks() {
     assert!(errs.is_empty(), "{errs}");
     let e = BatchConfig::from_node(&cfg.processors[0].body, "t.yaml").unwrap_err();
     assert_eq!(e[0].to_string(), "t.yaml:8:26: send_batch_max_size (10) must be 0 or at least send_batch_size (100)");
+    let (cfg, errs) = tracepipe_config::load("t.yaml", "receivers:\n  a: {type: otlp}\nprocessors:\n  b:\n    type: batch\n    inputs: [a]\n    send_batch_max_bytes: 10\nsinks:\n  s: {type: debug, inputs: [b]}\n", &|_| None);
+    assert!(errs.is_empty(), "{errs}");
+    let e = BatchConfig::from_node(&cfg.processors[0].body, "t.yaml").unwrap_err();
+    assert_eq!(e[0].to_string(), "t.yaml:7:27: send_batch_max_bytes must be at least 1KiB");
+    assert_eq!(BatchConfig::default().send_batch_max_bytes, tracepipe_config::ByteSize::mib(8));
 }
 
 /// A batch that does not decode (it cannot join a decoded one) is dropped, reported rejected to

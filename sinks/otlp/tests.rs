@@ -101,6 +101,9 @@ fn http_statuses_classified() {
 fn max_request_bytes_default_and_bounds() {
     assert_eq!(parse("    endpoint: http://127.0.0.1:4317\n").unwrap().max_request_bytes, ByteSize::mib(4));
     assert_eq!(parse("    endpoint: http://127.0.0.1:4317\n    max_request_bytes: 1MiB\n").unwrap().max_request_bytes, ByteSize::mib(1));
+    let e = parse("    endpoint: http://127.0.0.1:4317\n    queue: { max_bytes: 100 }\n").unwrap_err();
+    assert!(e[0].to_string().contains("max_bytes at least 1KiB"), "{}", e[0]);
+    assert_eq!(parse("    endpoint: http://127.0.0.1:4317\n").unwrap().queue.max_bytes, ByteSize::mib(256));
     let e = parse("    endpoint: http://127.0.0.1:4317\n    max_request_bytes: 100\n").unwrap_err();
     assert!(e[0].to_string().starts_with("t.yaml:8:24: max_request_bytes must be between"), "{}", e[0]);
 }
