@@ -236,6 +236,20 @@ fn hex(s: &str) -> Vec<u8> {
     (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
 }
 
+/// An `emitBatch` message up to the batch's fields after an empty process: what the hostile
+/// payloads below continue with their own spans field.
+fn emit_batch_prelude(o: &mut dyn TOutputProtocol) {
+        o.write_message_begin(&TMessageIdentifier::new("emitBatch", TMessageType::OneWay, 1)).unwrap();
+        o.write_struct_begin(&TStructIdentifier::new("a")).unwrap();
+        o.write_field_begin(&TFieldIdentifier::new("batch", TType::Struct, 1)).unwrap();
+        o.write_struct_begin(&TStructIdentifier::new("Batch")).unwrap();
+        o.write_field_begin(&TFieldIdentifier::new("process", TType::Struct, 1)).unwrap();
+        o.write_struct_begin(&TStructIdentifier::new("Process")).unwrap();
+        o.write_field_stop().unwrap();
+        o.write_struct_end().unwrap();
+        o.write_field_end().unwrap();
+}
+
 #[test]
 fn hostile_payloads_fail_without_allocating() {
     // Compact: message header, then a list header claiming 2^31-1 elements.
@@ -246,15 +260,7 @@ fn hostile_payloads_fail_without_allocating() {
     let mut evil: Vec<u8> = Vec::new();
     {
         let mut o = TBinaryOutputProtocol::new(&mut evil, true);
-        o.write_message_begin(&TMessageIdentifier::new("emitBatch", TMessageType::OneWay, 1)).unwrap();
-        o.write_struct_begin(&TStructIdentifier::new("a")).unwrap();
-        o.write_field_begin(&TFieldIdentifier::new("batch", TType::Struct, 1)).unwrap();
-        o.write_struct_begin(&TStructIdentifier::new("Batch")).unwrap();
-        o.write_field_begin(&TFieldIdentifier::new("process", TType::Struct, 1)).unwrap();
-        o.write_struct_begin(&TStructIdentifier::new("Process")).unwrap();
-        o.write_field_stop().unwrap();
-        o.write_struct_end().unwrap();
-        o.write_field_end().unwrap();
+        emit_batch_prelude(&mut o);
         o.write_field_begin(&TFieldIdentifier::new("spans", TType::List, 2)).unwrap();
         o.write_list_begin(&TListIdentifier::new(TType::Struct, i32::MAX)).unwrap();
     }
@@ -434,15 +440,7 @@ fn list_lengths_are_checked_against_the_bytes_left() {
     let mut evil: Vec<u8> = Vec::new();
     {
         let mut o = TBinaryOutputProtocol::new(&mut evil, true);
-        o.write_message_begin(&TMessageIdentifier::new("emitBatch", TMessageType::OneWay, 1)).unwrap();
-        o.write_struct_begin(&TStructIdentifier::new("a")).unwrap();
-        o.write_field_begin(&TFieldIdentifier::new("batch", TType::Struct, 1)).unwrap();
-        o.write_struct_begin(&TStructIdentifier::new("Batch")).unwrap();
-        o.write_field_begin(&TFieldIdentifier::new("process", TType::Struct, 1)).unwrap();
-        o.write_struct_begin(&TStructIdentifier::new("Process")).unwrap();
-        o.write_field_stop().unwrap();
-        o.write_struct_end().unwrap();
-        o.write_field_end().unwrap();
+        emit_batch_prelude(&mut o);
         // Padding in an unknown field makes the payload large; the list comes after it.
         o.write_field_begin(&TFieldIdentifier::new("pad", TType::String, 9)).unwrap();
         o.write_string(&"p".repeat(1000)).unwrap();
@@ -465,15 +463,7 @@ fn required_fields_bound_what_tiny_structs_cost() {
     let mut evil: Vec<u8> = Vec::new();
     {
         let mut o = TCompactOutputProtocol::new(&mut evil);
-        o.write_message_begin(&TMessageIdentifier::new("emitBatch", TMessageType::OneWay, 1)).unwrap();
-        o.write_struct_begin(&TStructIdentifier::new("a")).unwrap();
-        o.write_field_begin(&TFieldIdentifier::new("batch", TType::Struct, 1)).unwrap();
-        o.write_struct_begin(&TStructIdentifier::new("Batch")).unwrap();
-        o.write_field_begin(&TFieldIdentifier::new("process", TType::Struct, 1)).unwrap();
-        o.write_struct_begin(&TStructIdentifier::new("Process")).unwrap();
-        o.write_field_stop().unwrap();
-        o.write_struct_end().unwrap();
-        o.write_field_end().unwrap();
+        emit_batch_prelude(&mut o);
         o.write_field_begin(&TFieldIdentifier::new("spans", TType::List, 2)).unwrap();
         o.write_list_begin(&TListIdentifier::new(TType::Struct, 3000)).unwrap();
     }

@@ -119,6 +119,14 @@ struct Seen {
     refused: Vec<usize>,
 }
 
+/// Serves `app` on a free loopback port; returns its base URL.
+async fn serve(app: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    url
+}
+
 /// An OTLP/HTTP endpoint that refuses bodies over `limit` with 413 (as a collector with a body
 /// limit does) and records the rest.
 async fn limited_server(limit: usize, json: bool) -> (String, Arc<Mutex<Seen>>) {
@@ -146,9 +154,7 @@ async fn limited_server(limit: usize, json: bool) -> (String, Arc<Mutex<Seen>>) 
             }
         }),
     ).layer(axum::extract::DefaultBodyLimit::disable());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let url = serve(app).await;
     (url, seen)
 }
 
@@ -262,9 +268,7 @@ async fn slow_server() -> (String, Arc<Mutex<Vec<usize>>>) {
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let url = serve(app).await;
     (url, seen)
 }
 
