@@ -25,6 +25,6 @@ mod tests;
 
 pub use error::{ConfigError, ConfigErrors, Pos};
 pub use graph::{load, ComponentDecl, ComponentKind, ConfigFile, LogFormat, LogsConfig, MemoryConfig, MetricsConfig, TelemetryConfig};
-pub use node::Node;
+pub use node::{Key, Node, Value};
 pub use kafka::{check_kafka_common, valid_kafka_broker, valid_kafka_topic, KafkaCommon, KafkaEncoding};
 pub use types::{ByteSize, Duration, Endpoint};

@@ -57,6 +57,28 @@ pub mod names {
     pub const PROCESSOR_GUID_TOO_LARGE: &str = "tracepipe_processor_guid_too_large_total";
     /// Guids resolved before their wait because of `max_bytes` (`processor`).
     pub const PROCESSOR_GUID_EVICTED_EARLY: &str = "tracepipe_processor_guid_evicted_early_total";
+    /// Traces a tail-sampling policy voted on, by vote (`processor`, `policy`, `decision` =
+    /// sampled|not_sampled|dropped|inverted_sampled|inverted_not_sampled), as the OTel
+    /// Collector's `count_traces_sampled`.
+    pub const PROCESSOR_TAIL_SAMPLING_DECISIONS: &str = "tracepipe_processor_tail_sampling_decisions_total";
+    /// Traces decided, by final decision (`processor`, `decision` = sampled|not_sampled|dropped).
+    pub const PROCESSOR_TAIL_SAMPLING_TRACES: &str = "tracepipe_processor_tail_sampling_traces_total";
+    /// Spans of decided traces, by final decision (`processor`, `decision`).
+    pub const PROCESSOR_TAIL_SAMPLING_SPANS: &str = "tracepipe_processor_tail_sampling_spans_total";
+    /// Traces held awaiting a decision (gauge; `processor`).
+    pub const PROCESSOR_TAIL_SAMPLING_TRACES_HELD: &str = "tracepipe_processor_tail_sampling_traces_held";
+    /// Bytes held: encoded spans, their envelopes and the index (gauge; `processor`).
+    pub const PROCESSOR_TAIL_SAMPLING_BYTES_HELD: &str = "tracepipe_processor_tail_sampling_bytes_held";
+    /// Traces decided before their wait was over (`processor`, `reason` =
+    /// memory|trace_spans|trace_bytes|num_traces|shutdown).
+    pub const PROCESSOR_TAIL_SAMPLING_EARLY_DECISIONS: &str = "tracepipe_processor_tail_sampling_early_decisions_total";
+    /// Spans that arrived after their trace was decided and followed the cached decision
+    /// (`processor`, `decision` = sampled|not_sampled).
+    pub const PROCESSOR_TAIL_SAMPLING_LATE_SPANS: &str = "tracepipe_processor_tail_sampling_late_spans_total";
+    /// Seconds from a trace's first span to its decision (histogram; `processor`).
+    pub const PROCESSOR_TAIL_SAMPLING_DECISION_LATENCY: &str = "tracepipe_processor_tail_sampling_decision_latency_seconds";
+    /// Spans per decided trace (histogram; `processor`).
+    pub const PROCESSOR_TAIL_SAMPLING_TRACE_SPANS: &str = "tracepipe_processor_tail_sampling_trace_spans";
     /// Spans a sink delivered (`sink`).
     pub const SINK_SENT_SPANS: &str = "tracepipe_sink_sent_spans_total";
     /// Spans a sink gave up on (`sink`, `reason`: permanent, retries_exhausted, queue_full,
@@ -113,6 +135,16 @@ pub fn install_recorder() -> Result<PrometheusHandle, String> {
         .set_buckets_for_metric(
             Matcher::Full(names::PROCESSOR_BATCH_SIZE.to_owned()),
             &[1.0, 10.0, 100.0, 500.0, 1000.0, 2000.0, 5000.0, 8192.0, 10000.0, 20000.0, 50000.0],
+        )
+        .map_err(|e| e.to_string())?
+        .set_buckets_for_metric(
+            Matcher::Full(names::PROCESSOR_TAIL_SAMPLING_DECISION_LATENCY.to_owned()),
+            &[0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0],
+        )
+        .map_err(|e| e.to_string())?
+        .set_buckets_for_metric(
+            Matcher::Full(names::PROCESSOR_TAIL_SAMPLING_TRACE_SPANS.to_owned()),
+            &[1.0, 2.0, 5.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 5000.0, 20000.0, 100000.0],
         )
         .map_err(|e| e.to_string())?;
     let recorder = builder.build_recorder();

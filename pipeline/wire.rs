@@ -86,30 +86,39 @@ pub struct ScanReport {
     pub invalid: Vec<(u32, SpanProblem)>,
 }
 
-pub(crate) const VARINT: u8 = 0;
-pub(crate) const I64: u8 = 1;
-pub(crate) const LEN: u8 = 2;
-pub(crate) const I32: u8 = 5;
+/// Wire type of a varint field.
+pub const VARINT: u8 = 0;
+/// Wire type of an 8-byte field.
+pub const I64: u8 = 1;
+/// Wire type of a length-delimited field.
+pub const LEN: u8 = 2;
+/// Wire type of a 4-byte field.
+pub const I32: u8 = 5;
 
-pub(crate) struct Reader<'a> {
+/// A zero-copy protobuf field reader over one message's bytes (errors carry absolute offsets
+/// from `base`). Public for processors that read a few fields of still-encoded spans.
+pub struct Reader<'a> {
     buf: &'a [u8],
     pos: usize,
     base: usize,
 }
 
 impl<'a> Reader<'a> {
-    pub(crate) fn new(buf: &'a [u8], base: usize) -> Self {
+    /// A reader at the start of `buf`, which sits at offset `base` of the whole message.
+    pub fn new(buf: &'a [u8], base: usize) -> Self {
         Reader { buf, pos: 0, base }
     }
-    pub(crate) fn done(&self) -> bool {
+    /// True when every byte was read.
+    pub fn done(&self) -> bool {
         self.pos >= self.buf.len()
     }
     /// Bytes read so far.
-    pub(crate) fn position(&self) -> usize {
+    pub fn position(&self) -> usize {
         self.pos
     }
+    /// Reads a varint.
     #[inline(always)]
-    pub(crate) fn varint(&mut self) -> Result<u64, WireError> {
+    pub fn varint(&mut self) -> Result<u64, WireError> {
         // Fast path: most tags and lengths are one byte.
         if let Some(&b) = self.buf.get(self.pos)
             && b < 0x80
@@ -136,7 +145,7 @@ impl<'a> Reader<'a> {
     }
     /// Reads a tag: (field number, wire type).
     #[inline(always)]
-    pub(crate) fn tag(&mut self) -> Result<(u64, u8), WireError> {
+    pub fn tag(&mut self) -> Result<(u64, u8), WireError> {
         let at = self.base + self.pos;
         let t = self.varint()?;
         let field = t >> 3;
@@ -146,8 +155,9 @@ impl<'a> Reader<'a> {
         }
         Ok((field, (t & 7) as u8))
     }
+    /// Takes the next `n` bytes.
     #[inline(always)]
-    pub(crate) fn take(&mut self, n: usize) -> Result<&'a [u8], WireError> {
+    pub fn take(&mut self, n: usize) -> Result<&'a [u8], WireError> {
         let end = self.pos.checked_add(n).filter(|e| *e <= self.buf.len()).ok_or(WireError::Truncated(self.base + self.buf.len()))?;
         let s = &self.buf[self.pos..end];
         self.pos = end;
@@ -155,13 +165,14 @@ impl<'a> Reader<'a> {
     }
     /// Reads the payload of a LEN field; returns it and its absolute offset.
     #[inline(always)]
-    pub(crate) fn len_delimited(&mut self) -> Result<(&'a [u8], usize), WireError> {
+    pub fn len_delimited(&mut self) -> Result<(&'a [u8], usize), WireError> {
         let n = self.varint()?;
         let n = usize::try_from(n).map_err(|_| WireError::Truncated(self.base + self.pos))?;
         let at = self.base + self.pos;
         Ok((self.take(n)?, at))
     }
-    pub(crate) fn skip(&mut self, wire_type: u8, message: &'static str, field: u64) -> Result<(), WireError> {
+    /// Skips a field's value of the given wire type.
+    pub fn skip(&mut self, wire_type: u8, message: &'static str, field: u64) -> Result<(), WireError> {
         match wire_type {
             VARINT => self.varint().map(|_| ()),
             I64 => self.take(8).map(|_| ()),
@@ -184,7 +195,7 @@ impl<'a> Reader<'a> {
 /// a quarter of the archive's protobuf -> Arrow conversion); the full validation runs only on
 /// the rest.
 #[inline(always)]
-pub(crate) fn str_of(bytes: &[u8]) -> Option<&str> {
+pub fn str_of(bytes: &[u8]) -> Option<&str> {
     if bytes.is_ascii() {
         // SAFETY: ASCII bytes are valid UTF-8.
         return Some(unsafe { std::str::from_utf8_unchecked(bytes) });

@@ -3,18 +3,21 @@
 //! Components that read batches, change or regroup them, and pass them on. One folder each:
 //! - [`batch`]: the OpenTelemetry Collector's batch processor (size trigger, timeout trigger,
 //!   maximum-size split);
-//! - [`guid_inference`]: rebuilds traces broken apart by proxies from `guid:x-request-id`.
+//! - [`guid_inference`]: rebuilds traces broken apart by proxies from `guid:x-request-id`;
+//! - [`tail_sampling`]: decides on whole traces with the OTel Collector's policies, inside a
+//!   byte budget.
 //!
 //! Registration is the one explicit `match` in [`validate`].
 
 pub mod batch;
 pub mod guid_inference;
+pub mod tail_sampling;
 
 use tracepipe_config::{ComponentDecl, ConfigError};
 use tracepipe_pipeline::topology::{BuildFuture, ComponentContext};
 
 /// Every processor type.
-pub const TYPES: &[&str] = &["batch", "guid_inference"];
+pub const TYPES: &[&str] = &["batch", "guid_inference", "tail_sampling"];
 
 /// A processor's validated configuration.
 #[derive(Debug, Clone)]
@@ -23,6 +26,8 @@ pub enum ProcessorConfig {
     Batch(batch::BatchConfig),
     /// `type: guid_inference`.
     GuidInference(guid_inference::GuidInferenceConfig),
+    /// `type: tail_sampling`.
+    TailSampling(tail_sampling::TailSamplingConfig),
 }
 
 /// Checks a processor declaration; no I/O.
@@ -30,6 +35,7 @@ pub fn validate(decl: &ComponentDecl, file: &str) -> Result<ProcessorConfig, Vec
     match decl.type_name.as_str() {
         "batch" => batch::BatchConfig::from_node(&decl.body, file).map(ProcessorConfig::Batch),
         "guid_inference" => guid_inference::GuidInferenceConfig::from_node(&decl.body, file).map(ProcessorConfig::GuidInference),
+        "tail_sampling" => tail_sampling::TailSamplingConfig::from_node(&decl.body, file).map(ProcessorConfig::TailSampling),
         "" => Err(vec![]),
         other => Err(vec![ConfigError::new(
             file,
@@ -45,6 +51,7 @@ impl ProcessorConfig {
         match self {
             ProcessorConfig::Batch(c) => Box::pin(batch::build(c, ctx)),
             ProcessorConfig::GuidInference(c) => Box::pin(guid_inference::build(c, ctx)),
+            ProcessorConfig::TailSampling(c) => Box::pin(tail_sampling::build(c, ctx)),
         }
     }
 }

@@ -1,0 +1,108 @@
+//! Decision caches: trace ids remembered after their decision, so late spans follow it.
+//!
+//! Both caches keep 64-bit fingerprints of trace ids in two generations: inserts go to the
+//! current one; when it holds half the capacity it becomes the old one and the previous old one
+//! is forgotten. So between capacity/2 and capacity of the latest decisions are remembered, at
+//! about 16 bytes per id (not-sampled) and 32 bytes (sampled, with the deciding policy and its
+//! probability) — a million not-sampled ids take about 16 MiB, where a map of full ids and
+//! decisions takes several times that.
+//!
+//! False positives: an id that was never decided matches a fingerprint with probability
+//! n / 2^64 (n ids remembered): about 5 × 10^-14 for a million. Such a trace would be treated as
+//! late; at that rate it does not happen in practice.
+
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
+
+/// Hashes fingerprints, which are already mixed: identity.
+#[derive(Default, Clone, Copy)]
+pub struct FpHasher(u64);
+
+impl Hasher for FpHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
+
+type FpBuild = BuildHasherDefault<FpHasher>;
+
+/// What a sampled trace's late spans carry: the deciding policy and the keep probability.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Kept {
+    /// Index of the deciding top-level policy (`u16::MAX`: none recorded).
+    pub policy: u16,
+    /// Keep probability, NaN when unknown.
+    pub probability: f32,
+}
+
+/// Sampled trace ids.
+pub struct SampledCache {
+    half: usize,
+    cur: HashMap<u64, Kept, FpBuild>,
+    old: HashMap<u64, Kept, FpBuild>,
+}
+
+impl SampledCache {
+    /// A cache of about `capacity` ids (0 = off).
+    pub fn new(capacity: usize) -> Self {
+        SampledCache { half: capacity.div_ceil(2), cur: HashMap::default(), old: HashMap::default() }
+    }
+    /// The decision on a fingerprint, if remembered.
+    pub fn get(&self, fp: u64) -> Option<Kept> {
+        self.cur.get(&fp).or_else(|| self.old.get(&fp)).copied()
+    }
+    /// Remembers a decision.
+    pub fn insert(&mut self, fp: u64, k: Kept) {
+        if self.half == 0 {
+            return;
+        }
+        if self.cur.len() >= self.half {
+            self.old = std::mem::take(&mut self.cur);
+        }
+        self.cur.insert(fp, k);
+    }
+    /// Ids remembered.
+    pub fn len(&self) -> usize {
+        self.cur.len() + self.old.len()
+    }
+}
+
+/// Not-sampled (and dropped) trace ids.
+pub struct NotSampledCache {
+    half: usize,
+    cur: HashSet<u64, FpBuild>,
+    old: HashSet<u64, FpBuild>,
+}
+
+impl NotSampledCache {
+    /// A cache of about `capacity` ids (0 = off).
+    pub fn new(capacity: usize) -> Self {
+        NotSampledCache { half: capacity.div_ceil(2), cur: HashSet::default(), old: HashSet::default() }
+    }
+    /// True when the fingerprint is remembered.
+    pub fn contains(&self, fp: u64) -> bool {
+        self.cur.contains(&fp) || self.old.contains(&fp)
+    }
+    /// Remembers an id.
+    pub fn insert(&mut self, fp: u64) {
+        if self.half == 0 {
+            return;
+        }
+        if self.cur.len() >= self.half {
+            self.old = std::mem::take(&mut self.cur);
+        }
+        self.cur.insert(fp);
+    }
+    /// Ids remembered.
+    pub fn len(&self) -> usize {
+        self.cur.len() + self.old.len()
+    }
+}

@@ -1,0 +1,29 @@
+//! `type: tail_sampling` — decides on whole traces: holds each trace's spans until its decision,
+//! evaluates the policies (the OpenTelemetry Collector's policy types, names and semantics),
+//! passes kept traces on whole and drops the rest, counted per policy and decision.
+//!
+//! - Held spans stay encoded ([`trace`]): the bound `max_bytes` counts their bytes, their
+//!   envelopes and the index; at the bound the oldest traces are decided early (`on_full:
+//!   decide_oldest`, counted) or the input is left unread so receivers refuse (`on_full: refuse`).
+//! - `shards` deciders own disjoint trace ids ([`processor`]); each sleeps until its next
+//!   deadline (`decision_wait` after the first span, `decision_wait_after_root` after the root).
+//! - Late spans follow the cached decision ([`cache`]); kept spans carry the deciding policy and
+//!   their adjusted count (`mark_policy`).
+//! - Shutdown decides every held trace on what it has (or drops them with
+//!   `drop_pending_traces_on_shutdown`), and flushes.
+//!
+//! Not done yet (see the issue): the `sql` policy, the adaptive `dynamic` and `throughput`
+//! samplers, consistent-probability tracestate (`ot=th:`), `state_dir` persistence across
+//! restarts, and `tracepipe sample`.
+
+pub mod cache;
+mod config;
+pub mod policy;
+mod processor;
+pub mod trace;
+
+#[cfg(test)]
+mod tests;
+
+pub use config::{DecisionCacheConfig, OnFull, PolicyConfig, PolicyKind, StatusCode, TailSamplingConfig, POLICY_TYPES};
+pub use processor::{build, ADJUSTED_COUNT_ATTRIBUTE, POLICY_ATTRIBUTE};

@@ -1,0 +1,569 @@
+//! The processor: a front task that deals each batch's spans to `shards` deciders by trace id,
+//! and the deciders, each the single owner of its traces.
+//!
+//! A decider holds a trace from its first span until the earliest of: `decision_wait` after the
+//! first span, `decision_wait_after_root` after the root span (when set), the trace reaching
+//! `max_trace_spans` / `max_trace_bytes`, or memory pressure (`max_bytes` reached with
+//! `on_full: decide_oldest`: the oldest traces are decided early). Deadlines are kept in two
+//! FIFO queues (first-span deadlines and root deadlines each grow monotonically with arrival), so
+//! a decider sleeps exactly until the next deadline: millisecond resolution, no tick, and
+//! ingest never delays a due decision by more than one batch.
+//!
+//! Acknowledgements: a held trace keeps the finalizers of every batch that brought it a span;
+//! a kept trace passes them on with its spans, a trace not kept releases them (delivered: the
+//! drop is the decision, counted). A Kafka receiver upstream therefore commits a record only
+//! once every trace with a span in it was decided and, if kept, delivered.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use metrics::{Counter, Gauge, Histogram};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracepipe_pipeline::telemetry::names;
+use tracepipe_pipeline::topology::{BuildError, ComponentContext, ComponentError, ComponentFuture, Output};
+use tracepipe_pipeline::{Batch, BatchStatus, Finalizer};
+
+use super::cache::{Kept, NotSampledCache, SampledCache};
+use super::config::{OnFull, TailSamplingConfig};
+use super::policy::{Decision, Final, Policies};
+use super::trace::{encode_segments, fingerprint, put_len, split, Incoming, Trace, TraceId, IdMap, Segment, TRACE_OVERHEAD};
+
+/// A kept trace's spans are flushed downstream in batches of about this many bytes.
+const OUT_BATCH_BYTES: usize = 4 * 1024 * 1024;
+
+/// The attribute naming the policy that kept a trace.
+pub const POLICY_ATTRIBUTE: &str = "tracepipe.sampling.policy";
+/// The attribute with a kept span's adjusted count (1 / keep probability).
+pub const ADJUSTED_COUNT_ATTRIBUTE: &str = "sampling.adjusted_count";
+
+/// Why a trace was decided before its wait was over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Early {
+    /// `max_bytes` reached.
+    Memory,
+    /// `max_trace_spans` reached.
+    TraceSpans,
+    /// `max_trace_bytes` reached.
+    TraceBytes,
+    /// `num_traces` reached.
+    NumTraces,
+    /// The processor is stopping.
+    Shutdown,
+}
+
+impl Early {
+    const ALL: [Early; 5] = [Early::Memory, Early::TraceSpans, Early::TraceBytes, Early::NumTraces, Early::Shutdown];
+    fn as_str(self) -> &'static str {
+        match self {
+            Early::Memory => "memory",
+            Early::TraceSpans => "trace_spans",
+            Early::TraceBytes => "trace_bytes",
+            Early::NumTraces => "num_traces",
+            Early::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// Metric handles, resolved once.
+#[derive(Clone)]
+struct Metrics {
+    traces: [Counter; 3],
+    spans: [Counter; 3],
+    early: [Counter; 5],
+    late_sampled: Counter,
+    late_not_sampled: Counter,
+    traces_held: Gauge,
+    bytes_held: Gauge,
+    latency: Histogram,
+    trace_spans: Histogram,
+    dropped_decode: Counter,
+    dropped_shutdown: Counter,
+}
+
+impl Metrics {
+    fn new(p: &str) -> Metrics {
+        let fin = |name: &'static str| [Final::Sampled, Final::NotSampled, Final::Dropped].map(|d| metrics::counter!(name, "processor" => p.to_owned(), "decision" => d.as_str()));
+        Metrics {
+            traces: fin(names::PROCESSOR_TAIL_SAMPLING_TRACES),
+            spans: fin(names::PROCESSOR_TAIL_SAMPLING_SPANS),
+            early: Early::ALL.map(|r| metrics::counter!(names::PROCESSOR_TAIL_SAMPLING_EARLY_DECISIONS, "processor" => p.to_owned(), "reason" => r.as_str())),
+            late_sampled: metrics::counter!(names::PROCESSOR_TAIL_SAMPLING_LATE_SPANS, "processor" => p.to_owned(), "decision" => "sampled"),
+            late_not_sampled: metrics::counter!(names::PROCESSOR_TAIL_SAMPLING_LATE_SPANS, "processor" => p.to_owned(), "decision" => "not_sampled"),
+            traces_held: metrics::gauge!(names::PROCESSOR_TAIL_SAMPLING_TRACES_HELD, "processor" => p.to_owned()),
+            bytes_held: metrics::gauge!(names::PROCESSOR_TAIL_SAMPLING_BYTES_HELD, "processor" => p.to_owned()),
+            latency: metrics::histogram!(names::PROCESSOR_TAIL_SAMPLING_DECISION_LATENCY, "processor" => p.to_owned()),
+            trace_spans: metrics::histogram!(names::PROCESSOR_TAIL_SAMPLING_TRACE_SPANS, "processor" => p.to_owned()),
+            dropped_decode: metrics::counter!(names::PROCESSOR_DROPPED_SPANS, "processor" => p.to_owned(), "reason" => "decode"),
+            dropped_shutdown: metrics::counter!(names::PROCESSOR_DROPPED_SPANS, "processor" => p.to_owned(), "reason" => "shutdown"),
+        }
+    }
+}
+
+fn final_index(f: Final) -> usize {
+    match f {
+        Final::Sampled => 0,
+        Final::NotSampled => 1,
+        Final::Dropped => 2,
+    }
+}
+
+/// Encoded `KeyValue` attribute fields (Span field 9) marking kept spans.
+fn mark_bytes(policy: &str, probability: Option<f64>) -> Vec<u8> {
+    let mut out = Vec::new();
+    let kv = |out: &mut Vec<u8>, key: &str, value: &[u8]| {
+        let kv_len = super::trace::field_len(key.len()) + super::trace::field_len(value.len());
+        put_len(out, 0x4a, kv_len);
+        put_len(out, 0x0a, key.len());
+        out.extend_from_slice(key.as_bytes());
+        put_len(out, 0x12, value.len());
+        out.extend_from_slice(value);
+    };
+    let mut s = Vec::new();
+    put_len(&mut s, 0x0a, policy.len());
+    s.extend_from_slice(policy.as_bytes());
+    kv(&mut out, POLICY_ATTRIBUTE, &s);
+    if let Some(p) = probability.filter(|p| *p > 0.0) {
+        let mut d = vec![0x21];
+        d.extend_from_slice(&(1.0 / p).to_le_bytes());
+        kv(&mut out, ADJUSTED_COUNT_ATTRIBUTE, &d);
+    }
+    out
+}
+
+/// Kept spans waiting to go downstream.
+#[derive(Default)]
+struct Out {
+    buf: Vec<u8>,
+    spans: usize,
+    finalizers: Vec<Arc<Finalizer>>,
+    ready: Vec<Batch>,
+}
+
+impl Out {
+    fn seal(&mut self) {
+        if self.spans == 0 {
+            return;
+        }
+        let mut b = Batch::from_encoded(Bytes::from(std::mem::take(&mut self.buf)), self.spans);
+        let mut seen = std::collections::HashSet::new();
+        for f in self.finalizers.drain(..) {
+            if seen.insert(Arc::as_ptr(&f)) {
+                b = b.with_finalizer(f);
+            }
+        }
+        self.spans = 0;
+        self.ready.push(b);
+    }
+    fn maybe_seal(&mut self) {
+        if self.buf.len() >= OUT_BATCH_BYTES {
+            self.seal();
+        }
+    }
+}
+
+/// One decider: the single owner of the traces whose ids hash to it.
+pub struct Shard {
+    cfg: Arc<TailSamplingConfig>,
+    policies: Arc<Policies>,
+    /// Held-bytes counter shared by the processor.
+    held: Arc<AtomicI64>,
+    traces: IdMap<Trace>,
+    wait_q: VecDeque<(Instant, TraceId, u64)>,
+    root_q: VecDeque<(Instant, TraceId, u64)>,
+    seq: u64,
+    batches: u64,
+    sampled: SampledCache,
+    not_sampled: NotSampledCache,
+    out: Out,
+    m: Metrics,
+    /// This shard's share of `num_traces` (0 = none).
+    num_traces: usize,
+}
+
+impl Shard {
+    fn new(cfg: Arc<TailSamplingConfig>, policies: Arc<Policies>, held: Arc<AtomicI64>, shards: usize, m: Metrics) -> Shard {
+        let per = |n: usize| n.div_ceil(shards.max(1));
+        let expected = (cfg.expected_new_traces_per_sec as usize).saturating_mul(cfg.decision_wait.as_secs().max(1) as usize);
+        Shard {
+            sampled: SampledCache::new(per(cfg.decision_cache.sampled_cache_size)),
+            not_sampled: NotSampledCache::new(per(cfg.decision_cache.non_sampled_cache_size)),
+            num_traces: per(cfg.num_traces as usize),
+            traces: IdMap::with_capacity_and_hasher(per(expected).min(1 << 22), Default::default()),
+            cfg,
+            policies,
+            held,
+            wait_q: VecDeque::new(),
+            root_q: VecDeque::new(),
+            seq: 0,
+            batches: 0,
+            out: Out::default(),
+            m,
+        }
+    }
+
+    fn charge(&self, n: i64) {
+        self.held.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn over_memory(&self) -> bool {
+        self.held.load(Ordering::Relaxed) > self.cfg.max_bytes as i64
+    }
+
+    /// The next deadline.
+    fn next_deadline(&self) -> Option<Instant> {
+        match (self.wait_q.front(), self.root_q.front()) {
+            (Some(a), Some(b)) => Some(a.0.min(b.0)),
+            (Some(a), None) => Some(a.0),
+            (None, Some(b)) => Some(b.0),
+            (None, None) => None,
+        }
+    }
+
+    /// Takes one batch's share: held, appended, or (late) following the cached decision.
+    pub fn ingest(&mut self, inc: Incoming, now: Instant) {
+        self.batches += 1;
+        let seq_batch = self.batches;
+        for g in &inc.groups {
+            let spans = g.summary.spans;
+            if let Some(t) = self.traces.get_mut(&g.id) {
+                let had_root = t.summary.root;
+                let added = t.append(&inc, g);
+                if t.last_batch != seq_batch {
+                    t.finalizers.extend(inc.finalizers.iter().cloned());
+                    t.last_batch = seq_batch;
+                }
+                let (seq, deadline, root) = (t.seq, t.deadline, t.summary.root);
+                self.charge(added as i64);
+                if !had_root && root {
+                    self.root_arrived(g.id, seq, deadline, now);
+                }
+                self.check_caps(g.id, now);
+                continue;
+            }
+            let fp = fingerprint(&g.id);
+            if let Some(k) = self.sampled.get(fp) {
+                // Late spans of a kept trace: pass them on now, marked as the trace was.
+                self.m.late_sampled.increment(spans);
+                let mark = self.cfg.mark_policy.then(|| {
+                    let name = self.policies.list.get(k.policy as usize).map_or("", |p| p.name.as_str());
+                    mark_bytes(name, (!k.probability.is_nan()).then_some(f64::from(k.probability)))
+                });
+                let segs: Vec<Segment> =
+                    g.runs.iter().map(|(e, r)| Segment { env: inc.envs[*e as usize].clone(), spans: inc.data[r.clone()].to_vec() }).collect();
+                encode_segments(&segs, mark.as_deref(), &mut self.out.buf);
+                self.out.spans += spans as usize;
+                self.out.finalizers.extend(inc.finalizers.iter().cloned());
+                self.out.maybe_seal();
+                continue;
+            }
+            if self.not_sampled.contains(fp) {
+                self.m.late_not_sampled.increment(spans);
+                continue;
+            }
+            self.seq += 1;
+            let deadline = now + self.cfg.decision_wait;
+            let mut t = Trace {
+                segments: Vec::new(),
+                summary: Default::default(),
+                bytes: TRACE_OVERHEAD,
+                first: now,
+                seq: self.seq,
+                deadline,
+                finalizers: inc.finalizers.clone(),
+                last_batch: seq_batch,
+            };
+            let added = t.append(&inc, g);
+            self.charge((added + TRACE_OVERHEAD) as i64);
+            let root = t.summary.root;
+            self.traces.insert(g.id, t);
+            self.m.traces_held.increment(1.0);
+            self.wait_q.push_back((deadline, g.id, self.seq));
+            if root {
+                self.root_arrived(g.id, self.seq, deadline, now);
+            }
+            self.check_caps(g.id, now);
+        }
+        drop(inc);
+        // Bounds over all traces.
+        if self.cfg.on_full == OnFull::DecideOldest {
+            while self.over_memory() && self.decide_oldest(Early::Memory, now) {}
+        }
+        while self.num_traces > 0 && self.traces.len() > self.num_traces && self.decide_oldest(Early::NumTraces, now) {}
+        self.m.bytes_held.set(self.held.load(Ordering::Relaxed) as f64);
+    }
+
+    fn root_arrived(&mut self, id: TraceId, seq: u64, deadline: Instant, now: Instant) {
+        if self.cfg.decision_wait_after_root.is_zero() {
+            return;
+        }
+        let d = now + self.cfg.decision_wait_after_root;
+        if d < deadline {
+            if let Some(t) = self.traces.get_mut(&id) {
+                t.deadline = d;
+            }
+            self.root_q.push_back((d, id, seq));
+        }
+    }
+
+    fn check_caps(&mut self, id: TraceId, now: Instant) {
+        let Some(t) = self.traces.get(&id) else { return };
+        if t.summary.spans >= self.cfg.max_trace_spans {
+            self.decide(id, Some(Early::TraceSpans), now);
+        } else if t.bytes as u64 >= self.cfg.max_trace_bytes {
+            self.decide(id, Some(Early::TraceBytes), now);
+        }
+    }
+
+    /// Decides the oldest held trace; false when none is held.
+    fn decide_oldest(&mut self, why: Early, now: Instant) -> bool {
+        while let Some((_, id, seq)) = self.wait_q.pop_front() {
+            if self.traces.get(&id).is_some_and(|t| t.seq == seq) {
+                self.decide(id, Some(why), now);
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Decides every trace whose deadline has come.
+    pub fn expire(&mut self, now: Instant) {
+        while let Some(&(d, id, seq)) = self.wait_q.front() {
+            if d > now {
+                break;
+            }
+            self.wait_q.pop_front();
+            if self.traces.get(&id).is_some_and(|t| t.seq == seq) {
+                self.decide(id, None, now);
+            }
+        }
+        while let Some(&(d, id, seq)) = self.root_q.front() {
+            if d > now {
+                break;
+            }
+            self.root_q.pop_front();
+            if self.traces.get(&id).is_some_and(|t| t.seq == seq && t.deadline <= now) {
+                self.decide(id, None, now);
+            }
+        }
+        self.m.bytes_held.set(self.held.load(Ordering::Relaxed) as f64);
+    }
+
+    /// Decides one trace and releases it.
+    fn decide(&mut self, id: TraceId, early: Option<Early>, now: Instant) -> Option<Decision> {
+        let t = self.traces.remove(&id)?;
+        self.m.traces_held.decrement(1.0);
+        let d = self.policies.decide(&id, &t, now);
+        let i = final_index(d.outcome);
+        self.m.traces[i].increment(1);
+        self.m.spans[i].increment(t.summary.spans);
+        self.m.latency.record(now.saturating_duration_since(t.first).as_secs_f64());
+        self.m.trace_spans.record(t.summary.spans as f64);
+        if let Some(e) = early {
+            self.m.early[Early::ALL.iter().position(|x| *x == e).expect("listed")].increment(1);
+        }
+        let fp = fingerprint(&id);
+        if d.outcome == Final::Sampled {
+            let policy = d.policy.unwrap_or(usize::from(u16::MAX)).min(usize::from(u16::MAX)) as u16;
+            self.sampled.insert(fp, Kept { policy, probability: d.probability.map_or(f32::NAN, |p| p as f32) });
+            let mark = self.cfg.mark_policy.then(|| {
+                let name = d.policy.and_then(|i| self.policies.list.get(i)).map_or("", |p| p.name.as_str());
+                mark_bytes(name, d.probability)
+            });
+            encode_segments(&t.segments, mark.as_deref(), &mut self.out.buf);
+            self.out.spans += t.summary.spans as usize;
+            self.out.finalizers.extend(t.finalizers.iter().cloned());
+            self.out.maybe_seal();
+        } else {
+            self.not_sampled.insert(fp);
+        }
+        self.charge(-(t.bytes as i64));
+        Some(d)
+    }
+
+    /// At shutdown: decides (or, with `drop_pending_traces_on_shutdown`, drops) every held trace.
+    pub fn finish(&mut self, now: Instant) {
+        while let Some((_, id, seq)) = self.wait_q.pop_front() {
+            if !self.traces.get(&id).is_some_and(|t| t.seq == seq) {
+                continue;
+            }
+            if self.cfg.drop_pending_traces_on_shutdown {
+                let t = self.traces.remove(&id).expect("checked");
+                self.m.traces_held.decrement(1.0);
+                self.m.dropped_shutdown.increment(t.summary.spans);
+                self.charge(-(t.bytes as i64));
+            } else {
+                self.decide(id, Some(Early::Shutdown), now);
+            }
+        }
+        self.m.bytes_held.set(self.held.load(Ordering::Relaxed) as f64);
+    }
+
+    /// Batches ready to go downstream.
+    pub fn take_ready(&mut self) -> Vec<Batch> {
+        self.out.seal();
+        std::mem::take(&mut self.out.ready)
+    }
+
+    async fn run(mut self, mut rx: mpsc::Receiver<Incoming>, output: Output, name: String) -> Result<(), ComponentError> {
+        loop {
+            let next = self.next_deadline();
+            let sleep = async move {
+                match next {
+                    Some(n) => tokio::time::sleep_until(n).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                m = rx.recv() => match m {
+                    Some(inc) => {
+                        let now = Instant::now();
+                        self.ingest(inc, now);
+                        // A busy input never holds back a due decision.
+                        self.expire(now);
+                    }
+                    None => break,
+                },
+                _ = sleep => self.expire(Instant::now()),
+            }
+            for b in self.take_ready() {
+                output.send(b).await.map_err(|e| ComponentError(format!("processor `{name}`: downstream stopped: {e}")))?;
+            }
+        }
+        self.finish(Instant::now());
+        for b in self.take_ready() {
+            output.send(b).await.map_err(|e| ComponentError(format!("processor `{name}`: downstream stopped: {e}")))?;
+        }
+        Ok(())
+    }
+}
+
+/// The number of deciders `shards: 0` means.
+pub fn shard_count(cfg: &TailSamplingConfig) -> usize {
+    if cfg.shards > 0 {
+        cfg.shards
+    } else {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    }
+}
+
+/// The front: splits batches by shard.
+pub struct Front {
+    shards: usize,
+    held: Arc<AtomicI64>,
+    dropped: Counter,
+    name: String,
+}
+
+impl Front {
+    /// Deals a batch's spans to the shards; a batch that does not decode is counted, reported
+    /// rejected and dropped.
+    pub fn split(&self, batch: &Batch) -> Vec<Incoming> {
+        let mut parts: Vec<Incoming> = (0..self.shards).map(|_| Incoming::default()).collect();
+        let owned;
+        let buffers: Vec<&[u8]> = match batch.encoded_buffers() {
+            Some(b) => b,
+            None => {
+                owned = batch.to_bytes();
+                vec![owned.as_ref()]
+            }
+        };
+        for buf in buffers {
+            if let Err(error) = split(buf, self.shards, &self.held, &mut parts) {
+                self.dropped.increment(batch.span_count() as u64);
+                batch.set_status(BatchStatus::Rejected);
+                tracing::error!(message = "Batch does not decode; spans dropped.", processor = %self.name, spans = batch.span_count(), %error);
+                return Vec::new();
+            }
+        }
+        for p in parts.iter_mut().filter(|p| p.spans > 0) {
+            p.finalizers = batch.finalizers().to_vec();
+        }
+        parts
+    }
+}
+
+/// Builds the processor task.
+pub async fn build(cfg: TailSamplingConfig, mut ctx: ComponentContext) -> Result<ComponentFuture, BuildError> {
+    let mut input = ctx.take_input()?;
+    let output = ctx.take_output()?;
+    let name = ctx.name.clone();
+    let shards = shard_count(&cfg);
+    let cfg = Arc::new(cfg);
+    let held = Arc::new(AtomicI64::new(0));
+    let policies = Arc::new(Policies::new(&cfg.policies, &name, cfg.sample_on_first_match));
+    let m = Metrics::new(&name);
+    let front = Front { shards, held: held.clone(), dropped: m.dropped_decode.clone(), name: name.clone() };
+    let mut senders = Vec::new();
+    let mut handles = Vec::new();
+    for _ in 0..shards {
+        let (tx, rx) = mpsc::channel::<Incoming>(2);
+        let shard = Shard::new(cfg.clone(), policies.clone(), held.clone(), shards, m.clone());
+        handles.push(tokio::spawn(shard.run(rx, output.clone(), name.clone())));
+        senders.push(tx);
+    }
+    Ok(Box::pin(async move {
+        let stopped = |e: String| ComponentError(format!("processor `{name}`: {e}"));
+        loop {
+            if cfg.on_full == OnFull::Refuse && held.load(Ordering::Relaxed) > cfg.max_bytes as i64 {
+                // Backpressure: leave the input unread until decisions free room.
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                continue;
+            }
+            let Some(batch) = input.recv().await else { break };
+            let parts = front.split(&batch);
+            drop(batch);
+            for (i, p) in parts.into_iter().enumerate() {
+                if p.spans > 0 && senders[i].send(p).await.is_err() {
+                    break;
+                }
+            }
+            if senders.iter().any(|s| s.is_closed()) {
+                break;
+            }
+        }
+        drop(senders);
+        let mut result = Ok(());
+        for h in handles {
+            match h.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => result = Err(e),
+                Err(e) => result = Err(stopped(format!("a decider failed: {e}"))),
+            }
+        }
+        result
+    }))
+}
+
+#[cfg(test)]
+pub(crate) fn test_shard(cfg: TailSamplingConfig) -> (Shard, Front) {
+    let cfg = Arc::new(cfg);
+    let held = Arc::new(AtomicI64::new(0));
+    let policies = Arc::new(Policies::new(&cfg.policies, "test", cfg.sample_on_first_match));
+    let m = Metrics::new("test");
+    let front = Front { shards: 1, held: held.clone(), dropped: m.dropped_decode.clone(), name: "test".into() };
+    (Shard::new(cfg, policies, held, 1, m), front)
+}
+
+#[cfg(test)]
+pub(crate) fn test_shards(cfg: TailSamplingConfig) -> (Vec<Shard>, Front) {
+    let n = cfg.shards.max(1);
+    let cfg = Arc::new(cfg);
+    let held = Arc::new(AtomicI64::new(0));
+    let policies = Arc::new(Policies::new(&cfg.policies, "test", cfg.sample_on_first_match));
+    let m = Metrics::new("test");
+    let front = Front { shards: n, held: held.clone(), dropped: m.dropped_decode.clone(), name: "test".into() };
+    ((0..n).map(|_| Shard::new(cfg.clone(), policies.clone(), held.clone(), n, m.clone())).collect(), front)
+}
+
+#[cfg(test)]
+impl Shard {
+    pub(crate) fn held_traces(&self) -> usize {
+        self.traces.len()
+    }
+    pub(crate) fn held_bytes(&self) -> i64 {
+        self.held.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,675 @@
+//! Tail sampling: the configuration (the OTel Collector's own example validates), every policy
+//! and combinator against the Collector's documented semantics, the final-decision precedence,
+//! `sample_on_first_match`, waits and caps on the decider, late spans, memory, marks,
+//! acknowledgements, the running task under a paused clock, and a property test that arrival
+//! order and sharding do not change a decision.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{status, ResourceSpans, ScopeSpans, Span, Status, TracesData};
+use prost::Message;
+use tokio::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+use tracepipe_config::{ComponentKind, Node};
+use tracepipe_pipeline::telemetry::Health;
+use tracepipe_pipeline::topology::{ComponentContext, Input, Output};
+use tracepipe_pipeline::{Batch, Finalizer};
+
+use super::config::{OnFull, TailSamplingConfig};
+use super::policy::fnv1a;
+use super::processor::{test_shard, test_shards};
+use super::trace::{shard_of, trace_id};
+
+fn kv(k: &str, v: any_value::Value) -> KeyValue {
+    KeyValue { key: k.into(), value: Some(AnyValue { value: Some(v) }), key_strindex: 0 }
+}
+fn s(v: &str) -> any_value::Value {
+    any_value::Value::StringValue(v.into())
+}
+
+/// A span of trace `t` (16 bytes of `t`), id `id`, parent `parent` (0 = root), from `start_ms` to
+/// `end_ms`.
+fn span(t: u64, id: u8, parent: u8, start_ms: u64, end_ms: u64) -> Span {
+    let mut tid = [0u8; 16];
+    tid[..8].copy_from_slice(&t.to_be_bytes());
+    tid[8..].copy_from_slice(&t.wrapping_mul(0x9e37_79b9_7f4a_7c15).to_le_bytes());
+    Span {
+        trace_id: tid.to_vec(),
+        span_id: vec![id; 8],
+        parent_span_id: if parent == 0 { vec![] } else { vec![parent; 8] },
+        name: format!("op{id}"),
+        start_time_unix_nano: 1_700_000_000_000_000_000 + start_ms * 1_000_000,
+        end_time_unix_nano: 1_700_000_000_000_000_000 + end_ms * 1_000_000,
+        ..Default::default()
+    }
+}
+
+fn tid_of(t: u64) -> [u8; 16] {
+    trace_id(&span(t, 1, 0, 0, 1).trace_id)
+}
+
+fn with_status(mut sp: Span, code: status::StatusCode) -> Span {
+    sp.status = Some(Status { message: String::new(), code: code as i32 });
+    sp
+}
+
+fn with_attr(mut sp: Span, a: KeyValue) -> Span {
+    sp.attributes.push(a);
+    sp
+}
+
+fn encode(spans: Vec<Span>, resource: Vec<KeyValue>) -> Batch {
+    let n = spans.len();
+    let td = TracesData {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(Resource { attributes: resource, ..Default::default() }),
+            scope_spans: vec![ScopeSpans { spans, ..Default::default() }],
+            schema_url: String::new(),
+        }],
+    };
+    Batch::from_encoded(td.encode_to_vec().into(), n)
+}
+
+fn svc(name: &str) -> Vec<KeyValue> {
+    vec![kv("service.name", s(name))]
+}
+
+fn cfg(yaml: &str) -> TailSamplingConfig {
+    let node = Node::parse("t.yaml", yaml).unwrap();
+    TailSamplingConfig::from_node(&node, "t.yaml").unwrap_or_else(|e| panic!("{e:?}"))
+}
+
+fn errors(yaml: &str) -> Vec<String> {
+    let node = Node::parse("t.yaml", yaml).unwrap();
+    TailSamplingConfig::from_node(&node, "t.yaml").err().expect("errors").iter().map(|e| format!("{}:{}: {}", e.pos.line, e.pos.column, e.message)).collect()
+}
+
+/// Spans out, decoded: (trace id, span id, attributes).
+fn decoded(batches: Vec<Batch>) -> Vec<(Vec<u8>, Vec<u8>, Vec<KeyValue>, Vec<KeyValue>)> {
+    let mut out = Vec::new();
+    for b in batches {
+        for rs in b.to_resource_spans().expect("output decodes") {
+            let res = rs.resource.clone().unwrap_or_default().attributes;
+            for ss in rs.scope_spans {
+                for sp in ss.spans {
+                    out.push((sp.trace_id, sp.span_id, sp.attributes, res.clone()));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Feeds batches to one decider at `t0`, then decides everything due at `t0 + after`; returns
+/// the trace ids kept (each once, in order) and the spans out.
+fn run(c: TailSamplingConfig, batches: Vec<Batch>, after: Duration) -> (Vec<[u8; 16]>, usize) {
+    let (mut shards, front) = test_shards(c);
+    let t0 = Instant::now();
+    for b in batches {
+        for (i, p) in front.split(&b).into_iter().enumerate() {
+            shards[i].ingest(p, t0);
+        }
+    }
+    let mut out = Vec::new();
+    for sh in shards.iter_mut() {
+        sh.expire(t0 + after);
+        out.extend(sh.take_ready());
+    }
+    let spans = decoded(out);
+    let mut ids: Vec<[u8; 16]> = Vec::new();
+    for (t, ..) in &spans {
+        let t = trace_id(t);
+        if !ids.contains(&t) {
+            ids.push(t);
+        }
+    }
+    (ids, spans.len())
+}
+
+fn kept(policies: &str, traces: Vec<Batch>) -> Vec<[u8; 16]> {
+    run(cfg(&format!("decision_wait: 1s\npolicies:\n{policies}")), traces, Duration::from_secs(2)).0
+}
+
+// ------------------------------------------------------------------------------------------
+// Configuration
+
+#[test]
+fn the_collectors_readme_example_validates_unchanged() {
+    let c = cfg(r#"
+decision_wait: 10s
+num_traces: 100
+expected_new_traces_per_sec: 10
+decision_cache:
+  sampled_cache_size: 100_000
+  non_sampled_cache_size: 100_000
+policies:
+  [
+    { name: test-policy-1, type: always_sample },
+    { name: test-policy-2, type: latency, latency: {threshold_ms: 5000, upper_threshold_ms: 10000} },
+    { name: test-policy-3, type: numeric_attribute, numeric_attribute: {key: key1, min_value: 50, max_value: 100} },
+    { name: test-policy-4, type: probabilistic, probabilistic: {sampling_percentage: 10} },
+    { name: test-policy-5, type: status_code, status_code: {status_codes: [ERROR, UNSET]} },
+    { name: test-policy-6, type: string_attribute, string_attribute: {key: key2, values: [value1, value2]} },
+    { name: test-policy-7, type: string_attribute, string_attribute: {key: key2, values: [value1, val*], enabled_regex_matching: true, cache_max_size: 10} },
+    { name: test-policy-8, type: rate_limiting, rate_limiting: {spans_per_second: 35} },
+    { name: test-policy-9, type: bytes_limiting, bytes_limiting: {bytes_per_second: 1024000, burst_capacity: 2048000} },
+    { name: test-policy-10, type: span_count, span_count: {min_spans: 2, max_spans: 20} },
+    { name: test-policy-11, type: trace_state, trace_state: { key: key3, values: [value1, value2] } },
+    { name: test-policy-12, type: boolean_attribute, boolean_attribute: {key: key4, value: true} },
+    { name: and-policy-1, type: and, and: { and_sub_policy: [
+        { name: test-and-policy-1, type: numeric_attribute, numeric_attribute: { key: key1, min_value: 50, max_value: 100 } },
+        { name: test-and-policy-2, type: string_attribute, string_attribute: { key: key2, values: [ value1, value2 ] } } ] } },
+    { name: drop-policy-1, type: drop, drop: { drop_sub_policy: [
+        { name: test-drop-policy-1, type: string_attribute, string_attribute: {key: url.path, values: [\/health, \/metrics], enabled_regex_matching: true} } ] } },
+    { name: composite-policy-1, type: composite, composite: {
+        max_total_spans_per_second: 1000,
+        policy_order: [test-composite-policy-1, test-composite-policy-2, test-composite-policy-3],
+        composite_sub_policy: [
+          { name: test-composite-policy-1, type: numeric_attribute, numeric_attribute: {key: key1, min_value: 50} },
+          { name: test-composite-policy-2, type: string_attribute, string_attribute: {key: key2, values: [value1, value2]} },
+          { name: test-composite-policy-3, type: always_sample } ],
+        rate_allocation: [ { policy: test-composite-policy-1, percent: 50 }, { policy: test-composite-policy-2, percent: 25 } ] } },
+  ]
+"#);
+    assert_eq!(c.policies.len(), 15);
+    assert_eq!(c.decision_wait, Duration::from_secs(10));
+    assert_eq!(c.num_traces, 100);
+    assert_eq!(c.decision_cache.non_sampled_cache_size, 100_000);
+    match &c.policies[14].kind {
+        super::PolicyKind::Composite { max_total_spans_per_second, subs } => {
+            assert_eq!(*max_total_spans_per_second, 1000);
+            let alloc: Vec<u64> = subs.iter().map(|(_, a)| *a).collect();
+            // 50%, 25%, and the always_sample fills the remaining 25%.
+            assert_eq!(alloc, vec![500, 250, 250]);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn flat_policies_and_the_collectors_processor_settings_map_onto_ours() {
+    let c = cfg(r#"
+decision_wait: 5s
+decision_wait_after_root_received: 1s
+maximum_trace_size_bytes: 1MiB
+block_on_overflow: true
+drop_pending_traces_on_shutdown: true
+sample_on_first_match: true
+policies:
+  - { name: errors, type: status_code, status_codes: [ERROR] }
+  - { name: slow, type: latency, threshold_ms: 500 }
+"#);
+    assert_eq!(c.decision_wait_after_root, Duration::from_secs(1));
+    assert_eq!(c.max_trace_bytes, 1024 * 1024);
+    assert_eq!(c.on_full, OnFull::Refuse);
+    assert!(c.drop_pending_traces_on_shutdown && c.sample_on_first_match);
+    assert_eq!(c.policies.len(), 2);
+}
+
+#[test]
+fn every_error_at_once_with_positions_and_ottl_names_an_alternative() {
+    let e = errors(
+        r#"
+decision_wait: 0s
+max_bytes: 10
+policies:
+  - { name: a, type: ottl_condition, ottl_condition: { span: ["x"] } }
+  - { name: b, type: latency, latency: { threshold_ms: 5, bogus: 1 } }
+  - { name: c, type: nope }
+  - { name: d, type: string_attribute, string_attribute: { key: k, values: ["("], enabled_regex_matching: true } }
+  - { name: e, type: probabilistic, sampling_percentage: 120 }
+  - { name: f, type: composite, composite: { max_total_spans_per_second: 10, policy_order: [x], composite_sub_policy: [ { name: g, type: always_sample } ] } }
+"#,
+    );
+    let joined = e.join("\n");
+    for want in [
+        "2:16: decision_wait must be above 0",
+        "3:12: max_bytes must be at least 1MiB",
+        "5:22: policy `a`: `ottl_condition` is not supported",
+        "unknown field `bogus`",
+        "7:22: unknown policy type `nope`",
+        "invalid regex \"(\"",
+        "sampling_percentage must be between 0 and 100",
+        "policy_order names `x`",
+        "composite_sub_policy `g` is missing from policy_order",
+    ] {
+        assert!(joined.contains(want), "missing {want:?} in:\n{joined}");
+    }
+    assert!(errors("policies: [{name: a, type: always_sample}, {name: a, type: trace_flags}]\n").join("").contains("duplicate policy name `a`"));
+    assert!(errors("policies: []\n").join("").contains("at least one policy"));
+    assert!(errors("decision_wait: 1s\n").join("").contains("needs `policies`"));
+    assert!(errors("block_on_overflow: false\non_full: refuse\npolicies: [{name: a, type: always_sample}]\n").join("").contains("contradicts"));
+}
+
+// ------------------------------------------------------------------------------------------
+// Policies, one by one (the Collector's documented behaviour)
+
+#[test]
+fn latency_is_latest_end_minus_earliest_start_with_optional_upper_bound() {
+    // Trace 1: two spans, each 100 ms, 450 ms apart end to start → 550 ms overall.
+    let t1 = encode(vec![span(1, 1, 0, 0, 100), span(1, 2, 1, 450, 550)], svc("a"));
+    let t2 = encode(vec![span(2, 1, 0, 0, 499)], svc("a"));
+    let t3 = encode(vec![span(3, 1, 0, 0, 2000)], svc("a"));
+    let p = "  - { name: slow, type: latency, threshold_ms: 500 }\n";
+    assert_eq!(kept(p, vec![t1.clone(), t2.clone(), t3.clone()]), vec![tid_of(1), tid_of(3)]);
+    let p = "  - { name: slow, type: latency, threshold_ms: 500, upper_threshold_ms: 1000 }\n";
+    assert_eq!(kept(p, vec![t1, t2, t3]), vec![tid_of(1)]);
+}
+
+#[test]
+fn status_code_matches_any_span() {
+    let t1 = encode(vec![span(1, 1, 0, 0, 1), with_status(span(1, 2, 1, 0, 1), status::StatusCode::Error)], svc("a"));
+    let t2 = encode(vec![with_status(span(2, 1, 0, 0, 1), status::StatusCode::Ok)], svc("a"));
+    let t3 = encode(vec![span(3, 1, 0, 0, 1)], svc("a"));
+    assert_eq!(kept("  - { name: e, type: status_code, status_codes: [ERROR] }\n", vec![t1.clone(), t2.clone(), t3.clone()]), vec![tid_of(1)]);
+    assert_eq!(kept("  - { name: e, type: status_code, status_codes: [OK, UNSET] }\n", vec![t1, t2, t3]), vec![tid_of(1), tid_of(2), tid_of(3)]);
+}
+
+#[test]
+fn string_attribute_exact_regex_resource_and_inverted() {
+    let t1 = encode(vec![with_attr(span(1, 1, 0, 0, 1), kv("http.route", s("/checkout")))], svc("a"));
+    let t2 = encode(vec![with_attr(span(2, 1, 0, 0, 1), kv("http.route", s("/cart")))], svc("a"));
+    let t3 = encode(vec![span(3, 1, 0, 0, 1)], svc("checkout"));
+    let t4 = encode(vec![with_attr(span(4, 1, 0, 0, 1), kv("http.route", any_value::Value::IntValue(7)))], svc("a"));
+    let all = || vec![t1.clone(), t2.clone(), t3.clone(), t4.clone()];
+    assert_eq!(kept("  - { name: r, type: string_attribute, key: http.route, values: [/checkout] }\n", all()), vec![tid_of(1)]);
+    // Regex: unanchored search, as Go's MatchString.
+    assert_eq!(kept("  - { name: r, type: string_attribute, key: http.route, values: [\"ca.t\"], enabled_regex_matching: true }\n", all()), vec![tid_of(2)]);
+    // Resource attributes count.
+    assert_eq!(kept("  - { name: r, type: string_attribute, key: service.name, values: [checkout] }\n", all()), vec![tid_of(3)]);
+    // invert_match: every trace without a match is kept (an absent key counts as no match).
+    assert_eq!(
+        kept("  - { name: r, type: string_attribute, key: http.route, values: [/checkout], invert_match: true }\n", all()),
+        vec![tid_of(2), tid_of(3), tid_of(4)]
+    );
+}
+
+#[test]
+fn numeric_and_boolean_attributes() {
+    let t1 = encode(vec![with_attr(span(1, 1, 0, 0, 1), kv("n", any_value::Value::IntValue(75)))], svc("a"));
+    let t2 = encode(vec![with_attr(span(2, 1, 0, 0, 1), kv("n", any_value::Value::DoubleValue(150.5)))], svc("a"));
+    let t3 = encode(vec![with_attr(span(3, 1, 0, 0, 1), kv("b", any_value::Value::BoolValue(true)))], svc("a"));
+    let t4 = encode(vec![with_attr(span(4, 1, 0, 0, 1), kv("n", s("75")))], svc("a"));
+    let all = || vec![t1.clone(), t2.clone(), t3.clone(), t4.clone()];
+    assert_eq!(kept("  - { name: n, type: numeric_attribute, key: n, min_value: 50, max_value: 100 }\n", all()), vec![tid_of(1)]);
+    assert_eq!(kept("  - { name: n, type: numeric_attribute, key: n, min_value: 100 }\n", all()), vec![tid_of(2)]);
+    assert_eq!(kept("  - { name: n, type: numeric_attribute, key: n, max_value: 100, invert_match: true }\n", all()), vec![tid_of(2), tid_of(3), tid_of(4)]);
+    assert_eq!(kept("  - { name: b, type: boolean_attribute, key: b, value: true }\n", all()), vec![tid_of(3)]);
+    assert_eq!(kept("  - { name: b, type: boolean_attribute, key: b, value: false }\n", all()), Vec::<[u8; 16]>::new());
+}
+
+#[test]
+fn probabilistic_is_fnv1a_of_salt_and_trace_id_as_the_collector() {
+    // FNV-1a 64 reference vectors.
+    assert_eq!(fnv1a(b"", b""), 0xcbf2_9ce4_8422_2325);
+    assert_eq!(fnv1a(b"", b"a"), 0xaf63_dc4c_8601_ec8c);
+    assert_eq!(fnv1a(b"foo", b"bar"), fnv1a(b"", b"foobar"));
+    let traces: Vec<Batch> = (0..10_000u64).map(|t| encode(vec![span(t + 1, 1, 0, 0, 1)], svc("a"))).collect();
+    let p = "  - { name: p, type: probabilistic, sampling_percentage: 10 }\n";
+    let k = kept(p, traces.clone());
+    assert!((900..1100).contains(&k.len()), "kept {}", k.len());
+    // Exactly the ids whose hash is under the threshold, with the default salt.
+    let threshold = (0.10 * u64::MAX as f64) as u64;
+    let expect: Vec<[u8; 16]> = (0..10_000u64).map(|t| tid_of(t + 1)).filter(|id| fnv1a(b"default-hash-seed", id) <= threshold).collect();
+    assert_eq!(k, expect);
+    // Another salt picks another set.
+    let k2 = kept("  - { name: p, type: probabilistic, sampling_percentage: 10, hash_salt: other }\n", traces);
+    assert_ne!(k, k2);
+}
+
+#[test]
+fn span_count_trace_state_and_trace_flags() {
+    let t1 = encode((1..=3).map(|i| span(1, i, if i == 1 { 0 } else { 1 }, 0, 1)).collect(), svc("a"));
+    let mut sp = span(2, 1, 0, 0, 1);
+    sp.trace_state = "ot=th:8,key3=value2".into();
+    let t2 = encode(vec![sp], svc("a"));
+    let mut sp = span(3, 1, 0, 0, 1);
+    sp.flags = 0x101;
+    let t3 = encode(vec![sp], svc("a"));
+    let all = || vec![t1.clone(), t2.clone(), t3.clone()];
+    assert_eq!(kept("  - { name: c, type: span_count, min_spans: 2 }\n", all()), vec![tid_of(1)]);
+    assert_eq!(kept("  - { name: c, type: span_count, min_spans: 1, max_spans: 1 }\n", all()), vec![tid_of(2), tid_of(3)]);
+    assert_eq!(kept("  - { name: ts, type: trace_state, key: key3, values: [value1, value2] }\n", all()), vec![tid_of(2)]);
+    assert_eq!(kept("  - { name: f, type: trace_flags }\n", all()), vec![tid_of(3)]);
+}
+
+#[test]
+fn rate_limiting_counts_spans_per_second_strictly_below_the_limit() {
+    // Ten 3-span traces decided in the same second with 9 spans/s: two fit (3, 6 < 9; 9 is not
+    // below 9, as the Collector's `<`).
+    let traces: Vec<Batch> = (1..=10u64).map(|t| encode((1..=3).map(|i| span(t, i, 0, 0, 1)).collect(), svc("a"))).collect();
+    assert_eq!(kept("  - { name: r, type: rate_limiting, spans_per_second: 9 }\n", traces).len(), 2);
+}
+
+#[test]
+fn bytes_limiting_is_a_token_bucket_over_encoded_size() {
+    let big = |t: u64| encode(vec![with_attr(span(t, 1, 0, 0, 1), kv("pad", s(&"x".repeat(1000))))], svc("a"));
+    // The bucket starts full at the burst (3000 bytes): two traces of ~1.1 KB fit, the third not.
+    let k = kept("  - { name: b, type: bytes_limiting, bytes_per_second: 100, burst_capacity: 3000 }\n", (1..=5).map(big).collect());
+    assert_eq!(k.len(), 2);
+}
+
+// ------------------------------------------------------------------------------------------
+// Combinators and the final decision
+
+#[test]
+fn and_not_drop_and_precedence() {
+    let err = |t: u64, route: &str| encode(vec![with_attr(with_status(span(t, 1, 0, 0, 1), status::StatusCode::Error), kv("url.path", s(route)))], svc("a"));
+    let ok = |t: u64, route: &str| encode(vec![with_attr(span(t, 1, 0, 0, 1), kv("url.path", s(route)))], svc("a"));
+    let all = || vec![err(1, "/api"), err(2, "/health"), ok(3, "/api"), ok(4, "/health")];
+    let and = "  - { name: a, type: and, and: { and_sub_policy: [ { name: e, type: status_code, status_codes: [ERROR] }, { name: r, type: string_attribute, key: url.path, values: [/api] } ] } }\n";
+    assert_eq!(kept(and, all()), vec![tid_of(1)]);
+    let not = "  - { name: n, type: not, not: { not_sub_policy: { name: e, type: status_code, status_codes: [ERROR] } } }\n";
+    assert_eq!(kept(not, all()), vec![tid_of(3), tid_of(4)]);
+    // drop wins over a sampled vote, whatever the order.
+    let drop = "  - { name: all, type: always_sample }\n  - { name: d, type: drop, drop: { drop_sub_policy: [ { name: h, type: string_attribute, key: url.path, values: [/health] } ] } }\n";
+    assert_eq!(kept(drop, all()), vec![tid_of(1), tid_of(3)]);
+    // An inverted not-sampled vote wins over sampled; an inverted sampled vote loses to not sampled.
+    let inv = "  - { name: all, type: always_sample }\n  - { name: i, type: string_attribute, key: url.path, values: [/health], invert_match: true }\n";
+    assert_eq!(kept(inv, all()), vec![tid_of(1), tid_of(3)]);
+    let inv2 = "  - { name: e, type: status_code, status_codes: [ERROR] }\n  - { name: i, type: string_attribute, key: url.path, values: [/health], invert_match: true }\n";
+    // Trace 3 (/api, ok): inverted-sampled, but `e` voted not sampled → not kept.
+    assert_eq!(kept(inv2, all()), vec![tid_of(1)]);
+}
+
+#[test]
+fn composite_gives_each_sub_policy_its_share_in_order() {
+    // 20 error traces and 20 ok traces of 1 span; total 10/s: errors get 50% (5), the rest 5.
+    let mut traces = Vec::new();
+    for t in 1..=20u64 {
+        traces.push(encode(vec![with_status(span(t, 1, 0, 0, 1), status::StatusCode::Error)], svc("a")));
+        traces.push(encode(vec![span(100 + t, 1, 0, 0, 1)], svc("a")));
+    }
+    let p = "  - { name: c, type: composite, composite: { max_total_spans_per_second: 10, policy_order: [e, all], composite_sub_policy: [ { name: e, type: status_code, status_codes: [ERROR] }, { name: all, type: always_sample } ], rate_allocation: [ { policy: e, percent: 50 } ] } }\n";
+    let k = kept(p, traces);
+    let errs = k.iter().filter(|id| (1..=20u64).any(|t| tid_of(t) == **id)).count();
+    assert_eq!((errs, k.len() - errs), (5, 5));
+}
+
+#[test]
+fn sample_on_first_match_stops_and_names_the_first_policy() {
+    let t = || vec![encode(vec![with_status(span(1, 1, 0, 0, 600), status::StatusCode::Error)], svc("a"))];
+    let p = "  - { name: slow, type: latency, threshold_ms: 500 }\n  - { name: errors, type: status_code, status_codes: [ERROR] }\n  - { name: r, type: rate_limiting, spans_per_second: 1 }\n";
+    for first in [false, true] {
+        let c = cfg(&format!("decision_wait: 1s\nsample_on_first_match: {first}\npolicies:\n{p}"));
+        let (mut shard, front) = test_shard(c);
+        let t0 = Instant::now();
+        for b in t() {
+            for part in front.split(&b) {
+                shard.ingest(part, t0);
+            }
+        }
+        shard.expire(t0 + Duration::from_secs(1));
+        let out = decoded(shard.take_ready());
+        let attrs = &out[0].2;
+        let policy = attrs.iter().find(|a| a.key == super::POLICY_ATTRIBUTE).expect("marked");
+        assert_eq!(policy.value, Some(AnyValue { value: Some(s("slow")) }));
+        // Without first-match the rate limiter (1 span/s, strictly below) also votes: a span of
+        // 1 never fits, so the decision stays sampled by `slow` either way. The count is known (1).
+        let adj = attrs.iter().find(|a| a.key == super::ADJUSTED_COUNT_ATTRIBUTE).expect("adjusted count");
+        assert_eq!(adj.value, Some(AnyValue { value: Some(any_value::Value::DoubleValue(1.0)) }));
+    }
+}
+
+#[test]
+fn kept_by_probability_alone_carries_the_inverse_as_adjusted_count() {
+    let traces: Vec<Batch> = (1..=200u64).map(|t| encode(vec![span(t, 1, 0, 0, 1)], svc("a"))).collect();
+    let (mut shard, front) = test_shard(cfg("decision_wait: 1s\npolicies:\n  - { name: p, type: probabilistic, sampling_percentage: 25 }\n"));
+    let t0 = Instant::now();
+    for b in traces {
+        for part in front.split(&b) {
+            shard.ingest(part, t0);
+        }
+    }
+    shard.expire(t0 + Duration::from_secs(1));
+    let out = decoded(shard.take_ready());
+    assert!(!out.is_empty());
+    for (.., attrs, _) in &out {
+        let adj = attrs.iter().find(|a| a.key == super::ADJUSTED_COUNT_ATTRIBUTE).expect("adjusted count");
+        assert_eq!(adj.value, Some(AnyValue { value: Some(any_value::Value::DoubleValue(4.0)) }));
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// The decider: waits, caps, late spans, memory, output, acknowledgements
+
+#[test]
+fn a_trace_waits_for_decision_wait_then_leaves_whole_and_byte_for_byte() {
+    let c = cfg("decision_wait: 10s\nmark_policy: false\npolicies:\n  - { name: all, type: always_sample }\n");
+    let (mut shard, front) = test_shard(c);
+    let t0 = Instant::now();
+    let a = encode(vec![span(1, 1, 0, 0, 5), span(2, 1, 0, 0, 5)], svc("a"));
+    let b = encode(vec![span(1, 2, 1, 1, 2)], svc("b"));
+    for p in front.split(&a) {
+        shard.ingest(p, t0);
+    }
+    for p in front.split(&b) {
+        shard.ingest(p, t0 + Duration::from_secs(3));
+    }
+    shard.expire(t0 + Duration::from_millis(9_999));
+    assert!(shard.take_ready().is_empty(), "decided before decision_wait");
+    shard.expire(t0 + Duration::from_secs(10));
+    let out = shard.take_ready();
+    let spans = decoded(out.clone());
+    assert_eq!(spans.len(), 3);
+    // Trace 1 whole (both spans with their own resources), then trace 2.
+    assert_eq!(trace_id(&spans[0].0), tid_of(1));
+    assert_eq!(trace_id(&spans[1].0), tid_of(1));
+    assert_eq!(spans[1].3, svc("b"));
+    assert_eq!(trace_id(&spans[2].0), tid_of(2));
+    // Unmarked output re-encodes to exactly the input spans.
+    let rs = out[0].to_resource_spans().unwrap();
+    let orig = a.to_resource_spans().unwrap();
+    assert_eq!(rs[0].scope_spans[0].spans[0], orig[0].scope_spans[0].spans[0]);
+    assert_eq!(shard.held_bytes(), 0, "everything charged was refunded");
+}
+
+#[test]
+fn decision_wait_after_root_decides_sooner_once_the_root_is_in() {
+    let c = cfg("decision_wait: 10s\ndecision_wait_after_root: 1s\npolicies:\n  - { name: all, type: always_sample }\n");
+    let (mut shard, front) = test_shard(c);
+    let t0 = Instant::now();
+    for p in front.split(&encode(vec![span(1, 2, 1, 0, 5)], svc("a"))) {
+        shard.ingest(p, t0);
+    }
+    for p in front.split(&encode(vec![span(2, 2, 1, 0, 5)], svc("a"))) {
+        shard.ingest(p, t0);
+    }
+    // The root of trace 1 arrives at 2 s: decided at 3 s; trace 2 waits its 10 s.
+    for p in front.split(&encode(vec![span(1, 1, 0, 0, 5)], svc("a"))) {
+        shard.ingest(p, t0 + Duration::from_secs(2));
+    }
+    shard.expire(t0 + Duration::from_millis(2_999));
+    assert!(shard.take_ready().is_empty());
+    shard.expire(t0 + Duration::from_secs(3));
+    let spans = decoded(shard.take_ready());
+    assert_eq!(spans.len(), 2);
+    assert!(spans.iter().all(|s| trace_id(&s.0) == tid_of(1)));
+    shard.expire(t0 + Duration::from_secs(10));
+    assert_eq!(decoded(shard.take_ready()).len(), 1);
+}
+
+#[test]
+fn late_spans_follow_the_first_decision_both_ways() {
+    let c = cfg("decision_wait: 1s\npolicies:\n  - { name: errors, type: status_code, status_codes: [ERROR] }\n");
+    let (mut shard, front) = test_shard(c);
+    let t0 = Instant::now();
+    let feed = |shard: &mut super::processor::Shard, b: Batch, at: Instant| {
+        for p in front.split(&b) {
+            shard.ingest(p, at);
+        }
+    };
+    feed(&mut shard, encode(vec![with_status(span(1, 1, 0, 0, 1), status::StatusCode::Error), span(2, 1, 0, 0, 1)], svc("a")), t0);
+    shard.expire(t0 + Duration::from_secs(1));
+    assert_eq!(decoded(shard.take_ready()).len(), 1);
+    // A late error span for trace 2 does not make it kept; a late ok span of trace 1 is kept.
+    let later = t0 + Duration::from_secs(5);
+    feed(&mut shard, encode(vec![span(1, 2, 1, 0, 1), with_status(span(2, 2, 1, 0, 1), status::StatusCode::Error)], svc("a")), later);
+    let out = decoded(shard.take_ready());
+    assert_eq!(out.len(), 1);
+    assert_eq!((trace_id(&out[0].0), out[0].1.clone()), (tid_of(1), vec![2u8; 8]));
+    let policy = out[0].2.iter().find(|a| a.key == super::POLICY_ATTRIBUTE).expect("late span marked");
+    assert_eq!(policy.value, Some(AnyValue { value: Some(s("errors")) }));
+    shard.expire(later + Duration::from_secs(5));
+    assert!(shard.take_ready().is_empty(), "no new trace was opened for late spans");
+    assert_eq!(shard.held_traces(), 0);
+}
+
+#[test]
+fn caps_decide_a_trace_now_and_the_rest_follows_as_late_spans() {
+    let c = cfg("decision_wait: 30s\nmax_trace_spans: 100\npolicies:\n  - { name: all, type: always_sample }\n");
+    let (mut shard, front) = test_shard(c);
+    let t0 = Instant::now();
+    let mut total = 0;
+    for chunk in 0..5u8 {
+        let spans: Vec<Span> = (0..60u8).map(|i| span(1, i.wrapping_add(chunk * 60), 0, 0, 1)).collect();
+        for p in front.split(&encode(spans, svc("a"))) {
+            shard.ingest(p, t0);
+        }
+        total += decoded(shard.take_ready()).len();
+    }
+    // Decided at 120 spans (the second batch), the next 180 went straight through.
+    assert_eq!(total, 300);
+    assert_eq!(shard.held_traces(), 0);
+}
+
+#[test]
+fn over_max_bytes_the_oldest_traces_are_decided_early_and_the_bound_holds() {
+    let c = cfg("decision_wait: 30s\nmax_bytes: 1MiB\nmax_trace_bytes: 1MiB\npolicies:\n  - { name: all, type: always_sample }\n");
+    let (mut shard, front) = test_shard(c);
+    let t0 = Instant::now();
+    let mut out = 0;
+    for t in 1..=400u64 {
+        // ~10 KB per trace: 4 MB in all through a 1 MiB bound.
+        let b = encode(vec![with_attr(span(t, 1, 0, 0, 1), kv("pad", s(&"y".repeat(10_000))))], svc("a"));
+        for p in front.split(&b) {
+            shard.ingest(p, t0);
+        }
+        assert!(shard.held_bytes() <= 1024 * 1024, "held {} over the bound", shard.held_bytes());
+        out += decoded(shard.take_ready()).len();
+    }
+    assert!(out >= 300, "the oldest were decided early ({out})");
+    shard.finish(t0);
+    out += decoded(shard.take_ready()).len();
+    assert_eq!(out, 400, "every trace decided (always_sample): none lost");
+}
+
+#[test]
+fn acknowledgements_wait_for_the_decision_and_follow_kept_spans() {
+    let c = cfg("decision_wait: 1s\npolicies:\n  - { name: errors, type: status_code, status_codes: [ERROR] }\n");
+    let (mut shard, front) = test_shard(c);
+    let done = Arc::new(AtomicUsize::new(0));
+    let d = done.clone();
+    let fin = Finalizer::new(move |_| {
+        d.fetch_add(1, Ordering::SeqCst);
+    });
+    let b = encode(vec![with_status(span(1, 1, 0, 0, 1), status::StatusCode::Error), span(2, 1, 0, 0, 1)], svc("a")).with_finalizer(fin);
+    let t0 = Instant::now();
+    for p in front.split(&b) {
+        shard.ingest(p, t0);
+    }
+    drop(b);
+    assert_eq!(done.load(Ordering::SeqCst), 0, "acknowledged before any decision");
+    shard.expire(t0 + Duration::from_secs(1));
+    let out = shard.take_ready();
+    assert_eq!(done.load(Ordering::SeqCst), 0, "the kept trace's batch still carries it");
+    assert_eq!(out[0].finalizers().len(), 1);
+    drop(out);
+    assert_eq!(done.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn shutdown_decides_on_what_it_has_or_drops_when_asked() {
+    for drop_pending in [false, true] {
+        let c = cfg(&format!("decision_wait: 30s\ndrop_pending_traces_on_shutdown: {drop_pending}\npolicies:\n  - {{ name: all, type: always_sample }}\n"));
+        let (mut shard, front) = test_shard(c);
+        for p in front.split(&encode(vec![span(1, 1, 0, 0, 1), span(2, 1, 0, 0, 1)], svc("a"))) {
+            shard.ingest(p, Instant::now());
+        }
+        shard.finish(Instant::now());
+        assert_eq!(decoded(shard.take_ready()).len(), if drop_pending { 0 } else { 2 });
+        assert_eq!(shard.held_bytes(), 0);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_running_processor_decides_on_time_and_flushes_on_shutdown() {
+    let (tx, input) = Input::channel(8);
+    let (otx, mut out) = Input::channel(64);
+    let ctx = ComponentContext { name: "ts".into(), kind: ComponentKind::Processor, input: Some(input), output: Some(Output::new(vec![otx])), shutdown: CancellationToken::new(), health: Health::default() };
+    let c = cfg("decision_wait: 5s\nshards: 2\npolicies:\n  - { name: errors, type: status_code, status_codes: [ERROR] }\n  - { name: v, type: string_attribute, key: tier, values: [gold] }\n");
+    let h = tokio::spawn(super::build(c, ctx).await.unwrap());
+    let t0 = Instant::now();
+    let mut spans = Vec::new();
+    for t in 1..=50u64 {
+        let mut sp = span(t, 1, 0, 0, 1);
+        if t % 10 == 0 {
+            sp = with_status(sp, status::StatusCode::Error);
+        }
+        spans.push(sp);
+        spans.push(span(t, 2, 1, 0, 1));
+    }
+    tx.send(encode(spans, svc("a"))).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(4_900)).await;
+    assert!(out.is_empty(), "decided before decision_wait");
+    let first = out.recv().await.unwrap();
+    let waited = t0.elapsed();
+    assert!(waited >= Duration::from_secs(5) && waited < Duration::from_millis(5_050), "decided after {waited:?}");
+    let mut got = decoded(vec![first]);
+    // A trace held at shutdown is decided on what it has.
+    tx.send(encode(vec![with_attr(span(99, 1, 0, 0, 1), kv("tier", s("gold")))], svc("a"))).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(tx);
+    h.await.unwrap().unwrap();
+    while let Some(b) = out.recv().await {
+        got.extend(decoded(vec![b]));
+    }
+    let mut ids: Vec<[u8; 16]> = got.iter().map(|s| trace_id(&s.0)).collect();
+    ids.dedup();
+    ids.sort();
+    let mut want: Vec<[u8; 16]> = [10u64, 20, 30, 40, 50, 99].iter().map(|t| tid_of(*t)).collect();
+    want.sort();
+    assert_eq!(ids, want);
+    assert_eq!(got.len(), 11, "each kept trace whole");
+}
+
+use proptest::strategy::Strategy as _;
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+    /// Any arrival order of a trace's spans, over any number of batches and shards, gives the
+    /// same decision and the same spans out.
+    #[test]
+    fn arrival_order_and_sharding_do_not_change_a_decision(order in proptest::strategy::Just((0u8..12).collect::<Vec<_>>()).prop_shuffle(), cuts in proptest::collection::vec(0usize..12, 0..4), shards in 1usize..4) {
+        let make = |i: u8| {
+            let t = u64::from(i % 3) + 1;
+            let mut sp = span(t, i + 1, if i < 3 { 0 } else { (i % 3) + 1 }, u64::from(i) * 10, u64::from(i) * 10 + if t == 2 { 900 } else { 5 });
+            if i == 8 { sp = with_status(sp, status::StatusCode::Error); }
+            sp
+        };
+        let mut cuts = cuts.clone();
+        cuts.sort();
+        let mut batches = Vec::new();
+        let mut last = 0;
+        for c in cuts.into_iter().chain([order.len()]) {
+            if c > last && c <= order.len() {
+                batches.push(encode(order[last..c].iter().map(|i| make(*i)).collect(), svc("a")));
+                last = c;
+            }
+        }
+        let c = cfg(&format!("decision_wait: 1s\nshards: {shards}\npolicies:\n  - {{ name: e, type: status_code, status_codes: [ERROR] }}\n  - {{ name: slow, type: latency, threshold_ms: 500 }}\n"));
+        let (ids, spans) = run(c, batches, Duration::from_secs(2));
+        let mut ids = ids;
+        ids.sort();
+        // Trace 2 is slow (900 ms spans), trace 3 has the error span; trace 1 is neither.
+        let mut want = vec![tid_of(2), tid_of(3)];
+        want.sort();
+        proptest::prop_assert_eq!(ids, want);
+        proptest::prop_assert_eq!(spans, 8);
+        // Shard assignment is by trace id only.
+        proptest::prop_assert_eq!(shard_of(&tid_of(2), shards), shard_of(&tid_of(2), shards));
+    }
+}

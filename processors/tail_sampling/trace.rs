@@ -1,0 +1,418 @@
+//! Held traces, in their encoded form.
+//!
+//! An incoming batch is walked once on the wire ([`split`]): each span's bytes are copied, framed
+//! as a `ScopeSpans.spans` field, next to the other spans of its trace from the same batch, and
+//! the few fields a decision needs (parent, times, status, flags) are folded into the trace's
+//! [`Summary`]. A span's `ResourceSpans` / `ScopeSpans` envelope (every field but the list) is
+//! kept once per batch in an [`Env`], shared by every trace holding one of its spans. Nothing is
+//! decoded into structs: a decided trace is written out by concatenating bytes, so a kept span
+//! leaves byte for byte as it came (plus the marks, appended as extra attribute fields, which
+//! protobuf merges into the span's attribute list).
+//!
+//! Memory: every byte held is charged to one counter: span bytes as allocated (the `Vec`'s
+//! capacity), envelopes while alive (charged on creation, refunded on drop), and a fixed
+//! overhead per trace and per segment for the index.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+
+use tracepipe_pipeline::wire::{Reader, WireError, I32, I64, LEN, VARINT};
+use tracepipe_pipeline::Finalizer;
+
+/// A trace id (16 bytes; shorter ids are zero-padded).
+pub type TraceId = [u8; 16];
+
+/// Bytes charged per held trace for the index (map entry, timers, summary).
+pub const TRACE_OVERHEAD: usize = 192;
+/// Bytes charged per segment (one run of spans sharing an envelope).
+pub const SEGMENT_OVERHEAD: usize = 48;
+
+/// Hashes trace ids (already random in practice) with a cheap 128→64 mix.
+#[derive(Default, Clone, Copy)]
+pub struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut b = [0u8; 8];
+            b[..chunk.len()].copy_from_slice(chunk);
+            self.0 = mix(self.0 ^ u64::from_le_bytes(b));
+        }
+    }
+    fn write_usize(&mut self, _: usize) {}
+}
+
+/// splitmix64's finalizer.
+pub fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// A 64-bit fingerprint of a trace id.
+pub fn fingerprint(id: &TraceId) -> u64 {
+    let a = u64::from_le_bytes(id[..8].try_into().expect("8 bytes"));
+    let b = u64::from_le_bytes(id[8..].try_into().expect("8 bytes"));
+    mix(a ^ mix(b).rotate_left(17))
+}
+
+/// A map keyed by trace id.
+pub type IdMap<V> = HashMap<TraceId, V, BuildHasherDefault<IdHasher>>;
+
+/// A `ResourceSpans` and `ScopeSpans` without their lists: their other fields, raw. Charged to
+/// the held-bytes counter while alive.
+pub struct Env {
+    /// `ResourceSpans` fields but `scope_spans` (resource, schema_url), as received.
+    pub resource: Box<[u8]>,
+    /// `ScopeSpans` fields but `spans` (scope, schema_url), as received.
+    pub scope: Box<[u8]>,
+    held: Arc<AtomicI64>,
+}
+
+impl Env {
+    fn new(resource: &[u8], scope: &[u8], held: &Arc<AtomicI64>) -> Env {
+        held.fetch_add(Self::cost(resource.len() + scope.len()), Ordering::Relaxed);
+        Env { resource: resource.into(), scope: scope.into(), held: held.clone() }
+    }
+    fn cost(n: usize) -> i64 {
+        (n + 64) as i64
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        self.held.fetch_sub(Self::cost(self.resource.len() + self.scope.len()), Ordering::Relaxed);
+    }
+}
+
+/// What a decision needs to know of a trace's spans, folded as they arrive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Summary {
+    /// Spans.
+    pub spans: u64,
+    /// Earliest start (ns since the epoch; `u64::MAX` with no span).
+    pub min_start: u64,
+    /// Latest end.
+    pub max_end: u64,
+    /// A span without a parent is in.
+    pub root: bool,
+    /// Status codes seen, as bits `1 << code` (0 unset, 1 ok, 2 error).
+    pub status: u8,
+    /// A span has the W3C sampled flag.
+    pub sampled_flag: bool,
+    /// A span has a tracestate.
+    pub trace_state: bool,
+}
+
+impl Default for Summary {
+    fn default() -> Self {
+        Summary { spans: 0, min_start: u64::MAX, max_end: 0, root: false, status: 0, sampled_flag: false, trace_state: false }
+    }
+}
+
+impl Summary {
+    /// Adds another summary's spans.
+    pub fn merge(&mut self, o: &Summary) {
+        self.spans += o.spans;
+        self.min_start = self.min_start.min(o.min_start);
+        self.max_end = self.max_end.max(o.max_end);
+        self.root |= o.root;
+        self.status |= o.status;
+        self.sampled_flag |= o.sampled_flag;
+        self.trace_state |= o.trace_state;
+    }
+
+    /// Latest end − earliest start, in nanoseconds.
+    pub fn duration_nanos(&self) -> u64 {
+        self.max_end.saturating_sub(self.min_start)
+    }
+}
+
+/// The fields of one span a summary reads.
+struct SpanInfo<'a> {
+    trace_id: &'a [u8],
+    summary: Summary,
+}
+
+fn fixed64(b: &[u8]) -> u64 {
+    u64::from_le_bytes(b.try_into().expect("8 bytes"))
+}
+
+/// Reads a span's summary fields.
+fn read_span(span: &[u8]) -> Result<SpanInfo<'_>, WireError> {
+    let mut r = Reader::new(span, 0);
+    let mut s = Summary { spans: 1, root: true, ..Summary::default() };
+    let mut start = 0;
+    let mut trace_id: &[u8] = &[];
+    let mut status = 0u8;
+    while !r.done() {
+        let (field, wt) = r.tag()?;
+        match (field, wt) {
+            (1, LEN) => trace_id = r.len_delimited()?.0,
+            (3, LEN) => s.trace_state = !r.len_delimited()?.0.is_empty(),
+            (4, LEN) => s.root = r.len_delimited()?.0.is_empty(),
+            (7, I64) => start = fixed64(r.take(8)?),
+            (8, I64) => s.max_end = fixed64(r.take(8)?),
+            (15, LEN) => {
+                let st = r.len_delimited()?.0;
+                let mut sr = Reader::new(st, 0);
+                while !sr.done() {
+                    let (f, w) = sr.tag()?;
+                    if (f, w) == (3, VARINT) {
+                        status = sr.varint()?.min(2) as u8;
+                    } else {
+                        sr.skip(w, "Status", f)?;
+                    }
+                }
+            }
+            (16, I32) => s.sampled_flag = r.take(4)?[0] & 1 == 1,
+            _ => r.skip(wt, "Span", field)?,
+        }
+    }
+    s.min_start = start;
+    s.status = 1 << status;
+    Ok(SpanInfo { trace_id, summary: s })
+}
+
+/// The id of a trace, from a span's `trace_id` bytes.
+pub fn trace_id(bytes: &[u8]) -> TraceId {
+    let mut id = [0u8; 16];
+    let n = bytes.len().min(16);
+    id[..n].copy_from_slice(&bytes[..n]);
+    id
+}
+
+/// Appends a LEN field header.
+pub fn put_len(out: &mut Vec<u8>, tag: u8, n: usize) {
+    out.push(tag);
+    prost::encoding::encode_varint(n as u64, out);
+}
+
+/// Spans of one trace from one batch: runs of `data` that share an envelope.
+pub struct Group {
+    /// The trace.
+    pub id: TraceId,
+    /// (envelope index, byte range of framed spans in `data`).
+    pub runs: Vec<(u32, std::ops::Range<usize>)>,
+    /// Its spans' summary.
+    pub summary: Summary,
+}
+
+/// One shard's share of one batch.
+#[derive(Default)]
+pub struct Incoming {
+    /// Envelopes the runs refer to.
+    pub envs: Vec<Arc<Env>>,
+    /// Framed spans (`0x12 len span` each).
+    pub data: Vec<u8>,
+    /// Per trace.
+    pub groups: Vec<Group>,
+    /// The batch's acknowledgements (each shard that got spans holds them).
+    pub finalizers: Vec<Arc<Finalizer>>,
+    /// Spans.
+    pub spans: usize,
+}
+
+/// Which shard owns a trace.
+pub fn shard_of(id: &TraceId, shards: usize) -> usize {
+    if shards <= 1 {
+        return 0;
+    }
+    ((fingerprint(id) >> 32) % shards as u64) as usize
+}
+
+/// Walks one `TracesData` buffer (scanned valid) and deals its spans to `shards`, grouped by
+/// trace. Envelopes are charged to `held` while alive.
+pub fn split(buf: &[u8], shards: usize, held: &Arc<AtomicI64>, out: &mut [Incoming]) -> Result<(), WireError> {
+    debug_assert_eq!(out.len(), shards.max(1));
+    let mut index: Vec<IdMap<usize>> = (0..out.len()).map(|_| IdMap::default()).collect();
+    let mut top = Reader::new(buf, 0);
+    let mut resource: Vec<u8> = Vec::new();
+    let mut scope: Vec<u8> = Vec::new();
+    while !top.done() {
+        let (field, wt) = top.tag()?;
+        if field != 1 || wt != LEN {
+            top.skip(wt, "TracesData", field)?;
+            continue;
+        }
+        let rs = top.len_delimited()?.0;
+        resource.clear();
+        let mut scopes: Vec<&[u8]> = Vec::new();
+        let mut r = Reader::new(rs, 0);
+        while !r.done() {
+            let start = r.position();
+            let (f, w) = r.tag()?;
+            if (f, w) == (2, LEN) {
+                scopes.push(r.len_delimited()?.0);
+            } else {
+                r.skip(w, "ResourceSpans", f)?;
+                resource.extend_from_slice(&rs[start..r.position()]);
+            }
+        }
+        for ss in scopes {
+            scope.clear();
+            let mut spans: Vec<&[u8]> = Vec::new();
+            let mut r = Reader::new(ss, 0);
+            while !r.done() {
+                let start = r.position();
+                let (f, w) = r.tag()?;
+                if (f, w) == (2, LEN) {
+                    spans.push(r.len_delimited()?.0);
+                } else {
+                    r.skip(w, "ScopeSpans", f)?;
+                    scope.extend_from_slice(&ss[start..r.position()]);
+                }
+            }
+            if spans.is_empty() {
+                continue;
+            }
+            let env = Arc::new(Env::new(&resource, &scope, held));
+            // This envelope's index in each shard's list, once it has a span there.
+            let mut env_at: Vec<Option<u32>> = vec![None; out.len()];
+            for span in spans {
+                let info = read_span(span)?;
+                let id = trace_id(info.trace_id);
+                let sh = shard_of(&id, out.len());
+                let inc = &mut out[sh];
+                let e = *env_at[sh].get_or_insert_with(|| {
+                    inc.envs.push(env.clone());
+                    (inc.envs.len() - 1) as u32
+                });
+                let start = inc.data.len();
+                put_len(&mut inc.data, 0x12, span.len());
+                inc.data.extend_from_slice(span);
+                let end = inc.data.len();
+                inc.spans += 1;
+                let g = *index[sh].entry(id).or_insert_with(|| {
+                    inc.groups.push(Group { id, runs: Vec::new(), summary: Summary::default() });
+                    inc.groups.len() - 1
+                });
+                let g = &mut inc.groups[g];
+                g.summary.merge(&info.summary);
+                match g.runs.last_mut() {
+                    Some((le, range)) if *le == e && range.end == start => range.end = end,
+                    _ => g.runs.push((e, start..end)),
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Spans of a trace that share an envelope, framed, in arrival order.
+pub struct Segment {
+    /// The envelope.
+    pub env: Arc<Env>,
+    /// Framed spans.
+    pub spans: Vec<u8>,
+}
+
+/// A trace awaiting its decision.
+pub struct Trace {
+    /// Spans by envelope.
+    pub segments: Vec<Segment>,
+    /// What a decision reads.
+    pub summary: Summary,
+    /// Bytes charged for it (spans, segments, index; envelopes are charged apart).
+    pub bytes: usize,
+    /// When its first span arrived.
+    pub first: tokio::time::Instant,
+    /// Its number in this shard (timer entries of a trace decided and seen again are stale).
+    pub seq: u64,
+    /// When it is decided, unless a cap decides it sooner.
+    pub deadline: tokio::time::Instant,
+    /// Acknowledgements of the batches that brought its spans.
+    pub finalizers: Vec<Arc<Finalizer>>,
+    /// The batch (by number) whose finalizers were last added.
+    pub last_batch: u64,
+}
+
+impl Trace {
+    /// Appends one batch's group of spans; returns the bytes newly charged.
+    pub fn append(&mut self, inc: &Incoming, g: &Group) -> usize {
+        let before = self.segments.capacity() * SEGMENT_OVERHEAD + self.segments.iter().map(|s| s.spans.capacity()).sum::<usize>();
+        for (e, range) in &g.runs {
+            let env = &inc.envs[*e as usize];
+            let bytes = &inc.data[range.clone()];
+            match self.segments.last_mut() {
+                Some(s) if Arc::ptr_eq(&s.env, env) => {
+                    s.spans.reserve_exact(bytes.len());
+                    s.spans.extend_from_slice(bytes);
+                }
+                _ => {
+                    let mut spans = Vec::with_capacity(bytes.len());
+                    spans.extend_from_slice(bytes);
+                    self.segments.push(Segment { env: env.clone(), spans });
+                }
+            }
+        }
+        self.summary.merge(&g.summary);
+        let after = self.segments.capacity() * SEGMENT_OVERHEAD + self.segments.iter().map(|s| s.spans.capacity()).sum::<usize>();
+        let added = after - before;
+        self.bytes += added;
+        added
+    }
+
+    /// Every framed span, with its envelope.
+    pub fn spans(&self) -> impl Iterator<Item = (&Env, &[u8])> {
+        self.segments.iter().flat_map(|s| FramedIter { buf: &s.spans }.map(move |sp| (&*s.env, sp)))
+    }
+}
+
+/// Iterates the span payloads of framed spans.
+pub struct FramedIter<'a> {
+    /// What is left.
+    pub buf: &'a [u8],
+}
+
+impl<'a> Iterator for FramedIter<'a> {
+    type Item = &'a [u8];
+    fn next(&mut self) -> Option<&'a [u8]> {
+        if self.buf.is_empty() {
+            return None;
+        }
+        let mut r = Reader::new(self.buf, 0);
+        // Framed by `split` itself: a tag and a length that fit.
+        let _ = r.tag().ok()?;
+        let (span, _) = r.len_delimited().ok()?;
+        self.buf = &self.buf[r.position()..];
+        Some(span)
+    }
+}
+
+/// Writes segments as `ResourceSpans` fields of a `TracesData`; `mark` (encoded attribute
+/// fields) is appended to every span when given.
+pub fn encode_segments(segments: &[Segment], mark: Option<&[u8]>, out: &mut Vec<u8>) {
+    for s in segments {
+        let spans_len = match mark {
+            None => s.spans.len(),
+            Some(m) => FramedIter { buf: &s.spans }.map(|sp| field_len(sp.len() + m.len())).sum(),
+        };
+        let scope_len = s.env.scope.len() + spans_len;
+        let rs_len = s.env.resource.len() + field_len(scope_len);
+        put_len(out, 0x0a, rs_len);
+        out.extend_from_slice(&s.env.resource);
+        put_len(out, 0x12, scope_len);
+        out.extend_from_slice(&s.env.scope);
+        match mark {
+            None => out.extend_from_slice(&s.spans),
+            Some(m) => {
+                for sp in (FramedIter { buf: &s.spans }) {
+                    put_len(out, 0x12, sp.len() + m.len());
+                    out.extend_from_slice(sp);
+                    out.extend_from_slice(m);
+                }
+            }
+        }
+    }
+}
+
+/// Bytes of a LEN field with a one-byte tag holding `n` bytes.
+pub fn field_len(n: usize) -> usize {
+    1 + prost::encoding::encoded_len_varint(n as u64) + n
+}
