@@ -18,6 +18,21 @@ use clap::{Parser, Subcommand, ValueEnum};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// mimalloc's `purge_delay` option (its index in `mi_option_e`, the same in mimalloc 2 and 3).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Returns freed memory to the OS after 1 ms instead of mimalloc 3's default 1 s, unless
+/// `MIMALLOC_PURGE_DELAY` says otherwise. Measured on the tail-sampling memory test (32 MiB
+/// held, traces decided and freed on other threads than allocated them): peak RSS 142-155 MiB
+/// with the default, 115-118 MiB with 1 ms; freed pages of decided traces otherwise linger a
+/// second and count against a container's memory limit.
+fn tune_allocator() {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: sets an integer option; mimalloc allows this at any time.
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 1) }
+    }
+}
+
 /// The embedded default graph.
 const DEFAULT_CONFIG: &str = include_str!("default.yaml");
 
@@ -120,6 +135,7 @@ fn read_config(path: &Option<PathBuf>) -> Result<(String, String), String> {
 }
 
 fn main() -> ExitCode {
+    tune_allocator();
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Run { config: None }) {
         Command::PrintConfig => {

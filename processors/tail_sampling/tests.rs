@@ -673,3 +673,14 @@ proptest::proptest! {
         proptest::prop_assert_eq!(shard_of(&tid_of(2), shards), shard_of(&tid_of(2), shards));
     }
 }
+
+#[test]
+fn size_classes_are_four_to_a_power_of_two() {
+    use super::trace::size_class;
+    assert_eq!(size_class(1), 8);
+    assert_eq!(size_class(64), 64);
+    assert_eq!(size_class(65), 80);
+    assert_eq!(size_class(8192), 8192);
+    assert_eq!(size_class(8500), 10240);
+    assert_eq!(size_class(1 << 20 | 1), (1 << 20) + (1 << 18));
+}

@@ -24,8 +24,30 @@ use tracepipe_pipeline::Finalizer;
 /// A trace id (16 bytes; shorter ids are zero-padded).
 pub type TraceId = [u8; 16];
 
-/// Bytes charged per held trace for the index (map entry, timers, summary).
-pub const TRACE_OVERHEAD: usize = 192;
+/// Bytes charged per held trace for the index: its map slot (key and `Trace`, 152 bytes, at a
+/// load factor down to 7/16 after growth), its timer entries and the first allocations of its
+/// segment and finalizer lists.
+pub const TRACE_OVERHEAD: usize = 448;
+
+/// The size an allocator really hands out for `n` bytes: general-purpose allocators (mimalloc,
+/// jemalloc) serve sizes in classes four to a power of two, so 8.5 KB takes a 10 KB block.
+/// Buffers are grown to their class and charged at it, so the count matches what is allocated
+/// (and the slack serves later spans of the trace).
+pub fn size_class(n: usize) -> usize {
+    if n <= 64 {
+        return n.next_multiple_of(8);
+    }
+    let step = (1usize << (usize::BITS - 1 - n.leading_zeros())) / 4;
+    n.next_multiple_of(step)
+}
+
+/// Grows `v` so it can take `more` bytes, to a whole allocator size class.
+fn reserve_class(v: &mut Vec<u8>, more: usize) {
+    if v.capacity() - v.len() < more {
+        let want = size_class(v.len() + more);
+        v.reserve_exact(want - v.len());
+    }
+}
 /// Bytes charged per segment (one run of spans sharing an envelope).
 pub const SEGMENT_OVERHEAD: usize = 48;
 
@@ -76,17 +98,18 @@ pub struct Env {
 
 impl Env {
     fn new(resource: &[u8], scope: &[u8], held: &Arc<AtomicI64>) -> Env {
-        held.fetch_add(Self::cost(resource.len() + scope.len()), Ordering::Relaxed);
+        held.fetch_add(Self::cost(resource.len(), scope.len()), Ordering::Relaxed);
         Env { resource: resource.into(), scope: scope.into(), held: held.clone() }
     }
-    fn cost(n: usize) -> i64 {
-        (n + 64) as i64
+    /// The two boxes at their size classes, and the `Arc` with its counts.
+    fn cost(resource: usize, scope: usize) -> i64 {
+        (size_class(resource) + size_class(scope) + 64) as i64
     }
 }
 
 impl Drop for Env {
     fn drop(&mut self) {
-        self.held.fetch_sub(Self::cost(self.resource.len() + self.scope.len()), Ordering::Relaxed);
+        self.held.fetch_sub(Self::cost(self.resource.len(), self.scope.len()), Ordering::Relaxed);
     }
 }
 
@@ -341,11 +364,12 @@ impl Trace {
             let bytes = &inc.data[range.clone()];
             match self.segments.last_mut() {
                 Some(s) if Arc::ptr_eq(&s.env, env) => {
-                    s.spans.reserve_exact(bytes.len());
+                    reserve_class(&mut s.spans, bytes.len());
                     s.spans.extend_from_slice(bytes);
                 }
                 _ => {
-                    let mut spans = Vec::with_capacity(bytes.len());
+                    let mut spans = Vec::new();
+                    reserve_class(&mut spans, bytes.len());
                     spans.extend_from_slice(bytes);
                     self.segments.push(Segment { env: env.clone(), spans });
                 }

@@ -1,0 +1,240 @@
+"""Tail sampling end to end: the OpenTelemetry Python SDK sends traces of known shapes (errors,
+slow, an attribute, 1-span traces, a 5,000-span trace, late spans) to tracepipe (otlp ->
+tail_sampling -> debug file). Exactly the traces the policies imply are kept, each whole; late
+spans follow the first decision; kept spans say which policy kept them and their adjusted count;
+the probabilistic policy picks the same traces as the OTel Collector's algorithm (FNV-1a of the
+salt and the trace id, computed here independently). A second test pushes three times
+`max_bytes` through the processor and reads the process's peak RSS from /proc."""
+
+import os
+import time
+
+from opentelemetry import trace as otel_trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.trace import Status, StatusCode
+
+from harness import Tracepipe, free_port, metric_sum, peak_rss, read_jsonl_spans, recording_tracepipe, wait_for
+from otlp_wire import post
+from sdk import exporter
+
+SALT = b"default-hash-seed"
+U64 = (1 << 64) - 1
+
+
+def fnv1a(data: bytes) -> int:
+    h = 0xCBF29CE484222325
+    for b in data:
+        h ^= b
+        h = (h * 0x100000001B3) & U64
+    return h
+
+
+def kept_by_baseline(trace_id: int, percent: float) -> bool:
+    # The Collector: hash <= uint64(MaxUint64 * ratio).
+    return fnv1a(SALT + trace_id.to_bytes(16, "big")) <= int(U64 * (percent / 100.0))
+
+
+GRAPH = """
+receivers:
+  apps: {{ type: otlp, grpc: {{ endpoint: 127.0.0.1:{grpc} }} }}
+processors:
+  sample:
+    type: tail_sampling
+    inputs: [apps]
+    decision_wait: 3s
+    shards: 2
+    policies:
+      - {{ name: errors, type: status_code, status_codes: [ERROR] }}
+      - {{ name: slow, type: latency, latency: {{ threshold_ms: 400 }} }}
+      - {{ name: vip, type: string_attribute, string_attribute: {{ key: user.tier, values: [gold] }} }}
+      - {{ name: baseline, type: probabilistic, probabilistic: {{ sampling_percentage: 10 }} }}
+"""
+
+
+def hexid(i: int, n: int) -> str:
+    return format(i, f"0{n * 2}x")
+
+
+def test_sdk_traces_are_kept_whole_exactly_as_the_policies_say_and_late_spans_follow():
+    grpc = free_port()
+    tp, out = recording_tracepipe(GRAPH.format(grpc=grpc), ["sample"], name="ts")
+    with tp:
+        provider = TracerProvider(resource=Resource.create({"service.name": "shop"}))
+        provider.add_span_processor(BatchSpanProcessor(exporter("grpc", f"http://127.0.0.1:{grpc}"), max_export_batch_size=512, schedule_delay_millis=100, max_queue_size=20000))
+        tracer = provider.get_tracer("e2e.tail")
+        now = time.time_ns()
+        spans_of = {}   # trace id -> span count sent
+        must_keep = set()
+        contexts = {}
+
+        def make(kind: str, i: int):
+            start = now + i * 1000
+            dur = 500_000_000 if kind == "slow" else 10_000_000
+            root = tracer.start_span(f"{kind}-{i}", start_time=start)
+            ctx = otel_trace.set_span_in_context(root)
+            n = 1
+            if kind != "single":
+                for c in range(2):
+                    child = tracer.start_span(f"child-{c}", context=ctx, start_time=start + 1000)
+                    if kind == "error" and c == 1:
+                        child.set_status(Status(StatusCode.ERROR, "boom"))
+                    if kind == "vip" and c == 0:
+                        child.set_attribute("user.tier", "gold")
+                    child.end(end_time=start + 2000)
+                    n += 1
+            root.end(end_time=start + dur)
+            tid = root.get_span_context().trace_id
+            spans_of[tid] = n
+            contexts[tid] = root.get_span_context()
+            if kind in ("error", "slow", "vip"):
+                must_keep.add(tid)
+            return tid
+
+        plain = [make("plain", i) for i in range(200)]
+        errors = [make("error", i) for i in range(10)]
+        for i in range(10):
+            make("slow", i)
+        for i in range(10):
+            make("vip", i)
+        for i in range(100):
+            make("single", i)
+        # One 5,000-span trace whose error is its last child.
+        big_root = tracer.start_span("big", start_time=now)
+        bctx = otel_trace.set_span_in_context(big_root)
+        for c in range(4999):
+            s = tracer.start_span(f"b{c}", context=bctx, start_time=now + 1)
+            if c == 4998:
+                s.set_status(Status(StatusCode.ERROR))
+            s.end(end_time=now + 2)
+        big_root.end(end_time=now + 3)
+        big = big_root.get_span_context().trace_id
+        spans_of[big] = 5000
+        must_keep.add(big)
+        provider.force_flush()
+
+        expect = must_keep | {t for t in spans_of if kept_by_baseline(t, 10)}
+        want_spans = sum(spans_of[t] for t in expect)
+        wait_for(lambda: len(read_jsonl_spans(out)) >= want_spans, timeout=30, what=f"{want_spans} kept spans")
+        time.sleep(0.5)
+        got = read_jsonl_spans(out)
+        by_trace = {}
+        for s in got:
+            by_trace.setdefault(int(s["span"]["traceId"], 16), []).append(s)
+        assert set(by_trace) == expect, f"kept {len(by_trace)} traces, expected {len(expect)}; extra {len(set(by_trace) - expect)}, missing {len(expect - set(by_trace))}"
+        for t, spans in by_trace.items():
+            assert len(spans) == spans_of[t], f"trace {hexid(t, 16)}: {len(spans)} of {spans_of[t]} spans"
+        # Marks: the deciding policy; traces kept only by the 10% policy count 10 each.
+        for t, spans in by_trace.items():
+            attrs = {a["key"]: a["value"] for a in spans[0]["span"].get("attributes", [])}
+            policy = attrs["tracepipe.sampling.policy"]["stringValue"]
+            adjusted = attrs["sampling.adjusted_count"]["doubleValue"]
+            if t in must_keep:
+                assert policy in ("errors", "slow", "vip") and adjusted == 1.0, (policy, adjusted)
+            else:
+                assert policy == "baseline" and adjusted == 10.0, (policy, adjusted)
+        some_baseline = sum(1 for t in plain if t in expect)
+        assert 5 <= some_baseline <= 40, some_baseline
+
+        # Late spans: one for a kept error trace, one for a plain trace that was not kept.
+        dropped = next(t for t in plain if t not in expect)
+        for t in (errors[0], dropped):
+            ctx = otel_trace.set_span_in_context(otel_trace.NonRecordingSpan(contexts[t]))
+            tracer.start_span("late", context=ctx).end()
+        provider.force_flush()
+        wait_for(lambda: metric_sum(tp.metrics(), "tracepipe_processor_tail_sampling_late_spans_total") >= 2, what="two late spans counted")
+        time.sleep(4)  # longer than decision_wait: a late span must not open a new trace
+        got = read_jsonl_spans(out)
+        late = [s for s in got if s["span"]["name"] == "late"]
+        assert [int(s["span"]["traceId"], 16) for s in late] == [errors[0]]
+        assert len(got) == want_spans + 1
+        m = tp.metrics()
+        assert metric_sum(m, "tracepipe_processor_tail_sampling_late_spans_total", decision="sampled") == 1
+        assert metric_sum(m, "tracepipe_processor_tail_sampling_late_spans_total", decision="not_sampled") == 1
+        assert metric_sum(m, "tracepipe_processor_tail_sampling_traces_total", decision="sampled") == len(expect)
+        assert metric_sum(m, "tracepipe_processor_tail_sampling_traces_total", decision="not_sampled") == len(spans_of) - len(expect)
+        assert metric_sum(m, "tracepipe_processor_tail_sampling_decisions_total", policy="errors", decision="sampled") == 11
+        assert metric_sum(m, "tracepipe_processor_tail_sampling_traces_held") == 0
+        provider.shutdown()
+        assert tp.stop() == 0
+        assert "panicked" not in tp.logs()
+
+
+def _push(http: int, requests: int) -> int:
+    """`requests` OTLP/HTTP requests of 100 traces x 8 spans of ~1 KB (about 860 KB each)."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+    from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
+
+    pad = "x" * 1000
+    sent = 0
+    for _ in range(requests):
+        spans = []
+        for _t in range(100):
+            tid = os.urandom(16)
+            for _i in range(8):
+                spans.append(Span(trace_id=tid, span_id=os.urandom(8), name="op", start_time_unix_nano=1, end_time_unix_nano=2,
+                                  attributes=[KeyValue(key="pad", value=AnyValue(string_value=pad))]))
+        req = ExportTraceServiceRequest(resource_spans=[ResourceSpans(scope_spans=[ScopeSpans(spans=spans)])])
+        resp = post(http, req.SerializeToString())
+        assert resp.status_code == 200, resp.status_code
+        sent += len(spans)
+    return sent
+
+
+MAX_BYTES = 64 * 1024 * 1024
+
+
+def test_three_times_max_bytes_through_the_processor_stays_within_the_bound():
+    """240 requests of 100 traces x 8 spans (~200 MB, three times `max_bytes: 64MiB`) with a
+    60 s wait: the oldest traces are decided early (counted, reason memory), every span is
+    delivered or still held, the held-bytes gauge never passes the bound, and the process's
+    peak RSS above idle exceeds that of the same load through the same graph without the
+    processor (the receiver's and channels' own buffers) by at most 1.3 x max_bytes."""
+    requests = 240
+
+    def run(graph_middle: str, sink_input: str):
+        http = free_port()
+        tp = Tracepipe(f"""
+receivers:
+  apps: {{ type: otlp, http: {{ endpoint: 127.0.0.1:{http} }} }}
+{graph_middle}
+sinks:
+  out: {{ type: debug, inputs: [{sink_input}], verbosity: none }}
+""", "tsmem")
+        tp.start()
+        time.sleep(0.5)
+        idle = peak_rss(tp.proc.pid)
+        sent = _push(http, requests)
+        return tp, idle, sent
+
+    base, base_idle, _ = run("", "apps")
+    try:
+        base_extra = peak_rss(base.proc.pid) - base_idle
+        assert base.stop() == 0
+    finally:
+        base.__exit__(None, None, None)
+
+    tp, idle, sent = run(f"""processors:
+  sample:
+    type: tail_sampling
+    inputs: [apps]
+    decision_wait: 60s
+    max_bytes: {MAX_BYTES}
+    policies: [ {{ name: all, type: always_sample }} ]""", "sample")
+    try:
+        assert sent >= 3 * MAX_BYTES / 1100
+        m = tp.metrics()
+        assert metric_sum(m, "tracepipe_processor_tail_sampling_early_decisions_total", reason="memory") > 0
+        assert metric_sum(m, "tracepipe_processor_tail_sampling_bytes_held") <= MAX_BYTES
+        # Every span is delivered or still held: none lost.
+        wait_for(lambda: metric_sum(tp.metrics(), "tracepipe_sink_sent_spans_total", sink="out") + 8 * metric_sum(tp.metrics(), "tracepipe_processor_tail_sampling_traces_held") == sent,
+                 what="sent = delivered + held")
+        extra = peak_rss(tp.proc.pid) - idle
+        print(f"sent {sent} spans; peak above idle {extra >> 20} MiB with the processor, {base_extra >> 20} MiB without; max_bytes {MAX_BYTES >> 20} MiB")
+        assert extra - base_extra <= 1.3 * MAX_BYTES, f"{(extra - base_extra) >> 20} MiB over the graph without the processor"
+        assert tp.stop() == 0
+    finally:
+        tp.__exit__(None, None, None)
+    assert "panicked" not in tp.logs()
