@@ -238,3 +238,71 @@ sinks:
     finally:
         tp.__exit__(None, None, None)
     assert "panicked" not in tp.logs()
+
+
+def test_kill_9_behind_the_kafka_receiver_loses_nothing():
+    """Records are read by a gateway (kafka -> tail_sampling with a 60 s wait) that is killed
+    with SIGKILL while it holds every trace undecided: no offset was committed, because a held
+    batch's acknowledgement is released only once its traces are decided and delivered. The next
+    gateway of the group reads the records again and keeps exactly the error traces, whole."""
+    from confluent_kafka import Producer
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+    from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status as PbStatus
+    from harness import Tansu
+
+    errors, spans_sent = set(), 0
+    with Tansu() as kafka:
+        kafka.create_topic("in", 1)
+        prod = Producer({"bootstrap.servers": kafka.bootstrap})
+        for r in range(20):
+            spans = []
+            for t in range(5):
+                tid = os.urandom(16)
+                root = os.urandom(8)
+                for i in range(3):
+                    sp = Span(trace_id=tid, span_id=root if i == 0 else os.urandom(8), parent_span_id=b"" if i == 0 else root,
+                              name=f"op{i}", start_time_unix_nano=1_700_000_000_000_000_000, end_time_unix_nano=1_700_000_000_001_000_000)
+                    if t == 0 and i == 2:
+                        sp.status.CopyFrom(PbStatus(code=PbStatus.STATUS_CODE_ERROR))
+                        errors.add(tid.hex())
+                    spans.append(sp)
+            spans_sent += len(spans)
+            prod.produce("in", ExportTraceServiceRequest(resource_spans=[ResourceSpans(scope_spans=[ScopeSpans(spans=spans)])]).SerializeToString())
+        assert prod.flush(10) == 0
+
+        def gateway(wait: str, name: str):
+            tp = Tracepipe("PLACEHOLDER", name)
+            out = tp.dir / "spans.jsonl"
+            tp.config_path.write_text(f"""
+receivers:
+  bus: {{ type: kafka, brokers: ["{kafka.bootstrap}"], topic: in, group_id: gateway, initial_offset: earliest, session_timeout: 6s, heartbeat_interval: 1s }}
+processors:
+  sample:
+    type: tail_sampling
+    inputs: [bus]
+    decision_wait: {wait}
+    policies: [ {{ name: errors, type: status_code, status_codes: [ERROR] }} ]
+sinks:
+  file: {{ type: debug, inputs: [sample], verbosity: none, path: {out} }}
+telemetry: {{ metrics: {{ endpoint: 127.0.0.1:{tp.metrics_port} }} }}
+""")
+            return tp, out
+
+        first, first_out = gateway("60s", "gw1")
+        with first:
+            wait_for(lambda: metric_sum(first.metrics(), "tracepipe_processor_tail_sampling_traces_held") == 100, timeout=90, what="every trace held")
+            first.stop(sig=9)
+        assert read_jsonl_spans(first_out) == []
+        second, out = gateway("1s", "gw2")
+        with second:
+            wait_for(lambda: len(read_jsonl_spans(out)) >= 60, timeout=90, what="the error traces after the restart")
+            time.sleep(2)
+            got = read_jsonl_spans(out)
+            by_trace = {}
+            for s in got:
+                by_trace.setdefault(s["span"]["traceId"], []).append(s["span"]["spanId"])
+            assert set(by_trace) == errors
+            assert all(len(v) == 3 and len(set(v)) == 3 for v in by_trace.values()), "each kept trace whole, once"
+            m = second.metrics()
+            assert metric_sum(m, "tracepipe_processor_tail_sampling_traces_total") == 100
+            assert second.stop() == 0
