@@ -73,6 +73,10 @@ impl SampledCache {
     pub fn len(&self) -> usize {
         self.cur.len() + self.old.len()
     }
+    /// Every entry, oldest generation first.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, Kept)> + '_ {
+        self.old.iter().chain(self.cur.iter()).map(|(k, v)| (*k, *v))
+    }
 }
 
 /// Not-sampled (and dropped) trace ids.
@@ -104,5 +108,9 @@ impl NotSampledCache {
     /// Ids remembered.
     pub fn len(&self) -> usize {
         self.cur.len() + self.old.len()
+    }
+    /// Every fingerprint, oldest generation first.
+    pub fn iter(&self) -> impl Iterator<Item = u64> + '_ {
+        self.old.iter().chain(self.cur.iter()).copied()
     }
 }

@@ -62,6 +62,7 @@ struct Settings {
     mark_policy: bool,
     sample_on_first_match: bool,
     drop_pending_traces_on_shutdown: bool,
+    state_dir: Option<String>,
     /// Read apart.
     policies: serde::de::IgnoredAny,
 }
@@ -83,6 +84,7 @@ impl Default for Settings {
             mark_policy: true,
             sample_on_first_match: false,
             drop_pending_traces_on_shutdown: false,
+            state_dir: None,
             policies: serde::de::IgnoredAny,
         }
     }
@@ -118,6 +120,9 @@ pub struct TailSamplingConfig {
     pub sample_on_first_match: bool,
     /// On shutdown, drop held traces (counted) instead of deciding them on what they have.
     pub drop_pending_traces_on_shutdown: bool,
+    /// Where held traces and decision caches are written at shutdown and read at the next
+    /// start (instead of deciding held traces on what they have).
+    pub state_dir: Option<std::path::PathBuf>,
     /// The policies, in order.
     pub policies: Vec<PolicyConfig>,
 }
@@ -139,6 +144,7 @@ impl Default for TailSamplingConfig {
             mark_policy: true,
             sample_on_first_match: false,
             drop_pending_traces_on_shutdown: false,
+            state_dir: None,
             policies: Vec::new(),
         }
     }
@@ -746,6 +752,12 @@ impl TailSamplingConfig {
             (None, Some(true)) => OnFull::Refuse,
             (None, _) => OnFull::DecideOldest,
         };
+        if s.state_dir.as_deref() == Some("") {
+            errors.push(ConfigError::new(file, at("state_dir"), "state_dir must not be empty (leave it out to decide held traces at shutdown)"));
+        }
+        if s.state_dir.is_some() && s.drop_pending_traces_on_shutdown {
+            errors.push(ConfigError::new(file, at("drop_pending_traces_on_shutdown"), "drop_pending_traces_on_shutdown and state_dir exclude each other"));
+        }
         let mut r = Reader { file, errors: Vec::new() };
         let policies = match node.get("policies") {
             Some(p) => r.policies(p, 0),
@@ -775,6 +787,7 @@ impl TailSamplingConfig {
             mark_policy: s.mark_policy,
             sample_on_first_match: s.sample_on_first_match,
             drop_pending_traces_on_shutdown: s.drop_pending_traces_on_shutdown,
+            state_dir: s.state_dir.map(std::path::PathBuf::from),
             policies,
         })
     }

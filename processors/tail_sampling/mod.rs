@@ -10,16 +10,17 @@
 //! - Late spans follow the cached decision ([`cache`]); kept spans carry the deciding policy and
 //!   their adjusted count (`mark_policy`).
 //! - Shutdown decides every held trace on what it has (or drops them with
-//!   `drop_pending_traces_on_shutdown`), and flushes.
+//!   `drop_pending_traces_on_shutdown`), and flushes; with `state_dir` it writes them and the
+//!   decision caches instead, and the next start takes them up ([`state`]).
 //!
 //! Not done yet (see the issue): the `sql` policy, the adaptive `dynamic` and `throughput`
-//! samplers, consistent-probability tracestate (`ot=th:`), `state_dir` persistence across
-//! restarts, and `tracepipe sample`.
+//! samplers, consistent-probability tracestate (`ot=th:`), and `tracepipe sample`.
 
 pub mod cache;
 mod config;
 pub mod policy;
 mod processor;
+pub mod state;
 pub mod trace;
 
 #[cfg(test)]

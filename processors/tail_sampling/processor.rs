@@ -29,7 +29,8 @@ use tracepipe_pipeline::{Batch, BatchStatus, Finalizer};
 use super::cache::{Kept, NotSampledCache, SampledCache};
 use super::config::{OnFull, TailSamplingConfig};
 use super::policy::{Decision, Final, Policies};
-use super::trace::{encode_segments, fingerprint, put_len, split, Incoming, Trace, TraceId, IdMap, Segment, TRACE_OVERHEAD};
+use super::state::{self, Saved, SavedTrace};
+use super::trace::{encode_segments, fingerprint, put_len, shard_of_fingerprint, split, IdMap, Incoming, Segment, Trace, TraceId, TRACE_OVERHEAD};
 
 /// A kept trace's spans are flushed downstream in batches of about this many bytes.
 const OUT_BATCH_BYTES: usize = 4 * 1024 * 1024;
@@ -401,13 +402,51 @@ impl Shard {
         self.m.bytes_held.set(self.held.load(Ordering::Relaxed) as f64);
     }
 
+    /// At shutdown with `state_dir`: this decider's held traces (oldest first, unmarked) and
+    /// caches. The traces stay held until [`Shard::saved`] says the file is written.
+    pub fn save(&self, now: Instant) -> Saved {
+        let mut out = Saved { policies: self.policies.list.iter().map(|p| p.name.clone()).collect(), ..Saved::default() };
+        for (_, id, seq) in &self.wait_q {
+            let Some(t) = self.traces.get(id).filter(|t| t.seq == *seq) else { continue };
+            let mut data = Vec::new();
+            encode_segments(&t.segments, None, &mut data);
+            out.traces.push(SavedTrace { id: *id, age_ms: now.saturating_duration_since(t.first).as_millis() as u64, data });
+        }
+        out.sampled = self.sampled.iter().map(|(fp, k)| (fp, k.policy, k.probability)).collect();
+        out.not_sampled = self.not_sampled.iter().collect();
+        out
+    }
+
+    /// The saved traces are on disk: release them (their acknowledgements report delivered; the
+    /// file now holds them).
+    pub fn saved(&mut self) {
+        for (_, t) in self.traces.drain() {
+            self.held.fetch_sub(t.bytes as i64, Ordering::Relaxed);
+            self.m.traces_held.decrement(1.0);
+        }
+        self.wait_q.clear();
+        self.root_q.clear();
+        self.m.bytes_held.set(self.held.load(Ordering::Relaxed) as f64);
+    }
+
+    /// Takes up a saved trace, held since `first`.
+    pub fn restore(&mut self, inc: Incoming, first: Instant) {
+        self.ingest(inc, first);
+    }
+
+    /// Takes up saved decisions (policy indices already mapped to this configuration).
+    pub fn restore_caches(&mut self, sampled: impl Iterator<Item = (u64, Kept)>, not_sampled: impl Iterator<Item = u64>) {
+        sampled.for_each(|(fp, k)| self.sampled.insert(fp, k));
+        not_sampled.for_each(|fp| self.not_sampled.insert(fp));
+    }
+
     /// Batches ready to go downstream.
     pub fn take_ready(&mut self) -> Vec<Batch> {
         self.out.seal();
         std::mem::take(&mut self.out.ready)
     }
 
-    async fn run(mut self, mut rx: mpsc::Receiver<Incoming>, output: Output, name: String) -> Result<(), ComponentError> {
+    async fn run(mut self, mut rx: mpsc::Receiver<Incoming>, output: Output, name: String, index: usize) -> Result<(), ComponentError> {
         loop {
             let next = self.next_deadline();
             let sleep = async move {
@@ -432,7 +471,29 @@ impl Shard {
                 output.send(b).await.map_err(|e| ComponentError(format!("processor `{name}`: downstream stopped: {e}")))?;
             }
         }
-        self.finish(Instant::now());
+        let mut saved = false;
+        if let Some(dir) = self.cfg.state_dir.clone() {
+            let now = Instant::now();
+            let state = self.save(now);
+            let traces = state.traces.len();
+            match tokio::task::spawn_blocking({
+                let name = name.clone();
+                move || state::write(&dir, &name, index, &state)
+            })
+            .await
+            {
+                Ok(Ok(path)) => {
+                    tracing::info!(message = "Held traces saved for the next start.", processor = %name, traces, path = %path.display());
+                    self.saved();
+                    saved = true;
+                }
+                Ok(Err(error)) => tracing::error!(message = "Cannot save held traces; deciding them now.", processor = %name, %error),
+                Err(error) => tracing::error!(message = "Cannot save held traces; deciding them now.", processor = %name, %error),
+            }
+        }
+        if !saved {
+            self.finish(Instant::now());
+        }
         for b in self.take_ready() {
             output.send(b).await.map_err(|e| ComponentError(format!("processor `{name}`: downstream stopped: {e}")))?;
         }
@@ -458,6 +519,13 @@ pub struct Front {
 }
 
 impl Front {
+    /// Deals one `TracesData` buffer's spans to the shards (a saved trace).
+    pub fn split_bytes(&self, buf: &[u8]) -> Result<Vec<Incoming>, tracepipe_pipeline::wire::WireError> {
+        let mut parts: Vec<Incoming> = (0..self.shards).map(|_| Incoming::default()).collect();
+        split(buf, self.shards, &self.held, &mut parts)?;
+        Ok(parts)
+    }
+
     /// Deals a batch's spans to the shards; a batch that does not decode is counted, reported
     /// rejected and dropped.
     pub fn split(&self, batch: &Batch) -> Vec<Incoming> {
@@ -485,6 +553,49 @@ impl Front {
     }
 }
 
+/// Takes up what the last run saved in `dir`: traces (oldest first, each held for what remains
+/// of its wait) and cached decisions (policies matched by name).
+pub fn restore(dir: &std::path::Path, name: &str, front: &Front, policies: &Policies, deciders: &mut [Shard]) {
+    let (saved, errors) = state::take_all(dir, name);
+    for error in errors {
+        tracing::error!(message = "Saved tail-sampling state not read; starting without it.", processor = %name, %error);
+    }
+    if saved.is_empty() {
+        return;
+    }
+    let now = Instant::now();
+    let mut traces: Vec<&SavedTrace> = saved.iter().flat_map(|s| &s.traces).collect();
+    traces.sort_by_key(|t| std::cmp::Reverse(t.age_ms));
+    let mut restored = 0usize;
+    for t in &traces {
+        match front.split_bytes(&t.data) {
+            Ok(parts) => {
+                let first = now.checked_sub(std::time::Duration::from_millis(t.age_ms)).unwrap_or(now);
+                for (i, p) in parts.into_iter().enumerate() {
+                    if p.spans > 0 {
+                        deciders[i].restore(p, first);
+                    }
+                }
+                restored += 1;
+            }
+            Err(error) => tracing::error!(message = "Saved trace does not decode; skipped.", processor = %name, %error),
+        }
+    }
+    let n = deciders.len();
+    for s in &saved {
+        let map: Vec<u16> = s.policies.iter().map(|p| policies.list.iter().position(|q| &q.name == p).map_or(u16::MAX, |i| i as u16)).collect();
+        for (i, d) in deciders.iter_mut().enumerate() {
+            d.restore_caches(
+                s.sampled.iter().filter(|(fp, ..)| shard_of_fingerprint(*fp, n) == i).map(|(fp, p, prob)| {
+                    (*fp, Kept { policy: map.get(*p as usize).copied().unwrap_or(u16::MAX), probability: *prob })
+                }),
+                s.not_sampled.iter().copied().filter(|fp| shard_of_fingerprint(*fp, n) == i),
+            );
+        }
+    }
+    tracing::info!(message = "Saved traces taken up.", processor = %name, traces = restored);
+}
+
 /// Builds the processor task.
 pub async fn build(cfg: TailSamplingConfig, mut ctx: ComponentContext) -> Result<ComponentFuture, BuildError> {
     let mut input = ctx.take_input()?;
@@ -496,12 +607,15 @@ pub async fn build(cfg: TailSamplingConfig, mut ctx: ComponentContext) -> Result
     let policies = Arc::new(Policies::new(&cfg.policies, &name, cfg.sample_on_first_match));
     let m = Metrics::new(&name);
     let front = Front { shards, held: held.clone(), dropped: m.dropped_decode.clone(), name: name.clone() };
+    let mut deciders: Vec<Shard> = (0..shards).map(|_| Shard::new(cfg.clone(), policies.clone(), held.clone(), shards, m.clone())).collect();
+    if let Some(dir) = &cfg.state_dir {
+        restore(dir, &name, &front, &policies, &mut deciders);
+    }
     let mut senders = Vec::new();
     let mut handles = Vec::new();
-    for _ in 0..shards {
+    for (i, shard) in deciders.into_iter().enumerate() {
         let (tx, rx) = mpsc::channel::<Incoming>(2);
-        let shard = Shard::new(cfg.clone(), policies.clone(), held.clone(), shards, m.clone());
-        handles.push(tokio::spawn(shard.run(rx, output.clone(), name.clone())));
+        handles.push(tokio::spawn(shard.run(rx, output.clone(), name.clone(), i)));
         senders.push(tx);
     }
     Ok(Box::pin(async move {

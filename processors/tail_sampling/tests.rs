@@ -684,3 +684,98 @@ fn size_classes_are_four_to_a_power_of_two() {
     assert_eq!(size_class(8500), 10240);
     assert_eq!(size_class(1 << 20 | 1), (1 << 20) + (1 << 18));
 }
+
+// ------------------------------------------------------------------------------------------
+// state_dir
+
+#[test]
+fn saved_state_round_trips_and_any_damage_is_refused() {
+    use super::state::{Saved, SavedTrace};
+    let s = Saved {
+        policies: vec!["errors".into(), "baseline".into()],
+        traces: vec![SavedTrace { id: [7; 16], age_ms: 1234, data: vec![1, 2, 3] }, SavedTrace { id: [8; 16], age_ms: 5, data: vec![] }],
+        sampled: vec![(42, 1, 0.25), (43, u16::MAX, f32::NAN)],
+        not_sampled: vec![9, 10, 11],
+    };
+    let b = s.encode();
+    let d = Saved::decode(&b).unwrap();
+    assert_eq!((d.policies.clone(), d.traces.clone(), d.not_sampled.clone()), (s.policies.clone(), s.traces.clone(), s.not_sampled.clone()));
+    assert_eq!(d.sampled[0], (42, 1, 0.25));
+    assert!(d.sampled[1].2.is_nan());
+    for cut in 0..b.len() {
+        assert!(Saved::decode(&b[..cut]).is_err(), "a file cut at {cut} bytes was accepted");
+    }
+    for i in 0..b.len() {
+        let mut x = b.clone();
+        x[i] ^= 0x40;
+        assert!(Saved::decode(&x).is_err(), "a flipped byte at {i} was accepted");
+    }
+    // A hostile count with a valid checksum cannot make it allocate.
+    let mut h = b"TPTS\x01".to_vec();
+    h.extend_from_slice(&0u32.to_le_bytes());
+    h.extend_from_slice(&u64::MAX.to_le_bytes());
+    let sum = fnv1a(&[], &h);
+    h.extend_from_slice(&sum.to_le_bytes());
+    assert_eq!(Saved::decode(&h).unwrap_err(), "record count beyond the file");
+}
+
+#[test]
+fn held_traces_and_caches_survive_a_restart_with_another_shard_count() {
+    let dir = std::env::temp_dir().join(format!("ts-state-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let yaml = |shards: usize| format!("decision_wait: 10s\nshards: {shards}\nstate_dir: {}\npolicies:\n  - {{ name: errors, type: status_code, status_codes: [ERROR] }}\n", dir.display());
+    // Run 1 (2 shards): trace 1 (error) and 2 decided; traces 3 (error) and 4 held 4 s, saved.
+    let (mut shards, front) = test_shards(cfg(&yaml(2)));
+    let t0 = Instant::now();
+    let feed = |shards: &mut Vec<super::processor::Shard>, front: &super::processor::Front, b: Batch, at: Instant| {
+        for (i, p) in front.split(&b).into_iter().enumerate() {
+            shards[i].ingest(p, at);
+        }
+    };
+    feed(&mut shards, &front, encode(vec![with_status(span(1, 1, 0, 0, 1), status::StatusCode::Error), span(2, 1, 0, 0, 1)], svc("a")), t0);
+    for sh in shards.iter_mut() {
+        sh.expire(t0 + Duration::from_secs(10));
+        assert_eq!(decoded(sh.take_ready()).iter().filter(|s| trace_id(&s.0) != tid_of(1)).count(), 0);
+    }
+    let t1 = t0 + Duration::from_secs(10);
+    feed(&mut shards, &front, encode(vec![with_status(span(3, 1, 0, 0, 1), status::StatusCode::Error), span(4, 1, 0, 0, 1)], svc("a")), t1);
+    for (i, sh) in shards.iter_mut().enumerate() {
+        let saved = sh.save(t1 + Duration::from_secs(4));
+        super::state::write(&dir, "sample", i, &saved).unwrap();
+        sh.saved();
+        assert_eq!(sh.held_traces(), 0);
+        assert!(sh.take_ready().is_empty(), "saved traces are not decided");
+    }
+    // Run 2 (3 shards): the traces come back with 6 s left; the caches too.
+    let c = cfg(&yaml(3));
+    let (mut shards, front) = test_shards(c);
+    let policies = super::policy::Policies::new(&cfg(&yaml(3)).policies, "sample", false);
+    super::processor::restore(&dir, "sample", &front, &policies, &mut shards);
+    assert_eq!(shards.iter().map(|s| s.held_traces()).sum::<usize>(), 2);
+    let t2 = Instant::now();
+    for sh in shards.iter_mut() {
+        sh.expire(t2 + Duration::from_millis(5_900));
+        assert!(sh.take_ready().is_empty(), "decided before the rest of its wait");
+    }
+    let mut out = Vec::new();
+    for sh in shards.iter_mut() {
+        sh.expire(t2 + Duration::from_secs(6));
+        out.extend(decoded(sh.take_ready()));
+    }
+    assert_eq!(out.iter().map(|s| trace_id(&s.0)).collect::<Vec<_>>(), vec![tid_of(3)]);
+    // Late spans of traces decided in run 1 follow the saved decisions.
+    feed(&mut shards, &front, encode(vec![span(1, 2, 1, 0, 1), with_status(span(2, 2, 1, 0, 1), status::StatusCode::Error)], svc("a")), t2);
+    let late: Vec<_> = shards.iter_mut().flat_map(|s| decoded(s.take_ready())).collect();
+    assert_eq!(late.len(), 1);
+    assert_eq!(trace_id(&late[0].0), tid_of(1));
+    assert_eq!(shards.iter().map(|s| s.held_traces()).sum::<usize>(), 0);
+    // The files were taken: a second start finds nothing.
+    let (again, errs) = super::state::take_all(&dir, "sample");
+    assert!(again.is_empty() && errs.is_empty());
+    // A corrupt file is moved aside and reported.
+    std::fs::write(super::state::path(&dir, "sample", 0), b"TPTS\x01garbage").unwrap();
+    let (again, errs) = super::state::take_all(&dir, "sample");
+    assert!(again.is_empty() && errs.len() == 1);
+    assert!(dir.join("sample.shard-0.tailsampling.corrupt").exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -243,10 +243,15 @@ pub struct Incoming {
 
 /// Which shard owns a trace.
 pub fn shard_of(id: &TraceId, shards: usize) -> usize {
+    shard_of_fingerprint(fingerprint(id), shards)
+}
+
+/// Which shard owns the trace with this fingerprint.
+pub fn shard_of_fingerprint(fp: u64, shards: usize) -> usize {
     if shards <= 1 {
         return 0;
     }
-    ((fingerprint(id) >> 32) % shards as u64) as usize
+    ((fp >> 32) % shards as u64) as usize
 }
 
 /// Walks one `TracesData` buffer (scanned valid) and deals its spans to `shards`, grouped by

@@ -306,3 +306,69 @@ telemetry: {{ metrics: {{ endpoint: 127.0.0.1:{tp.metrics_port} }} }}
             m = second.metrics()
             assert metric_sum(m, "tracepipe_processor_tail_sampling_traces_total") == 100
             assert second.stop() == 0
+
+
+def test_sigterm_decides_held_traces_or_saves_them_to_state_dir():
+    """Without `state_dir` SIGTERM decides every held trace on what it has and flushes it; with
+    `state_dir` it writes them (and the decision caches) and the next start decides them when
+    the rest of their wait is over, and late spans follow decisions of the previous run."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+    from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status as PbStatus
+
+    def req(traces):
+        spans = []
+        for tid, error in traces:
+            sp = Span(trace_id=tid, span_id=os.urandom(8), name="op", start_time_unix_nano=1, end_time_unix_nano=2)
+            if error:
+                sp.status.CopyFrom(PbStatus(code=PbStatus.STATUS_CODE_ERROR))
+            spans.append(sp)
+        return ExportTraceServiceRequest(resource_spans=[ResourceSpans(scope_spans=[ScopeSpans(spans=spans)])]).SerializeToString()
+
+    import tempfile
+    state = tempfile.mkdtemp(prefix="ts-state-")
+    for with_state in (False, True):
+        http = free_port()
+        graph = f"""
+receivers:
+  apps: {{ type: otlp, http: {{ endpoint: 127.0.0.1:{http} }} }}
+processors:
+  sample:
+    type: tail_sampling
+    inputs: [apps]
+    decision_wait: 6s
+    {"state_dir: " + state if with_state else ""}
+    policies: [ {{ name: errors, type: status_code, status_codes: [ERROR] }} ]
+"""
+        tp, out = recording_tracepipe(graph, ["sample"], name="tsstate")
+        decided_err, decided_ok = os.urandom(16), os.urandom(16)
+        held_err, held_ok = os.urandom(16), os.urandom(16)
+        with tp:
+            assert post(http, req([(decided_err, True), (decided_ok, False)])).status_code == 200
+            wait_for(lambda: len(read_jsonl_spans(out)) == 1, timeout=15, what="the first error trace decided")
+            assert post(http, req([(held_err, True), (held_ok, False)])).status_code == 200
+            wait_for(lambda: metric_sum(tp.metrics(), "tracepipe_processor_tail_sampling_traces_held") == 2, what="two traces held")
+            time.sleep(1)
+            assert tp.stop() == 0
+        ids = [s["span"]["traceId"] for s in read_jsonl_spans(out)]
+        if not with_state:
+            assert ids == [decided_err.hex(), held_err.hex()], "SIGTERM decides what is held"
+            assert "panicked" not in tp.logs()
+            continue
+        assert ids == [decided_err.hex()], "with state_dir the held traces wait for the next start"
+        assert any(f.endswith(".tailsampling") for f in os.listdir(state)), os.listdir(state)
+        out.unlink()
+        restarted = time.time()
+        with tp:
+            # Late spans for the previous run's decisions: the error trace's is kept, the other's not.
+            assert post(http, req([(decided_err, False), (decided_ok, True)])).status_code == 200
+            wait_for(lambda: len(read_jsonl_spans(out)) >= 2, timeout=15, what="the saved error trace and a late span")
+            took = time.time() - restarted
+            assert 3 <= took <= 8, f"saved trace decided {took:.1f}s after the restart (about 5 s of its wait were left)"
+            time.sleep(1)
+            got = sorted(s["span"]["traceId"] for s in read_jsonl_spans(out))
+            assert got == sorted([decided_err.hex(), held_err.hex()])
+            m = tp.metrics()
+            assert metric_sum(m, "tracepipe_processor_tail_sampling_late_spans_total", decision="sampled") == 1
+            assert metric_sum(m, "tracepipe_processor_tail_sampling_late_spans_total", decision="not_sampled") == 1
+            assert tp.stop() == 0
+        assert "panicked" not in tp.logs()
