@@ -75,6 +75,9 @@ pub mod names {
     /// Spans that arrived after their trace was decided and followed the cached decision
     /// (`processor`, `decision` = sampled|not_sampled).
     pub const PROCESSOR_TAIL_SAMPLING_LATE_SPANS: &str = "tracepipe_processor_tail_sampling_late_spans_total";
+    /// Traces for which a policy could not be evaluated (a `sql` predicate that failed at run
+    /// time); the policy votes not sampled (`processor`).
+    pub const PROCESSOR_TAIL_SAMPLING_POLICY_ERRORS: &str = "tracepipe_processor_tail_sampling_policy_errors_total";
     /// Seconds from a trace's first span to its decision (histogram; `processor`).
     pub const PROCESSOR_TAIL_SAMPLING_DECISION_LATENCY: &str = "tracepipe_processor_tail_sampling_decision_latency_seconds";
     /// Spans per decided trace (histogram; `processor`).

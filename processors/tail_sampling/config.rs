@@ -259,6 +259,8 @@ pub enum PolicyKind {
     Not(Box<PolicyConfig>),
     /// Every sub-policy samples: the trace is dropped, whatever the other policies say.
     Drop(Vec<PolicyConfig>),
+    /// A DataFusion predicate over the trace's spans in the archive schema; any span matches.
+    Sql(std::sync::Arc<super::sql::SqlPredicate>),
     /// Sub-policies in order, each within its share of `max_total_spans_per_second`.
     Composite {
         /// Total spans per second sampled by the composite.
@@ -286,6 +288,7 @@ pub const POLICY_TYPES: &[&str] = &[
     "not",
     "drop",
     "composite",
+    "sql",
 ];
 
 #[derive(Deserialize)]
@@ -381,6 +384,13 @@ struct TraceStateCfg {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct SqlCfg {
+    #[serde(rename = "where")]
+    predicate: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RateAllocation {
     policy: String,
     percent: f64,
@@ -397,6 +407,10 @@ struct CompositeCfg {
     /// Read apart.
     #[allow(dead_code)]
     composite_sub_policy: serde::de::IgnoredAny,
+}
+
+fn at_key(s: &Node, k: &str) -> Pos {
+    s.get(k).map_or(s.pos, |n| n.pos)
 }
 
 /// Collects the errors of one policy tree.
@@ -698,10 +712,24 @@ impl Reader<'_> {
                     .collect();
                 PolicyKind::Composite { max_total_spans_per_second: total, subs }
             }
+            "sql" => {
+                let c: SqlCfg = self.de(s)?;
+                match super::sql::SqlPredicate::plan(&c.predicate) {
+                    Ok(p) => PolicyKind::Sql(std::sync::Arc::new(p)),
+                    Err(e) => {
+                        let at = match e.at {
+                            Some((l, c)) => format!(" (at line {l}, column {c} of the predicate)"),
+                            None => String::new(),
+                        };
+                        self.err(at_key(s, "where"), format!("policy `{name}`: invalid SQL predicate{at}: {}", e.message));
+                        return None;
+                    }
+                }
+            }
             "ottl_condition" => {
                 self.err(
                     ty_pos,
-                    format!("policy `{name}`: `ottl_condition` is not supported (tracepipe does not evaluate OTTL); express the condition with the attribute, status_code, latency, and/not/drop policies"),
+                    format!("policy `{name}`: `ottl_condition` is not supported (tracepipe does not evaluate OTTL); write the condition as a `sql` policy, a DataFusion predicate over the trace archive's columns: {{ type: sql, where: \"attributes['http.route'] = '/checkout' AND duration_ns > 2e8\" }}"),
                 );
                 return None;
             }

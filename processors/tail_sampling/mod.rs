@@ -13,13 +13,14 @@
 //!   `drop_pending_traces_on_shutdown`), and flushes; with `state_dir` it writes them and the
 //!   decision caches instead, and the next start takes them up ([`state`]).
 //!
-//! Not done yet (see the issue): the `sql` policy, the adaptive `dynamic` and `throughput`
-//! samplers, consistent-probability tracestate (`ot=th:`), and `tracepipe sample`.
+//! Not done yet (see the issue): the adaptive `dynamic` and `throughput` samplers,
+//! consistent-probability tracestate (`ot=th:`), and `tracepipe sample`.
 
 pub mod cache;
 mod config;
 pub mod policy;
 mod processor;
+pub mod sql;
 pub mod state;
 pub mod trace;
 

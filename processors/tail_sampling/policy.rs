@@ -238,6 +238,8 @@ enum Kind {
     Not(Box<Policy>),
     Drop(Vec<Policy>),
     Composite { total: u64, subs: Vec<(Policy, u64)>, state: Mutex<(u64, Vec<u64>)> },
+    /// Evaluated in bulk beforehand; the result is at this index of the trace's SQL bits.
+    Sql(usize),
 }
 
 /// A built policy.
@@ -248,8 +250,9 @@ pub struct Policy {
 }
 
 impl Policy {
-    /// Builds a policy (and its sub-policies) from its configuration.
-    pub fn build(c: &PolicyConfig) -> Policy {
+    /// Builds a policy (and its sub-policies) from its configuration; `sql` collects the SQL
+    /// predicates, each policy keeping its index.
+    pub fn build(c: &PolicyConfig, sql: &mut Vec<std::sync::Arc<super::sql::SqlPredicate>>) -> Policy {
         let kind = match &c.kind {
             PolicyKind::AlwaysSample => Kind::Always,
             PolicyKind::Latency { threshold_ms, upper_threshold_ms } => Kind::Latency { min_ms: *threshold_ms as u64, max_ms: *upper_threshold_ms as u64 },
@@ -275,14 +278,18 @@ impl Policy {
             PolicyKind::SpanCount { min_spans, max_spans } => Kind::SpanCount { min: *min_spans, max: *max_spans },
             PolicyKind::TraceState { key, values } => Kind::TraceState { key: key.clone(), values: values.clone() },
             PolicyKind::TraceFlags => Kind::TraceFlags,
-            PolicyKind::And(subs) => Kind::And(subs.iter().map(Policy::build).collect()),
-            PolicyKind::Not(sub) => Kind::Not(Box::new(Policy::build(sub))),
-            PolicyKind::Drop(subs) => Kind::Drop(subs.iter().map(Policy::build).collect()),
+            PolicyKind::And(subs) => Kind::And(subs.iter().map(|p| Policy::build(p, sql)).collect()),
+            PolicyKind::Not(sub) => Kind::Not(Box::new(Policy::build(sub, sql))),
+            PolicyKind::Drop(subs) => Kind::Drop(subs.iter().map(|p| Policy::build(p, sql)).collect()),
             PolicyKind::Composite { max_total_spans_per_second, subs } => Kind::Composite {
                 total: *max_total_spans_per_second,
                 state: Mutex::new((u64::MAX, vec![0; subs.len()])),
-                subs: subs.iter().map(|(p, sps)| (Policy::build(p), *sps)).collect(),
+                subs: subs.iter().map(|(p, sps)| (Policy::build(p, sql), *sps)).collect(),
             },
+            PolicyKind::Sql(pred) => {
+                sql.push(pred.clone());
+                Kind::Sql(sql.len() - 1)
+            }
         };
         Policy { name: c.name.clone(), kind }
     }
@@ -299,8 +306,8 @@ impl Policy {
         }
     }
 
-    /// Votes on a trace.
-    pub fn evaluate(&self, id: &TraceId, t: &Trace, now: Instant, epoch: Instant) -> Vote {
+    /// Votes on a trace; `sql` holds the results of the SQL predicates for it.
+    pub fn evaluate(&self, id: &TraceId, t: &Trace, now: Instant, epoch: Instant, sql: &[bool]) -> Vote {
         let yes = |b: bool| if b { Vote::Sampled } else { Vote::NotSampled };
         let inverted = |matched: bool| if matched { Vote::InvertNotSampled } else { Vote::InvertSampled };
         match &self.kind {
@@ -380,14 +387,14 @@ impl Policy {
             Kind::TraceFlags => yes(t.summary.sampled_flag),
             Kind::And(subs) => {
                 for s in subs {
-                    if matches!(s.evaluate(id, t, now, epoch), Vote::NotSampled | Vote::InvertNotSampled) {
+                    if matches!(s.evaluate(id, t, now, epoch, sql), Vote::NotSampled | Vote::InvertNotSampled) {
                         return Vote::NotSampled;
                     }
                 }
                 Vote::Sampled
             }
             Kind::Not(sub) => {
-                if sub.evaluate(id, t, now, epoch).samples() {
+                if sub.evaluate(id, t, now, epoch, sql).samples() {
                     Vote::NotSampled
                 } else {
                     Vote::Sampled
@@ -395,12 +402,13 @@ impl Policy {
             }
             Kind::Drop(subs) => {
                 for s in subs {
-                    if matches!(s.evaluate(id, t, now, epoch), Vote::NotSampled | Vote::InvertNotSampled) {
+                    if matches!(s.evaluate(id, t, now, epoch, sql), Vote::NotSampled | Vote::InvertNotSampled) {
                         return Vote::NotSampled;
                     }
                 }
                 Vote::Dropped
             }
+            Kind::Sql(i) => yes(sql.get(*i).copied().unwrap_or(false)),
             Kind::Composite { total, subs, state } => {
                 let second = now.saturating_duration_since(epoch).as_secs();
                 let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
@@ -409,7 +417,7 @@ impl Policy {
                     s.1.iter_mut().for_each(|c| *c = 0);
                 }
                 for (i, (sub, allocated)) in subs.iter().enumerate() {
-                    if sub.evaluate(id, t, now, epoch).samples() {
+                    if sub.evaluate(id, t, now, epoch, sql).samples() {
                         let if_sampled = s.1[i] + t.summary.spans;
                         if if_sampled <= *allocated && if_sampled <= *total {
                             s.1[i] = if_sampled;
@@ -433,12 +441,15 @@ pub struct Policies {
     pub sample_on_first_match: bool,
     /// Origin of the rate windows.
     pub epoch: Instant,
+    /// The SQL predicates anywhere in the tree, by index.
+    pub sql: Vec<std::sync::Arc<super::sql::SqlPredicate>>,
 }
 
 impl Policies {
     /// Builds the policies; vote counters are labelled with `processor`.
     pub fn new(cfgs: &[PolicyConfig], processor: &str, sample_on_first_match: bool) -> Policies {
-        let list: Vec<Policy> = cfgs.iter().map(Policy::build).collect();
+        let mut sql = Vec::new();
+        let list: Vec<Policy> = cfgs.iter().map(|c| Policy::build(c, &mut sql)).collect();
         let votes = list
             .iter()
             .map(|p| {
@@ -447,16 +458,16 @@ impl Policies {
                 })
             })
             .collect();
-        Policies { list, votes, sample_on_first_match, epoch: Instant::now() }
+        Policies { list, votes, sample_on_first_match, epoch: Instant::now(), sql }
     }
 
-    /// Decides a trace.
-    pub fn decide(&self, id: &TraceId, t: &Trace, now: Instant) -> Decision {
+    /// Decides a trace; `sql` holds the results of [`Policies::sql`] for it.
+    pub fn decide(&self, id: &TraceId, t: &Trace, now: Instant, sql: &[bool]) -> Decision {
         let mut first: [Option<usize>; 5] = [None; 5];
         let mut probability: Option<f64> = None;
         let mut unknown = false;
         for (i, p) in self.list.iter().enumerate() {
-            let v = p.evaluate(id, t, now, self.epoch);
+            let v = p.evaluate(id, t, now, self.epoch, sql);
             self.votes[i][v.index()].increment(1);
             first[v.index()].get_or_insert(i);
             if v.samples() {

@@ -32,6 +32,10 @@ use super::policy::{Decision, Final, Policies};
 use super::state::{self, Saved, SavedTrace};
 use super::trace::{encode_segments, fingerprint, put_len, shard_of_fingerprint, split, IdMap, Incoming, Segment, Trace, TraceId, TRACE_OVERHEAD};
 
+/// Traces decided together have their SQL predicates evaluated on one record batch of about
+/// this many spans.
+const SQL_CHUNK_SPANS: u64 = 8192;
+
 /// A kept trace's spans are flushed downstream in batches of about this many bytes.
 const OUT_BATCH_BYTES: usize = 4 * 1024 * 1024;
 
@@ -82,6 +86,7 @@ struct Metrics {
     trace_spans: Histogram,
     dropped_decode: Counter,
     dropped_shutdown: Counter,
+    sql_errors: Counter,
 }
 
 impl Metrics {
@@ -99,6 +104,7 @@ impl Metrics {
             trace_spans: metrics::histogram!(names::PROCESSOR_TAIL_SAMPLING_TRACE_SPANS, "processor" => p.to_owned()),
             dropped_decode: metrics::counter!(names::PROCESSOR_DROPPED_SPANS, "processor" => p.to_owned(), "reason" => "decode"),
             dropped_shutdown: metrics::counter!(names::PROCESSOR_DROPPED_SPANS, "processor" => p.to_owned(), "reason" => "shutdown"),
+            sql_errors: metrics::counter!(names::PROCESSOR_TAIL_SAMPLING_POLICY_ERRORS, "processor" => p.to_owned()),
         }
     }
 }
@@ -331,13 +337,14 @@ impl Shard {
 
     /// Decides every trace whose deadline has come.
     pub fn expire(&mut self, now: Instant) {
+        let mut due = Vec::new();
         while let Some(&(d, id, seq)) = self.wait_q.front() {
             if d > now {
                 break;
             }
             self.wait_q.pop_front();
             if self.traces.get(&id).is_some_and(|t| t.seq == seq) {
-                self.decide(id, None, now);
+                due.push(id);
             }
         }
         while let Some(&(d, id, seq)) = self.root_q.front() {
@@ -346,17 +353,91 @@ impl Shard {
             }
             self.root_q.pop_front();
             if self.traces.get(&id).is_some_and(|t| t.seq == seq && t.deadline <= now) {
-                self.decide(id, None, now);
+                due.push(id);
             }
         }
+        // A trace due on both queues is decided once (the second lookup finds it gone).
+        self.decide_many(&due, None, now);
         self.m.bytes_held.set(self.held.load(Ordering::Relaxed) as f64);
     }
 
     /// Decides one trace and releases it.
-    fn decide(&mut self, id: TraceId, early: Option<Early>, now: Instant) -> Option<Decision> {
-        let t = self.traces.remove(&id)?;
-        self.m.traces_held.decrement(1.0);
-        let d = self.policies.decide(&id, &t, now);
+    fn decide(&mut self, id: TraceId, early: Option<Early>, now: Instant) {
+        self.decide_many(&[id], early, now);
+    }
+
+    /// Decides traces and releases them; SQL predicates are evaluated once for all of them, on
+    /// one record batch (in chunks of about [`SQL_CHUNK_SPANS`] spans).
+    fn decide_many(&mut self, ids: &[TraceId], early: Option<Early>, now: Instant) {
+        let mut chunk: Vec<(TraceId, Trace)> = Vec::new();
+        let mut spans = 0u64;
+        for id in ids {
+            let Some(t) = self.traces.remove(id) else { continue };
+            self.m.traces_held.decrement(1.0);
+            spans += t.summary.spans;
+            chunk.push((*id, t));
+            if spans >= SQL_CHUNK_SPANS {
+                self.decide_chunk(std::mem::take(&mut chunk), early, now);
+                spans = 0;
+            }
+        }
+        if !chunk.is_empty() {
+            self.decide_chunk(chunk, early, now);
+        }
+    }
+
+    /// Each trace's SQL results, `sql.len()` per trace.
+    fn sql_bits(&self, traces: &[(TraceId, Trace)]) -> Vec<bool> {
+        use datafusion::arrow::array::Array as _;
+        let preds = &self.policies.sql;
+        let mut bits = vec![false; traces.len() * preds.len()];
+        if preds.is_empty() {
+            return bits;
+        }
+        let mut buf = Vec::new();
+        let mut spans = 0usize;
+        for (_, t) in traces {
+            encode_segments(&t.segments, None, &mut buf);
+            spans += t.summary.spans as usize;
+        }
+        let batch = match tracepipe_pipeline::archive::encoded::encoded_to_record_batch([buf.as_slice()], spans) {
+            Ok(b) => b,
+            Err(error) => {
+                self.m.sql_errors.increment(traces.len() as u64);
+                tracing::warn!(message = "Traces do not convert for the sql policies; they vote not sampled.", %error);
+                return bits;
+            }
+        };
+        for (j, p) in preds.iter().enumerate() {
+            match p.evaluate(&batch) {
+                Ok(m) => {
+                    let mut row = 0usize;
+                    for (k, (_, t)) in traces.iter().enumerate() {
+                        let n = t.summary.spans as usize;
+                        bits[k * preds.len() + j] = (row..row + n).any(|r| r < m.len() && m.is_valid(r) && m.value(r));
+                        row += n;
+                    }
+                }
+                Err(error) => {
+                    self.m.sql_errors.increment(traces.len() as u64);
+                    tracing::warn!(message = "A sql policy failed; its vote is not sampled.", predicate = %p.text, %error);
+                }
+            }
+        }
+        bits
+    }
+
+    fn decide_chunk(&mut self, traces: Vec<(TraceId, Trace)>, early: Option<Early>, now: Instant) {
+        let n = self.policies.sql.len();
+        let bits = self.sql_bits(&traces);
+        for (k, (id, t)) in traces.into_iter().enumerate() {
+            let d = self.policies.decide(&id, &t, now, &bits[k * n..(k + 1) * n]);
+            self.release(id, t, d, early, now);
+        }
+    }
+
+    /// Passes a decided trace on (kept) or forgets it (not kept), and counts.
+    fn release(&mut self, id: TraceId, t: Trace, d: Decision, early: Option<Early>, now: Instant) {
         let i = final_index(d.outcome);
         self.m.traces[i].increment(1);
         self.m.spans[i].increment(t.summary.spans);
@@ -381,11 +462,11 @@ impl Shard {
             self.not_sampled.insert(fp);
         }
         self.charge(-(t.bytes as i64));
-        Some(d)
     }
 
     /// At shutdown: decides (or, with `drop_pending_traces_on_shutdown`, drops) every held trace.
     pub fn finish(&mut self, now: Instant) {
+        let mut due = Vec::new();
         while let Some((_, id, seq)) = self.wait_q.pop_front() {
             if !self.traces.get(&id).is_some_and(|t| t.seq == seq) {
                 continue;
@@ -396,9 +477,10 @@ impl Shard {
                 self.m.dropped_shutdown.increment(t.summary.spans);
                 self.charge(-(t.bytes as i64));
             } else {
-                self.decide(id, Some(Early::Shutdown), now);
+                due.push(id);
             }
         }
+        self.decide_many(&due, Some(Early::Shutdown), now);
         self.m.bytes_held.set(self.held.load(Ordering::Relaxed) as f64);
     }
 

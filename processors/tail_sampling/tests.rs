@@ -779,3 +779,49 @@ fn held_traces_and_caches_survive_a_restart_with_another_shard_count() {
     assert!(dir.join("sample.shard-0.tailsampling.corrupt").exists());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+// ------------------------------------------------------------------------------------------
+// sql
+
+#[test]
+fn sql_predicates_plan_at_validation_and_bad_ones_are_config_errors() {
+    let c = cfg("policies:\n  - { name: checkout, type: sql, where: \"attributes['http.route'] = '/checkout' AND duration_ns > 2e8\" }\n");
+    assert!(matches!(c.policies[0].kind, super::PolicyKind::Sql(_)));
+    let e = errors(
+        "policies:\n  - { name: a, type: sql, where: \"duration_ns > > 3\" }\n  - { name: b, type: sql, where: \"no_such_column = 1\" }\n  - { name: c, type: sql, where: \"duration_ns + 1\" }\n",
+    )
+    .join("\n");
+    assert!(e.contains("2:34: policy `a`: invalid SQL predicate (at line 1, column 15 of the predicate)"), "{e}");
+    assert!(e.contains("3:34: policy `b`: invalid SQL predicate") && e.contains("no_such_column"), "{e}");
+    assert!(e.contains("policy `c`: invalid SQL predicate: the predicate is Int64, not a boolean"), "{e}");
+    let o = errors("policies:\n  - { name: o, type: ottl_condition, ottl_condition: { span: [x] } }\n").join("");
+    assert!(o.contains("write the condition as a `sql` policy"), "{o}");
+}
+
+#[test]
+fn sql_keeps_traces_with_any_matching_span_evaluated_in_bulk() {
+    // 60 traces of 1 to 5 spans decided at once: trace t has a /checkout span only when t % 7
+    // == 3, as its last span; durations vary so the row-to-trace mapping is exercised.
+    let mut batches = Vec::new();
+    let mut want = Vec::new();
+    for t in 1..=60u64 {
+        let n = (t % 5 + 1) as u8;
+        let spans: Vec<Span> = (1..=n)
+            .map(|i| {
+                let sp = span(t, i, if i == 1 { 0 } else { 1 }, 0, 300);
+                if t % 7 == 3 && i == n { with_attr(sp, kv("http.route", s("/checkout"))) } else { with_attr(sp, kv("http.route", s("/cart"))) }
+            })
+            .collect();
+        if t % 7 == 3 {
+            want.push(tid_of(t));
+        }
+        batches.push(encode(spans, svc(if t == 50 { "billing" } else { "shop" })));
+    }
+    let p = "  - { name: checkout, type: sql, where: \"attributes['http.route'] = '/checkout' AND duration_ns > 2e8\" }\n";
+    assert_eq!(kept(p, batches.clone()), want);
+    let p = "  - { name: svc, type: sql, where: \"service_name = 'billing'\" }\n";
+    assert_eq!(kept(p, batches.clone()), vec![tid_of(50)]);
+    // Inside a combinator, with another policy.
+    let p = "  - { name: a, type: and, and_sub_policy: [ { name: q, type: sql, where: \"kind = 'UNSPECIFIED' OR true\" }, { name: c, type: span_count, min_spans: 5 } ] }\n";
+    assert_eq!(kept(p, batches).len(), 12);
+}
