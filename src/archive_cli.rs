@@ -51,6 +51,104 @@ pub async fn query(archive: &Path, sql: &str, format: QueryFormat) -> Result<(),
     Ok(())
 }
 
+/// Output of `tracepipe sample`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum SampleFormat {
+    /// A text report.
+    Table,
+    /// One JSON object.
+    Json,
+}
+
+/// The `tail_sampling` processor named `name` (or the only one) of a validated graph.
+pub fn sampling_processor(g: &crate::graph::ValidGraph, name: Option<&str>) -> Result<tracepipe_processors::tail_sampling::TailSamplingConfig, String> {
+    use tracepipe_processors::ProcessorConfig;
+    let found: Vec<(&String, &tracepipe_processors::tail_sampling::TailSamplingConfig)> = g
+        .components
+        .iter()
+        .filter_map(|(n, _, _, v)| match v {
+            crate::graph::Validated::Processor(ProcessorConfig::TailSampling(c)) => Some((n, c)),
+            _ => None,
+        })
+        .collect();
+    match (name, found.as_slice()) {
+        (Some(n), _) => found.iter().find(|(m, _)| m.as_str() == n).map(|(_, c)| (*c).clone()).ok_or_else(|| format!("no tail_sampling processor named `{n}`")),
+        (None, [(_, c)]) => Ok((*c).clone()),
+        (None, []) => Err("the configuration has no tail_sampling processor".into()),
+        (None, _) => Err(format!(
+            "the configuration has several tail_sampling processors ({}); name one with --processor",
+            found.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ")
+        )),
+    }
+}
+
+fn timestamp(s: &str) -> Result<String, String> {
+    humantime::parse_rfc3339_weak(s).map_err(|e| format!("invalid time {s:?}: {e} (use RFC 3339, e.g. 2026-12-03T10:00:00Z)"))?;
+    Ok(s.to_owned())
+}
+
+/// Runs a processor's policies over the archive's traces and prints the report.
+pub async fn sample(
+    archive: &Path,
+    cfg: tracepipe_processors::tail_sampling::TailSamplingConfig,
+    from: Option<&str>,
+    to: Option<&str>,
+    format: SampleFormat,
+    list_kept: bool,
+) -> Result<(), String> {
+    use datafusion::arrow::array::{Array, FixedSizeBinaryArray};
+    use futures::StreamExt;
+    use prost::Message;
+    let mut conds = Vec::new();
+    if let Some(f) = from {
+        conds.push(format!("start_time >= TIMESTAMP '{}'", timestamp(f)?));
+    }
+    if let Some(t) = to {
+        conds.push(format!("start_time < TIMESTAMP '{}'", timestamp(t)?));
+    }
+    let filter = if conds.is_empty() { String::new() } else { format!(" WHERE trace_id IN (SELECT trace_id FROM spans WHERE {})", conds.join(" AND ")) };
+    let ctx = tracepipe_receivers::archive::session(archive, 8192).await?;
+    let df = ctx.sql(&format!("SELECT * FROM spans{filter} ORDER BY trace_id")).await.map_err(|e| one_line(&e.to_string()))?;
+    let mut stream = df.execute_stream().await.map_err(|e| one_line(&e.to_string()))?;
+    let mut sim = tracepipe_processors::tail_sampling::simulate::Simulation::new(cfg, list_kept);
+    while let Some(rb) = stream.next().await {
+        let rb = rb.map_err(|e| one_line(&e.to_string()))?;
+        if rb.num_rows() == 0 {
+            continue;
+        }
+        let rs = tracepipe_pipeline::archive::schema::from_record_batch(&rb).map_err(|e| e.to_string())?;
+        let bytes = opentelemetry_proto::tonic::trace::v1::TracesData { resource_spans: rs }.encode_to_vec();
+        sim.feed(&bytes).map_err(|e| e.to_string())?;
+        // Rows come ordered by trace id: every trace but the last one is complete.
+        let ids = rb.column_by_name("trace_id").and_then(|c| c.as_any().downcast_ref::<FixedSizeBinaryArray>()).ok_or("archive without trace_id")?;
+        let last: Option<[u8; 16]> = ids.value(ids.len() - 1).try_into().ok();
+        sim.decide_all_but(last.as_ref());
+    }
+    let r = sim.finish();
+    let mut out = std::io::stdout().lock();
+    match format {
+        SampleFormat::Json => writeln!(out, "{}", serde_json::to_string(&r).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?,
+        SampleFormat::Table => {
+            let pct = |a: u64, b: u64| if b == 0 { 0.0 } else { 100.0 * a as f64 / b as f64 };
+            let w = r.policies.iter().map(|p| p.name.len()).max().unwrap_or(6).max(6);
+            let mut t = format!("{:w$}  {:>12}  {:>12}\n", "policy", "traces", "spans");
+            for p in &r.policies {
+                t += &format!("{:w$}  {:>12}  {:>12}\n", p.name, p.traces, p.spans);
+            }
+            t += &format!(
+                "\n{} traces, {} spans read; kept {} traces ({:.2}%), {} spans ({:.2}%)\n",
+                r.traces, r.spans, r.kept_traces, pct(r.kept_traces, r.traces), r.kept_spans, pct(r.kept_spans, r.spans)
+            );
+            t += &format!("adjusted span total {:.0} against {} read (ratio {:.3})", r.adjusted_spans, r.spans, if r.spans == 0 { 0.0 } else { r.adjusted_spans / r.spans as f64 });
+            if r.unknown_adjusted_spans > 0 {
+                t += &format!("; {} kept spans have no known adjusted count (kept by a rate-based policy)", r.unknown_adjusted_spans);
+            }
+            writeln!(out, "{t}").map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(())
+}
+
 fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }

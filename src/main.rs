@@ -119,6 +119,30 @@ enum Command {
         #[arg(long)]
         access_token: Option<String>,
     },
+    /// Run a tail_sampling processor's policies over archived traces and report what they would keep.
+    Sample {
+        /// The YAML configuration holding the processor.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The tail_sampling processor (needed when the configuration has several).
+        #[arg(long)]
+        processor: Option<String>,
+        /// The archive directory.
+        #[arg(long, default_value = "./tracepipe-data/traces")]
+        archive: PathBuf,
+        /// Only traces with a span starting at or after this RFC 3339 time.
+        #[arg(long)]
+        from: Option<String>,
+        /// Only spans starting before this RFC 3339 time.
+        #[arg(long)]
+        to: Option<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = archive_cli::SampleFormat::Table)]
+        format: archive_cli::SampleFormat,
+        /// Also list the ids of the kept traces (JSON output).
+        #[arg(long)]
+        list_kept: bool,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -157,6 +181,33 @@ fn main() -> ExitCode {
             Err(code) => code,
         },
         Command::Run { config } => run(config),
+        Command::Sample { config, processor, archive, from, to, format, list_kept } => {
+            let (_, g) = match load(&Some(config)) {
+                Ok(g) => g,
+                Err(code) => return code,
+            };
+            let cfg = match archive_cli::sampling_processor(&g, processor.as_deref()) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("error: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(archive_cli::sample(&archive, cfg, from.as_deref(), to.as_deref(), format, list_kept)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Query { archive, sql, format } => {
             let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
                 Ok(rt) => rt,

@@ -13,13 +13,16 @@
 //!   `drop_pending_traces_on_shutdown`), and flushes; with `state_dir` it writes them and the
 //!   decision caches instead, and the next start takes them up ([`state`]).
 //!
-//! Not done yet (see the issue): the adaptive `dynamic` and `throughput` samplers,
-//! consistent-probability tracestate (`ot=th:`), and `tracepipe sample`.
+//! - [`simulate`] runs the policies over archived traces (`tracepipe sample`).
+//!
+//! Not done yet (see the issue): the adaptive `dynamic` and `throughput` samplers and
+//! consistent-probability tracestate (`ot=th:`).
 
 pub mod cache;
 mod config;
 pub mod policy;
 mod processor;
+pub mod simulate;
 pub mod sql;
 pub mod state;
 pub mod trace;

@@ -463,12 +463,25 @@ impl Policies {
 
     /// Decides a trace; `sql` holds the results of [`Policies::sql`] for it.
     pub fn decide(&self, id: &TraceId, t: &Trace, now: Instant, sql: &[bool]) -> Decision {
+        self.decide_votes(id, t, now, sql, None)
+    }
+
+    /// [`Policies::decide`], also recording each top-level policy's vote (`None` for policies
+    /// not evaluated: after a `Dropped` vote or, with `sample_on_first_match`, a `Sampled` one).
+    pub fn decide_votes(&self, id: &TraceId, t: &Trace, now: Instant, sql: &[bool], mut record: Option<&mut Vec<Option<Vote>>>) -> Decision {
+        if let Some(r) = record.as_deref_mut() {
+            r.clear();
+            r.resize(self.list.len(), None);
+        }
         let mut first: [Option<usize>; 5] = [None; 5];
         let mut probability: Option<f64> = None;
         let mut unknown = false;
         for (i, p) in self.list.iter().enumerate() {
             let v = p.evaluate(id, t, now, self.epoch, sql);
             self.votes[i][v.index()].increment(1);
+            if let Some(r) = record.as_deref_mut() {
+                r[i] = Some(v);
+            }
             first[v.index()].get_or_insert(i);
             if v.samples() {
                 match p.probability() {

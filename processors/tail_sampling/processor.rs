@@ -188,6 +188,8 @@ pub struct Shard {
     m: Metrics,
     /// This shard's share of `num_traces` (0 = none).
     num_traces: usize,
+    /// In `tracepipe sample`: what the decisions add up to.
+    tally: Option<Box<super::simulate::Tally>>,
 }
 
 impl Shard {
@@ -208,7 +210,29 @@ impl Shard {
             batches: 0,
             out: Out::default(),
             m,
+            tally: None,
         }
+    }
+
+    /// A decider for `tracepipe sample`, with its front (one shard).
+    pub(crate) fn simulation(cfg: Arc<TailSamplingConfig>, policies: Arc<Policies>, held: Arc<AtomicI64>, tally: super::simulate::Tally) -> (Shard, Front) {
+        let m = Metrics::new("sample");
+        let front = Front { shards: 1, held: held.clone(), dropped: m.dropped_decode.clone(), name: "sample".into() };
+        let mut shard = Shard::new(cfg, policies, held, 1, m);
+        shard.tally = Some(Box::new(tally));
+        (shard, front)
+    }
+
+    /// Decides every held trace but `open`.
+    pub(crate) fn decide_all_but(&mut self, open: Option<&TraceId>, now: Instant) {
+        let ids: Vec<TraceId> = self.wait_q.iter().map(|(_, id, _)| *id).filter(|id| Some(id) != open).collect();
+        self.wait_q.retain(|(_, id, _)| Some(id) == open);
+        self.decide_many(&ids, None, now);
+    }
+
+    /// The tally of a simulation.
+    pub(crate) fn take_tally(&mut self) -> Option<super::simulate::Tally> {
+        self.tally.take().map(|t| *t)
     }
 
     fn charge(&self, n: i64) {
@@ -431,7 +455,15 @@ impl Shard {
         let n = self.policies.sql.len();
         let bits = self.sql_bits(&traces);
         for (k, (id, t)) in traces.into_iter().enumerate() {
-            let d = self.policies.decide(&id, &t, now, &bits[k * n..(k + 1) * n]);
+            let sql = &bits[k * n..(k + 1) * n];
+            let d = match self.tally.as_deref_mut() {
+                Some(tally) => {
+                    let d = self.policies.decide_votes(&id, &t, now, sql, Some(&mut tally.votes));
+                    tally.add(&id, t.summary.spans, d.outcome, d.probability);
+                    d
+                }
+                None => self.policies.decide(&id, &t, now, sql),
+            };
             self.release(id, t, d, early, now);
         }
     }

@@ -6,7 +6,9 @@ the probabilistic policy picks the same traces as the OTel Collector's algorithm
 salt and the trace id, computed here independently). A second test pushes three times
 `max_bytes` through the processor and reads the process's peak RSS from /proc."""
 
+import json
 import os
+import subprocess
 import time
 
 from opentelemetry import trace as otel_trace
@@ -15,7 +17,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import Status, StatusCode
 
-from harness import Tracepipe, free_port, metric_sum, peak_rss, read_jsonl_spans, recording_tracepipe, wait_for
+from harness import Tracepipe, free_port, metric_sum, peak_rss, read_jsonl_spans, recording_tracepipe, tracepipe_bin, wait_for
 from otlp_wire import post
 from sdk import exporter
 
@@ -59,7 +61,14 @@ def hexid(i: int, n: int) -> str:
 
 def test_sdk_traces_are_kept_whole_exactly_as_the_policies_say_and_late_spans_follow():
     grpc = free_port()
-    tp, out = recording_tracepipe(GRAPH.format(grpc=grpc), ["sample"], name="ts")
+    tp = Tracepipe("PLACEHOLDER", "ts")
+    out, archive = tp.dir / "spans.jsonl", tp.dir / "archive"
+    tp.config_path.write_text(GRAPH.format(grpc=grpc) + f"""
+sinks:
+  file: {{ type: debug, inputs: [sample], verbosity: none, path: {out} }}
+  archive: {{ type: parquet, inputs: [apps], path: {archive} }}
+telemetry: {{ metrics: {{ endpoint: 127.0.0.1:{tp.metrics_port} }} }}
+""")
     with tp:
         provider = TracerProvider(resource=Resource.create({"service.name": "shop"}))
         provider.add_span_processor(BatchSpanProcessor(exporter("grpc", f"http://127.0.0.1:{grpc}"), max_export_batch_size=512, schedule_delay_millis=100, max_queue_size=20000))
@@ -141,7 +150,8 @@ def test_sdk_traces_are_kept_whole_exactly_as_the_policies_say_and_late_spans_fo
         dropped = next(t for t in plain if t not in expect)
         for t in (errors[0], dropped):
             ctx = otel_trace.set_span_in_context(otel_trace.NonRecordingSpan(contexts[t]))
-            tracer.start_span("late", context=ctx).end()
+            # Timed inside the trace, so the late span does not change what the policies see.
+            tracer.start_span("late", context=ctx, start_time=now + 5000).end(end_time=now + 6000)
         provider.force_flush()
         wait_for(lambda: metric_sum(tp.metrics(), "tracepipe_processor_tail_sampling_late_spans_total") >= 2, what="two late spans counted")
         time.sleep(4)  # longer than decision_wait: a late span must not open a new trace
@@ -159,6 +169,23 @@ def test_sdk_traces_are_kept_whole_exactly_as_the_policies_say_and_late_spans_fo
         provider.shutdown()
         assert tp.stop() == 0
         assert "panicked" not in tp.logs()
+
+    # `tracepipe sample` over the archive of everything the receiver got keeps the same traces.
+    p = subprocess.run([tracepipe_bin(), "sample", "--config", str(tp.config_path), "--archive", str(archive), "--format", "json", "--list-kept"],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    report = json.loads(p.stdout)
+    assert {int(t, 16) for t in report["kept_trace_ids"]} == expect
+    assert report["traces"] == len(spans_of)
+    assert report["spans"] == sum(spans_of.values()) + 2  # and the two late spans
+    by_policy = {x["name"]: x["traces"] for x in report["policies"]}
+    assert by_policy["errors"] == 11 and by_policy["slow"] == 10 and by_policy["vip"] == 10
+    assert by_policy["baseline"] == sum(1 for t in spans_of if kept_by_baseline(t, 10))
+    # The adjusted counts estimate the spans of the traces the baseline policy stands for.
+    assert report["unknown_adjusted_spans"] == 0
+    table = subprocess.run([tracepipe_bin(), "sample", "--config", str(tp.config_path), "--archive", str(archive)], capture_output=True, text=True, timeout=120)
+    assert table.returncode == 0 and "adjusted span total" in table.stdout, table.stdout + table.stderr
+    print(table.stdout)
 
 
 def _push(http: int, requests: int) -> int:
