@@ -14,7 +14,14 @@ Scenarios:
            runs as in `kafka`
 After each Kafka run every record is read back (confluent-kafka) and its spans counted.
 
-usage: python tests/bench/bench.py [--total N] [--scenarios discard,export,kafka,kafka_keyed]"""
+  tail     (tracepipe only; Rotel has no tail sampling) OTLP gRPC -> tail_sampling (errors +
+           latency 500 ms + 10% probabilistic + one string_attribute; decision_wait 5s) ->
+           discard, 10-span traces with new ids per request, against the same graph without the
+           processor; then with one `sql` policy added; then shards 1 and 2 on both cores. Reports
+           the processor's own CPU per span, held bytes per held wire byte, and the kept
+           fraction against what the policies imply.
+
+usage: python tests/bench/bench.py [--total N] [--scenarios discard,export,kafka,kafka_keyed,tail]"""
 
 import argparse
 import json
@@ -157,6 +164,106 @@ telemetry: {{ metrics: {{ endpoint: 127.0.0.1:{mport} }}, logs: {{ level: warn }
             kafka.__exit__(None, None, None)
 
 
+TAIL_POLICIES = """
+      - { name: errors, type: status_code, status_codes: [ERROR] }
+      - { name: slow, type: latency, threshold_ms: 500 }
+      - { name: baseline, type: probabilistic, sampling_percentage: 10 }
+      - { name: vip, type: string_attribute, key: user.tier, values: [gold] }"""
+TAIL_SQL = """
+      - { name: checkout, type: sql, where: "attributes['http.route'] = '/checkout' AND duration_ns > 2e8" }"""
+
+
+def metrics_of(mport: int) -> dict:
+    import urllib.request
+    text = urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=5).read().decode()
+    from harness import parse_metrics
+    return parse_metrics(text)
+
+
+def run_tail(variant: str, total: int, workdir: Path) -> dict:
+    """One tail-sampling benchmark run; variant: none | tail | tail_sql | shards1 | shards2."""
+    port, mport = free_port(), free_port()
+    cpus = "0,1" if variant.startswith("shards") else "1"
+    if variant == "none":
+        middle, inp = "", "in"
+    else:
+        policies = TAIL_POLICIES + (TAIL_SQL if variant == "tail_sql" else "")
+        shards = {"shards1": "\n    shards: 1", "shards2": "\n    shards: 2"}.get(variant, "")
+        middle = f"""processors:
+  sample:
+    type: tail_sampling
+    inputs: [in]
+    decision_wait: 5s{shards}
+    policies:{policies}
+"""
+        inp = "sample"
+    cfg = f"""
+receivers:
+  in: {{ type: otlp, grpc: {{ endpoint: 127.0.0.1:{port} }} }}
+{middle}
+sinks:
+  drop: {{ type: debug, inputs: [{inp}], verbosity: none }}
+telemetry: {{ metrics: {{ endpoint: 127.0.0.1:{mport} }}, logs: {{ level: warn }} }}
+"""
+    proc = start_tracepipe(cfg, cpus, workdir, f"tp-tail-{variant}")
+    try:
+        wait_port(port, what="tracepipe")
+        time.sleep(0.5)
+        py = str(ROOT / "tests/.venv/bin/python")
+        gen = ["taskset", "-c", "0", py, str(ROOT / "tests/bench/loadgen.py"), "--endpoint", f"127.0.0.1:{port}", "--shape", "tail"]
+        subprocess.run(gen + ["--total", "100000", "--first-seq", str(1 << 40)], check=True, capture_output=True)
+        time.sleep(6.0)  # the warm-up's traces decided
+        cpu0 = cpu_seconds(proc.pid)
+        m0 = metrics_of(mport)
+        lg = subprocess.Popen(gen + ["--total", str(total)], stdout=subprocess.PIPE, text=True)
+        held_ratio, held_max = 0.0, 0.0
+        while lg.poll() is None:
+            time.sleep(0.5)
+            if variant != "none":
+                m = metrics_of(mport)
+                b, t = metric_sum(m, "tracepipe_processor_tail_sampling_bytes_held"), metric_sum(m, "tracepipe_processor_tail_sampling_traces_held")
+                if t > 1000:
+                    held_max = max(held_max, b)
+                    held_ratio = max(held_ratio, b / t)
+        res = json.loads(lg.stdout.read())
+        time.sleep(6.0)  # every trace decided
+        cpu1 = cpu_seconds(proc.pid)
+        m1 = metrics_of(mport)
+        out = {"variant": variant, "spans": res["spans"], "spans_per_s": res["spans"] / res["seconds"],
+               "cpu_us_per_span": (cpu1 - cpu0) * 1e6 / res["spans"], "peak_rss_mib": peak_rss_mib(proc.pid),
+               "span_bytes": res["span_bytes"], "refused_requests": res["refused_requests"]}
+        if variant != "none":
+            d = lambda name, **l: metric_sum(m1, name, **l) - metric_sum(m0, name, **l)
+            kept = d("tracepipe_processor_tail_sampling_traces_total", decision="sampled")
+            all_ = d("tracepipe_processor_tail_sampling_traces_total")
+            per_req = 50
+            det = sum(1 for k in range(per_req) if k % 20 in (0, 1) or k % 50 == 2) / per_req
+            out.update({"kept_fraction": kept / all_ if all_ else 0.0, "expected_fraction": det + (1 - det) * 0.10, "traces": all_,
+                        # held bytes per held span over the span's bytes on the wire (10 spans a trace)
+                        "held_bytes_per_wire_byte": held_ratio / (10 * res["span_bytes"]) if held_ratio else None,
+                        "held_max_mib": held_max / 2**20})
+        return out
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
+def tail_report(rows: list) -> None:
+    by = {r["variant"]: r for r in rows}
+    print("| variant | spans/s | CPU-µs/span | peak RSS MiB | held bytes / wire byte | kept fraction (expected) |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        hb = f"{r['held_bytes_per_wire_byte']:.2f}" if r.get("held_bytes_per_wire_byte") else ""
+        kf = f"{r['kept_fraction']:.4f} ({r['expected_fraction']:.4f})" if "kept_fraction" in r else ""
+        print(f"| {r['variant']} | {r['spans_per_s']:,.0f} | {r['cpu_us_per_span']:.2f} | {r['peak_rss_mib']:.1f} | {hb} | {kf} |")
+    if "none" in by and "tail" in by:
+        print(f"tail_sampling's own cost: {by['tail']['cpu_us_per_span'] - by['none']['cpu_us_per_span']:.2f} CPU-µs per span")
+    if "tail" in by and "tail_sql" in by:
+        print(f"one sql policy adds {by['tail_sql']['cpu_us_per_span'] - by['tail']['cpu_us_per_span']:.2f} CPU-µs per span")
+    if "shards1" in by and "shards2" in by:
+        print(f"shards 2 / shards 1 throughput on 2 cores: {by['shards2']['spans_per_s'] / by['shards1']['spans_per_s']:.2f}x")
+
+
 def kafka_spans(kafka, topic: str) -> int:
     """Spans in every record of the topic (warm-up included), read back after the run."""
     from opentelemetry.proto.trace.v1 import trace_pb2
@@ -172,6 +279,18 @@ def main():
     ap.add_argument("--scenarios", default="discard,export")
     a = ap.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="tp-bench-"))
+    scenarios = a.scenarios.split(",")
+    if "tail" in scenarios:
+        scenarios.remove("tail")
+        tail_rows = []
+        for v in ("none", "tail", "tail_sql", "shards1", "shards2"):
+            r = run_tail(v, a.total, workdir)
+            tail_rows.append(r)
+            print(json.dumps(r), flush=True)
+        tail_report(tail_rows)
+        if not scenarios:
+            return
+    a.scenarios = ",".join(scenarios)
     rows = []
     for scenario in a.scenarios.split(","):
         for collector in ("tracepipe", "rotel"):

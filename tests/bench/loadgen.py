@@ -57,6 +57,40 @@ def build_mesh_request(n: int) -> bytes:
     return ExportTraceServiceRequest(resource_spans=out).SerializeToString()
 
 
+def build_tail_request(n: int) -> bytes:
+    """n/10 traces of 10 spans each (a root and nine children) for the tail-sampling benchmark:
+    trace k % 20 == 0 has an error span, k % 20 == 1 is slow (600 ms root), k % 50 == 2 has
+    user.tier=gold; every trace id starts with the 8-byte marker TTTTTTTT that the sender
+    replaces per request, so every request brings new traces."""
+    spans = []
+    for k in range(n // 10):
+        tid = b"TTTTTTTT" + os.urandom(8)
+        root = os.urandom(8)
+        t0 = 1_700_000_000_000_000_000 + k * 1000
+        for i in range(10):
+            attrs = [
+                KeyValue(key="http.method", value=AnyValue(string_value="GET")),
+                KeyValue(key="http.route", value=AnyValue(string_value="/checkout" if k % 7 == 3 else "/cart")),
+                KeyValue(key="http.url", value=AnyValue(string_value=f"http://shop.default.svc.cluster.local:8080/cart/{k}/{i}")),
+                KeyValue(key="http.status_code", value=AnyValue(int_value=500 if (k % 20 == 0 and i == 9) else 200)),
+                KeyValue(key="net.peer.ip", value=AnyValue(string_value="10.12.4.17")),
+                KeyValue(key="component", value=AnyValue(string_value="proxy")),
+                KeyValue(key="response_size", value=AnyValue(int_value=1843)),
+            ]
+            if k % 50 == 2 and i == 3:
+                attrs.append(KeyValue(key="user.tier", value=AnyValue(string_value="gold")))
+            sp = Span(trace_id=tid, span_id=root if i == 0 else os.urandom(8), parent_span_id=b"" if i == 0 else root,
+                      name=f"GET /cart/{i}", kind=Span.SPAN_KIND_SERVER if i == 0 else Span.SPAN_KIND_CLIENT,
+                      start_time_unix_nano=t0 + i * 1000, end_time_unix_nano=t0 + (600_000_000 if (k % 20 == 1 and i == 0) else 4_000_000 + i),
+                      attributes=attrs)
+            if k % 20 == 0 and i == 9:
+                sp.status.code = sp.status.STATUS_CODE_ERROR
+            spans.append(sp)
+    rs = ResourceSpans(scope_spans=[ScopeSpans(spans=spans)])
+    rs.resource.attributes.append(KeyValue(key="service.name", value=AnyValue(string_value="shop")))
+    return ExportTraceServiceRequest(resource_spans=[rs]).SerializeToString()
+
+
 def build_request(n: int, guid: bool = True) -> bytes:
     spans = []
     for i in range(n):
@@ -87,10 +121,17 @@ def main():
     ap.add_argument("--total", type=int, default=2_000_000)
     ap.add_argument("--spans-per-request", type=int, default=500)
     ap.add_argument("--streams", type=int, default=8)
-    ap.add_argument("--shape", choices=["plain", "noguid", "mesh"], default="plain",
-                    help="plain: the Rotel reference spans; noguid: the same without a guid attribute; mesh: x-request-id-only fragments, a new guid per request")
+    ap.add_argument("--first-seq", type=int, default=0, help="request numbering starts after this (new trace ids for the tail shape)")
+    ap.add_argument("--shape", choices=["plain", "noguid", "mesh", "tail"], default="plain",
+                    help="plain: the Rotel reference spans; noguid: the same without a guid attribute; mesh: x-request-id-only fragments, a new guid per request; "
+                         "tail: 10-span traces with 5%% errors, 5%% slow, 2%% gold, new trace ids per request")
     a = ap.parse_args()
-    body = build_mesh_request(a.spans_per_request) if a.shape == "mesh" else build_request(a.spans_per_request, a.shape == "plain")
+    if a.shape == "mesh":
+        body = build_mesh_request(a.spans_per_request)
+    elif a.shape == "tail":
+        body = build_tail_request(a.spans_per_request)
+    else:
+        body = build_request(a.spans_per_request, a.shape == "plain")
     per_request = a.spans_per_request
     need = a.total // per_request
     lock = threading.Lock()
@@ -104,8 +145,13 @@ def main():
                 if state["issued"] >= need:
                     return
                 state["issued"] += 1
-                seq = state["issued"]
-            req = body.replace(b"RRRRRRRR", b"%08x" % seq) if a.shape == "mesh" else body
+                seq = state["issued"] + a.first_seq
+            if a.shape == "mesh":
+                req = body.replace(b"RRRRRRRR", b"%08x" % seq)
+            elif a.shape == "tail":
+                req = body.replace(b"TTTTTTTT", seq.to_bytes(8, "big"))
+            else:
+                req = body
             while True:
                 try:
                     call(req, timeout=30)

@@ -89,8 +89,8 @@ scrape_configs:
 
 def test_the_alerts_fire_when_they_should(tmp_path):
     """`promtool test rules`: synthetic series that should page (a sink dropping spans, Kafka lag
-    growing, a sink queue near full) fire exactly their alerts, with their summaries, and not
-    before their `for:` has passed."""
+    growing, a sink queue near full, tail sampling deciding early for memory — not for shutdown)
+    fire exactly their alerts, with their summaries, and not before their `for:` has passed."""
     (tmp_path / "alerts_test.yaml").write_text(f"""
 rule_files: ["{RULES}"]
 evaluation_interval: 1m
@@ -107,7 +107,19 @@ tests:
         values: '100000x40'
       - series: 'tracepipe_receiver_refused_spans_total{{instance="a", receiver="apps", transport="grpc", reason="pipeline_full"}}'
         values: '0x40'
+      - series: 'tracepipe_processor_tail_sampling_early_decisions_total{{instance="a", processor="sample", reason="memory"}}'
+        values: '0+50x40'
+      - series: 'tracepipe_processor_tail_sampling_early_decisions_total{{instance="a", processor="sample", reason="shutdown"}}'
+        values: '0+50x40'
     alert_rule_test:
+      - eval_time: 14m
+        alertname: TracepipeTailSamplingDecidingEarly
+        exp_alerts: []
+      - eval_time: 20m
+        alertname: TracepipeTailSamplingDecidingEarly
+        exp_alerts:
+          - exp_labels: {{ instance: a, processor: sample }}
+            exp_annotations: {{ summary: "tail sampling sample decides traces before their wait for lack of max_bytes: raise max_bytes or add replicas" }}
       - eval_time: 3m
         alertname: TracepipeSinkFailing
         exp_alerts: []
