@@ -399,3 +399,45 @@ processors:
             assert metric_sum(m, "tracepipe_processor_tail_sampling_late_spans_total", decision="not_sampled") == 1
             assert tp.stop() == 0
         assert "panicked" not in tp.logs()
+
+
+def test_envoy_mesh_xrid_an_error_in_one_fragment_keeps_the_whole_request():
+    """The real Envoy mesh (bookinfo: details -> inventory fails with 503 in every request) with
+    apps forwarding only x-request-id: each request arrives as several traces, the error in the
+    inventory fragment. Behind guid inference, tail sampling keeps every request whole, in one
+    trace; the same policy on the raw fragments keeps only the fragments with the error."""
+    from mesh.mesh import Mesh
+
+    port = free_port()
+    tp, out = recording_tracepipe(f"""
+receivers:
+  mesh: {{ type: zipkin, endpoint: 127.0.0.1:{port} }}
+processors:
+  rebuild: {{ type: guid_inference, inputs: [mesh], wait: 2s }}
+  sample: {{ type: tail_sampling, inputs: [rebuild], decision_wait: 4s, policies: [ {{ name: errors, type: status_code, status_codes: [ERROR] }} ] }}
+  fragments: {{ type: tail_sampling, inputs: [mesh], decision_wait: 4s, policies: [ {{ name: errors, type: status_code, status_codes: [ERROR] }} ] }}
+""", ["sample"], "tsmesh", also={"frag": ["fragments"]})
+    n = 20
+    with tp, Mesh("zipkin-proto", port, forward="xrid", topology="bookinfo") as mesh:
+        per = mesh.spans_per_request()
+        for _ in range(n):
+            status, _ = mesh.request()
+            assert status == 200
+        wait_for(lambda: len(read_jsonl_spans(out)) >= per * n, timeout=60, what=f"{per * n} kept spans")
+        time.sleep(1)
+
+        def by_guid(items):
+            g = {}
+            for s in items:
+                attrs = {a["key"]: a["value"].get("stringValue") for a in s["span"].get("attributes", [])}
+                g.setdefault(attrs["guid:x-request-id"], []).append(s["span"]["traceId"])
+            return g
+
+        whole = by_guid(read_jsonl_spans(out))
+        assert len(whole) == n
+        for guid, traces in whole.items():
+            assert len(traces) == per and len(set(traces)) == 1, f"request {guid}: {len(traces)} spans in {len(set(traces))} traces"
+        frags = by_guid(read_jsonl_spans(tp.dir / "frag.jsonl"))
+        assert len(frags) == n
+        assert all(0 < len(t) < per for t in frags.values()), "without inference only the error's fragment is kept"
+        assert tp.stop() == 0
