@@ -261,6 +261,25 @@ pub enum PolicyKind {
     Drop(Vec<PolicyConfig>),
     /// A DataFusion predicate over the trace's spans in the archive schema; any span matches.
     Sql(std::sync::Arc<super::sql::SqlPredicate>),
+    /// Refinery's dynamic sampler: per key (the values of `key_fields`), a sample rate from the
+    /// last window's counts, so rare keys are kept and common ones thinned, averaging
+    /// `goal_sample_rate`.
+    Dynamic {
+        /// Attribute keys (resource or span) whose values make a trace's key.
+        key_fields: Vec<String>,
+        /// The average rate, 1 in N traces.
+        goal_sample_rate: u64,
+        /// How often rates are recomputed from the counts.
+        adjustment_interval: std::time::Duration,
+    },
+    /// Keeps about `target_spans_per_second` spans per second: each window's rate is the last
+    /// window's spans per second over the target.
+    Throughput {
+        /// Spans per second to keep.
+        target_spans_per_second: u64,
+        /// How often the rate is recomputed.
+        adjustment_interval: std::time::Duration,
+    },
     /// Sub-policies in order, each within its share of `max_total_spans_per_second`.
     Composite {
         /// Total spans per second sampled by the composite.
@@ -289,6 +308,8 @@ pub const POLICY_TYPES: &[&str] = &[
     "drop",
     "composite",
     "sql",
+    "dynamic",
+    "throughput",
 ];
 
 #[derive(Deserialize)]
@@ -380,6 +401,27 @@ struct SpanCountCfg {
 struct TraceStateCfg {
     key: String,
     values: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DynamicCfg {
+    key_fields: Vec<String>,
+    goal_sample_rate: u64,
+    #[serde(default = "default_adjustment")]
+    adjustment_interval: Duration,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ThroughputCfg {
+    target_spans_per_second: u64,
+    #[serde(default = "default_adjustment")]
+    adjustment_interval: Duration,
+}
+
+fn default_adjustment() -> Duration {
+    Duration::from_secs(15)
 }
 
 #[derive(Deserialize)]
@@ -725,6 +767,29 @@ impl Reader<'_> {
                         return None;
                     }
                 }
+            }
+            "dynamic" => {
+                let c: DynamicCfg = self.de(s)?;
+                if c.key_fields.is_empty() || c.key_fields.iter().any(|k| k.is_empty()) {
+                    self.err(at("key_fields"), "key_fields must list at least one attribute key, none empty");
+                }
+                if c.goal_sample_rate == 0 {
+                    self.err(at("goal_sample_rate"), "goal_sample_rate must be at least 1 (1 = keep everything)");
+                }
+                if c.adjustment_interval.get() < std::time::Duration::from_millis(100) {
+                    self.err(at("adjustment_interval"), "adjustment_interval must be at least 100ms");
+                }
+                PolicyKind::Dynamic { key_fields: c.key_fields, goal_sample_rate: c.goal_sample_rate.max(1), adjustment_interval: c.adjustment_interval.get() }
+            }
+            "throughput" => {
+                let c: ThroughputCfg = self.de(s)?;
+                if c.target_spans_per_second == 0 {
+                    self.err(at("target_spans_per_second"), "target_spans_per_second must be above 0");
+                }
+                if c.adjustment_interval.get() < std::time::Duration::from_millis(100) {
+                    self.err(at("adjustment_interval"), "adjustment_interval must be at least 100ms");
+                }
+                PolicyKind::Throughput { target_spans_per_second: c.target_spans_per_second.max(1), adjustment_interval: c.adjustment_interval.get() }
             }
             "ottl_condition" => {
                 self.err(

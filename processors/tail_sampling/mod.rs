@@ -15,8 +15,7 @@
 //!
 //! - [`simulate`] runs the policies over archived traces (`tracepipe sample`).
 //!
-//! Not done yet (see the issue): the adaptive `dynamic` and `throughput` samplers and
-//! consistent-probability tracestate (`ot=th:`).
+//! Not done yet (see the issue): consistent-probability tracestate (`ot=th:`).
 
 pub mod cache;
 mod config;

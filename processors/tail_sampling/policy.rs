@@ -240,6 +240,101 @@ enum Kind {
     Composite { total: u64, subs: Vec<(Policy, u64)>, state: Mutex<(u64, Vec<u64>)> },
     /// Evaluated in bulk beforehand; the result is at this index of the trace's SQL bits.
     Sql(usize),
+    Dynamic { fields: Vec<String>, goal: u64, window: std::time::Duration, state: Mutex<Windowed> },
+    Throughput { target: u64, window: std::time::Duration, state: Mutex<Windowed> },
+}
+
+/// The state of a windowed adaptive sampler: counts of the window being filled, and the rates
+/// the last full window gave.
+#[derive(Default)]
+pub struct Windowed {
+    /// Index of the window being filled (time since the epoch / window).
+    window: u64,
+    /// Traces (dynamic) or spans (throughput) per key in this window.
+    counts: std::collections::HashMap<String, u64>,
+    /// Rates from the last window, 1 in N.
+    rates: std::collections::HashMap<String, u64>,
+    /// Throughput: the rate in force.
+    rate: u64,
+}
+
+impl Windowed {
+    /// Rolls the window when `now` is past it.
+    fn roll(&mut self, now: Instant, epoch: Instant, window: std::time::Duration, recompute: impl FnOnce(&mut Windowed)) {
+        let w = (now.saturating_duration_since(epoch).as_nanos() / window.as_nanos().max(1)) as u64;
+        if w != self.window {
+            if w == self.window + 1 {
+                recompute(self);
+            } else {
+                // A window with nothing in it: no traffic, no information.
+                self.rates.clear();
+                self.rate = 1;
+            }
+            self.counts.clear();
+            self.window = w;
+        }
+    }
+}
+
+/// Per-key rates that average `goal` over the counts, keeping rare keys (dynsampler-go's
+/// AvgSampleRate): each key's share of the kept budget grows with the log of its count.
+pub fn dynamic_rates(counts: &std::collections::HashMap<String, u64>, goal: u64) -> std::collections::HashMap<String, u64> {
+    let mut out = std::collections::HashMap::new();
+    let total: u64 = counts.values().sum();
+    if total == 0 {
+        return out;
+    }
+    let goal_count = total as f64 / goal.max(1) as f64;
+    let log_sum: f64 = counts.values().map(|c| (*c as f64).log10()).sum();
+    let ratio = if log_sum > 0.0 { goal_count / log_sum } else { goal_count };
+    let mut keys: Vec<(&String, u64)> = counts.iter().map(|(k, c)| (k, *c)).collect();
+    keys.sort_by(|a, b| a.1.cmp(&b.1).then(a.0.cmp(b.0)));
+    let mut remaining = keys.len() as f64;
+    let mut extra = 0.0;
+    for (k, c) in keys {
+        let c = c as f64;
+        let mut goal_for_key = (c.log10() * ratio).max(1.0);
+        let extra_for_key = extra / remaining;
+        goal_for_key += extra_for_key;
+        extra -= extra_for_key;
+        remaining -= 1.0;
+        let rate = if c <= goal_for_key {
+            extra += goal_for_key - c;
+            1
+        } else {
+            let r = (c / goal_for_key).ceil();
+            extra += goal_for_key - c / r;
+            r as u64
+        };
+        out.insert(k.clone(), rate.max(1));
+    }
+    out
+}
+
+/// A trace's key: the first value of each field (resource attributes, then spans), joined.
+fn key_of(t: &Trace, fields: &[String]) -> String {
+    let mut key = String::new();
+    for (i, f) in fields.iter().enumerate() {
+        if i > 0 {
+            key.push('\u{1f}');
+        }
+        any_attr(t, f, &mut |v| {
+            match v {
+                AnyRef::Str(s) => key.push_str(&String::from_utf8_lossy(s)),
+                AnyRef::Int(n) => key.push_str(&n.to_string()),
+                AnyRef::Bool(b) => key.push_str(if b { "true" } else { "false" }),
+                AnyRef::Double(d) => key.push_str(&d.to_string()),
+                AnyRef::Other => return false,
+            }
+            true
+        });
+    }
+    key
+}
+
+/// Keeps 1 in `rate` traces, by trace id (the same hash as `probabilistic`, with its own salt).
+fn one_in(id: &TraceId, rate: u64) -> bool {
+    rate <= 1 || fnv1a(b"tracepipe-adaptive", id) <= u64::MAX / rate
 }
 
 /// A built policy.
@@ -286,6 +381,12 @@ impl Policy {
                 state: Mutex::new((u64::MAX, vec![0; subs.len()])),
                 subs: subs.iter().map(|(p, sps)| (Policy::build(p, sql), *sps)).collect(),
             },
+            PolicyKind::Dynamic { key_fields, goal_sample_rate, adjustment_interval } => {
+                Kind::Dynamic { fields: key_fields.clone(), goal: *goal_sample_rate, window: *adjustment_interval, state: Mutex::new(Windowed { rate: 1, ..Default::default() }) }
+            }
+            PolicyKind::Throughput { target_spans_per_second, adjustment_interval } => {
+                Kind::Throughput { target: *target_spans_per_second, window: *adjustment_interval, state: Mutex::new(Windowed { rate: 1, ..Default::default() }) }
+            }
             PolicyKind::Sql(pred) => {
                 sql.push(pred.clone());
                 Kind::Sql(sql.len() - 1)
@@ -300,6 +401,8 @@ impl Policy {
         match &self.kind {
             Kind::Prob { p, .. } => Some(*p),
             Kind::Rate { .. } | Kind::Bytes { .. } | Kind::Composite { .. } => None,
+            // Known per decision (1 / the rate in force); recorded by `evaluate_p`.
+            Kind::Dynamic { .. } | Kind::Throughput { .. } => None,
             Kind::And(subs) => subs.iter().try_fold(1.0, |acc, s| s.probability().map(|p| acc * p)),
             Kind::Not(sub) => sub.probability().filter(|p| *p == 1.0),
             _ => Some(1.0),
@@ -409,6 +512,27 @@ impl Policy {
                 Vote::Dropped
             }
             Kind::Sql(i) => yes(sql.get(*i).copied().unwrap_or(false)),
+            Kind::Dynamic { fields, goal, window, state } => {
+                let key = key_of(t, fields);
+                let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
+                s.roll(now, epoch, *window, |w| w.rates = dynamic_rates(&w.counts, *goal));
+                *s.counts.entry(key.clone()).or_default() += 1;
+                let rate = s.rates.get(&key).copied().unwrap_or(1);
+                LAST_RATE.with(|r| r.set(rate));
+                yes(one_in(id, rate))
+            }
+            Kind::Throughput { target, window, state } => {
+                let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
+                s.roll(now, epoch, *window, |w| {
+                    let spans: u64 = w.counts.values().sum();
+                    let per_sec = spans as f64 / window.as_secs_f64();
+                    w.rate = (per_sec / *target as f64).ceil().max(1.0) as u64;
+                });
+                *s.counts.entry(String::new()).or_default() += t.summary.spans;
+                let rate = s.rate.max(1);
+                LAST_RATE.with(|r| r.set(rate));
+                yes(one_in(id, rate))
+            }
             Kind::Composite { total, subs, state } => {
                 let second = now.saturating_duration_since(epoch).as_secs();
                 let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
@@ -430,6 +554,12 @@ impl Policy {
             }
         }
     }
+}
+
+thread_local! {
+    /// The rate an adaptive sampler used in its last vote on this thread (its keep probability
+    /// is 1 / rate).
+    static LAST_RATE: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
 /// The top-level policies, with their vote counters.
@@ -484,7 +614,9 @@ impl Policies {
             }
             first[v.index()].get_or_insert(i);
             if v.samples() {
-                match p.probability() {
+                let adaptive = matches!(p.kind, Kind::Dynamic { .. } | Kind::Throughput { .. });
+                let known = if adaptive { Some(1.0 / LAST_RATE.with(|r| r.get()).max(1) as f64) } else { p.probability() };
+                match known {
                     Some(x) => probability = Some(probability.map_or(x, |q: f64| q.max(x))),
                     None => unknown = true,
                 }

@@ -825,3 +825,53 @@ fn sql_keeps_traces_with_any_matching_span_evaluated_in_bulk() {
     let p = "  - { name: a, type: and, and_sub_policy: [ { name: q, type: sql, where: \"kind = 'UNSPECIFIED' OR true\" }, { name: c, type: span_count, min_spans: 5 } ] }\n";
     assert_eq!(kept(p, batches).len(), 12);
 }
+
+// ------------------------------------------------------------------------------------------
+// Adaptive samplers
+
+/// Feeds `first` then, one window later, `second`; returns the spans kept in the second window.
+fn two_windows(policy: &str, first: Vec<Batch>, second: Vec<Batch>) -> Vec<(Vec<u8>, Vec<u8>, Vec<KeyValue>, Vec<KeyValue>)> {
+    let (mut shard, front) = test_shard(cfg(&format!("decision_wait: 100ms\npolicies:\n{policy}")));
+    let t0 = Instant::now();
+    for b in first {
+        for p in front.split(&b) {
+            shard.ingest(p, t0);
+        }
+    }
+    shard.expire(t0 + Duration::from_millis(200));
+    drop(shard.take_ready());
+    let t1 = t0 + Duration::from_millis(1_100);
+    for b in second {
+        for p in front.split(&b) {
+            shard.ingest(p, t1);
+        }
+    }
+    shard.expire(t1 + Duration::from_millis(200));
+    decoded(shard.take_ready())
+}
+
+#[test]
+fn dynamic_keeps_rare_keys_and_thins_common_ones_to_the_goal() {
+    assert_eq!(super::policy::dynamic_rates(&[("a".to_owned(), 1000u64), ("b".to_owned(), 10)].into_iter().collect(), 10), [("a".to_owned(), 11u64), ("b".to_owned(), 1)].into_iter().collect());
+    let mix = |base: u64| -> Vec<Batch> {
+        (0..1010u64).map(|i| encode(vec![with_attr(span(base + i, 1, 0, 0, 1), kv("http.route", s(if i < 10 { "/rare" } else { "/common" })))], svc("shop"))).collect()
+    };
+    let out = two_windows("  - { name: d, type: dynamic, key_fields: [service.name, http.route], goal_sample_rate: 10, adjustment_interval: 1s }\n", mix(0), mix(10_000));
+    let route = |a: &[KeyValue]| a.iter().find(|k| k.key == "http.route").and_then(|k| k.value.clone());
+    let rare = out.iter().filter(|x| route(&x.2) == Some(AnyValue { value: Some(s("/rare")) })).count();
+    let common: Vec<_> = out.iter().filter(|x| route(&x.2) == Some(AnyValue { value: Some(s("/common")) })).collect();
+    assert_eq!(rare, 10, "every trace of the rare key kept");
+    assert!((60..125).contains(&common.len()), "about 1000/11 of the common key kept, got {}", common.len());
+    let adj = common[0].2.iter().find(|a| a.key == super::ADJUSTED_COUNT_ATTRIBUTE).expect("adjusted count").value.clone();
+    assert_eq!(adj, Some(AnyValue { value: Some(any_value::Value::DoubleValue(11.0)) }));
+}
+
+#[test]
+fn throughput_holds_the_kept_rate_near_its_target() {
+    let batch = |base: u64| -> Vec<Batch> { (0..1000u64).map(|i| encode(vec![span(base + i, 1, 0, 0, 1)], svc("shop"))).collect() };
+    let out = two_windows("  - { name: t, type: throughput, target_spans_per_second: 100, adjustment_interval: 1s }\n", batch(0), batch(10_000));
+    // 1000 spans in the last 1 s window against 100/s: 1 in 10.
+    assert!((65..140).contains(&out.len()), "kept {}", out.len());
+    let adj = out[0].2.iter().find(|a| a.key == super::ADJUSTED_COUNT_ATTRIBUTE).expect("adjusted count").value.clone();
+    assert_eq!(adj, Some(AnyValue { value: Some(any_value::Value::DoubleValue(10.0)) }));
+}
