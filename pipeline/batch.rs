@@ -208,6 +208,15 @@ impl Batch {
         }
     }
 
+    /// The received `TracesData` buffers, shared (cheap clones), while the batch is still
+    /// encoded: for a processor that keeps parts of them beyond the batch's life.
+    pub fn encoded_chunks(&self) -> Option<Vec<Bytes>> {
+        match &self.payload {
+            Payload::Encoded(chunks) => Some(chunks.iter().map(|c| c.bytes.clone()).collect()),
+            Payload::Decoded(_) => None,
+        }
+    }
+
     /// Size of the batch as one `TracesData` message.
     pub fn encoded_len(&self) -> usize {
         match &self.payload {

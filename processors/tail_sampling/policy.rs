@@ -178,17 +178,27 @@ fn resource_of(env: &Env) -> &[u8] {
 }
 
 /// True when `f` holds for a value of attribute `key` on a resource or a span of the trace.
+/// Segments whose bytes do not contain the key at all are not parsed.
 pub fn any_attr(trace: &Trace, key: &str, f: &mut dyn FnMut(AnyRef<'_>) -> bool) -> bool {
-    let key = key.as_bytes();
+    any_attr_with(trace, &memchr::memmem::Finder::new(key.as_bytes()), f)
+}
+
+/// [`any_attr`] with a prepared search for the key.
+pub fn any_attr_with(trace: &Trace, key: &memchr::memmem::Finder<'_>, f: &mut dyn FnMut(AnyRef<'_>) -> bool) -> bool {
+    let k = key.needle();
     let mut last: *const Env = std::ptr::null();
     for s in &trace.segments {
         let env: *const Env = &*s.env;
-        if env != last && attrs_in(resource_of(&s.env), 1, key, f) {
+        if env != last && key.find(&s.env.resource).is_some() && attrs_in(resource_of(&s.env), 1, k, f) {
             return true;
         }
         last = env;
     }
-    trace.spans().any(|(_, span)| attrs_in(span, 9, key, f))
+    trace
+        .segments
+        .iter()
+        .filter(|s| key.find(&s.spans).is_some())
+        .any(|s| super::trace::FramedIter { buf: &s.spans }.any(|span| attrs_in(span, 9, k, f)))
 }
 
 /// A span's tracestate.
@@ -221,13 +231,17 @@ pub fn encoded_size(trace: &Trace) -> u64 {
     trace.segments.iter().map(|s| (s.spans.len() + s.env.resource.len() + s.env.scope.len() + 12) as u64).sum()
 }
 
+fn finder(key: &str) -> memchr::memmem::Finder<'static> {
+    memchr::memmem::Finder::new(key.as_bytes()).into_owned()
+}
+
 enum Kind {
     Always,
     Latency { min_ms: u64, max_ms: u64 },
     Status(u8),
-    Str { key: String, values: Vec<String>, regex: Option<Vec<regex::Regex>>, invert: bool },
-    Num { key: String, min: f64, max: f64, invert: bool },
-    Bool { key: String, value: bool, invert: bool },
+    Str { key: memchr::memmem::Finder<'static>, values: Vec<String>, regex: Option<Vec<regex::Regex>>, invert: bool },
+    Num { key: memchr::memmem::Finder<'static>, min: f64, max: f64, invert: bool },
+    Bool { key: memchr::memmem::Finder<'static>, value: bool, invert: bool },
     Prob { salt: Vec<u8>, threshold: u64, p: f64 },
     Rate { sps: u64, state: Mutex<(u64, u64)> },
     Bytes { rate: f64, burst: f64, state: Mutex<Option<(f64, Instant)>> },
@@ -353,15 +367,15 @@ impl Policy {
             PolicyKind::Latency { threshold_ms, upper_threshold_ms } => Kind::Latency { min_ms: *threshold_ms as u64, max_ms: *upper_threshold_ms as u64 },
             PolicyKind::StatusCode(codes) => Kind::Status(codes.iter().fold(0, |m, c| m | (1 << (*c as u8)))),
             PolicyKind::StringAttribute { key, values, regex, invert_match } => {
-                Kind::Str { key: key.clone(), values: values.clone(), regex: regex.clone(), invert: *invert_match }
+                Kind::Str { key: finder(key), values: values.clone(), regex: regex.clone(), invert: *invert_match }
             }
             PolicyKind::NumericAttribute { key, min_value, max_value, invert_match } => Kind::Num {
-                key: key.clone(),
+                key: finder(key),
                 min: min_value.unwrap_or(f64::NEG_INFINITY),
                 max: max_value.unwrap_or(f64::INFINITY),
                 invert: *invert_match,
             },
-            PolicyKind::BooleanAttribute { key, value, invert_match } => Kind::Bool { key: key.clone(), value: *value, invert: *invert_match },
+            PolicyKind::BooleanAttribute { key, value, invert_match } => Kind::Bool { key: finder(key), value: *value, invert: *invert_match },
             PolicyKind::Probabilistic { hash_salt, sampling_percentage } => {
                 let p = sampling_percentage / 100.0;
                 Kind::Prob { salt: hash_salt.as_bytes().to_vec(), threshold: (p * u64::MAX as f64) as u64, p }
@@ -428,7 +442,7 @@ impl Policy {
                     },
                     _ => false,
                 };
-                let matched = any_attr(t, key, &mut m);
+                let matched = any_attr_with(t, key, &mut m);
                 if *invert { inverted(matched) } else { yes(matched) }
             }
             Kind::Num { key, min, max, invert } => {
@@ -437,11 +451,11 @@ impl Policy {
                     AnyRef::Double(d) => d >= *min && d <= *max,
                     _ => false,
                 };
-                let matched = any_attr(t, key, &mut m);
+                let matched = any_attr_with(t, key, &mut m);
                 if *invert { inverted(matched) } else { yes(matched) }
             }
             Kind::Bool { key, value, invert } => {
-                let matched = any_attr(t, key, &mut |v| v == AnyRef::Bool(*value));
+                let matched = any_attr_with(t, key, &mut |v| v == AnyRef::Bool(*value));
                 if *invert { inverted(matched) } else { yes(matched) }
             }
             Kind::Prob { salt, threshold, .. } => yes(fnv1a(salt, id) <= *threshold),

@@ -190,6 +190,8 @@ pub struct Shard {
     num_traces: usize,
     /// In `tracepipe sample`: what the decisions add up to.
     tally: Option<Box<super::simulate::Tally>>,
+    /// Bytes of the index (map slots, deadline queues) currently charged.
+    index_charged: i64,
 }
 
 impl Shard {
@@ -211,7 +213,32 @@ impl Shard {
             out: Out::default(),
             m,
             tally: None,
+            index_charged: 0,
         }
+    }
+
+    /// Bytes the index takes, from its allocations' capacities: the map's slots (key, `Trace`
+    /// and a control byte each, `capacity × 8/7` of them) and the two deadline queues.
+    fn index_bytes(&self) -> i64 {
+        let slot = std::mem::size_of::<(TraceId, Trace)>() + 1;
+        let entry = std::mem::size_of::<(Instant, TraceId, u64)>();
+        (self.traces.capacity() * 8 / 7 * slot + (self.wait_q.capacity() + self.root_q.capacity()) * entry) as i64
+    }
+
+    /// Charges the change in the index's size; gives back room after a burst.
+    fn recharge_index(&mut self) {
+        if self.traces.capacity() > 4096 && self.traces.len() * 4 < self.traces.capacity() {
+            self.traces.shrink_to(self.traces.len() * 2);
+        }
+        if self.wait_q.capacity() > 4096 && self.wait_q.len() * 4 < self.wait_q.capacity() {
+            self.wait_q.shrink_to(self.wait_q.len() * 2);
+        }
+        if self.root_q.capacity() > 4096 && self.root_q.len() * 4 < self.root_q.capacity() {
+            self.root_q.shrink_to(self.root_q.len() * 2);
+        }
+        let now = self.index_bytes();
+        self.charge(now - self.index_charged);
+        self.index_charged = now;
     }
 
     /// A decider for `tracepipe sample`, with its front (one shard).
@@ -262,9 +289,14 @@ impl Shard {
             if let Some(t) = self.traces.get_mut(&g.id) {
                 let had_root = t.summary.root;
                 let added = t.append(&inc, g);
+                let mut added = added;
                 if t.last_batch != seq_batch {
+                    let before = t.finalizers.capacity();
                     t.finalizers.extend(inc.finalizers.iter().cloned());
                     t.last_batch = seq_batch;
+                    let grown = (t.finalizers.capacity() - before) * std::mem::size_of::<Arc<Finalizer>>();
+                    t.bytes += grown;
+                    added += grown;
                 }
                 let (seq, deadline, root) = (t.seq, t.deadline, t.summary.root);
                 self.charge(added as i64);
@@ -283,7 +315,7 @@ impl Shard {
                     mark_bytes(name, (!k.probability.is_nan()).then_some(f64::from(k.probability)))
                 });
                 let segs: Vec<Segment> =
-                    g.runs.iter().map(|(e, r)| Segment { env: inc.envs[*e as usize].clone(), spans: inc.data[r.clone()].to_vec() }).collect();
+                    g.runs.iter().map(|(e, b, r)| Segment { env: inc.envs[*e as usize].clone(), spans: inc.run(*b, r).to_vec() }).collect();
                 encode_segments(&segs, mark.as_deref(), &mut self.out.buf);
                 self.out.spans += spans as usize;
                 self.out.finalizers.extend(inc.finalizers.iter().cloned());
@@ -296,10 +328,11 @@ impl Shard {
             }
             self.seq += 1;
             let deadline = now + self.cfg.decision_wait;
+            let fin_bytes = inc.finalizers.len() * std::mem::size_of::<Arc<Finalizer>>();
             let mut t = Trace {
                 segments: Vec::new(),
                 summary: Default::default(),
-                bytes: TRACE_OVERHEAD,
+                bytes: TRACE_OVERHEAD + fin_bytes,
                 first: now,
                 seq: self.seq,
                 deadline,
@@ -307,7 +340,7 @@ impl Shard {
                 last_batch: seq_batch,
             };
             let added = t.append(&inc, g);
-            self.charge((added + TRACE_OVERHEAD) as i64);
+            self.charge((added + TRACE_OVERHEAD + fin_bytes) as i64);
             let root = t.summary.root;
             self.traces.insert(g.id, t);
             self.m.traces_held.increment(1.0);
@@ -318,6 +351,7 @@ impl Shard {
             self.check_caps(g.id, now);
         }
         drop(inc);
+        self.recharge_index();
         // Bounds over all traces.
         if self.cfg.on_full == OnFull::DecideOldest {
             while self.over_memory() && self.decide_oldest(Early::Memory, now) {}
@@ -382,6 +416,7 @@ impl Shard {
         }
         // A trace due on both queues is decided once (the second lookup finds it gone).
         self.decide_many(&due, None, now);
+        self.recharge_index();
         self.m.bytes_held.set(self.held.load(Ordering::Relaxed) as f64);
     }
 
@@ -513,6 +548,10 @@ impl Shard {
             }
         }
         self.decide_many(&due, Some(Early::Shutdown), now);
+        self.traces.shrink_to_fit();
+        self.wait_q.shrink_to_fit();
+        self.root_q.shrink_to_fit();
+        self.recharge_index();
         self.m.bytes_held.set(self.held.load(Ordering::Relaxed) as f64);
     }
 
@@ -540,6 +579,7 @@ impl Shard {
         }
         self.wait_q.clear();
         self.root_q.clear();
+        self.recharge_index();
         self.m.bytes_held.set(self.held.load(Ordering::Relaxed) as f64);
     }
 
@@ -636,7 +676,7 @@ impl Front {
     /// Deals one `TracesData` buffer's spans to the shards (a saved trace).
     pub fn split_bytes(&self, buf: &[u8]) -> Result<Vec<Incoming>, tracepipe_pipeline::wire::WireError> {
         let mut parts: Vec<Incoming> = (0..self.shards).map(|_| Incoming::default()).collect();
-        split(buf, self.shards, &self.held, &mut parts)?;
+        split(&Bytes::copy_from_slice(buf), self.shards, &self.held, &mut parts)?;
         Ok(parts)
     }
 
@@ -644,15 +684,8 @@ impl Front {
     /// rejected and dropped.
     pub fn split(&self, batch: &Batch) -> Vec<Incoming> {
         let mut parts: Vec<Incoming> = (0..self.shards).map(|_| Incoming::default()).collect();
-        let owned;
-        let buffers: Vec<&[u8]> = match batch.encoded_buffers() {
-            Some(b) => b,
-            None => {
-                owned = batch.to_bytes();
-                vec![owned.as_ref()]
-            }
-        };
-        for buf in buffers {
+        let buffers: Vec<Bytes> = batch.encoded_chunks().unwrap_or_else(|| vec![batch.to_bytes()]);
+        for buf in &buffers {
             if let Err(error) = split(buf, self.shards, &self.held, &mut parts) {
                 self.dropped.increment(batch.span_count() as u64);
                 batch.set_status(BatchStatus::Rejected);
@@ -790,6 +823,10 @@ pub(crate) fn test_shards(cfg: TailSamplingConfig) -> (Vec<Shard>, Front) {
 impl Shard {
     pub(crate) fn held_traces(&self) -> usize {
         self.traces.len()
+    }
+    /// Held bytes but the index's.
+    pub(crate) fn held_span_bytes(&self) -> i64 {
+        self.held.load(Ordering::Relaxed) - self.index_charged
     }
     pub(crate) fn held_bytes(&self) -> i64 {
         self.held.load(Ordering::Relaxed)

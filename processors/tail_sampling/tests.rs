@@ -464,7 +464,7 @@ fn a_trace_waits_for_decision_wait_then_leaves_whole_and_byte_for_byte() {
     let rs = out[0].to_resource_spans().unwrap();
     let orig = a.to_resource_spans().unwrap();
     assert_eq!(rs[0].scope_spans[0].spans[0], orig[0].scope_spans[0].spans[0]);
-    assert_eq!(shard.held_bytes(), 0, "everything charged was refunded");
+    assert_eq!(shard.held_span_bytes(), 0, "everything charged for spans, envelopes and traces was refunded");
 }
 
 #[test]

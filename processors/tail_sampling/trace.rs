@@ -24,10 +24,9 @@ use tracepipe_pipeline::Finalizer;
 /// A trace id (16 bytes; shorter ids are zero-padded).
 pub type TraceId = [u8; 16];
 
-/// Bytes charged per held trace for the index: its map slot (key and `Trace`, 152 bytes, at a
-/// load factor down to 7/16 after growth), its timer entries and the first allocations of its
-/// segment and finalizer lists.
-pub const TRACE_OVERHEAD: usize = 448;
+/// Bytes charged per held trace beyond its spans, segments and index slots (which are charged
+/// from the allocations' capacities): the heap block of its finalizer list when it has one.
+pub const TRACE_OVERHEAD: usize = 0;
 
 /// The size an allocator really hands out for `n` bytes: general-purpose allocators (mimalloc,
 /// jemalloc) serve sizes in classes four to a power of two, so 8.5 KB takes a 10 KB block.
@@ -216,29 +215,38 @@ pub fn put_len(out: &mut Vec<u8>, tag: u8, n: usize) {
     prost::encoding::encode_varint(n as u64, out);
 }
 
-/// Spans of one trace from one batch: runs of `data` that share an envelope.
+/// Spans of one trace from one batch: runs of framed spans (consecutive `ScopeSpans.spans`
+/// fields, tag and length included, exactly as received) that share an envelope.
 pub struct Group {
     /// The trace.
     pub id: TraceId,
-    /// (envelope index, byte range of framed spans in `data`).
-    pub runs: Vec<(u32, std::ops::Range<usize>)>,
+    /// (envelope index, buffer index, byte range of framed spans in that buffer).
+    pub runs: Vec<(u32, u32, std::ops::Range<usize>)>,
     /// Its spans' summary.
     pub summary: Summary,
 }
 
-/// One shard's share of one batch.
+/// One shard's share of one batch. The received buffers are shared, not copied: a decider
+/// copies each run of its traces' spans once, straight into the trace.
 #[derive(Default)]
 pub struct Incoming {
     /// Envelopes the runs refer to.
     pub envs: Vec<Arc<Env>>,
-    /// Framed spans (`0x12 len span` each).
-    pub data: Vec<u8>,
+    /// The batch's `TracesData` buffers.
+    pub bufs: Vec<bytes::Bytes>,
     /// Per trace.
     pub groups: Vec<Group>,
     /// The batch's acknowledgements (each shard that got spans holds them).
     pub finalizers: Vec<Arc<Finalizer>>,
     /// Spans.
     pub spans: usize,
+}
+
+impl Incoming {
+    /// The framed bytes of a run.
+    pub fn run(&self, buf: u32, range: &std::ops::Range<usize>) -> &[u8] {
+        &self.bufs[buf as usize][range.clone()]
+    }
 }
 
 /// Which shard owns a trace.
@@ -254,12 +262,20 @@ pub fn shard_of_fingerprint(fp: u64, shards: usize) -> usize {
     ((fp >> 32) % shards as u64) as usize
 }
 
+/// Offset of `inner` inside `outer` (a subslice of it).
+fn offset_in(outer: &[u8], inner: &[u8]) -> usize {
+    inner.as_ptr() as usize - outer.as_ptr() as usize
+}
+
 /// Walks one `TracesData` buffer (scanned valid) and deals its spans to `shards`, grouped by
-/// trace. Envelopes are charged to `held` while alive.
-pub fn split(buf: &[u8], shards: usize, held: &Arc<AtomicI64>, out: &mut [Incoming]) -> Result<(), WireError> {
+/// trace, as references into the buffer. Envelopes are charged to `held` while alive.
+pub fn split(buf: &bytes::Bytes, shards: usize, held: &Arc<AtomicI64>, out: &mut [Incoming]) -> Result<(), WireError> {
     debug_assert_eq!(out.len(), shards.max(1));
     let mut index: Vec<IdMap<usize>> = (0..out.len()).map(|_| IdMap::default()).collect();
-    let mut top = Reader::new(buf, 0);
+    // This buffer's index in each shard's list, once it has a span there.
+    let mut buf_at: Vec<Option<u32>> = vec![None; out.len()];
+    let whole: &[u8] = buf;
+    let mut top = Reader::new(whole, 0);
     let mut resource: Vec<u8> = Vec::new();
     let mut scope: Vec<u8> = Vec::new();
     while !top.done() {
@@ -284,13 +300,16 @@ pub fn split(buf: &[u8], shards: usize, held: &Arc<AtomicI64>, out: &mut [Incomi
         }
         for ss in scopes {
             scope.clear();
-            let mut spans: Vec<&[u8]> = Vec::new();
+            // (framed range in the whole buffer, span payload)
+            let mut spans: Vec<(std::ops::Range<usize>, &[u8])> = Vec::new();
+            let base = offset_in(whole, ss);
             let mut r = Reader::new(ss, 0);
             while !r.done() {
                 let start = r.position();
                 let (f, w) = r.tag()?;
                 if (f, w) == (2, LEN) {
-                    spans.push(r.len_delimited()?.0);
+                    let span = r.len_delimited()?.0;
+                    spans.push((base + start..base + r.position(), span));
                 } else {
                     r.skip(w, "ScopeSpans", f)?;
                     scope.extend_from_slice(&ss[start..r.position()]);
@@ -302,7 +321,7 @@ pub fn split(buf: &[u8], shards: usize, held: &Arc<AtomicI64>, out: &mut [Incomi
             let env = Arc::new(Env::new(&resource, &scope, held));
             // This envelope's index in each shard's list, once it has a span there.
             let mut env_at: Vec<Option<u32>> = vec![None; out.len()];
-            for span in spans {
+            for (framed, span) in spans {
                 let info = read_span(span)?;
                 let id = trace_id(info.trace_id);
                 let sh = shard_of(&id, out.len());
@@ -311,10 +330,10 @@ pub fn split(buf: &[u8], shards: usize, held: &Arc<AtomicI64>, out: &mut [Incomi
                     inc.envs.push(env.clone());
                     (inc.envs.len() - 1) as u32
                 });
-                let start = inc.data.len();
-                put_len(&mut inc.data, 0x12, span.len());
-                inc.data.extend_from_slice(span);
-                let end = inc.data.len();
+                let b = *buf_at[sh].get_or_insert_with(|| {
+                    inc.bufs.push(buf.clone());
+                    (inc.bufs.len() - 1) as u32
+                });
                 inc.spans += 1;
                 let g = *index[sh].entry(id).or_insert_with(|| {
                     inc.groups.push(Group { id, runs: Vec::new(), summary: Summary::default() });
@@ -323,8 +342,8 @@ pub fn split(buf: &[u8], shards: usize, held: &Arc<AtomicI64>, out: &mut [Incomi
                 let g = &mut inc.groups[g];
                 g.summary.merge(&info.summary);
                 match g.runs.last_mut() {
-                    Some((le, range)) if *le == e && range.end == start => range.end = end,
-                    _ => g.runs.push((e, start..end)),
+                    Some((le, lb, range)) if *le == e && *lb == b && range.end == framed.start => range.end = framed.end,
+                    _ => g.runs.push((e, b, framed)),
                 }
             }
         }
@@ -364,9 +383,9 @@ impl Trace {
     /// Appends one batch's group of spans; returns the bytes newly charged.
     pub fn append(&mut self, inc: &Incoming, g: &Group) -> usize {
         let before = self.segments.capacity() * SEGMENT_OVERHEAD + self.segments.iter().map(|s| s.spans.capacity()).sum::<usize>();
-        for (e, range) in &g.runs {
+        for (e, b, range) in &g.runs {
             let env = &inc.envs[*e as usize];
-            let bytes = &inc.data[range.clone()];
+            let bytes = inc.run(*b, range);
             match self.segments.last_mut() {
                 Some(s) if Arc::ptr_eq(&s.env, env) => {
                     reserve_class(&mut s.spans, bytes.len());

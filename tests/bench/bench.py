@@ -277,13 +277,14 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--total", type=int, default=2_000_000)
     ap.add_argument("--scenarios", default="discard,export")
+    ap.add_argument("--tail-variants", default="none,tail,tail_sql,shards1,shards2")
     a = ap.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="tp-bench-"))
     scenarios = a.scenarios.split(",")
     if "tail" in scenarios:
         scenarios.remove("tail")
         tail_rows = []
-        for v in ("none", "tail", "tail_sql", "shards1", "shards2"):
+        for v in a.tail_variants.split(","):
             r = run_tail(v, a.total, workdir)
             tail_rows.append(r)
             print(json.dumps(r), flush=True)
