@@ -81,6 +81,8 @@ struct Metrics {
     late_sampled: Counter,
     late_not_sampled: Counter,
     traces_held: Gauge,
+    /// Traces held by every decider (the gauge is set from it once per round, not per trace).
+    held_traces: Arc<AtomicI64>,
     bytes_held: Gauge,
     latency: Histogram,
     trace_spans: Histogram,
@@ -99,6 +101,7 @@ impl Metrics {
             late_sampled: metrics::counter!(names::PROCESSOR_TAIL_SAMPLING_LATE_SPANS, "processor" => p.to_owned(), "decision" => "sampled"),
             late_not_sampled: metrics::counter!(names::PROCESSOR_TAIL_SAMPLING_LATE_SPANS, "processor" => p.to_owned(), "decision" => "not_sampled"),
             traces_held: metrics::gauge!(names::PROCESSOR_TAIL_SAMPLING_TRACES_HELD, "processor" => p.to_owned()),
+            held_traces: Arc::new(AtomicI64::new(0)),
             bytes_held: metrics::gauge!(names::PROCESSOR_TAIL_SAMPLING_BYTES_HELD, "processor" => p.to_owned()),
             latency: metrics::histogram!(names::PROCESSOR_TAIL_SAMPLING_DECISION_LATENCY, "processor" => p.to_owned()),
             trace_spans: metrics::histogram!(names::PROCESSOR_TAIL_SAMPLING_TRACE_SPANS, "processor" => p.to_owned()),
@@ -262,6 +265,12 @@ impl Shard {
         self.tally.take().map(|t| *t)
     }
 
+    /// Sets the held gauges.
+    fn publish(&self) {
+        self.m.bytes_held.set(self.held.load(Ordering::Relaxed) as f64);
+        self.m.traces_held.set(self.m.held_traces.load(Ordering::Relaxed) as f64);
+    }
+
     fn charge(&self, n: i64) {
         self.held.fetch_add(n, Ordering::Relaxed);
     }
@@ -343,7 +352,7 @@ impl Shard {
             self.charge((added + TRACE_OVERHEAD + fin_bytes) as i64);
             let root = t.summary.root;
             self.traces.insert(g.id, t);
-            self.m.traces_held.increment(1.0);
+            self.m.held_traces.fetch_add(1, Ordering::Relaxed);
             self.wait_q.push_back((deadline, g.id, self.seq));
             if root {
                 self.root_arrived(g.id, self.seq, deadline, now);
@@ -357,7 +366,7 @@ impl Shard {
             while self.over_memory() && self.decide_oldest(Early::Memory, now) {}
         }
         while self.num_traces > 0 && self.traces.len() > self.num_traces && self.decide_oldest(Early::NumTraces, now) {}
-        self.m.bytes_held.set(self.held.load(Ordering::Relaxed) as f64);
+        self.publish();
     }
 
     fn root_arrived(&mut self, id: TraceId, seq: u64, deadline: Instant, now: Instant) {
@@ -417,7 +426,7 @@ impl Shard {
         // A trace due on both queues is decided once (the second lookup finds it gone).
         self.decide_many(&due, None, now);
         self.recharge_index();
-        self.m.bytes_held.set(self.held.load(Ordering::Relaxed) as f64);
+        self.publish();
     }
 
     /// Decides one trace and releases it.
@@ -432,7 +441,7 @@ impl Shard {
         let mut spans = 0u64;
         for id in ids {
             let Some(t) = self.traces.remove(id) else { continue };
-            self.m.traces_held.decrement(1.0);
+            self.m.held_traces.fetch_sub(1, Ordering::Relaxed);
             spans += t.summary.spans;
             chunk.push((*id, t));
             if spans >= SQL_CHUNK_SPANS {
@@ -540,7 +549,7 @@ impl Shard {
             }
             if self.cfg.drop_pending_traces_on_shutdown {
                 let t = self.traces.remove(&id).expect("checked");
-                self.m.traces_held.decrement(1.0);
+                self.m.held_traces.fetch_sub(1, Ordering::Relaxed);
                 self.m.dropped_shutdown.increment(t.summary.spans);
                 self.charge(-(t.bytes as i64));
             } else {
@@ -552,7 +561,7 @@ impl Shard {
         self.wait_q.shrink_to_fit();
         self.root_q.shrink_to_fit();
         self.recharge_index();
-        self.m.bytes_held.set(self.held.load(Ordering::Relaxed) as f64);
+        self.publish();
     }
 
     /// At shutdown with `state_dir`: this decider's held traces (oldest first, unmarked) and
@@ -575,12 +584,12 @@ impl Shard {
     pub fn saved(&mut self) {
         for (_, t) in self.traces.drain() {
             self.held.fetch_sub(t.bytes as i64, Ordering::Relaxed);
-            self.m.traces_held.decrement(1.0);
+            self.m.held_traces.fetch_sub(1, Ordering::Relaxed);
         }
         self.wait_q.clear();
         self.root_q.clear();
         self.recharge_index();
-        self.m.bytes_held.set(self.held.load(Ordering::Relaxed) as f64);
+        self.publish();
     }
 
     /// Takes up a saved trace, held since `first`.
