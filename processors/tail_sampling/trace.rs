@@ -47,8 +47,10 @@ fn reserve_class(v: &mut Vec<u8>, more: usize) {
         v.reserve_exact(want - v.len());
     }
 }
-/// Bytes charged per segment (one run of spans sharing an envelope).
-pub const SEGMENT_OVERHEAD: usize = 48;
+/// The heap a trace's segment list takes: its capacity at the allocator's size class.
+fn segments_bytes(segments: &Vec<Segment>) -> usize {
+    if segments.capacity() == 0 { 0 } else { size_class(segments.capacity() * std::mem::size_of::<Segment>()) }
+}
 
 /// Hashes trace ids (already random in practice) with a cheap 128→64 mix.
 #[derive(Default, Clone, Copy)]
@@ -382,7 +384,7 @@ pub struct Trace {
 impl Trace {
     /// Appends one batch's group of spans; returns the bytes newly charged.
     pub fn append(&mut self, inc: &Incoming, g: &Group) -> usize {
-        let before = self.segments.capacity() * SEGMENT_OVERHEAD + self.segments.iter().map(|s| s.spans.capacity()).sum::<usize>();
+        let before = segments_bytes(&self.segments) + self.segments.iter().map(|s| s.spans.capacity()).sum::<usize>();
         for (e, b, range) in &g.runs {
             let env = &inc.envs[*e as usize];
             let bytes = inc.run(*b, range);
@@ -395,12 +397,17 @@ impl Trace {
                     let mut spans = Vec::new();
                     reserve_class(&mut spans, bytes.len());
                     spans.extend_from_slice(bytes);
+                    // Most traces keep one segment: start the list at one (Vec's default first
+                    // capacity is four).
+                    if self.segments.capacity() == 0 {
+                        self.segments.reserve_exact(1);
+                    }
                     self.segments.push(Segment { env: env.clone(), spans });
                 }
             }
         }
         self.summary.merge(&g.summary);
-        let after = self.segments.capacity() * SEGMENT_OVERHEAD + self.segments.iter().map(|s| s.spans.capacity()).sum::<usize>();
+        let after = segments_bytes(&self.segments) + self.segments.iter().map(|s| s.spans.capacity()).sum::<usize>();
         let added = after - before;
         self.bytes += added;
         added
