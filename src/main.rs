@@ -21,16 +21,25 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// mimalloc's `purge_delay` option (its index in `mi_option_e`, the same in mimalloc 2 and 3).
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
-/// Returns freed memory to the OS after 1 ms instead of mimalloc 3's default 1 s, unless
-/// `MIMALLOC_PURGE_DELAY` says otherwise. Measured on the tail-sampling memory test (32 MiB
-/// held, traces decided and freed on other threads than allocated them): peak RSS 142-155 MiB
-/// with the default, 115-118 MiB with 1 ms; freed pages of decided traces otherwise linger a
-/// second and count against a container's memory limit.
-fn tune_allocator() {
+/// How soon freed memory goes back to the OS, in ms (mimalloc 3's default is 1000).
+///
+/// Measured (2-core machine; OTLP gRPC → batch → discard, 1M spans): 1000 ms 0.73 CPU-µs/span,
+/// 10 ms 0.81, 1 ms 0.94 — each purge is a madvise and the next use of the page a fault. With a
+/// tail-sampling processor, which frees decided traces in arrival order seconds after allocating
+/// them, the processor's peak RSS above the same graph without it was, for `max_bytes: 64MiB`
+/// (tests/e2e/test_tail_sampling.py): 1000 ms ~1.5x max_bytes, 10 ms 1.23x, 1 ms 1.09-1.12x. So
+/// the default is 10 ms, and 1 ms for graphs with a tail_sampling processor, whose memory bound
+/// is the point. `MIMALLOC_PURGE_DELAY` overrides both.
+fn set_purge_delay(ms: i64) {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-        // SAFETY: sets an integer option; mimalloc allows this at any time.
-        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 1) }
+        // SAFETY: sets an integer option; mimalloc reads it when it schedules a purge, so it may
+        // change at any time.
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, ms as _) }
     }
+}
+
+fn tune_allocator() {
+    set_purge_delay(10);
 }
 
 /// The embedded default graph.
@@ -317,6 +326,9 @@ fn run(config: Option<PathBuf>) -> ExitCode {
         Err(code) => return code,
     };
     init_logs(&graph.file.telemetry.logs);
+    if graph.components.iter().any(|(_, _, _, v)| matches!(v, graph::Validated::Processor(tracepipe_processors::ProcessorConfig::TailSampling(_)))) {
+        set_purge_delay(1);
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
