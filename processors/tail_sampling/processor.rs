@@ -757,6 +757,7 @@ pub async fn build(cfg: TailSamplingConfig, mut ctx: ComponentContext) -> Result
     let mut input = ctx.take_input()?;
     let output = ctx.take_output()?;
     let name = ctx.name.clone();
+    let shutdown = ctx.shutdown.clone();
     let shards = shard_count(&cfg);
     let cfg = Arc::new(cfg);
     let held = Arc::new(AtomicI64::new(0));
@@ -777,9 +778,14 @@ pub async fn build(cfg: TailSamplingConfig, mut ctx: ComponentContext) -> Result
     Ok(Box::pin(async move {
         let stopped = |e: String| ComponentError(format!("processor `{name}`: {e}"));
         loop {
-            if cfg.on_full == OnFull::Refuse && held.load(Ordering::Relaxed) > cfg.max_bytes as i64 {
-                // Backpressure: leave the input unread until decisions free room.
-                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            if cfg.on_full == OnFull::Refuse && held.load(Ordering::Relaxed) > cfg.max_bytes as i64 && !shutdown.is_cancelled() {
+                // Backpressure: leave the input unread until decisions free room. Once the
+                // process is stopping the input is drained whatever the bound (the deciders then
+                // decide everything held), so shutdown never waits for decision_wait.
+                tokio::select! {
+                    _ = tokio::time::sleep(std::time::Duration::from_millis(5)) => {}
+                    _ = shutdown.cancelled() => {}
+                }
                 continue;
             }
             let Some(batch) = input.recv().await else { break };

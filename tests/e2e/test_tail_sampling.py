@@ -441,3 +441,53 @@ processors:
         assert len(frags) == n
         assert all(0 < len(t) < per for t in frags.values()), "without inference only the error's fragment is kept"
         assert tp.stop() == 0
+
+
+def test_on_full_refuse_pushes_back_to_the_sender_and_loses_nothing():
+    """`on_full: refuse` with a 2 MiB bound and a 30 s wait: once the bound is reached the
+    processor leaves its input unread, the graph fills and the OTLP receiver answers 503
+    (retryable); no trace is decided early, and at SIGTERM every accepted span is delivered."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+    from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
+
+    http = free_port()
+    tp = Tracepipe(f"""
+receivers:
+  apps: {{ type: otlp, http: {{ endpoint: 127.0.0.1:{http} }}, admission_timeout: 200ms }}
+processors:
+  sample:
+    type: tail_sampling
+    inputs: [apps]
+    decision_wait: 30s
+    max_bytes: 2MiB
+    max_trace_bytes: 1MiB
+    on_full: refuse
+    policies: [ {{ name: all, type: always_sample }} ]
+sinks:
+  out: {{ type: debug, inputs: [sample], verbosity: none, path: {{out}} }}
+""".replace("{out}", "OUT_PATH"), "tsrefuse")
+    out = tp.dir / "spans.jsonl"
+    tp.config_path.write_text(tp.config_path.read_text().replace("OUT_PATH", str(out)))
+    pad = "z" * 1000
+    statuses = []
+    with tp:
+        for _ in range(200):
+            spans = [Span(trace_id=os.urandom(16), span_id=os.urandom(8), name="op", start_time_unix_nano=1, end_time_unix_nano=2,
+                          attributes=[KeyValue(key="pad", value=AnyValue(string_value=pad))]) for _ in range(100)]
+            body = ExportTraceServiceRequest(resource_spans=[ResourceSpans(scope_spans=[ScopeSpans(spans=spans)])]).SerializeToString()
+            statuses.append(post(http, body).status_code)
+            if statuses.count(503) >= 3:
+                break
+        assert 503 in statuses, f"never refused: {statuses}"
+        assert set(statuses) <= {200, 503}, statuses
+        m = tp.metrics()
+        accepted = metric_sum(m, "tracepipe_receiver_accepted_spans_total")
+        assert accepted == 100 * statuses.count(200)
+        assert metric_sum(m, "tracepipe_receiver_refused_spans_total", reason="pipeline_full") > 0
+        assert metric_sum(m, "tracepipe_processor_tail_sampling_early_decisions_total") == 0, "refuse never decides early"
+        held = metric_sum(m, "tracepipe_processor_tail_sampling_bytes_held")
+        assert held <= 2 * 1024 * 1024 + 200 * 1024, held  # the bound, plus at most the batch read while under it
+        assert tp.stop() == 0
+    assert len(read_jsonl_spans(out)) == accepted, "SIGTERM drained the unread input and decided everything held"
+    assert "panicked" not in tp.logs()
