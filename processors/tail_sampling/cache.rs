@@ -41,6 +41,24 @@ pub struct Kept {
     pub policy: u16,
     /// Keep probability, NaN when unknown.
     pub probability: f32,
+    /// The consistent-sampling threshold it was kept under (0: not consistent sampling).
+    pub threshold: u64,
+}
+
+impl Kept {
+    /// What the decision rested on.
+    pub fn basis(&self) -> super::policy::Basis {
+        use super::policy::Basis;
+        if self.threshold > 0 {
+            Basis::Consistent(self.threshold)
+        } else if self.probability.is_nan() {
+            Basis::Unknown
+        } else if self.probability >= 1.0 {
+            Basis::Certain
+        } else {
+            Basis::Independent(f64::from(self.probability))
+        }
+    }
 }
 
 /// Sampled trace ids.

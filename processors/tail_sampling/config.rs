@@ -218,12 +218,17 @@ pub enum PolicyKind {
         invert_match: bool,
     },
     /// FNV-1a(`hash_salt` ‖ trace id) under `sampling_percentage`: every instance with the same
-    /// salt decides a trace the same way.
+    /// salt decides a trace the same way. With `mode: equalizing`, OpenTelemetry's consistent
+    /// probability sampling instead: kept when the trace's randomness (tracestate `rv`, else the
+    /// trace id's low 56 bits) reaches the threshold, which is written on kept spans (`ot=th:`),
+    /// never lowering an upstream one.
     Probabilistic {
         /// Salt (default `default-hash-seed`, as the Collector).
         hash_salt: String,
         /// Percentage of traces sampled.
         sampling_percentage: f64,
+        /// `mode: equalizing`.
+        consistent: bool,
     },
     /// Samples while the spans sampled this second (with this trace's) stay within the rate.
     RateLimiting {
@@ -371,6 +376,8 @@ struct ProbabilisticCfg {
     #[serde(default)]
     hash_salt: String,
     sampling_percentage: f64,
+    #[serde(default)]
+    mode: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -643,8 +650,21 @@ impl Reader<'_> {
                 if !(0.0..=100.0).contains(&c.sampling_percentage) {
                     self.err(at("sampling_percentage"), "sampling_percentage must be between 0 and 100");
                 }
+                let consistent = match c.mode.as_deref() {
+                    None | Some("hash_seed") => false,
+                    Some("equalizing") => {
+                        if !c.hash_salt.is_empty() {
+                            self.err(at("hash_salt"), "hash_salt has no effect with mode: equalizing (the trace's randomness decides)");
+                        }
+                        true
+                    }
+                    Some(other) => {
+                        self.err(at("mode"), format!("unknown mode `{other}`; use hash_seed (the default, the Collector's) or equalizing (consistent probability, tracestate th)"));
+                        false
+                    }
+                };
                 let hash_salt = if c.hash_salt.is_empty() { "default-hash-seed".to_owned() } else { c.hash_salt };
-                PolicyKind::Probabilistic { hash_salt, sampling_percentage: c.sampling_percentage }
+                PolicyKind::Probabilistic { hash_salt, sampling_percentage: c.sampling_percentage, consistent }
             }
             "rate_limiting" => {
                 let c: RateLimitingCfg = self.de(s)?;

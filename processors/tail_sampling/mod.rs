@@ -14,8 +14,9 @@
 //!   decision caches instead, and the next start takes them up ([`state`]).
 //!
 //! - [`simulate`] runs the policies over archived traces (`tracepipe sample`).
-//!
-//! Not done yet (see the issue): consistent-probability tracestate (`ot=th:`).
+//! - [`tracestate`]: OpenTelemetry's consistent probability sampling (`ot=th:`/`rv:`): upstream
+//!   thresholds are honoured in adjusted counts, and `probabilistic` with `mode: equalizing`
+//!   keeps by the trace's randomness and writes the effective threshold.
 
 pub mod cache;
 mod config;
@@ -25,6 +26,7 @@ pub mod simulate;
 pub mod sql;
 pub mod state;
 pub mod trace;
+pub mod tracestate;
 
 #[cfg(test)]
 mod tests;

@@ -80,6 +80,20 @@ impl Final {
     }
 }
 
+/// What a kept trace's probability rests on, for its spans' adjusted counts and tracestate.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Basis {
+    /// A predicate kept it: this stage kept it for sure (upstream thresholds stand).
+    Certain,
+    /// Consistent sampling with this threshold (`ot=th:`): spans get max(theirs, it).
+    Consistent(u64),
+    /// Kept with probability p independently of the trace's randomness (hash-seed
+    /// probabilistic): counts multiply, upstream thresholds no longer hold.
+    Independent(f64),
+    /// Kept by a rate-based policy: the probability is not known.
+    Unknown,
+}
+
 /// A decision with why.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Decision {
@@ -90,6 +104,8 @@ pub struct Decision {
     /// The probability with which a trace like this one is kept, when the deciding policies
     /// make it known (1 for predicates, p for `probabilistic`): its adjusted count is 1/p.
     pub probability: Option<f64>,
+    /// What that probability rests on (kept traces).
+    pub basis: Basis,
 }
 
 /// A value of an attribute, read in place.
@@ -201,8 +217,18 @@ pub fn any_attr_with(trace: &Trace, key: &memchr::memmem::Finder<'_>, f: &mut dy
         .any(|s| super::trace::FramedIter { buf: &s.spans }.any(|span| attrs_in(span, 9, k, f)))
 }
 
+/// A trace's 56-bit randomness: an explicit `rv` in a span's tracestate, else the trace id's.
+pub fn trace_randomness(id: &TraceId, t: &Trace) -> u64 {
+    if t.summary.trace_state
+        && let Some(rv) = t.spans().find_map(|(_, span)| std::str::from_utf8(trace_state_of(span)).ok().and_then(super::tracestate::randomness))
+    {
+        return rv;
+    }
+    super::tracestate::id_randomness(id)
+}
+
 /// A span's tracestate.
-fn trace_state_of(span: &[u8]) -> &[u8] {
+pub fn trace_state_of(span: &[u8]) -> &[u8] {
     let mut r = Reader::new(span, 0);
     let mut out: &[u8] = &[];
     while !r.done() {
@@ -243,6 +269,8 @@ enum Kind {
     Num { key: memchr::memmem::Finder<'static>, min: f64, max: f64, invert: bool },
     Bool { key: memchr::memmem::Finder<'static>, value: bool, invert: bool },
     Prob { salt: Vec<u8>, threshold: u64, p: f64 },
+    /// Consistent probability: keep when the trace's randomness ≥ `threshold` (56-bit).
+    Consistent { threshold: u64, p: f64 },
     Rate { sps: u64, state: Mutex<(u64, u64)> },
     Bytes { rate: f64, burst: f64, state: Mutex<Option<(f64, Instant)>> },
     SpanCount { min: u64, max: u64 },
@@ -376,9 +404,13 @@ impl Policy {
                 invert: *invert_match,
             },
             PolicyKind::BooleanAttribute { key, value, invert_match } => Kind::Bool { key: finder(key), value: *value, invert: *invert_match },
-            PolicyKind::Probabilistic { hash_salt, sampling_percentage } => {
+            PolicyKind::Probabilistic { hash_salt, sampling_percentage, consistent } => {
                 let p = sampling_percentage / 100.0;
-                Kind::Prob { salt: hash_salt.as_bytes().to_vec(), threshold: (p * u64::MAX as f64) as u64, p }
+                if *consistent {
+                    Kind::Consistent { threshold: super::tracestate::threshold_for(p), p }
+                } else {
+                    Kind::Prob { salt: hash_salt.as_bytes().to_vec(), threshold: (p * u64::MAX as f64) as u64, p }
+                }
             }
             PolicyKind::RateLimiting { spans_per_second } => Kind::Rate { sps: *spans_per_second, state: Mutex::new((u64::MAX, 0)) },
             PolicyKind::BytesLimiting { bytes_per_second, burst_capacity } => {
@@ -413,7 +445,7 @@ impl Policy {
     /// `probabilistic`, unknown (None) for rate-based policies.
     fn probability(&self) -> Option<f64> {
         match &self.kind {
-            Kind::Prob { p, .. } => Some(*p),
+            Kind::Prob { p, .. } | Kind::Consistent { p, .. } => Some(*p),
             Kind::Rate { .. } | Kind::Bytes { .. } | Kind::Composite { .. } => None,
             // Known per decision (1 / the rate in force); recorded by `evaluate_p`.
             Kind::Dynamic { .. } | Kind::Throughput { .. } => None,
@@ -459,6 +491,7 @@ impl Policy {
                 if *invert { inverted(matched) } else { yes(matched) }
             }
             Kind::Prob { salt, threshold, .. } => yes(fnv1a(salt, id) <= *threshold),
+            Kind::Consistent { threshold, .. } => yes(trace_randomness(id, t) >= *threshold),
             Kind::Rate { sps, state } => {
                 let second = now.saturating_duration_since(epoch).as_secs();
                 let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
@@ -620,6 +653,9 @@ impl Policies {
         let mut first: [Option<usize>; 5] = [None; 5];
         let mut probability: Option<f64> = None;
         let mut unknown = false;
+        // The consistent threshold of the sampled vote with the highest probability, if that vote
+        // was a consistent one.
+        let mut consistent: Option<u64> = None;
         for (i, p) in self.list.iter().enumerate() {
             let v = p.evaluate(id, t, now, self.epoch, sql);
             self.votes[i][v.index()].increment(1);
@@ -631,7 +667,15 @@ impl Policies {
                 let adaptive = matches!(p.kind, Kind::Dynamic { .. } | Kind::Throughput { .. });
                 let known = if adaptive { Some(1.0 / LAST_RATE.with(|r| r.get()).max(1) as f64) } else { p.probability() };
                 match known {
-                    Some(x) => probability = Some(probability.map_or(x, |q: f64| q.max(x))),
+                    Some(x) => {
+                        if probability.is_none_or(|q| x > q) {
+                            consistent = match &p.kind {
+                                Kind::Consistent { threshold, .. } => Some(*threshold),
+                                _ => None,
+                            };
+                        }
+                        probability = Some(probability.map_or(x, |q: f64| q.max(x)));
+                    }
                     None => unknown = true,
                 }
             }
@@ -656,6 +700,12 @@ impl Policies {
             Some(p) if !unknown && p > 0.0 => Some(p),
             _ => None,
         };
-        Decision { outcome, policy, probability: if outcome == Final::Sampled { probability } else { None } }
+        let basis = match (probability, consistent) {
+            (Some(p), _) if p >= 1.0 => Basis::Certain,
+            (Some(_), Some(t)) => Basis::Consistent(t),
+            (Some(p), None) if p > 0.0 => Basis::Independent(p),
+            _ => Basis::Unknown,
+        };
+        Decision { outcome, policy, probability: if outcome == Final::Sampled { probability } else { None }, basis }
     }
 }

@@ -28,9 +28,9 @@ use tracepipe_pipeline::{Batch, BatchStatus, Finalizer};
 
 use super::cache::{Kept, NotSampledCache, SampledCache};
 use super::config::{OnFull, TailSamplingConfig};
-use super::policy::{Decision, Final, Policies};
+use super::policy::{Basis, Decision, Final, Policies};
 use super::state::{self, Saved, SavedTrace};
-use super::trace::{encode_segments, fingerprint, put_len, shard_of_fingerprint, split, IdMap, Incoming, Segment, Trace, TraceId, TRACE_OVERHEAD};
+use super::trace::{encode_segments, encode_segments_with, fingerprint, put_len, shard_of_fingerprint, split, IdMap, Incoming, Segment, Trace, TraceId, TRACE_OVERHEAD};
 
 /// Traces decided together have their SQL predicates evaluated on one record batch of about
 /// this many spans.
@@ -120,8 +120,57 @@ fn final_index(f: Final) -> usize {
     }
 }
 
-/// Encoded `KeyValue` attribute fields (Span field 9) marking kept spans.
-fn mark_bytes(policy: &str, probability: Option<f64>) -> Vec<u8> {
+/// The adjusted count and new tracestate of one kept span, from its own tracestate (an
+/// upstream `ot=th:`) and what the decision rested on.
+fn span_marks(ts: &str, basis: Basis) -> (Option<f64>, Option<String>) {
+    use super::tracestate::{probability_of, threshold, with_threshold};
+    let up = threshold(ts);
+    let up_count = 1.0 / probability_of(up.unwrap_or(0));
+    match basis {
+        Basis::Certain => (Some(up_count), None),
+        Basis::Consistent(t) => {
+            let eff = up.unwrap_or(0).max(t);
+            let ts = (Some(eff) != up && eff > 0).then(|| with_threshold(ts, Some(eff)));
+            (Some(1.0 / probability_of(eff)), ts)
+        }
+        Basis::Independent(p) => (Some(up_count / p), up.map(|_| with_threshold(ts, None))),
+        Basis::Unknown => (None, up.map(|_| with_threshold(ts, None))),
+    }
+}
+
+/// Marks for a kept span: the deciding policy, the adjusted count and (when it changes) the
+/// tracestate, as fields appended to the span (protobuf merges repeated attributes; a second
+/// `trace_state` replaces the first).
+fn span_mark_bytes(policy: &str, span: &[u8], basis: Basis) -> Vec<u8> {
+    let ts = std::str::from_utf8(super::policy::trace_state_of(span)).unwrap_or("");
+    let (count, new_ts) = span_marks(ts, basis);
+    let mut out = mark_bytes(policy, count);
+    if let Some(t) = new_ts {
+        put_len(&mut out, 0x1a, t.len());
+        out.extend_from_slice(t.as_bytes());
+    }
+    out
+}
+
+/// Writes a kept trace's segments with their marks: one set of bytes for every span when no span
+/// has a tracestate, else each span's own.
+fn encode_marked(segments: &[Segment], policy: &str, basis: Basis, per_span: bool, out: &mut Vec<u8>) {
+    if per_span {
+        encode_segments_with(segments, &mut |span| span_mark_bytes(policy, span, basis), out);
+    } else {
+        let (count, ts) = span_marks("", basis);
+        let mut m = mark_bytes(policy, count);
+        if let Some(t) = ts {
+            put_len(&mut m, 0x1a, t.len());
+            m.extend_from_slice(t.as_bytes());
+        }
+        encode_segments(segments, Some(&m), out);
+    }
+}
+
+/// Encoded `KeyValue` attribute fields (Span field 9) marking kept spans: the policy, and the
+/// adjusted count when known.
+fn mark_bytes(policy: &str, adjusted_count: Option<f64>) -> Vec<u8> {
     let mut out = Vec::new();
     let kv = |out: &mut Vec<u8>, key: &str, value: &[u8]| {
         let kv_len = super::trace::field_len(key.len()) + super::trace::field_len(value.len());
@@ -135,9 +184,9 @@ fn mark_bytes(policy: &str, probability: Option<f64>) -> Vec<u8> {
     put_len(&mut s, 0x0a, policy.len());
     s.extend_from_slice(policy.as_bytes());
     kv(&mut out, POLICY_ATTRIBUTE, &s);
-    if let Some(p) = probability.filter(|p| *p > 0.0) {
+    if let Some(c) = adjusted_count.filter(|c| c.is_finite()) {
         let mut d = vec![0x21];
-        d.extend_from_slice(&(1.0 / p).to_le_bytes());
+        d.extend_from_slice(&c.to_le_bytes());
         kv(&mut out, ADJUSTED_COUNT_ATTRIBUTE, &d);
     }
     out
@@ -319,13 +368,14 @@ impl Shard {
             if let Some(k) = self.sampled.get(fp) {
                 // Late spans of a kept trace: pass them on now, marked as the trace was.
                 self.m.late_sampled.increment(spans);
-                let mark = self.cfg.mark_policy.then(|| {
-                    let name = self.policies.list.get(k.policy as usize).map_or("", |p| p.name.as_str());
-                    mark_bytes(name, (!k.probability.is_nan()).then_some(f64::from(k.probability)))
-                });
                 let segs: Vec<Segment> =
                     g.runs.iter().map(|(e, b, r)| Segment { env: inc.envs[*e as usize].clone(), spans: inc.run(*b, r).to_vec() }).collect();
-                encode_segments(&segs, mark.as_deref(), &mut self.out.buf);
+                if self.cfg.mark_policy {
+                    let name = self.policies.list.get(k.policy as usize).map_or("", |p| p.name.as_str());
+                    encode_marked(&segs, name, k.basis(), g.summary.trace_state, &mut self.out.buf);
+                } else {
+                    encode_segments(&segs, None, &mut self.out.buf);
+                }
                 self.out.spans += spans as usize;
                 self.out.finalizers.extend(inc.finalizers.iter().cloned());
                 self.out.maybe_seal();
@@ -525,12 +575,17 @@ impl Shard {
         let fp = fingerprint(&id);
         if d.outcome == Final::Sampled {
             let policy = d.policy.unwrap_or(usize::from(u16::MAX)).min(usize::from(u16::MAX)) as u16;
-            self.sampled.insert(fp, Kept { policy, probability: d.probability.map_or(f32::NAN, |p| p as f32) });
-            let mark = self.cfg.mark_policy.then(|| {
+            let threshold = match d.basis {
+                Basis::Consistent(t) => t,
+                _ => 0,
+            };
+            self.sampled.insert(fp, Kept { policy, probability: d.probability.map_or(f32::NAN, |p| p as f32), threshold });
+            if self.cfg.mark_policy {
                 let name = d.policy.and_then(|i| self.policies.list.get(i)).map_or("", |p| p.name.as_str());
-                mark_bytes(name, d.probability)
-            });
-            encode_segments(&t.segments, mark.as_deref(), &mut self.out.buf);
+                encode_marked(&t.segments, name, d.basis, t.summary.trace_state, &mut self.out.buf);
+            } else {
+                encode_segments(&t.segments, None, &mut self.out.buf);
+            }
             self.out.spans += t.summary.spans as usize;
             self.out.finalizers.extend(t.finalizers.iter().cloned());
             self.out.maybe_seal();
@@ -574,7 +629,7 @@ impl Shard {
             encode_segments(&t.segments, None, &mut data);
             out.traces.push(SavedTrace { id: *id, age_ms: now.saturating_duration_since(t.first).as_millis() as u64, data });
         }
-        out.sampled = self.sampled.iter().map(|(fp, k)| (fp, k.policy, k.probability)).collect();
+        out.sampled = self.sampled.iter().map(|(fp, k)| (fp, k.policy, k.probability, k.threshold)).collect();
         out.not_sampled = self.not_sampled.iter().collect();
         out
     }
@@ -742,8 +797,8 @@ pub fn restore(dir: &std::path::Path, name: &str, front: &Front, policies: &Poli
         let map: Vec<u16> = s.policies.iter().map(|p| policies.list.iter().position(|q| &q.name == p).map_or(u16::MAX, |i| i as u16)).collect();
         for (i, d) in deciders.iter_mut().enumerate() {
             d.restore_caches(
-                s.sampled.iter().filter(|(fp, ..)| shard_of_fingerprint(*fp, n) == i).map(|(fp, p, prob)| {
-                    (*fp, Kept { policy: map.get(*p as usize).copied().unwrap_or(u16::MAX), probability: *prob })
+                s.sampled.iter().filter(|(fp, ..)| shard_of_fingerprint(*fp, n) == i).map(|(fp, p, prob, th)| {
+                    (*fp, Kept { policy: map.get(*p as usize).copied().unwrap_or(u16::MAX), probability: *prob, threshold: *th })
                 }),
                 s.not_sampled.iter().copied().filter(|fp| shard_of_fingerprint(*fp, n) == i),
             );

@@ -7,10 +7,10 @@
 //! deciders by trace id. Layout (little-endian):
 //!
 //! ```text
-//! "TPTS" 0x01
+//! "TPTS" 0x02
 //! u32 policies, then each name (u16 length, bytes)   -- so cached decisions keep their policy by name
 //! u64 traces,   then each: id [16], age_ms u64, len u32, TracesData [len]
-//! u64 sampled,  then each: fingerprint u64, policy u16 (index in the list above, or 0xffff), probability f32
+//! u64 sampled,  then each: fingerprint u64, policy u16 (index in the list above, or 0xffff), probability f32, threshold u64
 //! u64 not-sampled, then each: fingerprint u64
 //! u64 FNV-1a of everything before it
 //! ```
@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use super::policy::fnv1a;
 use super::trace::TraceId;
 
-const MAGIC: &[u8; 5] = b"TPTS\x01";
+const MAGIC: &[u8; 5] = b"TPTS\x02";
 
 /// A held trace, as saved.
 #[derive(Debug, Clone, PartialEq)]
@@ -44,8 +44,9 @@ pub struct Saved {
     pub policies: Vec<String>,
     /// Held traces.
     pub traces: Vec<SavedTrace>,
-    /// Sampled cache: fingerprint, policy index (into `policies`), probability.
-    pub sampled: Vec<(u64, u16, f32)>,
+    /// Sampled cache: fingerprint, policy index (into `policies`), probability, consistent
+    /// threshold (0: none).
+    pub sampled: Vec<(u64, u16, f32, u64)>,
     /// Not-sampled cache.
     pub not_sampled: Vec<u64>,
 }
@@ -100,10 +101,11 @@ impl Saved {
             out.extend_from_slice(&t.data);
         }
         out.extend_from_slice(&(self.sampled.len() as u64).to_le_bytes());
-        for (fp, p, prob) in &self.sampled {
+        for (fp, p, prob, th) in &self.sampled {
             out.extend_from_slice(&fp.to_le_bytes());
             out.extend_from_slice(&p.to_le_bytes());
             out.extend_from_slice(&prob.to_le_bytes());
+            out.extend_from_slice(&th.to_le_bytes());
         }
         out.extend_from_slice(&(self.not_sampled.len() as u64).to_le_bytes());
         for fp in &self.not_sampled {
@@ -137,9 +139,11 @@ impl Saved {
             let len = r.u32()? as usize;
             s.traces.push(SavedTrace { id, age_ms, data: r.take(len)?.to_vec() });
         }
-        let n = r.count(14)?;
+        let n = r.count(22)?;
         for _ in 0..n {
-            s.sampled.push((r.u64()?, r.u16()?, f32::from_le_bytes(r.take(4)?.try_into().expect("4 bytes"))));
+            let (fp, p) = (r.u64()?, r.u16()?);
+            let prob = f32::from_le_bytes(r.take(4)?.try_into().expect("4 bytes"));
+            s.sampled.push((fp, p, prob, r.u64()?));
         }
         let n = r.count(8)?;
         for _ in 0..n {

@@ -694,14 +694,14 @@ fn saved_state_round_trips_and_any_damage_is_refused() {
     let s = Saved {
         policies: vec!["errors".into(), "baseline".into()],
         traces: vec![SavedTrace { id: [7; 16], age_ms: 1234, data: vec![1, 2, 3] }, SavedTrace { id: [8; 16], age_ms: 5, data: vec![] }],
-        sampled: vec![(42, 1, 0.25), (43, u16::MAX, f32::NAN)],
+        sampled: vec![(42, 1, 0.25, 0), (43, u16::MAX, f32::NAN, 1 << 55)],
         not_sampled: vec![9, 10, 11],
     };
     let b = s.encode();
     let d = Saved::decode(&b).unwrap();
     assert_eq!((d.policies.clone(), d.traces.clone(), d.not_sampled.clone()), (s.policies.clone(), s.traces.clone(), s.not_sampled.clone()));
-    assert_eq!(d.sampled[0], (42, 1, 0.25));
-    assert!(d.sampled[1].2.is_nan());
+    assert_eq!(d.sampled[0], (42, 1, 0.25, 0));
+    assert!(d.sampled[1].2.is_nan() && d.sampled[1].3 == 1 << 55);
     for cut in 0..b.len() {
         assert!(Saved::decode(&b[..cut]).is_err(), "a file cut at {cut} bytes was accepted");
     }
@@ -711,7 +711,7 @@ fn saved_state_round_trips_and_any_damage_is_refused() {
         assert!(Saved::decode(&x).is_err(), "a flipped byte at {i} was accepted");
     }
     // A hostile count with a valid checksum cannot make it allocate.
-    let mut h = b"TPTS\x01".to_vec();
+    let mut h = b"TPTS\x02".to_vec();
     h.extend_from_slice(&0u32.to_le_bytes());
     h.extend_from_slice(&u64::MAX.to_le_bytes());
     let sum = fnv1a(&[], &h);
@@ -773,7 +773,7 @@ fn held_traces_and_caches_survive_a_restart_with_another_shard_count() {
     let (again, errs) = super::state::take_all(&dir, "sample");
     assert!(again.is_empty() && errs.is_empty());
     // A corrupt file is moved aside and reported.
-    std::fs::write(super::state::path(&dir, "sample", 0), b"TPTS\x01garbage").unwrap();
+    std::fs::write(super::state::path(&dir, "sample", 0), b"TPTS\x02garbage").unwrap();
     let (again, errs) = super::state::take_all(&dir, "sample");
     assert!(again.is_empty() && errs.len() == 1);
     assert!(dir.join("sample.shard-0.tailsampling.corrupt").exists());
@@ -874,4 +874,105 @@ fn throughput_holds_the_kept_rate_near_its_target() {
     assert!((65..140).contains(&out.len()), "kept {}", out.len());
     let adj = out[0].2.iter().find(|a| a.key == super::ADJUSTED_COUNT_ATTRIBUTE).expect("adjusted count").value.clone();
     assert_eq!(adj, Some(AnyValue { value: Some(any_value::Value::DoubleValue(10.0)) }));
+}
+
+// ------------------------------------------------------------------------------------------
+// Consistent probability sampling (tracestate ot=th:/rv:)
+
+#[test]
+fn tracestate_thresholds_parse_encode_and_rewrite_as_the_spec_says() {
+    use super::tracestate::*;
+    assert_eq!(threshold("ot=th:c"), Some(0xc0_0000_0000_0000));
+    assert_eq!(threshold("ot=th:0"), Some(0));
+    assert_eq!(threshold("vendor=x, ot=rv:abcdefabcdefab;th:08"), Some(0x08 << 48));
+    for bad in ["ot=th:g", "ot=th:", "ot=th:C", "ot=th:123456789abcdef", "th:8", "other=th:8"] {
+        assert_eq!(threshold(bad), None, "{bad}");
+    }
+    assert_eq!(randomness("ot=th:8;rv:abcdefabcdefab"), Some(0xab_cdef_abcd_efab));
+    assert_eq!(randomness("ot=rv:abc"), None);
+    assert_eq!(encode_threshold(threshold_for(0.25)), "c");
+    assert_eq!(encode_threshold(threshold_for(0.5)), "8");
+    assert_eq!(encode_threshold(0), "0");
+    assert!((probability_of(threshold_for(0.1)) - 0.1).abs() < 1e-15, "56-bit thresholds round p by under 2^-56");
+    assert_eq!(with_threshold("vendor=x,ot=th:8;rv:abcdefabcdefab", Some(0xc0_0000_0000_0000)), "ot=th:c;rv:abcdefabcdefab,vendor=x");
+    assert_eq!(with_threshold("ot=th:8", None), "");
+    assert_eq!(with_threshold("", Some(1 << 55)), "ot=th:8");
+    let mut id = [0u8; 16];
+    id[9..].copy_from_slice(&[0xff, 1, 2, 3, 4, 5, 6]);
+    assert_eq!(id_randomness(&id), 0xff_0102_0304_0506);
+}
+
+/// Kept spans: (trace id, tracestate, adjusted count).
+fn kept_marks(policies: &str, traces: Vec<Batch>) -> Vec<([u8; 16], String, Option<f64>)> {
+    let (mut shard, front) = test_shard(cfg(&format!("decision_wait: 1s\npolicies:\n{policies}")));
+    let t0 = Instant::now();
+    for b in traces {
+        for p in front.split(&b) {
+            shard.ingest(p, t0);
+        }
+    }
+    shard.expire(t0 + Duration::from_secs(1));
+    let mut out = Vec::new();
+    for b in shard.take_ready() {
+        for rs in b.to_resource_spans().unwrap() {
+            for sp in rs.scope_spans.into_iter().flat_map(|s| s.spans) {
+                let adj = sp.attributes.iter().find(|a| a.key == super::ADJUSTED_COUNT_ATTRIBUTE).and_then(|a| match a.value.as_ref()?.value.as_ref()? {
+                    any_value::Value::DoubleValue(d) => Some(*d),
+                    _ => None,
+                });
+                out.push((trace_id(&sp.trace_id), sp.trace_state, adj));
+            }
+        }
+    }
+    out
+}
+
+fn with_ts(mut sp: Span, ts: &str) -> Span {
+    sp.trace_state = ts.into();
+    sp
+}
+
+#[test]
+fn equalizing_keeps_by_the_traces_randomness_and_writes_the_threshold() {
+    use super::tracestate::{id_randomness, threshold_for};
+    let traces: Vec<Batch> = (1..=400u64).map(|t| encode(vec![span(t, 1, 0, 0, 1)], svc("a"))).collect();
+    let out = kept_marks("  - { name: p, type: probabilistic, sampling_percentage: 25, mode: equalizing }\n", traces);
+    let want: Vec<[u8; 16]> = (1..=400u64).map(tid_of).filter(|id| id_randomness(id) >= threshold_for(0.25)).collect();
+    assert_eq!(out.iter().map(|o| o.0).collect::<Vec<_>>(), want);
+    assert!((60..140).contains(&want.len()));
+    assert!(out.iter().all(|o| o.1 == "ot=th:c" && o.2 == Some(4.0)), "{:?}", &out[..2]);
+    // An explicit rv decides instead of the id: rv below the threshold is not kept.
+    let rv_low = with_ts(span(9999, 1, 0, 0, 1), "ot=rv:00000000000001");
+    let rv_high = with_ts(span(9998, 1, 0, 0, 1), "ot=rv:ffffffffffffff");
+    let out = kept_marks("  - { name: p, type: probabilistic, sampling_percentage: 25, mode: equalizing }\n", vec![encode(vec![rv_low, rv_high], svc("a"))]);
+    assert_eq!(out.iter().map(|o| (o.0, o.1.as_str())).collect::<Vec<_>>(), vec![(tid_of(9998), "ot=th:c;rv:ffffffffffffff")]);
+}
+
+#[test]
+fn upstream_thresholds_are_honoured_in_counts_and_tracestate() {
+    // Head-sampled at 50% upstream (th:8); kept here by a predicate: counts 2, tracestate as is.
+    let errs = |t: u64, ts: &str| encode(vec![with_ts(with_status(span(t, 1, 0, 0, 1), status::StatusCode::Error), ts)], svc("a"));
+    let out = kept_marks("  - { name: e, type: status_code, status_codes: [ERROR] }\n", vec![errs(1, "ot=th:8,vendor=x")]);
+    assert_eq!(out, vec![(tid_of(1), "ot=th:8,vendor=x".to_owned(), Some(2.0))]);
+    // Upstream 1/8 (th:e) and equalizing 25% here: the upstream threshold is the higher one and
+    // stands (the spans that reached us all have R >= e).
+    let mut id_hi = None;
+    for t in 1..2000u64 {
+        if super::tracestate::id_randomness(&tid_of(t)) >= 0xe0_0000_0000_0000 {
+            id_hi = Some(t);
+            break;
+        }
+    }
+    let t = id_hi.expect("an id with high randomness");
+    let out = kept_marks("  - { name: p, type: probabilistic, sampling_percentage: 25, mode: equalizing }\n", vec![encode(vec![with_ts(span(t, 1, 0, 0, 1), "ot=th:e")], svc("a"))]);
+    assert_eq!(out, vec![(tid_of(t), "ot=th:e".to_owned(), Some(8.0))]);
+    // Upstream 50% and the Collector's hash-seed 10% here: independent, so the counts multiply
+    // (20) and the upstream threshold no longer holds: th is removed.
+    let traces: Vec<Batch> = (1..=300u64).map(|t| encode(vec![with_ts(span(t, 1, 0, 0, 1), "ot=th:8;rv:00000000000000,k=v")], svc("a"))).collect();
+    let out = kept_marks("  - { name: p, type: probabilistic, sampling_percentage: 10 }\n", traces);
+    assert!(!out.is_empty());
+    assert!(out.iter().all(|o| o.1 == "ot=rv:00000000000000,k=v" && o.2 == Some(20.0)), "{:?}", &out[..1]);
+    // A mode that does not exist, and a salt with equalizing, are configuration errors.
+    let e = errors("policies: [{ name: p, type: probabilistic, sampling_percentage: 5, mode: proportional }, { name: q, type: probabilistic, sampling_percentage: 5, mode: equalizing, hash_salt: s }]\n").join("\n");
+    assert!(e.contains("unknown mode `proportional`") && e.contains("hash_salt has no effect with mode: equalizing"), "{e}");
 }

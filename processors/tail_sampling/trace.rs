@@ -467,6 +467,26 @@ pub fn encode_segments(segments: &[Segment], mark: Option<&[u8]>, out: &mut Vec<
     }
 }
 
+/// Writes segments as `ResourceSpans` fields of a `TracesData`, appending to every span the
+/// bytes `mark(span)` gives it.
+pub fn encode_segments_with(segments: &[Segment], mark: &mut dyn FnMut(&[u8]) -> Vec<u8>, out: &mut Vec<u8>) {
+    for s in segments {
+        let marks: Vec<Vec<u8>> = FramedIter { buf: &s.spans }.map(|sp| mark(sp)).collect();
+        let spans_len: usize = FramedIter { buf: &s.spans }.zip(&marks).map(|(sp, m)| field_len(sp.len() + m.len())).sum();
+        let scope_len = s.env.scope.len() + spans_len;
+        let rs_len = s.env.resource.len() + field_len(scope_len);
+        put_len(out, 0x0a, rs_len);
+        out.extend_from_slice(&s.env.resource);
+        put_len(out, 0x12, scope_len);
+        out.extend_from_slice(&s.env.scope);
+        for (sp, m) in (FramedIter { buf: &s.spans }).zip(&marks) {
+            put_len(out, 0x12, sp.len() + m.len());
+            out.extend_from_slice(sp);
+            out.extend_from_slice(m);
+        }
+    }
+}
+
 /// Bytes of a LEN field with a one-byte tag holding `n` bytes.
 pub fn field_len(n: usize) -> usize {
     1 + prost::encoding::encoded_len_varint(n as u64) + n
