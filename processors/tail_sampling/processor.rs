@@ -518,16 +518,21 @@ impl Shard {
             encode_segments(&t.segments, None, &mut buf);
             spans += t.summary.spans as usize;
         }
-        let batch = match tracepipe_pipeline::archive::encoded::encoded_to_record_batch([buf.as_slice()], spans) {
-            Ok(b) => b,
-            Err(error) => {
-                self.m.sql_errors.increment(traces.len() as u64);
-                tracing::warn!(message = "Traces do not convert for the sql policies; they vote not sampled.", %error);
-                return bits;
-            }
-        };
+        // The full conversion, built at most once, for predicates that read columns the
+        // projection does not build.
+        let mut full: Option<Result<datafusion::arrow::record_batch::RecordBatch, String>> = None;
         for (j, p) in preds.iter().enumerate() {
-            match p.evaluate(&batch) {
+            let result = match p.evaluate_projected(&buf, spans) {
+                Some(r) => r,
+                None => {
+                    let b = full.get_or_insert_with(|| tracepipe_pipeline::archive::encoded::encoded_to_record_batch([buf.as_slice()], spans).map_err(|e| e.to_string()));
+                    match b {
+                        Ok(b) => p.evaluate(b),
+                        Err(e) => Err(e.clone()),
+                    }
+                }
+            };
+            match result {
                 Ok(m) => {
                     let mut row = 0usize;
                     for (k, (_, t)) in traces.iter().enumerate() {

@@ -976,3 +976,56 @@ fn upstream_thresholds_are_honoured_in_counts_and_tracestate() {
     let e = errors("policies: [{ name: p, type: probabilistic, sampling_percentage: 5, mode: proportional }, { name: q, type: probabilistic, sampling_percentage: 5, mode: equalizing, hash_salt: s }]\n").join("\n");
     assert!(e.contains("unknown mode `proportional`") && e.contains("hash_salt has no effect with mode: equalizing"), "{e}");
 }
+
+#[test]
+fn sql_projection_gives_the_same_rows_as_the_full_conversion() {
+    use super::sql::SqlPredicate;
+    let mut spans = Vec::new();
+    for i in 0..60u64 {
+        let mut sp = span(i + 1, 1, if i % 3 == 0 { 0 } else { 7 }, i * 10, i * 10 + i * 7);
+        sp.kind = (i % 6) as i32;
+        sp.flags = (i % 2) as u32;
+        if i % 4 == 0 {
+            sp = with_status(sp, status::StatusCode::Error);
+        }
+        sp.trace_state = if i % 5 == 0 { "ot=th:8".into() } else { String::new() };
+        sp = with_attr(sp, kv("http.route", s(if i % 7 == 3 { "/checkout" } else { "/cart" })));
+        sp = with_attr(sp, kv("http.status_code", any_value::Value::IntValue(if i % 9 == 0 { 503 } else { 200 })));
+        sp = with_attr(sp, kv("ratio", any_value::Value::DoubleValue(i as f64 / 10.0)));
+        sp = with_attr(sp, kv("cached", any_value::Value::BoolValue(i % 2 == 0)));
+        spans.push(sp);
+    }
+    let mut buf = Vec::new();
+    let n = spans.len();
+    let (a, b) = spans.split_at(30);
+    for (part, svc_name) in [(a, "shop"), (b, "billing")] {
+        let td = TracesData {
+            resource_spans: vec![ResourceSpans {
+                resource: Some(Resource { attributes: vec![kv("service.name", s(svc_name)), kv("k8s.pod.count", any_value::Value::IntValue(3))], ..Default::default() }),
+                scope_spans: vec![ScopeSpans { spans: part.to_vec(), ..Default::default() }],
+                schema_url: String::new(),
+            }],
+        };
+        buf.extend(td.encode_to_vec());
+    }
+    let full = tracepipe_pipeline::archive::encoded::encoded_to_record_batch([buf.as_slice()], n).unwrap();
+    for q in [
+        "attributes['http.route'] = '/checkout' AND duration_ns > 2e8",
+        "attributes_int['http.status_code'] >= 500 OR status_code = 'ERROR'",
+        "attributes_double['ratio'] > 2.5 AND attributes_bool['cached']",
+        "service_name = 'billing' AND kind = 'SERVER'",
+        "resource_attributes_int['k8s.pod.count'] = 3 AND name LIKE 'op%' AND flags = 1",
+        "trace_state LIKE 'ot=%' AND start_time > TIMESTAMP '2023-11-14T22:13:20Z'",
+        "resource_attributes['service.name'] = 'shop' AND end_time > start_time",
+    ] {
+        let p = SqlPredicate::plan(q).unwrap();
+        assert!(p.is_projected(), "{q} reads only columns the projection builds");
+        let got = p.evaluate_projected(&buf, n).unwrap().unwrap();
+        let want = p.evaluate(&full).unwrap();
+        assert_eq!(got, want, "{q}");
+        assert!(want.true_count() > 0 && want.true_count() < n, "{q} selects a strict subset ({})", want.true_count());
+    }
+    // Columns the projection does not build fall back to the full conversion.
+    let p = SqlPredicate::plan("scope_name = 'x' OR cardinality(events) > 0").unwrap();
+    assert!(!p.is_projected() && p.evaluate_projected(&buf, n).is_none());
+}
