@@ -324,6 +324,9 @@ impl Shard {
         self.held.fetch_add(n, Ordering::Relaxed);
     }
 
+    fn over_memory(&self) -> bool {
+        self.held.load(Ordering::Relaxed) > self.cfg.max_bytes as i64
+    }
 
     /// The next deadline.
     fn next_deadline(&self) -> Option<Instant> {
@@ -410,7 +413,7 @@ impl Shard {
         self.recharge_index();
         // Bounds over all traces.
         if self.cfg.on_full == OnFull::DecideOldest {
-            self.decide_oldest_for_memory(now);
+            while self.over_memory() && self.decide_oldest(Early::Memory, now) {}
         }
         while self.num_traces > 0 && self.traces.len() > self.num_traces && self.decide_oldest(Early::NumTraces, now) {}
         self.publish();
@@ -436,27 +439,6 @@ impl Shard {
         } else if t.bytes as u64 >= self.cfg.max_trace_bytes {
             self.decide(id, Some(Early::TraceBytes), now);
         }
-    }
-
-    /// Over `max_bytes`: decides the oldest traces, together (one round of SQL evaluation), until
-    /// their bytes cover the excess plus 1/64 of the bound, so the next batches do not each
-    /// trigger a round.
-    fn decide_oldest_for_memory(&mut self, now: Instant) {
-        let over = self.held.load(Ordering::Relaxed) - self.cfg.max_bytes as i64;
-        if over <= 0 {
-            return;
-        }
-        let want = over + (self.cfg.max_bytes / 64) as i64;
-        let mut freed = 0i64;
-        let mut ids = Vec::new();
-        while freed < want {
-            let Some((_, id, seq)) = self.wait_q.pop_front() else { break };
-            if let Some(t) = self.traces.get(&id).filter(|t| t.seq == seq) {
-                freed += t.bytes as i64;
-                ids.push(id);
-            }
-        }
-        self.decide_many(&ids, Some(Early::Memory), now);
     }
 
     /// Decides the oldest held trace; false when none is held.
