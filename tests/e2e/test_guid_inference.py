@@ -19,7 +19,7 @@ from mesh.mesh import Mesh
 from sdk import normalise_json
 
 
-def collector(otlp_port, wait="2s"):
+def collector(otlp_port, wait="3s"):
     port = free_port()
     tp, out = recording_tracepipe(f"""
 receivers:
