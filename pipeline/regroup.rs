@@ -100,11 +100,12 @@ fn varint_len(v: usize) -> usize {
 }
 
 /// Bytes of a LEN field with a one-byte tag holding `n` payload bytes.
-fn field_len(n: usize) -> usize {
+pub fn field_len(n: usize) -> usize {
     1 + varint_len(n) + n
 }
 
-fn put_field(out: &mut Vec<u8>, tag: u8, n: usize) {
+/// Appends a LEN field's one-byte tag and its length.
+pub fn put_field(out: &mut Vec<u8>, tag: u8, n: usize) {
     out.push(tag);
     prost::encoding::encode_varint(n as u64, out);
 }

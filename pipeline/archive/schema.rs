@@ -197,7 +197,8 @@ fn kind_value(s: &str) -> i32 {
     }
 }
 
-pub(crate) fn status_name(c: i32) -> &'static str {
+/// The archive's `status_code` text for an OTLP status code.
+pub fn status_name(c: i32) -> &'static str {
     match c {
         1 => "OK",
         2 => "ERROR",
@@ -431,7 +432,8 @@ fn ts_builder(n: usize) -> TimestampNanosecondBuilder {
     TimestampNanosecondBuilder::with_capacity(n).with_timezone("UTC")
 }
 
-pub(crate) fn nanos(t: u64) -> i64 {
+/// A u64 nanosecond time as the archive's i64 (saturating).
+pub fn nanos(t: u64) -> i64 {
     t.min(i64::MAX as u64) as i64
 }
 

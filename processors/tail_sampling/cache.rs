@@ -12,27 +12,10 @@
 //! late; at that rate it does not happen in practice.
 
 use std::collections::{HashMap, HashSet};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::BuildHasherDefault;
 
-/// Hashes fingerprints, which are already mixed: identity.
-#[derive(Default, Clone, Copy)]
-pub struct FpHasher(u64);
-
-impl Hasher for FpHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
-        }
-    }
-    fn write_u64(&mut self, v: u64) {
-        self.0 = v;
-    }
-}
-
-type FpBuild = BuildHasherDefault<FpHasher>;
+/// Fingerprints hash as trace ids do.
+type FpBuild = BuildHasherDefault<super::trace::IdHasher>;
 
 /// What a sampled trace's late spans carry: the deciding policy and the keep probability.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -67,6 +67,28 @@ struct Settings {
     policies: serde::de::IgnoredAny,
 }
 
+impl Settings {
+    fn into_config(self, on_full: OnFull, policies: Vec<PolicyConfig>) -> TailSamplingConfig {
+        TailSamplingConfig {
+            decision_wait: self.decision_wait.get(),
+            decision_wait_after_root: self.decision_wait_after_root.get(),
+            max_bytes: self.max_bytes.get(),
+            max_trace_spans: self.max_trace_spans,
+            max_trace_bytes: self.max_trace_bytes.get(),
+            num_traces: self.num_traces,
+            expected_new_traces_per_sec: self.expected_new_traces_per_sec,
+            on_full,
+            shards: self.shards,
+            decision_cache: self.decision_cache,
+            mark_policy: self.mark_policy,
+            sample_on_first_match: self.sample_on_first_match,
+            drop_pending_traces_on_shutdown: self.drop_pending_traces_on_shutdown,
+            state_dir: self.state_dir.map(std::path::PathBuf::from),
+            policies,
+        }
+    }
+}
+
 impl Default for Settings {
     fn default() -> Self {
         Settings {
@@ -129,24 +151,7 @@ pub struct TailSamplingConfig {
 
 impl Default for TailSamplingConfig {
     fn default() -> Self {
-        let s = Settings::default();
-        TailSamplingConfig {
-            decision_wait: s.decision_wait.get(),
-            decision_wait_after_root: s.decision_wait_after_root.get(),
-            max_bytes: s.max_bytes.get(),
-            max_trace_spans: s.max_trace_spans,
-            max_trace_bytes: s.max_trace_bytes.get(),
-            num_traces: 0,
-            expected_new_traces_per_sec: 0,
-            on_full: OnFull::DecideOldest,
-            shards: 0,
-            decision_cache: DecisionCacheConfig::default(),
-            mark_policy: true,
-            sample_on_first_match: false,
-            drop_pending_traces_on_shutdown: false,
-            state_dir: None,
-            policies: Vec::new(),
-        }
+        Settings::default().into_config(OnFull::DecideOldest, Vec::new())
     }
 }
 
@@ -886,22 +891,6 @@ impl TailSamplingConfig {
         if !errors.is_empty() {
             return Err(errors);
         }
-        Ok(TailSamplingConfig {
-            decision_wait: s.decision_wait.get(),
-            decision_wait_after_root: s.decision_wait_after_root.get(),
-            max_bytes: s.max_bytes.get(),
-            max_trace_spans: s.max_trace_spans,
-            max_trace_bytes: s.max_trace_bytes.get(),
-            num_traces: s.num_traces,
-            expected_new_traces_per_sec: s.expected_new_traces_per_sec,
-            on_full,
-            shards: s.shards,
-            decision_cache: s.decision_cache,
-            mark_policy: s.mark_policy,
-            sample_on_first_match: s.sample_on_first_match,
-            drop_pending_traces_on_shutdown: s.drop_pending_traces_on_shutdown,
-            state_dir: s.state_dir.map(std::path::PathBuf::from),
-            policies,
-        })
+        Ok(s.into_config(on_full, policies))
     }
 }

@@ -226,12 +226,10 @@ struct SpanRow<'a> {
 }
 
 fn str_of(b: &[u8]) -> &str {
-    std::str::from_utf8(b).unwrap_or("")
+    tracepipe_pipeline::wire::str_of(b).unwrap_or("")
 }
 
-fn nanos(t: u64) -> i64 {
-    t.min(i64::MAX as u64) as i64
-}
+use tracepipe_pipeline::archive::schema::nanos;
 
 /// (key, value as AnyValue bytes) of a KeyValue.
 fn key_value(kv: &[u8]) -> Option<(&[u8], &[u8])> {
@@ -379,11 +377,7 @@ impl Projected {
                         match (c, b) {
                             (Col::Name, Builder::Str(x)) => x.append_value(str_of(s.name)),
                             (Col::Kind, Builder::Str(x)) => x.append_value(tracepipe_pipeline::archive::schema::kind_name(s.kind as i32)),
-                            (Col::StatusCode, Builder::Str(x)) => x.append_value(match s.status_code {
-                                1 => "OK",
-                                2 => "ERROR",
-                                _ => "UNSET",
-                            }),
+                            (Col::StatusCode, Builder::Str(x)) => x.append_value(tracepipe_pipeline::archive::schema::status_name(s.status_code as i32)),
                             (Col::StatusMessage, Builder::Str(x)) => x.append_value(str_of(s.status_message)),
                             (Col::TraceState, Builder::Str(x)) => x.append_value(str_of(s.trace_state)),
                             (Col::Start, Builder::Ts(x)) => x.append_value(nanos(s.start)),

@@ -1029,3 +1029,21 @@ fn sql_projection_gives_the_same_rows_as_the_full_conversion() {
     let p = SqlPredicate::plan("scope_name = 'x' OR cardinality(events) > 0").unwrap();
     assert!(!p.is_projected() && p.evaluate_projected(&buf, n).is_none());
 }
+
+#[test]
+fn a_batch_that_does_not_decode_is_dropped_counted_and_reported_rejected() {
+    let (mut shard, front) = test_shard(cfg("policies: [{ name: all, type: always_sample }]\n"));
+    let status = Arc::new(std::sync::Mutex::new(None));
+    let st = status.clone();
+    let fin = Finalizer::new(move |s| *st.lock().unwrap() = Some(s));
+    // A ResourceSpans field whose length runs past the end, then a hostile varint.
+    for bytes in [vec![0x0a, 0xff, 0xff, 0x03, 0x12], vec![0x0a, 0x02, 0x12, 0xff], vec![0xff; 11]] {
+        let b = Batch::from_encoded(bytes.into(), 1).with_finalizer(fin.clone());
+        assert!(front.split(&b).is_empty(), "nothing dealt out of a batch that does not decode");
+    }
+    drop(fin);
+    assert_eq!(*status.lock().unwrap(), Some(tracepipe_pipeline::BatchStatus::Rejected));
+    shard.expire(Instant::now() + Duration::from_secs(60));
+    assert!(shard.take_ready().is_empty());
+    assert_eq!(shard.held_span_bytes(), 0, "envelopes of a half-walked batch are refunded");
+}

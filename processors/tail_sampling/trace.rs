@@ -211,11 +211,7 @@ pub fn trace_id(bytes: &[u8]) -> TraceId {
     id
 }
 
-/// Appends a LEN field header.
-pub fn put_len(out: &mut Vec<u8>, tag: u8, n: usize) {
-    out.push(tag);
-    prost::encoding::encode_varint(n as u64, out);
-}
+pub use tracepipe_pipeline::regroup::{field_len, put_field as put_len};
 
 /// Spans of one trace from one batch: runs of framed spans (consecutive `ScopeSpans.spans`
 /// fields, tag and length included, exactly as received) that share an envelope.
@@ -443,42 +439,36 @@ impl<'a> Iterator for FramedIter<'a> {
 /// Writes segments as `ResourceSpans` fields of a `TracesData`; `mark` (encoded attribute
 /// fields) is appended to every span when given.
 pub fn encode_segments(segments: &[Segment], mark: Option<&[u8]>, out: &mut Vec<u8>) {
-    for s in segments {
-        let spans_len = match mark {
-            None => s.spans.len(),
-            Some(m) => FramedIter { buf: &s.spans }.map(|sp| field_len(sp.len() + m.len())).sum(),
-        };
-        let scope_len = s.env.scope.len() + spans_len;
-        let rs_len = s.env.resource.len() + field_len(scope_len);
-        put_len(out, 0x0a, rs_len);
-        out.extend_from_slice(&s.env.resource);
-        put_len(out, 0x12, scope_len);
-        out.extend_from_slice(&s.env.scope);
-        match mark {
-            None => out.extend_from_slice(&s.spans),
-            Some(m) => {
-                for sp in (FramedIter { buf: &s.spans }) {
-                    put_len(out, 0x12, sp.len() + m.len());
-                    out.extend_from_slice(sp);
-                    out.extend_from_slice(m);
-                }
-            }
-        }
+    match mark {
+        None => encode(segments, None, out),
+        Some(m) => encode(segments, Some(&mut |_| std::borrow::Cow::Borrowed(m)), out),
     }
 }
 
 /// Writes segments as `ResourceSpans` fields of a `TracesData`, appending to every span the
 /// bytes `mark(span)` gives it.
 pub fn encode_segments_with(segments: &[Segment], mark: &mut dyn FnMut(&[u8]) -> Vec<u8>, out: &mut Vec<u8>) {
+    encode(segments, Some(&mut |sp| std::borrow::Cow::Owned(mark(sp))), out);
+}
+
+/// The one encoder: unmarked segments are copied as they are, marked ones span by span.
+fn encode<'m>(segments: &[Segment], mut mark: Option<&mut dyn FnMut(&[u8]) -> std::borrow::Cow<'m, [u8]>>, out: &mut Vec<u8>) {
     for s in segments {
-        let marks: Vec<Vec<u8>> = FramedIter { buf: &s.spans }.map(|sp| mark(sp)).collect();
-        let spans_len: usize = FramedIter { buf: &s.spans }.zip(&marks).map(|(sp, m)| field_len(sp.len() + m.len())).sum();
+        let marks: Vec<std::borrow::Cow<'m, [u8]>> = match mark.as_deref_mut() {
+            Some(f) => FramedIter { buf: &s.spans }.map(|sp| f(sp)).collect(),
+            None => Vec::new(),
+        };
+        let spans_len = if mark.is_some() { FramedIter { buf: &s.spans }.zip(&marks).map(|(sp, m)| field_len(sp.len() + m.len())).sum() } else { s.spans.len() };
         let scope_len = s.env.scope.len() + spans_len;
         let rs_len = s.env.resource.len() + field_len(scope_len);
         put_len(out, 0x0a, rs_len);
         out.extend_from_slice(&s.env.resource);
         put_len(out, 0x12, scope_len);
         out.extend_from_slice(&s.env.scope);
+        if mark.is_none() {
+            out.extend_from_slice(&s.spans);
+            continue;
+        }
         for (sp, m) in (FramedIter { buf: &s.spans }).zip(&marks) {
             put_len(out, 0x12, sp.len() + m.len());
             out.extend_from_slice(sp);
@@ -487,7 +477,3 @@ pub fn encode_segments_with(segments: &[Segment], mark: &mut dyn FnMut(&[u8]) ->
     }
 }
 
-/// Bytes of a LEN field with a one-byte tag holding `n` bytes.
-pub fn field_len(n: usize) -> usize {
-    1 + prost::encoding::encoded_len_varint(n as u64) + n
-}
