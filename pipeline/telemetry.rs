@@ -55,6 +55,9 @@ pub mod names {
     pub const PROCESSOR_GUID_AMBIGUOUS: &str = "tracepipe_processor_guid_ambiguous_total";
     /// Guids with more spans than inference handles, passed on untouched (`processor`).
     pub const PROCESSOR_GUID_TOO_LARGE: &str = "tracepipe_processor_guid_too_large_total";
+    /// Spans whose trace id guid inference rewrote to their rebuilt trace's (`processor`, `when` =
+    /// `resolved` with their guid's spans, `late` after it, from the remembered rewrites).
+    pub const PROCESSOR_GUID_RETRACED_SPANS: &str = "tracepipe_processor_guid_retraced_spans_total";
     /// Guids resolved before their wait because of `max_bytes` (`processor`).
     pub const PROCESSOR_GUID_EVICTED_EARLY: &str = "tracepipe_processor_guid_evicted_early_total";
     /// Traces a tail-sampling policy voted on, by vote (`processor`, `policy`, `decision` =

@@ -26,6 +26,15 @@ pub struct GuidInferenceConfig {
     pub cross_node: bool,
     /// Clock skew tolerated between nodes when linking across them (default 50ms).
     pub clock_skew: Duration,
+    /// Hold spans without the guid too, by trace id, for `wait` (default true): an application's
+    /// own spans (an OTel SDK behind the sidecar) share a fragment's trace id but carry no guid,
+    /// and must take the rebuilt trace id with the fragment. `false` passes them on at once
+    /// (lower latency and memory when no application spans share the proxies' traces).
+    pub hold_untagged: bool,
+    /// Trace-id rewrites remembered after a guid is resolved, so spans of its fragments that
+    /// arrive later take the rebuilt trace id too (default 100000; 0 = none). About 100 bytes
+    /// each.
+    pub rewrite_cache_size: usize,
 }
 
 impl Default for GuidInferenceConfig {
@@ -38,6 +47,8 @@ impl Default for GuidInferenceConfig {
             mark_inferred: true,
             cross_node: true,
             clock_skew: Duration::from_millis(50),
+            hold_untagged: true,
+            rewrite_cache_size: 100_000,
         }
     }
 }

@@ -68,6 +68,9 @@ pub struct Held {
     pub scope: Arc<Envelope<InstrumentationScope>>,
     /// The span.
     pub span: Span,
+    /// The span carries the guid. Spans without it (an application's own spans that share a
+    /// fragment's trace id) are never linked, only moved with their fragment's trace id.
+    pub tagged: bool,
 }
 
 /// Guids with more spans than this are passed on without inference (counted as `too_large`):
@@ -193,14 +196,26 @@ fn reaches(parent_of: &[Option<usize>], from: usize, target: usize) -> bool {
     false
 }
 
-/// Rebuilds the tree of one guid's spans in place.
+/// Gives a span the trace id of its rebuilt trace, keeping the old one as
+/// `tracepipe.original_trace_id`.
+pub fn retrace(s: &mut Span, new: Vec<u8>) {
+    let old = std::mem::replace(&mut s.trace_id, new);
+    s.attributes.push(KeyValue {
+        key: "tracepipe.original_trace_id".into(),
+        value: Some(AnyValue { value: Some(any_value::Value::StringValue(hex(&old))) }),
+        key_strindex: 0,
+    });
+}
+
+/// Rebuilds the tree of one guid's spans in place (spans without the guid, `tagged: false`, only
+/// follow their fragment's new trace id).
 pub fn resolve(spans: &mut [Held], rules: &Rules) -> Outcome {
     let mut out = Outcome::default();
-    if spans.len() > MAX_SPANS_PER_GUID {
+    if spans.iter().filter(|h| h.tagged).count() > MAX_SPANS_PER_GUID {
         out.too_large = true;
         return out;
     }
-    let traces: std::collections::BTreeSet<&Vec<u8>> = spans.iter().map(|h| &h.span.trace_id).collect();
+    let traces: std::collections::BTreeSet<&Vec<u8>> = spans.iter().filter(|h| h.tagged).map(|h| &h.span.trace_id).collect();
     if traces.len() < 2 {
         return out; // already one trace: touch nothing
     }
@@ -236,7 +251,7 @@ pub fn resolve(spans: &mut [Held], rules: &Rules) -> Outcome {
     // Tier 1: orphan CLIENT roots -> tightest enclosing SERVER on the same node.
     for i in 0..n {
         let s = &spans[i].span;
-        if s.kind != CLIENT || !orphan(i) {
+        if s.kind != CLIENT || !spans[i].tagged || !orphan(i) {
             continue;
         }
         let Some(node) = nodes[i] else { continue };
@@ -244,7 +259,7 @@ pub fn resolve(spans: &mut [Held], rules: &Rules) -> Outcome {
         let mut tie = false;
         for (j, c) in spans.iter().enumerate() {
             let p = &c.span;
-            if j == i || p.kind != SERVER || p.trace_id == s.trace_id || nodes[j] != Some(node) {
+            if j == i || p.kind != SERVER || !c.tagged || p.trace_id == s.trace_id || nodes[j] != Some(node) {
                 continue;
             }
             if p.start_time_unix_nano <= s.start_time_unix_nano && p.end_time_unix_nano.saturating_add(END_SLACK_NANOS) >= s.end_time_unix_nano {
@@ -275,7 +290,7 @@ pub fn resolve(spans: &mut [Held], rules: &Rules) -> Outcome {
         let mut servers = Vec::new();
         for i in 0..n {
             let s = &spans[i].span;
-            if s.kind != SERVER || !orphan(i) {
+            if s.kind != SERVER || !spans[i].tagged || !orphan(i) {
                 continue;
             }
             let names = service_names(&spans[i]);
@@ -286,7 +301,7 @@ pub fn resolve(spans: &mut [Held], rules: &Rules) -> Outcome {
             let (ss, se) = (s.start_time_unix_nano as i128, s.end_time_unix_nano as i128);
             for j in 0..n {
                 let c = &spans[j].span;
-                if c.kind != CLIENT || c.trace_id == s.trace_id || (nodes[i].is_some() && nodes[j] == nodes[i]) {
+                if c.kind != CLIENT || !spans[j].tagged || c.trace_id == s.trace_id || (nodes[i].is_some() && nodes[j] == nodes[i]) {
                     continue;
                 }
                 if !targets[j].iter().any(|t| names.contains(t)) {
@@ -366,12 +381,7 @@ pub fn resolve(spans: &mut [Held], rules: &Rules) -> Outcome {
     for h in spans.iter_mut() {
         let root = find(&mut uf, &h.span.trace_id);
         if root != h.span.trace_id {
-            let old = std::mem::replace(&mut h.span.trace_id, root);
-            h.span.attributes.push(KeyValue {
-                key: "tracepipe.original_trace_id".into(),
-                value: Some(AnyValue { value: Some(any_value::Value::StringValue(hex(&old))) }),
-                key_strindex: 0,
-            });
+            retrace(&mut h.span, root);
             out.retraced += 1;
         }
     }

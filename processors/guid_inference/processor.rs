@@ -18,7 +18,7 @@ use tracepipe_pipeline::topology::{BuildError, ComponentContext, ComponentError,
 use tracepipe_pipeline::{Batch, BatchStatus, Finalizer};
 
 use super::config::GuidInferenceConfig;
-use super::infer::{resolve, string_attr, Envelope, Held, Rules};
+use super::infer::{resolve, retrace, string_attr, Envelope, Held, Rules};
 
 /// Bytes charged per held span on top of its encoding (the `Held` and map entries).
 const SPAN_OVERHEAD: usize = 64;
@@ -33,6 +33,16 @@ struct Group {
     /// The addresses of the resource and scope envelopes last charged to this group (only
     /// compared, while the group holds both alive).
     last_envelopes: (usize, usize),
+    /// Which opening of this key the group is (an `order` entry of an earlier one is stale).
+    generation: u64,
+}
+
+/// What a group is held by: a guid, or (spans without one, `hold_untagged`) a trace id not yet
+/// seen on a guid's span.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Key {
+    Guid(String),
+    Trace(Vec<u8>),
 }
 
 /// Spans to pass on, with the acknowledgements they carry.
@@ -52,15 +62,48 @@ struct Metrics {
     evicted: Counter,
     too_large: Counter,
     dropped: Counter,
+    retraced: Counter,
+    retraced_late: Counter,
+}
+
+/// Trace ids rewritten by resolutions, old → new, so spans of a fragment that arrive after its
+/// guid was resolved take the same new id. Two generations of at most `capacity / 2` entries:
+/// the oldest half is forgotten at once.
+#[derive(Default)]
+struct Rewrites {
+    current: HashMap<Vec<u8>, Vec<u8>>,
+    previous: HashMap<Vec<u8>, Vec<u8>>,
+    capacity: usize,
+}
+
+impl Rewrites {
+    fn get(&self, old: &[u8]) -> Option<&Vec<u8>> {
+        self.current.get(old).or_else(|| self.previous.get(old))
+    }
+
+    fn insert(&mut self, old: Vec<u8>, new: Vec<u8>) {
+        if self.capacity == 0 {
+            return;
+        }
+        if self.current.len() >= self.capacity.div_ceil(2) {
+            self.previous = std::mem::take(&mut self.current);
+        }
+        self.current.insert(old, new);
+    }
 }
 
 struct State {
     cfg: GuidInferenceConfig,
     rules: Rules,
-    groups: HashMap<String, Group>,
-    order: VecDeque<(Instant, String)>,
+    groups: HashMap<Key, Group>,
+    order: VecDeque<(Instant, Key, u64)>,
+    /// Trace id → the held guid whose spans carry it: spans without the guid join that group.
+    traces: HashMap<Vec<u8>, String>,
+    rewrites: Rewrites,
     bytes: usize,
     spans: usize,
+    guids: usize,
+    generations: u64,
     m: Metrics,
     name: String,
     /// Batches ingested so far.
@@ -98,17 +141,32 @@ fn to_batch(released: Released) -> Batch {
 impl State {
     fn gauges(&self) {
         self.m.spans_held.set(self.spans as f64);
-        self.m.guids_held.set(self.groups.len() as f64);
+        self.m.guids_held.set(self.guids as f64);
         self.m.bytes_held.set(self.bytes as f64);
     }
 
-    /// Takes a batch apart: spans without a guid come back at once, the rest are held (their
-    /// groups keep the batch's finalizers). A batch still in wire form whose bytes do not contain
-    /// the guid key at all passes untouched, without being decoded. A batch that does not decode
-    /// is counted, reported rejected and dropped; the processor goes on.
+    /// The group of `key`, opened (and queued for its wait) if not held.
+    fn group(&mut self, key: Key, now: Instant) -> &mut Group {
+        let (order, generations, guids) = (&mut self.order, &mut self.generations, &mut self.guids);
+        self.groups.entry(key).or_insert_with_key(|k| {
+            *generations += 1;
+            order.push_back((now, k.clone(), *generations));
+            *guids += matches!(k, Key::Guid(_)) as usize;
+            Group { spans: Vec::new(), bytes: 0, finalizers: Vec::new(), last_batch: 0, last_envelopes: (0, 0), generation: *generations }
+        })
+    }
+
+    /// Takes a batch apart: spans with a guid are held by it; spans without one are held by
+    /// their trace id (joining the guid group that holds that trace, or later joined by it) with
+    /// `hold_untagged`, else come back at once. A span of a trace that an earlier resolution
+    /// rewrote takes the new trace id first. A batch still in wire form whose bytes do not
+    /// contain the guid key passes untouched, without being decoded, unless untagged spans are
+    /// held. A batch that does not decode is counted, reported rejected and dropped; the
+    /// processor goes on.
     fn ingest(&mut self, mut batch: Batch, now: Instant) -> Batch {
         let key = self.cfg.guid_attribute.clone();
-        if batch.encoded_contains(key.as_bytes()) == Some(false) {
+        let hold_untagged = self.cfg.hold_untagged;
+        if !hold_untagged && batch.encoded_contains(key.as_bytes()) == Some(false) && self.rewrites.current.is_empty() && self.rewrites.previous.is_empty() {
             return batch;
         }
         self.batches += 1;
@@ -128,17 +186,45 @@ impl State {
             for ss in r.scope_spans.iter_mut() {
                 let mut scope: Option<Arc<Envelope<_>>> = None;
                 let spans = std::mem::take(&mut ss.spans);
-                for s in spans {
-                    let Some(guid) = string_attr(&s, &key).map(str::to_owned) else {
-                        ss.spans.push(s);
-                        continue;
+                for mut s in spans {
+                    let guid = string_attr(&s, &key).map(str::to_owned);
+                    if let Some(new) = self.rewrites.get(&s.trace_id) {
+                        let new = new.clone();
+                        retrace(&mut s, new);
+                        self.m.retraced_late.increment(1);
+                        if guid.is_none() {
+                            ss.spans.push(s); // its fragment is already resolved
+                            continue;
+                        }
+                    }
+                    let tagged = guid.is_some();
+                    let group_key = match guid {
+                        Some(g) => {
+                            if !self.traces.contains_key(&s.trace_id) {
+                                self.traces.insert(s.trace_id.clone(), g.clone());
+                                // Untagged spans held for this trace join the guid.
+                                if let Some(t) = self.groups.remove(&Key::Trace(s.trace_id.clone())) {
+                                    let target = self.group(Key::Guid(g.clone()), now);
+                                    target.spans.extend(t.spans);
+                                    target.bytes += t.bytes;
+                                    target.finalizers.extend(t.finalizers);
+                                    target.last_envelopes = (0, 0);
+                                }
+                            }
+                            Key::Guid(g)
+                        }
+                        None if !hold_untagged => {
+                            ss.spans.push(s);
+                            continue;
+                        }
+                        None => match self.traces.get(&s.trace_id) {
+                            Some(g) => Key::Guid(g.clone()),
+                            None => Key::Trace(s.trace_id.clone()),
+                        },
                     };
                     let resource = resource.get_or_insert_with(|| Arc::new(Envelope { value: r.resource.clone(), schema_url: r.schema_url.clone() }));
                     let scope = scope.get_or_insert_with(|| Arc::new(Envelope { value: ss.scope.clone(), schema_url: ss.schema_url.clone() }));
-                    let g = self.groups.entry(guid.clone()).or_insert_with(|| {
-                        self.order.push_back((now, guid));
-                        Group { spans: Vec::new(), bytes: 0, finalizers: Vec::new(), last_batch: 0, last_envelopes: (0, 0) }
-                    });
+                    let g = self.group(group_key, now);
                     let mut bytes = s.encoded_len() + SPAN_OVERHEAD;
                     let envelopes = (Arc::as_ptr(resource) as usize, Arc::as_ptr(scope) as usize);
                     if g.last_envelopes != envelopes {
@@ -152,7 +238,7 @@ impl State {
                         g.last_batch = seq;
                     }
                     g.bytes += bytes;
-                    g.spans.push(Held { resource: resource.clone(), scope: scope.clone(), span: s });
+                    g.spans.push(Held { resource: resource.clone(), scope: scope.clone(), span: s, tagged });
                     self.bytes += bytes;
                     self.spans += 1;
                 }
@@ -165,37 +251,59 @@ impl State {
         batch
     }
 
-    fn release(&mut self, guid: &str, out: &mut Released) {
-        let Some(g) = self.groups.remove(guid) else { return };
+    /// Passes a group on: a guid's spans resolved together (trace ids rewritten are remembered
+    /// for late spans), a trace's untagged spans as they are.
+    fn release(&mut self, key: &Key, out: &mut Released) {
+        let Some(g) = self.groups.remove(key) else { return };
         self.bytes -= g.bytes;
         self.spans -= g.spans.len();
         let mut spans = g.spans;
-        let o = resolve(&mut spans, &self.rules);
-        self.m.edges.increment(o.edges - o.cross_node_edges);
-        self.m.cross_node_edges.increment(o.cross_node_edges);
-        self.m.ambiguous.increment(o.ambiguous);
-        if o.too_large {
-            self.m.too_large.increment(1);
-            tracing::warn!(message = "Guid with too many spans passed on without inference.", processor = %self.name, spans = spans.len());
+        if let Key::Guid(guid) = key {
+            self.guids -= 1;
+            let before: Vec<Vec<u8>> = spans.iter().map(|h| h.span.trace_id.clone()).collect();
+            for t in &before {
+                if self.traces.get(t).is_some_and(|x| x == guid) {
+                    self.traces.remove(t);
+                }
+            }
+            let o = resolve(&mut spans, &self.rules);
+            self.m.edges.increment(o.edges - o.cross_node_edges);
+            self.m.cross_node_edges.increment(o.cross_node_edges);
+            self.m.ambiguous.increment(o.ambiguous);
+            self.m.retraced.increment(o.retraced);
+            if o.too_large {
+                self.m.too_large.increment(1);
+                tracing::warn!(message = "Guid with too many spans passed on without inference.", processor = %self.name, spans = spans.len());
+            }
+            if o.retraced > 0 {
+                for (old, h) in before.into_iter().zip(&spans) {
+                    if old != h.span.trace_id && self.rewrites.get(&old) != Some(&h.span.trace_id) {
+                        self.rewrites.insert(old, h.span.trace_id.clone());
+                    }
+                }
+            }
         }
         out.spans.extend(spans);
         out.finalizers.extend(g.finalizers);
     }
 
-    /// Guids whose wait is over, and the oldest ones while over the memory bound.
+    /// Groups whose wait is over, and the oldest ones while over the memory bound.
     fn due(&mut self, now: Instant, all: bool) -> Released {
         let mut out = Released::default();
-        while let Some((t, guid)) = self.order.front().cloned() {
+        while let Some((t, key, generation)) = self.order.front().cloned() {
             let expired = all || t + self.cfg.wait.get() <= now;
             let over = self.bytes > self.cfg.max_bytes.get() as usize;
             if !expired && !over {
                 break;
             }
             self.order.pop_front();
-            if !expired {
+            if self.groups.get(&key).is_none_or(|g| g.generation != generation) {
+                continue; // merged into a guid, or a later opening of the key
+            }
+            if !expired && matches!(key, Key::Guid(_)) {
                 self.m.evicted.increment(1);
             }
-            self.release(&guid, &mut out);
+            self.release(&key, &mut out);
         }
         self.gauges();
         out
@@ -224,9 +332,26 @@ pub async fn build(cfg: GuidInferenceConfig, mut ctx: ComponentContext) -> Resul
         evicted: metrics::counter!(names::PROCESSOR_GUID_EVICTED_EARLY, "processor" => p.clone()),
         too_large: metrics::counter!(names::PROCESSOR_GUID_TOO_LARGE, "processor" => p.clone()),
         dropped: metrics::counter!(names::PROCESSOR_DROPPED_SPANS, "processor" => p.clone(), "reason" => "decode"),
+        retraced: metrics::counter!(names::PROCESSOR_GUID_RETRACED_SPANS, "processor" => p.clone(), "when" => "resolved"),
+        retraced_late: metrics::counter!(names::PROCESSOR_GUID_RETRACED_SPANS, "processor" => p.clone(), "when" => "late"),
     };
     let tick = (cfg.wait.get() / 4).clamp(std::time::Duration::from_millis(10), std::time::Duration::from_millis(250));
-    let mut st = State { rules: cfg.rules(), cfg, groups: HashMap::new(), order: VecDeque::new(), bytes: 0, spans: 0, m, name: p.clone(), batches: 0 };
+    let rewrites = Rewrites { capacity: cfg.rewrite_cache_size, ..Default::default() };
+    let mut st = State {
+        rules: cfg.rules(),
+        cfg,
+        groups: HashMap::new(),
+        order: VecDeque::new(),
+        traces: HashMap::new(),
+        rewrites,
+        bytes: 0,
+        spans: 0,
+        guids: 0,
+        generations: 0,
+        m,
+        name: p.clone(),
+        batches: 0,
+    };
     Ok(Box::pin(async move {
         let mut timer = tokio::time::interval(tick);
         timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -47,7 +47,7 @@ fn xrid_request(guid: &str, base: u8) -> Vec<Span> {
 }
 
 fn held(spans: Vec<Span>) -> Vec<Held> {
-    spans.into_iter().map(|span| Held { resource: Default::default(), scope: Default::default(), span }).collect()
+    spans.into_iter().map(|span| Held { resource: Default::default(), scope: Default::default(), span, tagged: true }).collect()
 }
 
 #[test]
@@ -131,7 +131,7 @@ fn lone(id: u8, kind: i32, svc: &str, target: &str, start: u64, end: u64) -> Hel
         sp.attributes.push(s("upstream_cluster", &format!("outbound|9080||{target}.default.svc.cluster.local")));
     }
     let resource = Resource { attributes: vec![s("service.name", &format!("{svc}.default"))], ..Default::default() };
-    Held { resource: std::sync::Arc::new(super::infer::Envelope { value: Some(resource), schema_url: String::new() }), scope: Default::default(), span: sp }
+    Held { resource: std::sync::Arc::new(super::infer::Envelope { value: Some(resource), schema_url: String::new() }), scope: Default::default(), span: sp, tagged: true }
 }
 
 /// Skew in milliseconds.
@@ -240,7 +240,7 @@ async fn windowing_passthrough_and_shutdown() {
     let (tx, input) = Input::channel(8);
     let (otx, mut out) = Input::channel(64);
     let ctx = ComponentContext { name: "g".into(), kind: ComponentKind::Processor, input: Some(input), output: Some(Output::new(vec![otx])), shutdown: CancellationToken::new(), health: Health::default() };
-    let cfg = GuidInferenceConfig { wait: tracepipe_config::Duration::from_secs(5), ..Default::default() };
+    let cfg = GuidInferenceConfig { wait: tracepipe_config::Duration::from_secs(5), hold_untagged: false, ..Default::default() };
     let h = tokio::spawn(super::build(cfg, ctx).await.unwrap());
     let mut no_guid = span(9, 99, 0, 2, "x", "", 0, 1);
     no_guid.attributes.clear();
@@ -265,13 +265,68 @@ async fn windowing_passthrough_and_shutdown() {
     h.await.unwrap().unwrap();
 }
 
+/// An application's own spans (no guid) share a fragment's trace id: held with `hold_untagged`,
+/// they take the rebuilt trace id whether they arrive before the fragment's proxy spans, while
+/// the guid is held, or after it was resolved; an unrelated untagged trace comes out unchanged
+/// after the wait.
+#[tokio::test(start_paused = true)]
+async fn application_spans_follow_their_fragment_into_the_rebuilt_trace() {
+    let (tx, input) = Input::channel(8);
+    let (otx, mut out) = Input::channel(64);
+    let ctx = ComponentContext { name: "g".into(), kind: ComponentKind::Processor, input: Some(input), output: Some(Output::new(vec![otx])), shutdown: CancellationToken::new(), health: Health::default() };
+    let cfg = GuidInferenceConfig { wait: tracepipe_config::Duration::from_secs(2), ..Default::default() };
+    let h = tokio::spawn(super::build(cfg, ctx).await.unwrap());
+    let sdk = |trace: u8, id: u8, parent: u8| Span { trace_id: vec![trace; 16], span_id: vec![id; 8], parent_span_id: vec![parent; 8], kind: 1, ..Default::default() };
+    let frags = xrid_request("g1", 10); // traces 10 (root), 11, 12
+    // Before: an SDK span of fragment 12 (under ratings' SERVER 15), and an unrelated trace.
+    tx.send(batch(vec![sdk(12, 100, 15), sdk(40, 101, 41)])).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    // During: the proxies' spans, and an SDK span of fragment 11.
+    tx.send(batch(frags.clone())).await.unwrap();
+    tx.send(batch(vec![sdk(11, 102, 13)])).await.unwrap();
+    let mut got: Vec<Span> = Vec::new();
+    while got.len() < 8 {
+        let b = tokio::time::timeout(std::time::Duration::from_secs(5), out.recv()).await.expect("released").unwrap();
+        got.extend(b.to_resource_spans().unwrap().into_iter().flat_map(|r| r.scope_spans).flat_map(|s| s.spans));
+    }
+    let trace_of = |id: u8| got.iter().find(|s| s.span_id == vec![id; 8]).map(|s| s.trace_id.clone()).unwrap();
+    for id in [11, 12, 13, 14, 15, 100, 102] {
+        assert_eq!(trace_of(id), vec![10; 16], "span {id} is in the rebuilt trace");
+    }
+    assert_eq!(trace_of(101), vec![40; 16], "an unrelated trace is left alone");
+    let sdk100 = got.iter().find(|s| s.span_id == vec![100; 8]).unwrap();
+    assert_eq!(string_attr(sdk100, "tracepipe.original_trace_id"), Some("0c".repeat(16).as_str()));
+    assert_eq!(sdk100.parent_span_id, vec![15; 8], "an application span's parent is never touched");
+    // After: a late SDK span of fragment 11 passes at once, retraced.
+    tx.send(batch(vec![sdk(11, 103, 102)])).await.unwrap();
+    let late = tokio::time::timeout(std::time::Duration::from_millis(50), out.recv()).await.expect("late span passes at once").unwrap();
+    let late = late.to_resource_spans().unwrap();
+    assert_eq!(late[0].scope_spans[0].spans[0].trace_id, vec![10; 16]);
+    drop(tx);
+    h.await.unwrap().unwrap();
+}
+
+/// An untagged span is never linked: an orphan SDK CLIENT span on a guid's node, inside its
+/// SERVER span's window, keeps no parent (only proxy spans carry the evidence).
+#[test]
+fn untagged_spans_are_never_linked() {
+    let mut spans = held(xrid_request("g", 10));
+    let mut orphan = span(60, 61, 0, 3, "pp", "", 300, 400);
+    orphan.attributes.retain(|kv| kv.key != "guid:x-request-id");
+    spans.push(Held { resource: Default::default(), scope: Default::default(), span: orphan, tagged: false });
+    resolve(&mut spans, &rules(true));
+    let o = spans.last().unwrap();
+    assert!(o.span.parent_span_id.is_empty());
+    assert_eq!(o.span.trace_id, vec![60; 16]);
+}
+
 #[tokio::test]
 async fn batches_without_the_guid_key_pass_undecoded() {
     use prost::Message;
     let (tx, input) = Input::channel(8);
     let (otx, mut out) = Input::channel(8);
     let ctx = ComponentContext { name: "g".into(), kind: ComponentKind::Processor, input: Some(input), output: Some(Output::new(vec![otx])), shutdown: CancellationToken::new(), health: Health::default() };
-    let h = tokio::spawn(super::build(GuidInferenceConfig::default(), ctx).await.unwrap());
+    let h = tokio::spawn(super::build(GuidInferenceConfig { hold_untagged: false, ..Default::default() }, ctx).await.unwrap());
     let mut plain = span(1, 1, 0, 2, "n", "", 0, 1);
     plain.attributes.clear();
     let bytes = opentelemetry_proto::tonic::trace::v1::TracesData { resource_spans: batch(vec![plain]).to_resource_spans().unwrap() }.encode_to_vec();
