@@ -85,6 +85,11 @@ impl TraceGroup<'_> {
     pub fn spans(&self) -> usize {
         self.entries.len()
     }
+
+    /// Each span's encoding, in order.
+    pub fn span_bytes(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        self.entries.iter().map(|e| e.span)
+    }
 }
 
 /// Spans of some `TracesData` buffers grouped by trace id, in order of each trace's first span.

@@ -190,6 +190,48 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// The string value of attribute `key` of one encoded `Span` (field 9, `KeyValue` 1/2,
+/// `AnyValue.string_value` 1), without decoding the span; the first one when repeated.
+pub fn span_string_attribute<'a>(span: &'a [u8], key: &[u8]) -> Result<Option<&'a [u8]>, WireError> {
+    let mut r = Reader::new(span, 0);
+    while !r.done() {
+        let (field, wt) = r.tag()?;
+        if field != 9 || wt != LEN {
+            r.skip(wt, "Span", field)?;
+            continue;
+        }
+        let (kv, _) = r.len_delimited()?;
+        let mut kr = Reader::new(kv, 0);
+        let (mut k, mut v) = (None, None);
+        while !kr.done() {
+            let (f, w) = kr.tag()?;
+            match (f, w) {
+                (1, LEN) => k = Some(kr.len_delimited()?.0),
+                (2, LEN) => v = Some(kr.len_delimited()?.0),
+                _ => kr.skip(w, "KeyValue", f)?,
+            }
+        }
+        if k != Some(key) {
+            continue;
+        }
+        let Some(v) = v else { return Ok(None) };
+        let mut vr = Reader::new(v, 0);
+        let mut found = None;
+        while !vr.done() {
+            let (f, w) = vr.tag()?;
+            match (f, w) {
+                (1, LEN) => found = Some(vr.len_delimited()?.0),
+                _ => {
+                    vr.skip(w, "AnyValue", f)?;
+                    found = None;
+                }
+            }
+        }
+        return Ok(found);
+    }
+    Ok(None)
+}
+
 /// `bytes` as a `str` when they are valid UTF-8. Nearly every trace string is ASCII: `is_ascii`
 /// checks a word at a time, where `std::str::from_utf8` walks short strings byte by byte (it was
 /// a quarter of the archive's protobuf -> Arrow conversion); the full validation runs only on

@@ -60,6 +60,17 @@ impl Compression {
     }
 }
 
+/// How trace records are keyed (`partition_by`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum PartitionBy {
+    /// The trace id in hex (default).
+    #[default]
+    TraceId,
+    /// The request id (`guid_attribute`) when the trace has one, else the trace id.
+    GuidOrTraceId,
+}
+
 /// `type: kafka` settings.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -75,6 +86,17 @@ pub struct KafkaSinkConfig {
     /// Collector's default is false; tracepipe's gateway tier relies on it). When false a batch is
     /// one record without a key, written as received (no decoding).
     pub partition_traces_by_id: bool,
+    /// What a trace's records are keyed by, with `partition_traces_by_id`: `trace_id` (default,
+    /// hex) or `guid_or_trace_id`: the value of `guid_attribute` when a span of the trace carries
+    /// it (the smallest, if several), else the guid this trace id was last seen with, else the
+    /// trace id. Fragments of one request that proxies split into several traces then share a
+    /// partition, so one consumer rebuilds them (see ARCHITECTURE.md, scale-out).
+    pub partition_by: PartitionBy,
+    /// The attribute carrying the request id (default `guid:x-request-id`, as Envoy and Istio).
+    pub guid_attribute: String,
+    /// Trace ids remembered with their guid, for spans of a trace that arrive after its guid was
+    /// seen (default 100000; about 100 bytes each).
+    pub guid_cache_size: usize,
     /// `all` (default), `leader` or `none`.
     pub acks: Acks,
     /// `none` (default), `gzip`, `snappy` or `lz4`.
@@ -103,6 +125,9 @@ impl Default for KafkaSinkConfig {
             topic: "otlp_spans".into(),
             encoding: Encoding::OtlpProto,
             partition_traces_by_id: true,
+            partition_by: PartitionBy::TraceId,
+            guid_attribute: "guid:x-request-id".into(),
+            guid_cache_size: 100_000,
             acks: Acks::All,
             compression: Compression::None,
             max_message_bytes: ByteSize(1_000_000),
@@ -136,6 +161,12 @@ impl KafkaSinkConfig {
         // librdkafka's own bounds for message.max.bytes.
         if !(1000..=1_000_000_000).contains(&c.max_message_bytes.get()) {
             errors.push(ConfigError::new(file, at("max_message_bytes"), "max_message_bytes must be between 1000 and 1000000000"));
+        }
+        if c.partition_by == PartitionBy::GuidOrTraceId && !c.partition_traces_by_id {
+            errors.push(ConfigError::new(file, at("partition_by"), "partition_by: guid_or_trace_id needs partition_traces_by_id: true (records are keyed per trace)"));
+        }
+        if c.guid_attribute.is_empty() {
+            errors.push(ConfigError::new(file, at("guid_attribute"), "guid_attribute must not be empty"));
         }
         if c.message_timeout.get().is_zero() {
             errors.push(ConfigError::new(file, at("message_timeout"), "message_timeout must be above 0"));

@@ -47,6 +47,57 @@ pub enum EncodeError {
     Wire(#[from] WireError),
 }
 
+/// Trace id → the request id (guid) its spans were seen with: keys records of `partition_by:
+/// guid_or_trace_id`. Two generations of at most `capacity / 2` entries each.
+#[derive(Debug, Default)]
+pub struct GuidKeys {
+    /// The attribute carrying the guid.
+    pub attribute: String,
+    current: HashMap<Vec<u8>, String>,
+    previous: HashMap<Vec<u8>, String>,
+    capacity: usize,
+    /// Traces whose spans carried more than one guid (keyed by the smallest).
+    pub conflicts: u64,
+}
+
+impl GuidKeys {
+    /// Empty, remembering up to `capacity` traces.
+    pub fn new(attribute: &str, capacity: usize) -> Self {
+        GuidKeys { attribute: attribute.to_owned(), capacity, ..Default::default() }
+    }
+
+    /// The key of a trace's record: the smallest guid among `guids` (remembered for the trace),
+    /// else the guid remembered for it, else the trace id in hex.
+    pub fn key<'g>(&mut self, trace_id: &[u8], guids: impl Iterator<Item = &'g str>) -> String {
+        let mut best: Option<&str> = None;
+        let mut several = false;
+        for g in guids {
+            match best {
+                Some(b) if b == g => {}
+                Some(b) => {
+                    several = true;
+                    best = Some(b.min(g));
+                }
+                None => best = Some(g),
+            }
+        }
+        self.conflicts += several as u64;
+        if let Some(g) = best {
+            if self.current.get(trace_id).map(String::as_str) != Some(g) && self.capacity > 0 {
+                if self.current.len() >= self.capacity.div_ceil(2) {
+                    self.previous = std::mem::take(&mut self.current);
+                }
+                self.current.insert(trace_id.to_vec(), g.to_owned());
+            }
+            return g.to_owned();
+        }
+        match self.current.get(trace_id).or_else(|| self.previous.get(trace_id)) {
+            Some(g) => g.clone(),
+            None => hex::encode(trace_id),
+        }
+    }
+}
+
 /// How to turn batches into records.
 #[derive(Debug, Clone, Copy)]
 pub struct Layout {
@@ -65,8 +116,9 @@ impl Layout {
         self.by_trace || self.encoding != Encoding::OtlpProto || !batch.is_encoded() || batch.encoded_len() > self.max_bytes
     }
 
-    /// Splits and encodes a batch.
-    pub fn records(&self, batch: &Batch) -> Result<Records, EncodeError> {
+    /// Splits and encodes a batch; with `guids`, trace records are keyed by their request id
+    /// where known.
+    pub fn records(&self, batch: &Batch, mut guids: Option<&mut GuidKeys>) -> Result<Records, EncodeError> {
         let mut out = Records::default();
         if batch.is_empty() {
             return Ok(out);
@@ -84,7 +136,19 @@ impl Layout {
             let bytes: u64 = buffers.iter().map(|b| b.len() as u64).sum();
             out.truncated_attributes += rg.bound_copies(replay_budget(bytes))?;
             for g in &rg.groups {
-                let key = if g.trace_id.is_empty() { None } else { Some(hex::encode(g.trace_id)) };
+                let key = match (&mut guids, g.trace_id.is_empty()) {
+                    (_, true) => None,
+                    (None, false) => Some(hex::encode(g.trace_id)),
+                    (Some(keys), false) => {
+                        let mut found: Vec<&str> = Vec::new();
+                        for span in g.span_bytes() {
+                            if let Some(v) = tracepipe_pipeline::wire::span_string_attribute(span, keys.attribute.as_bytes())?.and_then(tracepipe_pipeline::wire::str_of) {
+                                found.push(v);
+                            }
+                        }
+                        Some(keys.key(g.trace_id, found.into_iter()))
+                    }
+                };
                 self.fit_raw(&rg, g, key, 0..g.spans(), &mut out);
             }
             return Ok(out);
@@ -92,7 +156,20 @@ impl Layout {
         let mut rs = batch.to_resource_spans()?;
         out.truncated_attributes += bound_resource_copies(&mut rs);
         for (trace_id, group) in group_by_trace(rs) {
-            let key = if trace_id.is_empty() { None } else { Some(hex::encode(&trace_id)) };
+            let key = match (&mut guids, trace_id.is_empty()) {
+                (_, true) => None,
+                (None, false) => Some(hex::encode(&trace_id)),
+                (Some(keys), false) => {
+                    let attribute = keys.attribute.clone();
+                    let found = group.iter().flat_map(|r| &r.scope_spans).flat_map(|ss| &ss.spans).flat_map(|s| {
+                        s.attributes.iter().filter(|kv| kv.key == attribute).filter_map(|kv| match kv.value.as_ref()?.value.as_ref()? {
+                            opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(v) => Some(v.as_str()),
+                            _ => None,
+                        })
+                    });
+                    Some(keys.key(&trace_id, found))
+                }
+            };
             self.fit(key, Batch::from_resource_spans(group), &mut out)?;
         }
         Ok(out)

@@ -22,6 +22,6 @@ mod sink;
 #[cfg(test)]
 mod tests;
 
-pub use config::{Acks, Compression, Encoding, KafkaSinkConfig};
-pub use encode::{EncodeError, Layout, Record, Records, group_by_trace};
+pub use config::{Acks, Compression, Encoding, KafkaSinkConfig, PartitionBy};
+pub use encode::{EncodeError, GuidKeys, Layout, Record, Records, group_by_trace};
 pub use sink::build;

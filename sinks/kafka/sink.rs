@@ -13,8 +13,8 @@ use tracepipe_pipeline::telemetry::{Health, names};
 use tracepipe_pipeline::topology::{BuildError, ComponentContext, ComponentFuture};
 use tracepipe_pipeline::{Batch, BatchStatus};
 
-use super::config::KafkaSinkConfig;
-use super::encode::Layout;
+use super::config::{KafkaSinkConfig, PartitionBy};
+use super::encode::{GuidKeys, Layout};
 
 /// Batches whose records may be awaiting acknowledgement at once; librdkafka's own buffer
 /// (`max_buffer_bytes`) bounds the memory.
@@ -159,6 +159,7 @@ pub async fn build(cfg: KafkaSinkConfig, mut ctx: ComponentContext) -> Result<Co
     let producer: FutureProducer = cc.create().map_err(|e| ctx.error(format!("cannot create the Kafka producer: {e}")))?;
     let producer = Arc::new(producer);
     let layout = Layout { encoding: cfg.encoding, by_trace: cfg.partition_traces_by_id, max_bytes: cfg.max_message_bytes.get() as usize };
+    let mut guid_keys = (cfg.partition_by == PartitionBy::GuidOrTraceId).then(|| GuidKeys::new(&cfg.guid_attribute, cfg.guid_cache_size));
     let m = Arc::new(Metrics::new(&ctx.name));
     let settler = Arc::new(Settler { name: ctx.name.clone(), m: m.clone(), health: ctx.health.clone() });
     let name = ctx.name.clone();
@@ -180,7 +181,11 @@ pub async fn build(cfg: KafkaSinkConfig, mut ctx: ComponentContext) -> Result<Co
                 }
             };
             let n = batch.span_count();
-            let records = if layout.rebuilds(&batch) { tokio::task::block_in_place(|| layout.records(&batch)) } else { layout.records(&batch) };
+            let records = if layout.rebuilds(&batch) {
+                tokio::task::block_in_place(|| layout.records(&batch, guid_keys.as_mut()))
+            } else {
+                layout.records(&batch, guid_keys.as_mut())
+            };
             let records = match records {
                 Ok(r) => r,
                 Err(e) => {

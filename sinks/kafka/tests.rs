@@ -129,7 +129,7 @@ fn spans_of(payload: &[u8]) -> Vec<(Vec<u8>, String, String)> {
 fn one_record_per_trace_keyed_by_hex_trace_id() {
     let b = batch(3, 4, 10);
     let layout = Layout { encoding: Encoding::OtlpProto, by_trace: true, max_bytes: 1_000_000 };
-    let r = layout.records(&b).unwrap();
+    let r = layout.records(&b, None).unwrap();
     assert_eq!(r.records.len(), 3);
     assert_eq!(r.oversized_spans, 0);
     for rec in &r.records {
@@ -144,12 +144,67 @@ fn one_record_per_trace_keyed_by_hex_trace_id() {
     }
 }
 
+/// `partition_by: guid_or_trace_id`: a trace whose spans carry a request id is keyed by it (the
+/// smallest when several, counted), a later record of the same trace without it by the
+/// remembered guid, an unrelated trace by its hex id; the wire path and the struct path agree.
+#[test]
+fn guid_or_trace_id_keys_fragments_of_one_request_together() {
+    use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+    let kv = |k: &str, v: &str| KeyValue { key: k.into(), value: Some(AnyValue { value: Some(any_value::Value::StringValue(v.into())) }), key_strindex: 0 };
+    let span = |trace: u8, id: u8, guid: Option<&str>| Span {
+        trace_id: vec![trace; 16],
+        span_id: vec![id; 8],
+        attributes: guid.map(|g| vec![kv("http.method", "GET"), kv("guid:x-request-id", g)]).unwrap_or_default(),
+        ..Default::default()
+    };
+    let encode = |spans: Vec<Span>| {
+        let n = spans.len();
+        let td = TracesData { resource_spans: vec![ResourceSpans { scope_spans: vec![ScopeSpans { spans, ..Default::default() }], ..Default::default() }] };
+        Batch::from_encoded(td.encode_to_vec().into(), n)
+    };
+    let layout = Layout { encoding: Encoding::OtlpProto, by_trace: true, max_bytes: 1_000_000 };
+    for decoded in [false, true] {
+        let prep = |b: Batch| if decoded { Batch::from_resource_spans(b.to_resource_spans().unwrap()) } else { b };
+        let mut keys = super::GuidKeys::new("guid:x-request-id", 100);
+        // Trace 1: an SDK span and a proxy span with guid "r1"; trace 2: guid "r1"; trace 3: none;
+        // trace 4: two guids.
+        let first = prep(encode(vec![span(1, 1, None), span(1, 2, Some("r1")), span(2, 3, Some("r1")), span(3, 4, None), span(4, 5, Some("zz")), span(4, 6, Some("aa"))]));
+        let r = layout.records(&first, Some(&mut keys)).unwrap();
+        let got: Vec<(String, usize)> = r.records.iter().map(|r| (r.key.clone().unwrap(), r.spans)).collect();
+        assert_eq!(got, vec![("r1".into(), 2), ("r1".into(), 1), (hex::encode([3u8; 16]), 1), ("aa".into(), 2)], "decoded={decoded}");
+        assert_eq!(keys.conflicts, 1);
+        // A late SDK span of trace 1 alone: keyed by the guid its trace was seen with.
+        let late = prep(encode(vec![span(1, 7, None)]));
+        let r = layout.records(&late, Some(&mut keys)).unwrap();
+        assert_eq!(r.records[0].key.as_deref(), Some("r1"), "decoded={decoded}");
+        // Without the keying, trace ids as before.
+        let r = layout.records(&late, None).unwrap();
+        assert_eq!(r.records[0].key, Some(hex::encode([1u8; 16])));
+    }
+    // The cache forgets its oldest half at the bound.
+    let mut keys = super::GuidKeys::new("g", 4);
+    for t in 0..10u8 {
+        keys.key(&[t; 16], std::iter::once(format!("g{t}").as_str()));
+    }
+    assert_eq!(keys.key(&[9; 16], std::iter::empty()), "g9");
+    assert_eq!(keys.key(&[0; 16], std::iter::empty()), hex::encode([0u8; 16]));
+}
+
+#[test]
+fn partition_by_guid_needs_per_trace_records() {
+    let c = parse("    partition_by: guid_or_trace_id\n").unwrap();
+    assert_eq!(c.partition_by, super::PartitionBy::GuidOrTraceId);
+    let e = parse("    partition_by: guid_or_trace_id\n    partition_traces_by_id: false\n").unwrap_err();
+    assert!(e[0].to_string().starts_with("t.yaml:7:19: partition_by: guid_or_trace_id needs partition_traces_by_id: true"), "{}", e[0]);
+    assert!(parse("    partition_by: guid\n").unwrap_err()[0].to_string().contains("trace_id"));
+}
+
 #[test]
 fn regrouped_bytes_and_decoded_structs_give_the_same_records() {
     let encoded = batch(4, 5, 10);
     let decoded = Batch::from_resource_spans(encoded.to_resource_spans().unwrap());
     let layout = Layout { encoding: Encoding::OtlpProto, by_trace: true, max_bytes: 1_000_000 };
-    let (a, b) = (layout.records(&encoded).unwrap(), layout.records(&decoded).unwrap());
+    let (a, b) = (layout.records(&encoded, None).unwrap(), layout.records(&decoded, None).unwrap());
     assert_eq!(a.records.len(), 4);
     for (x, y) in a.records.iter().zip(&b.records) {
         assert_eq!((&x.key, x.spans), (&y.key, y.spans));
@@ -162,7 +217,7 @@ fn unkeyed_encoded_batch_is_sent_as_received() {
     let b = batch(3, 4, 10);
     let layout = Layout { encoding: Encoding::OtlpProto, by_trace: false, max_bytes: 1_000_000 };
     assert!(!layout.rebuilds(&b));
-    let r = layout.records(&b).unwrap();
+    let r = layout.records(&b, None).unwrap();
     assert_eq!(r.records.len(), 1);
     assert!(r.records[0].key.is_none());
     assert_eq!(r.records[0].payload, b.to_bytes());
@@ -174,7 +229,7 @@ fn records_are_split_to_fit_and_a_lone_giant_span_is_counted() {
     let b = batch(3, 8, 1000);
     for (by_trace, encoding) in [(true, Encoding::OtlpProto), (false, Encoding::OtlpProto), (true, Encoding::OtlpJson)] {
         let layout = Layout { encoding, by_trace, max_bytes: 3000 };
-        let r = layout.records(&b).unwrap();
+        let r = layout.records(&b, None).unwrap();
         assert_eq!(r.oversized_spans, 0);
         assert!(r.records.len() >= 8, "{by_trace} {encoding:?}: {}", r.records.len());
         assert!(r.records.iter().all(|x| x.payload.len() <= 3000));
@@ -185,7 +240,7 @@ fn records_are_split_to_fit_and_a_lone_giant_span_is_counted() {
         }
     }
     let giant = batch(1, 2, 5000);
-    let r = Layout { encoding: Encoding::OtlpProto, by_trace: true, max_bytes: 3000 }.records(&giant).unwrap();
+    let r = Layout { encoding: Encoding::OtlpProto, by_trace: true, max_bytes: 3000 }.records(&giant, None).unwrap();
     assert_eq!(r.oversized_spans, 2);
     assert!(r.records.is_empty());
 }
@@ -330,7 +385,7 @@ fn a_huge_resource_over_many_traces_is_cut_not_copied_into_every_record() {
     let bytes = TracesData { resource_spans: rs.clone() }.encode_to_vec();
     let layout = Layout { encoding: Encoding::OtlpProto, by_trace: true, max_bytes: 1_000_000 };
     for b in [Batch::from_encoded(bytes.clone().into(), 20_000), Batch::from_resource_spans(rs.clone())] {
-        let r = layout.records(&b).unwrap();
+        let r = layout.records(&b, None).unwrap();
         assert_eq!(r.records.len(), 20_000, "still one record per trace");
         assert!(r.truncated_attributes >= 450, "{}", r.truncated_attributes);
         let total: usize = r.records.iter().map(|x| x.payload.len()).sum();
@@ -343,5 +398,5 @@ fn a_huge_resource_over_many_traces_is_cut_not_copied_into_every_record() {
     }
     // A batch within its budget is left alone.
     let small = batch(4, 5, 10);
-    assert_eq!(layout.records(&small).unwrap().truncated_attributes, 0);
+    assert_eq!(layout.records(&small, None).unwrap().truncated_attributes, 0);
 }
