@@ -326,7 +326,7 @@ fn run(config: Option<PathBuf>) -> ExitCode {
         Err(code) => return code,
     };
     init_logs(&graph.file.telemetry.logs);
-    if graph.components.iter().any(|(_, _, _, v)| matches!(v, graph::Validated::Processor(tracepipe_processors::ProcessorConfig::TailSampling(_)))) {
+    if graph.components.iter().any(|(_, _, _, v)| matches!(v, graph::Validated::Processor(tracepipe_processors::ProcessorConfig::TailSampling(_) | tracepipe_processors::ProcessorConfig::GroupByTrace(_)))) {
         set_purge_delay(1);
     }
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
