@@ -35,7 +35,7 @@ pub fn valid_kafka_broker(b: &str) -> bool {
 
 /// The settings every Kafka component has.
 pub struct KafkaCommon<'a> {
-    /// Bootstrap `host:port` list.
+    /// Bootstrap `host:port` list; an entry may hold several, comma-separated.
     pub brokers: &'a [String],
     /// Topic name.
     pub topic: &'a str,
@@ -56,7 +56,8 @@ pub fn check_kafka_common(node: &Node, file: &str, c: KafkaCommon<'_>) -> Vec<Co
     if c.brokers.is_empty() {
         errors.push(ConfigError::new(file, at("brokers"), "brokers must list at least one host:port"));
     }
-    for b in c.brokers {
+    // An entry may itself be a comma-separated list (`brokers: ["${env:KAFKA_BROKERS}"]`).
+    for b in c.brokers.iter().flat_map(|b| b.split(',')).map(str::trim) {
         if !valid_kafka_broker(b) {
             errors.push(ConfigError::new(file, at("brokers"), format!("invalid broker {b:?}: expected host:port, e.g. kafka-0.kafka:9092")));
         }

@@ -72,6 +72,10 @@ pub struct KafkaReceiverConfig {
     pub shutdown_timeout: Duration,
     /// When offsets are stored for commit, and what a failed delivery does.
     pub message_marking: MessageMarking,
+    /// How often delivered offsets are committed (default 1s, as the OTel Collector's
+    /// `autocommit.interval`). After a crash, what was delivered since the last commit is read
+    /// and delivered again: this bounds the duplicate window.
+    pub commit_interval: Duration,
     /// Any other librdkafka consumer property, applied last.
     pub librdkafka_options: BTreeMap<String, String>,
 }
@@ -90,6 +94,7 @@ impl Default for KafkaReceiverConfig {
             shutdown_timeout: Duration::from_secs(30),
             max_record_bytes: ByteSize::mib(20),
             message_marking: MessageMarking::default(),
+            commit_interval: Duration::from_secs(1),
             librdkafka_options: BTreeMap::new(),
         }
     }
@@ -106,6 +111,7 @@ const OWN_KEYS: &[&str] = &[
     "heartbeat.interval.ms",
     "enable.auto.commit",
     "enable.auto.offset.store",
+    "auto.commit.interval.ms",
 ];
 
 impl KafkaReceiverConfig {
@@ -131,6 +137,9 @@ impl KafkaReceiverConfig {
         if c.heartbeat_interval.get().is_zero() || c.heartbeat_interval.get() >= c.session_timeout.get() {
             errors.push(ConfigError::new(file, at("heartbeat_interval"), "heartbeat_interval must be above 0 and below session_timeout"));
         }
+        if c.commit_interval.get().is_zero() {
+            errors.push(ConfigError::new(file, at("commit_interval"), "commit_interval must be above 0"));
+        }
         if c.max_record_bytes.get() == 0 {
             errors.push(ConfigError::new(file, at("max_record_bytes"), "max_record_bytes must be above 0"));
         }
@@ -148,6 +157,7 @@ impl KafkaReceiverConfig {
             ("session.timeout.ms".into(), self.session_timeout.get().as_millis().to_string()),
             ("heartbeat.interval.ms".into(), self.heartbeat_interval.get().as_millis().to_string()),
             ("enable.auto.commit".into(), "true".into()),
+            ("auto.commit.interval.ms".into(), self.commit_interval.get().as_millis().to_string()),
             ("enable.auto.offset.store".into(), "false".into()),
             // Statistics feed the lag gauge (receivers/kafka/lag.rs).
             ("statistics.interval.ms".into(), "5000".into()),

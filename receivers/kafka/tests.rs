@@ -32,6 +32,15 @@ fn config_defaults_and_errors() {
     assert_eq!((c.topic.as_str(), c.group_id.as_str(), c.initial_offset), ("otlp_spans", "tracepipe", InitialOffset::Latest));
     let props = c.rdkafka_properties();
     assert!(props.contains(&("enable.auto.offset.store".into(), "false".into())), "{props:?}");
+    assert!(props.contains(&("auto.commit.interval.ms".into(), "1000".into())), "{props:?}");
+    let c = parse("    commit_interval: 250ms\n    brokers: [\"a:9092,b:9093\"]\n").unwrap();
+    assert!(c.rdkafka_properties().contains(&("auto.commit.interval.ms".into(), "250".into())));
+    assert!(c.rdkafka_properties().contains(&("bootstrap.servers".into(), "a:9092,b:9093".into())));
+    let e = parse("    commit_interval: 0s\n    brokers: [\"a:9092,b\"]\n").unwrap_err();
+    let all: Vec<String> = e.iter().map(|e| e.to_string()).collect();
+    assert_eq!(all.len(), 2, "{all:?}");
+    assert!(all[0].contains("invalid broker \"b\""), "{all:?}");
+    assert!(all[1].contains("commit_interval must be above 0"), "{all:?}");
     let e = parse("    brokers: [\"host\"]\n    topic: \"a/b\"\n    heartbeat_interval: 20s\n    librdkafka_options: { group.id: x }\n").unwrap_err();
     let all: Vec<String> = e.iter().map(|e| e.to_string()).collect();
     assert_eq!(all.len(), 4, "{all:?}");
