@@ -163,10 +163,21 @@ class Tracepipe:
         self.config_path.write_text(config)
         self.log_path = self.dir / "tracepipe.log"
         self.proc = None
+        self.env = None
+
+    @classmethod
+    def from_file(cls, path: Path, env: dict, name: str = "tp"):
+        """Runs a config file as shipped (deploy/...), configured only through `env`; its
+        `METRICS_ENDPOINT` is set here to a free port."""
+        t = cls("telemetry: {}\n", name)
+        t.config_path = Path(path)
+        t.env = {**os.environ, **env, "METRICS_ENDPOINT": f"127.0.0.1:{t.metrics_port}"}
+        return t
 
     def start(self, ready_timeout: float = 20.0):
-        self.log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen([tracepipe_bin(), "run", "--config", str(self.config_path)], stdout=self.log, stderr=subprocess.STDOUT)
+        self.log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([tracepipe_bin(), "run", "--config", str(self.config_path)], stdout=self.log, stderr=subprocess.STDOUT,
+                                     env=self.env)
         end = time.time() + ready_timeout
         while time.time() < end:
             if self.proc.poll() is not None:

@@ -53,7 +53,7 @@ def _cluster(name, port, h2=False):
 
 class Mesh:
     def __init__(self, variant: str, collector_port: int, forward: str = "all", ratings_down: bool = False, otlp_port: int = None,
-                 topology: str = "chain"):
+                 topology: str = "chain", sdk_endpoint: str = None):
         if not ENVOY.exists():
             raise RuntimeError(f"envoy not installed at {ENVOY}; run tests/install-peers.sh")
         self.variant, self.collector_port, self.forward = variant, collector_port, forward
@@ -67,6 +67,7 @@ class Mesh:
         self.outbound = {s: {c: free_port() for step in steps for c in step} for s, steps in self.calls.items()}
         self.admin = {s: free_port() for s in self.services}
         self.headers_log = self.dir / "app_headers.jsonl"
+        self.sdk_endpoint = sdk_endpoint  # OTLP/gRPC URL the apps' own SDK spans go to (none: apps untraced)
         self.procs = []
 
     def spans_per_request(self):
@@ -128,7 +129,7 @@ class Mesh:
                     continue
                 steps = [[[c, f"http://127.0.0.1:{self.outbound[svc][c]}"] for c in step] for step in self.calls[svc]]
                 self.procs.append(subprocess.Popen([sys.executable, str(HERE / "app.py"), svc, str(self.app_ports[svc]), json.dumps(steps),
-                                                    self.forward, str(self.headers_log)]))
+                                                    self.forward, str(self.headers_log)] + ([self.sdk_endpoint] if self.sdk_endpoint else [])))
             for svc in self.services:
                 cfg = self.dir / f"envoy-{svc}.json"
                 cfg.write_text(json.dumps(self._bootstrap(svc)))
