@@ -35,3 +35,14 @@ def test_every_configmap_config_validates(manifest, tmp_path):
         path.write_text(config)
         p = subprocess.run([tracepipe_bin(), "validate", "--config", str(path)], capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", **env})
         assert p.returncode == 0, f"{manifest.name} / {w['metadata']['name']}:\n{p.stdout}{p.stderr}"
+
+
+def test_gateway_kafka_embeds_the_scale_out_files_unchanged():
+    """deploy/kubernetes/gateway-kafka.yaml runs exactly the topology of deploy/scale-out/ (the
+    files the scale-out e2e test runs)."""
+    docs = documents(ROOT / "deploy" / "kubernetes" / "gateway-kafka.yaml")
+    maps = {d["metadata"]["name"]: d["data"]["config.yaml"] for d in docs if d["kind"] == "ConfigMap"}
+    files = {"tracepipe-agent": "agent.yaml", "tracepipe-group": "gateway-1-group.yaml", "tracepipe-sample": "gateway-2-sample.yaml"}
+    assert set(maps) == set(files)
+    for cm, f in files.items():
+        assert maps[cm] == (ROOT / "deploy" / "scale-out" / f).read_text(), f"{cm} differs from deploy/scale-out/{f}"
