@@ -31,6 +31,9 @@ pub mod names {
     /// librdkafka's statistics; `receiver`, `topic`, `partition`; 0 for partitions it no longer owns).
     pub const RECEIVER_KAFKA_LAG: &str = "tracepipe_receiver_kafka_lag_records";
     /// Kafka records whose delivery failed with a retryable error and that are delivered again
+    /// Records read again after a rebalance gave a partition back, that this process had
+    /// already taken (held or delivered): skipped, not delivered twice (`receiver`).
+    pub const RECEIVER_KAFKA_SKIPPED_RECORDS: &str = "tracepipe_receiver_kafka_skipped_records_total";
     /// (`receiver`).
     pub const RECEIVER_KAFKA_REDELIVERED_RECORDS: &str = "tracepipe_receiver_kafka_redelivered_records_total";
     /// Kafka records committed although their delivery failed (`receiver`, `reason`: permanent,

@@ -156,6 +156,9 @@ impl KafkaReceiverConfig {
             ("auto.offset.reset".into(), match self.initial_offset { InitialOffset::Latest => "latest", InitialOffset::Earliest => "earliest" }.into()),
             ("session.timeout.ms".into(), self.session_timeout.get().as_millis().to_string()),
             ("heartbeat.interval.ms".into(), self.heartbeat_interval.get().as_millis().to_string()),
+            // Incremental rebalancing: a replica joining or leaving moves only the partitions
+            // that must move; the others keep reading (and keep what they hold) undisturbed.
+            ("partition.assignment.strategy".into(), "cooperative-sticky".into()),
             ("enable.auto.commit".into(), "true".into()),
             ("auto.commit.interval.ms".into(), self.commit_interval.get().as_millis().to_string()),
             ("enable.auto.offset.store".into(), "false".into()),

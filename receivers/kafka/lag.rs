@@ -54,11 +54,19 @@ impl ClientContext for LagContext {
 }
 
 impl ConsumerContext for LagContext {
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let partitions = |tpl: &rdkafka::TopicPartitionList| tpl.elements().iter().map(|e| e.partition()).collect::<Vec<_>>();
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        use rdkafka::consumer::Consumer as _;
+        let partitions = |tpl: &rdkafka::TopicPartitionList| {
+            let mut p = tpl.elements().iter().map(|e| e.partition()).collect::<Vec<_>>();
+            p.sort();
+            p
+        };
+        // With the cooperative protocol a rebalance names only what moved: log the whole
+        // assignment too.
+        let owned = consumer.assignment().map(|a| partitions(&a)).unwrap_or_default();
         match rebalance {
-            Rebalance::Assign(tpl) => tracing::info!(message = "Kafka partitions assigned.", receiver = %self.receiver, topic = %self.topic, partitions = ?partitions(tpl)),
-            Rebalance::Revoke(tpl) => tracing::info!(message = "Kafka partitions revoked.", receiver = %self.receiver, topic = %self.topic, partitions = ?partitions(tpl)),
+            Rebalance::Assign(tpl) => tracing::info!(message = "Kafka partitions assigned.", receiver = %self.receiver, topic = %self.topic, added = ?partitions(tpl), partitions = ?owned),
+            Rebalance::Revoke(tpl) => tracing::info!(message = "Kafka partitions revoked.", receiver = %self.receiver, topic = %self.topic, revoked = ?partitions(tpl), partitions = ?owned),
             Rebalance::Error(e) => tracing::warn!(message = "Kafka rebalance failed.", receiver = %self.receiver, error = %e),
         }
     }

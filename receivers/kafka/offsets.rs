@@ -12,6 +12,8 @@ struct Partition {
     highest_done: Option<i64>,
     /// Last offset reported as committable; starts just before the first offset consumed.
     reported: Option<i64>,
+    /// Highest offset consumed.
+    highest_begun: Option<i64>,
 }
 
 /// Per-partition bookkeeping of consumed and finished records.
@@ -21,6 +23,13 @@ pub struct OffsetTracker {
 }
 
 impl OffsetTracker {
+    /// True when this consumer already took the record: a partition that was revoked and given
+    /// back restarts from the last commit, and what this process still holds or already
+    /// delivered must not enter the graph twice.
+    pub fn taken(&self, partition: i32, offset: i64) -> bool {
+        self.partitions.get(&partition).and_then(|p| p.highest_begun).is_some_and(|h| offset <= h)
+    }
+
     /// A record was consumed and handed to the graph.
     pub fn begin(&mut self, partition: i32, offset: i64) {
         let p = self.partitions.entry(partition).or_default();
@@ -29,6 +38,7 @@ impl OffsetTracker {
             p.reported = Some(offset - 1);
         }
         p.pending.insert(offset);
+        p.highest_begun = Some(p.highest_begun.map_or(offset, |h| h.max(offset)));
     }
 
     /// A record is done. Returns the highest offset that may now be committed (every offset up

@@ -162,6 +162,7 @@ pub async fn build(cfg: KafkaReceiverConfig, mut ctx: ComponentContext) -> Resul
         committed_error: committed("error"),
     });
     let mark_after = cfg.message_marking.after;
+    let skipped = metrics::counter!(names::RECEIVER_KAFKA_SKIPPED_RECORDS, "receiver" => name.clone());
     tracing::info!(message = "Receiver ready.", receiver = %name, brokers = %cfg.brokers.join(","), topic = %cfg.topic, group_id = %cfg.group_id);
     Ok(Box::pin(async move {
         health.set_listening(&name, true);
@@ -210,6 +211,12 @@ pub async fn build(cfg: KafkaReceiverConfig, mut ctx: ComponentContext) -> Resul
                 }
             };
             let (partition, offset) = (m.partition(), m.offset());
+            if marking.tracker().taken(partition, offset) {
+                // Read again after a rebalance gave the partition back: already in the graph or
+                // delivered by this process.
+                skipped.increment(1);
+                continue;
+            }
             marking.tracker().begin(partition, offset);
             match decode(m.payload().unwrap_or_default(), cfg.encoding, cfg.max_record_bytes.get() as usize) {
                 Decoded::Spans(batch, rejected) => {
