@@ -39,12 +39,39 @@ pub enum BatchStatus {
 pub struct Finalizer {
     status: AtomicU8,
     on_done: std::sync::Mutex<Option<Box<dyn FnOnce(BatchStatus) + Send>>>,
+    /// Set by the source when it no longer owns the batch's input (a Kafka partition revoked
+    /// from this consumer): components that hold such batches undecided let them go without
+    /// delivering them, because the input's next owner reads them again.
+    revoked: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl Finalizer {
     /// A finalizer that calls `on_done` when the batch (and every copy) is done.
     pub fn new(on_done: impl FnOnce(BatchStatus) + Send + 'static) -> Arc<Self> {
-        Arc::new(Finalizer { status: AtomicU8::new(0), on_done: std::sync::Mutex::new(Some(Box::new(on_done))) })
+        Arc::new(Finalizer { status: AtomicU8::new(0), on_done: std::sync::Mutex::new(Some(Box::new(on_done))), revoked: None })
+    }
+
+    /// As [`Finalizer::new`], for a batch whose source may hand it to another consumer: once
+    /// `revoked` is set, [`Finalizer::is_revoked`] says so.
+    pub fn revocable(revoked: Arc<std::sync::atomic::AtomicBool>, on_done: impl FnOnce(BatchStatus) + Send + 'static) -> Arc<Self> {
+        Arc::new(Finalizer { status: AtomicU8::new(0), on_done: std::sync::Mutex::new(Some(Box::new(on_done))), revoked: Some(revoked) })
+    }
+
+    /// Records an outcome for the batch (the worst one recorded wins), for a holder that ends it
+    /// without a `Batch` (a processor letting held spans go).
+    pub fn set_status(&self, s: BatchStatus) {
+        self.update(s);
+    }
+
+    /// True when the source handed the batch's input to another consumer, which reads it again.
+    pub fn is_revoked(&self) -> bool {
+        self.revoked.as_ref().is_some_and(|r| r.load(Ordering::Acquire))
+    }
+
+    /// True when every one of `finalizers` (at least one) is revoked: what they acknowledge
+    /// will be read again elsewhere, so holding or delivering it here would only duplicate it.
+    pub fn all_revoked(finalizers: &[Arc<Finalizer>]) -> bool {
+        !finalizers.is_empty() && finalizers.iter().all(|f| f.is_revoked())
     }
     fn update(&self, s: BatchStatus) {
         self.status.fetch_max(s as u8, Ordering::AcqRel);

@@ -31,6 +31,9 @@ pub mod names {
     /// librdkafka's statistics; `receiver`, `topic`, `partition`; 0 for partitions it no longer owns).
     pub const RECEIVER_KAFKA_LAG: &str = "tracepipe_receiver_kafka_lag_records";
     /// Kafka records whose delivery failed with a retryable error and that are delivered again
+    /// Records let go undelivered by a processor because their partition was revoked (or the
+    /// receiver stopped) while held: left uncommitted for the next owner (`receiver`).
+    pub const RECEIVER_KAFKA_HANDED_BACK_RECORDS: &str = "tracepipe_receiver_kafka_handed_back_records_total";
     /// Records read again after a rebalance gave a partition back, that this process had
     /// already taken (held or delivered): skipped, not delivered twice (`receiver`).
     pub const RECEIVER_KAFKA_SKIPPED_RECORDS: &str = "tracepipe_receiver_kafka_skipped_records_total";
@@ -46,6 +49,9 @@ pub mod names {
     /// Spans a processor dropped, counted and never passed on (`processor`, `reason`: decode, a
     /// batch whose bytes do not decode although they were scanned valid).
     pub const PROCESSOR_DROPPED_SPANS: &str = "tracepipe_processor_dropped_spans_total";
+    /// Held spans let go undecided because their Kafka partition moved to another consumer (or
+    /// this one is stopping), which reads them again: not lost (`processor`).
+    pub const PROCESSOR_HANDED_OVER_SPANS: &str = "tracepipe_processor_handed_over_spans_total";
     /// Spans a guid-inference processor holds (gauge; `processor`).
     pub const PROCESSOR_GUID_SPANS_HELD: &str = "tracepipe_processor_guid_spans_held";
     /// Guids a guid-inference processor holds (gauge; `processor`).

@@ -64,6 +64,7 @@ struct Metrics {
     dropped: Counter,
     retraced: Counter,
     retraced_late: Counter,
+    handed_over: Counter,
 }
 
 /// Trace ids rewritten by resolutions, old → new, so spans of a fragment that arrive after its
@@ -257,6 +258,17 @@ impl State {
         let Some(g) = self.groups.remove(key) else { return };
         self.bytes -= g.bytes;
         self.spans -= g.spans.len();
+        if Finalizer::all_revoked(&g.finalizers) {
+            // Its Kafka partition moved away (or the receiver is stopping): the new owner reads
+            // these spans again and rebuilds the request whole.
+            self.m.handed_over.increment(g.spans.len() as u64);
+            g.finalizers.iter().for_each(|f| f.set_status(BatchStatus::Errored));
+            if let Key::Guid(guid) = key {
+                self.guids -= 1;
+                self.traces.retain(|_, g| g != guid);
+            }
+            return;
+        }
         let mut spans = g.spans;
         if let Key::Guid(guid) = key {
             self.guids -= 1;
@@ -334,6 +346,7 @@ pub async fn build(cfg: GuidInferenceConfig, mut ctx: ComponentContext) -> Resul
         dropped: metrics::counter!(names::PROCESSOR_DROPPED_SPANS, "processor" => p.clone(), "reason" => "decode"),
         retraced: metrics::counter!(names::PROCESSOR_GUID_RETRACED_SPANS, "processor" => p.clone(), "when" => "resolved"),
         retraced_late: metrics::counter!(names::PROCESSOR_GUID_RETRACED_SPANS, "processor" => p.clone(), "when" => "late"),
+        handed_over: metrics::counter!(names::PROCESSOR_HANDED_OVER_SPANS, "processor" => p.clone()),
     };
     let tick = (cfg.wait.get() / 4).clamp(std::time::Duration::from_millis(10), std::time::Duration::from_millis(250));
     let rewrites = Rewrites { capacity: cfg.rewrite_cache_size, ..Default::default() };

@@ -88,6 +88,7 @@ struct Metrics {
     trace_spans: Histogram,
     dropped_decode: Counter,
     dropped_shutdown: Counter,
+    handed_over: Counter,
     sql_errors: Counter,
 }
 
@@ -107,6 +108,7 @@ impl Metrics {
             trace_spans: metrics::histogram!(names::PROCESSOR_TAIL_SAMPLING_TRACE_SPANS, "processor" => p.to_owned()),
             dropped_decode: metrics::counter!(names::PROCESSOR_DROPPED_SPANS, "processor" => p.to_owned(), "reason" => "decode"),
             dropped_shutdown: metrics::counter!(names::PROCESSOR_DROPPED_SPANS, "processor" => p.to_owned(), "reason" => "shutdown"),
+            handed_over: metrics::counter!(names::PROCESSOR_HANDED_OVER_SPANS, "processor" => p.to_owned()),
             sql_errors: metrics::counter!(names::PROCESSOR_TAIL_SAMPLING_POLICY_ERRORS, "processor" => p.to_owned()),
         }
     }
@@ -492,6 +494,14 @@ impl Shard {
         for id in ids {
             let Some(t) = self.traces.remove(id) else { continue };
             self.m.held_traces.fetch_sub(1, Ordering::Relaxed);
+            if Finalizer::all_revoked(&t.finalizers) {
+                // Its Kafka partition moved away (or the receiver is stopping): the new owner
+                // reads the trace again from its first record and decides it whole.
+                self.m.handed_over.increment(t.summary.spans);
+                self.charge(-(t.bytes as i64));
+                t.finalizers.iter().for_each(|f| f.set_status(BatchStatus::Errored));
+                continue;
+            }
             spans += t.summary.spans;
             chunk.push((*id, t));
             if spans >= SQL_CHUNK_SPANS {

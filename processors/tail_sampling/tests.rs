@@ -636,6 +636,36 @@ async fn the_running_processor_decides_on_time_and_flushes_on_shutdown() {
     assert_eq!(got.len(), 11, "each kept trace whole");
 }
 
+/// A held trace whose Kafka partition was revoked is let go undecided: nothing is sent, its
+/// record's acknowledgement reports a retryable failure (the receiver leaves it uncommitted for
+/// the partition's next owner); a trace of a partition still owned is decided as usual.
+#[tokio::test(start_paused = true)]
+async fn traces_of_a_revoked_partition_are_handed_over_not_decided() {
+    use std::sync::atomic::AtomicBool;
+    let (tx, input) = Input::channel(8);
+    let (otx, mut out) = Input::channel(64);
+    let ctx = ComponentContext { name: "ts".into(), kind: ComponentKind::Processor, input: Some(input), output: Some(Output::new(vec![otx])), shutdown: CancellationToken::new(), health: Health::default() };
+    let h = tokio::spawn(super::build(cfg("decision_wait: 2s\npolicies: [ { name: all, type: always_sample } ]\n"), ctx).await.unwrap());
+    let (moved, kept) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+    let (stx, srx) = std::sync::mpsc::channel();
+    let tracked = |flag: &Arc<AtomicBool>, t: u64| {
+        let stx = stx.clone();
+        encode(vec![span(t, 1, 0, 0, 1), span(t, 2, 1, 0, 1)], svc("a")).with_finalizer(Finalizer::revocable(flag.clone(), move |st| stx.send((t, st)).unwrap()))
+    };
+    tx.send(tracked(&moved, 1)).await.unwrap();
+    tx.send(tracked(&kept, 2)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    moved.store(true, std::sync::atomic::Ordering::Release);
+    let b = tokio::time::timeout(Duration::from_secs(3), out.recv()).await.unwrap().unwrap();
+    let got = decoded(vec![b]);
+    assert_eq!(got.len(), 2);
+    assert!(got.iter().all(|s| trace_id(&s.0) == tid_of(2)), "only the trace still owned is decided");
+    assert_eq!(srx.recv_timeout(std::time::Duration::from_secs(1)).unwrap(), (1, tracepipe_pipeline::BatchStatus::Errored));
+    drop(tx);
+    h.await.unwrap().unwrap();
+    assert_eq!(srx.recv_timeout(std::time::Duration::from_secs(1)).unwrap(), (2, tracepipe_pipeline::BatchStatus::Delivered));
+}
+
 use proptest::strategy::Strategy as _;
 
 proptest::proptest! {

@@ -1,10 +1,14 @@
 //! The consumer's context: consumer lag as a Prometheus gauge — librdkafka's statistics (every
 //! `statistics.interval.ms`, 5 s by default here) give each assigned partition's lag behind its
 //! high watermark, counted from the committed offset — and a log line for every partition
-//! assignment and revocation, so an operator sees which replica reads what.
+//! assignment and revocation, so an operator sees which replica reads what — and the
+//! assignments themselves: each partition read gets a generation and a revocation flag that its
+//! records' finalizers carry ([`tracepipe_pipeline::Finalizer::revocable`]), set when the
+//! partition is revoked so processors let what they hold of it go undecided.
 
-use std::collections::HashSet;
-use std::sync::Mutex;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
@@ -17,12 +21,39 @@ pub struct LagContext {
     topic: String,
     /// Partitions given a value last time, so one no longer owned can be set back to 0.
     reported: Mutex<HashSet<i32>>,
+    /// Partitions read in the current assignment: generation and revocation flag.
+    owned: Mutex<(u64, HashMap<i32, (u64, Arc<AtomicBool>)>)>,
 }
 
 impl LagContext {
     /// For `receiver` reading `topic`.
     pub fn new(receiver: &str, topic: &str) -> Self {
-        LagContext { receiver: receiver.to_owned(), topic: topic.to_owned(), reported: Mutex::new(HashSet::new()) }
+        LagContext { receiver: receiver.to_owned(), topic: topic.to_owned(), reported: Mutex::new(HashSet::new()), owned: Mutex::new((0, HashMap::new())) }
+    }
+
+    /// The generation and revocation flag of `partition`'s current assignment (a new one the
+    /// first time a record of it is read after an assignment).
+    pub fn generation(&self, partition: i32) -> (u64, Arc<AtomicBool>) {
+        let mut g = self.owned.lock().unwrap_or_else(|e| e.into_inner());
+        let (next, owned) = &mut *g;
+        owned
+            .entry(partition)
+            .or_insert_with(|| {
+                *next += 1;
+                (*next, Arc::new(AtomicBool::new(false)))
+            })
+            .clone()
+    }
+
+    /// Marks partitions revoked.
+    pub fn revoke(&self, partitions: &[i32]) {
+        let mut g = self.owned.lock().unwrap_or_else(|e| e.into_inner());
+        let owned = &mut g.1;
+        for &p in partitions {
+            if let Some((_, flag)) = owned.remove(&p) {
+                flag.store(true, Ordering::Release);
+            }
+        }
     }
 
     fn set(&self, partition: i32, lag: i64) {
@@ -54,6 +85,13 @@ impl ClientContext for LagContext {
 }
 
 impl ConsumerContext for LagContext {
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let p: Vec<i32> = tpl.elements().iter().filter(|e| e.topic() == self.topic).map(|e| e.partition()).collect();
+            self.revoke(&p);
+        }
+    }
+
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         use rdkafka::consumer::Consumer as _;
         let partitions = |tpl: &rdkafka::TopicPartitionList| {

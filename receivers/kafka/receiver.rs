@@ -2,6 +2,7 @@
 //! have not read), and store each record's offset for commit only when the graph is done with
 //! it, so a crash or restart re-reads what was not delivered (at least once).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -68,6 +69,9 @@ pub(super) fn decode(value: &[u8], encoding: Encoding, max_bytes: usize) -> Deco
 struct Redelivery {
     partition: i32,
     offset: i64,
+    /// The partition's assignment the record was read in, and its revocation flag.
+    generation: u64,
+    revoked: Arc<AtomicBool>,
     payload: Bytes,
     spans: usize,
     /// Deliveries tried so far.
@@ -89,6 +93,7 @@ struct Marking {
     redelivered: metrics::Counter,
     committed_permanent: metrics::Counter,
     committed_error: metrics::Counter,
+    handed_back: metrics::Counter,
 }
 
 impl Marking {
@@ -97,8 +102,8 @@ impl Marking {
     }
 
     /// The record is done with: store the highest offset now committable.
-    fn done(&self, partition: i32, offset: i64) {
-        if let Some(last) = self.tracker().done(partition, offset) {
+    fn done(&self, partition: i32, offset: i64, generation: u64) {
+        if let Some(last) = self.tracker().done(partition, offset, generation) {
             // Stores last + 1 for the next auto-commit; fails only if the partition was revoked
             // meanwhile (its new owner re-reads from the last commit).
             if let Err(e) = self.consumer.store_offset(&self.topic, partition, last) {
@@ -111,17 +116,23 @@ impl Marking {
     /// delivery.
     fn finalizer(self: &Arc<Self>, r: Redelivery) -> Arc<Finalizer> {
         let this = self.clone();
-        Finalizer::new(move |status| match status {
-            BatchStatus::Delivered => this.done(r.partition, r.offset),
+        Finalizer::revocable(r.revoked.clone(), move |status| match status {
+            BatchStatus::Delivered => this.done(r.partition, r.offset, r.generation),
+            BatchStatus::Errored if r.revoked.load(Ordering::Acquire) => {
+                // Let go undelivered because the partition was revoked (or the receiver is
+                // stopping): the next owner reads it again; nothing from it on is committed.
+                this.handed_back.increment(1);
+                this.tracker().handed_back(r.partition, r.offset, r.generation);
+            }
             BatchStatus::Rejected => {
                 this.committed_permanent.increment(1);
                 tracing::warn!(message = "Record's spans refused permanently downstream; committed past.", receiver = %this.name, partition = r.partition, offset = r.offset);
-                this.done(r.partition, r.offset);
+                this.done(r.partition, r.offset, r.generation);
             }
             BatchStatus::Errored if this.on_error => {
                 this.committed_error.increment(1);
                 tracing::warn!(message = "Record's delivery failed; committed past (message_marking.on_error).", receiver = %this.name, partition = r.partition, offset = r.offset);
-                this.done(r.partition, r.offset);
+                this.done(r.partition, r.offset, r.generation);
             }
             BatchStatus::Errored => {
                 this.redelivered.increment(1);
@@ -160,6 +171,7 @@ pub async fn build(cfg: KafkaReceiverConfig, mut ctx: ComponentContext) -> Resul
         redelivered: metrics::counter!(names::RECEIVER_KAFKA_REDELIVERED_RECORDS, "receiver" => name.clone()),
         committed_permanent: committed("permanent"),
         committed_error: committed("error"),
+        handed_back: metrics::counter!(names::RECEIVER_KAFKA_HANDED_BACK_RECORDS, "receiver" => name.clone()),
     });
     let mark_after = cfg.message_marking.after;
     let skipped = metrics::counter!(names::RECEIVER_KAFKA_SKIPPED_RECORDS, "receiver" => name.clone());
@@ -211,13 +223,14 @@ pub async fn build(cfg: KafkaReceiverConfig, mut ctx: ComponentContext) -> Resul
                 }
             };
             let (partition, offset) = (m.partition(), m.offset());
-            if marking.tracker().taken(partition, offset) {
+            let (generation, revoked) = consumer.context().generation(partition);
+            if marking.tracker().taken(partition, offset, generation) {
                 // Read again after a rebalance gave the partition back: already in the graph or
                 // delivered by this process.
                 skipped.increment(1);
                 continue;
             }
-            marking.tracker().begin(partition, offset);
+            marking.tracker().begin(partition, offset, generation);
             match decode(m.payload().unwrap_or_default(), cfg.encoding, cfg.max_record_bytes.get() as usize) {
                 Decoded::Spans(batch, rejected) => {
                     if rejected > 0 {
@@ -225,22 +238,22 @@ pub async fn build(cfg: KafkaReceiverConfig, mut ctx: ComponentContext) -> Resul
                     }
                     drop(m);
                     let batch = if mark_after {
-                        let r = Redelivery { partition, offset, payload: batch.to_bytes(), spans: batch.span_count(), attempts: 0 };
+                        let r = Redelivery { partition, offset, generation, revoked, payload: batch.to_bytes(), spans: batch.span_count(), attempts: 0 };
                         batch.with_finalizer(marking.finalizer(r))
                     } else {
-                        marking.done(partition, offset);
+                        marking.done(partition, offset, generation);
                         batch
                     };
                     if admission.admit_waiting(batch).await.is_err() {
                         break;
                     }
                 }
-                Decoded::Empty => marking.done(partition, offset),
+                Decoded::Empty => marking.done(partition, offset, generation),
                 Decoded::Malformed(reason, error) => {
                     // A record that can never be read: counted, logged, and committed past.
                     admission.malformed(reason);
                     tracing::warn!(message = "Kafka record is not valid OTLP; skipped.", receiver = %name, partition, offset, error = %error);
-                    marking.done(partition, offset);
+                    marking.done(partition, offset, generation);
                 }
             }
         }

@@ -60,19 +60,40 @@ fn config_defaults_and_errors() {
 fn offsets_commit_only_a_done_prefix() {
     let mut t = OffsetTracker::default();
     for o in 10..15 {
-        t.begin(0, o);
+        t.begin(0, o, 1);
     }
-    t.begin(1, 7);
+    t.begin(1, 7, 1);
     // 12 and 11 finish first: nothing before them is done, so nothing may be committed.
-    assert_eq!(t.done(0, 12), None);
-    assert_eq!(t.done(0, 11), None);
-    assert_eq!(t.done(0, 10), Some(12));
-    assert_eq!(t.done(0, 14), None, "13 is still pending");
-    assert_eq!(t.done(1, 7), Some(7), "partitions are independent");
-    assert_eq!(t.done(0, 13), Some(14));
-    assert_eq!(t.done(0, 13), None, "a second report changes nothing");
-    assert_eq!(t.done(5, 1), None, "unknown partition");
+    assert_eq!(t.done(0, 12, 1), None);
+    assert_eq!(t.done(0, 11, 1), None);
+    assert_eq!(t.done(0, 10, 1), Some(12));
+    assert_eq!(t.done(0, 14, 1), None, "13 is still pending");
+    assert_eq!(t.done(1, 7, 1), Some(7), "partitions are independent");
+    assert_eq!(t.done(0, 13, 1), Some(14));
+    assert_eq!(t.done(0, 13, 1), None, "a second report changes nothing");
+    assert_eq!(t.done(5, 1, 1), None, "unknown partition");
     assert_eq!(t.pending(), 0);
+}
+
+/// A record handed back undelivered (its partition revoked while a processor held it) bars
+/// commits at and after it; a new assignment of the partition starts afresh; records already
+/// taken in this assignment are recognised when read again.
+#[test]
+fn handed_back_records_bar_the_commit_and_a_new_assignment_starts_afresh() {
+    let mut t = OffsetTracker::default();
+    for o in 10..14 {
+        t.begin(0, o, 1);
+    }
+    assert!(t.taken(0, 12, 1) && !t.taken(0, 14, 1) && !t.taken(0, 12, 2));
+    assert_eq!(t.done(0, 10, 1), Some(10));
+    t.handed_back(0, 11, 1);
+    assert_eq!(t.pending(), 2, "no longer pending");
+    assert_eq!(t.done(0, 12, 1), None, "11 is read again by the next owner: nothing after it commits");
+    assert_eq!(t.done(0, 13, 1), None);
+    // The partition comes back: a new generation, from the last commit.
+    t.begin(0, 11, 2);
+    assert_eq!(t.done(0, 13, 1), None, "a report from the old generation changes nothing");
+    assert_eq!(t.done(0, 11, 2), Some(11));
 }
 
 fn request(spans: usize, tag: u8) -> Vec<u8> {
