@@ -34,8 +34,9 @@ pub mod names {
     /// Records let go undelivered by a processor because their partition was revoked (or the
     /// receiver stopped) while held: left uncommitted for the next owner (`receiver`).
     pub const RECEIVER_KAFKA_HANDED_BACK_RECORDS: &str = "tracepipe_receiver_kafka_handed_back_records_total";
-    /// Records read again after a rebalance gave a partition back, that this process had
-    /// already taken (held or delivered): skipped, not delivered twice (`receiver`).
+    /// Records not taken (`receiver`): read again after a rebalance gave a partition back though
+    /// this process had already taken them (held or delivered), or fetched before their
+    /// partition was revoked (its new owner reads them). Skipped, not delivered twice.
     pub const RECEIVER_KAFKA_SKIPPED_RECORDS: &str = "tracepipe_receiver_kafka_skipped_records_total";
     /// (`receiver`).
     pub const RECEIVER_KAFKA_REDELIVERED_RECORDS: &str = "tracepipe_receiver_kafka_redelivered_records_total";

@@ -22,35 +22,59 @@ pub struct LagContext {
     /// Partitions given a value last time, so one no longer owned can be set back to 0.
     reported: Mutex<HashSet<i32>>,
     /// Partitions read in the current assignment: generation and revocation flag.
-    owned: Mutex<(u64, HashMap<i32, (u64, Arc<AtomicBool>)>)>,
+    owned: Mutex<Owned>,
+}
+
+/// What this consumer owns.
+#[derive(Default)]
+struct Owned {
+    /// The last generation given out.
+    next: u64,
+    /// Partitions assigned and not revoked since.
+    assigned: HashSet<i32>,
+    /// Partitions read in their current assignment.
+    read: HashMap<i32, (u64, Arc<AtomicBool>)>,
 }
 
 impl LagContext {
     /// For `receiver` reading `topic`.
     pub fn new(receiver: &str, topic: &str) -> Self {
-        LagContext { receiver: receiver.to_owned(), topic: topic.to_owned(), reported: Mutex::new(HashSet::new()), owned: Mutex::new((0, HashMap::new())) }
+        LagContext { receiver: receiver.to_owned(), topic: topic.to_owned(), reported: Mutex::new(HashSet::new()), owned: Mutex::new(Owned::default()) }
     }
 
     /// The generation and revocation flag of `partition`'s current assignment (a new one the
-    /// first time a record of it is read after an assignment).
-    pub fn generation(&self, partition: i32) -> (u64, Arc<AtomicBool>) {
+    /// first time a record of it is read after an assignment), or None when the partition is not
+    /// assigned to this consumer: a record fetched before its partition was revoked, which the new
+    /// owner reads.
+    pub fn generation(&self, partition: i32) -> Option<(u64, Arc<AtomicBool>)> {
         let mut g = self.owned.lock().unwrap_or_else(|e| e.into_inner());
-        let (next, owned) = &mut *g;
-        owned
-            .entry(partition)
-            .or_insert_with(|| {
-                *next += 1;
-                (*next, Arc::new(AtomicBool::new(false)))
-            })
-            .clone()
+        let Owned { next, assigned, read } = &mut *g;
+        if !assigned.contains(&partition) {
+            return None;
+        }
+        Some(
+            read.entry(partition)
+                .or_insert_with(|| {
+                    *next += 1;
+                    (*next, Arc::new(AtomicBool::new(false)))
+                })
+                .clone(),
+        )
     }
 
-    /// Marks partitions revoked.
+    /// Marks partitions assigned (before librdkafka starts fetching them).
+    pub fn assign(&self, partitions: &[i32]) {
+        let mut g = self.owned.lock().unwrap_or_else(|e| e.into_inner());
+        g.assigned.extend(partitions.iter().copied());
+    }
+
+    /// Marks partitions revoked: what was read of them is flagged, and records of them still
+    /// arriving are not taken.
     pub fn revoke(&self, partitions: &[i32]) {
         let mut g = self.owned.lock().unwrap_or_else(|e| e.into_inner());
-        let owned = &mut g.1;
         for &p in partitions {
-            if let Some((_, flag)) = owned.remove(&p) {
+            g.assigned.remove(&p);
+            if let Some((_, flag)) = g.read.remove(&p) {
                 flag.store(true, Ordering::Release);
             }
         }
@@ -86,9 +110,11 @@ impl ClientContext for LagContext {
 
 impl ConsumerContext for LagContext {
     fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(tpl) = rebalance {
-            let p: Vec<i32> = tpl.elements().iter().filter(|e| e.topic() == self.topic).map(|e| e.partition()).collect();
-            self.revoke(&p);
+        let ours = |tpl: &rdkafka::TopicPartitionList| -> Vec<i32> { tpl.elements().iter().filter(|e| e.topic() == self.topic).map(|e| e.partition()).collect() };
+        match rebalance {
+            Rebalance::Assign(tpl) => self.assign(&ours(tpl)),
+            Rebalance::Revoke(tpl) => self.revoke(&ours(tpl)),
+            Rebalance::Error(_) => {}
         }
     }
 

@@ -223,7 +223,11 @@ pub async fn build(cfg: KafkaReceiverConfig, mut ctx: ComponentContext) -> Resul
                 }
             };
             let (partition, offset) = (m.partition(), m.offset());
-            let (generation, revoked) = consumer.context().generation(partition);
+            let Some((generation, revoked)) = consumer.context().generation(partition) else {
+                // Fetched before its partition was revoked: the new owner reads it.
+                skipped.increment(1);
+                continue;
+            };
             if marking.tracker().taken(partition, offset, generation) {
                 // Read again after a rebalance gave the partition back: already in the graph or
                 // delivered by this process.

@@ -282,3 +282,23 @@ async fn permanent_failures_and_on_error_commit_past() {
         tokio::time::timeout(Duration::from_secs(30), h).await.expect("stops").unwrap().unwrap();
     }
 }
+
+/// Records of a partition are taken only while it is assigned: one fetched before its partition
+/// was revoked gets no generation (the new owner reads it), and a partition assigned again gets a
+/// new generation whose flag is not the revoked one.
+#[test]
+fn records_of_a_revoked_partition_are_not_taken() {
+    use std::sync::atomic::Ordering;
+    let ctx = super::lag::LagContext::new("k", "t");
+    assert!(ctx.generation(3).is_none(), "never assigned");
+    ctx.assign(&[3, 4]);
+    let (g1, flag1) = ctx.generation(3).expect("assigned");
+    assert_eq!(ctx.generation(3).unwrap().0, g1, "one generation per assignment");
+    ctx.revoke(&[3]);
+    assert!(flag1.load(Ordering::Acquire), "what was read of it is flagged");
+    assert!(ctx.generation(3).is_none(), "a record still arriving after the revocation is not taken");
+    assert!(ctx.generation(4).is_some(), "other partitions stay");
+    ctx.assign(&[3]);
+    let (g2, flag2) = ctx.generation(3).expect("assigned again");
+    assert!(g2 > g1 && !flag2.load(Ordering::Acquire));
+}

@@ -47,7 +47,8 @@ class Topology:
     apps), `groupers` gateway-1 replicas, `samplers` gateway-2 replicas, each exporting to its own
     recording backend."""
 
-    def __init__(self, kafka, groupers=2, samplers=3):
+    def __init__(self, kafka, groupers=2, samplers=3, later=0):
+        """`later` of the sampler replicas are left for the test to start."""
         kafka.create_topic("tracepipe-spans", 4)
         kafka.create_topic("tracepipe-requests", 6)
         env = {"KAFKA_BROKERS": kafka.bootstrap}
@@ -60,20 +61,22 @@ class Topology:
         self.groupers = [Tracepipe.from_file(SCALE / "gateway-1-group.yaml", env, f"gw1-{i}") for i in range(groupers)]
         self.samplers = [Tracepipe.from_file(SCALE / "gateway-2-sample.yaml", {**env, "EXPORT_ENDPOINT": f"http://127.0.0.1:{g}"}, f"gw2-{i}")
                          for i, (_, g, _) in enumerate(self.backends)]
-        self.procs = [b for b, _, _ in self.backends] + self.agents + self.groupers + self.samplers
+        self.procs = [b for b, _, _ in self.backends] + self.agents + self.groupers + self.samplers[:samplers - later]
+        self.later = self.samplers[samplers - later:]
 
     def __enter__(self):
         try:
             for p in self.procs:
                 p.start()
-            wait_for(lambda: settled(self.groupers, 4) and settled(self.samplers, 6), timeout=90, what="both consumer groups settled")
+            wait_for(lambda: settled(self.groupers, 4) and settled([s for s in self.samplers if s in self.procs], 6), timeout=90,
+                     what="both consumer groups settled")
         except BaseException:
             self.__exit__()
             raise
         return self
 
     def __exit__(self, *exc):
-        for p in self.procs:
+        for p in self.procs + self.later:
             p.__exit__()
 
     def delivered(self):
@@ -118,6 +121,19 @@ def deliveries(topo, requests, per):
     return set(count), whole, partial, sum(1 for c in count.values() if c > 1)
 
 
+def slow_requests(topo) -> set:
+    """Requests the `slow` policy kept on its own evidence: delivered marked by it, and the
+    delivered trace really lasts 1 s or more (a loaded machine makes some requests slow)."""
+    out = set()
+    for got in topo.delivered():
+        for g, spans in got.items():
+            policies = {attrs(s).get("tracepipe.sampling.policy") for s in spans}
+            length = max(int(s["endTimeUnixNano"]) for s in spans) - min(int(s["startTimeUnixNano"]) for s in spans)
+            if policies == {"slow"} and length >= 1_000_000_000:
+                out.add(g)
+    return out
+
+
 def test_whole_requests_decided_once_across_three_replicas():
     from mesh.mesh import Mesh
 
@@ -137,6 +153,8 @@ def test_whole_requests_decided_once_across_three_replicas():
                  what=f"{per * len(keep)} kept spans at the backends")
         time.sleep(8)  # anything that would arrive twice or late
         got, whole, partial, twice = deliveries(topo, requests, per)
+        slow = slow_requests(topo) - keep
+        keep |= slow
         assert got == keep, f"missing {sorted(keep - got)}, extra {sorted(got - keep)}"
         # Each kept request once, whole (proxy and SDK spans, each span once) in its rebuilt
         # trace, at one replica.
@@ -195,11 +213,64 @@ def test_a_replica_killed_mid_run_loses_nothing_and_delivers_nothing_partially()
         wait_for(complete, timeout=180, what="every kept request at the backends")
         time.sleep(10)
         got, whole, partial, twice = deliveries(topo, requests, per)
-        print(f"\nkill -9 of one of 3 replicas with {held:.0f} traces/spans held: {len(keep)} requests kept, "
+        slow = slow_requests(topo) - keep
+        keep |= slow
+        print(f"\nkill -9 of one of 3 replicas with {held:.0f} traces/spans held: {len(keep)} requests kept ({len(slow)} by the slow policy), "
               f"{whole} whole deliveries, {partial} partial, {twice} delivered twice")
         assert got == keep, f"missing {sorted(keep - got)}, extra {sorted(got - keep)}"
         assert partial == 0
         assert twice <= len(keep) // 4, f"{twice} of {len(keep)} kept requests delivered twice"
         for p in topo.procs:
             if p is not victim:
+                assert p.stop() == 0, p.logs()
+
+
+def test_a_replica_added_and_one_stopped_mid_run_lose_nothing():
+    """Rebalance under load: a third sampling replica joins, later one of the first two is
+    stopped with SIGTERM. Partitions move incrementally (cooperative rebalancing); the replica
+    losing a partition hands what it holds of it back undecided, the one leaving decides what it
+    holds before it commits. Nothing is lost, nothing arrives partially; requests delivered twice
+    are counted and reported."""
+    import threading
+
+    from mesh.mesh import Mesh
+
+    with Tansu() as kafka, Topology(kafka, later=1) as topo:
+        n, errors = 200, []
+        with Mesh("zipkin-proto", topo.zipkin, forward="xrid", topology="chain", sdk_endpoint=f"http://127.0.0.1:{topo.otlp}") as mesh:
+            per = mesh.spans_per_request() + len(mesh.services)
+
+            def load():
+                for i in range(n):
+                    status, _ = mesh.request("/productpage?fail" if i % 4 == 0 else "/productpage")
+                    if status != 200:
+                        errors.append(status)
+                    time.sleep(0.15)
+
+            sender = threading.Thread(target=load)
+            sender.start()
+            time.sleep(6)
+            joining = topo.later[0]
+            joining.start()
+            wait_for(lambda: settled([topo.samplers[0], topo.samplers[1], joining], 6), timeout=60, what="the third replica owns partitions")
+            time.sleep(3)
+            leaving = topo.samplers[0]
+            assert leaving.stop() == 0, leaving.logs()
+            sender.join()
+            assert not errors
+            time.sleep(1)
+            requests = expected(mesh, n)
+        keep = {g for g, (root, fail) in requests.items() if fail or kept_by_baseline(root, 10)}
+        wait_for(lambda: keep <= deliveries(topo, requests, per)[0], timeout=180, what="every kept request at the backends")
+        time.sleep(10)
+        got, whole, partial, twice = deliveries(topo, requests, per)
+        slow = slow_requests(topo) - keep
+        keep |= slow
+        handed = sum(metric_sum(r.metrics(), "tracepipe_receiver_kafka_handed_back_records_total") for r in (topo.samplers[1], joining))
+        print(f"\nrebalance (join, then SIGTERM): {len(keep)} requests kept ({len(slow)} by the slow policy), {whole} whole deliveries, {partial} partial, "
+              f"{twice} delivered twice; records handed back by the replicas that stayed: {handed:.0f}")
+        assert got == keep, f"missing {sorted(keep - got)}, extra {sorted(got - keep)}"
+        assert partial == 0
+        for p in topo.procs + [joining]:
+            if p is not leaving:
                 assert p.stop() == 0, p.logs()
