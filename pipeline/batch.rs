@@ -45,6 +45,13 @@ pub struct Finalizer {
     revoked: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
+/// Process-wide: bumped on every revocation (see [`Finalizer::announce_revocation`]).
+static REVOCATIONS: std::sync::OnceLock<tokio::sync::watch::Sender<u64>> = std::sync::OnceLock::new();
+
+fn revocations_sender() -> &'static tokio::sync::watch::Sender<u64> {
+    REVOCATIONS.get_or_init(|| tokio::sync::watch::channel(0).0)
+}
+
 impl Finalizer {
     /// A finalizer that calls `on_done` when the batch (and every copy) is done.
     pub fn new(on_done: impl FnOnce(BatchStatus) + Send + 'static) -> Arc<Self> {
@@ -66,6 +73,18 @@ impl Finalizer {
     /// True when the source handed the batch's input to another consumer, which reads it again.
     pub fn is_revoked(&self) -> bool {
         self.revoked.as_ref().is_some_and(|r| r.load(Ordering::Acquire))
+    }
+
+    /// Tells every component holding batches that some source just revoked inputs: they look
+    /// for what they hold that is now [`Finalizer::all_revoked`] and let it go at once (the
+    /// source waits for that before the input moves, so its new owner starts after it).
+    pub fn announce_revocation() {
+        revocations_sender().send_modify(|n| *n += 1);
+    }
+
+    /// A receiver that wakes on each [`Finalizer::announce_revocation`].
+    pub fn revocations() -> tokio::sync::watch::Receiver<u64> {
+        revocations_sender().subscribe()
     }
 
     /// True when every one of `finalizers` (at least one) is revoked: what they acknowledge

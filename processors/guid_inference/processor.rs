@@ -300,6 +300,18 @@ impl State {
     }
 
     /// Groups whose wait is over, and the oldest ones while over the memory bound.
+    /// Lets go at once every group whose every record's partition was revoked (see
+    /// [`Finalizer::announce_revocation`]).
+    fn hand_over_revoked(&mut self) {
+        let keys: Vec<Key> = self.groups.iter().filter(|(_, g)| Finalizer::all_revoked(&g.finalizers)).map(|(k, _)| k.clone()).collect();
+        let mut out = Released::default();
+        for k in &keys {
+            self.release(k, &mut out);
+        }
+        debug_assert!(out.spans.is_empty());
+        self.gauges();
+    }
+
     fn due(&mut self, now: Instant, all: bool) -> Released {
         let mut out = Released::default();
         while let Some((t, key, generation)) = self.order.front().cloned() {
@@ -366,6 +378,7 @@ pub async fn build(cfg: GuidInferenceConfig, mut ctx: ComponentContext) -> Resul
         batches: 0,
     };
     Ok(Box::pin(async move {
+        let mut revocations = Finalizer::revocations();
         let mut timer = tokio::time::interval(tick);
         timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -386,6 +399,7 @@ pub async fn build(cfg: GuidInferenceConfig, mut ctx: ComponentContext) -> Resul
                         return Ok(());
                     }
                 },
+                Ok(()) = revocations.changed() => st.hand_over_revoked(),
                 _ = timer.tick() => {
                     let due = st.due(Instant::now(), false);
                     if !due.spans.is_empty() {

@@ -424,6 +424,38 @@ mod acks {
         h.await.unwrap().unwrap();
     }
 
+    /// A guid whose every batch came from a revoked Kafka partition is let go at once, undelivered
+    /// (its finalizers see `Errored`), when the revocation is announced; a guid of a partition
+    /// still owned is held and resolved as usual.
+    #[tokio::test(start_paused = true)]
+    async fn guids_of_a_revoked_partition_are_handed_over_at_once() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        let (tx, mut out, h) = start(5);
+        let (moved, kept) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+        let revocable = |flag: &Arc<AtomicBool>, b: Batch| {
+            let (stx, srx) = std::sync::mpsc::channel();
+            (b.with_finalizer(Finalizer::revocable(flag.clone(), move |s| { let _ = stx.send(s); })), srx)
+        };
+        let (b1, s1) = revocable(&moved, batch(xrid_request("g1", 10)));
+        let (b2, s2) = revocable(&kept, batch(xrid_request("g2", 50)));
+        tx.send(b1).await.unwrap();
+        tx.send(b2).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        moved.store(true, Ordering::Release);
+        Finalizer::announce_revocation();
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        assert_eq!(s1.try_recv(), Ok(BatchStatus::Errored), "handed over 4.5 s before its wait ended");
+        assert!(s2.try_recv().is_err());
+        let b = tokio::time::timeout(std::time::Duration::from_secs(6), out.recv()).await.unwrap().unwrap();
+        assert_eq!(b.span_count(), 5, "only the guid still owned comes out");
+        assert!(b.to_resource_spans().unwrap().iter().flat_map(|r| r.scope_spans.iter().flat_map(|s| s.spans.iter())).all(|s| s.trace_id == vec![50; 16]));
+        drop(b);
+        assert_eq!(s2.recv_timeout(std::time::Duration::from_secs(1)).unwrap(), BatchStatus::Delivered);
+        drop(tx);
+        h.await.unwrap().unwrap();
+    }
+
     /// Released spans of one resource and scope come out in one `ResourceSpans` / `ScopeSpans`
     /// with their schema URLs, not one envelope copy per span.
     #[tokio::test(start_paused = true)]

@@ -679,7 +679,19 @@ impl Shard {
         std::mem::take(&mut self.out.ready)
     }
 
+    /// Lets go at once every held trace whose every record's partition was revoked (see
+    /// [`Finalizer::announce_revocation`]).
+    pub fn hand_over_revoked(&mut self, now: Instant) {
+        let ids: Vec<TraceId> = self.traces.iter().filter(|(_, t)| Finalizer::all_revoked(&t.finalizers)).map(|(id, _)| *id).collect();
+        if !ids.is_empty() {
+            self.decide_many(&ids, None, now);
+            self.recharge_index();
+            self.publish();
+        }
+    }
+
     async fn run(mut self, mut rx: mpsc::Receiver<Incoming>, output: Output, name: String, index: usize) -> Result<(), ComponentError> {
+        let mut revocations = Finalizer::revocations();
         loop {
             let next = self.next_deadline();
             let sleep = async move {
@@ -699,6 +711,7 @@ impl Shard {
                     None => break,
                 },
                 _ = sleep => self.expire(Instant::now()),
+                Ok(()) = revocations.changed() => self.hand_over_revoked(Instant::now()),
             }
             for b in self.take_ready() {
                 output.send(b).await.map_err(|e| ComponentError(format!("processor `{name}`: downstream stopped: {e}")))?;

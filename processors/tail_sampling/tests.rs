@@ -656,11 +656,15 @@ async fn traces_of_a_revoked_partition_are_handed_over_not_decided() {
     tx.send(tracked(&kept, 2)).await.unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     moved.store(true, std::sync::atomic::Ordering::Release);
+    Finalizer::announce_revocation();
+    // Let go at once, not at its decision time 1.5 s later.
+    let handed = tokio::task::spawn_blocking(move || (srx.recv_timeout(std::time::Duration::from_millis(500)), srx)).await.unwrap();
+    let srx = handed.1;
+    assert_eq!(handed.0.unwrap(), (1, tracepipe_pipeline::BatchStatus::Errored), "handed over on the announcement");
     let b = tokio::time::timeout(Duration::from_secs(3), out.recv()).await.unwrap().unwrap();
     let got = decoded(vec![b]);
     assert_eq!(got.len(), 2);
     assert!(got.iter().all(|s| trace_id(&s.0) == tid_of(2)), "only the trace still owned is decided");
-    assert_eq!(srx.recv_timeout(std::time::Duration::from_secs(1)).unwrap(), (1, tracepipe_pipeline::BatchStatus::Errored));
     drop(tx);
     h.await.unwrap().unwrap();
     assert_eq!(srx.recv_timeout(std::time::Duration::from_secs(1)).unwrap(), (2, tracepipe_pipeline::BatchStatus::Delivered));

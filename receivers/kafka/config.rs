@@ -76,6 +76,12 @@ pub struct KafkaReceiverConfig {
     /// `autocommit.interval`). After a crash, what was delivered since the last commit is read
     /// and delivered again: this bounds the duplicate window.
     pub commit_interval: Duration,
+    /// How long a rebalance that takes partitions away waits for the records already read from
+    /// them and decided to finish delivering (what processors hold of them is handed back at
+    /// once), then commits, before the partitions move (default 500ms). It pauses this replica's
+    /// reading meanwhile, so keep it well under the processors' waits; what is not done by then is
+    /// read again by the new owner (delivered twice).
+    pub revoke_timeout: Duration,
     /// Any other librdkafka consumer property, applied last.
     pub librdkafka_options: BTreeMap<String, String>,
 }
@@ -95,6 +101,7 @@ impl Default for KafkaReceiverConfig {
             max_record_bytes: ByteSize::mib(20),
             message_marking: MessageMarking::default(),
             commit_interval: Duration::from_secs(1),
+            revoke_timeout: Duration::from_millis(500),
             librdkafka_options: BTreeMap::new(),
         }
     }

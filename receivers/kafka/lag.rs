@@ -4,16 +4,23 @@
 //! assignment and revocation, so an operator sees which replica reads what — and the
 //! assignments themselves: each partition read gets a generation and a revocation flag that its
 //! records' finalizers carry ([`tracepipe_pipeline::Finalizer::revocable`]), set when the
-//! partition is revoked so processors let what they hold of it go undecided.
+//! partition is revoked so processors let what they hold of it go undecided. A revocation waits
+//! (bounded by `revoke_timeout`) until every record read from the partitions it takes is done or
+//! handed back, and commits, before librdkafka lets them go: the new owner starts where this one
+//! finished, so nothing decided here is decided again there.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
 use rdkafka::statistics::Statistics;
 use tracepipe_pipeline::telemetry::names;
+use tracepipe_pipeline::Finalizer;
+
+use super::offsets::OffsetTracker;
 
 /// The consumer's context: turns statistics into `tracepipe_receiver_kafka_lag_records`.
 pub struct LagContext {
@@ -23,6 +30,12 @@ pub struct LagContext {
     reported: Mutex<HashSet<i32>>,
     /// Partitions read in the current assignment: generation and revocation flag.
     owned: Mutex<Owned>,
+    /// The receiver's offset bookkeeping, to wait for revoked partitions' records.
+    tracker: Arc<Mutex<OffsetTracker>>,
+    /// How long a revocation waits for them.
+    revoke_timeout: Duration,
+    /// Set once the receiver stops reading: its own drain waits instead.
+    closing: AtomicBool,
 }
 
 /// What this consumer owns.
@@ -38,8 +51,42 @@ struct Owned {
 
 impl LagContext {
     /// For `receiver` reading `topic`.
-    pub fn new(receiver: &str, topic: &str) -> Self {
-        LagContext { receiver: receiver.to_owned(), topic: topic.to_owned(), reported: Mutex::new(HashSet::new()), owned: Mutex::new(Owned::default()) }
+    pub fn new(receiver: &str, topic: &str, tracker: Arc<Mutex<OffsetTracker>>, revoke_timeout: Duration) -> Self {
+        LagContext {
+            receiver: receiver.to_owned(),
+            topic: topic.to_owned(),
+            reported: Mutex::new(HashSet::new()),
+            owned: Mutex::new(Owned::default()),
+            tracker,
+            revoke_timeout,
+            closing: AtomicBool::new(false),
+        }
+    }
+
+    /// The receiver stopped reading and drains on its own: revocations no longer wait.
+    pub fn closing(&self) {
+        self.closing.store(true, Ordering::Release);
+    }
+
+    /// Waits (bounded by `revoke_timeout`) until every record read from `partitions` is done or
+    /// handed back; returns how many are not. Blocks the polling thread, which is the point: the
+    /// partitions move only after it returns.
+    fn settle(&self, partitions: &[i32]) -> usize {
+        let deadline = Instant::now() + self.revoke_timeout;
+        let pending = || self.tracker.lock().unwrap_or_else(|e| e.into_inner()).pending_in(partitions);
+        let wait = || loop {
+            let left = pending();
+            if left == 0 || Instant::now() >= deadline {
+                return left;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        match tokio::runtime::Handle::try_current() {
+            // The callback runs inside the receiver's task: let the runtime move other tasks
+            // off this worker meanwhile.
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(wait),
+            _ => wait(),
+        }
     }
 
     /// The generation and revocation flag of `partition`'s current assignment (a new one the
@@ -68,15 +115,28 @@ impl LagContext {
         g.assigned.extend(partitions.iter().copied());
     }
 
+    /// Revokes every partition this consumer owns (it is leaving the group): what processors
+    /// hold of them is handed back undecided, and the next owner reads it whole.
+    pub fn revoke_all(&self) {
+        let all: Vec<i32> = self.owned.lock().unwrap_or_else(|e| e.into_inner()).assigned.iter().copied().collect();
+        self.revoke(&all);
+    }
+
     /// Marks partitions revoked: what was read of them is flagged, and records of them still
     /// arriving are not taken.
     pub fn revoke(&self, partitions: &[i32]) {
         let mut g = self.owned.lock().unwrap_or_else(|e| e.into_inner());
+        let mut any = false;
         for &p in partitions {
             g.assigned.remove(&p);
             if let Some((_, flag)) = g.read.remove(&p) {
                 flag.store(true, Ordering::Release);
+                any = true;
             }
+        }
+        drop(g);
+        if any {
+            Finalizer::announce_revocation();
         }
     }
 
@@ -109,11 +169,25 @@ impl ClientContext for LagContext {
 }
 
 impl ConsumerContext for LagContext {
-    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let ours = |tpl: &rdkafka::TopicPartitionList| -> Vec<i32> { tpl.elements().iter().filter(|e| e.topic() == self.topic).map(|e| e.partition()).collect() };
         match rebalance {
             Rebalance::Assign(tpl) => self.assign(&ours(tpl)),
-            Rebalance::Revoke(tpl) => self.revoke(&ours(tpl)),
+            Rebalance::Revoke(tpl) => {
+                let p = ours(tpl);
+                self.revoke(&p);
+                if self.closing.load(Ordering::Acquire) {
+                    return;
+                }
+                // Let what was read of them finish (held spans are handed back at once), commit
+                // it, and only then let the partitions go: the new owner starts after it.
+                let started = Instant::now();
+                let left = self.settle(&p);
+                use rdkafka::consumer::Consumer as _;
+                let committed = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync);
+                tracing::info!(message = "Revoked partitions settled.", receiver = %self.receiver, partitions = ?p, waited = ?started.elapsed(), not_done = left,
+                    committed = committed.is_ok());
+            }
             Rebalance::Error(_) => {}
         }
     }

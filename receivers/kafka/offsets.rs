@@ -83,6 +83,11 @@ impl OffsetTracker {
         }
     }
 
+    /// Records consumed and not yet done (nor handed back) in `partitions`.
+    pub fn pending_in(&self, partitions: &[i32]) -> usize {
+        partitions.iter().filter_map(|p| self.partitions.get(p)).map(|p| p.pending.len()).sum()
+    }
+
     /// Records consumed and not yet done, over all partitions.
     pub fn pending(&self) -> usize {
         self.partitions.values().map(|p| p.pending.len()).sum()

@@ -84,7 +84,7 @@ const REDELIVERY_BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 /// What the per-record finalizers share.
 struct Marking {
-    tracker: Mutex<OffsetTracker>,
+    tracker: Arc<Mutex<OffsetTracker>>,
     consumer: Arc<StreamConsumer<LagContext>>,
     topic: String,
     name: String,
@@ -103,6 +103,7 @@ impl Marking {
 
     /// The record is done with: store the highest offset now committable.
     fn done(&self, partition: i32, offset: i64, generation: u64) {
+        tracing::trace!(message = "Record done.", partition, offset, generation);
         if let Some(last) = self.tracker().done(partition, offset, generation) {
             // Stores last + 1 for the next auto-commit; fails only if the partition was revoked
             // meanwhile (its new owner re-reads from the last commit).
@@ -122,6 +123,7 @@ impl Marking {
                 // Let go undelivered because the partition was revoked (or the receiver is
                 // stopping): the next owner reads it again; nothing from it on is committed.
                 this.handed_back.increment(1);
+                tracing::debug!(message = "Record handed back.", partition = r.partition, offset = r.offset, generation = r.generation);
                 this.tracker().handed_back(r.partition, r.offset, r.generation);
             }
             BatchStatus::Rejected => {
@@ -150,8 +152,9 @@ pub async fn build(cfg: KafkaReceiverConfig, mut ctx: ComponentContext) -> Resul
     for (k, v) in cfg.rdkafka_properties() {
         cc.set(k, v);
     }
+    let tracker = Arc::new(Mutex::new(OffsetTracker::default()));
     let consumer: StreamConsumer<LagContext> =
-        cc.create_with_context(LagContext::new(&ctx.name, &cfg.topic)).map_err(|e| ctx.error(format!("cannot create the Kafka consumer: {e}")))?;
+        cc.create_with_context(LagContext::new(&ctx.name, &cfg.topic, tracker.clone(), cfg.revoke_timeout.get())).map_err(|e| ctx.error(format!("cannot create the Kafka consumer: {e}")))?;
     consumer.subscribe(&[&cfg.topic]).map_err(|e| ctx.error(format!("cannot subscribe to `{}`: {e}", cfg.topic)))?;
     let consumer = Arc::new(consumer);
     let admission = Admission::new(&ctx.name, TRANSPORT, output, Duration::ZERO);
@@ -162,7 +165,7 @@ pub async fn build(cfg: KafkaReceiverConfig, mut ctx: ComponentContext) -> Resul
     let (redeliver, mut redeliveries) = tokio::sync::mpsc::unbounded_channel::<Redelivery>();
     let committed = |reason: &'static str| metrics::counter!(names::RECEIVER_KAFKA_COMMITTED_FAILED_RECORDS, "receiver" => name.clone(), "reason" => reason);
     let marking = Arc::new(Marking {
-        tracker: Mutex::new(OffsetTracker::default()),
+        tracker,
         consumer: consumer.clone(),
         topic: cfg.topic.clone(),
         name: name.clone(),
@@ -225,16 +228,19 @@ pub async fn build(cfg: KafkaReceiverConfig, mut ctx: ComponentContext) -> Resul
             let (partition, offset) = (m.partition(), m.offset());
             let Some((generation, revoked)) = consumer.context().generation(partition) else {
                 // Fetched before its partition was revoked: the new owner reads it.
+                tracing::debug!(message = "Record of a partition not assigned here; skipped.", receiver = %name, partition, offset);
                 skipped.increment(1);
                 continue;
             };
             if marking.tracker().taken(partition, offset, generation) {
                 // Read again after a rebalance gave the partition back: already in the graph or
                 // delivered by this process.
+                tracing::debug!(message = "Record already taken; skipped.", receiver = %name, partition, offset);
                 skipped.increment(1);
                 continue;
             }
             marking.tracker().begin(partition, offset, generation);
+            tracing::trace!(message = "Record read.", receiver = %name, partition, offset, generation);
             match decode(m.payload().unwrap_or_default(), cfg.encoding, cfg.max_record_bytes.get() as usize) {
                 Decoded::Spans(batch, rejected) => {
                     if rejected > 0 {
@@ -262,6 +268,13 @@ pub async fn build(cfg: KafkaReceiverConfig, mut ctx: ComponentContext) -> Resul
             }
         }
         health.set_listening(&name, false);
+        // Partitions revoked from here on (the consumer leaving the group) need no waiting:
+        // everything read is drained below.
+        consumer.context().closing();
+        // Leaving the group is a revocation of everything: traces held undecided go back to
+        // Kafka (uncommitted) rather than being decided on what arrived so far, because the rest
+        // of them may be in records not read yet, which the partition's next owner reads.
+        consumer.context().revoke_all();
         // Close the output so the stages downstream drain, wait (bounded) until every record
         // consumed has been delivered or has come back for another delivery, then commit what
         // was stored. Records waiting for another delivery stay uncommitted.

@@ -289,7 +289,7 @@ async fn permanent_failures_and_on_error_commit_past() {
 #[test]
 fn records_of_a_revoked_partition_are_not_taken() {
     use std::sync::atomic::Ordering;
-    let ctx = super::lag::LagContext::new("k", "t");
+    let ctx = super::lag::LagContext::new("k", "t", Default::default(), Duration::from_secs(1));
     assert!(ctx.generation(3).is_none(), "never assigned");
     ctx.assign(&[3, 4]);
     let (g1, flag1) = ctx.generation(3).expect("assigned");

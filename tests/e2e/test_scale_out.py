@@ -59,7 +59,8 @@ class Topology:
         ]
         self.backends = [backend() for _ in range(samplers)]
         self.groupers = [Tracepipe.from_file(SCALE / "gateway-1-group.yaml", env, f"gw1-{i}") for i in range(groupers)]
-        self.samplers = [Tracepipe.from_file(SCALE / "gateway-2-sample.yaml", {**env, "EXPORT_ENDPOINT": f"http://127.0.0.1:{g}"}, f"gw2-{i}")
+        debug = {"TRACEPIPE_LOG": "info,tracepipe_receivers::kafka=trace"} if DEBUG else {}
+        self.samplers = [Tracepipe.from_file(SCALE / "gateway-2-sample.yaml", {**env, **debug, "EXPORT_ENDPOINT": f"http://127.0.0.1:{g}"}, f"gw2-{i}")
                          for i, (_, g, _) in enumerate(self.backends)]
         self.procs = [b for b, _, _ in self.backends] + self.agents + self.groupers + self.samplers[:samplers - later]
         self.later = self.samplers[samplers - later:]
@@ -267,10 +268,32 @@ def test_a_replica_added_and_one_stopped_mid_run_lose_nothing():
         slow = slow_requests(topo) - keep
         keep |= slow
         handed = sum(metric_sum(r.metrics(), "tracepipe_receiver_kafka_handed_back_records_total") for r in (topo.samplers[1], joining))
+        if DEBUG:
+            import zlib
+            union = {}
+            for got_ in topo.delivered():
+                for g, sp in got_.items():
+                    union.setdefault(g, set()).update(x["spanId"] for x in sp)
+            for g in sorted(keep):
+                if len(union.get(g, ())) != per:
+                    part = zlib.crc32(g.encode()) % 6
+                    print("LOST spans of", g, len(union.get(g, ())), "of", per, "partition", part)
+                    for i, r in enumerate(topo.samplers):
+                        ev = [l for l in r.logs().splitlines() if f"partition={part} " in l or f"partition={part}\n" in l or l.endswith(f"partition={part}")]
+                        print(f"  sampler {i}: {len(ev)} events; first/last:", ev[:2], ev[-3:])
+        if DEBUG and partial:
+            for i, r in enumerate(topo.samplers):
+                print(f"--- sampler {i}", [g for g, sp in topo.delivered()[i].items() if g in requests and len(sp) != per])
+                for l in r.logs().splitlines():
+                    if "artition" in l or "ettled" in l or "not delivered" in l or "WARN" in l:
+                        print(l[:300])
         print(f"\nrebalance (join, then SIGTERM): {len(keep)} requests kept ({len(slow)} by the slow policy), {whole} whole deliveries, {partial} partial, "
               f"{twice} delivered twice; records handed back by the replicas that stayed: {handed:.0f}")
         assert got == keep, f"missing {sorted(keep - got)}, extra {sorted(got - keep)}"
         assert partial == 0
+        # Decided but not yet acknowledged when the partition moved (revoke_timeout): delivered
+        # again by the new owner. Measured 0-3 of 62-74 kept requests.
+        assert twice <= len(keep) // 10, f"{twice} of {len(keep)} kept requests delivered twice"
         for p in topo.procs + [joining]:
             if p is not leaving:
                 assert p.stop() == 0, p.logs()
