@@ -9,8 +9,12 @@
 //! - At least once: offsets are stored for commit (auto-commit from the store) only when every
 //!   record up to them has been delivered by the graph (or counted as failed by a sink), in order
 //!   per partition whatever order sinks finish in. When the graph is full the receiver waits
-//!   (Kafka keeps what is not read). On shutdown it stops reading, lets the graph drain (up to
-//!   `shutdown_timeout`) and commits; anything undelivered is read again after a restart.
+//!   (Kafka keeps what is not read). On shutdown it stops reading, gives up every partition (held
+//!   traces go back undecided), lets the graph drain (up to `shutdown_timeout`) and commits;
+//!   anything undelivered is read again after a restart.
+//! - Rebalancing (cooperative-sticky by default): partitions taken away are handed over — what
+//!   processors hold of them is let go undecided and left uncommitted, decided records get up to
+//!   `revoke_timeout` to be acknowledged, then a synchronous commit — before they move (lag.rs).
 //! - `message_marking` (the OTel Collector's setting): by default a record whose delivery failed
 //!   with a retryable error (a sink gave up after its `max_elapsed_time`) stays uncommitted and is
 //!   delivered again with backoff (1 s doubling to 30 s; no new record is read meanwhile), counted
