@@ -351,6 +351,7 @@ fn run(config: Option<PathBuf>) -> ExitCode {
 async fn serve(graph: graph::ValidGraph, on_started: impl FnOnce()) -> anyhow::Result<()> {
     let telemetry = graph.file.telemetry.clone();
     let handle = tracepipe_pipeline::telemetry::install_recorder().map_err(|e| anyhow::anyhow!("cannot install the metrics recorder: {e}"))?;
+    let final_handle = handle.clone();
     let health = tracepipe_pipeline::telemetry::Health::default();
     if let Some(limit) = tracepipe_pipeline::memory::start(&graph.file.memory, health.clone()) {
         tracing::info!(message = "Memory limit in force.", limit_bytes = limit, soft_ratio = graph.file.memory.soft_ratio);
@@ -381,8 +382,30 @@ async fn serve(graph: graph::ValidGraph, on_started: impl FnOnce()) -> anyhow::R
     if let Some(s) = server {
         let _ = s.await;
     }
-    tracing::info!(message = "tracepipe stopped.");
+    // The last word on every span, for whoever reads the log after the process is gone (no
+    // scrape sees what the final drain counted).
+    tracing::info!(message = "tracepipe stopped.", spans = %final_counts(&final_handle.render()));
     result.map_err(Into::into)
+}
+
+/// The span-accounting counters as Prometheus renders them, one `name{labels} value` per series
+/// that is not zero, joined with "; ".
+fn final_counts(rendered: &str) -> String {
+    use tracepipe_pipeline::telemetry::names;
+    let accounting = [
+        names::RECEIVER_ACCEPTED_SPANS,
+        names::RECEIVER_REFUSED_SPANS,
+        names::RECEIVER_REJECTED_SPANS,
+        names::SINK_SENT_SPANS,
+        names::SINK_FAILED_SPANS,
+        names::PROCESSOR_DROPPED_SPANS,
+    ];
+    rendered
+        .lines()
+        .filter(|l| accounting.iter().any(|n| l.strip_prefix(n).is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))))
+        .filter(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()).is_some_and(|v| v != 0.0))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 async fn wait_for_signal() {

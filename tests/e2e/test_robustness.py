@@ -288,9 +288,17 @@ sinks:
         took = time.time() - t0
         # One 20 s budget for the sink from the first retry after SIGTERM, not one per batch.
         assert took < 25, f"stopped after {took:.1f}s"
-        # The last drops may land after the last scrape before exit: what was read is whole
-        # batches counted with the reason, and the log has all six.
-        assert seen >= 7 and seen % 7 == 0, f"failed{{reason=shutdown}} last read {seen}"
+        # A scrape during the drain sees whole batches counted with the reason (the drops may
+        # also all land after the last scrape before exit) ...
+        assert seen % 7 == 0, f"failed{{reason=shutdown}} read {seen} mid-drain"
+        # ... and the counters as they stood at exit, logged with "tracepipe stopped.", have all
+        # six batches: 42 spans accepted, 42 failed with reason shutdown, none sent.
+        final = re.search(r"tracepipe stopped\. spans=(.*)", a.logs()).group(1)
+        counts = {m.group(1): float(m.group(2)) for m in re.finditer(r"(tracepipe_\w+\{[^}]*\}) ([0-9.eE+-]+)", final)}
+        failed = {k: v for k, v in counts.items() if k.startswith("tracepipe_sink_failed_spans_total") and 'sink="up"' in k}
+        assert list(failed.values()) == [42] and 'reason="shutdown"' in next(iter(failed)), final
+        assert sum(v for k, v in counts.items() if k.startswith("tracepipe_receiver_accepted_spans_total")) == 42, final
+        assert not any(k.startswith("tracepipe_sink_sent_spans_total") and v for k, v in counts.items()), final
         drops = re.findall(r"Shutting down; undeliverable spans dropped\..* spans=(\d+)\b", a.logs())
         assert sorted(int(n) for n in drops) == [7] * 6, drops
 
