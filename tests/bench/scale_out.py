@@ -72,8 +72,16 @@ def template(n: int):
     return ExportTraceServiceRequest(resource_spans=out).SerializeToString(), roots
 
 
+def scrape(p, name: str) -> float:
+    """A replica's metric; 0 for one that is gone or too busy to answer within the timeout."""
+    try:
+        return metric_sum(p.metrics(), name) if p.proc and p.proc.poll() is None else 0.0
+    except Exception:
+        return 0.0
+
+
 def lag(procs) -> float:
-    return sum(metric_sum(p.metrics(), "tracepipe_receiver_kafka_lag_records") for p in procs if p.proc and p.proc.poll() is None)
+    return sum(scrape(p, "tracepipe_receiver_kafka_lag_records") for p in procs)
 
 
 def main():
@@ -135,7 +143,7 @@ def main():
         alive = [s for s in topo.samplers if s.proc.poll() is None]
 
         def decided():
-            return sum(metric_sum(s.metrics(), "tracepipe_processor_tail_sampling_spans_total") for s in alive)
+            return sum(scrape(s, "tracepipe_processor_tail_sampling_spans_total") for s in alive)
 
         # Drained: no lag in either tier and nothing decided for 5 s (lag comes from librdkafka's
         # statistics every 5 s: the figure is good to about that).
@@ -144,7 +152,10 @@ def main():
             now, d = time.monotonic(), decided()
             if d != last:
                 last, since = d, now
-            settled = d >= total or (now - since >= 5 and now - t0 >= sent + 15)  # the tiers hold 11 s by design
+            # The tiers hold 11 s by design; after a kill the dead replica's partitions are
+            # unowned (no lag reported) until its session times out (10 s) and they move.
+            quiet = 20 if a.kill else 5
+            settled = d >= total or (now - since >= quiet and now - t0 >= sent + 15)
             if settled and lag(topo.groupers) == 0 and lag(alive) == 0:
                 break
             if now - t0 > sent + 900:
