@@ -135,6 +135,23 @@ def slow_requests(topo) -> set:
     return out
 
 
+def steady_load(mesh, n: int, errors: list):
+    """Sends `n` requests (every 4th one failing at the last hop), one per 150 ms, on a thread;
+    statuses other than 200 go to `errors`. Returns the started thread."""
+    import threading
+
+    def load():
+        for i in range(n):
+            status, _ = mesh.request("/productpage?fail" if i % 4 == 0 else "/productpage")
+            if status != 200:
+                errors.append(status)
+            time.sleep(0.15)
+
+    sender = threading.Thread(target=load)
+    sender.start()
+    return sender
+
+
 def test_whole_requests_decided_once_across_three_replicas():
     from mesh.mesh import Mesh
 
@@ -178,7 +195,6 @@ def test_a_replica_killed_mid_run_loses_nothing_and_delivers_nothing_partially()
     replicas that take its partitions. Every kept request arrives whole; requests delivered twice
     (decided and delivered after the last commit) are counted and reported."""
     import signal
-    import threading
 
     from mesh.mesh import Mesh
 
@@ -187,15 +203,7 @@ def test_a_replica_killed_mid_run_loses_nothing_and_delivers_nothing_partially()
         with Mesh("zipkin-proto", topo.zipkin, forward="xrid", topology="chain", sdk_endpoint=f"http://127.0.0.1:{topo.otlp}") as mesh:
             per = mesh.spans_per_request() + len(mesh.services)
 
-            def load():
-                for i in range(n):
-                    status, _ = mesh.request("/productpage?fail" if i % 4 == 0 else "/productpage")
-                    if status != 200:
-                        errors.append(status)
-                    time.sleep(0.15)
-
-            sender = threading.Thread(target=load)
-            sender.start()
+            sender = steady_load(mesh, n, errors)
             time.sleep(8)
             victim = topo.samplers[0]
             held = metric_sum(victim.metrics(), "tracepipe_processor_tail_sampling_traces_held") + metric_sum(victim.metrics(), "tracepipe_processor_guid_spans_held")
@@ -229,11 +237,9 @@ def test_a_replica_killed_mid_run_loses_nothing_and_delivers_nothing_partially()
 def test_a_replica_added_and_one_stopped_mid_run_lose_nothing():
     """Rebalance under load: a third sampling replica joins, later one of the first two is
     stopped with SIGTERM. Partitions move incrementally (cooperative rebalancing); the replica
-    losing a partition hands what it holds of it back undecided, the one leaving decides what it
-    holds before it commits. Nothing is lost, nothing arrives partially; requests delivered twice
-    are counted and reported."""
-    import threading
-
+    losing a partition, and the one leaving (all of its partitions), hand what they hold of them
+    back undecided before they commit. Nothing is lost, nothing arrives partially; requests
+    delivered twice are counted and reported."""
     from mesh.mesh import Mesh
 
     with Tansu() as kafka, Topology(kafka, later=1) as topo:
@@ -241,15 +247,7 @@ def test_a_replica_added_and_one_stopped_mid_run_lose_nothing():
         with Mesh("zipkin-proto", topo.zipkin, forward="xrid", topology="chain", sdk_endpoint=f"http://127.0.0.1:{topo.otlp}") as mesh:
             per = mesh.spans_per_request() + len(mesh.services)
 
-            def load():
-                for i in range(n):
-                    status, _ = mesh.request("/productpage?fail" if i % 4 == 0 else "/productpage")
-                    if status != 200:
-                        errors.append(status)
-                    time.sleep(0.15)
-
-            sender = threading.Thread(target=load)
-            sender.start()
+            sender = steady_load(mesh, n, errors)
             time.sleep(6)
             joining = topo.later[0]
             joining.start()
