@@ -59,6 +59,7 @@ struct Metrics {
     edges: Counter,
     cross_node_edges: Counter,
     ambiguous: Counter,
+    cross_node_ambiguous: Counter,
     evicted: Counter,
     too_large: Counter,
     dropped: Counter,
@@ -281,7 +282,8 @@ impl State {
             let o = resolve(&mut spans, &self.rules);
             self.m.edges.increment(o.edges - o.cross_node_edges);
             self.m.cross_node_edges.increment(o.cross_node_edges);
-            self.m.ambiguous.increment(o.ambiguous);
+            self.m.ambiguous.increment(o.ambiguous_same_node);
+            self.m.cross_node_ambiguous.increment(o.ambiguous - o.ambiguous_same_node);
             self.m.retraced.increment(o.retraced);
             if o.too_large {
                 self.m.too_large.increment(1);
@@ -352,7 +354,8 @@ pub async fn build(cfg: GuidInferenceConfig, mut ctx: ComponentContext) -> Resul
         bytes_held: metrics::gauge!(names::PROCESSOR_GUID_BYTES_HELD, "processor" => p.clone()),
         edges: metrics::counter!(names::PROCESSOR_GUID_EDGES_INFERRED, "processor" => p.clone(), "tier" => "same_node"),
         cross_node_edges: metrics::counter!(names::PROCESSOR_GUID_EDGES_INFERRED, "processor" => p.clone(), "tier" => "cross_node"),
-        ambiguous: metrics::counter!(names::PROCESSOR_GUID_AMBIGUOUS, "processor" => p.clone()),
+        ambiguous: metrics::counter!(names::PROCESSOR_GUID_AMBIGUOUS, "processor" => p.clone(), "tier" => "same_node"),
+        cross_node_ambiguous: metrics::counter!(names::PROCESSOR_GUID_AMBIGUOUS, "processor" => p.clone(), "tier" => "cross_node"),
         evicted: metrics::counter!(names::PROCESSOR_GUID_EVICTED_EARLY, "processor" => p.clone()),
         too_large: metrics::counter!(names::PROCESSOR_GUID_TOO_LARGE, "processor" => p.clone()),
         dropped: metrics::counter!(names::PROCESSOR_DROPPED_SPANS, "processor" => p.clone(), "reason" => "decode"),

@@ -8,8 +8,13 @@ sidecar. FORWARD: all (x-request-id and every tracing header Istio asks apps to 
 With OTLP_GRPC_URL the app is instrumented with the OpenTelemetry SDK, as an app behind an Istio
 sidecar: one SERVER span per request, continuing the B3 context its sidecar passed in (so it
 shares the fragment's trace id but carries no guid), `app.request_id` = the x-request-id.
-A request whose path contains `fail` is answered 500 by the last service of the chain."""
+A request whose path contains `fail` is answered 500 by the last service of the chain.
+Each call's path is the caller's path plus `/CALLEE-STEP` (before any query), so every proxy span
+of a request has its own `http.url` and a test can tell which call is which.
+With FLAKY (env MESH_FLAKY=1) the first attempt of each call (x-request-id and path) is answered
+503 (a proxy retry policy then retries it)."""
 import json
+import os
 import sys
 import threading
 import urllib.error
@@ -37,6 +42,10 @@ if OTLP:
 PROPAGATE = {"x-request-id", "x-b3-traceid", "x-b3-spanid", "x-b3-parentspanid", "x-b3-sampled", "x-b3-flags", "b3",
              "x-ot-span-context", "traceparent", "tracestate", "baggage"}
 lock = threading.Lock()
+
+
+FLAKY = os.environ.get("MESH_FLAKY") == "1"
+seen = set()
 
 
 def call(callee, url, path, fwd, results, k):
@@ -73,15 +82,26 @@ class Handler(BaseHTTPRequestHandler):
                 span.set_status(Status(StatusCode.ERROR, f"answered {code}"))
 
     def answer(self, fwd):
+        if FLAKY:
+            with lock:
+                key = (fwd.get("x-request-id"), self.path)
+                first = key not in seen
+                seen.add(key)
+            if first:
+                self.send_response(503)
+                self.send_header("content-length", "0")
+                self.end_headers()
+                return 503
         if "fail" in self.path and not STEPS:
             self.send_response(500)
             self.send_header("content-length", "0")
             self.end_headers()
             return 500
         downstream = []
-        for step in STEPS:
+        base, q, query = self.path.partition("?")
+        for n, step in enumerate(STEPS):
             results = [None] * len(step)
-            threads = [threading.Thread(target=call, args=(c, u, self.path, fwd, results, k)) for k, (c, u) in enumerate(step)]
+            threads = [threading.Thread(target=call, args=(c, u, f"{base}/{c}-{n}{q}{query}", fwd, results, k)) for k, (c, u) in enumerate(step)]
             for t in threads:
                 t.start()
             for t in threads:

@@ -1,7 +1,10 @@
 """An Istio-like mesh of real Envoy 1.40 sidecars for end-to-end tests (reused by the guid
-inference tests). Topologies: `chain` (productpage -> reviews -> ratings) and `bookinfo`
+inference tests). Topologies: `chain` (productpage -> reviews -> ratings), `bookinfo`
 (productpage -> details || reviews in parallel; details -> inventory, whose app is down: a
-failing hop; reviews -> ratings twice per request; ratings -> db). Each app sits behind its own
+failing hop; reviews -> ratings twice per request; ratings -> db; 15 proxy spans per request) and
+`fanout` (productpage -> reviews || details, then reviews again; details -> reviews, then the down
+inventory; reviews -> ratings on each of its three calls, two of them concurrent; ratings fails
+the first attempt of each call and reviews' sidecar retries it; 20 proxy spans per request). Each app sits behind its own
 Envoy with an inbound listener and one outbound listener per callee, tracing at 100%, Istio-style node ids
 (`sidecar~IP~svc-v1-1.default~default.svc.cluster.local`) and clusters (`inbound|PORT||`,
 `outbound|9080||svc.default.svc.cluster.local`), route decorators, and a tracer pointed at
@@ -30,8 +33,16 @@ TOPOLOGIES = {
     "chain": {"productpage": [["reviews"]], "reviews": [["ratings"]], "ratings": []},
     "bookinfo": {"productpage": [["details", "reviews"]], "details": [["inventory"]], "reviews": [["ratings"], ["ratings"]],
                  "ratings": [["db"]], "db": [], "inventory": []},
+    # reviews is reached three times per request, twice at once (from productpage and from
+    # details, in parallel), and calls ratings each time; ratings fails the first attempt of each
+    # call and reviews' sidecar retries it; inventory is down.
+    "fanout": {"productpage": [["reviews", "details"], ["reviews"]], "details": [["reviews"], ["inventory"]],
+               "reviews": [["ratings"]], "ratings": [], "inventory": []},
 }
-DOWN = {"chain": set(), "bookinfo": {"inventory"}}
+DOWN = {"chain": set(), "bookinfo": {"inventory"}, "fanout": {"inventory"}}
+FLAKY = {"fanout": {"ratings"}}
+# (caller, callee) pairs whose route retries 5xx, as an Istio VirtualService `retries` would.
+RETRIES = {"fanout": {("reviews", "ratings")}}
 
 sys.path.insert(0, str(HERE.parent))
 from harness import free_port, wait_port  # noqa: E402
@@ -60,6 +71,7 @@ class Mesh:
         self.calls = TOPOLOGIES[topology]
         self.services = list(self.calls)
         self.down = set(DOWN[topology]) | ({"ratings"} if ratings_down else set())
+        self.flaky, self.retries = FLAKY.get(topology, set()), RETRIES.get(topology, set())
         self.otlp_port = otlp_port or collector_port
         self.dir = Path(tempfile.mkdtemp(prefix=f"mesh-{variant}-"))
         self.app_ports = {s: free_port() for s in self.services}
@@ -71,9 +83,10 @@ class Mesh:
         self.procs = []
 
     def spans_per_request(self):
-        """Proxy spans one request yields: a SERVER per call received, a CLIENT per call made."""
+        """Proxy spans one request yields: a SERVER per call received (two for a call to a flaky
+        service: its first attempt fails and is retried), a CLIENT per call made."""
         def count(svc):
-            return 1 + sum(1 + count(c) for step in self.calls[svc] for c in step)
+            return 1 + sum(1 + count(c) + (c in self.flaky) for step in self.calls[svc] for c in step)
         return count("productpage")
 
     def _provider(self, svc, inbound):
@@ -90,8 +103,10 @@ class Mesh:
             "@type": "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig", "service_name": f"{svc}.default",
             "grpc_service": {"envoy_grpc": {"cluster_name": "otlp_grpc"}, "timeout": "1s"}}}
 
-    def _hcm(self, svc, prefix, cluster, decorator, inbound):
+    def _hcm(self, svc, prefix, cluster, decorator, inbound, retry=False):
         route = {"match": {"prefix": "/"}, "route": {"cluster": cluster, "timeout": "5s"}}
+        if retry:
+            route["route"]["retry_policy"] = {"retry_on": "5xx", "num_retries": 2}
         if self.variant != "zipkin-json-envoydefault":
             route["decorator"] = {"operation": decorator}
         return {"name": "envoy.filters.network.http_connection_manager", "typed_config": {
@@ -114,8 +129,13 @@ class Mesh:
         for nxt, port in self.outbound[svc].items():
             oc = f"outbound|9080||{nxt}.default.svc.cluster.local"
             listeners.append({"name": f"outbound_{nxt}", "address": _addr(port), "traffic_direction": "OUTBOUND",
-                              "filter_chains": [{"filters": [self._hcm(svc, f"outbound_0.0.0.0_9080_{nxt}", oc, f"{nxt}.default.svc.cluster.local:9080/*", False)]}]})
-            clusters.append(_cluster(oc, self.inbound[nxt]))
+                              "filter_chains": [{"filters": [self._hcm(svc, f"outbound_0.0.0.0_9080_{nxt}", oc, f"{nxt}.default.svc.cluster.local:9080/*", False,
+                                                                          retry=(svc, nxt) in self.retries)]}]})
+            c = _cluster(oc, self.inbound[nxt])
+            # Istio's defaults: no circuit-breaker limits (Envoy's own allow 3 concurrent retries,
+            # so a burst of retried calls would see some refused).
+            c["circuit_breakers"] = {"thresholds": [{k: 4294967295 for k in ("max_connections", "max_pending_requests", "max_requests", "max_retries")}]}
+            clusters.append(c)
         return {"node": {"id": f"sidecar~127.0.0.1~{svc}-v1-1.default~default.svc.cluster.local", "cluster": f"{svc}.default"},
                 "admin": {"address": _addr(self.admin[svc])},
                 "layered_runtime": {"layers": [{"name": "static", "static_layer": {
@@ -129,7 +149,8 @@ class Mesh:
                     continue
                 steps = [[[c, f"http://127.0.0.1:{self.outbound[svc][c]}"] for c in step] for step in self.calls[svc]]
                 self.procs.append(subprocess.Popen([sys.executable, str(HERE / "app.py"), svc, str(self.app_ports[svc]), json.dumps(steps),
-                                                    self.forward, str(self.headers_log)] + ([self.sdk_endpoint] if self.sdk_endpoint else [])))
+                                                    self.forward, str(self.headers_log)] + ([self.sdk_endpoint] if self.sdk_endpoint else []),
+                                                   env={**os.environ, "MESH_FLAKY": "1" if svc in self.flaky else "0"}))
             for svc in self.services:
                 cfg = self.dir / f"envoy-{svc}.json"
                 cfg.write_text(json.dumps(self._bootstrap(svc)))
