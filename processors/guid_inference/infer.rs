@@ -39,6 +39,9 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::Span;
 
 const SERVER: i32 = 2;
+
+/// A cross-node candidate CLIENT of one SERVER: (clock offset it needs, time gap, span index).
+type Candidate = (i128, i128, usize);
 const CLIENT: i32 = 3;
 
 /// How [`resolve`] links spans.
@@ -310,7 +313,7 @@ pub fn resolve(spans: &mut [Held], rules: &Rules) -> Outcome {
         };
         // Per orphan SERVER, its candidate CLIENTs: (clock offset needed, time gap, client), the
         // one needing the least offset first.
-        let mut cands: Vec<(usize, Vec<(i128, i128, usize)>)> = Vec::new();
+        let mut cands: Vec<(usize, Vec<Candidate>)> = Vec::new();
         for i in 0..n {
             let s = &spans[i].span;
             if s.kind != SERVER || !spans[i].tagged || !orphan(i) {
