@@ -295,6 +295,52 @@ fn cross_node_tier_needs_the_callee_name_and_counts_ties() {
 }
 
 #[test]
+fn spans_without_node_id_are_not_linked_on_the_same_node_tier() {
+    // README: spans without `node_id` are never re-parented in the same-node tier (nothing says
+    // which SERVER shares their clock).
+    let strip = |mut sp: Span| {
+        sp.attributes.retain(|kv| kv.key != "node_id");
+        sp
+    };
+    for (server, client) in [(true, false), (false, true), (false, false)] {
+        let sv = span(1, 1, 0, 2, "a", "g", 0, 100);
+        let cl = span(2, 2, 0, 3, "a", "g", 10, 20);
+        let mut h = held(vec![if server { sv } else { strip(sv) }, if client { cl } else { strip(cl) }]);
+        let o = resolve(&mut h, &rules(true));
+        assert_eq!((o.edges, o.ambiguous), (0, 0), "server node {server}, client node {client}");
+        assert_eq!(h[1].span.trace_id, vec![2; 16]);
+    }
+}
+
+#[test]
+fn callees_are_matched_by_url_host_and_canonical_service() {
+    // No upstream_cluster: the CLIENT's `http.url` host names the callee.
+    let by_url = |url: &str| {
+        let mut c = lone(1, 3, "productpage", "", 0, 100);
+        c.span.attributes.retain(|kv| kv.key != "upstream_cluster");
+        c.span.attributes.push(s("http.url", url));
+        let mut h = vec![c, lone(2, 2, "reviews", "", 10, 90)];
+        resolve(&mut h, &skew_rules(30));
+        parents(&h)
+    };
+    for url in ["http://reviews:9080/x", "http://reviews.default.svc.cluster.local:9080/", "https://user@REVIEWS/", "reviews/api"] {
+        assert_eq!(by_url(url), vec![(2, 1)], "{url}");
+    }
+    for url in ["http://10.0.0.7:9080/reviews", "http://ratings:9080/", ""] {
+        assert_eq!(by_url(url), vec![], "{url}");
+    }
+    // The SERVER's service.name says nothing useful; its `istio.canonical_service` does.
+    let mut sv = lone(2, 2, "reviews-v2-7d9f", "", 10, 90);
+    let mut h = vec![lone(1, 3, "productpage", "reviews", 0, 100), sv.clone()];
+    resolve(&mut h, &skew_rules(30));
+    assert_eq!(parents(&h), vec![], "service.name reviews-v2-7d9f is not reviews");
+    sv.span.attributes.push(s("istio.canonical_service", "reviews"));
+    let mut h = vec![lone(1, 3, "productpage", "reviews", 0, 100), sv];
+    resolve(&mut h, &skew_rules(30));
+    assert_eq!(parents(&h), vec![(2, 1)]);
+}
+
+#[test]
 fn no_edge_closes_a_cycle() {
     // Two services calling each other with times equal within the skew: A's CLIENT and B's
     // SERVER enclose each other, and so do B's CLIENT and A's SERVER.
@@ -581,6 +627,64 @@ mod acks {
         tx.send(batch(xrid_request("g", 10))).await.unwrap();
         let b = tokio::time::timeout(std::time::Duration::from_secs(3), out.recv()).await.unwrap().unwrap();
         assert_eq!(b.span_count(), 5);
+        drop(tx);
+        h.await.unwrap().unwrap();
+    }
+}
+
+/// The counters README promises for the two bounds: `max_bytes` resolves the oldest guids early
+/// (`tracepipe_processor_guid_evicted_early_total`), and a guid with more than 4096 proxy spans is
+/// passed on without inference (`tracepipe_processor_guid_too_large_total`), both without waiting.
+mod bounds {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+
+    use super::*;
+
+    fn counter(snap: &Snapshotter, name: &str) -> u64 {
+        snap.snapshot().into_vec().into_iter().filter(|(k, ..)| k.key().name() == name).map(|(.., v)| match v {
+            DebugValue::Counter(c) => c,
+            other => panic!("{name} is {other:?}"),
+        }).sum()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn max_bytes_resolves_the_oldest_early_and_too_large_guids_pass_counted() {
+        let recorder = DebuggingRecorder::new();
+        let snap = recorder.snapshotter();
+        let (tx, input) = Input::channel(8);
+        let (otx, mut out) = Input::channel(64);
+        let ctx = ComponentContext { name: "g".into(), kind: ComponentKind::Processor, input: Some(input), output: Some(Output::new(vec![otx])), shutdown: CancellationToken::new(), health: Health::default() };
+        let cfg = GuidInferenceConfig { wait: tracepipe_config::Duration::from_secs(60), max_bytes: tracepipe_config::ByteSize(2048), hold_untagged: false, ..Default::default() };
+        let task = {
+            let _local = metrics::set_default_local_recorder(&recorder);
+            super::super::build(cfg, ctx).await.unwrap()
+        };
+        let h = tokio::spawn(task);
+        // Guids of 5 proxy spans (~500 bytes held each): the fifth is over 2 KiB, so the first
+        // comes out at once, resolved (one trace), long before its 60 s wait.
+        for k in 0..5u8 {
+            tx.send(batch(xrid_request(&format!("g{k}"), 10 + k * 10))).await.unwrap();
+        }
+        let first = tokio::time::timeout(std::time::Duration::from_millis(100), out.recv()).await.expect("evicted early").unwrap();
+        let rs = first.to_resource_spans().unwrap();
+        let spans: Vec<&Span> = rs.iter().flat_map(|r| r.scope_spans.iter().flat_map(|s| s.spans.iter())).collect();
+        assert!(spans.iter().all(|s| s.trace_id == vec![10; 16]), "the evicted guid is still resolved");
+        let evicted = counter(&snap, "tracepipe_processor_guid_evicted_early_total");
+        assert!((1..5).contains(&evicted), "{evicted} evicted");
+        // 4,097 orphan CLIENTs under one guid: passed on as they are, counted once.
+        let many: Vec<Span> = (0..4097u32).map(|i| {
+            let mut sp = span(1, 1, 0, 3, "n", "huge", 10, 20);
+            sp.trace_id = i.to_be_bytes().repeat(4);
+            sp
+        }).collect();
+        tx.send(batch(many.clone())).await.unwrap();
+        let mut got = Vec::new();
+        while got.len() < 4097 {
+            let b = tokio::time::timeout(std::time::Duration::from_millis(100), out.recv()).await.expect("too large guid passed at once (over max_bytes)").unwrap();
+            got.extend(b.to_resource_spans().unwrap().into_iter().flat_map(|r| r.scope_spans).flat_map(|s| s.spans).filter(|s| string_attr(s, "guid:x-request-id") == Some("huge")));
+        }
+        assert_eq!(got.iter().map(|s| s.trace_id.clone()).collect::<Vec<_>>(), many.iter().map(|s| s.trace_id.clone()).collect::<Vec<_>>(), "untouched");
+        assert_eq!(counter(&snap, "tracepipe_processor_guid_too_large_total"), 1);
         drop(tx);
         h.await.unwrap().unwrap();
     }
