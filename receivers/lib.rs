@@ -23,7 +23,7 @@ pub mod otlp;
 mod serve;
 pub mod zipkin;
 
-use tracepipe_config::{ComponentDecl, ConfigError, Endpoint};
+use tracepipe_config::{ComponentDecl, ConfigError, Endpoint, Node, Value};
 use tracepipe_pipeline::topology::{BuildFuture, ComponentContext};
 
 /// Every receiver type, for messages and `--help`.
@@ -64,6 +64,47 @@ pub fn validate(decl: &ComponentDecl, file: &str) -> Result<ReceiverConfig, Vec<
     }
 }
 
+/// The addresses a receiver whose settings do not validate would listen on, so that a
+/// listen-address conflict is reported together with the receiver's own errors: its listener
+/// settings alone are validated (every scalar but a valid `endpoint` dropped; a listener whose
+/// endpoint is invalid dropped whole), and of the addresses that yields, only those written in the
+/// file count (a default filled in for a dropped listener is not one the user asked for).
+pub fn declared_listen_addresses(decl: &ComponentDecl, file: &str) -> Vec<(Endpoint, &'static str)> {
+    fn endpoint(n: &Node) -> Option<Endpoint> {
+        match &n.value {
+            Value::Str(s) => s.parse().ok(),
+            _ => None,
+        }
+    }
+    fn prune(n: &Node, written: &mut Vec<Endpoint>) -> Node {
+        let value = match &n.value {
+            Value::Map(kv) => Value::Map(
+                kv.iter()
+                    .filter(|(k, v)| match &v.value {
+                        Value::Map(inner) => inner.iter().all(|(k, v)| k.name != "endpoint" || endpoint(v).is_some()),
+                        Value::Null | Value::Bool(_) => true,
+                        _ => k.name == "endpoint" && endpoint(v).is_some(),
+                    })
+                    .map(|(k, v)| {
+                        if k.name == "endpoint"
+                            && let Some(e) = endpoint(v)
+                        {
+                            written.push(e);
+                        }
+                        (k.clone(), prune(v, written))
+                    })
+                    .collect(),
+            ),
+            other => other.clone(),
+        };
+        Node { pos: n.pos, value }
+    }
+    let mut written = Vec::new();
+    let pruned = ComponentDecl { body: prune(&decl.body, &mut written), ..decl.clone() };
+    let found = validate(&pruned, file).map(|r| r.listen_addresses()).unwrap_or_default();
+    found.into_iter().filter(|(e, _)| written.contains(e)).collect()
+}
+
 impl ReceiverConfig {
     /// Addresses this receiver will listen on, with their transport, for conflict checks.
     pub fn listen_addresses(&self) -> Vec<(Endpoint, &'static str)> {
@@ -86,5 +127,36 @@ impl ReceiverConfig {
             ReceiverConfig::Kafka(c) => Box::pin(kafka::build(c, ctx)),
             ReceiverConfig::Archive(c) => Box::pin(archive::build(c, ctx)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn declared(yaml: &str) -> Vec<(String, &'static str)> {
+        let (cfg, _) = tracepipe_config::load("t.yaml", yaml, &|_| None);
+        let decl = &cfg.receivers[0];
+        assert!(validate(decl, "t.yaml").is_err(), "the fixture is meant not to validate");
+        declared_listen_addresses(decl, "t.yaml").into_iter().map(|(e, t)| (e.to_string(), t)).collect()
+    }
+
+    #[test]
+    fn listeners_of_a_receiver_that_does_not_validate_still_count() {
+        // An unknown field elsewhere: the written endpoint counts.
+        assert_eq!(declared("receivers:\n  z: { type: zipkin, endpoint: 127.0.0.1:9411, bogus: 1 }\n"), vec![("127.0.0.1:9411".into(), "tcp")]);
+        // One listener's endpoint is invalid: the other still counts, and no default stands in
+        // for the invalid one.
+        assert_eq!(
+            declared("receivers:\n  o: { type: otlp, grpc: { endpoint: 127.0.0.1:4317 }, http: { endpoint: 'localhost:99999' } }\n"),
+            vec![("127.0.0.1:4317".into(), "tcp")]
+        );
+        // UDP listeners keep their transport.
+        assert_eq!(
+            declared("receivers:\n  j: { type: jaeger, thrift_compact: { endpoint: 127.0.0.1:6831, workers: 0 } }\n"),
+            vec![("127.0.0.1:6831".into(), "udp")]
+        );
+        // Nothing written: nothing claimed (defaults are not what the user asked for).
+        assert_eq!(declared("receivers:\n  z: { type: zipkin, bogus: 1 }\n"), vec![]);
     }
 }

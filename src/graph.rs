@@ -41,7 +41,15 @@ pub fn validate(file: &str, text: &str) -> Result<ValidGraph, ConfigErrors> {
         };
         match result {
             Ok(v) => components.push((decl.name.clone(), decl.kind, decl.inputs.iter().map(|(n, _)| n.clone()).collect(), v)),
-            Err(es) => errors.0.extend(es),
+            Err(es) => {
+                // Its listeners still take part in the conflict check (every error at once).
+                if decl.kind == ComponentKind::Receiver {
+                    for (ep, transport) in tracepipe_receivers::declared_listen_addresses(decl, file) {
+                        listeners.push((ep, transport, decl.name.clone(), decl.pos));
+                    }
+                }
+                errors.0.extend(es)
+            }
         }
     }
     if let Some(m) = Some(&cfg.telemetry.metrics).filter(|m| m.enabled) {

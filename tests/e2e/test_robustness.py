@@ -232,6 +232,8 @@ sinks:
         f"{cfg}:15:14: invalid duration \"soon\"",
         f"{cfg}:20:16: unknown variant `loud`",
         f"{cfg}:9:3: receiver `c` is not an input",
+        # b does not validate (its http endpoint), but its grpc listener still conflicts with a's.
+        f"{cfg}:5:3: `b` listens on 127.0.0.1:4317, which `a` already uses (tcp)",
     ]:
         assert expected in err, f"missing {expected!r} in:\n{err}"
     ok = subprocess.run([tracepipe_bin(), "validate"], capture_output=True, text=True)
