@@ -104,6 +104,9 @@ pub mod names {
     pub const SINK_QUEUE_SPANS: &str = "tracepipe_sink_queue_spans";
     /// Bytes waiting in a sink's queue, as the batches' encoded size (gauge; `sink`).
     pub const SINK_QUEUE_BYTES: &str = "tracepipe_sink_queue_bytes";
+    /// Damaged records a sink's disk queue skipped (`sink`): a checksum mismatch, a payload that
+    /// is not OTLP, or (1) a file that could not be opened and was moved aside.
+    pub const SINK_QUEUE_CORRUPT: &str = "tracepipe_sink_queue_corrupt_total";
     /// Queue capacity in spans (gauge; `sink`).
     pub const SINK_QUEUE_CAPACITY: &str = "tracepipe_sink_queue_capacity_spans";
     /// Export attempts retried (`sink`, `reason`).

@@ -59,6 +59,10 @@ impl Input {
     pub async fn recv(&mut self) -> Option<Batch> {
         self.rx.recv().await
     }
+    /// The next batch if one is waiting now.
+    pub fn try_recv(&mut self) -> Option<Batch> {
+        self.rx.try_recv().ok()
+    }
     /// Batches waiting in the channel.
     pub fn len(&self) -> usize {
         self.rx.len()

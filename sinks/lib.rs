@@ -16,6 +16,7 @@ pub mod debug;
 pub mod kafka;
 pub mod otlp;
 pub mod parquet;
+pub mod queue;
 
 use tracepipe_config::{ComponentDecl, ConfigError};
 use tracepipe_pipeline::topology::{BuildFuture, ComponentContext};

@@ -102,11 +102,29 @@ pub struct QueueConfig {
     pub when_full: WhenFull,
     /// Concurrent export requests (default 4).
     pub num_consumers: usize,
+    /// Keep the queue on disk (absent: in memory).
+    pub storage: Option<StorageConfig>,
+}
+
+/// `queue.storage:` the durable queue (see [`crate::queue`]).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Directory of the queue file (created if missing); one per sink.
+    pub path: std::path::PathBuf,
+    /// Capacity: the records' encoded size (default 1GiB). `when_full` applies beyond it; the
+    /// in-memory `max_spans` and `max_bytes` then bound only the batches being sent.
+    #[serde(default = "default_storage_bytes")]
+    pub max_bytes: ByteSize,
+}
+
+fn default_storage_bytes() -> ByteSize {
+    ByteSize::mib(1024)
 }
 
 impl Default for QueueConfig {
     fn default() -> Self {
-        QueueConfig { max_spans: 100_000, max_bytes: ByteSize::mib(256), when_full: WhenFull::Block, num_consumers: 4 }
+        QueueConfig { max_spans: 100_000, max_bytes: ByteSize::mib(256), when_full: WhenFull::Block, num_consumers: 4, storage: None }
     }
 }
 
@@ -183,6 +201,14 @@ impl OtlpSinkConfig {
         }
         if c.queue.max_spans == 0 || c.queue.num_consumers == 0 || c.queue.max_bytes.get() < 1024 {
             errors.push(ConfigError::new(file, at("queue"), "queue: max_spans and num_consumers must be above 0, max_bytes at least 1KiB"));
+        }
+        if let Some(st) = &c.queue.storage {
+            if st.path.as_os_str().is_empty() {
+                errors.push(ConfigError::new(file, at("queue"), "queue.storage: path is required"));
+            }
+            if st.max_bytes.get() < 1024 * 1024 {
+                errors.push(ConfigError::new(file, at("queue"), "queue.storage: max_bytes must be at least 1MiB"));
+            }
         }
         if !(c.retry.multiplier >= 1.0) {
             errors.push(ConfigError::new(file, at("retry"), "retry: multiplier must be at least 1"));

@@ -66,6 +66,9 @@ struct Worker {
     /// The size requests are cut to: `max_request_bytes`, or less once the upstream refused a
     /// request as too large (half that request's size), shared by the workers.
     limit: AtomicUsize,
+    /// The queue is on disk: once shutdown has begun, a batch that cannot be sent stays queued
+    /// for the next start instead of being retried and then dropped.
+    durable: bool,
 }
 
 /// How one request ended.
@@ -74,6 +77,8 @@ enum Attempt {
     Done,
     /// The server (or, for JSON, the size check) refused it as too large: cut it smaller.
     TooLarge(String),
+    /// Not sent, shutting down with a durable queue: it stays on disk.
+    Kept,
 }
 
 /// Once shutdown has begun, a batch that still fails after this long is dropped and counted
@@ -84,8 +89,9 @@ const SHUTDOWN_RETRY_BUDGET: Duration = Duration::from_secs(20);
 impl Worker {
     /// Exports one batch as requests of at most `limit` bytes, in order; a request refused as too
     /// large is cut in half (and the limit lowered for the requests after it), a single span
-    /// refused as too large, or bigger than `max_request_bytes`, is dropped and counted.
-    async fn deliver(&self, batch: Batch) {
+    /// refused as too large, or bigger than `max_request_bytes`, is dropped and counted. Returns
+    /// true when the batch was not (wholly) sent and stays in the durable queue.
+    async fn deliver(&self, batch: Batch) -> bool {
         let limit = self.limit.load(Ordering::Relaxed);
         // A stack of requests, the next on top.
         let mut todo: Vec<Batch> = Vec::new();
@@ -98,7 +104,11 @@ impl Worker {
                 self.cut(&part, limit, &mut todo);
                 continue;
             }
-            let Attempt::TooLarge(message) = self.attempt(&part).await else { continue };
+            let message = match self.attempt(&part).await {
+                Attempt::Done => continue,
+                Attempt::Kept => return true,
+                Attempt::TooLarge(message) => message,
+            };
             let n = part.span_count();
             if n <= 1 {
                 self.m.too_large.increment(n as u64);
@@ -116,6 +126,7 @@ impl Worker {
             self.m.splits.increment(1);
             self.cut(&part, half, &mut todo);
         }
+        false
     }
 
     /// Pushes `batch` cut to `limit` bytes onto `todo`, so that its first part is popped first.
@@ -172,6 +183,10 @@ impl Worker {
                     return Attempt::Done;
                 }
                 Err(ExportError::Retryable { message, retry_after }) => {
+                    if self.durable && self.shutdown.is_cancelled() {
+                        tracing::info!(message = "Shutting down; batch stays in the disk queue for the next start.", sink = %self.name, spans = n, error = %message);
+                        return Attempt::Kept;
+                    }
                     let max_elapsed = self.retry.max_elapsed_time.get();
                     let delay = retry_after.unwrap_or(wait).min(self.retry.max_interval.get().max(retry_after.unwrap_or_default()));
                     let give_up = !self.retry.enabled || (!max_elapsed.is_zero() && start.elapsed() + delay > max_elapsed);
@@ -205,6 +220,12 @@ impl Worker {
     }
 }
 
+impl crate::queue::driver::Deliver for Worker {
+    fn deliver(&self, batch: Batch) -> impl std::future::Future<Output = bool> + Send {
+        Worker::deliver(self, batch)
+    }
+}
+
 /// ±20% jitter so many sinks do not retry in lockstep.
 fn jitter(d: Duration) -> Duration {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|t| t.subsec_nanos()).unwrap_or(0);
@@ -229,7 +250,24 @@ pub async fn build(cfg: OtlpSinkConfig, mut ctx: ComponentContext) -> Result<Com
         stopping_since: std::sync::OnceLock::new(),
         max_request_bytes: cfg.max_request_bytes.get() as usize,
         limit: AtomicUsize::new(cfg.max_request_bytes.get() as usize),
+        durable: cfg.queue.storage.is_some(),
     });
+    if let Some(st) = cfg.queue.storage.clone() {
+        let dir = st.path.clone();
+        let opened = tokio::task::spawn_blocking(move || crate::queue::DiskQueue::open(&dir))
+            .await
+            .map_err(|e| ctx.error(format!("disk queue: {e}")))?
+            .map_err(|e| ctx.error(e.to_string()))?;
+        let settings = crate::queue::driver::Settings {
+            name: ctx.name.clone(),
+            max_bytes: st.max_bytes.get(),
+            drop_newest: cfg.queue.when_full == WhenFull::DropNewest,
+            consumers: cfg.queue.num_consumers,
+        };
+        tracing::info!(message = "Sink ready.", sink = %ctx.name, endpoint = %cfg.endpoint, protocol = ?cfg.protocol, queue = %opened.queue.path().display());
+        let shutdown = ctx.shutdown.clone();
+        return Ok(Box::pin(crate::queue::driver::run(opened, input, worker, settings, shutdown)));
+    }
     let capacity = cfg.queue.max_spans;
     let byte_capacity = (cfg.queue.max_bytes.get() / 1024).clamp(1, u32::MAX as u64) as usize;
     let policy = cfg.queue.when_full;

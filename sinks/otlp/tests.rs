@@ -281,7 +281,7 @@ async fn drop_newest_drops_what_does_not_fit_the_queue() {
     for (max_spans, max_bytes, size) in [(10, 256 << 20, 100), (1000, 12 << 10, 1000)] {
         let (url, seen) = slow_server().await;
         let mut cfg = http_sink(&url, super::Protocol::HttpProtobuf, 4 << 20);
-        cfg.queue = super::QueueConfig { max_spans, max_bytes: ByteSize(max_bytes), when_full: super::WhenFull::DropNewest, num_consumers: 1 };
+        cfg.queue = super::QueueConfig { max_spans, max_bytes: ByteSize(max_bytes), when_full: super::WhenFull::DropNewest, num_consumers: 1, storage: None };
         let (a, mut sa) = tracked(buffer("a", &vec![size; 8]));
         let (b, mut sb) = tracked(buffer("b", &vec![size; 5]));
         run_sink(cfg, vec![a, b]).await;
