@@ -46,6 +46,8 @@ struct AdmissionInner {
     transport: &'static str,
     output: tracepipe_pipeline::Output,
     wait: std::time::Duration,
+    /// End-to-end acknowledgements: how long to wait for the sinks (None: do not wait).
+    ack: Option<std::time::Duration>,
     accepted: metrics::Counter,
     refused_full: metrics::Counter,
     refused_shutdown: metrics::Counter,
@@ -71,8 +73,34 @@ impl Admission {
                 transport,
                 output,
                 wait,
+                ack: None,
             }),
         }
+    }
+
+    /// Waits, after admitting, until the sinks have each batch (end-to-end acknowledgements).
+    pub(crate) fn with_acknowledgements(self, timeout: std::time::Duration) -> Self {
+        let mut inner = std::sync::Arc::try_unwrap(self.inner).unwrap_or_else(|_| unreachable!("configured before it is shared"));
+        inner.ack = Some(timeout);
+        Admission { inner: std::sync::Arc::new(inner) }
+    }
+
+    /// Admits a batch like [`Admission::admit`], then, with acknowledgements, waits for the sinks:
+    /// `Ok(None)` once they have it (or without acknowledgements), `Ok(Some(status))` when a sink
+    /// failed it (`Errored`: retryable; `Rejected`: permanent) or the wait timed out (`Errored`).
+    pub(crate) async fn admit_acknowledged(&self, batch: tracepipe_pipeline::Batch) -> Result<Option<tracepipe_pipeline::BatchStatus>, tracepipe_pipeline::Refused> {
+        let Some(timeout) = self.inner.ack else { return self.admit(batch).await.map(|_| None) };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let batch = batch.with_finalizer(tracepipe_pipeline::Finalizer::new(move |status| {
+            let _ = tx.send(status);
+        }));
+        self.admit(batch).await?;
+        Ok(match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(tracepipe_pipeline::BatchStatus::Delivered)) => None,
+            Ok(Ok(status)) => Some(status),
+            // Timed out, or the finalizer was dropped without running (cannot happen): retryable.
+            _ => Some(tracepipe_pipeline::BatchStatus::Errored),
+        })
     }
 
     /// Admits a batch if every consumer has room within the wait and memory is under the soft

@@ -39,17 +39,37 @@ impl Default for HttpConfig {
     }
 }
 
+/// `acknowledgements:` end-to-end acknowledgements (as Vector's): the client's answer waits until
+/// every sink has the request's spans — delivered, or written to a disk queue — so an answered
+/// request survives a crash when the sinks have `queue.storage`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AcknowledgementsConfig {
+    /// Wait for the sinks before answering (default false: answer once the graph has room).
+    pub enabled: bool,
+    /// Longest wait; past it the client gets a retryable error (the spans may still be
+    /// delivered: a retry then duplicates them). Default 10s.
+    pub timeout: Duration,
+}
+
+impl Default for AcknowledgementsConfig {
+    fn default() -> Self {
+        AcknowledgementsConfig { enabled: false, timeout: Duration::from_secs(10) }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct Raw {
     grpc: Option<GrpcConfig>,
     http: Option<HttpConfig>,
     admission_timeout: Duration,
+    acknowledgements: AcknowledgementsConfig,
 }
 
 impl Default for Raw {
     fn default() -> Self {
-        Raw { grpc: None, http: None, admission_timeout: Duration::from_millis(500) }
+        Raw { grpc: None, http: None, admission_timeout: Duration::from_millis(500), acknowledgements: AcknowledgementsConfig::default() }
     }
 }
 
@@ -63,6 +83,8 @@ pub struct OtlpConfig {
     /// How long a request waits for room in the graph before it is refused with a retryable
     /// error (default 500ms).
     pub admission_timeout: Duration,
+    /// End-to-end acknowledgements.
+    pub acknowledgements: AcknowledgementsConfig,
 }
 
 impl OtlpConfig {
@@ -96,7 +118,11 @@ impl OtlpConfig {
             let pos = node.get("http").map(|n| n.pos).unwrap_or(node.pos);
             errors.push(ConfigError::new(file, pos, format!("grpc and http both listen on {}", h.endpoint)));
         }
-        if errors.is_empty() { Ok(OtlpConfig { grpc, http, admission_timeout: raw.admission_timeout }) } else { Err(errors) }
+        if raw.acknowledgements.enabled && raw.acknowledgements.timeout.get().is_zero() {
+            let pos = node.get("acknowledgements").map(|n| n.pos).unwrap_or(node.pos);
+            errors.push(ConfigError::new(file, pos, "acknowledgements: timeout must be above 0"));
+        }
+        if errors.is_empty() { Ok(OtlpConfig { grpc, http, admission_timeout: raw.admission_timeout, acknowledgements: raw.acknowledgements }) } else { Err(errors) }
     }
 
     /// The listeners, for graph-wide conflict checks.

@@ -70,7 +70,8 @@ impl tonic::server::UnaryService<Bytes> for Unary {
                     Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success }))
                 }
                 Err(e @ IngestError::Malformed(_)) => Err(Status::new(Code::InvalidArgument, e.to_string())),
-                Err(e @ (IngestError::Full | IngestError::ShuttingDown)) => Err(Status::new(Code::Unavailable, e.to_string())),
+                Err(e @ (IngestError::Full | IngestError::ShuttingDown | IngestError::NotDelivered)) => Err(Status::new(Code::Unavailable, e.to_string())),
+                Err(e @ IngestError::RejectedDownstream) => Err(Status::new(Code::Internal, e.to_string())),
             }
         })
     }

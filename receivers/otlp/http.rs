@@ -140,6 +140,7 @@ async fn export(State(s): State<AppState>, headers: HeaderMap, body: Body) -> Re
     match result {
         Ok(acc) => success(format, acc),
         Err(e @ IngestError::Malformed(_)) => error_response(format, StatusCode::BAD_REQUEST, 3, e.to_string()),
-        Err(e @ (IngestError::Full | IngestError::ShuttingDown)) => error_response(format, StatusCode::SERVICE_UNAVAILABLE, 14, e.to_string()),
+        Err(e @ (IngestError::Full | IngestError::ShuttingDown | IngestError::NotDelivered)) => error_response(format, StatusCode::SERVICE_UNAVAILABLE, 14, e.to_string()),
+        Err(e @ IngestError::RejectedDownstream) => error_response(format, StatusCode::INTERNAL_SERVER_ERROR, 13, e.to_string()),
     }
 }

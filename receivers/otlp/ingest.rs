@@ -8,7 +8,7 @@ use prost::Message;
 use tracepipe_pipeline::regroup;
 use tracepipe_pipeline::topology::{Output, Refused};
 use tracepipe_pipeline::wire::{scan_traces, ScanReport, WireError};
-use tracepipe_pipeline::{otlp_json, Batch};
+use tracepipe_pipeline::{otlp_json, Batch, BatchStatus};
 
 use crate::serve::Admission;
 
@@ -49,6 +49,12 @@ pub enum IngestError {
     /// The process is shutting down: the client should retry elsewhere or later.
     #[error("tracepipe is shutting down; retry later")]
     ShuttingDown,
+    /// Acknowledgements: a sink could not take the spans in time (retryable).
+    #[error("the spans were not delivered in time; retry later")]
+    NotDelivered,
+    /// Acknowledgements: a sink refused the spans permanently.
+    #[error("a sink refused the spans permanently")]
+    RejectedDownstream,
 }
 
 /// Shared by the gRPC and HTTP servers of one receiver.
@@ -63,13 +69,21 @@ struct Inner {
 }
 
 impl Ingest {
+    #[cfg(test)]
     pub fn new(name: &str, output: Output, wait: Duration) -> Self {
-        Ingest {
-            inner: std::sync::Arc::new(Inner {
-                grpc: Admission::new(name, Transport::Grpc.label(), output.clone(), wait),
-                http: Admission::new(name, Transport::Http.label(), output, wait),
-            }),
-        }
+        Self::with_acknowledgements(name, output, wait, None)
+    }
+
+    /// With `ack`, each request's answer waits (at most that long) until the sinks have it.
+    pub fn with_acknowledgements(name: &str, output: Output, wait: Duration, ack: Option<Duration>) -> Self {
+        let adm = |t: Transport, o: Output| {
+            let a = Admission::new(name, t.label(), o, wait);
+            match ack {
+                Some(d) => a.with_acknowledgements(d),
+                None => a,
+            }
+        };
+        Ingest { inner: std::sync::Arc::new(Inner { grpc: adm(Transport::Grpc, output.clone()), http: adm(Transport::Http, output) }) }
     }
 
     fn admission(&self, t: Transport) -> &Admission {
@@ -137,10 +151,13 @@ impl Ingest {
     }
 
     async fn admit(&self, t: Transport, batch: Batch) -> Result<(), IngestError> {
-        self.admission(t).admit(batch).await.map_err(|e| match e {
-            Refused::Full => IngestError::Full,
-            Refused::Closed => IngestError::ShuttingDown,
-        })
+        match self.admission(t).admit_acknowledged(batch).await {
+            Ok(None) => Ok(()),
+            Ok(Some(BatchStatus::Rejected)) => Err(IngestError::RejectedDownstream),
+            Ok(Some(_)) => Err(IngestError::NotDelivered),
+            Err(Refused::Full) => Err(IngestError::Full),
+            Err(Refused::Closed) => Err(IngestError::ShuttingDown),
+        }
     }
 }
 

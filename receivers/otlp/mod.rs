@@ -30,7 +30,8 @@ use tracepipe_pipeline::topology::{BuildError, ComponentContext, ComponentFuture
 /// Binds the configured listeners and returns the task that serves them until shutdown.
 pub async fn build(config: OtlpConfig, mut ctx: ComponentContext) -> Result<ComponentFuture, BuildError> {
     let output = ctx.take_output()?;
-    let ingest = ingest::Ingest::new(&ctx.name, output, config.admission_timeout.get());
+    let ack = config.acknowledgements.enabled.then(|| config.acknowledgements.timeout.get());
+    let ingest = ingest::Ingest::with_acknowledgements(&ctx.name, output, config.admission_timeout.get(), ack);
     ctx.health.expect_receiver(&ctx.name);
     let mut servers: Vec<ComponentFuture> = Vec::new();
     if let Some(g) = &config.grpc {
