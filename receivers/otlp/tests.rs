@@ -48,3 +48,53 @@ fn invalid_spans_are_dropped_on_the_wire() {
     let names: Vec<&str> = got[0].scope_spans[0].spans.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(names, ["s1", "s3"]);
 }
+
+/// With acknowledgements the answer follows what the sinks did with the batch: delivered (or on
+/// disk) is OK, a retryable failure or no answer in time is retryable, a permanent refusal is not.
+#[tokio::test(start_paused = true)]
+async fn acknowledgements_answer_what_the_sinks_did() {
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, TracesData};
+    use prost::Message;
+    use tracepipe_pipeline::BatchStatus;
+
+    use super::ingest::IngestError;
+    use super::ingest::Transport;
+
+    let body = bytes::Bytes::from(
+        TracesData {
+            resource_spans: vec![ResourceSpans {
+                scope_spans: vec![ScopeSpans { spans: vec![Span { trace_id: vec![1; 16], span_id: vec![2; 8], ..Default::default() }], ..Default::default() }],
+                ..Default::default()
+            }],
+        }
+        .encode_to_vec(),
+    );
+    let (tx, mut input) = Input::channel(4);
+    let ingest = Ingest::with_acknowledgements("in", Output::new(vec![tx]), std::time::Duration::from_millis(100), Some(std::time::Duration::from_secs(5)));
+    // The "sink": marks each batch as told, after a moment, or holds it past the timeout.
+    let sink = tokio::spawn(async move {
+        for what in [Some(BatchStatus::Delivered), Some(BatchStatus::Errored), Some(BatchStatus::Rejected), None] {
+            let b = input.recv().await.unwrap();
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            match what {
+                Some(s) => b.set_status(s),
+                None => tokio::time::sleep(std::time::Duration::from_secs(10)).await,
+            }
+        }
+    });
+    let answer = |r: Result<super::ingest::Accepted, IngestError>| match r {
+        Ok(_) => "ok",
+        Err(IngestError::NotDelivered) => "retry",
+        Err(IngestError::RejectedDownstream) => "rejected",
+        Err(e) => panic!("{e}"),
+    };
+    let t0 = tokio::time::Instant::now();
+    assert_eq!(answer(ingest.protobuf(Transport::Http, body.clone()).await), "ok");
+    assert!(t0.elapsed() >= std::time::Duration::from_secs(1), "the answer waited for the sink");
+    assert_eq!(answer(ingest.protobuf(Transport::Http, body.clone()).await), "retry");
+    assert_eq!(answer(ingest.protobuf(Transport::Grpc, body.clone()).await), "rejected");
+    let t1 = tokio::time::Instant::now();
+    assert_eq!(answer(ingest.protobuf(Transport::Grpc, body.clone()).await), "retry", "no answer within the timeout");
+    assert!(t1.elapsed() < std::time::Duration::from_secs(6));
+    sink.await.unwrap();
+}
