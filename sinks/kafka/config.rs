@@ -116,6 +116,26 @@ pub struct KafkaSinkConfig {
     pub client_id: String,
     /// Any other librdkafka producer property, applied last (e.g. `security.protocol`).
     pub librdkafka_options: BTreeMap<String, String>,
+    /// A disk queue in front of the producer (absent: batches go straight to librdkafka's buffer).
+    pub queue: KafkaQueueConfig,
+}
+
+/// `queue:` settings of the Kafka sink.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaQueueConfig {
+    /// Keep batches on disk until Kafka acknowledged them (see [`crate::queue`]).
+    pub storage: Option<crate::queue::StorageConfig>,
+    /// With `storage`: `block` (default) or `drop_newest` when it is full.
+    pub when_full: crate::otlp::WhenFull,
+    /// With `storage`: batches produced at once (default 16).
+    pub num_consumers: usize,
+}
+
+impl Default for KafkaQueueConfig {
+    fn default() -> Self {
+        KafkaQueueConfig { storage: None, when_full: crate::otlp::WhenFull::Block, num_consumers: 16 }
+    }
 }
 
 impl Default for KafkaSinkConfig {
@@ -136,6 +156,7 @@ impl Default for KafkaSinkConfig {
             linger: Duration::from_millis(5),
             client_id: "tracepipe".into(),
             librdkafka_options: BTreeMap::new(),
+            queue: KafkaQueueConfig::default(),
         }
     }
 }
@@ -158,6 +179,17 @@ impl KafkaSinkConfig {
                 kind: "sink",
             },
         );
+        if c.queue.num_consumers == 0 {
+            errors.push(ConfigError::new(file, at("queue"), "queue: num_consumers must be above 0"));
+        }
+        if let Some(st) = &c.queue.storage {
+            if st.path.as_os_str().is_empty() {
+                errors.push(ConfigError::new(file, at("queue"), "queue.storage: path is required"));
+            }
+            if st.max_bytes.get() < 1024 * 1024 {
+                errors.push(ConfigError::new(file, at("queue"), "queue.storage: max_bytes must be at least 1MiB"));
+            }
+        }
         // librdkafka's own bounds for message.max.bytes.
         if !(1000..=1_000_000_000).contains(&c.max_message_bytes.get()) {
             errors.push(ConfigError::new(file, at("max_message_bytes"), "max_message_bytes must be between 1000 and 1000000000"));

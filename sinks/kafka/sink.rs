@@ -165,6 +165,31 @@ pub async fn build(cfg: KafkaSinkConfig, mut ctx: ComponentContext) -> Result<Co
     let name = ctx.name.clone();
     let topic = cfg.topic.clone();
     let shutdown = ctx.shutdown.clone();
+    if let Some(st) = cfg.queue.storage.clone() {
+        let dir = st.path.clone();
+        let opened = tokio::task::spawn_blocking(move || crate::queue::DiskQueue::open(&dir))
+            .await
+            .map_err(|e| ctx.error(format!("disk queue: {e}")))?
+            .map_err(|e| ctx.error(e.to_string()))?;
+        tracing::info!(message = "Sink ready.", sink = %name, brokers = %cfg.brokers.join(","), topic = %topic, encoding = ?cfg.encoding, queue = %opened.queue.path().display());
+        let settings = crate::queue::driver::Settings {
+            name: name.clone(),
+            max_bytes: st.max_bytes.get(),
+            drop_newest: cfg.queue.when_full == crate::otlp::WhenFull::DropNewest,
+            consumers: cfg.queue.num_consumers,
+        };
+        healthcheck(producer.clone(), name.clone(), topic.clone());
+        // At shutdown, records Kafka has not acknowledged within the budget are purged: their
+        // batches stay on disk for the next start.
+        let (p, sd) = (producer.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            sd.cancelled().await;
+            tokio::time::sleep(SHUTDOWN_BUDGET).await;
+            p.purge(PurgeConfig::default().queue().inflight());
+        });
+        let d = Arc::new(DurableKafka { producer, layout, guid_keys: std::sync::Mutex::new(guid_keys), topic, settler, shutdown: shutdown.clone() });
+        return Ok(Box::pin(crate::queue::driver::run(opened, input, d, settings, shutdown)));
+    }
     tracing::info!(message = "Sink ready.", sink = %name, brokers = %cfg.brokers.join(","), topic = %topic, encoding = ?cfg.encoding);
     Ok(Box::pin(async move {
         healthcheck(producer.clone(), name.clone(), topic.clone());
@@ -264,6 +289,105 @@ pub async fn build(cfg: KafkaSinkConfig, mut ctx: ComponentContext) -> Result<Co
         m.in_flight.set(0.0);
         Ok(())
     }))
+}
+
+/// The Kafka sink behind a disk queue: one batch read back from disk at a time per worker,
+/// produced, and awaited until Kafka acknowledged every record of it.
+struct DurableKafka {
+    producer: Arc<FutureProducer>,
+    layout: Layout,
+    guid_keys: std::sync::Mutex<Option<GuidKeys>>,
+    topic: String,
+    settler: Arc<Settler>,
+    shutdown: tokio_util::sync::CancellationToken,
+}
+
+impl crate::queue::driver::Deliver for DurableKafka {
+    async fn deliver(&self, batch: Batch) -> bool {
+        let m = &self.settler.m;
+        let records = {
+            let mut keys = self.guid_keys.lock().expect("guid keys");
+            if self.layout.rebuilds(&batch) {
+                tokio::task::block_in_place(|| self.layout.records(&batch, keys.as_mut()))
+            } else {
+                self.layout.records(&batch, keys.as_mut())
+            }
+        };
+        let records = match records {
+            Ok(r) => r,
+            Err(e) => {
+                m.decode.increment(batch.span_count() as u64);
+                tracing::error!(message = "Cannot decode a batch for Kafka; spans dropped.", sink = %self.settler.name, error = %e);
+                return false;
+            }
+        };
+        if records.truncated_attributes > 0 {
+            m.truncated.increment(records.truncated_attributes);
+        }
+        if records.oversized_spans > 0 {
+            m.too_large.increment(records.oversized_spans as u64);
+            tracing::error!(message = "Span larger than max_message_bytes on its own; dropped.", sink = %self.settler.name, spans = records.oversized_spans, max_message_bytes = self.layout.max_bytes);
+        }
+        let mut futs = Vec::with_capacity(records.records.len());
+        let mut failed: Vec<(Outcome, usize, String)> = Vec::new();
+        for r in records.records {
+            loop {
+                let mut rec = FutureRecord::<str, [u8]>::to(&self.topic).payload(&r.payload[..]);
+                if let Some(k) = &r.key {
+                    rec = rec.key(k.as_str());
+                }
+                match self.producer.send_result(rec) {
+                    Ok(fut) => {
+                        futs.push((fut, r.spans, r.payload.len()));
+                        break;
+                    }
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                        if self.shutdown.is_cancelled() {
+                            // Not produced, shutting down: the batch stays on disk.
+                            failed.push((Outcome::Shutdown, r.spans, String::new()));
+                            break;
+                        }
+                        tokio::time::sleep(QUEUE_FULL_WAIT).await
+                    }
+                    Err((e, _)) => {
+                        failed.push((classify(&e), r.spans, e.to_string()));
+                        break;
+                    }
+                }
+            }
+        }
+        let mut outcomes = failed;
+        for (fut, spans, bytes) in futs {
+            outcomes.push(match fut.await {
+                Ok(Ok(_)) => {
+                    m.bytes.increment(bytes as u64);
+                    (Outcome::Delivered, spans, String::new())
+                }
+                Ok(Err((e, _))) => (classify(&e), spans, e.to_string()),
+                Err(_canceled) => (Outcome::Shutdown, spans, String::new()),
+            });
+        }
+        if self.shutdown.is_cancelled() && outcomes.iter().any(|(o, ..)| *o == Outcome::Shutdown) {
+            // Purged or never produced at shutdown: kept whole for the next start (the records
+            // Kafka did take are sent again then: duplicates, never a loss).
+            return true;
+        }
+        let mut error = None;
+        for (o, spans, msg) in outcomes {
+            self.settler.count(o, spans);
+            if o != Outcome::Delivered {
+                error.get_or_insert(msg);
+            }
+        }
+        match error {
+            None => self.settler.health.set_sink_failure(&self.settler.name, None),
+            Some(e) => {
+                tracing::error!(message = "Kafka delivery failed; spans dropped.", sink = %self.settler.name, error = %e);
+                self.settler.health.set_sink_failure(&self.settler.name, Some(e));
+            }
+        }
+        false
+    }
 }
 
 /// Asks the brokers for the topic's metadata once, off the reactor, and logs whether they answer

@@ -106,21 +106,7 @@ pub struct QueueConfig {
     pub storage: Option<StorageConfig>,
 }
 
-/// `queue.storage:` the durable queue (see [`crate::queue`]).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StorageConfig {
-    /// Directory of the queue file (created if missing); one per sink.
-    pub path: std::path::PathBuf,
-    /// Capacity: the records' encoded size (default 1GiB). `when_full` applies beyond it; the
-    /// in-memory `max_spans` and `max_bytes` then bound only the batches being sent.
-    #[serde(default = "default_storage_bytes")]
-    pub max_bytes: ByteSize,
-}
-
-fn default_storage_bytes() -> ByteSize {
-    ByteSize::mib(1024)
-}
+pub use crate::queue::StorageConfig;
 
 impl Default for QueueConfig {
     fn default() -> Self {

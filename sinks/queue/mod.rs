@@ -33,6 +33,22 @@ const HEADER: usize = 8 + 4 + 8 + 4 + 4;
 /// The file inside the storage directory.
 pub const FILE_NAME: &str = "queue.redb";
 
+/// `storage:` settings of a sink's durable queue.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Directory of the queue file (created if missing); one per sink.
+    pub path: std::path::PathBuf,
+    /// Capacity: the records' encoded size (default 1GiB). The sink's `when_full` applies beyond
+    /// it (block, or drop and count).
+    #[serde(default = "default_storage_bytes")]
+    pub max_bytes: tracepipe_config::ByteSize,
+}
+
+fn default_storage_bytes() -> tracepipe_config::ByteSize {
+    tracepipe_config::ByteSize::mib(1024)
+}
+
 /// A queue operation that failed (disk full, I/O error, a file that is not a queue).
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {

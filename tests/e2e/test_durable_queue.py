@@ -150,3 +150,53 @@ def test_kill_9_under_load_loses_no_acknowledged_span(tmp_path):
     assert not lost
     print(f"kill -9 x10 under load with acknowledgements and a disk queue: {len(acked)} spans acknowledged, lost 0, "
           f"{len(got) - len(set(got))} delivered twice")
+
+
+def test_kafka_sink_disk_queue_survives_kill_9_and_sigterm_with_the_broker_down(tmp_path):
+    """The Kafka sink's disk queue: spans accepted while the broker is down survive kill -9 and a
+    SIGTERM (kept on disk, not dropped), and reach the topic once the broker is up."""
+    from opentelemetry.proto.trace.v1 import trace_pb2
+    from harness import Tansu
+
+    storage, http_port, broker = tmp_path / "queue", free_port(), free_port()
+
+    def gw():
+        return Tracepipe(f"""
+receivers:
+  in: {{ type: otlp, http: {{ endpoint: 127.0.0.1:{http_port} }} }}
+sinks:
+  bus:
+    type: kafka
+    inputs: [in]
+    brokers: ["127.0.0.1:{broker}"]
+    topic: durable
+    queue: {{ storage: {{ path: {storage}, max_bytes: 64MiB }} }}
+""", "kdurable")
+
+    a = gw()
+    with a:
+        ids = send(http_port, 6, 50)
+        wait_for(lambda: metric_sum(a.metrics(), "tracepipe_sink_queue_spans", sink="bus") == 300, what="300 spans on disk")
+        a.proc.send_signal(signal.SIGKILL)
+        a.proc.wait()
+    b = gw()
+    with b:
+        wait_for(lambda: metric_sum(b.metrics(), "tracepipe_sink_queue_spans", sink="bus") == 300, what="the queue back after kill -9")
+        assert b.stop() == 0, b.logs()
+    logs = b.logs()
+    assert "Stopped with batches in the disk queue" in logs, logs
+    assert "reason=shutdown" not in logs.split("tracepipe stopped.")[-1], logs
+    with Tansu(port=broker) as kafka:
+        kafka.create_topic("durable", partitions=2)
+        c = gw()
+        with c:
+            wait_for(lambda: metric_sum(c.metrics(), "tracepipe_sink_queue_spans", sink="bus") == 0, timeout=60, what="the queue drained into Kafka")
+            assert c.stop() == 0, c.logs()
+        got = []
+        for _, _, value in kafka.records("durable", 1):
+            req = trace_pb2.TracesData()
+            req.ParseFromString(value)
+            got += [s.span_id for rs in req.resource_spans for ss in rs.scope_spans for s in ss.spans]
+    assert set(got) == set(ids), f"{len(set(ids) - set(got))} spans missing"
+    print(f"kafka disk queue: {len(ids)} spans accepted with the broker down, kept across kill -9 and SIGTERM; "
+          f"{len(set(got))} in the topic once it was up, {len(got) - len(set(got))} twice")
