@@ -6,6 +6,8 @@ Scenarios:
   discard  OTLP gRPC -> batch (8192 / 200ms) -> discard (tracepipe: debug sink with verbosity none;
            Rotel: blackhole exporter)
   export   OTLP gRPC -> batch -> OTLP gRPC export with gzip to a receiving tracepipe
+  export_disk  the same with tracepipe's disk queue (`queue.storage`: each batch written and
+           synced, read back, removed after delivery); Rotel runs as in `export`
   kafka    OTLP gRPC -> batch -> Kafka (tansu on CPU 0), OTLP protobuf records, acks=all, one
            unkeyed record per batch (tracepipe `partition_traces_by_id: false`; Rotel's kafka
            exporter, which has no per-trace keying)
@@ -21,7 +23,8 @@ After each Kafka run every record is read back (confluent-kafka) and its spans c
            the processor's own CPU per span, held bytes per held wire byte, and the kept
            fraction against what the policies imply.
 
-usage: python tests/bench/bench.py [--total N] [--scenarios discard,export,kafka,kafka_keyed,tail]"""
+usage: python tests/bench/bench.py [--total N] [--scenarios discard,export,export_disk,kafka,kafka_keyed,tail]
+(export_disk: tracepipe's OTLP sink with `queue.storage`; Rotel as in export, it has no disk queue)"""
 
 import argparse
 import json
@@ -91,7 +94,7 @@ def run_one(collector: str, scenario: str, total: int, workdir: Path) -> dict:
         kafka = Tansu(cpu="0")
         kafka.__enter__()
         kafka.create_topic(topic, 4)
-    if scenario == "export":
+    if scenario in ("export", "export_disk"):
         far_port = free_port()
         far = start_tracepipe(sink_config(far_port, free_port()), "0", workdir, f"far-{collector}")
         wait_port(far_port, what="receiving tracepipe")
@@ -101,6 +104,10 @@ def run_one(collector: str, scenario: str, total: int, workdir: Path) -> dict:
         elif scenario.startswith("kafka"):
             sink = (f"  k: {{ type: kafka, inputs: [batch], brokers: ['{kafka.bootstrap}'], topic: {topic}, max_message_bytes: 16000000, "
                     f"partition_traces_by_id: {str(scenario == 'kafka_keyed').lower()} }}")
+        elif scenario == "export_disk":
+            # The same export through the disk queue (every batch written, synced, read back).
+            sink = (f"  up: {{ type: otlp, inputs: [batch], endpoint: 'http://127.0.0.1:{far_port}', compression: gzip, "
+                    f"queue: {{ storage: {{ path: '{workdir / 'queue'}', max_bytes: 4GiB }} }} }}")
         else:
             sink = f"  up: {{ type: otlp, inputs: [batch], endpoint: 'http://127.0.0.1:{far_port}', compression: gzip }}"
         cfg = f"""
