@@ -9,7 +9,7 @@
 //! 1. **Same node.** When apps forward only `x-request-id`, every outbound sidecar starts a new
 //!    trace whose root is its CLIENT span. Its candidate parents are the SERVER spans with the same
 //!    guid **on the same node** (one clock) that were running when it started
-//!    (`start <= client.start <= end`). Exactly one candidate whose end is no earlier than the
+//!    (`start <= client.start <= end`, with [`START_SLACK_NANOS`] either side). Exactly one candidate whose end is no earlier than the
 //!    CLIENT's end minus [`END_SLACK_NANOS`] is its parent. Two or more (the service was handling
 //!    two calls of the request at once) are declined, however the windows nest: which of two
 //!    concurrent handlers made an outbound call is not in the timestamps (measured: picking the
@@ -98,6 +98,14 @@ pub const MAX_SPANS_PER_GUID: usize = 4096;
 /// Only a CLIENT that started while its one candidate was running gets this slack, so it can
 /// not pick another parent; it only keeps a late-closed last call from being declined.
 pub const END_SLACK_NANOS: u64 = 20_000_000;
+
+/// How far outside a SERVER's window a CLIENT may start and still count as started while it
+/// ran. Envoy stamps spans with its event loop's cached time, so on a loaded machine a CLIENT the
+/// handler made can appear to start after the handler ended: up to 0.3 ms measured (2-core CI,
+/// 10,488 proxy CLIENT spans). The same node's previous handler had ended at least 1.67 ms before
+/// a later call started (the smallest gap measured), so 1 ms widens no sequential call into a
+/// second candidate.
+pub const START_SLACK_NANOS: u64 = 1_000_000;
 
 /// What resolving one guid did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -284,7 +292,8 @@ pub fn resolve(spans: &mut [Held], rules: &Rules) -> Outcome {
             .filter(|&j| {
                 let (c, p) = (&spans[j], &spans[j].span);
                 j != i && p.kind == SERVER && c.tagged && p.trace_id != s.trace_id && nodes[j] == Some(node)
-                    && p.start_time_unix_nano <= s.start_time_unix_nano && s.start_time_unix_nano <= p.end_time_unix_nano
+                    && p.start_time_unix_nano <= s.start_time_unix_nano.saturating_add(START_SLACK_NANOS)
+                    && s.start_time_unix_nano <= p.end_time_unix_nano.saturating_add(START_SLACK_NANOS)
             })
             .collect();
         match candidates[..] {
