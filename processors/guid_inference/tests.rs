@@ -104,11 +104,17 @@ fn a_client_ending_just_after_its_server_is_still_its_child() {
     // ended (0.3 ms measured under load): still its child.
     let mut h = held(vec![span(1, 1, 0, 2, "rv", "g", 1_000, 100_000_000), span(2, 2, 0, 3, "rv", "g", 100_300_000, 101_000_000)]);
     assert_eq!(resolve(&mut h, &rules(true)).edges, 1);
-    // A CLIENT that started well after the SERVER ended is not its child at all.
+    // A CLIENT that started well after the SERVER ended is not shown as its child; but it is the
+    // request's call on that node: declined, in the trace of the node's SERVERs.
     let mut h = held(vec![span(1, 1, 0, 2, "rv", "g", 1_000, 100_000_000), span(2, 2, 0, 3, "rv", "g", 101_500_000, 101_600_000)]);
     let o = resolve(&mut h, &rules(true));
-    assert_eq!((o.edges, o.ambiguous), (0, 0));
-    assert_eq!(h[1].span.trace_id, vec![2; 16]);
+    assert_eq!((o.edges, o.ambiguous), (0, 1));
+    assert!(h[1].span.parent_span_id.is_empty());
+    assert_eq!(h[1].span.trace_id, vec![1; 16]);
+    assert_eq!(candidates(&h[1].span), Some(vec!["01".repeat(8)]));
+    // No SERVER of the guid on its node at all: nothing to say.
+    let mut h = held(vec![span(1, 1, 0, 2, "pp", "g", 1_000, 100_000_000), span(2, 2, 0, 3, "rv", "g", 101_500_000, 101_600_000)]);
+    assert_eq!(resolve(&mut h, &rules(true)).ambiguous, 0);
     // Sequential handlers (1.67 ms apart at the least, measured): the later call has one candidate.
     let mut h = held(vec![
         span(1, 1, 0, 2, "rt", "g", 0, 10_000_000),
