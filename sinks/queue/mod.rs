@@ -30,6 +30,14 @@ const RECORDS: TableDefinition<u64, &[u8]> = TableDefinition::new("records");
 const MAGIC: &[u8; 8] = b"TPQREC01";
 /// Magic, CRC-32 of what follows it, id, span count and payload length before the payload.
 const HEADER: usize = 8 + 4 + 8 + 4 + 4;
+/// redb's page cache. Each record is written once and read back once, so a cache buys little;
+/// redb's default (1 GiB) would let the queue's memory grow with its backlog.
+const CACHE_BYTES: usize = 16 << 20;
+
+fn create(path: &Path) -> Result<Database, redb::DatabaseError> {
+    Database::builder().set_cache_size(CACHE_BYTES).create(path)
+}
+
 /// The file inside the storage directory.
 pub const FILE_NAME: &str = "queue.redb";
 
@@ -160,7 +168,7 @@ impl DiskQueue {
         let path = dir.join(FILE_NAME);
         let mut corrupt = 0;
         let mut salvaged = std::collections::BTreeMap::new();
-        let db = match Database::create(&path) {
+        let db = match create(&path) {
             Ok(db) => db,
             Err(e) => {
                 // Not a queue redb can open (torn, truncated, overwritten): keep every intact
@@ -172,7 +180,7 @@ impl DiskQueue {
                 corrupt += 1;
                 tracing::error!(message = "Queue file cannot be opened; its intact records are kept in a new file.", path = %path.display(), error = %e, salvaged = salvaged.len());
                 let _ = std::fs::remove_file(&aside);
-                Database::create(&path).map_err(store)?
+                create(&path).map_err(store)?
             }
         };
         let q = DiskQueue { db, path };
