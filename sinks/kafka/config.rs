@@ -183,12 +183,7 @@ impl KafkaSinkConfig {
             errors.push(ConfigError::new(file, at("queue"), "queue: num_consumers must be above 0"));
         }
         if let Some(st) = &c.queue.storage {
-            if st.path.as_os_str().is_empty() {
-                errors.push(ConfigError::new(file, at("queue"), "queue.storage: path is required"));
-            }
-            if st.max_bytes.get() < 1024 * 1024 {
-                errors.push(ConfigError::new(file, at("queue"), "queue.storage: max_bytes must be at least 1MiB"));
-            }
+            st.check(file, at("queue"), &mut errors);
         }
         // librdkafka's own bounds for message.max.bytes.
         if !(1000..=1_000_000_000).contains(&c.max_message_bytes.get()) {

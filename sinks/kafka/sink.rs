@@ -165,19 +165,9 @@ pub async fn build(cfg: KafkaSinkConfig, mut ctx: ComponentContext) -> Result<Co
     let name = ctx.name.clone();
     let topic = cfg.topic.clone();
     let shutdown = ctx.shutdown.clone();
-    if let Some(st) = cfg.queue.storage.clone() {
-        let dir = st.path.clone();
-        let opened = tokio::task::spawn_blocking(move || crate::queue::DiskQueue::open(&dir))
-            .await
-            .map_err(|e| ctx.error(format!("disk queue: {e}")))?
-            .map_err(|e| ctx.error(e.to_string()))?;
+    if let Some(st) = &cfg.queue.storage {
+        let (opened, settings) = st.open(&ctx.name, cfg.queue.when_full == crate::otlp::WhenFull::DropNewest, cfg.queue.num_consumers).await.map_err(|e| ctx.error(e))?;
         tracing::info!(message = "Sink ready.", sink = %name, brokers = %cfg.brokers.join(","), topic = %topic, encoding = ?cfg.encoding, queue = %opened.queue.path().display());
-        let settings = crate::queue::driver::Settings {
-            name: name.clone(),
-            max_bytes: st.max_bytes.get(),
-            drop_newest: cfg.queue.when_full == crate::otlp::WhenFull::DropNewest,
-            consumers: cfg.queue.num_consumers,
-        };
         healthcheck(producer.clone(), name.clone(), topic.clone());
         // At shutdown, records Kafka has not acknowledged within the budget are purged: their
         // batches stay on disk for the next start.

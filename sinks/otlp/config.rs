@@ -189,12 +189,7 @@ impl OtlpSinkConfig {
             errors.push(ConfigError::new(file, at("queue"), "queue: max_spans and num_consumers must be above 0, max_bytes at least 1KiB"));
         }
         if let Some(st) = &c.queue.storage {
-            if st.path.as_os_str().is_empty() {
-                errors.push(ConfigError::new(file, at("queue"), "queue.storage: path is required"));
-            }
-            if st.max_bytes.get() < 1024 * 1024 {
-                errors.push(ConfigError::new(file, at("queue"), "queue.storage: max_bytes must be at least 1MiB"));
-            }
+            st.check(file, at("queue"), &mut errors);
         }
         if !(c.retry.multiplier >= 1.0) {
             errors.push(ConfigError::new(file, at("retry"), "retry: multiplier must be at least 1"));

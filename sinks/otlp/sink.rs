@@ -252,18 +252,8 @@ pub async fn build(cfg: OtlpSinkConfig, mut ctx: ComponentContext) -> Result<Com
         limit: AtomicUsize::new(cfg.max_request_bytes.get() as usize),
         durable: cfg.queue.storage.is_some(),
     });
-    if let Some(st) = cfg.queue.storage.clone() {
-        let dir = st.path.clone();
-        let opened = tokio::task::spawn_blocking(move || crate::queue::DiskQueue::open(&dir))
-            .await
-            .map_err(|e| ctx.error(format!("disk queue: {e}")))?
-            .map_err(|e| ctx.error(e.to_string()))?;
-        let settings = crate::queue::driver::Settings {
-            name: ctx.name.clone(),
-            max_bytes: st.max_bytes.get(),
-            drop_newest: cfg.queue.when_full == WhenFull::DropNewest,
-            consumers: cfg.queue.num_consumers,
-        };
+    if let Some(st) = &cfg.queue.storage {
+        let (opened, settings) = st.open(&ctx.name, cfg.queue.when_full == WhenFull::DropNewest, cfg.queue.num_consumers).await.map_err(|e| ctx.error(e))?;
         tracing::info!(message = "Sink ready.", sink = %ctx.name, endpoint = %cfg.endpoint, protocol = ?cfg.protocol, queue = %opened.queue.path().display());
         let shutdown = ctx.shutdown.clone();
         return Ok(Box::pin(crate::queue::driver::run(opened, input, worker, settings, shutdown)));

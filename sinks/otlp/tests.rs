@@ -290,3 +290,15 @@ async fn drop_newest_drops_what_does_not_fit_the_queue() {
         assert_eq!(*seen.lock().unwrap(), vec![8]);
     }
 }
+
+#[test]
+fn queue_storage_settings_are_checked() {
+    let ok = parse("    endpoint: http://127.0.0.1:4317\n    queue: { storage: { path: /tmp/q } }\n").unwrap();
+    assert_eq!(ok.queue.storage.unwrap().max_bytes, ByteSize::mib(1024), "default 1GiB");
+    let e = parse("    endpoint: http://127.0.0.1:4317\n    queue: { storage: { path: '', max_bytes: 10KiB } }\n").unwrap_err();
+    let msgs: Vec<String> = e.iter().map(|e| e.to_string()).collect();
+    assert!(msgs.iter().any(|m| m.contains("queue.storage: path is required")), "{msgs:?}");
+    assert!(msgs.iter().any(|m| m.contains("queue.storage: max_bytes must be at least 1MiB")), "{msgs:?}");
+    assert!(parse("    endpoint: http://127.0.0.1:4317\n    queue: { storage: { path: /q, sync: always } }\n").is_err(), "unknown field");
+    assert!(parse("    endpoint: http://127.0.0.1:4317\n    queue: { storage: { max_bytes: 1GiB } }\n").is_err(), "path missing");
+}

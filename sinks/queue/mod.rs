@@ -53,6 +53,26 @@ pub struct StorageConfig {
     pub max_bytes: tracepipe_config::ByteSize,
 }
 
+impl StorageConfig {
+    /// The checks both sinks make (`at`: where the sink's `queue:` is).
+    pub fn check(&self, file: &str, at: tracepipe_config::Pos, errors: &mut Vec<tracepipe_config::ConfigError>) {
+        if self.path.as_os_str().is_empty() {
+            errors.push(tracepipe_config::ConfigError::new(file, at, "queue.storage: path is required"));
+        }
+        if self.max_bytes.get() < 1024 * 1024 {
+            errors.push(tracepipe_config::ConfigError::new(file, at, "queue.storage: max_bytes must be at least 1MiB"));
+        }
+    }
+
+    /// Opens the queue off the reactor, at build time (so a bad path fails the start), with the
+    /// driver settings for sink `name`.
+    pub async fn open(&self, name: &str, drop_newest: bool, consumers: usize) -> Result<(Opened, driver::Settings), String> {
+        let dir = self.path.clone();
+        let opened = tokio::task::spawn_blocking(move || DiskQueue::open(&dir)).await.map_err(|e| format!("disk queue: {e}"))?.map_err(|e| e.to_string())?;
+        Ok((opened, driver::Settings { name: name.to_owned(), max_bytes: self.max_bytes.get(), drop_newest, consumers }))
+    }
+}
+
 fn default_storage_bytes() -> tracepipe_config::ByteSize {
     tracepipe_config::ByteSize::mib(1024)
 }
