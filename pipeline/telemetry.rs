@@ -107,6 +107,10 @@ pub mod names {
     /// Damaged records a sink's disk queue skipped (`sink`): a checksum mismatch, a payload that
     /// is not OTLP, or (1) a file that could not be opened and was moved aside.
     pub const SINK_QUEUE_CORRUPT: &str = "tracepipe_sink_queue_corrupt_total";
+    /// Disk-queue writes that failed (`sink`): a full disk or an I/O error. The input is held
+    /// (backpressure) and the write retried every second; with `when_full: drop_newest` the
+    /// batches are dropped instead and counted as `queue_full`.
+    pub const SINK_QUEUE_WRITE_ERRORS: &str = "tracepipe_sink_queue_write_errors_total";
     /// Queue capacity in spans (gauge; `sink`).
     pub const SINK_QUEUE_CAPACITY: &str = "tracepipe_sink_queue_capacity_spans";
     /// Export attempts retried (`sink`, `reason`).

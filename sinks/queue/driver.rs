@@ -71,6 +71,7 @@ struct Shared {
 struct Metrics {
     queue_full: Counter,
     corrupt: Counter,
+    write_errors: Counter,
     spans: Gauge,
     bytes: Gauge,
 }
@@ -101,6 +102,7 @@ pub async fn run<D: Deliver>(opened: Opened, mut input: Input, deliver: Arc<D>, 
     let m = Metrics {
         queue_full: metrics::counter!(names::SINK_FAILED_SPANS, "sink" => name.clone(), "reason" => "queue_full"),
         corrupt: metrics::counter!(names::SINK_QUEUE_CORRUPT, "sink" => name.clone()),
+        write_errors: metrics::counter!(names::SINK_QUEUE_WRITE_ERRORS, "sink" => name.clone()),
         spans: metrics::gauge!(names::SINK_QUEUE_SPANS, "sink" => name.clone()),
         bytes: metrics::gauge!(names::SINK_QUEUE_BYTES, "sink" => name.clone()),
     };
@@ -263,8 +265,14 @@ async fn commit(shared: &Arc<Shared>, next_id: &mut u64, mut records: Vec<(Batch
         let it = items.clone();
         let id = *next_id;
         match blocking(move || sh.q.append(id, &it)).await {
-            Ok(()) => break,
+            Ok(()) => {
+                if warned {
+                    tracing::info!(message = "Disk queue writes succeed again.", sink = %settings.name);
+                }
+                break;
+            }
             Err(e) => {
+                shared.m.write_errors.increment(1);
                 if !warned {
                     tracing::error!(message = "Disk queue write failed; holding input until it succeeds.", sink = %settings.name, error = %e);
                     warned = true;

@@ -133,8 +133,13 @@ pub struct Opened {
 
 /// The on-disk queue. Every method does blocking I/O: call from `spawn_blocking`.
 pub struct DiskQueue {
-    db: Database,
+    /// `None` only between dropping a database that saw an I/O error and opening it again.
+    db: std::sync::RwLock<Option<Database>>,
     path: PathBuf,
+    /// Set by an I/O error, cleared by the next append that succeeds. While set, removals are
+    /// durable commits: redb frees pages only at durable commits, so on a full disk the
+    /// non-durable removals would never make room for the append that waits.
+    low_space: std::sync::atomic::AtomicBool,
 }
 
 fn encode(id: u64, spans: u32, payload: &[u8]) -> Vec<u8> {
@@ -203,9 +208,10 @@ impl DiskQueue {
                 create(&path).map_err(store)?
             }
         };
-        let q = DiskQueue { db, path };
+        let q = DiskQueue { db: std::sync::RwLock::new(Some(db)), path, low_space: false.into() };
         if !salvaged.is_empty() {
-            let tx = q.db.begin_write().map_err(store)?;
+            let db = q.db.read().expect("queue db");
+            let tx = db.as_ref().expect("open").begin_write().map_err(store)?;
             {
                 let mut table = tx.open_table(RECORDS).map_err(store)?;
                 for (id, (spans, payload)) in &salvaged {
@@ -217,7 +223,8 @@ impl DiskQueue {
         let mut pending = Vec::new();
         let mut bad = Vec::new();
         {
-            let tx = q.db.begin_write().map_err(store)?;
+            let db = q.db.read().expect("queue db");
+            let tx = db.as_ref().expect("open").begin_write().map_err(store)?;
             {
                 let table = tx.open_table(RECORDS).map_err(store)?;
                 for entry in table.iter().map_err(store)? {
@@ -248,9 +255,39 @@ impl DiskQueue {
         Ok(Opened { queue: q, pending, corrupt, next_id })
     }
 
+    /// Runs `f` on the database. After an I/O error (a full disk, most often) redb refuses every
+    /// later operation until the file is opened again, so the database is reopened (its last
+    /// durable commit is intact) and the error returned; the caller retries.
+    fn with_db<T>(&self, f: impl FnOnce(&Database) -> Result<T, QueueError>) -> Result<T, QueueError> {
+        let result = {
+            let db = self.db.read().expect("queue db");
+            match db.as_ref() {
+                Some(db) => f(db),
+                None => Err(QueueError::Store(redb::Error::PreviousIo)),
+            }
+        };
+        if let Err(QueueError::Store(redb::Error::Io(_) | redb::Error::PreviousIo)) = &result {
+            self.low_space.store(true, std::sync::atomic::Ordering::Relaxed);
+            let mut db = self.db.write().expect("queue db");
+            // Another caller may have reopened it already; a second reopen costs a little, no harm.
+            drop(db.take());
+            match create(&self.path) {
+                Ok(fresh) => *db = Some(fresh),
+                Err(e) => tracing::warn!(message = "Disk queue reopen after an I/O error failed; will retry.", path = %self.path.display(), error = %e),
+            }
+        }
+        result
+    }
+
     /// Appends records with ids `first_id..`, durably (one commit, synced to disk).
     pub fn append(&self, first_id: u64, records: &[(u32, Bytes)]) -> Result<(), QueueError> {
-        let tx = self.db.begin_write().map_err(store)?;
+        self.with_db(|db| Self::append_in(db, first_id, records))?;
+        self.low_space.store(false, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn append_in(db: &Database, first_id: u64, records: &[(u32, Bytes)]) -> Result<(), QueueError> {
+        let tx = db.begin_write().map_err(store)?;
         {
             let mut table = tx.open_table(RECORDS).map_err(store)?;
             for (k, (spans, payload)) in records.iter().enumerate() {
@@ -263,33 +300,42 @@ impl DiskQueue {
 
     /// Reads one record.
     pub fn read(&self, id: u64) -> Result<Read, QueueError> {
-        let tx = self.db.begin_read().map_err(store)?;
-        let table = tx.open_table(RECORDS).map_err(store)?;
-        let Some(v) = table.get(id).map_err(store)? else { return Ok(Read::Missing) };
-        Ok(match decode(v.value()) {
-            Some((got, spans, payload)) if got == id => Read::Record(spans, Bytes::copy_from_slice(payload)),
-            _ => Read::Corrupt,
+        self.with_db(|db| {
+            let tx = db.begin_read().map_err(store)?;
+            let table = tx.open_table(RECORDS).map_err(store)?;
+            let Some(v) = table.get(id).map_err(store)? else { return Ok(Read::Missing) };
+            Ok(match decode(v.value()) {
+                Some((got, spans, payload)) if got == id => Read::Record(spans, Bytes::copy_from_slice(payload)),
+                _ => Read::Corrupt,
+            })
         })
     }
 
-    /// Removes delivered (or counted) records. Not synced: a crash before the next durable
-    /// commit delivers them again.
+    /// Removes delivered (or counted) records. Not synced (unless a write failed since the last
+    /// append): a crash before the next durable commit delivers them again.
     pub fn remove(&self, ids: &[u64]) -> Result<(), QueueError> {
-        let mut tx = self.db.begin_write().map_err(store)?;
-        tx.set_durability(Durability::None).map_err(store)?;
-        {
-            let mut table = tx.open_table(RECORDS).map_err(store)?;
-            for id in ids {
-                table.remove(id).map_err(store)?;
+        let durable = self.low_space.load(std::sync::atomic::Ordering::Relaxed);
+        self.with_db(|db| {
+            let mut tx = db.begin_write().map_err(store)?;
+            if !durable {
+                tx.set_durability(Durability::None).map_err(store)?;
             }
-        }
-        tx.commit().map_err(store)
+            {
+                let mut table = tx.open_table(RECORDS).map_err(store)?;
+                for id in ids {
+                    table.remove(id).map_err(store)?;
+                }
+            }
+            tx.commit().map_err(store)
+        })
     }
 
     /// Makes every earlier commit durable.
     pub fn sync(&self) -> Result<(), QueueError> {
-        let tx = self.db.begin_write().map_err(store)?;
-        tx.commit().map_err(store)
+        self.with_db(|db| {
+            let tx = db.begin_write().map_err(store)?;
+            tx.commit().map_err(store)
+        })
     }
 
     /// The queue file.

@@ -10,14 +10,16 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 
 
-def request(span_ids, trace_id: bytes = None, service: str = "wire") -> ExportTraceServiceRequest:
-    """One request with a span per id (8-byte ids); all in one trace unless trace_id is None."""
+def request(span_ids, trace_id: bytes = None, service: str = "wire", pad: int = 0) -> ExportTraceServiceRequest:
+    """One request with a span per id (8-byte ids); all in one trace unless trace_id is None;
+    `pad` adds an attribute of that many bytes to each span."""
     spans = []
     for sid in span_ids:
         spans.append(Span(
             trace_id=trace_id or os.urandom(16), span_id=sid, name="op",
             kind=Span.SPAN_KIND_SERVER, start_time_unix_nano=1_700_000_000_000_000_000, end_time_unix_nano=1_700_000_000_100_000_000,
-            attributes=[KeyValue(key="http.method", value=AnyValue(string_value="GET"))],
+            attributes=[KeyValue(key="http.method", value=AnyValue(string_value="GET"))]
+            + ([KeyValue(key="pad", value=AnyValue(string_value="x" * pad))] if pad else []),
         ))
     rs = ResourceSpans(scope_spans=[ScopeSpans(spans=spans)])
     rs.resource.attributes.append(KeyValue(key="service.name", value=AnyValue(string_value=service)))

@@ -5,6 +5,7 @@ does not stop the process."""
 import os
 import random
 import signal
+import subprocess
 import threading
 import time
 
@@ -14,10 +15,10 @@ from harness import Tracepipe, far_end, free_port, metric_sum, read_jsonl_spans,
 from otlp_wire import post, request
 
 
-def gateway(storage, http_port, upstream_port, acks=False):
+def gateway(storage, http_port, upstream_port, acks=False, ack_timeout="10s"):
     return Tracepipe(f"""
 receivers:
-  in: {{ type: otlp, http: {{ endpoint: 127.0.0.1:{http_port} }}, acknowledgements: {{ enabled: {str(acks).lower()} }} }}
+  in: {{ type: otlp, http: {{ endpoint: 127.0.0.1:{http_port} }}, acknowledgements: {{ enabled: {str(acks).lower()}, timeout: {ack_timeout} }} }}
 sinks:
   up:
     type: otlp
@@ -97,6 +98,53 @@ def test_a_damaged_queue_file_does_not_stop_the_process(tmp_path):
         send(http_port, 1, 10)
         wait_for(lambda: metric_sum(b.metrics(), "tracepipe_sink_queue_spans", sink="up") == 10, what="the new queue works")
         assert b.stop() == 0
+
+
+def test_a_full_disk_holds_the_input_and_loses_no_acknowledged_span(tmp_path):
+    """The queue on a 4 MiB tmpfs that fills while the upstream is down: no crash; the input is
+    held, so clients are refused with a retryable 503; the failed writes are counted; once the
+    upstream is back the queue drains, writes succeed again, and every acknowledged span arrives."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], capture_output=True, text=True)
+    assert r.returncode == 0, f"cannot mount a 4 MiB tmpfs for the disk-full test (needs root): {r.stderr.strip()}"
+    try:
+        http_port = free_port()
+        far, g, _, out = far_end()
+        a = gateway(disk / "queue", http_port, g, acks=True, ack_timeout="2s")
+        acked, refused = [], 0
+        with a:
+            while refused < 5 and len(acked) < 100_000:
+                batch = [os.urandom(8) for _ in range(100)]
+                resp = post(http_port, request(batch, pad=2000).SerializeToString(), timeout=30)
+                if resp.status_code == 200:
+                    acked += batch
+                else:
+                    assert resp.status_code == 503, (resp.status_code, resp.text)
+                    refused += 1
+            assert refused == 5, f"never refused: {len(acked)} spans accepted onto a 4 MiB disk"
+            assert a.proc.poll() is None, a.logs()
+            m = a.metrics()
+            errors = metric_sum(m, "tracepipe_sink_queue_write_errors_total", sink="up")
+            assert errors > 0, "failed disk writes not counted"
+            assert "Disk queue write failed; holding input until it succeeds." in a.logs()
+            print(f"full disk: {len(acked)} spans acknowledged ({len(acked) * 2000 / 1e6:.1f} MB of padding), then {refused} requests "
+                  f"refused with 503; {errors:.0f} failed writes counted")
+            with far:
+                wait_for(lambda: {bytes.fromhex(s["span"]["spanId"]) for s in read_jsonl_spans(out)} >= set(acked), timeout=60,
+                         what="every acknowledged span delivered once the upstream is back")
+                more = []
+                for _ in range(5):  # the disk has room again: writes succeed
+                    batch = [os.urandom(8) for _ in range(100)]
+                    wait_for(lambda: post(http_port, request(batch).SerializeToString(), timeout=30).status_code == 200, timeout=30,
+                             what="a request accepted after the disk drained")
+                    more += batch
+                wait_for(lambda: {bytes.fromhex(s["span"]["spanId"]) for s in read_jsonl_spans(out)} >= set(more), timeout=30,
+                         what="spans accepted after the disk drained delivered")
+                assert a.stop() == 0, a.logs()
+            assert "Disk queue writes succeed again." in a.logs()
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
 def test_kill_9_under_load_loses_no_acknowledged_span(tmp_path):
