@@ -141,6 +141,9 @@ pub mod names {
     pub const RECEIVER_ARCHIVE_READ_SPANS: &str = "tracepipe_receiver_archive_read_spans_total";
     /// The memory limit in force (gauge; absent without one).
     pub const MEMORY_LIMIT: &str = "tracepipe_memory_limit_bytes";
+    /// Encoded span bytes a component holds: its input channel and what it keeps inside (gauge;
+    /// `component`).
+    pub const MEMORY_HELD: &str = "tracepipe_memory_held_bytes";
     /// The soft limit, above which receivers refuse (gauge).
     pub const MEMORY_SOFT_LIMIT: &str = "tracepipe_memory_soft_limit_bytes";
     /// The process's resident memory as last sampled (gauge; with a memory limit).

@@ -157,6 +157,27 @@ fn finalizer_fires_once_with_worst_status() {
 }
 
 #[tokio::test]
+async fn channel_bytes_are_held_by_each_consumer_until_taken() {
+    use crate::memory::Held;
+    let (h1, h2) = (Held::detached(), Held::detached());
+    let (tx1, mut in1) = Input::accounted_channel(4, h1.clone());
+    let (tx2, mut in2) = Input::accounted_channel(4, h2.clone());
+    let out = Output::accounted(vec![(tx1, h1.clone()), (tx2, h2.clone())]);
+    let encoded = Batch::from_encoded(encode(traces(&[3])), 3);
+    let decoded = Batch::from_resource_spans(traces(&[1, 2]));
+    let (le, ld) = (encoded.encoded_len(), decoded.encoded_len());
+    out.send(encoded).await.unwrap();
+    out.send_or_refuse(decoded, std::time::Duration::from_millis(10)).await.unwrap();
+    assert_eq!((h1.bytes(), h2.bytes()), ((le + ld) as i64, (le + ld) as i64), "each consumer's channel holds its copy");
+    in1.recv().await.unwrap();
+    assert_eq!(h1.bytes(), ld as i64);
+    in1.try_recv().unwrap();
+    in2.recv().await.unwrap();
+    in2.recv().await.unwrap();
+    assert_eq!((h1.bytes(), h2.bytes()), (0, 0), "taken batches leave the account");
+}
+
+#[tokio::test]
 async fn fanout_is_all_or_nothing() {
     let (tx1, mut in1) = Input::channel(1);
     let (tx2, in2) = Input::channel(2);

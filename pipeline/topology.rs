@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tracepipe_config::ComponentKind;
 
 use crate::batch::Batch;
+use crate::memory::Held;
 use crate::telemetry::Health;
 
 /// The task a built component runs until its input closes or shutdown is signalled.
@@ -52,16 +53,27 @@ pub struct BuildError {
 #[derive(Debug)]
 pub struct Input {
     rx: mpsc::Receiver<Batch>,
+    /// The component's account: a batch's bytes leave it when the batch is taken.
+    held: Option<Held>,
 }
 
 impl Input {
     /// The next batch, or `None` once every upstream has stopped and the channel is drained.
     pub async fn recv(&mut self) -> Option<Batch> {
-        self.rx.recv().await
+        let b = self.rx.recv().await;
+        self.taken(b)
     }
     /// The next batch if one is waiting now.
     pub fn try_recv(&mut self) -> Option<Batch> {
-        self.rx.try_recv().ok()
+        let b = self.rx.try_recv().ok();
+        self.taken(b)
+    }
+    #[inline]
+    fn taken(&self, b: Option<Batch>) -> Option<Batch> {
+        if let (Some(h), Some(b)) = (&self.held, &b) {
+            h.sub(b.encoded_len());
+        }
+        b
     }
     /// Batches waiting in the channel.
     pub fn len(&self) -> usize {
@@ -74,7 +86,13 @@ impl Input {
     /// A channel for tests: returns the sender side and the input.
     pub fn channel(capacity: usize) -> (mpsc::Sender<Batch>, Input) {
         let (tx, rx) = mpsc::channel(capacity.max(1));
-        (tx, Input { rx })
+        (tx, Input { rx, held: None })
+    }
+    /// A channel whose batches count in `held` from being sent until taken.
+    pub(crate) fn accounted_channel(capacity: usize, held: Held) -> (mpsc::Sender<Batch>, Input) {
+        let (tx, mut input) = Input::channel(capacity);
+        input.held = Some(held);
+        (tx, input)
     }
 }
 
@@ -93,12 +111,20 @@ pub enum Refused {
 #[derive(Debug, Clone)]
 pub struct Output {
     consumers: Arc<[mpsc::Sender<Batch>]>,
+    /// Each consumer's account (the topology's outputs; empty for outputs built in tests).
+    held: Arc<[Held]>,
 }
 
 impl Output {
     /// An output over the given consumer channels.
     pub fn new(consumers: Vec<mpsc::Sender<Batch>>) -> Self {
-        Output { consumers: consumers.into() }
+        Output { consumers: consumers.into(), held: Arc::new([]) }
+    }
+
+    /// An output whose consumers' channels count what they hold in `held` (one per consumer).
+    pub(crate) fn accounted(consumers: Vec<(mpsc::Sender<Batch>, Held)>) -> Self {
+        let (c, h): (Vec<_>, Vec<_>) = consumers.into_iter().unzip();
+        Output { consumers: c.into(), held: h.into() }
     }
 
     /// Number of consumers.
@@ -112,7 +138,7 @@ impl Output {
         for c in self.consumers.iter() {
             permits.push(c.reserve().await.map_err(|_| Refused::Closed)?);
         }
-        deliver(permits, batch);
+        self.deliver(permits, batch);
         Ok(())
     }
 
@@ -143,8 +169,16 @@ impl Output {
                 Err(_) => return Err(Refused::Full),
             }
         }
-        deliver(permits, batch);
+        self.deliver(permits, batch);
         Ok(())
+    }
+
+    fn deliver(&self, permits: Vec<mpsc::Permit<'_, Batch>>, batch: Batch) {
+        if !self.held.is_empty() {
+            let n = batch.encoded_len();
+            self.held.iter().for_each(|h| h.add(n));
+        }
+        deliver(permits, batch);
     }
 }
 
@@ -227,17 +261,18 @@ impl RunningTopology {
     pub async fn start(planned: Vec<Planned>, health: Health) -> Result<RunningTopology, BuildError> {
         let shutdown = CancellationToken::new();
         let failed = CancellationToken::new();
-        let mut senders: std::collections::HashMap<String, mpsc::Sender<Batch>> = Default::default();
+        let mut senders: std::collections::HashMap<String, (mpsc::Sender<Batch>, Held)> = Default::default();
         let mut inputs: std::collections::HashMap<String, Input> = Default::default();
         for p in &planned {
             if p.kind != ComponentKind::Receiver {
-                let (tx, input) = Input::channel(p.channel_capacity);
-                senders.insert(p.name.clone(), tx);
+                let held = Held::component(&p.name);
+                let (tx, input) = Input::accounted_channel(p.channel_capacity, held.clone());
+                senders.insert(p.name.clone(), (tx, held));
                 inputs.insert(p.name.clone(), input);
             }
         }
         // Consumers of each component, in config order.
-        let mut consumers: std::collections::HashMap<String, Vec<mpsc::Sender<Batch>>> = Default::default();
+        let mut consumers: std::collections::HashMap<String, Vec<(mpsc::Sender<Batch>, Held)>> = Default::default();
         for p in &planned {
             for i in &p.inputs {
                 if let Some(tx) = senders.get(&p.name) {
@@ -252,7 +287,7 @@ impl RunningTopology {
         for p in planned.into_iter().rev() {
             let output = match p.kind {
                 ComponentKind::Sink => None,
-                _ => Some(Output::new(consumers.remove(&p.name).unwrap_or_default())),
+                _ => Some(Output::accounted(consumers.remove(&p.name).unwrap_or_default())),
             };
             let ctx = ComponentContext {
                 name: p.name.clone(),

@@ -87,6 +87,14 @@ pub async fn build(cfg: BatchConfig, mut ctx: ComponentContext) -> Result<Compon
         let mut pending = Batch::empty();
         // The pending batch's encoded size, added up per batch as they come (no re-scan).
         let mut pending_bytes = 0usize;
+        // What the process-wide account (tracepipe_memory_held_bytes) has for the buffer: moved to
+        // `pending_bytes` after each append, and to 0 only once an emitted batch is handed on.
+        let held = tracepipe_pipeline::memory::Held::component(&em.name);
+        let mut accounted = 0usize;
+        let mut account = move |now: usize| {
+            held.set_from(accounted, now);
+            accounted = now;
+        };
         let mut deadline: Option<Instant> = None;
         loop {
             tokio::select! {
@@ -101,10 +109,12 @@ pub async fn build(cfg: BatchConfig, mut ctx: ComponentContext) -> Result<Compon
                                 pending_bytes = pending.encoded_len();
                             }
                         }
+                        account(pending_bytes);
                         if pending.span_count() >= size || pending_bytes >= max_bytes || timeout.is_zero() {
                             pending_bytes = 0;
                             let full = std::mem::replace(&mut pending, Batch::empty());
                             em.emit(full, if timeout.is_zero() { Trigger::Timeout } else { Trigger::Size }).await?;
+                            account(0);
                             deadline = None;
                         } else if deadline.is_none() && !pending.is_empty() {
                             deadline = Some(Instant::now() + timeout);
@@ -113,6 +123,7 @@ pub async fn build(cfg: BatchConfig, mut ctx: ComponentContext) -> Result<Compon
                     None => {
                         let rest = std::mem::replace(&mut pending, Batch::empty());
                         em.emit(rest, Trigger::Shutdown).await?;
+                        account(0);
                         return Ok(());
                     }
                 },
@@ -120,6 +131,7 @@ pub async fn build(cfg: BatchConfig, mut ctx: ComponentContext) -> Result<Compon
                     pending_bytes = 0;
                     let due = std::mem::replace(&mut pending, Batch::empty());
                     em.emit(due, Trigger::Timeout).await?;
+                    account(0);
                     deadline = None;
                 }
             }

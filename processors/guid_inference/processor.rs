@@ -56,6 +56,9 @@ struct Metrics {
     spans_held: Gauge,
     guids_held: Gauge,
     bytes_held: Gauge,
+    /// The process-wide account (tracepipe_memory_held_bytes) and the bytes last moved to it.
+    account: tracepipe_pipeline::memory::Held,
+    accounted: std::sync::atomic::AtomicUsize,
     edges: Counter,
     cross_node_edges: Counter,
     ambiguous: Counter,
@@ -145,6 +148,8 @@ impl State {
         self.m.spans_held.set(self.spans as f64);
         self.m.guids_held.set(self.guids as f64);
         self.m.bytes_held.set(self.bytes as f64);
+        let old = self.m.accounted.swap(self.bytes, std::sync::atomic::Ordering::Relaxed);
+        self.m.account.set_from(old, self.bytes);
     }
 
     /// The group of `key`, opened (and queued for its wait) if not held.
@@ -352,6 +357,8 @@ pub async fn build(cfg: GuidInferenceConfig, mut ctx: ComponentContext) -> Resul
         spans_held: metrics::gauge!(names::PROCESSOR_GUID_SPANS_HELD, "processor" => p.clone()),
         guids_held: metrics::gauge!(names::PROCESSOR_GUID_GUIDS_HELD, "processor" => p.clone()),
         bytes_held: metrics::gauge!(names::PROCESSOR_GUID_BYTES_HELD, "processor" => p.clone()),
+        account: tracepipe_pipeline::memory::Held::component(&p),
+        accounted: Default::default(),
         edges: metrics::counter!(names::PROCESSOR_GUID_EDGES_INFERRED, "processor" => p.clone(), "tier" => "same_node"),
         cross_node_edges: metrics::counter!(names::PROCESSOR_GUID_EDGES_INFERRED, "processor" => p.clone(), "tier" => "cross_node"),
         ambiguous: metrics::counter!(names::PROCESSOR_GUID_AMBIGUOUS, "processor" => p.clone(), "tier" => "same_node"),

@@ -90,6 +90,9 @@ struct Metrics {
     dropped_shutdown: Counter,
     handed_over: Counter,
     sql_errors: Counter,
+    /// The process-wide account of this processor (tracepipe_memory_held_bytes) and what it was
+    /// last moved to; set by `build` (simulations have none).
+    account: Option<(tracepipe_pipeline::memory::Held, Arc<AtomicI64>)>,
 }
 
 impl Metrics {
@@ -110,6 +113,7 @@ impl Metrics {
             dropped_shutdown: metrics::counter!(names::PROCESSOR_DROPPED_SPANS, "processor" => p.to_owned(), "reason" => "shutdown"),
             handed_over: metrics::counter!(names::PROCESSOR_HANDED_OVER_SPANS, "processor" => p.to_owned()),
             sql_errors: metrics::counter!(names::PROCESSOR_TAIL_SAMPLING_POLICY_ERRORS, "processor" => p.to_owned()),
+            account: None,
         }
     }
 }
@@ -318,7 +322,13 @@ impl Shard {
 
     /// Sets the held gauges.
     fn publish(&self) {
-        self.m.bytes_held.set(self.held.load(Ordering::Relaxed) as f64);
+        let now = self.held.load(Ordering::Relaxed);
+        if let Some((account, accounted)) = &self.m.account {
+            // Shards publish concurrently: swap, so the deltas add up to `now`.
+            let old = accounted.swap(now, Ordering::Relaxed);
+            account.set_from(old.max(0) as usize, now.max(0) as usize);
+        }
+        self.m.bytes_held.set(now as f64);
         self.m.traces_held.set(self.m.held_traces.load(Ordering::Relaxed) as f64);
     }
 
@@ -845,7 +855,8 @@ pub async fn build(cfg: TailSamplingConfig, mut ctx: ComponentContext) -> Result
     let cfg = Arc::new(cfg);
     let held = Arc::new(AtomicI64::new(0));
     let policies = Arc::new(Policies::new(&cfg.policies, &name, cfg.sample_on_first_match));
-    let m = Metrics::new(&name);
+    let mut m = Metrics::new(&name);
+    m.account = Some((tracepipe_pipeline::memory::Held::component(&name), Arc::new(AtomicI64::new(0))));
     let front = Front { shards, held: held.clone(), dropped: m.dropped_decode.clone(), name: name.clone() };
     let mut deciders: Vec<Shard> = (0..shards).map(|_| Shard::new(cfg.clone(), policies.clone(), held.clone(), shards, m.clone())).collect();
     if let Some(dir) = &cfg.state_dir {

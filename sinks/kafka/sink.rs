@@ -89,6 +89,9 @@ struct Settler {
     name: String,
     m: Arc<Metrics>,
     health: Health,
+    /// Record bytes handed to librdkafka and not yet acknowledged, in the process-wide account
+    /// (tracepipe_memory_held_bytes): librdkafka copies each record.
+    account: tracepipe_pipeline::memory::Held,
 }
 
 impl Settler {
@@ -125,7 +128,9 @@ impl Settler {
         }
         for (fut, spans, bytes) in p.records {
             spans_total += spans;
-            let (outcome, msg) = match fut.await {
+            let answer = fut.await;
+            self.account.sub(bytes);
+            let (outcome, msg) = match answer {
                 Ok(Ok(_delivery)) => {
                     self.m.bytes.increment(bytes as u64);
                     (Outcome::Delivered, String::new())
@@ -161,7 +166,7 @@ pub async fn build(cfg: KafkaSinkConfig, mut ctx: ComponentContext) -> Result<Co
     let layout = Layout { encoding: cfg.encoding, by_trace: cfg.partition_traces_by_id, max_bytes: cfg.max_message_bytes.get() as usize };
     let mut guid_keys = (cfg.partition_by == PartitionBy::GuidOrTraceId).then(|| GuidKeys::new(&cfg.guid_attribute, cfg.guid_cache_size));
     let m = Arc::new(Metrics::new(&ctx.name));
-    let settler = Arc::new(Settler { name: ctx.name.clone(), m: m.clone(), health: ctx.health.clone() });
+    let settler = Arc::new(Settler { name: ctx.name.clone(), m: m.clone(), health: ctx.health.clone(), account: tracepipe_pipeline::memory::Held::component(&ctx.name) });
     let name = ctx.name.clone();
     let topic = cfg.topic.clone();
     let shutdown = ctx.shutdown.clone();
@@ -228,6 +233,7 @@ pub async fn build(cfg: KafkaSinkConfig, mut ctx: ComponentContext) -> Result<Co
                     }
                     match producer.send_result(rec) {
                         Ok(fut) => {
+                            settler.account.add(r.payload.len());
                             p.records.push((fut, r.spans, r.payload.len()));
                             break;
                         }
@@ -328,6 +334,7 @@ impl crate::queue::driver::Deliver for DurableKafka {
                 }
                 match self.producer.send_result(rec) {
                     Ok(fut) => {
+                        self.settler.account.add(r.payload.len());
                         futs.push((fut, r.spans, r.payload.len()));
                         break;
                     }
@@ -348,7 +355,9 @@ impl crate::queue::driver::Deliver for DurableKafka {
         }
         let mut outcomes = failed;
         for (fut, spans, bytes) in futs {
-            outcomes.push(match fut.await {
+            let answer = fut.await;
+            self.settler.account.sub(bytes);
+            outcomes.push(match answer {
                 Ok(Ok(_)) => {
                     m.bytes.increment(bytes as u64);
                     (Outcome::Delivered, spans, String::new())

@@ -270,7 +270,9 @@ pub async fn build(cfg: OtlpSinkConfig, mut ctx: ComponentContext) -> Result<Com
         // And in bytes (KiB permits, the batch's encoded size rounded up): spans alone do not
         // bound memory when a span may be a few hundred bytes or a few megabytes.
         let bytes_room = Arc::new(Semaphore::new(byte_capacity));
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<(Batch, (tokio::sync::OwnedSemaphorePermit, tokio::sync::OwnedSemaphorePermit))>();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<(Batch, (tokio::sync::OwnedSemaphorePermit, tokio::sync::OwnedSemaphorePermit), usize)>();
+        // The queue's bytes in the process-wide account (tracepipe_memory_held_bytes).
+        let held = tracepipe_pipeline::memory::Held::component(&name);
         let rx = Arc::new(Mutex::new(rx));
         let mut workers = Vec::new();
         for _ in 0..consumers {
@@ -279,11 +281,13 @@ pub async fn build(cfg: OtlpSinkConfig, mut ctx: ComponentContext) -> Result<Com
             let room = room.clone();
             let bytes_room = bytes_room.clone();
             let m = m.clone();
+            let held = held.clone();
             workers.push(tokio::spawn(async move {
                 loop {
                     let next = rx.lock().await.recv().await;
-                    let Some((batch, permit)) = next else { break };
+                    let Some((batch, permit, len)) = next else { break };
                     w.deliver(batch).await;
+                    held.sub(len);
                     drop(permit);
                     m.queue.set((capacity - room.available_permits()) as f64);
                     m.queue_bytes.set(((byte_capacity - bytes_room.available_permits()) * 1024) as f64);
@@ -292,7 +296,8 @@ pub async fn build(cfg: OtlpSinkConfig, mut ctx: ComponentContext) -> Result<Com
         }
         while let Some(batch) = input.recv().await {
             let n = batch.span_count().clamp(1, capacity) as u32;
-            let kib = batch.encoded_len().div_ceil(1024).clamp(1, byte_capacity) as u32;
+            let len = batch.encoded_len();
+            let kib = len.div_ceil(1024).clamp(1, byte_capacity) as u32;
             let permit = match policy {
                 WhenFull::Block => match (room.clone().acquire_many_owned(n).await, bytes_room.clone().acquire_many_owned(kib).await) {
                     (Ok(a), Ok(b)) => (a, b),
@@ -309,7 +314,9 @@ pub async fn build(cfg: OtlpSinkConfig, mut ctx: ComponentContext) -> Result<Com
             };
             m.queue.set((capacity - room.available_permits()) as f64);
             m.queue_bytes.set(((byte_capacity - bytes_room.available_permits()) * 1024) as f64);
-            if tx.send((batch, permit)).is_err() {
+            held.add(len);
+            if tx.send((batch, permit, len)).is_err() {
+                held.sub(len);
                 break;
             }
         }

@@ -85,7 +85,7 @@ telemetry: {{ metrics: {{ endpoint: 127.0.0.1:{mport} }}, logs: {{ level: warn }
 """
 
 
-def run_one(collector: str, scenario: str, total: int, workdir: Path) -> dict:
+def run_one(collector: str, scenario: str, total: int, workdir: Path, rate: float = 0) -> dict:
     port, mport = free_port(), free_port()
     far = None
     kafka = None
@@ -138,7 +138,7 @@ telemetry: {{ metrics: {{ endpoint: 127.0.0.1:{mport} }}, logs: {{ level: warn }
         time.sleep(0.5)
         # Warm-up, then the measured run.
         py = str(ROOT / "tests/.venv/bin/python")
-        gen = ["taskset", "-c", "0", py, str(ROOT / "tests/bench/loadgen.py"), "--endpoint", f"127.0.0.1:{port}"]
+        gen = ["taskset", "-c", "0", py, str(ROOT / "tests/bench/loadgen.py"), "--endpoint", f"127.0.0.1:{port}", "--rate", str(rate)]
         subprocess.run(gen + ["--total", "100000"], check=True, capture_output=True)
         time.sleep(0.5)
         cpu0, net0 = cpu_seconds(proc.pid), net_bytes(proc.pid)
@@ -287,6 +287,8 @@ def main():
     ap.add_argument("--total", type=int, default=2_000_000)
     ap.add_argument("--scenarios", default="discard,export")
     ap.add_argument("--tail-variants", default="none,tail,tail_sql,shards1,shards2")
+    ap.add_argument("--rate", type=float, default=0,
+                    help="offer this many spans/s to both collectors (0: as fast as each answers); compares memory at the same span rate")
     a = ap.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="tp-bench-"))
     scenarios = a.scenarios.split(",")
@@ -304,7 +306,7 @@ def main():
     rows = []
     for scenario in a.scenarios.split(","):
         for collector in ("tracepipe", "rotel"):
-            r = run_one(collector, scenario, a.total, workdir)
+            r = run_one(collector, scenario, a.total, workdir, a.rate)
             rows.append(r)
             print(json.dumps(r), flush=True)
     print()

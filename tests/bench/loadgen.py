@@ -121,6 +121,7 @@ def main():
     ap.add_argument("--total", type=int, default=2_000_000)
     ap.add_argument("--spans-per-request", type=int, default=500)
     ap.add_argument("--streams", type=int, default=8)
+    ap.add_argument("--rate", type=float, default=0, help="spans/s offered in all streams (0: as fast as answers come)")
     ap.add_argument("--first-seq", type=int, default=0, help="request numbering starts after this (new trace ids for the tail shape)")
     ap.add_argument("--shape", choices=["plain", "noguid", "mesh", "tail"], default="plain",
                     help="plain: the Rotel reference spans; noguid: the same without a guid attribute; mesh: x-request-id-only fragments, a new guid per request; "
@@ -146,6 +147,9 @@ def main():
                     return
                 state["issued"] += 1
                 seq = state["issued"] + a.first_seq
+                due = started + (state["issued"] - 1) * per_request / a.rate if a.rate else 0
+            if due > time.time():
+                time.sleep(due - time.time())
             if a.shape == "mesh":
                 req = body.replace(b"RRRRRRRR", b"%08x" % seq)
             elif a.shape == "tail":
@@ -165,7 +169,7 @@ def main():
                         raise
                     time.sleep(0.01)
 
-    t0 = time.time()
+    t0 = started = time.time()
     threads = [threading.Thread(target=worker) for _ in range(a.streams)]
     for t in threads:
         t.start()

@@ -392,12 +392,15 @@ class CuttableLink:
     `up()` listens again. Stands for a peer that goes away and comes back with its state (a
     broker whose storage outlives the outage, a network partition)."""
 
-    def __init__(self, target_port: int):
+    def __init__(self, target_port: int, bytes_per_second: float = None):
         self.target = target_port
         self.port = free_port()
         self.lock = threading.Lock()
         self.socks = set()
         self.listener = None
+        # A slow link: every byte in either direction shares this rate (None: as fast as it goes).
+        self.bytes_per_second = bytes_per_second
+        self.next_free = 0.0
 
     def up(self):
         ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -445,6 +448,12 @@ class CuttableLink:
                 data = src.recv(1 << 16)
                 if not data:
                     break
+                if self.bytes_per_second:
+                    with self.lock:
+                        self.next_free = max(self.next_free, time.time()) + len(data) / self.bytes_per_second
+                        wait = self.next_free - time.time()
+                    if wait > 0:
+                        time.sleep(wait)
                 dst.sendall(data)
         except OSError:
             pass
@@ -459,9 +468,10 @@ class PacedLoad:
     (what SDK exporters do with 429/503 and refused connections). `acked` holds the span ids of
     answered requests."""
 
-    def __init__(self, port: int, rate: float, per: int = 100, clients: int = 8):
-        self.port, self.rate, self.per, self.clients = port, rate, per, clients
+    def __init__(self, port: int, rate: float, per: int = 100, clients: int = 8, pad: int = 0):
+        self.port, self.rate, self.per, self.clients, self.pad = port, rate, per, clients, pad
         self.acked, self.errors = [], []
+        self.refused = 0  # spans answered with a retryable refusal (each resend counts again)
         self.lock = threading.Lock()
         self.stopping = threading.Event()
         self.threads = [threading.Thread(target=self._run, args=(k,), daemon=True) for k in range(clients)]
@@ -490,7 +500,7 @@ class PacedLoad:
             if due > time.time():
                 time.sleep(due - time.time())
             ids = [os.urandom(8) for _ in range(self.per)]
-            body = request(ids).SerializeToString()
+            body = request(ids, pad=self.pad).SerializeToString()
             while not self.stopping.is_set():
                 try:
                     r = session.post(f"http://127.0.0.1:{self.port}/v1/traces", data=body,
@@ -499,7 +509,10 @@ class PacedLoad:
                         with self.lock:
                             self.acked += ids
                         break
-                    if r.status_code not in (429, 502, 503, 504):
+                    if r.status_code in (429, 503):
+                        with self.lock:
+                            self.refused += self.per
+                    elif r.status_code not in (502, 504):
                         with self.lock:
                             self.errors.append((r.status_code, r.text[:200]))
                         self.stopping.set()

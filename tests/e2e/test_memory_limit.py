@@ -5,10 +5,11 @@ its peak resident memory under the limit; every span the client sent is either a
 (counted) or refused to it."""
 
 import os
+import time
 
 import requests
 
-from harness import Tracepipe, free_port, http_get, metric_sum, peak_rss
+from harness import CuttableLink, PacedLoad, Tansu, Tracepipe, far_end, free_port, http_get, metric_sum, peak_rss, read_jsonl_spans, wait_for
 from otlp_wire import request
 
 
@@ -66,3 +67,117 @@ def test_flood_into_a_dead_upstream_is_refused_at_the_memory_limit():
         # budget, counted.
         assert tp.stop() == 0
         assert "Shutting down; undeliverable spans dropped." in tp.logs()
+
+
+# Two-times overload inside a 512 MiB limit: the input offers more bytes than the downstream takes
+# (a stalled Kafka broker; an upstream behind a link of half the input's rate). Resident memory
+# stays under the limit; the clients' own counts equal the receiver's (answered 200 = accepted,
+# refused = refused); once the downstream recovers every accepted span is delivered.
+OVERLOAD_LIMIT = 512 << 20
+PAD = 4000          # bytes of attribute per span: ~4.1 kB spans
+RATE = 5000         # spans/s offered: ~20 MB/s
+
+
+def overload_gateway(h: int, sink: str, name: str) -> Tracepipe:
+    return Tracepipe(f"""
+receivers:
+  in: {{ type: otlp, http: {{ endpoint: 127.0.0.1:{h} }} }}
+processors:
+  batch: {{ type: batch, inputs: [in] }}
+sinks:
+{sink}
+memory: {{ limit: {OVERLOAD_LIMIT}, check_interval: 20ms }}
+""", name)
+
+
+def overloaded(tp: Tracepipe, h: int, sink: str, stall, recover, seconds: float):
+    """Offers RATE spans/s for `seconds` while the downstream is slow or stalled, then lets it
+    recover; returns (load, peak RSS, refused-by-memory seen on /readyz)."""
+    load = PacedLoad(h, RATE, per=50, pad=PAD).start()
+    time.sleep(3)
+    stall()
+    end, said_why, held = time.time() + seconds, "", {}
+    while time.time() < end:
+        status, why = http_get(f"http://127.0.0.1:{tp.metrics_port}/readyz")
+        if status == 503:
+            said_why = why
+        m = tp.metrics()
+        if metric_sum(m, "tracepipe_memory_held_bytes") > sum(held.values()):
+            held = {c: metric_sum(m, "tracepipe_memory_held_bytes", component=c) for c in ("in", "batch", sink)}
+        time.sleep(0.5)
+    tp.held_at_peak = held
+    recover()
+    time.sleep(5)
+    load.stop()
+    assert not load.errors, load.errors[:3]
+    wait_for(lambda: metric_sum(tp.metrics(), "tracepipe_sink_queue_spans", sink=sink) == 0, timeout=120, what="the sink queue drained")
+    return load, peak_rss(tp.proc.pid), said_why
+
+
+def counts_match(tp: Tracepipe, load, sink: str):
+    m = tp.metrics()
+    accepted = metric_sum(m, "tracepipe_receiver_accepted_spans_total", receiver="in")
+    refused = metric_sum(m, "tracepipe_receiver_refused_spans_total", receiver="in") + 50 * metric_sum(m, "tracepipe_receiver_refused_requests_total", receiver="in")
+    assert accepted == len(load.acked), f"client saw {len(load.acked)} spans answered 200, the receiver counts {accepted:.0f} accepted"
+    assert refused == load.refused, f"client saw {load.refused} spans refused, the receiver counts {refused:.0f}"
+    assert metric_sum(m, "tracepipe_sink_failed_spans_total", sink=sink) == 0, "a sink dropped spans"
+    # Every byte a component held was accounted and released: drained, the account is back to 0.
+    assert metric_sum(m, "tracepipe_memory_held_bytes") == 0, {k: v for k, v in m.items() if "held_bytes" in str(k)}
+    held = tp.held_at_peak
+    assert sum(held.values()) > 100 << 20, f"at most {held} bytes accounted while the downstream was stalled"
+    assert "largest_holders=" in tp.logs(), "the refusal's log line names no holders"
+    return m
+
+
+def test_twice_overload_through_a_stalled_kafka_sink_stays_under_512_mib(tmp_path):
+    from opentelemetry.proto.trace.v1 import trace_pb2
+    broker, h = free_port(), free_port()
+    link = CuttableLink(broker)
+    with Tansu(port=broker, advertise=link.port) as kafka:
+        kafka.create_topic("overload", partitions=2)
+        link.up()
+        tp = overload_gateway(h, f"""
+  bus: {{ type: kafka, inputs: [batch], brokers: ["127.0.0.1:{link.port}"], topic: overload }}
+""", "overload-kafka")
+        with tp:
+            load, peak, why = overloaded(tp, h, "bus", link.down, link.up, 40)
+            m = counts_match(tp, load, "bus")
+            got = set()
+            for _, _, value in kafka.records("overload", 1, timeout=180, settle=3):
+                d = trace_pb2.TracesData()
+                d.ParseFromString(value)
+                got |= {s.span_id for rs in d.resource_spans for ss in rs.scope_spans for s in ss.spans}
+            print(f"stalled Kafka sink, 40 s at {RATE} spans/s of {PAD // 1000} kB: {len(load.acked)} spans answered 200, "
+                  f"{load.refused} refused (retryable), {len(set(load.acked) - got)} of the answered missing from the topic; "
+                  f"peak RSS {peak >> 20} MiB of {OVERLOAD_LIMIT >> 20} MiB; held at most (MiB): { {k: v / 2**20 for k, v in tp.held_at_peak.items()} }; /readyz said: {why!r}")
+            assert peak <= OVERLOAD_LIMIT, f"peak resident memory {peak >> 20} MiB over the limit"
+            assert load.refused > 0 and "resident memory" in why, "the stall never reached the limit: the test proves nothing"
+            assert set(load.acked) <= got, f"{len(set(load.acked) - got)} accepted spans never reached the topic"
+            assert tp.stop() == 0
+        link.down()
+
+
+def test_twice_overload_through_a_slow_upstream_stays_under_512_mib(tmp_path):
+    far, g, _, out = far_end("64MiB")
+    h = free_port()
+    link = CuttableLink(g, bytes_per_second=RATE * PAD / 2)  # half the input's bytes
+    tp = overload_gateway(h, f"""
+  up:
+    type: otlp
+    inputs: [batch]
+    endpoint: http://127.0.0.1:{link.port}
+    compression: none
+    retry: {{ initial_interval: 100ms, max_interval: 1s, max_elapsed_time: 0s }}
+""", "overload-otlp")
+    with far, tp:
+        link.up()
+        load, peak, why = overloaded(tp, h, "up", lambda: None, lambda: setattr(link, "bytes_per_second", None), 60)
+        counts_match(tp, load, "up")
+        wait_for(lambda: {bytes.fromhex(s["span"]["spanId"]) for s in read_jsonl_spans(out)} >= set(load.acked), timeout=120,
+                 what="every accepted span delivered")
+        print(f"upstream at half the input's bytes, 60 s at {RATE} spans/s of {PAD // 1000} kB: {len(load.acked)} spans answered 200, "
+              f"{load.refused} refused (retryable), all answered delivered; peak RSS {peak >> 20} MiB of {OVERLOAD_LIMIT >> 20} MiB; "
+              f"held at most (MiB): { {k: v / 2**20 for k, v in tp.held_at_peak.items()} }; /readyz said: {why!r}")
+        assert peak <= OVERLOAD_LIMIT, f"peak resident memory {peak >> 20} MiB over the limit"
+        assert load.refused > 0 and "resident memory" in why, "the overload never reached the limit: the test proves nothing"
+        assert tp.stop() == 0
