@@ -38,6 +38,9 @@ const SQL_CHUNK_SPANS: u64 = 8192;
 
 /// A kept trace's spans are flushed downstream in batches of about this many bytes.
 const OUT_BATCH_BYTES: usize = 4 * 1024 * 1024;
+/// Room reserved per kept span for its marks (policy name, adjusted count, tracestate): a guess
+/// that only sizes the reservation; marks longer than it cost one reallocation.
+const MARK_BYTES_PER_SPAN: usize = 64;
 
 /// The attribute naming the policy that kept a trace.
 pub const POLICY_ATTRIBUTE: &str = "tracepipe.sampling.policy";
@@ -605,19 +608,30 @@ impl Shard {
                 _ => 0,
             };
             self.sampled.insert(fp, Kept { policy, probability: d.probability.map_or(f32::NAN, |p| p as f32), threshold });
-            if self.cfg.mark_policy {
-                let name = d.policy.and_then(|i| self.policies.list.get(i)).map_or("", |p| p.name.as_str());
-                encode_marked(&t.segments, name, d.basis, t.summary.trace_state, &mut self.out.buf);
-            } else {
-                encode_segments(&t.segments, None, &mut self.out.buf);
+            let Trace { segments, summary, finalizers, bytes, .. } = t;
+            // Room for the whole trace at once (growing by doubling would take up to twice its
+            // size beside it), then each segment freed as soon as it is copied: a trace of
+            // `max_trace_bytes` never exists three times over.
+            let framing: usize = segments.iter().map(|s| s.env.resource.len() + s.env.scope.len() + 20).sum();
+            let marks = if self.cfg.mark_policy { summary.spans as usize * MARK_BYTES_PER_SPAN } else { 0 };
+            self.out.buf.reserve_exact(bytes + framing + marks);
+            let name = d.policy.and_then(|i| self.policies.list.get(i)).map_or("", |p| p.name.as_str());
+            for seg in segments {
+                let one = std::slice::from_ref(&seg);
+                if self.cfg.mark_policy {
+                    encode_marked(one, name, d.basis, summary.trace_state, &mut self.out.buf);
+                } else {
+                    encode_segments(one, None, &mut self.out.buf);
+                }
             }
-            self.out.spans += t.summary.spans as usize;
-            self.out.finalizers.extend(t.finalizers.iter().cloned());
+            self.out.spans += summary.spans as usize;
+            self.out.finalizers.extend(finalizers);
             self.out.maybe_seal();
+            self.charge(-(bytes as i64));
         } else {
             self.not_sampled.insert(fp);
+            self.charge(-(t.bytes as i64));
         }
-        self.charge(-(t.bytes as i64));
     }
 
     /// At shutdown: decides (or, with `drop_pending_traces_on_shutdown`, drops) every held trace.
