@@ -283,7 +283,10 @@ async fn commit(shared: &Arc<Shared>, next_id: &mut u64, mut records: Vec<(Batch
                     records.iter().for_each(|(b, ..)| b.set_status(BatchStatus::Errored));
                     return;
                 }
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                // Retry once a delivered batch was removed (it made room), or after a while
+                // (someone else may free the disk); retrying sooner would eat the room the
+                // removals need.
+                let _ = tokio::time::timeout(Duration::from_secs(10), shared.room.notified()).await;
             }
         }
     }
@@ -308,11 +311,27 @@ fn checked(payload: Bytes, spans: u32) -> Option<Batch> {
     (report.spans == spans as usize).then(|| Batch::from_encoded(payload, report.spans))
 }
 
+/// Removes a delivered (or counted) record. A failed removal (a full disk: even a removal needs
+/// fresh pages) is retried, since the room it makes is what a full queue waits for; once the
+/// workers must stop it is left on disk (sent again after a restart: a duplicate, never a loss).
 async fn remove(sh: &Arc<Shared>, p: Pending) {
-    let s = sh.clone();
-    if let Err(e) = blocking(move || s.q.remove(&[p.id])).await {
-        // Left on disk: sent again after a restart (a duplicate, never a loss).
-        tracing::warn!(message = "Disk queue remove failed; the batch may be sent again after a restart.", error = %e);
+    let mut warned = false;
+    loop {
+        let s = sh.clone();
+        match blocking(move || s.q.remove(&[p.id])).await {
+            Ok(()) => break,
+            Err(e) => {
+                sh.m.write_errors.increment(1);
+                if !warned {
+                    tracing::warn!(message = "Disk queue remove failed; retrying.", error = %e);
+                    warned = true;
+                }
+                if sh.index.lock().expect("queue index").stop {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
     }
     sh.forget(p);
 }

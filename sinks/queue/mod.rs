@@ -40,6 +40,10 @@ fn create(path: &Path) -> Result<Database, redb::DatabaseError> {
 
 /// The file inside the storage directory.
 pub const FILE_NAME: &str = "queue.redb";
+/// A ballast file beside it: given back to the filesystem when the disk fills, so that removing
+/// delivered records (a copy-on-write commit needs a few fresh pages) can still make room.
+pub const RESERVE_NAME: &str = "queue.reserve";
+const RESERVE_BYTES: usize = 1 << 20;
 
 /// `storage:` settings of a sink's durable queue.
 #[derive(Debug, Clone, PartialEq, serde::Deserialize)]
@@ -140,6 +144,8 @@ pub struct DiskQueue {
     /// durable commits: redb frees pages only at durable commits, so on a full disk the
     /// non-durable removals would never make room for the append that waits.
     low_space: std::sync::atomic::AtomicBool,
+    /// The ballast file ([`RESERVE_NAME`]).
+    reserve: PathBuf,
 }
 
 fn encode(id: u64, spans: u32, payload: &[u8]) -> Vec<u8> {
@@ -208,7 +214,8 @@ impl DiskQueue {
                 create(&path).map_err(store)?
             }
         };
-        let q = DiskQueue { db: std::sync::RwLock::new(Some(db)), path, low_space: false.into() };
+        let q = DiskQueue { db: std::sync::RwLock::new(Some(db)), path, low_space: false.into(), reserve: dir.join(RESERVE_NAME) };
+        q.refill_reserve();
         if !salvaged.is_empty() {
             let db = q.db.read().expect("queue db");
             let tx = db.as_ref().expect("open").begin_write().map_err(store)?;
@@ -268,6 +275,10 @@ impl DiskQueue {
         };
         if let Err(QueueError::Store(redb::Error::Io(_) | redb::Error::PreviousIo)) = &result {
             self.low_space.store(true, std::sync::atomic::Ordering::Relaxed);
+            // Room for the removals that will make room (no-op once it is gone).
+            if std::fs::remove_file(&self.reserve).is_ok() {
+                tracing::warn!(message = "Disk queue write failed; its reserve file is given back so delivered batches can still be removed.", path = %self.reserve.display());
+            }
             let mut db = self.db.write().expect("queue db");
             // Another caller may have reopened it already; a second reopen costs a little, no harm.
             drop(db.take());
@@ -282,8 +293,25 @@ impl DiskQueue {
     /// Appends records with ids `first_id..`, durably (one commit, synced to disk).
     pub fn append(&self, first_id: u64, records: &[(u32, Bytes)]) -> Result<(), QueueError> {
         self.with_db(|db| Self::append_in(db, first_id, records))?;
-        self.low_space.store(false, std::sync::atomic::Ordering::Relaxed);
+        if self.low_space.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            self.refill_reserve();
+        }
         Ok(())
+    }
+
+    /// Writes the ballast file if it is missing (best effort: on a full disk it is left out).
+    fn refill_reserve(&self) {
+        if self.reserve.exists() {
+            return;
+        }
+        let written = std::fs::File::create(&self.reserve).and_then(|mut f| {
+            use std::io::Write;
+            f.write_all(&vec![0u8; RESERVE_BYTES])?;
+            f.sync_all()
+        });
+        if written.is_err() {
+            let _ = std::fs::remove_file(&self.reserve);
+        }
     }
 
     fn append_in(db: &Database, first_id: u64, records: &[(u32, Bytes)]) -> Result<(), QueueError> {
