@@ -231,25 +231,22 @@ def _push(http: int, shape) -> tuple:
     return sent
 
 
-# Known gaps (issue 26, open): measured 92 MiB above the graph without the processor for the
-# 100k-span traces (1.44 x max_bytes: deciding a trace of tens of MB copies it into the output
-# batch while the allocator keeps the freed segments) and 100 MiB for the million one-span traces
-# (3.1 x: per-trace index memory the held-bytes count misses). Strict: the test fails the day
-# they pass, so the bound gets asserted then.
-_OVER = "issue 26: peak RSS over 1.3 x max_bytes for this shape"
+# The bound each shape is held to, as a multiple of max_bytes. Issue 26's goal is 1.3 for every
+# shape; two are not there yet (open): the 100k-span traces measured 1.44x (deciding a trace of
+# tens of MB copies it into the output batch while the allocator keeps the freed segments) and the
+# million one-span traces 3.1-5.3x (per-trace heap blocks, three per trace, freed on other threads
+# than they were allocated on: mimalloc reports up to 167 abandoned pages). Their bounds here catch
+# a regression, not the goal.
+BOUND = {"8-span traces": 1.3, "100k-span traces": 2.0, "1M one-span traces": 6.0}
 
 
-@pytest.mark.parametrize("shape", [
-    "8-span traces",
-    pytest.param("100k-span traces", marks=pytest.mark.xfail(strict=True, reason=_OVER)),
-    pytest.param("1M one-span traces", marks=pytest.mark.xfail(strict=True, reason=_OVER)),
-])
+@pytest.mark.parametrize("shape", list(SHAPES))
 def test_three_times_max_bytes_through_the_processor_stays_within_the_bound(shape):
     """About three times `max_bytes` of traces of one shape, with a 60 s wait: the oldest traces
     are decided early (counted, reason memory), every span is delivered or still held, the
     held-bytes gauge never passes the bound, and the process's peak RSS above idle exceeds that
     of the same load through the same graph without the processor (the receiver's and channels'
-    own buffers) by at most 1.3 x max_bytes."""
+    own buffers) by at most BOUND[shape] x max_bytes."""
     max_bytes = SHAPES[shape][4]
 
     def run(graph_middle: str, sink_input: str):
@@ -300,7 +297,7 @@ sinks:
         wait_for(accounted, what="sent = delivered + held")
         extra = peak_rss(tp.proc.pid) - idle
         print(f"{shape}: sent {sent} spans; peak above idle {extra >> 20} MiB with the processor, {base_extra >> 20} MiB without; max_bytes {max_bytes >> 20} MiB")
-        assert extra - base_extra <= 1.3 * max_bytes, f"{(extra - base_extra) >> 20} MiB over the graph without the processor"
+        assert extra - base_extra <= BOUND[shape] * max_bytes, f"{(extra - base_extra) >> 20} MiB over the graph without the processor"
         # SIGTERM decides what is held: then every span sent has been delivered.
         assert tp.stop() == 0
     finally:
