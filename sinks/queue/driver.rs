@@ -41,6 +41,9 @@ pub struct Settings {
 /// After input closed, how long workers keep sending what is on disk before leaving the rest
 /// for the next start.
 pub const SHUTDOWN_BUDGET: Duration = Duration::from_secs(20);
+/// In low-space mode, room left unused by appends so that removals (copy-on-write commits that
+/// need a few fresh pages) can always go on.
+const LOW_SPACE_MARGIN: i64 = 1 << 20;
 /// Most bytes written in one commit.
 const COMMIT_BYTES: usize = 8 << 20;
 /// Most batches written in one commit.
@@ -60,6 +63,9 @@ struct Index {
 
 struct Shared {
     q: DiskQueue,
+    /// Record bytes removed since the last failed write: in low-space mode, the room appends
+    /// may use (less [`LOW_SPACE_MARGIN`], kept for the removals' own commits).
+    freed: std::sync::atomic::AtomicI64,
     index: Mutex<Index>,
     /// A record was appended, or workers must stop.
     work: Notify,
@@ -113,6 +119,7 @@ pub async fn run<D: Deliver>(opened: Opened, mut input: Input, deliver: Arc<D>, 
     }
     let mut next_id = opened.next_id;
     let shared = Arc::new(Shared {
+        freed: Default::default(),
         q: opened.queue,
         index: Mutex::new(Index { waiting: opened.pending.into(), spans, bytes, stop: false, input_closed: false }),
         work: Notify::new(),
@@ -260,18 +267,42 @@ async fn commit(shared: &Arc<Shared>, next_id: &mut u64, mut records: Vec<(Batch
     }
     let items: Arc<Vec<(u32, Bytes)>> = Arc::new(records.iter().map(|(_, s, p)| (*s, p.clone())).collect());
     let mut warned = false;
+    let size: i64 = items.iter().map(|(_, p)| p.len() as i64).sum();
+    use std::sync::atomic::Ordering::Relaxed;
     loop {
+        // After a full disk: append only into room that removals made, keeping a margin for the
+        // removals themselves (an append that took the last free page would leave delivered
+        // batches impossible to remove, and the queue stuck). An empty queue has nothing to
+        // protect, so it may try whenever it is woken.
+        let low = {
+            let sh = shared.clone();
+            blocking(move || sh.q.low_space() && !sh.q.try_leave_low_space()).await
+        };
+        if low && shared.index.lock().expect("queue index").bytes > 0 && shared.freed.load(Relaxed) < size + LOW_SPACE_MARGIN {
+            if settings.drop_newest || shutdown.is_cancelled() {
+                let n: usize = records.iter().map(|(b, ..)| b.span_count()).sum();
+                shared.m.queue_full.increment(n as u64);
+                records.iter().for_each(|(b, ..)| b.set_status(BatchStatus::Errored));
+                return;
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(10), shared.room.notified()).await;
+            continue;
+        }
         let sh = shared.clone();
         let it = items.clone();
         let id = *next_id;
         match blocking(move || sh.q.append(id, &it)).await {
             Ok(()) => {
+                if low {
+                    shared.freed.fetch_sub(size, Relaxed);
+                }
                 if warned {
                     tracing::info!(message = "Disk queue writes succeed again.", sink = %settings.name);
                 }
                 break;
             }
             Err(e) => {
+                shared.freed.store(0, Relaxed);
                 shared.m.write_errors.increment(1);
                 if !warned {
                     tracing::error!(message = "Disk queue write failed; holding input until it succeeds.", sink = %settings.name, error = %e);
@@ -319,7 +350,10 @@ async fn remove(sh: &Arc<Shared>, p: Pending) {
     loop {
         let s = sh.clone();
         match blocking(move || s.q.remove(&[p.id])).await {
-            Ok(()) => break,
+            Ok(()) => {
+                sh.freed.fetch_add(p.bytes as i64, std::sync::atomic::Ordering::Relaxed);
+                break;
+            }
             Err(e) => {
                 sh.m.write_errors.increment(1);
                 if !warned {

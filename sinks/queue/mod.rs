@@ -140,9 +140,9 @@ pub struct DiskQueue {
     /// `None` only between dropping a database that saw an I/O error and opening it again.
     db: std::sync::RwLock<Option<Database>>,
     path: PathBuf,
-    /// Set by an I/O error, cleared by the next append that succeeds. While set, removals are
-    /// durable commits: redb frees pages only at durable commits, so on a full disk the
-    /// non-durable removals would never make room for the append that waits.
+    /// Set by an I/O error, cleared once the ballast file can be written again. While set,
+    /// removals are durable commits: redb frees pages only at durable commits, so on a full disk
+    /// the non-durable removals would never make room for the append that waits.
     low_space: std::sync::atomic::AtomicBool,
     /// The ballast file ([`RESERVE_NAME`]).
     reserve: PathBuf,
@@ -292,11 +292,22 @@ impl DiskQueue {
 
     /// Appends records with ids `first_id..`, durably (one commit, synced to disk).
     pub fn append(&self, first_id: u64, records: &[(u32, Bytes)]) -> Result<(), QueueError> {
-        self.with_db(|db| Self::append_in(db, first_id, records))?;
-        if self.low_space.swap(false, std::sync::atomic::Ordering::Relaxed) {
-            self.refill_reserve();
+        self.with_db(|db| Self::append_in(db, first_id, records))
+    }
+
+    /// True from a failed write until the ballast file could be written again: removals are
+    /// durable, and the driver appends only into room removals made (keeping a margin for them).
+    pub fn low_space(&self) -> bool {
+        self.low_space.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Tries to write the ballast again; leaves low-space mode when it is there.
+    pub fn try_leave_low_space(&self) -> bool {
+        self.refill_reserve();
+        if self.reserve.exists() {
+            self.low_space.store(false, std::sync::atomic::Ordering::Relaxed);
         }
-        Ok(())
+        !self.low_space()
     }
 
     /// Writes the ballast file if it is missing (best effort: on a full disk it is left out).

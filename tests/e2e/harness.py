@@ -212,10 +212,22 @@ class Tracepipe:
     def __enter__(self):
         return self.start()
 
-    def __exit__(self, *exc):
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+    def __exit__(self, exc_type=None, *exc):
+        """A test that ends with the process still running stops it as an operator would
+        (SIGTERM) and fails unless it exits 0 within its drain deadline; any test fails if the
+        log holds a panic. After a failure already raised, the process is just killed."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            if exc_type is not None:
+                self.proc.kill()
+                self.proc.wait()
+                return
+            rc = self.stop()
+            assert rc == 0, f"tracepipe exited {rc} on SIGTERM at the end of the test:\n{self.logs()[-4000:]}"
+        if exc_type is None:
+            logs = self.logs()
+            assert "panicked" not in logs, f"tracepipe panicked:\n{logs[-4000:]}"
 
 
 class Rotel:

@@ -130,6 +130,9 @@ def test_a_full_disk_holds_the_input_and_loses_no_acknowledged_span(tmp_path):
             assert "Disk queue write failed; holding input until it succeeds." in a.logs()
             print(f"full disk: {len(acked)} spans acknowledged ({len(acked) * 2000 / 1e6:.1f} MB of padding), then {refused} requests "
                   f"refused with 503; {errors:.0f} failed writes counted")
+            # The disk stays full past the writer's 10 s retry: a retry then must not take the room
+            # that removals need once the upstream is back (it did, and the queue never drained).
+            time.sleep(12)
             with far:
                 wait_for(lambda: {bytes.fromhex(s["span"]["spanId"]) for s in read_jsonl_spans(out)} >= set(acked), timeout=60,
                          what="every acknowledged span delivered once the upstream is back")

@@ -145,6 +145,34 @@ tests:
       - eval_time: 30m
         alertname: TracepipeRefusingSpans
         exp_alerts: []
+      - eval_time: 4m
+        alertname: TracepipeSinkQueueFull
+        exp_alerts: []
+  # A receiver refusing spans, and one receiving malformed requests (2/s): pending from the first
+  # minute, so firing only after their 10 m.
+  - interval: 1m
+    input_series:
+      - series: 'tracepipe_receiver_refused_spans_total{{instance="a", receiver="edge", transport="http", reason="memory"}}'
+        values: '0+100x40'
+      - series: 'tracepipe_receiver_malformed_requests_total{{instance="a", receiver="zipkin", transport="http"}}'
+        values: '0+120x40'
+    alert_rule_test:
+      - eval_time: 9m
+        alertname: TracepipeRefusingSpans
+        exp_alerts: []
+      - eval_time: 20m
+        alertname: TracepipeRefusingSpans
+        exp_alerts:
+          - exp_labels: {{ instance: a, receiver: edge }}
+            exp_annotations: {{ summary: "edge refuses spans: the graph is full (clients retry)" }}
+      - eval_time: 9m
+        alertname: TracepipeMalformedRequests
+        exp_alerts: []
+      - eval_time: 20m
+        alertname: TracepipeMalformedRequests
+        exp_alerts:
+          - exp_labels: {{ instance: a, receiver: zipkin }}
+            exp_annotations: {{ summary: "zipkin receives malformed requests" }}
 """)
     p = subprocess.run([need("promtool"), "test", "rules", str(tmp_path / "alerts_test.yaml")], capture_output=True, text=True)
     assert p.returncode == 0 and "SUCCESS" in p.stdout, p.stdout + p.stderr
