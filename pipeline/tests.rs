@@ -7,7 +7,7 @@ use prost::Message;
 
 use crate::batch::{Batch, BatchStatus, Finalizer};
 use crate::topology::{Input, Output, Refused};
-use crate::wire::{scan_traces, SpanProblem, WireError};
+use crate::wire::{scan_traces, SpanProblem, WireError, MAX_ANY_VALUE_DEPTH};
 
 pub(crate) fn span(i: u8) -> Span {
     Span {
@@ -58,6 +58,48 @@ fn scan_flags_bad_ids() {
     rs[0].scope_spans[0].spans[3].parent_span_id = vec![1; 3];
     let r = scan_traces(&encode(rs)).unwrap();
     assert_eq!(r.invalid, vec![(1, SpanProblem::TraceIdZero), (2, SpanProblem::SpanIdLength), (3, SpanProblem::ParentIdLength)]);
+}
+
+/// An attribute value `levels` deep (1: a plain value), alternating arrays and key-value lists.
+fn nested_value(levels: usize) -> AnyValue {
+    let mut v = AnyValue { value: Some(any_value::Value::IntValue(1)) };
+    for i in 1..levels {
+        v = if i % 2 == 0 {
+            AnyValue { value: Some(any_value::Value::ArrayValue(ArrayValue { values: vec![v] })) }
+        } else {
+            AnyValue {
+                value: Some(any_value::Value::KvlistValue(opentelemetry_proto::tonic::common::v1::KeyValueList {
+                    values: vec![KeyValue { key_strindex: 0, key: "k".into(), value: Some(v) }],
+                })),
+            }
+        };
+    }
+    v
+}
+
+#[test]
+fn nesting_is_accepted_to_32_levels_and_refused_past_them_wherever_attributes_are() {
+    for levels in [31, 32, 33] {
+        let kv = KeyValue { key_strindex: 0, key: "deep".into(), value: Some(nested_value(levels)) };
+        let mut places = Vec::new();
+        let mut rs = traces(&[1]);
+        rs[0].scope_spans[0].spans[0].attributes.push(kv.clone());
+        places.push(("span", rs));
+        let mut rs = traces(&[1]);
+        rs[0].resource.get_or_insert_with(Default::default).attributes.push(kv.clone());
+        places.push(("resource", rs));
+        let mut rs = traces(&[1]);
+        rs[0].scope_spans[0].spans[0].events.push(opentelemetry_proto::tonic::trace::v1::span::Event { name: "e".into(), attributes: vec![kv.clone()], ..Default::default() });
+        places.push(("event", rs));
+        for (place, rs) in places {
+            let got = scan_traces(&encode(rs));
+            if levels <= MAX_ANY_VALUE_DEPTH {
+                assert!(got.is_ok(), "{levels} levels in a {place} attribute: {got:?}");
+            } else {
+                assert_eq!(got, Err(WireError::TooDeep), "{levels} levels in a {place} attribute");
+            }
+        }
+    }
 }
 
 #[test]

@@ -371,21 +371,24 @@ struct SpanFacts<'a> {
 /// Scans an encoded `TracesData` / `ExportTraceServiceRequest`.
 pub fn scan_traces(buf: &[u8]) -> Result<ScanReport, WireError> {
     let mut report = ScanReport::default();
-    walk(M::TracesData, buf, 0, 0, &mut report, &mut None)?;
+    walk(M::TracesData, buf, 0, 0, 0, &mut report, &mut None)?;
     Ok(report)
 }
 
-/// Nesting below `AnyValue` counts against [`MAX_ANY_VALUE_DEPTH`]; the fixed part of the schema
-/// above it is at most 6 levels deep.
+/// `values` counts the `AnyValue`s from the attribute down to `msg` (a plain attribute value is
+/// 1; each array or key-value list around it one more), held to [`MAX_ANY_VALUE_DEPTH`]. `depth`
+/// counts every message level and bounds the recursion whatever the schema (the fixed part above
+/// the first `AnyValue` is at most 6 levels; each `AnyValue` level adds at most 3).
 fn walk<'a>(
     msg: M,
     buf: &'a [u8],
     base: usize,
     depth: usize,
+    values: usize,
     report: &mut ScanReport,
     span: &mut Option<SpanFacts<'a>>,
 ) -> Result<(), WireError> {
-    if depth > MAX_ANY_VALUE_DEPTH * 2 + 8 {
+    if depth > MAX_ANY_VALUE_DEPTH * 3 + 8 {
         return Err(WireError::TooDeep);
     }
     let mut r = Reader::new(buf, base);
@@ -435,13 +438,14 @@ fn walk<'a>(
             F::Msg(sub) => {
                 r.expect(msg.name(), field, wt, LEN)?;
                 let (inner, at) = r.len_delimited()?;
-                let deeper = if matches!(sub, M::AnyValue) { depth + 2 } else { depth + 1 };
-                if sub == M::AnyValue && deeper / 2 > MAX_ANY_VALUE_DEPTH {
+                let deeper = depth + 1;
+                let values = values + usize::from(sub == M::AnyValue);
+                if values > MAX_ANY_VALUE_DEPTH {
                     return Err(WireError::TooDeep);
                 }
                 if sub == M::Span {
                     let mut facts = Some(SpanFacts::default());
-                    walk(sub, inner, at, deeper, report, &mut facts)?;
+                    walk(sub, inner, at, deeper, values, report, &mut facts)?;
                     let f = facts.unwrap_or_default();
                     let index = report.spans;
                     report.spans += 1;
@@ -451,7 +455,7 @@ fn walk<'a>(
                         report.invalid.push((index as u32, p));
                     }
                 } else {
-                    walk(sub, inner, at, deeper, report, span)?;
+                    walk(sub, inner, at, deeper, values, report, span)?;
                 }
             }
         }

@@ -48,6 +48,9 @@ struct AdmissionInner {
     wait: std::time::Duration,
     /// End-to-end acknowledgements: how long to wait for the sinks (None: do not wait).
     ack: Option<std::time::Duration>,
+    /// The receiver's shutdown: a batch still waiting for room when it comes is refused
+    /// (`shutting_down`, retryable) rather than admitted into a graph that is draining.
+    shutdown: Option<tokio_util::sync::CancellationToken>,
     accepted: metrics::Counter,
     refused_full: metrics::Counter,
     refused_shutdown: metrics::Counter,
@@ -74,6 +77,7 @@ impl Admission {
                 output,
                 wait,
                 ack: None,
+                shutdown: None,
             }),
         }
     }
@@ -82,6 +86,14 @@ impl Admission {
     pub(crate) fn with_acknowledgements(self, timeout: std::time::Duration) -> Self {
         let mut inner = std::sync::Arc::try_unwrap(self.inner).unwrap_or_else(|_| unreachable!("configured before it is shared"));
         inner.ack = Some(timeout);
+        Admission { inner: std::sync::Arc::new(inner) }
+    }
+
+    /// Refuses batches that are waiting for room once `shutdown` is cancelled (a batch with room
+    /// is still admitted: it is drained with the rest).
+    pub(crate) fn stopping_on(self, shutdown: tokio_util::sync::CancellationToken) -> Self {
+        let mut inner = std::sync::Arc::try_unwrap(self.inner).unwrap_or_else(|_| unreachable!("configured before it is shared"));
+        inner.shutdown = Some(shutdown);
         Admission { inner: std::sync::Arc::new(inner) }
     }
 
@@ -111,7 +123,16 @@ impl Admission {
             self.inner.refused_memory.increment(n);
             return Err(tracepipe_pipeline::Refused::Full);
         }
-        let r = self.inner.output.send_or_refuse(batch, self.inner.wait).await;
+        let send = self.inner.output.send_or_refuse(batch, self.inner.wait);
+        let r = match &self.inner.shutdown {
+            // Biased: a batch that finds room at once is admitted even while stopping.
+            Some(stop) => tokio::select! {
+                biased;
+                r = send => r,
+                _ = stop.cancelled() => Err(tracepipe_pipeline::Refused::Closed),
+            },
+            None => send.await,
+        };
         self.counted(r, n)
     }
 

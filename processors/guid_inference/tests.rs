@@ -159,9 +159,10 @@ fn concurrent_candidates_are_declined_not_guessed() {
 }
 
 #[test]
-fn a_hostile_guid_with_too_many_spans_is_left_alone_quickly() {
+fn a_hostile_guid_with_too_many_spans_is_left_alone_before_matching() {
     // 20,000 orphan CLIENT spans and SERVER spans sharing one guid on one node: quadratic
-    // matching would take minutes; it is refused in constant time instead.
+    // matching would take minutes; it is refused on the count, before any matching (no edge, no
+    // mark, every span as it was).
     let mut spans = Vec::new();
     for i in 0..10_000u32 {
         let b = (i % 250) as u8 + 1;
@@ -169,10 +170,8 @@ fn a_hostile_guid_with_too_many_spans_is_left_alone_quickly() {
         spans.push(span(b.wrapping_add(1).max(1), b, 0, 3, "n", "g", 10, 20));
     }
     let mut h = held(spans.clone());
-    let t0 = std::time::Instant::now();
     let o = resolve(&mut h, &rules(true));
-    assert!(o.too_large && o.edges == 0);
-    assert!(t0.elapsed() < std::time::Duration::from_millis(100));
+    assert!(o.too_large && o.edges == 0 && o.ambiguous == 0 && o.retraced == 0);
     assert_eq!(h.into_iter().map(|x| x.span).collect::<Vec<_>>(), spans);
 }
 

@@ -163,6 +163,16 @@ fn span_mark_bytes(policy: &str, span: &[u8], basis: Basis) -> Vec<u8> {
 
 /// Writes a kept trace's segments with their marks: one set of bytes for every span when no span
 /// has a tracestate, else each span's own.
+/// Writes one kept segment, marked or not.
+fn encode_kept(seg: &Segment, mark: bool, policy: &str, basis: Basis, per_span: bool, out: &mut Vec<u8>) {
+    let one = std::slice::from_ref(seg);
+    if mark {
+        encode_marked(one, policy, basis, per_span, out);
+    } else {
+        encode_segments(one, None, out);
+    }
+}
+
 fn encode_marked(segments: &[Segment], policy: &str, basis: Basis, per_span: bool, out: &mut Vec<u8>) {
     if per_span {
         encode_segments_with(segments, &mut |span| span_mark_bytes(policy, span, basis), out);
@@ -609,24 +619,46 @@ impl Shard {
             };
             self.sampled.insert(fp, Kept { policy, probability: d.probability.map_or(f32::NAN, |p| p as f32), threshold });
             let Trace { segments, summary, finalizers, bytes, .. } = t;
-            // Room for the whole trace at once (growing by doubling would take up to twice its
-            // size beside it), then each segment freed as soon as it is copied: a trace of
-            // `max_trace_bytes` never exists three times over.
-            let framing: usize = segments.iter().map(|s| s.env.resource.len() + s.env.scope.len() + 20).sum();
-            let marks = if self.cfg.mark_policy { summary.spans as usize * MARK_BYTES_PER_SPAN } else { 0 };
-            self.out.buf.reserve_exact(bytes + framing + marks);
             let name = d.policy.and_then(|i| self.policies.list.get(i)).map_or("", |p| p.name.as_str());
-            for seg in segments {
-                let one = std::slice::from_ref(&seg);
-                if self.cfg.mark_policy {
-                    encode_marked(one, name, d.basis, summary.trace_state, &mut self.out.buf);
-                } else {
-                    encode_segments(one, None, &mut self.out.buf);
+            let marks_per_span = if self.cfg.mark_policy { MARK_BYTES_PER_SPAN } else { 0 };
+            let framing = |s: &Segment| s.env.resource.len() + s.env.scope.len() + 20;
+            if bytes + summary.spans as usize * marks_per_span <= OUT_BATCH_BYTES {
+                // Room for the whole trace at once (growing by doubling would take up to twice
+                // its size beside it).
+                let room: usize = segments.iter().map(framing).sum::<usize>() + bytes + summary.spans as usize * marks_per_span;
+                self.out.buf.reserve_exact(room);
+                for seg in segments {
+                    encode_kept(&seg, self.cfg.mark_policy, name, d.basis, summary.trace_state, &mut self.out.buf);
                 }
+                self.out.spans += summary.spans as usize;
+                self.out.finalizers.extend(finalizers);
+                self.out.maybe_seal();
+            } else {
+                // A big trace leaves in output batches of about OUT_BATCH_BYTES, each segment freed
+                // as soon as it is copied, so the allocator reuses the freed segments for the next
+                // batch: the trace never exists twice over (copied whole into one batch, a 40 MB
+                // trace took 40 MB more at its decision). Every batch carries the trace's
+                // acknowledgements; they are released when the last is delivered.
+                let mut pending = 0usize;
+                for seg in segments {
+                    let n = super::trace::FramedIter { buf: &seg.spans }.count();
+                    let size = framing(&seg) + seg.spans.len() + n * marks_per_span;
+                    if !self.out.buf.is_empty() && self.out.buf.len() + size > OUT_BATCH_BYTES {
+                        self.out.spans += pending;
+                        pending = 0;
+                        self.out.finalizers.extend(finalizers.iter().cloned());
+                        self.out.seal();
+                    }
+                    if self.out.buf.capacity() - self.out.buf.len() < size {
+                        self.out.buf.reserve_exact(size.max(OUT_BATCH_BYTES.saturating_sub(self.out.buf.len())));
+                    }
+                    encode_kept(&seg, self.cfg.mark_policy, name, d.basis, summary.trace_state, &mut self.out.buf);
+                    pending += n;
+                }
+                self.out.spans += pending;
+                self.out.finalizers.extend(finalizers);
+                self.out.maybe_seal();
             }
-            self.out.spans += summary.spans as usize;
-            self.out.finalizers.extend(finalizers);
-            self.out.maybe_seal();
             self.charge(-(bytes as i64));
         } else {
             self.not_sampled.insert(fp);
@@ -859,6 +891,33 @@ pub fn restore(dir: &std::path::Path, name: &str, front: &Front, policies: &Poli
     tracing::info!(message = "Saved traces taken up.", processor = %name, traces = restored);
 }
 
+/// Runs one decider. On a multi-threaded runtime each decider gets a thread of its own (the
+/// future is driven there with the runtime's handle, so its timers and channels are the
+/// runtime's): a decider allocates every held trace's buffers and frees them when it decides, and
+/// on one thread mimalloc reuses and returns those pages; as a task moved between workers it
+/// freed blocks on other threads than it allocated them, and the pages of a million small traces
+/// stayed resident (issue 26: a million one-span traces peaked 3.1-5.3x `max_bytes`). On a
+/// current-thread runtime (unit tests with a paused clock) it is a task.
+fn spawn_decider(
+    fut: impl std::future::Future<Output = Result<(), ComponentError>> + Send + 'static,
+    i: usize,
+) -> std::io::Result<tokio::sync::oneshot::Receiver<Result<(), ComponentError>>> {
+    let (done, result) = tokio::sync::oneshot::channel();
+    let handle = tokio::runtime::Handle::current();
+    if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread {
+        tokio::spawn(async move {
+            let _ = done.send(fut.await);
+        });
+        return Ok(result);
+    }
+    std::thread::Builder::new()
+        .name(format!("decide-{i}"))
+        .spawn(move || {
+            let _ = done.send(handle.block_on(fut));
+        })?;
+    Ok(result)
+}
+
 /// Builds the processor task.
 pub async fn build(cfg: TailSamplingConfig, mut ctx: ComponentContext) -> Result<ComponentFuture, BuildError> {
     let mut input = ctx.take_input()?;
@@ -880,7 +939,7 @@ pub async fn build(cfg: TailSamplingConfig, mut ctx: ComponentContext) -> Result
     let mut handles = Vec::new();
     for (i, shard) in deciders.into_iter().enumerate() {
         let (tx, rx) = mpsc::channel::<Incoming>(2);
-        handles.push(tokio::spawn(shard.run(rx, output.clone(), name.clone(), i)));
+        handles.push(spawn_decider(shard.run(rx, output.clone(), name.clone(), i), i).map_err(|e| ctx.error(format!("cannot start decider thread {i}: {e}")))?);
         senders.push(tx);
     }
     Ok(Box::pin(async move {
@@ -914,7 +973,7 @@ pub async fn build(cfg: TailSamplingConfig, mut ctx: ComponentContext) -> Result
             match h.await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => result = Err(e),
-                Err(e) => result = Err(stopped(format!("a decider failed: {e}"))),
+                Err(_) => result = Err(stopped("a decider failed (it panicked; see the log above)".into())),
             }
         }
         result

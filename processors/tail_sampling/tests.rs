@@ -582,6 +582,43 @@ fn acknowledgements_wait_for_the_decision_and_follow_kept_spans() {
 }
 
 #[test]
+fn a_big_kept_trace_leaves_in_batches_of_about_four_mib_each_carrying_its_acknowledgement() {
+    // 30 requests of 500 spans of ~1 KB: one trace of ~15 MB in 30 segments.
+    let c = cfg("decision_wait: 1s\nmax_trace_bytes: 64MiB\nmark_policy: true\npolicies:\n  - { name: all, type: always_sample }\n");
+    let (mut shard, front) = test_shard(c);
+    let done = Arc::new(AtomicUsize::new(0));
+    let t0 = Instant::now();
+    for r in 0..30u8 {
+        let d = done.clone();
+        let fin = Finalizer::new(move |_| {
+            d.fetch_add(1, Ordering::SeqCst);
+        });
+        let spans = (0..500u32).map(|i| with_attr(span(7, ((r as u32 * 500 + i) % 250) as u8, 0, 0, 1), kv("pad", s(&"x".repeat(1000))))).collect();
+        let b = encode(spans, svc("big")).with_finalizer(fin);
+        for p in front.split(&b) {
+            shard.ingest(p, t0);
+        }
+    }
+    shard.expire(t0 + Duration::from_secs(1));
+    let out = shard.take_ready();
+    assert!(out.len() >= 4, "{} batches", out.len());
+    for b in &out {
+        assert!(b.encoded_len() <= 4 * 1024 * 1024 + 600 * 1024, "a batch of {} bytes", b.encoded_len());
+        assert_eq!(b.finalizers().len(), 30, "every batch of the trace carries all its acknowledgements");
+    }
+    assert_eq!(done.load(Ordering::SeqCst), 0, "acknowledged before the batches were delivered");
+    let total: usize = out.iter().map(|b| b.span_count()).sum();
+    assert_eq!(total, 15_000);
+    let spans = decoded(out);
+    assert_eq!(spans.len(), 15_000);
+    assert!(spans.iter().all(|(t, _, attrs, res)| trace_id(t) == tid_of(7)
+        && attrs.iter().any(|a| a.key == "tracepipe.sampling.policy")
+        && res.iter().any(|a| a.key == "service.name")));
+    assert_eq!(done.load(Ordering::SeqCst), 30, "released once every batch carrying them is dropped");
+    assert_eq!(shard.held_span_bytes(), 0);
+}
+
+#[test]
 fn shutdown_decides_on_what_it_has_or_drops_when_asked() {
     for drop_pending in [false, true] {
         let c = cfg(&format!("decision_wait: 30s\ndrop_pending_traces_on_shutdown: {drop_pending}\npolicies:\n  - {{ name: all, type: always_sample }}\n"));

@@ -22,7 +22,7 @@ struct AppState {
 
 /// Binds the listener and returns the serving task.
 pub async fn serve(cfg: &HttpConfig, output: Output, wait: Duration, ctx: &ComponentContext) -> Result<ComponentFuture, BuildError> {
-    let state = AppState { adm: Admission::new(&ctx.name, TRANSPORT, output, wait), limit: cfg.max_request_body_size.get() as usize };
+    let state = AppState { adm: Admission::new(&ctx.name, TRANSPORT, output, wait).stopping_on(ctx.shutdown.clone()), limit: cfg.max_request_body_size.get() as usize };
     let app = axum::Router::new().route("/api/traces", axum::routing::post(traces)).with_state(state);
     crate::serve::http(&cfg.endpoint, "thrift_http", app, ctx).await
 }

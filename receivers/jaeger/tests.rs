@@ -250,12 +250,51 @@ fn emit_batch_prelude(o: &mut dyn TOutputProtocol) {
         o.write_field_end().unwrap();
 }
 
+/// Counts, per thread, the largest single allocation asked for (the test harness runs tests on
+/// several threads): a decoder that trusted a hostile length would ask for it.
+struct LargestAllocation;
+
+thread_local! {
+    static LARGEST: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+fn note(size: usize) {
+    let _ = LARGEST.try_with(|m| m.set(m.get().max(size)));
+}
+
+unsafe impl std::alloc::GlobalAlloc for LargestAllocation {
+    unsafe fn alloc(&self, l: std::alloc::Layout) -> *mut u8 {
+        note(l.size());
+        unsafe { std::alloc::System.alloc(l) }
+    }
+    unsafe fn alloc_zeroed(&self, l: std::alloc::Layout) -> *mut u8 {
+        note(l.size());
+        unsafe { std::alloc::System.alloc_zeroed(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: std::alloc::Layout) {
+        unsafe { std::alloc::System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: std::alloc::Layout, new: usize) -> *mut u8 {
+        note(new);
+        unsafe { std::alloc::System.realloc(p, l, new) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: LargestAllocation = LargestAllocation;
+
+/// Runs `f`; returns its result and the largest single allocation it asked for.
+fn largest_allocation<T>(f: impl FnOnce() -> T) -> (T, usize) {
+    LARGEST.with(|m| m.set(0));
+    let r = f();
+    (r, LARGEST.with(|m| m.get()))
+}
+
 #[test]
 fn hostile_payloads_fail_without_allocating() {
     // Compact: message header, then a list header claiming 2^31-1 elements.
     let b = sample_batch();
     let good = emit_batch(&b, Protocol::Compact, true);
-    let t0 = std::time::Instant::now();
     // Binary strict: emitBatch with a spans list of i32::MAX elements.
     let mut evil: Vec<u8> = Vec::new();
     {
@@ -264,7 +303,9 @@ fn hostile_payloads_fail_without_allocating() {
         o.write_field_begin(&TFieldIdentifier::new("spans", TType::List, 2)).unwrap();
         o.write_list_begin(&TListIdentifier::new(TType::Struct, i32::MAX)).unwrap();
     }
-    let err = model::decode_emit_batch(&evil, Protocol::Binary).unwrap_err().to_string();
+    let (r, largest) = largest_allocation(|| model::decode_emit_batch(&evil, Protocol::Binary));
+    let err = r.unwrap_err().to_string();
+    assert!(largest < 64 * 1024, "a list claiming 2^31 elements made a {largest}-byte allocation");
     assert!(err.contains("2147483647") || err.contains("too long") || err.to_lowercase().contains("size"), "{err}");
     // A string claiming 1 GiB.
     let mut s: Vec<u8> = Vec::new();
@@ -273,7 +314,15 @@ fn hostile_payloads_fail_without_allocating() {
         o.write_message_begin(&TMessageIdentifier::new("emitBatch", TMessageType::OneWay, 1)).unwrap();
     }
     s.extend_from_slice(&[0x0c, 0x00, 0x01, 0x0c, 0x00, 0x01, 0x0b, 0x00, 0x01, 0x40, 0x00, 0x00, 0x00, b'x']);
-    assert!(model::decode_emit_batch(&s, Protocol::Binary).is_err());
+    let (r, largest) = largest_allocation(|| model::decode_emit_batch(&s, Protocol::Binary));
+    assert!(r.is_err());
+    assert!(largest < 64 * 1024, "a string claiming 1 GiB made a {largest}-byte allocation");
+    // The check can fail: the same decode of a real 1 MiB string allocates it.
+    let mut real = s[..s.len() - 5].to_vec();
+    real.extend_from_slice(&(1u32 << 20).to_be_bytes());
+    real.extend(std::iter::repeat_n(b'x', 1 << 20));
+    let (_, largest) = largest_allocation(|| model::decode_emit_batch(&real, Protocol::Binary));
+    assert!(largest >= 1 << 20, "{largest}");
     // Truncated, garbage, wrong method.
     assert!(model::decode_emit_batch(&good[..good.len() / 2], Protocol::Compact).is_err());
     assert!(model::decode_emit_batch(&[0xff; 64], Protocol::Compact).is_err());
@@ -288,8 +337,9 @@ fn hostile_payloads_fail_without_allocating() {
             o.write_field_begin(&TFieldIdentifier::new("x", TType::Struct, 9)).unwrap();
         }
     }
-    assert!(model::decode_emit_batch(&deep, Protocol::Binary).is_err());
-    assert!(t0.elapsed() < std::time::Duration::from_secs(1));
+    let (r, largest) = largest_allocation(|| model::decode_emit_batch(&deep, Protocol::Binary));
+    assert!(r.is_err());
+    assert!(largest < 64 * 1024, "{largest}");
 }
 
 mod props {

@@ -30,7 +30,7 @@ pub async fn serve(cfg: &UdpConfig, protocol: Protocol, output: Output, wait: Du
     tracing::info!(message = "Receiver listening.", receiver = %ctx.name, transport = "udp", protocol = ?protocol, address = %socket.local_addr().map(|a| a.to_string()).unwrap_or_default());
     let (tx, rx) = mpsc::channel::<Bytes>(cfg.queue_packets);
     let rx = Arc::new(Mutex::new(rx));
-    let adm = Admission::new(&ctx.name, TRANSPORT, output, wait);
+    let adm = Admission::new(&ctx.name, TRANSPORT, output, wait).stopping_on(ctx.shutdown.clone());
     let name = ctx.name.clone();
     let max = cfg.max_packet_size;
     let shutdown = ctx.shutdown.clone();

@@ -64,13 +64,17 @@ pub(crate) struct Ingest {
 }
 
 impl Ingest {
-    fn new(cfg: &LightstepConfig, name: &str, output: Output) -> Self {
+    fn new(cfg: &LightstepConfig, name: &str, output: Output, shutdown: Option<tokio_util::sync::CancellationToken>) -> Self {
         let wait = cfg.admission_timeout.get();
+        let stopping = |a: Admission| match &shutdown {
+            Some(s) => a.stopping_on(s.clone()),
+            None => a,
+        };
         let unauth = |t: &'static str| metrics::counter!(names::RECEIVER_UNAUTHENTICATED_REQUESTS, "receiver" => name.to_owned(), "transport" => t);
         Ingest {
             cfg: Arc::new(cfg.clone()),
-            grpc: Admission::new(name, "grpc", output.clone(), wait),
-            http: Admission::new(name, "http", output, wait),
+            grpc: stopping(Admission::new(name, "grpc", output.clone(), wait)),
+            http: stopping(Admission::new(name, "http", output, wait)),
             unauthenticated_grpc: unauth("grpc"),
             unauthenticated_http: unauth("http"),
         }
@@ -245,7 +249,7 @@ impl tonic::server::NamedService for GrpcService {
 pub async fn build(cfg: LightstepConfig, mut ctx: ComponentContext) -> Result<ComponentFuture, BuildError> {
     let output = ctx.take_output()?;
     ctx.health.expect_receiver(&ctx.name);
-    let ingest = Ingest::new(&cfg, &ctx.name, output);
+    let ingest = Ingest::new(&cfg, &ctx.name, output, Some(ctx.shutdown.clone()));
     let mut tasks: Vec<ComponentFuture> = Vec::new();
     if let Some(g) = &cfg.grpc {
         let addr = g.endpoint.to_string();

@@ -23,7 +23,7 @@ fn report(token: &str, spans: usize) -> Vec<u8> {
 fn the_token_is_checked_before_the_report_is_decoded() {
     let (tx, _input) = Input::channel(1);
     let cfg = config(&["good"]);
-    let ingest = Ingest::new(&cfg, "ls", Output::new(vec![tx]));
+    let ingest = Ingest::new(&cfg, "ls", Output::new(vec![tx]), None);
     // 50,000 spans behind a wrong token: refused from the auth field, spans skipped unread.
     assert!(ingest.check_token_early(&report("bad", 50_000), None, "http").is_err());
     assert!(ingest.check_token_early(&report("good", 10), None, "http").is_ok());
@@ -35,6 +35,6 @@ fn the_token_is_checked_before_the_report_is_decoded() {
     assert!(ingest.check_token_early(b"\x12\xff\xff\xff\x0f", None, "http").is_ok());
     // No token list: anything goes.
     let (tx, _input) = Input::channel(1);
-    let open = Ingest::new(&config(&[]), "ls", Output::new(vec![tx]));
+    let open = Ingest::new(&config(&[]), "ls", Output::new(vec![tx]), None);
     assert!(open.check_token_early(&report("anything", 10), None, "http").is_ok());
 }

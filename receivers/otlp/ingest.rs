@@ -71,13 +71,17 @@ struct Inner {
 impl Ingest {
     #[cfg(test)]
     pub fn new(name: &str, output: Output, wait: Duration) -> Self {
-        Self::with_acknowledgements(name, output, wait, None)
+        Self::with_acknowledgements(name, output, wait, None, None)
     }
 
     /// With `ack`, each request's answer waits (at most that long) until the sinks have it.
-    pub fn with_acknowledgements(name: &str, output: Output, wait: Duration, ack: Option<Duration>) -> Self {
+    /// With `shutdown`, a request still waiting for room when it is cancelled is refused.
+    pub fn with_acknowledgements(name: &str, output: Output, wait: Duration, ack: Option<Duration>, shutdown: Option<tokio_util::sync::CancellationToken>) -> Self {
         let adm = |t: Transport, o: Output| {
-            let a = Admission::new(name, t.label(), o, wait);
+            let mut a = Admission::new(name, t.label(), o, wait);
+            if let Some(s) = &shutdown {
+                a = a.stopping_on(s.clone());
+            }
             match ack {
                 Some(d) => a.with_acknowledgements(d),
                 None => a,

@@ -31,7 +31,7 @@ use tracepipe_pipeline::topology::{BuildError, ComponentContext, ComponentFuture
 pub async fn build(config: OtlpConfig, mut ctx: ComponentContext) -> Result<ComponentFuture, BuildError> {
     let output = ctx.take_output()?;
     let ack = config.acknowledgements.enabled.then(|| config.acknowledgements.timeout.get());
-    let ingest = ingest::Ingest::with_acknowledgements(&ctx.name, output, config.admission_timeout.get(), ack);
+    let ingest = ingest::Ingest::with_acknowledgements(&ctx.name, output, config.admission_timeout.get(), ack, Some(ctx.shutdown.clone()));
     ctx.health.expect_receiver(&ctx.name);
     let mut servers: Vec<ComponentFuture> = Vec::new();
     if let Some(g) = &config.grpc {

@@ -70,7 +70,7 @@ async fn acknowledgements_answer_what_the_sinks_did() {
         .encode_to_vec(),
     );
     let (tx, mut input) = Input::channel(4);
-    let ingest = Ingest::with_acknowledgements("in", Output::new(vec![tx]), std::time::Duration::from_millis(100), Some(std::time::Duration::from_secs(5)));
+    let ingest = Ingest::with_acknowledgements("in", Output::new(vec![tx]), std::time::Duration::from_millis(100), Some(std::time::Duration::from_secs(5)), None);
     // The "sink": marks each batch as told, after a moment, or holds it past the timeout.
     let sink = tokio::spawn(async move {
         for what in [Some(BatchStatus::Delivered), Some(BatchStatus::Errored), Some(BatchStatus::Rejected), None] {
@@ -95,6 +95,7 @@ async fn acknowledgements_answer_what_the_sinks_did() {
     assert_eq!(answer(ingest.protobuf(Transport::Grpc, body.clone()).await), "rejected");
     let t1 = tokio::time::Instant::now();
     assert_eq!(answer(ingest.protobuf(Transport::Grpc, body.clone()).await), "retry", "no answer within the timeout");
-    assert!(t1.elapsed() < std::time::Duration::from_secs(6));
+    // (paused clock: exactly the 5 s timeout, not a wall-clock guess)
+    assert!(t1.elapsed() >= std::time::Duration::from_secs(5) && t1.elapsed() < std::time::Duration::from_millis(5_010), "{:?}", t1.elapsed());
     sink.await.unwrap();
 }

@@ -33,7 +33,7 @@ impl AppState {
 /// Binds the listener and returns the serving task.
 pub async fn serve(cfg: &ZipkinConfig, output: Output, ctx: &ComponentContext) -> Result<ComponentFuture, BuildError> {
     let state = AppState {
-        adm: Admission::new(&ctx.name, TRANSPORT, output, cfg.admission_timeout.get()),
+        adm: Admission::new(&ctx.name, TRANSPORT, output, cfg.admission_timeout.get()).stopping_on(ctx.shutdown.clone()),
         limit: cfg.max_request_body_size.get() as usize,
         envoy_ids: cfg.envoy_proto_ids,
     };

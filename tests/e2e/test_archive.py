@@ -280,8 +280,7 @@ def test_default_graph_archives_out_of_the_box(tmp_path):
         wait_port(ports["grpc"], what="tracepipe run")
         tp, memory = provider("grpc", f"http://127.0.0.1:{ports['grpc']}")
         emit_rich_trace(tp)
-        tp.shutdown()
-        time.sleep(0.5)
+        tp.shutdown()  # exported and answered: SIGTERM must now drain it into the archive
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0, (tmp_path / "run.log").read_text()
@@ -323,3 +322,74 @@ processors:
     assert len(rec) >= want, f"{len(rec)} spans recorded, {want} expected"
     missing, extra = sorted(set(rec) - set(rep)), sorted(set(rep) - set(rec))
     assert rep == rec, f"{len(rep)} replayed vs {len(rec)} recorded; first missing {missing[:1]}, first extra {extra[:1]}"
+
+
+T0 = 1_795_341_600_000_000_000  # 2026-11-22T10:00:00Z
+
+
+def archive_timed_traces(path: Path, n: int) -> list:
+    """`n` one-span traces from the SDK, trace k starting at T0 + k seconds; returns their span ids."""
+    port = free_port()
+    with archiver(path, port) as a:
+        tp, memory = provider("grpc", f"http://127.0.0.1:{port}")
+        tracer = tp.get_tracer("e2e.timed")
+        for k in range(n):
+            s = tracer.start_span(f"t{k}", start_time=T0 + k * 1_000_000_000)
+            s.end(end_time=T0 + k * 1_000_000_000 + 1_000_000)
+        tp.shutdown()
+        sent = memory.get_finished_spans()
+        wait_for(lambda: archived(a.metrics()) >= n, what="spans archived")
+        assert a.stop() == 0, a.logs()
+    return [f"{s.get_span_context().span_id:016x}" for s in sent]
+
+
+def test_replay_window_speed_and_destination_forms(tmp_path):
+    """`--from`/`--to TIME` select [from, to) by start time, whichever order `--to` comes in;
+    `--speed 2x` keeps half the gaps; `http://` is OTLP/HTTP; `satellite+insecure://` is
+    OTLP/gRPC in plaintext with `--access-token` as the `lightstep-access-token` header."""
+    import grpc
+    from concurrent import futures
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+    archive = tmp_path / "traces"
+    ids = archive_timed_traces(archive, 6)
+    b, _, b_http, out = far_end()
+    with b:
+        # The end time before the URL, then after it: the same window, spans 2 and 3.
+        for k, order in enumerate((["--to", "2026-11-22T10:00:04Z", "--to", f"http://127.0.0.1:{b_http}/v1/traces"],
+                                   ["--to", f"http://127.0.0.1:{b_http}/v1/traces", "--to", "2026-11-22T10:00:04Z"])):
+            p = subprocess.run([tracepipe_bin(), "replay", "--archive", str(archive), "--from", "2026-11-22T10:00:02Z", *order],
+                               capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+            assert p.returncode == 0, p.stderr
+            wait_for(lambda: len(read_jsonl_spans(out)) >= 2 * (k + 1), what="the window's spans")
+            # (replay exits once its sink flushed: what it sent is all in the file by now)
+            assert sorted(s["span"]["spanId"] for s in read_jsonl_spans(out)) == sorted(ids[2:4] * (k + 1)), order
+        # Paced: 5 s of gaps at 2x take at least 2.5 s (unpaced, this replay takes well under 1 s).
+        started = time.time()
+        p = subprocess.run([tracepipe_bin(), "replay", "--archive", str(archive), "--speed", "2x", "--to", f"http://127.0.0.1:{b_http}/v1/traces"],
+                           capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+        took = time.time() - started
+        assert p.returncode == 0 and "replay: 6/6 spans sent" in p.stderr, p.stderr
+        assert took >= 2.4, f"--speed 2x replayed 5 s of traffic in {took:.2f} s"
+    # satellite+insecure:// with --access-token: a plain grpcio OTLP server sees the header.
+    received, metadata = [], []
+
+    def export(req, context):
+        received.append(req)
+        metadata.append(dict(context.invocation_metadata()))
+        return b""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("opentelemetry.proto.collector.trace.v1.TraceService", {
+        "Export": grpc.unary_unary_rpc_method_handler(export, request_deserializer=lambda b: b, response_serializer=lambda b: b)}),))
+    port = free_port()
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    try:
+        env = {k: v for k, v in os.environ.items() if k != "LIGHTSTEP_ACCESS_TOKEN"}
+        p = subprocess.run([tracepipe_bin(), "replay", "--archive", str(archive), "--to", f"satellite+insecure://127.0.0.1:{port}", "--access-token", "tok-9"],
+                           capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL, env=env)
+        assert p.returncode == 0, p.stderr
+        got = [sp.span_id.hex() for b_ in received for rs in ExportTraceServiceRequest.FromString(b_).resource_spans for ss in rs.scope_spans for sp in ss.spans]
+        assert sorted(got) == sorted(ids)
+        assert metadata and all(m.get("lightstep-access-token") == "tok-9" for m in metadata), metadata
+    finally:
+        server.stop(0)

@@ -161,11 +161,14 @@ def test_remote_sampling_with_a_real_client(tmp_path):
         wait_for(lambda: "operationSampling" in http_get(f"http://127.0.0.1:{j.sampling}/sampling?service=jc-orders")[1], what="reload")
         res = run([JC_PY, PEERS / "jaeger_client_send.py", "remote", j.compact, j.sampling, "GET /orders", "GET /health"])
         assert res == {"GET /orders": 10, "GET /health": 0}
-        # A broken file keeps the previous strategies.
+        # A broken file keeps the previous strategies: wait until the reload was tried and refused
+        # (logged), then check what is served.
         strat.write_text("{ not json")
-        import time
-        time.sleep(0.6)
+        wait_for(lambda: "Sampling strategies not reloaded" in j.tp.logs(), what="the broken file refused")
         assert "operationSampling" in http_get(f"http://127.0.0.1:{j.sampling}/sampling?service=jc-orders")[1]
+        # And the next good file is taken up again.
+        strat.write_text(json.dumps({"service_strategies": [{"service": "jc-orders", "type": "probabilistic", "param": 0.25}]}))
+        wait_for(lambda: json.loads(http_get(f"http://127.0.0.1:{j.sampling}/sampling?service=jc-orders")[1])["probabilisticSampling"]["samplingRate"] == 0.25, what="reload after a broken file")
 
 
 def test_malformed_oversized_and_hostile_datagrams_are_counted():

@@ -8,7 +8,6 @@ import base64
 import json
 import re
 import subprocess
-import time
 
 from google.protobuf.json_format import MessageToDict
 from opentelemetry.proto.trace.v1 import trace_pb2
@@ -193,7 +192,8 @@ sinks:
             sent = memory.get_finished_spans()
             files = [r.dir / "spans.jsonl" for r in replicas]
             wait_for(lambda: sum(len(read_jsonl_spans(f)) for f in files) >= len(sent), timeout=60, what="every span at the gateway tier")
-            time.sleep(1)
+            # Committed to the end: nothing can be read again, so counting now is final.
+            wait_for(lambda: kafka.committed_to_end("gw", "gateway"), timeout=30, what="the group committed every partition to its end")
             got = [read_jsonl_spans(f) for f in files]
             compare(sent, got[0] + got[1])  # exactly once: as many spans as were sent, each span id once
             assert got[0] and got[1], "both replicas got partitions"
@@ -248,7 +248,7 @@ def test_consumer_commits_what_it_delivered_and_skips_malformed_records(tmp_path
             out.unlink()
             with consumer:  # same group: starts after the committed offset
                 wait_for(lambda: len(read_jsonl_spans(out)) >= 5, timeout=60, what="second trace consumed")
-                time.sleep(1.5)
+                wait_for(lambda: kafka.committed_to_end("in", "gateway"), timeout=30, what="the group committed the partition to its end")
                 second = [s for s in memory.get_finished_spans() if s not in first]
                 compare(second, read_jsonl_spans(out))  # only the new trace: nothing read twice
                 assert consumer.stop() == 0, consumer.logs()

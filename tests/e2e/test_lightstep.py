@@ -78,6 +78,15 @@ def test_lightstep_python_tracer_over_http():
         r = subprocess.run([str(LS_PY), str(Path(__file__).parent / "peers/lightstep_send.py"), str(ls.http), "bad-token", "1"], capture_output=True, text=True, timeout=60)
         assert r.returncode == 0, r.stderr
         wait_for(lambda: metric_sum(ls.tp.metrics(), "tracepipe_receiver_unauthenticated_requests_total", receiver="satellite_in") >= 1, what="unauthenticated counted")
+        refused = metric_sum(ls.tp.metrics(), "tracepipe_receiver_unauthenticated_requests_total", receiver="satellite_in")
+        # The tracer swallows the answer; the same wrong token, sent directly, gets 401 and a
+        # ReportResponse naming the reason, and one more count.
+        for headers, data in (({"Lightstep-Access-Token": "bad-token", "Content-Type": "application/json"}, b'{"spans": []}'),
+                              ({"Content-Type": "application/json"}, b'{"auth": {"accessToken": "bad-token"}, "spans": []}')):
+            r = requests.post(f"http://127.0.0.1:{ls.http}/api/v2/reports", data=data, headers=headers)
+            assert r.status_code == 401, (r.status_code, r.text)
+            assert r.json()["errors"] and "token" in r.json()["errors"][0].lower(), r.text
+        assert metric_sum(ls.tp.metrics(), "tracepipe_receiver_unauthenticated_requests_total", receiver="satellite_in") == refused + 2
         assert len(read_jsonl_spans(ls.out)) == 10
         assert ls.tp.stop() == 0
 
@@ -132,11 +141,28 @@ def test_grpc_client_generated_from_our_proto(tmp_path):
         assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert metric_sum(ls.tp.metrics(), "tracepipe_receiver_malformed_requests_total", receiver="satellite_in", transport="grpc", reason="protobuf") == 1
         # JSON over HTTP, token in the header.
-        body = {"reporter": {"tags": [{"key": "lightstep.component_name", "stringValue": "json-svc"}]},
-                "spans": [{"spanContext": {"traceId": "12", "spanId": "34"}, "operationName": "j", "startTimestamp": "2026-11-22T10:00:00Z", "durationMicros": "5"}]}
+        body = {"reporter": {"reporterId": "77", "tags": [{"key": "lightstep.component_name", "stringValue": "json-svc"}, {"key": "region", "stringValue": "eu"}]},
+                "timestampOffsetMicros": "-2",
+                "spans": [{"spanContext": {"traceId": "12", "spanId": "34"}, "operationName": "j", "startTimestamp": "2026-11-22T10:00:00Z", "durationMicros": "5",
+                           "references": [{"relationship": "CHILD_OF", "spanContext": {"traceId": "12", "spanId": "33"}},
+                                          {"relationship": "FOLLOWS_FROM", "spanContext": {"traceId": "99", "spanId": "98"}}],
+                           "tags": [{"key": "span.kind", "stringValue": "server"}, {"key": "error", "boolValue": True},
+                                    {"key": "http.status_code", "intValue": "503"}, {"key": "ratio", "doubleValue": 0.25}, {"key": "guid:x-request-id", "stringValue": "j1"}],
+                           "logs": [{"timestamp": "2026-11-22T10:00:00.000003Z", "fields": [{"key": "event", "stringValue": "retry"}, {"key": "attempt", "intValue": 2}]}]}]}
         r = requests.post(f"http://127.0.0.1:{ls.http}/api/v2/reports", json=body, headers={"Lightstep-Access-Token": "good-token"})
         assert r.status_code == 200, r.text
+        assert r.json() == {"errors": [], "commands": []}, r.text
         wait_for(lambda: len(read_jsonl_spans(ls.out)) >= 3, what="the JSON span")
+        j = {s["name"]: s for s in ls.spans()}["j"]
+        t0 = 1_795_341_600_000_000_000  # 2026-11-22T10:00:00Z
+        assert j["trace_id"] == "0" * 16 + "%016x" % 12 and j["span_id"] == "%016x" % 34
+        assert j["parent_span_id"] == "%016x" % 33, "CHILD_OF is the parent"
+        assert j["links"] == [("0" * 16 + "%016x" % 99, "%016x" % 98, {"opentracing.ref_type": "follows_from"})]
+        assert j["start"] == t0 - 2_000 and j["end"] - j["start"] == 5_000, "timestampOffsetMicros and durationMicros"
+        assert j["kind"] == 2 and j["status"] == (2, ""), "span.kind and error tags become kind and status"
+        assert j["attributes"] == {"http.status_code": 503, "ratio": 0.25, "guid:x-request-id": "j1"}
+        assert j["events"] == [("retry", t0 + 3_000 - 2_000, {"attempt": 2})]
+        assert j["resource"]["service.name"] == "json-svc" and j["resource"]["region"] == "eu"
         r = requests.post(f"http://127.0.0.1:{ls.http}/api/v2/reports", data=b"\xff\xff", headers={"Content-Type": "application/octet-stream", "Lightstep-Access-Token": "good-token"})
         assert r.status_code == 400
         r = requests.post(f"http://127.0.0.1:{ls.http}/api/v2/reports", data=b"[", headers={"Content-Type": "application/json"})

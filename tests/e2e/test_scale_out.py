@@ -49,6 +49,7 @@ class Topology:
 
     def __init__(self, kafka, groupers=2, samplers=3, later=0):
         """`later` of the sampler replicas are left for the test to start."""
+        self.kafka = kafka
         kafka.create_topic("tracepipe-spans", 4)
         kafka.create_topic("tracepipe-requests", 6)
         env = {"KAFKA_BROKERS": kafka.bootstrap}
@@ -79,6 +80,12 @@ class Topology:
     def __exit__(self, *exc):
         for p in self.procs + self.later:
             p.__exit__()
+
+    def committed_to_end(self) -> bool:
+        """Both consumer groups committed every partition to its end: every record was decided
+        and delivered (a record is committed only then) and none will be read again, so what the
+        backends hold now is final."""
+        return self.kafka.committed_to_end("tracepipe-spans", "tracepipe-group") and self.kafka.committed_to_end("tracepipe-requests", "tracepipe-sample")
 
     def delivered(self):
         """Per replica: request id -> the spans of it that replica's backend got."""
@@ -169,7 +176,8 @@ def test_whole_requests_decided_once_across_three_replicas():
         assert 0 < len(keep) < n
         wait_for(lambda: sum(len(s) for got in topo.delivered() for s in got.values()) >= per * len(keep), timeout=120,
                  what=f"{per * len(keep)} kept spans at the backends")
-        time.sleep(8)  # anything that would arrive twice or late
+        # Anything that would arrive twice or late has arrived once both groups committed to the end.
+        wait_for(topo.committed_to_end, timeout=120, what="both consumer groups committed to the end")
         got, whole, partial, twice = deliveries(topo, requests, per)
         slow = slow_requests(topo) - keep
         keep |= slow
@@ -220,7 +228,8 @@ def test_a_replica_killed_mid_run_loses_nothing_and_delivers_nothing_partially()
             return (got, whole, partial, twice) if keep <= got else None
 
         wait_for(complete, timeout=180, what="every kept request at the backends")
-        time.sleep(10)
+        # Anything that would arrive twice or late has arrived once both groups committed to the end.
+        wait_for(topo.committed_to_end, timeout=120, what="both consumer groups committed to the end")
         got, whole, partial, twice = deliveries(topo, requests, per)
         slow = slow_requests(topo) - keep
         keep |= slow
@@ -261,7 +270,8 @@ def test_a_replica_added_and_one_stopped_mid_run_lose_nothing():
             requests = expected(mesh, n)
         keep = {g for g, (root, fail) in requests.items() if fail or kept_by_baseline(root, 10)}
         wait_for(lambda: keep <= deliveries(topo, requests, per)[0], timeout=180, what="every kept request at the backends")
-        time.sleep(10)
+        # Anything that would arrive twice or late has arrived once both groups committed to the end.
+        wait_for(topo.committed_to_end, timeout=120, what="both consumer groups committed to the end")
         got, whole, partial, twice = deliveries(topo, requests, per)
         slow = slow_requests(topo) - keep
         keep |= slow

@@ -88,9 +88,14 @@ def test_otel_zipkin_json_exporter_field_for_field():
         tp.shutdown()
         wait_for(lambda: len(read_jsonl_spans(z.out)) >= 3, what="3 spans")
         got = {normalise_json(i)["span_id"]: normalise_json(i) for i in read_jsonl_spans(z.out)}
-        for s in mem.get_finished_spans():
+        finished = mem.get_finished_spans()
+        assert len(finished) == 3 and len(read_jsonl_spans(z.out)) == 3 and set(got) == {normalise_sdk(s)["span_id"] for s in finished}
+        assert metric_sum(z.tp.metrics(), "tracepipe_receiver_accepted_spans_total", receiver="mesh") == 3
+        for s in finished:
             w = normalise_sdk(s)
             g = got[w["span_id"]]
+            # Zipkin carries the resource as the local endpoint's service name only.
+            assert g["resource"] == {"service.name": "otel-zipkin"}, g["resource"]
             for f in ("trace_id", "parent_span_id", "name", "scope", "status"):
                 assert g[f] == w[f], (f, g[f], w[f])
             assert g["kind"] == (0 if w["kind"] == 1 else w["kind"]), "Zipkin has no INTERNAL kind"
