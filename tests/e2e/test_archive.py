@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from harness import Tracepipe, far_end, free_port, metric_sum, read_jsonl_spans, tracepipe_bin, wait_for
-from sdk import emit_rich_trace, normalise_json, normalise_sdk, provider
+from sdk import compare_everything, emit_full_trace, emit_rich_trace, normalise_json, normalise_sdk, provider
 from test_otlp_roundtrip import compare
 
 DOCUMENTED = {  # column -> pyarrow type, as pipeline/archive/schema.rs documents it
@@ -49,13 +49,14 @@ def archived(m: dict, **labels) -> float:
     return metric_sum(m, "tracepipe_sink_sent_spans_total", **labels) + metric_sum(m, "tracepipe_sink_parquet_pending_spans", **labels)
 
 
-def archive_sdk_spans(path: Path, traces: int, workers=1):
+def archive_sdk_spans(path: Path, traces: int, workers=1, full=False):
+    """Archives `traces` SDK traces (`full`: every field the SDK can set, see sdk.emit_full_trace)."""
     port = free_port()
     # With several workers, batches of 10 so that each worker gets some (the input's lock is fair).
     with archiver(path, port, workers=workers, batch=100 if workers == 1 else 10) as a:
-        tp, memory = provider("grpc", f"http://127.0.0.1:{port}")
+        tp, memory = provider("grpc", f"http://127.0.0.1:{port}", full=full)
         for i in range(traces):
-            emit_rich_trace(tp, f"-{i}")
+            (emit_full_trace if full else emit_rich_trace)(tp, f"-{i}")
         tp.shutdown()
         sent = memory.get_finished_spans()
         wait_for(lambda: archived(a.metrics()) >= len(sent), what="spans archived")
@@ -125,6 +126,23 @@ sinks:
         assert "Every component has finished" in r.logs()
         wait_for(lambda: len(read_jsonl_spans(out)) >= len(sent), what="replayed spans at the far end")
         compare(sent, read_jsonl_spans(out))
+        compare_everything(sent, out)
+
+
+def test_every_field_the_sdk_sets_survives_archive_and_replay(tmp_path):
+    """Flags (remote parent), tracestate, dropped attribute/event/link counts, schema URLs, scope
+    attributes: SDK -> archive -> replay -> OTLP, every span's protobuf equal to what the SDK's own
+    encoder makes of it."""
+    archive = tmp_path / "traces"
+    sent = archive_sdk_spans(archive, 5, full=True)
+    assert any(s.dropped_attributes for s in sent) and any(s.dropped_events for s in sent) and any(s.dropped_links for s in sent)
+    b, b_grpc, _, out = far_end()
+    with b:
+        p = subprocess.run([tracepipe_bin(), "replay", "--archive", str(archive), "--to", f"grpc://127.0.0.1:{b_grpc}"],
+                           capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+        assert p.returncode == 0, p.stderr
+        wait_for(lambda: len(read_jsonl_spans(out)) >= len(sent), what="replayed spans at the far end")
+        compare_everything(sent, out)
 
 
 def test_replay_cli_filters_whole_traces(tmp_path):

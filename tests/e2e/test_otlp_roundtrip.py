@@ -5,7 +5,7 @@ tracepipe -> OTLP/JSON file; and the same path through Rotel in both directions.
 import pytest
 
 from harness import Rotel, Tracepipe, far_end, free_port, metric_sum, read_jsonl_spans, wait_for
-from sdk import emit_rich_trace, normalise_json, normalise_sdk, provider
+from sdk import compare_everything, emit_rich_trace, normalise_json, normalise_sdk, provider
 
 
 def forwarder_graph(grpc_port: int, http_port: int, target: str, protocol: str, compression: str) -> str:
@@ -59,6 +59,7 @@ def test_sdk_through_tracepipe_field_for_field(client, sink_protocol, compressio
         assert len(sent) == 5
         wait_for(lambda: len(read_jsonl_spans(out)) >= 5, what="5 spans at the far end")
         compare(sent, read_jsonl_spans(out))
+        compare_everything(sent, out)
         ma = a.metrics()
         transport = "grpc" if client == "grpc" else "http"
         assert metric_sum(ma, "tracepipe_receiver_accepted_spans_total", receiver="apps", transport=transport) == 5

@@ -56,7 +56,16 @@ pub(crate) fn every_field() -> Vec<ResourceSpans> {
     };
     vec![
         ResourceSpans {
-            resource: Some(Resource { attributes: vec![kv("service.name", Some(Value::StringValue("reviews".into()))), kv("k", Some(Value::IntValue(7)))], dropped_attributes_count: 1, entity_refs: vec![] }),
+            resource: Some(Resource {
+                attributes: vec![kv("service.name", Some(Value::StringValue("reviews".into()))), kv("k", Some(Value::IntValue(7)))],
+                dropped_attributes_count: 1,
+                entity_refs: vec![opentelemetry_proto::tonic::common::v1::EntityRef {
+                    schema_url: "https://e/1".into(),
+                    r#type: "service".into(),
+                    id_keys: vec!["service.name".into()],
+                    description_keys: vec!["k".into()],
+                }],
+            }),
             scope_spans: vec![
                 ScopeSpans { scope: Some(InstrumentationScope { name: "sc".into(), version: "1".into(), attributes: attrs[..2].to_vec(), dropped_attributes_count: 1 }), spans: (0..20).map(|i| span(i, i % 5 == 0)).collect(), schema_url: "https://s/1".into() },
                 ScopeSpans { scope: None, spans: vec![], schema_url: String::new() },

@@ -99,3 +99,29 @@ fn an_unreadable_json_value_keeps_its_key_without_a_value() {
     assert_eq!((attrs[0].key.as_str(), attrs[0].value.is_none()), ("tags", true));
     assert_eq!(attrs[1], kv("s", Some(Value::StringValue("x".into()))));
 }
+
+#[test]
+fn entity_refs_schema_urls_flags_and_dropped_counts_come_back() {
+    use opentelemetry_proto::tonic::common::v1::{EntityRef, InstrumentationScope};
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+    use opentelemetry_proto::tonic::trace::v1::span;
+    let refs = vec![
+        EntityRef { schema_url: "https://e/1".into(), r#type: "k8s.pod".into(), id_keys: vec!["k8s.pod.uid".into()], description_keys: vec!["k8s.pod.name".into()] },
+        EntityRef { schema_url: String::new(), r#type: "service".into(), id_keys: vec!["service.name".into(), "service.namespace".into()], description_keys: vec![] },
+    ];
+    let mut spans = one_span(vec![kv("a", Some(Value::StringValue("x".into())))]);
+    spans[0].resource = Some(Resource { attributes: vec![kv("service.name", Some(Value::StringValue("s".into())))], dropped_attributes_count: 2, entity_refs: refs });
+    spans[0].schema_url = "https://r/1".into();
+    spans[0].scope_spans[0].schema_url = "https://s/1".into();
+    spans[0].scope_spans[0].scope = Some(InstrumentationScope { name: "sc".into(), version: "1".into(), attributes: vec![kv("t", Some(Value::IntValue(1)))], dropped_attributes_count: 3 });
+    let sp = &mut spans[0].scope_spans[0].spans[0];
+    sp.flags = 0x301;
+    sp.trace_state = "ot=th:8,vendor=abc".into();
+    sp.dropped_attributes_count = 4;
+    sp.dropped_events_count = 5;
+    sp.dropped_links_count = 6;
+    sp.links = vec![span::Link { trace_id: vec![7; 16], span_id: vec![8; 8], trace_state: "x=y".into(), attributes: vec![], dropped_attributes_count: 1, flags: 0x100 }];
+    let b = to_record_batch(&spans).unwrap();
+    assert!(!column::<StringArray>(&b, "resource_entity_refs").is_null(0));
+    assert_eq!(from_record_batch(&b).unwrap(), spans);
+}
