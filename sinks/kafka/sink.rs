@@ -67,6 +67,8 @@ enum Outcome {
     Shutdown,
     /// The broker refused it for good (too large, not authorized, invalid topic, ...).
     Permanent,
+    /// A span larger than `max_message_bytes` on its own: dropped before sending.
+    TooLarge,
 }
 
 fn classify(e: &KafkaError) -> Outcome {
@@ -102,6 +104,7 @@ impl Settler {
             Outcome::Exhausted => self.m.exhausted.increment(n),
             Outcome::Shutdown => self.m.shutdown.increment(n),
             Outcome::Permanent => self.m.permanent.increment(n),
+            Outcome::TooLarge => self.m.too_large.increment(n),
         }
     }
 
@@ -113,7 +116,9 @@ impl Settler {
         let mut note = |outcome: Outcome, msg: String, worst: &mut BatchStatus| {
             let status = match outcome {
                 Outcome::Delivered => BatchStatus::Delivered,
-                Outcome::Permanent => BatchStatus::Rejected,
+                // A span dropped for its size fails the batch for good: with acknowledgements the
+                // sender is told (not retried: it would be dropped again).
+                Outcome::Permanent | Outcome::TooLarge => BatchStatus::Rejected,
                 Outcome::Exhausted | Outcome::Shutdown => BatchStatus::Errored,
             };
             *worst = (*worst).max(status);
@@ -222,8 +227,8 @@ pub async fn build(cfg: KafkaSinkConfig, mut ctx: ComponentContext) -> Result<Co
                 tracing::warn!(message = "Resource attributes cut: copying them into every trace's record would exceed the batch's budget.", sink = %name, attributes = records.truncated_attributes);
             }
             if records.oversized_spans > 0 {
-                m.too_large.increment(records.oversized_spans as u64);
                 tracing::error!(message = "Span larger than max_message_bytes on its own; dropped.", sink = %name, spans = records.oversized_spans, max_message_bytes = layout.max_bytes);
+                p.failed.push((Outcome::TooLarge, records.oversized_spans, format!("span larger than max_message_bytes ({})", layout.max_bytes)));
             }
             for r in records.records {
                 loop {
@@ -320,12 +325,12 @@ impl crate::queue::driver::Deliver for DurableKafka {
         if records.truncated_attributes > 0 {
             m.truncated.increment(records.truncated_attributes);
         }
-        if records.oversized_spans > 0 {
-            m.too_large.increment(records.oversized_spans as u64);
-            tracing::error!(message = "Span larger than max_message_bytes on its own; dropped.", sink = %self.settler.name, spans = records.oversized_spans, max_message_bytes = self.layout.max_bytes);
-        }
         let mut futs = Vec::with_capacity(records.records.len());
         let mut failed: Vec<(Outcome, usize, String)> = Vec::new();
+        if records.oversized_spans > 0 {
+            tracing::error!(message = "Span larger than max_message_bytes on its own; dropped.", sink = %self.settler.name, spans = records.oversized_spans, max_message_bytes = self.layout.max_bytes);
+            failed.push((Outcome::TooLarge, records.oversized_spans, format!("span larger than max_message_bytes ({})", self.layout.max_bytes)));
+        }
         for r in records.records {
             loop {
                 let mut rec = FutureRecord::<str, [u8]>::to(&self.topic).payload(&r.payload[..]);

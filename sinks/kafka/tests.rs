@@ -400,3 +400,113 @@ fn a_huge_resource_over_many_traces_is_cut_not_copied_into_every_record() {
     let small = batch(4, 5, 10);
     assert_eq!(layout.records(&small, None).unwrap().truncated_attributes, 0);
 }
+
+/// The sink's counters, read from a local recorder installed while it is built.
+mod counted {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+
+    use super::*;
+
+    fn failed(snap: &Snapshotter, reason: &str) -> u64 {
+        snap.snapshot()
+            .into_vec()
+            .into_iter()
+            .filter(|(k, ..)| k.key().name() == "tracepipe_sink_failed_spans_total" && k.key().labels().any(|l| l.key() == "reason" && l.value() == reason))
+            .map(|(.., v)| match v {
+                DebugValue::Counter(c) => c,
+                other => panic!("{other:?}"),
+            })
+            .sum()
+    }
+
+    async fn run(cfg: KafkaSinkConfig, batches: Vec<Batch>) -> (Snapshotter, Vec<BatchStatus>) {
+        let recorder = DebuggingRecorder::new();
+        let snap = recorder.snapshotter();
+        let (tx, input) = Input::channel(4);
+        let task = {
+            let _local = metrics::set_default_local_recorder(&recorder);
+            super::super::build(cfg, ctx(input, CancellationToken::new())).await.unwrap()
+        };
+        let h = tokio::spawn(task);
+        let mut statuses = Vec::new();
+        for b in batches {
+            let (b, s) = tracked(b);
+            tx.send(b).await.unwrap();
+            statuses.push(s);
+        }
+        drop(tx);
+        tokio::time::timeout(Duration::from_secs(30), h).await.expect("the sink ends").unwrap().unwrap();
+        let mut out = Vec::new();
+        for mut s in statuses {
+            out.push(s.recv().await.expect("a status"));
+        }
+        (snap, out)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_broker_refusal_for_good_is_permanent_rejected_and_counted() {
+        let mock = MockCluster::new(1).unwrap();
+        mock.create_topic("spans", 1, 1).unwrap();
+        // Not retriable: librdkafka fails the record at once.
+        mock.request_errors(RDKafkaApiKey::Produce, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 4]);
+        let cfg = KafkaSinkConfig { partition_traces_by_id: false, ..sink_config(&mock.bootstrap_servers(), "spans") };
+        let (snap, statuses) = run(cfg, vec![batch(2, 2, 10)]).await;
+        assert_eq!(statuses, vec![BatchStatus::Rejected]);
+        assert_eq!(failed(&snap, "permanent"), 4);
+        assert_eq!(failed(&snap, "retries_exhausted"), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_span_larger_than_max_message_bytes_is_counted_the_rest_delivered() {
+        let mock = MockCluster::new(1).unwrap();
+        mock.create_topic("spans", 1, 1).unwrap();
+        let cfg = KafkaSinkConfig { max_message_bytes: ByteSize(4000), ..sink_config(&mock.bootstrap_servers(), "spans") };
+        // Trace 1: two spans of ~5 kB (each alone over the limit); the other batch fits.
+        let (snap, statuses) = run(cfg, vec![batch(1, 2, 5000), batch(3, 2, 10)]).await;
+        assert_eq!(failed(&snap, "message_too_large"), 2);
+        assert_eq!(statuses[1], BatchStatus::Delivered);
+        assert_ne!(statuses[0], BatchStatus::Delivered, "a batch with a dropped span is not reported delivered");
+        let bs = mock.bootstrap_servers();
+        let recs = tokio::task::spawn_blocking(move || consume(&bs, "spans", 1, 3)).await.unwrap();
+        assert_eq!(recs.len(), 3, "the three traces that fit, one record each");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_librdkafka_buffer_stops_the_input_until_the_broker_takes_it() {
+        let mock = MockCluster::new(1).unwrap();
+        mock.create_topic("spans", 1, 1).unwrap();
+        mock.broker_down(1).unwrap();
+        let mut cfg = KafkaSinkConfig { partition_traces_by_id: false, max_message_bytes: ByteSize(64 * 1024), ..sink_config(&mock.bootstrap_servers(), "spans") };
+        cfg.max_buffer_bytes = ByteSize(256 * 1024);
+        cfg.message_timeout = CfgDuration::from_secs(60);
+        let (tx, input) = Input::channel(1);
+        let h = tokio::spawn(super::super::build(cfg, ctx(input, CancellationToken::new())).await.unwrap());
+        // Batches of ~40 kB: the 256 KiB buffer takes about six, the channel one more; then
+        // sends wait.
+        let mut sent = 0usize;
+        let mut statuses = Vec::new();
+        loop {
+            let (b, s) = tracked(batch(4, 10, 1000));
+            match tokio::time::timeout(Duration::from_millis(500), tx.send(b)).await {
+                Ok(r) => {
+                    r.unwrap();
+                    statuses.push(s);
+                    sent += 1;
+                    assert!(sent < 50, "the input never stopped: the buffer is not bounded");
+                }
+                Err(_) => break,
+            }
+        }
+        assert!(sent >= 3, "stopped after {sent} batches");
+        // The broker comes back: everything waiting is delivered and the input moves again.
+        mock.broker_up(1).unwrap();
+        let (b, s) = tracked(batch(4, 10, 1000));
+        tokio::time::timeout(Duration::from_secs(30), tx.send(b)).await.expect("input moves again").unwrap();
+        statuses.push(s);
+        drop(tx);
+        tokio::time::timeout(Duration::from_secs(60), h).await.expect("drains").unwrap().unwrap();
+        for mut s in statuses {
+            assert_eq!(s.recv().await, Some(BatchStatus::Delivered));
+        }
+    }
+}

@@ -321,6 +321,14 @@ pub(crate) fn classify_grpc(s: &Status) -> ExportError {
     if says_too_large(s) {
         return ExportError::TooLarge(message);
     }
+    // A status the server never sent: tonic made it from a local transport error (a connection
+    // reset or a GOAWAY while the request was in flight: "h2 protocol error" as INTERNAL, a
+    // refused connection as UNKNOWN). It carries that error as its source; a status read from the
+    // server's trailers has none. The server never judged the request: retry it. (Seen: an
+    // upstream stopped with SIGTERM mid-export made 500 queued spans "fail permanently".)
+    if std::error::Error::source(s).is_some() {
+        return ExportError::Retryable { message, retry_after: None };
+    }
     match s.code() {
         Code::Unavailable | Code::Aborted | Code::DeadlineExceeded | Code::Cancelled | Code::OutOfRange | Code::DataLoss => {
             ExportError::Retryable { message, retry_after: None }

@@ -81,6 +81,15 @@ fn grpc_codes_classified_as_the_otel_exporters_do() {
     }
     // Transport failures reported as UNKNOWN are retried.
     assert_eq!(kind(&classify_grpc(&Status::new(Code::Unknown, "transport error"))), "retryable");
+    // Statuses tonic makes from local h2 errors (the connection torn down mid-request): INTERNAL
+    // "h2 protocol error", RESOURCE_EXHAUSTED for ENHANCE_YOUR_CALM; the same codes from the
+    // server stay permanent (above).
+    for reason in [h2::Reason::PROTOCOL_ERROR, h2::Reason::INTERNAL_ERROR, h2::Reason::ENHANCE_YOUR_CALM] {
+        let local = Status::from_error(Box::new(h2::Error::from(reason)));
+        assert!(matches!(local.code(), Code::Internal | Code::ResourceExhausted), "{local:?}");
+        assert_eq!(kind(&classify_grpc(&local)), "retryable", "{local:?}");
+    }
+    assert_eq!(kind(&classify_grpc(&Status::from_error(Box::new(std::io::Error::other("connection reset"))))), "retryable");
 }
 
 #[test]

@@ -120,6 +120,56 @@ fn files_appear_atomically_in_hour_partitions_and_roll() {
     assert_eq!(read_all(&files[1]), rich(10, T0 + 3600 * 1_000_000_000));
 }
 
+#[test]
+fn at_most_sixteen_files_are_open_and_a_seventeenth_partition_closes_the_oldest() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = ParquetSinkConfig { max_clock_skew: tracepipe_config::Duration::from_secs(0), path: dir.path().to_path_buf(), ..Default::default() };
+    let mut w = ArchiveWriter::new(cfg);
+    let now = Instant::now();
+    // Spans of 16 different hours: 16 partitions, 16 open files, nothing closed yet.
+    for h in 0..16u64 {
+        assert!(w.write(&rich(3, T0 + h * 3600 * 1_000_000_000), now + std::time::Duration::from_millis(h)).unwrap().is_empty(), "hour {h}");
+    }
+    assert_eq!(w.open_files(), 16);
+    assert!(layout::closed_files(dir.path()).unwrap().is_empty());
+    // A 17th hour closes the file opened first (hour 11 of T0's day), and only it.
+    let closed = w.write(&rich(3, T0 + 16 * 3600 * 1_000_000_000), now + std::time::Duration::from_millis(20)).unwrap();
+    assert_eq!(closed.len(), 1);
+    assert_eq!(w.open_files(), 16);
+    let files = layout::closed_files(dir.path()).unwrap();
+    assert_eq!(files.len(), 1);
+    assert!(files[0].starts_with(dir.path().join("date=2026-11-18/hour=11")), "{:?}", files[0]);
+    assert_eq!(w.close_all().unwrap().len(), 16);
+    assert_eq!(layout::closed_files(dir.path()).unwrap().len(), 17);
+}
+
+#[test]
+fn a_file_rolls_at_max_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = ParquetSinkConfig {
+        max_clock_skew: tracepipe_config::Duration::from_secs(0),
+        path: dir.path().to_path_buf(),
+        roll: Roll { max_bytes: tracepipe_config::ByteSize(64 * 1024), ..Roll::default() },
+        ..Default::default()
+    };
+    let mut w = ArchiveWriter::new(cfg);
+    let now = Instant::now();
+    let mut closed = Vec::new();
+    for k in 0..40u64 {
+        closed.extend(w.write(&rich(50, T0 + k), now).unwrap());
+    }
+    closed.extend(w.close_all().unwrap());
+    assert!(closed.len() >= 2, "{} files: never rolled at 64 KiB", closed.len());
+    let files = layout::closed_files(dir.path()).unwrap();
+    assert_eq!(files.len(), closed.len());
+    // Each file but the last stopped at the first write that took it to the bound.
+    let rows: usize = files.iter().map(|f| read_all(f).iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum::<usize>()).sum();
+    assert_eq!(rows, 40 * 51);
+    for f in &files {
+        assert!(std::fs::metadata(f).unwrap().len() < 4 * 64 * 1024, "{f:?} is {} bytes", std::fs::metadata(f).unwrap().len());
+    }
+}
+
 /// The usual case, encoded batches (straight to Parquet pages): the same files and rows as
 /// decoded spans, including a batch across the hour (the Arrow path splits it into the same
 /// files) and row groups cut by `row_group_rows`.

@@ -123,8 +123,13 @@ def http_get(url: str, timeout: float = 5.0):
         return e.code, e.read().decode()
 
 
+# Every metric name seen in a scrape during this pytest run, with the label names it carried
+# (test_zz_metric_coverage.py checks README's metrics table against it).
+SEEN_METRICS: dict = {}
+
+
 def parse_metrics(text: str) -> dict:
-    """Prometheus text -> {(name, frozenset(labels)): value}."""
+    """Prometheus text -> {(name, frozenset(labels)): value}; records what it saw in SEEN_METRICS."""
     out = {}
     for line in text.splitlines():
         if not line or line.startswith("#"):
@@ -143,7 +148,8 @@ def parse_metrics(text: str) -> dict:
         try:
             out[key] = float(value)
         except ValueError:
-            pass
+            continue
+        SEEN_METRICS.setdefault(key[0], set()).update(k for k, _ in key[1])
     return out
 
 
@@ -199,6 +205,10 @@ class Tracepipe:
     def stop(self, sig=signal.SIGTERM, timeout: float = 60.0) -> int:
         if self.proc is None or self.proc.poll() is not None:
             return self.proc.returncode if self.proc else 0
+        try:
+            self.metrics()  # the final state, for the metrics coverage check
+        except (OSError, AssertionError):
+            pass
         self.proc.send_signal(sig)
         try:
             return self.proc.wait(timeout=timeout)

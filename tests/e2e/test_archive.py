@@ -388,6 +388,19 @@ def test_replay_window_speed_and_destination_forms(tmp_path):
         took = time.time() - started
         assert p.returncode == 0 and "replay: 6/6 spans sent" in p.stderr, p.stderr
         assert took >= 2.4, f"--speed 2x replayed 5 s of traffic in {took:.2f} s"
+    # The archive receiver in a graph, paced at 1x (5 s): its read counter, scraped while it runs.
+    b, b_grpc, _, out = far_end()
+    with b, Tracepipe(f"""
+receivers:
+  replay: {{ type: archive, path: {archive}, speed: 1x }}
+sinks:
+  out: {{ type: otlp, inputs: [replay], endpoint: "http://127.0.0.1:{b_grpc}" }}
+""", "paced") as r:
+        # (the read runs ahead of the paced sends: all 6 are read long before the last goes out)
+        wait_for(lambda: metric_sum(r.metrics(), "tracepipe_receiver_archive_read_spans_total", receiver="replay") == 6, what="the archive read")
+        assert metric_sum(r.metrics(), "tracepipe_sink_sent_spans_total", sink="out") < 6, "paced at 1x: not all sent yet"
+        assert r.proc.wait(timeout=60) == 0, r.logs()
+        wait_for(lambda: len(read_jsonl_spans(out)) >= 6, what="the paced replay's spans")
     # satellite+insecure:// with --access-token: a plain grpcio OTLP server sees the header.
     received, metadata = [], []
 
