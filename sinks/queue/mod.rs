@@ -146,6 +146,11 @@ pub struct DiskQueue {
     low_space: std::sync::atomic::AtomicBool,
     /// The ballast file ([`RESERVE_NAME`]).
     reserve: PathBuf,
+    /// Ids removed by non-durable commits since the last durable one. Reopening after an I/O
+    /// error goes back to that durable commit and brings them back; the driver has forgotten
+    /// them, so they would sit in the file (on a full disk: for good, and every append fails).
+    /// They are removed again, durably, right after the reopen.
+    unsynced: std::sync::Mutex<Vec<u64>>,
 }
 
 fn encode(id: u64, spans: u32, payload: &[u8]) -> Vec<u8> {
@@ -214,7 +219,7 @@ impl DiskQueue {
                 create(&path).map_err(store)?
             }
         };
-        let q = DiskQueue { db: std::sync::RwLock::new(Some(db)), path, low_space: false.into(), reserve: dir.join(RESERVE_NAME) };
+        let q = DiskQueue { db: std::sync::RwLock::new(Some(db)), path, low_space: false.into(), reserve: dir.join(RESERVE_NAME), unsynced: Default::default() };
         q.refill_reserve();
         if !salvaged.is_empty() {
             let db = q.db.read().expect("queue db");
@@ -283,7 +288,18 @@ impl DiskQueue {
             // Another caller may have reopened it already; a second reopen costs a little, no harm.
             drop(db.take());
             match create(&self.path) {
-                Ok(fresh) => *db = Some(fresh),
+                Ok(fresh) => {
+                    let mut lost = self.unsynced.lock().expect("unsynced");
+                    if !lost.is_empty() {
+                        // Kept for the next reopen when this fails too (the database then needs
+                        // one, and this runs again).
+                        match Self::remove_in(&fresh, &lost, true) {
+                            Ok(()) => lost.clear(),
+                            Err(e) => tracing::warn!(message = "Disk queue could not remove again what the reopen brought back; will retry.", records = lost.len(), error = %e),
+                        }
+                    }
+                    *db = Some(fresh);
+                }
                 Err(e) => tracing::warn!(message = "Disk queue reopen after an I/O error failed; will retry.", path = %self.path.display(), error = %e),
             }
         }
@@ -292,7 +308,16 @@ impl DiskQueue {
 
     /// Appends records with ids `first_id..`, durably (one commit, synced to disk).
     pub fn append(&self, first_id: u64, records: &[(u32, Bytes)]) -> Result<(), QueueError> {
-        self.with_db(|db| Self::append_in(db, first_id, records))
+        let r = self.with_db(|db| Self::append_in(db, first_id, records));
+        if r.is_ok() {
+            self.synced();
+        }
+        r
+    }
+
+    /// A durable commit went through: every earlier removal is on disk.
+    fn synced(&self) {
+        self.unsynced.lock().expect("unsynced").clear();
     }
 
     /// True from a failed write until the ballast file could be written again: removals are
@@ -354,27 +379,42 @@ impl DiskQueue {
     /// append): a crash before the next durable commit delivers them again.
     pub fn remove(&self, ids: &[u64]) -> Result<(), QueueError> {
         let durable = self.low_space.load(std::sync::atomic::Ordering::Relaxed);
-        self.with_db(|db| {
-            let mut tx = db.begin_write().map_err(store)?;
-            if !durable {
-                tx.set_durability(Durability::None).map_err(store)?;
+        if !durable {
+            // Noted before the commit: removing them again after a reopen is right whether or
+            // not this commit went through (they are delivered either way).
+            self.unsynced.lock().expect("unsynced").extend_from_slice(ids);
+        }
+        let r = self.with_db(|db| Self::remove_in(db, ids, durable));
+        if r.is_ok() && durable {
+            self.synced();
+        }
+        r
+    }
+
+    fn remove_in(db: &Database, ids: &[u64], durable: bool) -> Result<(), QueueError> {
+        let mut tx = db.begin_write().map_err(store)?;
+        if !durable {
+            tx.set_durability(Durability::None).map_err(store)?;
+        }
+        {
+            let mut table = tx.open_table(RECORDS).map_err(store)?;
+            for id in ids {
+                table.remove(id).map_err(store)?;
             }
-            {
-                let mut table = tx.open_table(RECORDS).map_err(store)?;
-                for id in ids {
-                    table.remove(id).map_err(store)?;
-                }
-            }
-            tx.commit().map_err(store)
-        })
+        }
+        tx.commit().map_err(store)
     }
 
     /// Makes every earlier commit durable.
     pub fn sync(&self) -> Result<(), QueueError> {
-        self.with_db(|db| {
+        let r = self.with_db(|db| {
             let tx = db.begin_write().map_err(store)?;
             tx.commit().map_err(store)
-        })
+        });
+        if r.is_ok() {
+            self.synced();
+        }
+        r
     }
 
     /// The queue file.
