@@ -254,6 +254,18 @@ pub async fn run<D: Deliver>(opened: Opened, mut input: Input, deliver: Arc<D>, 
     Ok(())
 }
 
+/// With `drop_newest`, or once shutting down, refuses batches that cannot be written now (counted
+/// `queue_full`, status `Errored`) and says so; otherwise the caller keeps waiting.
+fn refused(shared: &Shared, records: &[(Batch, u32, Bytes)], settings: &Settings, shutdown: &CancellationToken) -> bool {
+    if !(settings.drop_newest || shutdown.is_cancelled()) {
+        return false;
+    }
+    let n: usize = records.iter().map(|(b, ..)| b.span_count()).sum();
+    shared.m.queue_full.increment(n as u64);
+    records.iter().for_each(|(b, ..)| b.set_status(BatchStatus::Errored));
+    true
+}
+
 /// Writes `records` in one durable commit, then acknowledges them and hands them to the workers.
 /// A failed write (disk full, I/O) is retried every second, holding the input (backpressure);
 /// with `drop_newest`, or once shutting down, the batches are refused instead (counted
@@ -279,10 +291,7 @@ async fn commit(shared: &Arc<Shared>, next_id: &mut u64, mut records: Vec<(Batch
             blocking(move || sh.q.low_space() && !sh.q.try_leave_low_space()).await
         };
         if low && shared.index.lock().expect("queue index").bytes > 0 && shared.freed.load(Relaxed) < size + LOW_SPACE_MARGIN {
-            if settings.drop_newest || shutdown.is_cancelled() {
-                let n: usize = records.iter().map(|(b, ..)| b.span_count()).sum();
-                shared.m.queue_full.increment(n as u64);
-                records.iter().for_each(|(b, ..)| b.set_status(BatchStatus::Errored));
+            if refused(shared, &records, settings, shutdown) {
                 return;
             }
             let _ = tokio::time::timeout(Duration::from_secs(10), shared.room.notified()).await;
@@ -308,10 +317,7 @@ async fn commit(shared: &Arc<Shared>, next_id: &mut u64, mut records: Vec<(Batch
                     tracing::error!(message = "Disk queue write failed; holding input until it succeeds.", sink = %settings.name, error = %e);
                     warned = true;
                 }
-                if settings.drop_newest || shutdown.is_cancelled() {
-                    let n: usize = records.iter().map(|(b, ..)| b.span_count()).sum();
-                    shared.m.queue_full.increment(n as u64);
-                    records.iter().for_each(|(b, ..)| b.set_status(BatchStatus::Errored));
+                if refused(shared, &records, settings, shutdown) {
                     return;
                 }
                 // Retry once a delivered batch was removed (it made room), or after a while
