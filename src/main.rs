@@ -352,6 +352,7 @@ async fn serve(graph: graph::ValidGraph, on_started: impl FnOnce()) -> anyhow::R
     let telemetry = graph.file.telemetry.clone();
     let handle = tracepipe_pipeline::telemetry::install_recorder().map_err(|e| anyhow::anyhow!("cannot install the metrics recorder: {e}"))?;
     let final_handle = handle.clone();
+    let upkeep = tracepipe_pipeline::telemetry::spawn_upkeep(handle.clone());
     let health = tracepipe_pipeline::telemetry::Health::default();
     if let Some(limit) = tracepipe_pipeline::memory::start(&graph.file.memory, health.clone()) {
         tracing::info!(message = "Memory limit in force.", limit_bytes = limit, soft_ratio = graph.file.memory.soft_ratio);
@@ -378,6 +379,7 @@ async fn serve(graph: graph::ValidGraph, on_started: impl FnOnce()) -> anyhow::R
         _ = topology.failed() => tracing::error!(message = "A component failed; draining the rest of the graph and exiting with an error."),
     }
     let result = topology.stop(SHUTDOWN_DEADLINE).await;
+    upkeep.abort();
     server_stop.cancel();
     if let Some(s) = server {
         let _ = s.await;

@@ -25,6 +25,7 @@ mod processor;
 pub mod simulate;
 pub mod sql;
 pub mod state;
+pub mod table;
 pub mod trace;
 pub mod tracestate;
 

@@ -30,7 +30,8 @@ use super::cache::{Kept, NotSampledCache, SampledCache};
 use super::config::{OnFull, TailSamplingConfig};
 use super::policy::{Basis, Decision, Final, Policies};
 use super::state::{self, Saved, SavedTrace};
-use super::trace::{encode_segments, encode_segments_with, fingerprint, put_len, shard_of_fingerprint, split, IdMap, Incoming, Segment, Trace, TraceId, TRACE_OVERHEAD};
+use super::table::TraceTable;
+use super::trace::{acks_bytes, encode_segments, encode_segments_with, fingerprint, Acks, put_len, shard_of_fingerprint, split, Incoming, Segment, Trace, TraceId, TRACE_OVERHEAD};
 
 /// Traces decided together have their SQL predicates evaluated on one record batch of about
 /// this many spans.
@@ -248,7 +249,7 @@ pub struct Shard {
     policies: Arc<Policies>,
     /// Held-bytes counter shared by the processor.
     held: Arc<AtomicI64>,
-    traces: IdMap<Trace>,
+    traces: TraceTable,
     wait_q: VecDeque<(Instant, TraceId, u64)>,
     root_q: VecDeque<(Instant, TraceId, u64)>,
     seq: u64,
@@ -273,7 +274,7 @@ impl Shard {
             sampled: SampledCache::new(per(cfg.decision_cache.sampled_cache_size)),
             not_sampled: NotSampledCache::new(per(cfg.decision_cache.non_sampled_cache_size)),
             num_traces: per(cfg.num_traces as usize),
-            traces: IdMap::with_capacity_and_hasher(per(expected).min(1 << 22), Default::default()),
+            traces: TraceTable::with_capacity(per(expected).min(1 << 22)),
             cfg,
             policies,
             held,
@@ -288,19 +289,16 @@ impl Shard {
         }
     }
 
-    /// Bytes the index takes, from its allocations' capacities: the map's slots (key, `Trace`
-    /// and a control byte each, `capacity × 8/7` of them) and the two deadline queues.
+    /// Bytes the index takes, from its allocations' capacities: the trace table and the two
+    /// deadline queues.
     fn index_bytes(&self) -> i64 {
-        let slot = std::mem::size_of::<(TraceId, Trace)>() + 1;
         let entry = std::mem::size_of::<(Instant, TraceId, u64)>();
-        (self.traces.capacity() * 8 / 7 * slot + (self.wait_q.capacity() + self.root_q.capacity()) * entry) as i64
+        (self.traces.bytes() + (self.wait_q.capacity() + self.root_q.capacity()) * entry) as i64
     }
 
     /// Charges the change in the index's size; gives back room after a burst.
     fn recharge_index(&mut self) {
-        if self.traces.capacity() > 4096 && self.traces.len() * 4 < self.traces.capacity() {
-            self.traces.shrink_to(self.traces.len() * 2);
-        }
+        self.traces.shrink();
         if self.wait_q.capacity() > 4096 && self.wait_q.len() * 4 < self.wait_q.capacity() {
             self.wait_q.shrink_to(self.wait_q.len() * 2);
         }
@@ -367,17 +365,18 @@ impl Shard {
     pub fn ingest(&mut self, inc: Incoming, now: Instant) {
         self.batches += 1;
         let seq_batch = self.batches;
-        for g in &inc.groups {
+        let copied = inc.copy_out(&self.held);
+        for (gi, g) in inc.groups.iter().enumerate() {
             let spans = g.summary.spans;
             if let Some(t) = self.traces.get_mut(&g.id) {
                 let had_root = t.summary.root;
-                let added = t.append(&inc, g);
+                let added = t.append(&inc, &copied, gi);
                 let mut added = added;
                 if t.last_batch != seq_batch {
-                    let before = t.finalizers.capacity();
+                    let before = acks_bytes(&t.finalizers);
                     t.finalizers.extend(inc.finalizers.iter().cloned());
                     t.last_batch = seq_batch;
-                    let grown = (t.finalizers.capacity() - before) * std::mem::size_of::<Arc<Finalizer>>();
+                    let grown = acks_bytes(&t.finalizers) - before;
                     t.bytes += grown;
                     added += grown;
                 }
@@ -393,8 +392,7 @@ impl Shard {
             if let Some(k) = self.sampled.get(fp) {
                 // Late spans of a kept trace: pass them on now, marked as the trace was.
                 self.m.late_sampled.increment(spans);
-                let segs: Vec<Segment> =
-                    g.runs.iter().map(|(e, b, r)| Segment { env: inc.envs[*e as usize].clone(), spans: inc.run(*b, r).to_vec() }).collect();
+                let segs: Vec<Segment> = copied.segments(&inc, gi).collect();
                 if self.cfg.mark_policy {
                     let name = self.policies.list.get(k.policy as usize).map_or("", |p| p.name.as_str());
                     encode_marked(&segs, name, k.basis(), g.summary.trace_state, &mut self.out.buf);
@@ -412,18 +410,20 @@ impl Shard {
             }
             self.seq += 1;
             let deadline = now + self.cfg.decision_wait;
-            let fin_bytes = inc.finalizers.len() * std::mem::size_of::<Arc<Finalizer>>();
+            let finalizers: Acks = inc.finalizers.iter().cloned().collect();
+            let fin_bytes = acks_bytes(&finalizers);
             let mut t = Trace {
-                segments: Vec::new(),
+                segments: Default::default(),
                 summary: Default::default(),
                 bytes: TRACE_OVERHEAD + fin_bytes,
+                span_bytes: 0,
                 first: now,
                 seq: self.seq,
                 deadline,
-                finalizers: inc.finalizers.clone(),
+                finalizers,
                 last_batch: seq_batch,
             };
-            let added = t.append(&inc, g);
+            let added = t.append(&inc, &copied, gi);
             self.charge((added + TRACE_OVERHEAD + fin_bytes) as i64);
             let root = t.summary.root;
             self.traces.insert(g.id, t);
@@ -434,6 +434,7 @@ impl Shard {
             }
             self.check_caps(g.id, now);
         }
+        drop(copied);
         drop(inc);
         self.recharge_index();
         // Bounds over all traces.
@@ -461,7 +462,7 @@ impl Shard {
         let Some(t) = self.traces.get(&id) else { return };
         if t.summary.spans >= self.cfg.max_trace_spans {
             self.decide(id, Some(Early::TraceSpans), now);
-        } else if t.bytes as u64 >= self.cfg.max_trace_bytes {
+        } else if t.size() as u64 >= self.cfg.max_trace_bytes {
             self.decide(id, Some(Early::TraceBytes), now);
         }
     }
@@ -618,15 +619,15 @@ impl Shard {
                 _ => 0,
             };
             self.sampled.insert(fp, Kept { policy, probability: d.probability.map_or(f32::NAN, |p| p as f32), threshold });
-            let Trace { segments, summary, finalizers, bytes, .. } = t;
+            let Trace { segments, summary, finalizers, bytes, span_bytes, .. } = t;
             let name = d.policy.and_then(|i| self.policies.list.get(i)).map_or("", |p| p.name.as_str());
             let marks_per_span = if self.cfg.mark_policy { MARK_BYTES_PER_SPAN } else { 0 };
             let framing = |s: &Segment| s.env.resource.len() + s.env.scope.len() + 20;
-            if bytes + summary.spans as usize * marks_per_span <= OUT_BATCH_BYTES {
+            if span_bytes + summary.spans as usize * marks_per_span <= OUT_BATCH_BYTES {
                 // Room for the whole trace at once (growing by doubling would take up to twice
                 // its size beside it).
-                let room: usize = segments.iter().map(framing).sum::<usize>() + bytes + summary.spans as usize * marks_per_span;
-                self.out.buf.reserve_exact(room);
+                let room: usize = segments.iter().map(framing).sum::<usize>() + span_bytes + summary.spans as usize * marks_per_span;
+                self.out.buf.reserve(room);
                 for seg in segments {
                     encode_kept(&seg, self.cfg.mark_policy, name, d.basis, summary.trace_state, &mut self.out.buf);
                 }

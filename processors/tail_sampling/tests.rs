@@ -1118,3 +1118,72 @@ fn a_batch_that_does_not_decode_is_dropped_counted_and_reported_rejected() {
     assert!(shard.take_ready().is_empty());
     assert_eq!(shard.held_span_bytes(), 0, "envelopes of a half-walked batch are refunded");
 }
+
+#[test]
+fn traces_of_one_batch_share_its_chunk_which_is_refunded_with_the_last_of_them() {
+    let c = cfg("decision_wait: 30s\npolicies:\n  - { name: all, type: always_sample }\n");
+    let (mut shard, front) = test_shard(c);
+    let now = Instant::now();
+    for p in front.split(&encode(vec![span(1, 1, 0, 0, 1), span(2, 1, 0, 0, 1), span(3, 1, 0, 0, 1)], svc("a"))) {
+        shard.ingest(p, now);
+    }
+    let all = shard.held_span_bytes();
+    assert!(all > 0);
+    // Two of three decided: the chunk (and the envelope) stay charged, the third still holds them.
+    shard.decide_all_but(Some(&tid_of(3)), now);
+    assert_eq!(shard.held_traces(), 1);
+    assert_eq!(shard.held_span_bytes(), all, "a chunk is charged whole while any trace in it is held");
+    assert_eq!(decoded(shard.take_ready()).len(), 2);
+    shard.finish(now);
+    assert_eq!(decoded(shard.take_ready()).len(), 1);
+    assert_eq!(shard.held_bytes(), 0, "the chunk, the envelope and the index are refunded");
+}
+
+#[test]
+fn the_trace_table_reuses_slots_and_shrinks_after_a_burst() {
+    use super::table::{TraceTable, PAGE};
+    use super::trace::Trace;
+    let t = |seq: u64| Trace {
+        segments: Default::default(),
+        summary: Default::default(),
+        bytes: 0,
+        span_bytes: 0,
+        first: Instant::now(),
+        seq,
+        deadline: Instant::now(),
+        finalizers: Default::default(),
+        last_batch: 0,
+    };
+    let mut table = TraceTable::default();
+    assert_eq!(table.bytes(), 0);
+    let n = 10 * PAGE;
+    for i in 0..n as u64 {
+        table.insert(tid_of(i), t(i));
+    }
+    assert_eq!(table.len(), n);
+    let full = table.bytes();
+    assert!(full >= n * std::mem::size_of::<Trace>(), "pages are charged: {full}");
+    assert_eq!(table.get(&tid_of(77)).map(|x| x.seq), Some(77));
+    table.get_mut(&tid_of(77)).expect("held").seq = 1077;
+    assert_eq!(table.get(&tid_of(77)).map(|x| x.seq), Some(1077));
+    // Freed slots are reused: the table does not grow for a trace that replaces another.
+    assert_eq!(table.remove(&tid_of(5)).map(|x| x.seq), Some(5));
+    assert!(table.get(&tid_of(5)).is_none() && table.remove(&tid_of(5)).is_none());
+    table.insert(tid_of(n as u64), t(n as u64));
+    assert_eq!(table.bytes(), full);
+    // Down to a tenth: shrink moves the rest into as few pages as they need, and keeps them.
+    for i in 0..n as u64 {
+        if i % 10 != 0 {
+            table.remove(&tid_of(i));
+        }
+    }
+    table.shrink();
+    assert!(table.bytes() * 4 < full, "{} of {full}", table.bytes());
+    for i in (0..n as u64).step_by(10) {
+        assert_eq!(table.get(&tid_of(i)).map(|x| x.seq), Some(if i == 77 { 1077 } else { i }), "trace {i}");
+    }
+    assert_eq!(table.iter().count(), table.len());
+    let drained = table.drain();
+    assert_eq!(drained.len(), n / 10 + 1);
+    assert!(table.is_empty() && table.bytes() < full / 100);
+}

@@ -1,7 +1,8 @@
 //! Held traces, in their encoded form.
 //!
 //! An incoming batch is walked once on the wire ([`split`]): each span's bytes are copied, framed
-//! as a `ScopeSpans.spans` field, next to the other spans of its trace from the same batch, and
+//! as a `ScopeSpans.spans` field, next to the other spans of its trace from the same batch (into
+//! a [`Chunk`] shared with other traces of that batch, see [`Incoming::copy_out`]), and
 //! the few fields a decision needs (parent, times, status, flags) are folded into the trace's
 //! [`Summary`]. A span's `ResourceSpans` / `ScopeSpans` envelope (every field but the list) is
 //! kept once per batch in an [`Env`], shared by every trace holding one of its spans. Nothing is
@@ -9,9 +10,11 @@
 //! leaves byte for byte as it came (plus the marks, appended as extra attribute fields, which
 //! protobuf merges into the span's attribute list).
 //!
-//! Memory: every byte held is charged to one counter: span bytes as allocated (the `Vec`'s
-//! capacity), envelopes while alive (charged on creation, refunded on drop), and a fixed
-//! overhead per trace and per segment for the index.
+//! Memory: every byte held is charged to one counter: chunks at their allocator size class while
+//! any trace holds a slice of them, envelopes while alive (both charged on creation, refunded on
+//! drop), a trace's own lists once they outgrow their inline slot, and the index (the trace
+//! table, [`super::table`], and the deadline queues) from its allocations' capacities. A
+//! counting allocator measured the live heap equal to this count.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -38,18 +41,6 @@ pub fn size_class(n: usize) -> usize {
     }
     let step = (1usize << (usize::BITS - 1 - n.leading_zeros())) / 4;
     n.next_multiple_of(step)
-}
-
-/// Grows `v` so it can take `more` bytes, to a whole allocator size class.
-fn reserve_class(v: &mut Vec<u8>, more: usize) {
-    if v.capacity() - v.len() < more {
-        let want = size_class(v.len() + more);
-        v.reserve_exact(want - v.len());
-    }
-}
-/// The heap a trace's segment list takes: its capacity at the allocator's size class.
-fn segments_bytes(segments: &Vec<Segment>) -> usize {
-    if segments.capacity() == 0 { 0 } else { size_class(segments.capacity() * std::mem::size_of::<Segment>()) }
 }
 
 /// Hashes trace ids (already random in practice) with a cheap 128→64 mix.
@@ -349,22 +340,164 @@ pub fn split(buf: &bytes::Bytes, shards: usize, held: &Arc<AtomicI64>, out: &mut
     Ok(())
 }
 
-/// Spans of a trace that share an envelope, framed, in arrival order.
+/// Spans of a trace that share an envelope, framed, in arrival order: a slice of the [`Chunk`]
+/// its batch's spans were copied into.
 pub struct Segment {
     /// The envelope.
     pub env: Arc<Env>,
     /// Framed spans.
-    pub spans: Vec<u8>,
+    pub spans: bytes::Bytes,
+}
+
+/// The spans one batch brought one decider, copied into one allocation that the segments of
+/// every trace holding some of them share. Charged to the held-bytes counter (at its allocator
+/// size class) from its creation until the last segment in it is released.
+///
+/// One allocation per batch rather than one per trace: a million one-span traces are a few
+/// hundred chunks, not a million small blocks freed in another order than they were allocated
+/// (which left allocator pages partly used: peak RSS was 3x `max_bytes` for that shape). Traces
+/// that share a chunk arrived together and are decided at about the same time (deadlines run
+/// from the first span; a later batch's spans of an older trace are in a later chunk and leave
+/// with that trace), so a chunk outlives its first released trace by at most the spread of
+/// their waits, and that is charged: the count is what is allocated.
+struct Chunk {
+    buf: Vec<u8>,
+    held: Arc<AtomicI64>,
+    cost: i64,
+}
+
+impl AsRef<[u8]> for Chunk {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+impl Drop for Chunk {
+    fn drop(&mut self) {
+        self.held.fetch_sub(self.cost, Ordering::Relaxed);
+    }
+}
+
+/// Bytes charged per chunk beyond its buffer: the shared `Bytes` owner block.
+const CHUNK_OVERHEAD: usize = 64;
+
+/// The most bytes of several traces' spans one chunk takes (a group larger than this has a
+/// chunk of its own). Measured with the memory e2e test (tests/e2e/test_tail_sampling.py):
+/// one chunk per batch (~400 KB) left more memory with the allocator than a block per trace for
+/// traces of 8 KB; 64 KiB chunks stay in the allocator's pages of reusable blocks.
+pub const CHUNK_BYTES: usize = 64 << 10;
+
+/// One batch's spans for one decider, copied into [`Chunk`]s, with where each group's went.
+pub struct Copied {
+    /// The chunks.
+    chunks: Vec<bytes::Bytes>,
+    /// (envelope index, chunk index, byte range in the chunk), consecutive runs of one envelope
+    /// merged.
+    pieces: Vec<(u32, u32, std::ops::Range<usize>)>,
+    /// Group `g`'s pieces are `pieces[at[g]..at[g + 1]]`.
+    at: Vec<u32>,
+}
+
+impl Copied {
+    /// Group `g`'s segments, sharing their chunk.
+    pub fn segments<'a>(&'a self, inc: &'a Incoming, g: usize) -> impl Iterator<Item = Segment> + 'a {
+        self.pieces[self.at[g] as usize..self.at[g + 1] as usize]
+            .iter()
+            .map(move |(e, c, r)| Segment { env: inc.envs[*e as usize].clone(), spans: self.chunks[*c as usize].slice(r.clone()) })
+    }
+}
+
+impl Incoming {
+    /// Copies every group's spans into chunks of at most [`CHUNK_BYTES`] (a group is never
+    /// split) charged to `held`.
+    pub fn copy_out(&self, held: &Arc<AtomicI64>) -> Copied {
+        let group_bytes = |g: &Group| g.runs.iter().map(|(_, _, r)| r.len()).sum::<usize>();
+        // Chunk sizes first, so each is allocated once at its size.
+        let mut sizes = Vec::new();
+        let mut cur = 0usize;
+        for g in &self.groups {
+            let n = group_bytes(g);
+            if cur > 0 && cur + n > CHUNK_BYTES {
+                sizes.push(cur);
+                cur = 0;
+            }
+            cur += n;
+        }
+        if cur > 0 {
+            sizes.push(cur);
+        }
+        let mut chunks = Vec::with_capacity(sizes.len());
+        let mut pieces: Vec<(u32, u32, std::ops::Range<usize>)> = Vec::with_capacity(self.groups.len());
+        let mut at = Vec::with_capacity(self.groups.len() + 1);
+        let mut sizes = sizes.into_iter();
+        let mut buf: Vec<u8> = Vec::new();
+        let seal = |buf: &mut Vec<u8>, chunks: &mut Vec<bytes::Bytes>| {
+            let buf = std::mem::take(buf);
+            let cost = (size_class(buf.capacity()) + CHUNK_OVERHEAD) as i64;
+            held.fetch_add(cost, Ordering::Relaxed);
+            chunks.push(bytes::Bytes::from_owner(Chunk { buf, held: held.clone(), cost }));
+        };
+        for g in &self.groups {
+            at.push(pieces.len() as u32);
+            let n = group_bytes(g);
+            if n == 0 {
+                continue;
+            }
+            if buf.capacity() - buf.len() < n {
+                if !buf.is_empty() {
+                    seal(&mut buf, &mut chunks);
+                }
+                // A chunk at a whole size class: freed chunks serve the next ones exactly.
+                buf = Vec::with_capacity(size_class(sizes.next().unwrap_or(n).max(n)));
+            }
+            let c = chunks.len() as u32;
+            let first = pieces.len();
+            for (e, b, range) in &g.runs {
+                let start = buf.len();
+                buf.extend_from_slice(self.run(*b, range));
+                let mine = pieces.len() > first;
+                match pieces.last_mut() {
+                    Some((pe, _, pr)) if mine && *pe == *e && pr.end == start => pr.end = buf.len(),
+                    _ => pieces.push((*e, c, start..buf.len())),
+                }
+            }
+        }
+        if !buf.is_empty() {
+            seal(&mut buf, &mut chunks);
+        }
+        at.push(pieces.len() as u32);
+        Copied { chunks, pieces, at }
+    }
+}
+
+/// A trace's segments: most traces have one, kept inline (no allocation of its own).
+pub type Segments = smallvec::SmallVec<[Segment; 1]>;
+
+/// The heap a trace's segment list takes once it outgrows its inline slot, at the allocator's
+/// size class.
+fn segments_bytes(segments: &Segments) -> usize {
+    if segments.spilled() { size_class(segments.capacity() * std::mem::size_of::<Segment>()) } else { 0 }
+}
+
+/// A trace's acknowledgements: most traces come in one batch with one, kept inline.
+pub type Acks = smallvec::SmallVec<[Arc<Finalizer>; 1]>;
+
+/// The heap an acknowledgement list takes once it outgrows its inline slot.
+pub fn acks_bytes(a: &Acks) -> usize {
+    if a.spilled() { size_class(a.capacity() * std::mem::size_of::<Arc<Finalizer>>()) } else { 0 }
 }
 
 /// A trace awaiting its decision.
 pub struct Trace {
     /// Spans by envelope.
-    pub segments: Vec<Segment>,
+    pub segments: Segments,
     /// What a decision reads.
     pub summary: Summary,
-    /// Bytes charged for it (spans, segments, index; envelopes are charged apart).
+    /// Bytes charged for it alone (its segment list once spilled, its acknowledgement list);
+    /// its spans are charged with their chunks, its envelopes apart.
     pub bytes: usize,
+    /// Bytes of its framed spans.
+    pub span_bytes: usize,
     /// When its first span arrived.
     pub first: tokio::time::Instant,
     /// Its number in this shard (timer entries of a trace decided and seen again are stale).
@@ -372,41 +505,29 @@ pub struct Trace {
     /// When it is decided, unless a cap decides it sooner.
     pub deadline: tokio::time::Instant,
     /// Acknowledgements of the batches that brought its spans.
-    pub finalizers: Vec<Arc<Finalizer>>,
+    pub finalizers: Acks,
     /// The batch (by number) whose finalizers were last added.
     pub last_batch: u64,
 }
 
 impl Trace {
-    /// Appends one batch's group of spans; returns the bytes newly charged.
-    pub fn append(&mut self, inc: &Incoming, g: &Group) -> usize {
-        let before = segments_bytes(&self.segments) + self.segments.iter().map(|s| s.spans.capacity()).sum::<usize>();
-        for (e, b, range) in &g.runs {
-            let env = &inc.envs[*e as usize];
-            let bytes = inc.run(*b, range);
-            match self.segments.last_mut() {
-                Some(s) if Arc::ptr_eq(&s.env, env) => {
-                    reserve_class(&mut s.spans, bytes.len());
-                    s.spans.extend_from_slice(bytes);
-                }
-                _ => {
-                    let mut spans = Vec::new();
-                    reserve_class(&mut spans, bytes.len());
-                    spans.extend_from_slice(bytes);
-                    // Most traces keep one segment: start the list at one (Vec's default first
-                    // capacity is four).
-                    if self.segments.capacity() == 0 {
-                        self.segments.reserve_exact(1);
-                    }
-                    self.segments.push(Segment { env: env.clone(), spans });
-                }
-            }
+    /// Appends one batch's group `g` of spans (copied into `copied`); returns the bytes newly
+    /// charged to the trace itself.
+    pub fn append(&mut self, inc: &Incoming, copied: &Copied, g: usize) -> usize {
+        let before = segments_bytes(&self.segments);
+        for seg in copied.segments(inc, g) {
+            self.span_bytes += seg.spans.len();
+            self.segments.push(seg);
         }
-        self.summary.merge(&g.summary);
-        let after = segments_bytes(&self.segments) + self.segments.iter().map(|s| s.spans.capacity()).sum::<usize>();
-        let added = after - before;
+        self.summary.merge(&inc.groups[g].summary);
+        let added = segments_bytes(&self.segments) - before;
         self.bytes += added;
         added
+    }
+
+    /// Its size against `max_trace_bytes`: spans and what it holds alone.
+    pub fn size(&self) -> usize {
+        self.span_bytes + self.bytes
     }
 
     /// Every framed span, with its envelope.
