@@ -94,6 +94,7 @@ receivers:
   slow:
     type: otlp
     http: {{ endpoint: 127.0.0.1:{ports['slow']} }}
+    grpc: {{ endpoint: 127.0.0.1:{ports['slowgrpc']} }}
     admission_timeout: 60s
   mesh:
     type: zipkin
@@ -147,7 +148,7 @@ def until_refused(send, limit: int = 400):
 
 def test_a_full_graph_and_a_stopping_process_answer_retryably_on_every_receiver():
     dead = free_port()
-    ports = {k: free_port() for k in ("grpc", "http", "slow", "zipkin", "jaeger")}
+    ports = {k: free_port() for k in ("grpc", "http", "slow", "slowgrpc", "zipkin", "jaeger")}
     tp = Tracepipe(full_graph(dead, ports), "full")
     with tp:
         # Chunked bodies (no Content-Length) are read like any other.
@@ -174,23 +175,36 @@ def test_a_full_graph_and_a_stopping_process_answer_retryably_on_every_receiver(
         with pytest.raises(grpc.RpcError) as e:
             call(request([os.urandom(8)]).SerializeToString(), timeout=10)
         assert e.value.code() == grpc.StatusCode.UNAVAILABLE, e.value
-        # A request waiting for room (admission_timeout 60 s) when SIGTERM comes is answered 503
-        # at once, not left to its timeout.
+        # A request waiting for room (admission_timeout 60 s) when SIGTERM comes is answered at
+        # once, not left to its timeout: HTTP 503, gRPC UNAVAILABLE.
         answer = {}
 
         def waiting():
             answer["r"] = post(ports["slow"], request([os.urandom(8)]).SerializeToString(), timeout=60)
             answer["at"] = time.time()
-        t = threading.Thread(target=waiting)
-        t.start()
+
+        def waiting_grpc():
+            slow = grpc.insecure_channel(f"127.0.0.1:{ports['slowgrpc']}").unary_unary(EXPORT, request_serializer=lambda b: b, response_deserializer=lambda b: b)
+            try:
+                slow(request([os.urandom(8)]).SerializeToString(), timeout=60)
+                answer["grpc"] = grpc.StatusCode.OK
+            except grpc.RpcError as e:
+                answer["grpc"] = e.code()
+            answer["grpc_at"] = time.time()
+        threads = [threading.Thread(target=waiting), threading.Thread(target=waiting_grpc)]
+        for t in threads:
+            t.start()
         time.sleep(1)
-        assert "r" not in answer, "the slow receiver answered while the graph was full"
+        assert "r" not in answer and "grpc" not in answer, f"the slow receiver answered while the graph was full: {answer}"
         stopped_at = time.time()
         tp.proc.send_signal(15)
-        t.join(30)
-        assert "r" in answer, "no answer after SIGTERM"
+        for t in threads:
+            t.join(30)
+        assert "r" in answer and "grpc" in answer, f"no answer after SIGTERM: {answer}"
         assert answer["r"].status_code == 503, (answer["r"].status_code, answer["r"].text)
+        assert answer["grpc"] == grpc.StatusCode.UNAVAILABLE, answer["grpc"]
         assert answer["at"] - stopped_at < 10, answer["at"] - stopped_at
+        assert answer["grpc_at"] - stopped_at < 10, answer["grpc_at"] - stopped_at
         assert tp.proc.wait(timeout=60) == 0
 
 
