@@ -2,8 +2,8 @@
 //! evaluates the policies (the OpenTelemetry Collector's policy types, names and semantics),
 //! passes kept traces on whole and drops the rest, counted per policy and decision.
 //!
-//! - Held spans stay encoded ([`trace`]): the bound `max_bytes` counts their bytes, their
-//!   envelopes and the index; at the bound the oldest traces are decided early (`on_full:
+//! - Held spans stay encoded ([`trace`]), copied per batch into shared chunks; traces live in a
+//!   paged table ([`table`]): the bound `max_bytes` counts chunks, envelopes and the index; at the bound the oldest traces are decided early (`on_full:
 //!   decide_oldest`, counted) or the input is left unread so receivers refuse (`on_full: refuse`).
 //! - `shards` deciders own disjoint trace ids ([`processor`]); each sleeps until its next
 //!   deadline (`decision_wait` after the first span, `decision_wait_after_root` after the root).
