@@ -4,10 +4,12 @@ OTLP -> a second tracepipe, every field equal to what the SDK sent; kill -9 mid-
 serves half a file; `tracepipe query` answers SQL and fails cleanly; the embedded default graph
 archives out of the box."""
 
+import gzip
 import json
 import os
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -227,6 +229,75 @@ def test_replay_to_a_satellite_over_tls_with_the_access_token(tmp_path):
     p = subprocess.run([tracepipe_bin(), "replay", "--archive", str(archive), "--to", "grpcs://localhost:1", "--ca-file", str(tmp_path / "missing.pem")],
                        capture_output=True, text=True, stdin=subprocess.DEVNULL, env=env)
     assert p.returncode == 1 and "missing.pem" in p.stderr and "replay:" not in p.stderr, p.stderr
+
+
+class HttpsOtlp:
+    """An OTLP/HTTP server over TLS (Python's http.server with the test CA's server
+    certificate): records every body posted to /v1/traces and answers 200 with an empty
+    `ExportTraceServiceResponse`."""
+
+    def __init__(self, pki):
+        import http.server
+        import ssl
+        self.received = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if self.headers.get("Content-Encoding") == "gzip":
+                    body = gzip.decompress(body)
+                if self.path == "/v1/traces":
+                    outer.received.append((self.headers.get("Content-Type"), body))
+                    self.send_response(200)
+                else:
+                    self.send_response(404)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *a):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(pki / "server.pem", pki / "server.key")
+        self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
+        self.port = self.server.server_address[1]
+
+    def __enter__(self):
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+
+
+def test_replay_to_https_and_grpcs_with_a_custom_ca(tmp_path):
+    """`https://` is OTLP/HTTP over TLS and `grpcs://` OTLP/gRPC over TLS, both verified against
+    `--ca-file` (a wrong CA is the OTLP sink's case in test_tls.py: refused and counted, retried
+    like any transport error until `max_elapsed_time`)."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+    from test_tls import TlsCollector, make_pki
+    archive = tmp_path / "traces"
+    sent = archive_sdk_spans(archive, 3)
+    pki = tmp_path / "pki"
+    pki.mkdir()
+    make_pki(pki)
+
+    def count(bodies):
+        return sum(len(ss.spans) for b in bodies for rs in ExportTraceServiceRequest.FromString(b).resource_spans for ss in rs.scope_spans)
+    with HttpsOtlp(pki) as web:
+        p = subprocess.run([tracepipe_bin(), "replay", "--archive", str(archive), "--to", f"https://localhost:{web.port}/v1/traces",
+                            "--ca-file", str(pki / "ca.pem")], capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+        assert p.returncode == 0, p.stderr
+        assert web.received and all(ct == "application/x-protobuf" for ct, _ in web.received), [ct for ct, _ in web.received]
+        assert count([b for _, b in web.received]) == len(sent) == 15
+    with TlsCollector(pki, require_client_auth=False) as col:
+        p = subprocess.run([tracepipe_bin(), "replay", "--archive", str(archive), "--to", f"grpcs://localhost:{col.port}",
+                            "--ca-file", str(pki / "ca.pem")], capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+        assert p.returncode == 0, p.stderr
+        assert count(col.received) == 15
 
 
 def test_kill_9_mid_write_serves_nothing_half_written(tmp_path):
