@@ -31,7 +31,7 @@ use super::config::{OnFull, TailSamplingConfig};
 use super::policy::{Basis, Decision, Final, Policies};
 use super::state::{self, Saved, SavedTrace};
 use super::table::TraceTable;
-use super::trace::{acks_bytes, encode_segments, encode_segments_with, fingerprint, Acks, put_len, shard_of_fingerprint, split, Incoming, Segment, Trace, TraceId, TRACE_OVERHEAD};
+use super::trace::{acks_bytes, encode_segments, encode_segments_with, fingerprint, Acks, put_len, shard_of_fingerprint, split, Incoming, Segment, Trace, TraceId};
 
 /// Traces decided together have their SQL predicates evaluated on one record batch of about
 /// this many spans.
@@ -415,7 +415,7 @@ impl Shard {
             let mut t = Trace {
                 segments: Default::default(),
                 summary: Default::default(),
-                bytes: TRACE_OVERHEAD + fin_bytes,
+                bytes: fin_bytes,
                 span_bytes: 0,
                 first: now,
                 seq: self.seq,
@@ -424,7 +424,7 @@ impl Shard {
                 last_batch: seq_batch,
             };
             let added = t.append(&inc, &copied, gi);
-            self.charge((added + TRACE_OVERHEAD + fin_bytes) as i64);
+            self.charge((added + fin_bytes) as i64);
             let root = t.summary.root;
             self.traces.insert(g.id, t);
             self.m.held_traces.fetch_add(1, Ordering::Relaxed);

@@ -27,10 +27,6 @@ use tracepipe_pipeline::Finalizer;
 /// A trace id (16 bytes; shorter ids are zero-padded).
 pub type TraceId = [u8; 16];
 
-/// Bytes charged per held trace beyond its spans, segments and index slots (which are charged
-/// from the allocations' capacities): the heap block of its finalizer list when it has one.
-pub const TRACE_OVERHEAD: usize = 0;
-
 /// The size an allocator really hands out for `n` bytes: general-purpose allocators (mimalloc,
 /// jemalloc) serve sizes in classes four to a power of two, so 8.5 KB takes a 10 KB block.
 /// Buffers are grown to their class and charged at it, so the count matches what is allocated
@@ -412,24 +408,12 @@ impl Incoming {
     /// split) charged to `held`.
     pub fn copy_out(&self, held: &Arc<AtomicI64>) -> Copied {
         let group_bytes = |g: &Group| g.runs.iter().map(|(_, _, r)| r.len()).sum::<usize>();
-        // Chunk sizes first, so each is allocated once at its size.
-        let mut sizes = Vec::new();
-        let mut cur = 0usize;
-        for g in &self.groups {
-            let n = group_bytes(g);
-            if cur > 0 && cur + n > CHUNK_BYTES {
-                sizes.push(cur);
-                cur = 0;
-            }
-            cur += n;
-        }
-        if cur > 0 {
-            sizes.push(cur);
-        }
-        let mut chunks = Vec::with_capacity(sizes.len());
+        // What is left to copy: a chunk is sized for it (up to CHUNK_BYTES), so the last one of a
+        // batch is not a whole CHUNK_BYTES for a few spans.
+        let mut left: usize = self.groups.iter().map(group_bytes).sum();
+        let mut chunks = Vec::with_capacity(left.div_ceil(CHUNK_BYTES));
         let mut pieces: Vec<(u32, u32, std::ops::Range<usize>)> = Vec::with_capacity(self.groups.len());
         let mut at = Vec::with_capacity(self.groups.len() + 1);
-        let mut sizes = sizes.into_iter();
         let mut buf: Vec<u8> = Vec::new();
         let seal = |buf: &mut Vec<u8>, chunks: &mut Vec<bytes::Bytes>| {
             let buf = std::mem::take(buf);
@@ -448,8 +432,9 @@ impl Incoming {
                     seal(&mut buf, &mut chunks);
                 }
                 // A chunk at a whole size class: freed chunks serve the next ones exactly.
-                buf = Vec::with_capacity(size_class(sizes.next().unwrap_or(n).max(n)));
+                buf = Vec::with_capacity(size_class(left.min(CHUNK_BYTES).max(n)));
             }
+            left -= n;
             let c = chunks.len() as u32;
             let first = pieces.len();
             for (e, b, range) in &g.runs {
