@@ -31,7 +31,7 @@ use super::config::{OnFull, TailSamplingConfig};
 use super::policy::{Basis, Decision, Final, Policies};
 use super::state::{self, Saved, SavedTrace};
 use super::table::TraceTable;
-use super::trace::{acks_bytes, encode_segments, encode_segments_with, fingerprint, Acks, put_len, shard_of_fingerprint, split, Incoming, Segment, Trace, TraceId};
+use super::trace::{acks_bytes, Account, encode_segments, encode_segments_with, fingerprint, grown, list_growth, put_len, shard_of_fingerprint, split, Acks, Incoming, Segment, Trace, TraceId};
 
 /// Traces decided together have their SQL predicates evaluated on one record batch of about
 /// this many spans.
@@ -247,8 +247,10 @@ impl Out {
 pub struct Shard {
     cfg: Arc<TailSamplingConfig>,
     policies: Arc<Policies>,
-    /// Held-bytes counter shared by the processor.
-    held: Arc<AtomicI64>,
+    /// This decider's share of the held-bytes count.
+    account: Arc<Account>,
+    /// The most bytes it may hold: `max_bytes` over the deciders.
+    budget: i64,
     traces: TraceTable,
     wait_q: VecDeque<(Instant, TraceId, u64)>,
     root_q: VecDeque<(Instant, TraceId, u64)>,
@@ -264,10 +266,12 @@ pub struct Shard {
     tally: Option<Box<super::simulate::Tally>>,
     /// Bytes of the index (map slots, deadline queues) currently charged.
     index_charged: i64,
+    /// Room made for the batch being taken in and not yet used by its charges.
+    reserved: i64,
 }
 
 impl Shard {
-    fn new(cfg: Arc<TailSamplingConfig>, policies: Arc<Policies>, held: Arc<AtomicI64>, shards: usize, m: Metrics) -> Shard {
+    fn new(cfg: Arc<TailSamplingConfig>, policies: Arc<Policies>, account: Arc<Account>, shards: usize, m: Metrics) -> Shard {
         let per = |n: usize| n.div_ceil(shards.max(1));
         let expected = (cfg.expected_new_traces_per_sec as usize).saturating_mul(cfg.decision_wait.as_secs().max(1) as usize);
         Shard {
@@ -275,9 +279,10 @@ impl Shard {
             not_sampled: NotSampledCache::new(per(cfg.decision_cache.non_sampled_cache_size)),
             num_traces: per(cfg.num_traces as usize),
             traces: TraceTable::with_capacity(per(expected).min(1 << 22)),
+            budget: (cfg.max_bytes / shards.max(1) as u64) as i64,
             cfg,
             policies,
-            held,
+            account,
             wait_q: VecDeque::new(),
             root_q: VecDeque::new(),
             seq: 0,
@@ -286,6 +291,7 @@ impl Shard {
             m,
             tally: None,
             index_charged: 0,
+            reserved: 0,
         }
     }
 
@@ -313,8 +319,9 @@ impl Shard {
     /// A decider for `tracepipe sample`, with its front (one shard).
     pub(crate) fn simulation(cfg: Arc<TailSamplingConfig>, policies: Arc<Policies>, held: Arc<AtomicI64>, tally: super::simulate::Tally) -> (Shard, Front) {
         let m = Metrics::new("sample");
-        let front = Front { shards: 1, held: held.clone(), dropped: m.dropped_decode.clone(), name: "sample".into() };
-        let mut shard = Shard::new(cfg, policies, held, 1, m);
+        let account = Account::new(&held);
+        let front = Front { accounts: vec![account.clone()], dropped: m.dropped_decode.clone(), name: "sample".into() };
+        let mut shard = Shard::new(cfg, policies, account, 1, m);
         shard.tally = Some(Box::new(tally));
         (shard, front)
     }
@@ -333,7 +340,7 @@ impl Shard {
 
     /// Sets the held gauges.
     fn publish(&self) {
-        let now = self.held.load(Ordering::Relaxed);
+        let now = self.account.total();
         if let Some((account, accounted)) = &self.m.account {
             // Shards publish concurrently: swap, so the deltas add up to `now`.
             let old = accounted.swap(now, Ordering::Relaxed);
@@ -343,12 +350,73 @@ impl Shard {
         self.m.traces_held.set(self.m.held_traces.load(Ordering::Relaxed) as f64);
     }
 
-    fn charge(&self, n: i64) {
-        self.held.fetch_add(n, Ordering::Relaxed);
+    /// Adds to the held-bytes count; a charge inside the room made for the batch being taken
+    /// in ([`Shard::make_room`]) uses that room instead.
+    fn charge(&mut self, n: i64) {
+        let from_room = n.clamp(0, self.reserved);
+        self.reserved -= from_room;
+        if n != from_room {
+            self.account.add(n - from_room);
+        }
+    }
+
+    /// Makes room for `need` more bytes and reserves it: with `on_full: decide_oldest`, decides
+    /// this decider's oldest traces until its bytes plus `need` fit its budget (`max_bytes`
+    /// over the deciders), then charges `need` at once. Only this decider adds to its account
+    /// (others only refund, as chunks and envelopes are dropped downstream), so the check holds
+    /// until the add, and the deciders together never pass `max_bytes`, not even while a batch
+    /// is being taken in — unless one batch's share is bigger than a whole budget, or with
+    /// `on_full: refuse`, where the front stops taking batches once the count is past the bound.
+    fn make_room(&mut self, need: i64, now: Instant) {
+        debug_assert_eq!(self.reserved, 0);
+        if self.cfg.on_full == OnFull::DecideOldest {
+            while self.account.own() + need > self.budget && self.decide_oldest(Early::Memory, now) {}
+        }
+        self.account.add(need);
+        self.reserved = need;
+    }
+
+    /// Gives back what the batch just taken in did not use of its room.
+    fn release_room(&mut self) {
+        if self.reserved > 0 {
+            self.account.add(-self.reserved);
+        }
+        self.reserved = 0;
+    }
+
+    /// The most the bookkeeping of `inc` can add: the traces' segment and acknowledgement lists
+    /// (they grow by doubling, from their inline slot) and the index (new traces' slots and
+    /// deadline queue entries), besides its chunks and envelopes.
+    fn growth_bound(&self, inc: &Incoming, seq_batch: u64) -> i64 {
+        let seg = std::mem::size_of::<Segment>();
+        let ack = std::mem::size_of::<Arc<Finalizer>>();
+        let acks = inc.finalizers.len();
+        let mut bound = 0usize;
+        let mut new = 0usize;
+        for g in &inc.groups {
+            // Pieces are runs merged, never more than the runs.
+            let pieces = g.runs.len();
+            match self.traces.get(&g.id) {
+                Some(t) => {
+                    bound += list_growth(t.segments.len(), t.segments.capacity(), t.segments.spilled(), pieces, seg);
+                    if t.last_batch != seq_batch {
+                        bound += list_growth(t.finalizers.len(), t.finalizers.capacity(), t.finalizers.spilled(), acks, ack);
+                    }
+                }
+                None => {
+                    new += 1;
+                    bound += list_growth(0, 1, false, pieces, seg) + list_growth(0, 1, false, acks, ack);
+                }
+            }
+        }
+        let entry = std::mem::size_of::<(Instant, TraceId, u64)>();
+        let queue = |q: &VecDeque<(Instant, TraceId, u64)>, add: usize| grown(q.capacity(), q.len() + add) * entry;
+        let index = self.traces.bytes_with(new) + queue(&self.wait_q, new) + queue(&self.root_q, inc.groups.len());
+        (bound + index.saturating_sub(self.index_charged.max(0) as usize)) as i64
     }
 
     fn over_memory(&self) -> bool {
-        self.held.load(Ordering::Relaxed) > self.cfg.max_bytes as i64
+        self.account.own() > self.budget
     }
 
     /// The next deadline.
@@ -365,7 +433,13 @@ impl Shard {
     pub fn ingest(&mut self, inc: Incoming, now: Instant) {
         self.batches += 1;
         let seq_batch = self.batches;
-        let copied = inc.copy_out(&self.held);
+        // Room first, for everything this batch can add, so the count never passes max_bytes.
+        let plan = inc.plan_chunks();
+        let envs: i64 = inc.envs.iter().map(|e| e.unclaimed()).sum();
+        self.make_room(plan.cost() + envs + self.growth_bound(&inc, seq_batch), now);
+        let claimed: i64 = inc.envs.iter().map(|e| e.claim()).sum();
+        self.charge(claimed + plan.cost());
+        let copied = inc.copy_out(plan, &self.account);
         for (gi, g) in inc.groups.iter().enumerate() {
             let spans = g.summary.spans;
             if let Some(t) = self.traces.get_mut(&g.id) {
@@ -437,7 +511,8 @@ impl Shard {
         drop(copied);
         drop(inc);
         self.recharge_index();
-        // Bounds over all traces.
+        self.release_room();
+        // Bounds over all traces (past max_bytes only when make_room could not free enough).
         if self.cfg.on_full == OnFull::DecideOldest {
             while self.over_memory() && self.decide_oldest(Early::Memory, now) {}
         }
@@ -710,7 +785,7 @@ impl Shard {
     /// file now holds them).
     pub fn saved(&mut self) {
         for (_, t) in self.traces.drain() {
-            self.held.fetch_sub(t.bytes as i64, Ordering::Relaxed);
+            self.account.add(-(t.bytes as i64));
             self.m.held_traces.fetch_sub(1, Ordering::Relaxed);
         }
         self.wait_q.clear();
@@ -815,8 +890,8 @@ pub fn shard_count(cfg: &TailSamplingConfig) -> usize {
 
 /// The front: splits batches by shard.
 pub struct Front {
-    shards: usize,
-    held: Arc<AtomicI64>,
+    /// Each decider's account (its envelopes are charged to it).
+    accounts: Vec<Arc<Account>>,
     dropped: Counter,
     name: String,
 }
@@ -824,18 +899,18 @@ pub struct Front {
 impl Front {
     /// Deals one `TracesData` buffer's spans to the shards (a saved trace).
     pub fn split_bytes(&self, buf: &[u8]) -> Result<Vec<Incoming>, tracepipe_pipeline::wire::WireError> {
-        let mut parts: Vec<Incoming> = (0..self.shards).map(|_| Incoming::default()).collect();
-        split(&Bytes::copy_from_slice(buf), self.shards, &self.held, &mut parts)?;
+        let mut parts: Vec<Incoming> = self.accounts.iter().map(|_| Incoming::default()).collect();
+        split(&Bytes::copy_from_slice(buf), &self.accounts, &mut parts)?;
         Ok(parts)
     }
 
     /// Deals a batch's spans to the shards; a batch that does not decode is counted, reported
     /// rejected and dropped.
     pub fn split(&self, batch: &Batch) -> Vec<Incoming> {
-        let mut parts: Vec<Incoming> = (0..self.shards).map(|_| Incoming::default()).collect();
+        let mut parts: Vec<Incoming> = self.accounts.iter().map(|_| Incoming::default()).collect();
         let buffers: Vec<Bytes> = batch.encoded_chunks().unwrap_or_else(|| vec![batch.to_bytes()]);
         for buf in &buffers {
-            if let Err(error) = split(buf, self.shards, &self.held, &mut parts) {
+            if let Err(error) = split(buf, &self.accounts, &mut parts) {
                 self.dropped.increment(batch.span_count() as u64);
                 batch.set_status(BatchStatus::Rejected);
                 tracing::error!(message = "Batch does not decode; spans dropped.", processor = %self.name, spans = batch.span_count(), %error);
@@ -904,8 +979,9 @@ pub async fn build(cfg: TailSamplingConfig, mut ctx: ComponentContext) -> Result
     let policies = Arc::new(Policies::new(&cfg.policies, &name, cfg.sample_on_first_match));
     let mut m = Metrics::new(&name);
     m.account = Some((tracepipe_pipeline::memory::Held::component(&name), Arc::new(AtomicI64::new(0))));
-    let front = Front { shards, held: held.clone(), dropped: m.dropped_decode.clone(), name: name.clone() };
-    let mut deciders: Vec<Shard> = (0..shards).map(|_| Shard::new(cfg.clone(), policies.clone(), held.clone(), shards, m.clone())).collect();
+    let accounts: Vec<Arc<Account>> = (0..shards).map(|_| Account::new(&held)).collect();
+    let front = Front { accounts: accounts.clone(), dropped: m.dropped_decode.clone(), name: name.clone() };
+    let mut deciders: Vec<Shard> = accounts.into_iter().map(|a| Shard::new(cfg.clone(), policies.clone(), a, shards, m.clone())).collect();
     if let Some(dir) = &cfg.state_dir {
         restore(dir, &name, &front, &policies, &mut deciders);
     }
@@ -960,8 +1036,9 @@ pub(crate) fn test_shard(cfg: TailSamplingConfig) -> (Shard, Front) {
     let held = Arc::new(AtomicI64::new(0));
     let policies = Arc::new(Policies::new(&cfg.policies, "test", cfg.sample_on_first_match));
     let m = Metrics::new("test");
-    let front = Front { shards: 1, held: held.clone(), dropped: m.dropped_decode.clone(), name: "test".into() };
-    (Shard::new(cfg, policies, held, 1, m), front)
+    let account = Account::new(&held);
+    let front = Front { accounts: vec![account.clone()], dropped: m.dropped_decode.clone(), name: "test".into() };
+    (Shard::new(cfg, policies, account, 1, m), front)
 }
 
 #[cfg(test)]
@@ -971,8 +1048,9 @@ pub(crate) fn test_shards(cfg: TailSamplingConfig) -> (Vec<Shard>, Front) {
     let held = Arc::new(AtomicI64::new(0));
     let policies = Arc::new(Policies::new(&cfg.policies, "test", cfg.sample_on_first_match));
     let m = Metrics::new("test");
-    let front = Front { shards: n, held: held.clone(), dropped: m.dropped_decode.clone(), name: "test".into() };
-    ((0..n).map(|_| Shard::new(cfg.clone(), policies.clone(), held.clone(), n, m.clone())).collect(), front)
+    let accounts: Vec<Arc<Account>> = (0..n).map(|_| Account::new(&held)).collect();
+    let front = Front { accounts: accounts.clone(), dropped: m.dropped_decode.clone(), name: "test".into() };
+    (accounts.into_iter().map(|a| Shard::new(cfg.clone(), policies.clone(), a, n, m.clone())).collect(), front)
 }
 
 #[cfg(test)]
@@ -982,9 +1060,13 @@ impl Shard {
     }
     /// Held bytes but the index's.
     pub(crate) fn held_span_bytes(&self) -> i64 {
-        self.held.load(Ordering::Relaxed) - self.index_charged
+        self.account.own() - self.index_charged
     }
     pub(crate) fn held_bytes(&self) -> i64 {
-        self.held.load(Ordering::Relaxed)
+        self.account.own()
+    }
+    /// The processor's count, every decider's bytes.
+    pub(crate) fn held_counter(&self) -> Arc<AtomicI64> {
+        self.account.total_counter()
     }
 }

@@ -8,12 +8,38 @@
 //! [`PAGE`] slots that are added one at a time and never moved; freed slots are reused. So the
 //! index grows in small steps, and what is charged for it is what is allocated.
 
-use super::trace::{IdMap, Trace, TraceId};
+use super::trace::{grown, IdMap, Trace, TraceId};
 
 /// Slots per page.
 pub const PAGE: usize = 1024;
 
 type Slot = Option<(TraceId, Trace)>;
+
+/// The map's entries, and its control-byte group (hashbrown's allocation is the entries,
+/// padded to the group, then one control byte per bucket and a group more).
+const ENTRY: usize = std::mem::size_of::<(TraceId, u32)>();
+const GROUP: usize = 16;
+
+/// hashbrown's allocation for `buckets` buckets.
+fn map_allocation(buckets: usize) -> usize {
+    (ENTRY * buckets).next_multiple_of(GROUP) + buckets + GROUP
+}
+
+/// The buckets behind an allocation of `alloc` bytes (its inverse: padding is under a group).
+fn map_buckets(alloc: usize) -> usize {
+    alloc.saturating_sub(GROUP) / (ENTRY + 1)
+}
+
+/// hashbrown's bucket count for `items` items: a power of two, 7/8 of them usable.
+fn buckets_for(items: usize) -> usize {
+    if items < 4 {
+        4
+    } else if items < 8 {
+        8
+    } else {
+        (items * 8).div_ceil(7).next_power_of_two()
+    }
+}
 
 /// Held traces by id.
 #[derive(Default)]
@@ -97,14 +123,35 @@ impl TraceTable {
         std::mem::take(&mut self.pages).into_iter().flat_map(|p| p.into_vec().into_iter().flatten()).collect()
     }
 
-    /// Bytes the table takes, from its allocations' capacities: the map's slots (key, slot
-    /// number and a control byte, `capacity × 8/7` of them), the pages, the free list.
+    /// Bytes the table takes, from its allocations: the map's (slots of key and slot number, a
+    /// control byte each), the pages, the free list.
     pub fn bytes(&self) -> usize {
-        let slot = std::mem::size_of::<(TraceId, u32)>() + 1;
-        self.index.capacity() * 8 / 7 * slot
+        self.index.allocation_size()
             + self.pages.len() * PAGE * std::mem::size_of::<Slot>()
             + self.pages.capacity() * std::mem::size_of::<Box<[Slot]>>()
             + self.free.capacity() * 4
+    }
+
+    /// An upper bound on [`TraceTable::bytes`] once `new` more traces are held: the map grows
+    /// when its room (`capacity()`, less any tombstones) runs out, to at least twice its buckets;
+    /// pages are added when the freed slots run out; the lists grow by doubling.
+    pub fn bytes_with(&self, new: usize) -> usize {
+        if new == 0 {
+            return self.bytes();
+        }
+        let need = self.len() + new;
+        let alloc = self.index.allocation_size();
+        let map = if need <= self.index.capacity() {
+            alloc
+        } else {
+            let buckets = map_buckets(alloc);
+            let full = if buckets < 8 { buckets.saturating_sub(1) } else { buckets / 8 * 7 };
+            alloc.max(map_allocation(buckets_for(need.max(full + 1))))
+        };
+        let pages_added = new.saturating_sub(self.free.len()).div_ceil(PAGE);
+        let pages = self.pages.len() + pages_added;
+        let free = if pages_added > 0 { grown(self.free.capacity(), self.free.len() + pages_added * PAGE) } else { self.free.capacity() };
+        map + pages * PAGE * std::mem::size_of::<Slot>() + grown(self.pages.capacity(), pages) * std::mem::size_of::<Box<[Slot]>>() + free * 4
     }
 
     /// Gives back room after a burst: when a quarter or less of the slots are used, the traces

@@ -558,6 +558,59 @@ fn over_max_bytes_the_oldest_traces_are_decided_early_and_the_bound_holds() {
 }
 
 #[test]
+fn deciders_taking_batches_in_at_once_never_pass_max_bytes_even_for_a_moment() {
+    // Two deciders on two threads share the count, as in the running processor; a third thread
+    // watches it. Batches of one-span traces (chunks, envelopes, new slots and queue entries)
+    // and spans of 64 long traces that come back batch after batch (their lists grow).
+    let c = cfg("decision_wait: 30s\nmax_bytes: 1MiB\nmax_trace_bytes: 256KiB\nshards: 2\npolicies:\n  - { name: all, type: always_sample }\n");
+    let (shards, front) = test_shards(c);
+    let held = shards[0].held_counter();
+    let front = Arc::new(front);
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (held, done) = (held.clone(), done.clone());
+        std::thread::spawn(move || {
+            let mut peak = 0i64;
+            while !done.load(Ordering::Relaxed) {
+                peak = peak.max(held.load(Ordering::Relaxed));
+            }
+            peak
+        })
+    };
+    let t0 = Instant::now();
+    let workers: Vec<_> = shards
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut shard)| {
+            let front = front.clone();
+            std::thread::spawn(move || {
+                let mut out = 0usize;
+                for b in 0..300u64 {
+                    let spans = (0..200u64)
+                        .map(|k| {
+                            let t = if k % 4 == 0 { 1 + (k / 4) % 64 } else { 1_000 + b * 200 + k };
+                            with_attr(span(t, (b % 250) as u8 + 1, 0, 0, 1), kv("pad", s(&"z".repeat(40 + (k as usize % 7) * 30))))
+                        })
+                        .collect();
+                    let part = front.split(&encode(spans, svc(&format!("svc{}", b % 3)))).into_iter().nth(i).expect("a part per shard");
+                    shard.ingest(part, t0);
+                    out += decoded(shard.take_ready()).len();
+                }
+                shard.finish(t0);
+                out + decoded(shard.take_ready()).len()
+            })
+        })
+        .collect();
+    let out: usize = workers.into_iter().map(|w| w.join().expect("decider thread")).sum();
+    done.store(true, Ordering::Relaxed);
+    let peak = watcher.join().expect("watcher");
+    assert_eq!(out, 300 * 200, "every span decided and kept (always_sample): none lost");
+    assert!(peak > 512 * 1024, "the bound was reached (peak {peak})");
+    assert!(peak <= 1024 * 1024, "the count passed max_bytes: {peak}");
+    assert!(held.load(Ordering::Relaxed) <= 64 * 1024, "room reserved and not given back: {}", held.load(Ordering::Relaxed));
+}
+
+#[test]
 fn acknowledgements_wait_for_the_decision_and_follow_kept_spans() {
     let c = cfg("decision_wait: 1s\npolicies:\n  - { name: errors, type: status_code, status_codes: [ERROR] }\n");
     let (mut shard, front) = test_shard(c);

@@ -16,9 +16,8 @@
 //! table, [`super::table`], and the deadline queues) from its allocations' capacities. A
 //! counting allocator measured the live heap equal to this count.
 
-use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 
 use tracepipe_pipeline::wire::{Reader, WireError, I32, I64, LEN, VARINT};
@@ -72,32 +71,75 @@ pub fn fingerprint(id: &TraceId) -> u64 {
 }
 
 /// A map keyed by trace id.
-pub type IdMap<V> = HashMap<TraceId, V, BuildHasherDefault<IdHasher>>;
+pub type IdMap<V> = hashbrown::HashMap<TraceId, V, BuildHasherDefault<IdHasher>>;
 
-/// A `ResourceSpans` and `ScopeSpans` without their lists: their other fields, raw. Charged to
-/// the held-bytes counter while alive.
+/// One decider's share of the held-bytes count: its own bytes, bounded by its budget (see
+/// `Shard::make_room`), and the processor's total (the gauge), moved together.
+pub struct Account {
+    own: AtomicI64,
+    total: Arc<AtomicI64>,
+}
+
+impl Account {
+    /// A decider's account, adding into `total`.
+    pub fn new(total: &Arc<AtomicI64>) -> Arc<Account> {
+        Arc::new(Account { own: AtomicI64::new(0), total: total.clone() })
+    }
+    /// Charges (or, negative, refunds) `n` bytes.
+    pub fn add(&self, n: i64) {
+        self.own.fetch_add(n, Ordering::Relaxed);
+        self.total.fetch_add(n, Ordering::Relaxed);
+    }
+    /// This decider's bytes.
+    pub fn own(&self) -> i64 {
+        self.own.load(Ordering::Relaxed)
+    }
+    /// Every decider's bytes.
+    pub fn total(&self) -> i64 {
+        self.total.load(Ordering::Relaxed)
+    }
+    /// The processor's count.
+    pub fn total_counter(&self) -> Arc<AtomicI64> {
+        self.total.clone()
+    }
+}
+
+/// A `ResourceSpans` and `ScopeSpans` without their lists: their other fields, raw. Each decider
+/// that gets spans of it has its own copy (a few hundred bytes per batch), charged to that
+/// decider's account when it takes the batch in, inside the room it made ([`Env::claim`]), until
+/// dropped: one decider's bytes are never held alive by another's traces.
 pub struct Env {
     /// `ResourceSpans` fields but `scope_spans` (resource, schema_url), as received.
     pub resource: Box<[u8]>,
     /// `ScopeSpans` fields but `spans` (scope, schema_url), as received.
     pub scope: Box<[u8]>,
-    held: Arc<AtomicI64>,
+    held: Arc<Account>,
+    charged: AtomicBool,
 }
 
 impl Env {
-    fn new(resource: &[u8], scope: &[u8], held: &Arc<AtomicI64>) -> Env {
-        held.fetch_add(Self::cost(resource.len(), scope.len()), Ordering::Relaxed);
-        Env { resource: resource.into(), scope: scope.into(), held: held.clone() }
+    fn new(resource: &[u8], scope: &[u8], held: &Arc<Account>) -> Env {
+        Env { resource: resource.into(), scope: scope.into(), held: held.clone(), charged: AtomicBool::new(false) }
     }
     /// The two boxes at their size classes, and the `Arc` with its counts.
-    fn cost(resource: usize, scope: usize) -> i64 {
-        (size_class(resource) + size_class(scope) + 64) as i64
+    pub fn cost(&self) -> i64 {
+        (size_class(self.resource.len()) + size_class(self.scope.len()) + 64) as i64
+    }
+    /// Its cost if nobody has charged it yet (0 once charged): the caller charges it.
+    pub fn claim(&self) -> i64 {
+        if self.charged.load(Ordering::Relaxed) || self.charged.swap(true, Ordering::Relaxed) { 0 } else { self.cost() }
+    }
+    /// Its cost if nobody has charged it yet: what a decider makes room for.
+    pub fn unclaimed(&self) -> i64 {
+        if self.charged.load(Ordering::Relaxed) { 0 } else { self.cost() }
     }
 }
 
 impl Drop for Env {
     fn drop(&mut self) {
-        self.held.fetch_sub(Self::cost(self.resource.len(), self.scope.len()), Ordering::Relaxed);
+        if *self.charged.get_mut() {
+            self.held.add(-self.cost());
+        }
     }
 }
 
@@ -253,9 +295,10 @@ fn offset_in(outer: &[u8], inner: &[u8]) -> usize {
 }
 
 /// Walks one `TracesData` buffer (scanned valid) and deals its spans to `shards`, grouped by
-/// trace, as references into the buffer. Envelopes are charged to `held` while alive.
-pub fn split(buf: &bytes::Bytes, shards: usize, held: &Arc<AtomicI64>, out: &mut [Incoming]) -> Result<(), WireError> {
-    debug_assert_eq!(out.len(), shards.max(1));
+/// trace, as references into the buffer. Each shard's envelopes are its own (`accounts[shard]`
+/// pays for them once the decider takes them in, [`Env::claim`]).
+pub fn split(buf: &bytes::Bytes, accounts: &[Arc<Account>], out: &mut [Incoming]) -> Result<(), WireError> {
+    debug_assert_eq!(out.len(), accounts.len());
     let mut index: Vec<IdMap<usize>> = (0..out.len()).map(|_| IdMap::default()).collect();
     // This buffer's index in each shard's list, once it has a span there.
     let mut buf_at: Vec<Option<u32>> = vec![None; out.len()];
@@ -303,7 +346,6 @@ pub fn split(buf: &bytes::Bytes, shards: usize, held: &Arc<AtomicI64>, out: &mut
             if spans.is_empty() {
                 continue;
             }
-            let env = Arc::new(Env::new(&resource, &scope, held));
             // This envelope's index in each shard's list, once it has a span there.
             let mut env_at: Vec<Option<u32>> = vec![None; out.len()];
             for (framed, span) in spans {
@@ -312,7 +354,7 @@ pub fn split(buf: &bytes::Bytes, shards: usize, held: &Arc<AtomicI64>, out: &mut
                 let sh = shard_of(&id, out.len());
                 let inc = &mut out[sh];
                 let e = *env_at[sh].get_or_insert_with(|| {
-                    inc.envs.push(env.clone());
+                    inc.envs.push(Arc::new(Env::new(&resource, &scope, &accounts[sh])));
                     (inc.envs.len() - 1) as u32
                 });
                 let b = *buf_at[sh].get_or_insert_with(|| {
@@ -358,7 +400,7 @@ pub struct Segment {
 /// their waits, and that is charged: the count is what is allocated.
 struct Chunk {
     buf: Vec<u8>,
-    held: Arc<AtomicI64>,
+    held: Arc<Account>,
     cost: i64,
 }
 
@@ -370,7 +412,7 @@ impl AsRef<[u8]> for Chunk {
 
 impl Drop for Chunk {
     fn drop(&mut self) {
-        self.held.fetch_sub(self.cost, Ordering::Relaxed);
+        self.held.add(-self.cost);
     }
 }
 
@@ -403,39 +445,66 @@ impl Copied {
     }
 }
 
+/// Where [`Incoming::copy_out`] will put each group: chunk capacities, decided before anything
+/// is allocated so a decider can make room for exactly [`ChunkPlan::cost`] first.
+pub struct ChunkPlan {
+    /// Each chunk's capacity (a whole size class).
+    caps: Vec<usize>,
+    /// Group `g` goes into chunk `chunk_of[g]` (`u32::MAX` for a group without bytes).
+    chunk_of: Vec<u32>,
+}
+
+impl ChunkPlan {
+    /// Bytes the chunks will be charged, together.
+    pub fn cost(&self) -> i64 {
+        self.caps.iter().map(|c| (size_class(*c) + CHUNK_OVERHEAD) as i64).sum()
+    }
+}
+
 impl Incoming {
-    /// Copies every group's spans into chunks of at most [`CHUNK_BYTES`] (a group is never
-    /// split) charged to `held`.
-    pub fn copy_out(&self, held: &Arc<AtomicI64>) -> Copied {
-        let group_bytes = |g: &Group| g.runs.iter().map(|(_, _, r)| r.len()).sum::<usize>();
-        // What is left to copy: a chunk is sized for it (up to CHUNK_BYTES), so the last one of a
-        // batch is not a whole CHUNK_BYTES for a few spans.
-        let mut left: usize = self.groups.iter().map(group_bytes).sum();
-        let mut chunks = Vec::with_capacity(left.div_ceil(CHUNK_BYTES));
-        let mut pieces: Vec<(u32, u32, std::ops::Range<usize>)> = Vec::with_capacity(self.groups.len());
-        let mut at = Vec::with_capacity(self.groups.len() + 1);
-        let mut buf: Vec<u8> = Vec::new();
-        let seal = |buf: &mut Vec<u8>, chunks: &mut Vec<bytes::Bytes>| {
-            let buf = std::mem::take(buf);
-            let cost = (size_class(buf.capacity()) + CHUNK_OVERHEAD) as i64;
-            held.fetch_add(cost, Ordering::Relaxed);
-            chunks.push(bytes::Bytes::from_owner(Chunk { buf, held: held.clone(), cost }));
-        };
+    fn group_bytes(g: &Group) -> usize {
+        g.runs.iter().map(|(_, _, r)| r.len()).sum::<usize>()
+    }
+
+    /// Lays the groups out in chunks of at most [`CHUNK_BYTES`] (a group is never split; a
+    /// larger group has a chunk of its own).
+    pub fn plan_chunks(&self) -> ChunkPlan {
+        // What is left to place: a chunk is sized for it (up to CHUNK_BYTES), so the last one of
+        // a batch is not a whole CHUNK_BYTES for a few spans.
+        let mut left: usize = self.groups.iter().map(Self::group_bytes).sum();
+        let mut caps: Vec<usize> = Vec::with_capacity(left.div_ceil(CHUNK_BYTES));
+        let mut chunk_of = Vec::with_capacity(self.groups.len());
+        let mut free = 0usize;
         for g in &self.groups {
-            at.push(pieces.len() as u32);
-            let n = group_bytes(g);
+            let n = Self::group_bytes(g);
             if n == 0 {
+                chunk_of.push(u32::MAX);
                 continue;
             }
-            if buf.capacity() - buf.len() < n {
-                if !buf.is_empty() {
-                    seal(&mut buf, &mut chunks);
-                }
+            if free < n {
                 // A chunk at a whole size class: freed chunks serve the next ones exactly.
-                buf = Vec::with_capacity(size_class(left.min(CHUNK_BYTES).max(n)));
+                caps.push(size_class(left.min(CHUNK_BYTES).max(n)));
+                free = *caps.last().expect("pushed");
             }
+            free -= n;
             left -= n;
-            let c = chunks.len() as u32;
+            chunk_of.push((caps.len() - 1) as u32);
+        }
+        ChunkPlan { caps, chunk_of }
+    }
+
+    /// Copies every group's spans into the chunks `plan` laid out. The caller charges
+    /// [`ChunkPlan::cost`] to `held`; each chunk refunds its share when its last segment goes.
+    pub fn copy_out(&self, plan: ChunkPlan, held: &Arc<Account>) -> Copied {
+        let mut bufs: Vec<Vec<u8>> = plan.caps.iter().map(|c| Vec::with_capacity(*c)).collect();
+        let mut pieces: Vec<(u32, u32, std::ops::Range<usize>)> = Vec::with_capacity(self.groups.len());
+        let mut at = Vec::with_capacity(self.groups.len() + 1);
+        for (g, c) in self.groups.iter().zip(&plan.chunk_of) {
+            at.push(pieces.len() as u32);
+            if *c == u32::MAX {
+                continue;
+            }
+            let buf = &mut bufs[*c as usize];
             let first = pieces.len();
             for (e, b, range) in &g.runs {
                 let start = buf.len();
@@ -443,16 +512,42 @@ impl Incoming {
                 let mine = pieces.len() > first;
                 match pieces.last_mut() {
                     Some((pe, _, pr)) if mine && *pe == *e && pr.end == start => pr.end = buf.len(),
-                    _ => pieces.push((*e, c, start..buf.len())),
+                    _ => pieces.push((*e, *c, start..buf.len())),
                 }
             }
         }
-        if !buf.is_empty() {
-            seal(&mut buf, &mut chunks);
-        }
         at.push(pieces.len() as u32);
+        let chunks = bufs
+            .into_iter()
+            .map(|buf| {
+                debug_assert!(buf.len() <= buf.capacity() && buf.capacity() == size_class(buf.capacity()));
+                let cost = (size_class(buf.capacity()) + CHUNK_OVERHEAD) as i64;
+                bytes::Bytes::from_owner(Chunk { buf, held: held.clone(), cost })
+            })
+            .collect();
         Copied { chunks, pieces, at }
     }
+}
+
+/// An upper bound on the capacity a growable list (`Vec`, `VecDeque`, `SmallVec`, a hash map's
+/// item capacity) of capacity `cap` reaches holding `need` items: each growth at least doubles.
+pub fn grown(cap: usize, need: usize) -> usize {
+    let mut c = cap;
+    while c < need {
+        c = (c * 2).max(4);
+    }
+    c
+}
+
+/// The most heap bytes a `SmallVec` of `len` items (capacity `cap`, on the heap when `spilled`)
+/// of `elem` bytes each gains when `add` items are pushed: it spills or grows to the next power
+/// of two, charged at its size class.
+pub fn list_growth(len: usize, cap: usize, spilled: bool, add: usize, elem: usize) -> usize {
+    if len + add <= cap {
+        return 0;
+    }
+    let before = if spilled { size_class(cap * elem) } else { 0 };
+    size_class((len + add).next_power_of_two() * elem).saturating_sub(before)
 }
 
 /// A trace's segments: most traces have one, kept inline (no allocation of its own).
