@@ -251,6 +251,8 @@ pub struct Shard {
     account: Arc<Account>,
     /// The most bytes it may hold: `max_bytes` over the deciders.
     budget: i64,
+    /// `max_trace_bytes`, at most the budget (a trace is one decider's).
+    trace_cap: u64,
     traces: TraceTable,
     wait_q: VecDeque<(Instant, TraceId, u64)>,
     root_q: VecDeque<(Instant, TraceId, u64)>,
@@ -280,6 +282,7 @@ impl Shard {
             num_traces: per(cfg.num_traces as usize),
             traces: TraceTable::with_capacity(per(expected).min(1 << 22)),
             budget: (cfg.max_bytes / shards.max(1) as u64) as i64,
+            trace_cap: cfg.max_trace_bytes.min(cfg.max_bytes / shards.max(1) as u64),
             cfg,
             policies,
             account,
@@ -537,7 +540,7 @@ impl Shard {
         let Some(t) = self.traces.get(&id) else { return };
         if t.summary.spans >= self.cfg.max_trace_spans {
             self.decide(id, Some(Early::TraceSpans), now);
-        } else if t.size() as u64 >= self.cfg.max_trace_bytes {
+        } else if t.size() as u64 >= self.trace_cap {
             self.decide(id, Some(Early::TraceBytes), now);
         }
     }
@@ -974,6 +977,15 @@ pub async fn build(cfg: TailSamplingConfig, mut ctx: ComponentContext) -> Result
     let name = ctx.name.clone();
     let shutdown = ctx.shutdown.clone();
     let shards = shard_count(&cfg);
+    if cfg.max_trace_bytes > cfg.max_bytes / shards as u64 {
+        tracing::warn!(
+            message = "max_trace_bytes is above a decider's share of max_bytes; a trace is decided when it reaches the share.",
+            processor = %name,
+            max_trace_bytes = cfg.max_trace_bytes,
+            share = cfg.max_bytes / shards as u64,
+            shards,
+        );
+    }
     let cfg = Arc::new(cfg);
     let held = Arc::new(AtomicI64::new(0));
     let policies = Arc::new(Policies::new(&cfg.policies, &name, cfg.sample_on_first_match));

@@ -611,6 +611,27 @@ fn deciders_taking_batches_in_at_once_never_pass_max_bytes_even_for_a_moment() {
 }
 
 #[test]
+fn a_trace_is_decided_within_its_deciders_share_of_max_bytes() {
+    // max_trace_bytes equals max_bytes, but a trace is one decider's: with two, it goes by 1 MiB.
+    let c = cfg("decision_wait: 30s\nmax_bytes: 2MiB\nmax_trace_bytes: 2MiB\nshards: 2\npolicies:\n  - { name: all, type: always_sample }\n");
+    let (mut shards, front) = test_shards(c);
+    let t0 = Instant::now();
+    let mine = shard_of(&tid_of(5), 2);
+    let mut batches_in = 0;
+    while shards[mine].held_traces() == 1 || batches_in == 0 {
+        let b = encode(vec![with_attr(span(5, batches_in as u8 + 1, 0, 0, 1), kv("pad", s(&"p".repeat(100_000))))], svc("a"));
+        let part = front.split(&b).into_iter().nth(mine).expect("its decider's part");
+        shards[mine].ingest(part, t0);
+        batches_in += 1;
+        assert!(batches_in <= 12, "still held after {batches_in} spans of 100 KB");
+    }
+    // Its spans (100 KB each, in chunks of 112 KiB) and the decider's index share the 1 MiB.
+    assert!((8..=11).contains(&batches_in), "decided within its decider's 1 MiB share, not at 2 MiB: {batches_in} spans of 100 KB");
+    assert_eq!(decoded(shards[mine].take_ready()).len(), batches_in, "kept whole");
+    assert!(shards[mine].held_bytes() <= 1024 * 1024);
+}
+
+#[test]
 fn acknowledgements_wait_for_the_decision_and_follow_kept_spans() {
     let c = cfg("decision_wait: 1s\npolicies:\n  - { name: errors, type: status_code, status_codes: [ERROR] }\n");
     let (mut shard, front) = test_shard(c);
