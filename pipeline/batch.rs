@@ -43,29 +43,6 @@ pub struct Finalizer {
     /// from this consumer): components that hold such batches undecided let them go without
     /// delivering them, because the input's next owner reads them again.
     revoked: Option<Arc<std::sync::atomic::AtomicBool>>,
-    /// Where the batch's input sits in an ordered source, for [`Finalizer::tie`].
-    position: Option<Position>,
-}
-
-/// A source whose inputs are ordered and acknowledged as a prefix (a Kafka partition, committed
-/// up to an offset): after a crash it resumes from the last committed position.
-pub trait Resume: Send + Sync {
-    /// The inputs from `first` to `last` of `partition` (read in assignment `generation`) carry
-    /// spans of one trace: the committed position must never fall strictly between them, or a
-    /// restart would read part of that trace again, and it would be decided and delivered in part.
-    fn tie(&self, partition: i32, generation: u64, first: i64, last: i64);
-}
-
-/// A batch's input's place in a [`Resume`] source.
-pub struct Position {
-    /// The source.
-    pub source: Arc<dyn Resume>,
-    /// Its partition.
-    pub partition: i32,
-    /// The input's offset in it.
-    pub offset: i64,
-    /// The partition's assignment the input was read in.
-    pub generation: u64,
 }
 
 /// Process-wide: bumped on every revocation (see [`Finalizer::announce_revocation`]).
@@ -78,50 +55,13 @@ fn revocations_sender() -> &'static tokio::sync::watch::Sender<u64> {
 impl Finalizer {
     /// A finalizer that calls `on_done` when the batch (and every copy) is done.
     pub fn new(on_done: impl FnOnce(BatchStatus) + Send + 'static) -> Arc<Self> {
-        Arc::new(Finalizer { status: AtomicU8::new(0), on_done: std::sync::Mutex::new(Some(Box::new(on_done))), revoked: None, position: None })
+        Arc::new(Finalizer { status: AtomicU8::new(0), on_done: std::sync::Mutex::new(Some(Box::new(on_done))), revoked: None })
     }
 
     /// As [`Finalizer::new`], for a batch whose source may hand it to another consumer: once
     /// `revoked` is set, [`Finalizer::is_revoked`] says so.
     pub fn revocable(revoked: Arc<std::sync::atomic::AtomicBool>, on_done: impl FnOnce(BatchStatus) + Send + 'static) -> Arc<Self> {
-        Arc::new(Finalizer { status: AtomicU8::new(0), on_done: std::sync::Mutex::new(Some(Box::new(on_done))), revoked: Some(revoked), position: None })
-    }
-
-    /// As [`Finalizer::revocable`], for an input at `position` in an ordered source (see
-    /// [`Finalizer::tie`]).
-    pub fn revocable_at(revoked: Arc<std::sync::atomic::AtomicBool>, position: Position, on_done: impl FnOnce(BatchStatus) + Send + 'static) -> Arc<Self> {
-        Arc::new(Finalizer {
-            status: AtomicU8::new(0),
-            on_done: std::sync::Mutex::new(Some(Box::new(on_done))),
-            revoked: Some(revoked),
-            position: Some(position),
-        })
-    }
-
-    /// Tells the sources of `finalizers` — the acknowledgements of every input that brought
-    /// spans of one trace — that those inputs go together ([`Resume::tie`]): called by a holder
-    /// when it decides the trace, before any of them is released, so a source that restarts from
-    /// its last commit reads all of the trace again or none of it.
-    pub fn tie(finalizers: &[Arc<Finalizer>]) {
-        if finalizers.len() < 2 {
-            return;
-        }
-        // (source, partition, generation) -> (first, last); a handful of entries.
-        let mut spans: Vec<(&Arc<dyn Resume>, i32, u64, i64, i64)> = Vec::new();
-        for p in finalizers.iter().filter_map(|f| f.position.as_ref()) {
-            match spans.iter_mut().find(|(s, part, g, _, _)| std::ptr::addr_eq(Arc::as_ptr(s), Arc::as_ptr(&p.source)) && *part == p.partition && *g == p.generation) {
-                Some((_, _, _, first, last)) => {
-                    *first = (*first).min(p.offset);
-                    *last = (*last).max(p.offset);
-                }
-                None => spans.push((&p.source, p.partition, p.generation, p.offset, p.offset)),
-            }
-        }
-        for (source, partition, generation, first, last) in spans {
-            if first < last {
-                source.tie(partition, generation, first, last);
-            }
-        }
+        Arc::new(Finalizer { status: AtomicU8::new(0), on_done: std::sync::Mutex::new(Some(Box::new(on_done))), revoked: Some(revoked) })
     }
 
     /// Records an outcome for the batch (the worst one recorded wins), for a holder that ends it

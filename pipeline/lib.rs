@@ -29,7 +29,7 @@ pub mod wire;
 #[cfg(test)]
 mod tests;
 
-pub use batch::{Batch, BatchStatus, Finalizer, Position, Resume};
+pub use batch::{Batch, BatchStatus, Finalizer};
 pub use topology::{
     BuildError, ComponentContext, ComponentError, ComponentFuture, Input, Output, Planned, Refused, RunningTopology,
 };

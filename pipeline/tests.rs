@@ -184,32 +184,6 @@ fn encoded_split_between_buffers_does_not_decode() {
     assert_eq!((h.span_count(), big.span_count()), (2, 3));
 }
 
-/// `Finalizer::tie` tells each source the first and last of the inputs of one trace, per
-/// partition and assignment, and nothing when one input (or none with a position) is involved.
-#[test]
-fn tie_reports_each_partitions_first_and_last_input() {
-    use crate::{Position, Resume};
-    use std::sync::{Arc, Mutex};
-    #[derive(Default)]
-    struct Ties(Mutex<Vec<(i32, u64, i64, i64)>>);
-    impl Resume for Ties {
-        fn tie(&self, partition: i32, generation: u64, first: i64, last: i64) {
-            self.0.lock().unwrap().push((partition, generation, first, last));
-        }
-    }
-    let (a, b) = (Arc::new(Ties::default()), Arc::new(Ties::default()));
-    let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let at = |s: &Arc<Ties>, partition: i32, offset: i64, generation: u64| {
-        Finalizer::revocable_at(flag.clone(), Position { source: s.clone(), partition, offset, generation }, |_| {})
-    };
-    let fins = vec![at(&a, 0, 12, 1), at(&a, 0, 7, 1), at(&a, 0, 30, 1), at(&a, 1, 5, 1), at(&a, 0, 40, 2), at(&b, 0, 3, 1), at(&b, 0, 9, 1), Finalizer::new(|_| {})];
-    Finalizer::tie(&fins);
-    assert_eq!(*a.0.lock().unwrap(), vec![(0, 1, 7, 30)], "partition 1 and generation 2 have one input each");
-    assert_eq!(*b.0.lock().unwrap(), vec![(0, 1, 3, 9)]);
-    Finalizer::tie(&fins[..1]);
-    assert_eq!(a.0.lock().unwrap().len(), 1);
-}
-
 #[test]
 fn finalizer_fires_once_with_worst_status() {
     let (tx, rx) = std::sync::mpsc::channel();

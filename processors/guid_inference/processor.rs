@@ -275,9 +275,6 @@ impl State {
             }
             return;
         }
-        // The records of one request go together: a consumer that restarts from its last commit
-        // reads all of them again or none.
-        Finalizer::tie(&g.finalizers);
         let mut spans = g.spans;
         if let Key::Guid(guid) = key {
             self.guids -= 1;

@@ -604,9 +604,6 @@ impl Shard {
                 t.finalizers.iter().for_each(|f| f.set_status(BatchStatus::Errored));
                 continue;
             }
-            // The records that brought it go together: a consumer that restarts from its last
-            // commit reads all of the trace again or none of it (never a part, decided apart).
-            Finalizer::tie(&t.finalizers);
             spans += t.summary.spans;
             chunk.push((*id, t));
             if spans >= SQL_CHUNK_SPANS {

@@ -6,14 +6,8 @@
 //! after a revocation, its bookkeeping starts afresh. A record handed back undelivered (its
 //! partition was revoked, or the receiver is stopping, while a processor held it) is forgotten
 //! but bars every later offset from commit, so the next owner reads it again.
-//!
-//! Records tied together (they carry spans of one trace, see
-//! [`tracepipe_pipeline::Finalizer::tie`]) are never split by the commit: were the consumer to
-//! die with the commit between two of them, the next owner would read part of the trace again
-//! and decide and deliver that part on its own. The commit stays before the first of them until
-//! the last is done.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 
 #[derive(Debug, Default)]
 struct Partition {
@@ -29,8 +23,6 @@ struct Partition {
     generation: u64,
     /// Lowest offset handed back undelivered: nothing at or after it is committed.
     barrier: Option<i64>,
-    /// Tied records: first offset -> last offset, until the commit passes the last.
-    ties: BTreeMap<i64, i64>,
 }
 
 /// Per-partition bookkeeping of consumed and finished records.
@@ -73,31 +65,12 @@ impl OffsetTracker {
             Some(&first) => first - 1,
             None => p.highest_done?,
         };
-        let mut committable = p.barrier.map_or(committable, |b| committable.min(b - 1));
-        // Never between tied records: back to before the first of any tie the candidate splits
-        // (which may split another, earlier one: until none is split).
-        while let Some((&first, _)) = p.ties.range(..=committable).find(|(_, last)| **last > committable) {
-            committable = first - 1;
-        }
-        // Ties wholly committed are done with.
-        while let Some((&first, &last)) = p.ties.first_key_value()
-            && last <= committable
-        {
-            p.ties.remove(&first);
-        }
+        let committable = p.barrier.map_or(committable, |b| committable.min(b - 1));
         if p.reported.is_some_and(|r| r >= committable) {
             return None;
         }
         p.reported = Some(committable);
         Some(committable)
-    }
-
-    /// Records `first` to `last` carry spans of one trace: the commit is never between them.
-    pub fn tie(&mut self, partition: i32, generation: u64, first: i64, last: i64) {
-        if let Some(p) = self.partitions.get_mut(&partition).filter(|p| p.generation == generation) {
-            let l = p.ties.entry(first).or_insert(last);
-            *l = (*l).max(last);
-        }
     }
 
     /// A record was handed back undelivered: it no longer counts as pending, and neither it nor

@@ -15,7 +15,7 @@ use rdkafka::Message;
 use tracepipe_pipeline::topology::{BuildError, ComponentContext, ComponentFuture};
 use tracepipe_pipeline::wire::scan_traces;
 use tracepipe_pipeline::telemetry::names;
-use tracepipe_pipeline::{otlp_json, Batch, BatchStatus, Finalizer, Position, Resume};
+use tracepipe_pipeline::{otlp_json, Batch, BatchStatus, Finalizer};
 
 use super::config::{Encoding, KafkaReceiverConfig};
 use super::lag::LagContext;
@@ -117,8 +117,7 @@ impl Marking {
     /// delivery.
     fn finalizer(self: &Arc<Self>, r: Redelivery) -> Arc<Finalizer> {
         let this = self.clone();
-        let position = Position { source: self.clone(), partition: r.partition, offset: r.offset, generation: r.generation };
-        Finalizer::revocable_at(r.revoked.clone(), position, move |status| match status {
+        Finalizer::revocable(r.revoked.clone(), move |status| match status {
             BatchStatus::Delivered => this.done(r.partition, r.offset, r.generation),
             BatchStatus::Errored if r.revoked.load(Ordering::Acquire) => {
                 // Let go undelivered because the partition was revoked (or the receiver is
@@ -143,12 +142,6 @@ impl Marking {
                 let _ = this.redeliver.send(Redelivery { attempts: r.attempts + 1, ..r });
             }
         })
-    }
-}
-
-impl Resume for Marking {
-    fn tie(&self, partition: i32, generation: u64, first: i64, last: i64) {
-        self.tracker().tie(partition, generation, first, last);
     }
 }
 

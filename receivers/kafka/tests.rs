@@ -75,39 +75,6 @@ fn offsets_commit_only_a_done_prefix() {
     assert_eq!(t.pending(), 0);
 }
 
-/// Records tied together (spans of one trace) are never split by the commit: a consumer that
-/// dies and restarts from the commit reads all of them again or none.
-#[test]
-fn the_commit_never_falls_between_tied_records() {
-    // A trace in records 12 and 16 was decided: they are tied (before either is done).
-    let mut t2 = OffsetTracker::default();
-    for o in 10..=20 {
-        t2.begin(0, o, 1);
-    }
-    t2.tie(0, 1, 12, 16);
-    assert_eq!(t2.done(0, 10, 1), Some(10));
-    assert_eq!(t2.done(0, 11, 1), Some(11));
-    assert_eq!(t2.done(0, 13, 1), None);
-    assert_eq!(t2.done(0, 12, 1), None, "12..13 done, but committing them would split the tie 12-16");
-    assert_eq!(t2.done(0, 14, 1), None);
-    assert_eq!(t2.done(0, 16, 1), None, "15 pending");
-    // A second tie reaching back (8..18 of another partition does not count; 11..18 here).
-    t2.tie(1, 1, 11, 18);
-    assert_eq!(t2.done(0, 15, 1), Some(16), "the whole tie 12-16 is done: committed past it");
-    // Chained: 17-19 and 18-20; 17, 18 done, 19 pending: back to before 17.
-    t2.tie(0, 1, 17, 19);
-    t2.tie(0, 1, 18, 20);
-    assert_eq!(t2.done(0, 18, 1), None);
-    assert_eq!(t2.done(0, 17, 1), None, "17-18 done but 17-19 is split");
-    assert_eq!(t2.done(0, 19, 1), None, "19 done, but 18-20 would be split by committing 19");
-    assert_eq!(t2.done(0, 20, 1), Some(20));
-    // A tie from an older assignment is ignored.
-    t2.begin(0, 21, 1);
-    t2.begin(0, 22, 1);
-    t2.tie(0, 0, 21, 22);
-    assert_eq!(t2.done(0, 21, 1), Some(21));
-}
-
 /// A record handed back undelivered (its partition revoked while a processor held it) bars
 /// commits at and after it; a new assignment of the partition starts afresh; records already
 /// taken in this assignment are recognised when read again.
