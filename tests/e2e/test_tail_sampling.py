@@ -248,9 +248,11 @@ def _push(http: int, shape) -> tuple:
 # outlier at 2.78x. Before: 1.16-1.30x, 1.22-1.39x and 3.0-3.1x. With huge pages the kernel keeps
 # freed memory resident in 2 MiB units (one-span 1.88-1.97x with the chunks and table alone). A
 # counting allocator showed the live heap equal to the held-bytes gauge for the one-span shape:
-# what is left there is the allocator's. The 100k-span bound keeps a margin over its spread; the
-# one-span bound catches a return to the old 3x.
-BOUND = {"8-span traces": 1.3, "100k-span traces": 1.4, "1M one-span traces": 3.0}
+# what is left there is the allocator's. Later the same day, with each decider making room before
+# it takes a batch in, inside max_bytes / shards: 8-span 1.03-1.06x, 100k-span 0.70-0.73x (its 40 MB
+# traces are decided at a decider's 32 MiB share), one-span 1.44-1.50x (seven runs each). The
+# one-span bound (goal 1.3, not met) catches a return towards the old 3x.
+BOUND = {"8-span traces": 1.3, "100k-span traces": 1.3, "1M one-span traces": 2.2}
 
 
 @pytest.mark.parametrize("shape", list(SHAPES))
