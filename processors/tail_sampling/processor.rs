@@ -275,14 +275,15 @@ pub struct Shard {
 impl Shard {
     fn new(cfg: Arc<TailSamplingConfig>, policies: Arc<Policies>, account: Arc<Account>, shards: usize, m: Metrics) -> Shard {
         let per = |n: usize| n.div_ceil(shards.max(1));
+        let share = decider_share(&cfg, shards);
         let expected = (cfg.expected_new_traces_per_sec as usize).saturating_mul(cfg.decision_wait.as_secs().max(1) as usize);
         Shard {
             sampled: SampledCache::new(per(cfg.decision_cache.sampled_cache_size)),
             not_sampled: NotSampledCache::new(per(cfg.decision_cache.non_sampled_cache_size)),
             num_traces: per(cfg.num_traces as usize),
             traces: TraceTable::with_capacity(per(expected).min(1 << 22)),
-            budget: (cfg.max_bytes / shards.max(1) as u64) as i64,
-            trace_cap: cfg.max_trace_bytes.min(cfg.max_bytes / shards.max(1) as u64),
+            budget: share as i64,
+            trace_cap: cfg.max_trace_bytes.min(share),
             cfg,
             policies,
             account,
@@ -438,10 +439,10 @@ impl Shard {
         let seq_batch = self.batches;
         // Room first, for everything this batch can add, so the count never passes max_bytes.
         let plan = inc.plan_chunks();
-        let envs: i64 = inc.envs.iter().map(|e| e.unclaimed()).sum();
-        self.make_room(plan.cost() + envs + self.growth_bound(&inc, seq_batch), now);
-        let claimed: i64 = inc.envs.iter().map(|e| e.claim()).sum();
-        self.charge(claimed + plan.cost());
+        let taken = plan.cost() + inc.envs.iter().map(|e| e.cost()).sum::<i64>();
+        self.make_room(taken + self.growth_bound(&inc, seq_batch), now);
+        inc.envs.iter().for_each(|e| e.claim());
+        self.charge(taken);
         let copied = inc.copy_out(plan, &self.account);
         for (gi, g) in inc.groups.iter().enumerate() {
             let spans = g.summary.spans;
@@ -891,6 +892,11 @@ pub fn shard_count(cfg: &TailSamplingConfig) -> usize {
     }
 }
 
+/// The bytes one of `shards` deciders may hold: its share of `max_bytes`.
+fn decider_share(cfg: &TailSamplingConfig, shards: usize) -> u64 {
+    cfg.max_bytes / shards.max(1) as u64
+}
+
 /// The front: splits batches by shard.
 pub struct Front {
     /// Each decider's account (its envelopes are charged to it).
@@ -977,12 +983,12 @@ pub async fn build(cfg: TailSamplingConfig, mut ctx: ComponentContext) -> Result
     let name = ctx.name.clone();
     let shutdown = ctx.shutdown.clone();
     let shards = shard_count(&cfg);
-    if cfg.max_trace_bytes > cfg.max_bytes / shards as u64 {
+    if cfg.max_trace_bytes > decider_share(&cfg, shards) {
         tracing::warn!(
             message = "max_trace_bytes is above a decider's share of max_bytes; a trace is decided when it reaches the share.",
             processor = %name,
             max_trace_bytes = cfg.max_trace_bytes,
-            share = cfg.max_bytes / shards as u64,
+            share = decider_share(&cfg, shards),
             shards,
         );
     }

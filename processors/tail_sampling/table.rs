@@ -126,10 +126,13 @@ impl TraceTable {
     /// Bytes the table takes, from its allocations: the map's (slots of key and slot number, a
     /// control byte each), the pages, the free list.
     pub fn bytes(&self) -> usize {
-        self.index.allocation_size()
-            + self.pages.len() * PAGE * std::mem::size_of::<Slot>()
-            + self.pages.capacity() * std::mem::size_of::<Box<[Slot]>>()
-            + self.free.capacity() * 4
+        Self::bytes_of(self.index.allocation_size(), self.pages.len(), self.pages.capacity(), self.free.capacity())
+    }
+
+    /// The table's bytes for a map allocation of `map` bytes, `pages` pages in a list of
+    /// capacity `pages_cap`, and a free list of capacity `free_cap`.
+    fn bytes_of(map: usize, pages: usize, pages_cap: usize, free_cap: usize) -> usize {
+        map + pages * PAGE * std::mem::size_of::<Slot>() + pages_cap * std::mem::size_of::<Box<[Slot]>>() + free_cap * 4
     }
 
     /// An upper bound on [`TraceTable::bytes`] once `new` more traces are held: the map grows
@@ -151,7 +154,7 @@ impl TraceTable {
         let pages_added = new.saturating_sub(self.free.len()).div_ceil(PAGE);
         let pages = self.pages.len() + pages_added;
         let free = if pages_added > 0 { grown(self.free.capacity(), self.free.len() + pages_added * PAGE) } else { self.free.capacity() };
-        map + pages * PAGE * std::mem::size_of::<Slot>() + grown(self.pages.capacity(), pages) * std::mem::size_of::<Box<[Slot]>>() + free * 4
+        Self::bytes_of(map, pages, grown(self.pages.capacity(), pages), free)
     }
 
     /// Gives back room after a burst: when a quarter or less of the slots are used, the traces

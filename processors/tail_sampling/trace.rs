@@ -99,6 +99,7 @@ impl Account {
         self.total.load(Ordering::Relaxed)
     }
     /// The processor's count.
+    #[cfg(test)]
     pub fn total_counter(&self) -> Arc<AtomicI64> {
         self.total.clone()
     }
@@ -125,13 +126,10 @@ impl Env {
     pub fn cost(&self) -> i64 {
         (size_class(self.resource.len()) + size_class(self.scope.len()) + 64) as i64
     }
-    /// Its cost if nobody has charged it yet (0 once charged): the caller charges it.
-    pub fn claim(&self) -> i64 {
-        if self.charged.load(Ordering::Relaxed) || self.charged.swap(true, Ordering::Relaxed) { 0 } else { self.cost() }
-    }
-    /// Its cost if nobody has charged it yet: what a decider makes room for.
-    pub fn unclaimed(&self) -> i64 {
-        if self.charged.load(Ordering::Relaxed) { 0 } else { self.cost() }
+    /// Marks it charged (its decider charged [`Env::cost`]): it refunds that when dropped. An
+    /// envelope dropped before its decider took it in was never charged and refunds nothing.
+    pub fn claim(&self) {
+        self.charged.store(true, Ordering::Relaxed);
     }
 }
 
@@ -457,8 +455,13 @@ pub struct ChunkPlan {
 impl ChunkPlan {
     /// Bytes the chunks will be charged, together.
     pub fn cost(&self) -> i64 {
-        self.caps.iter().map(|c| (size_class(*c) + CHUNK_OVERHEAD) as i64).sum()
+        self.caps.iter().map(|c| chunk_cost(*c)).sum()
     }
+}
+
+/// What a chunk of capacity `cap` is charged: its buffer at its size class and the owner block.
+fn chunk_cost(cap: usize) -> i64 {
+    (size_class(cap) + CHUNK_OVERHEAD) as i64
 }
 
 impl Incoming {
@@ -521,7 +524,7 @@ impl Incoming {
             .into_iter()
             .map(|buf| {
                 debug_assert!(buf.len() <= buf.capacity() && buf.capacity() == size_class(buf.capacity()));
-                let cost = (size_class(buf.capacity()) + CHUNK_OVERHEAD) as i64;
+                let cost = chunk_cost(buf.capacity());
                 bytes::Bytes::from_owner(Chunk { buf, held: held.clone(), cost })
             })
             .collect();
