@@ -59,11 +59,13 @@ pub struct MetricsConfig {
     pub enabled: bool,
     /// Listen address of the telemetry server (default `0.0.0.0:8888`, as the OTel Collector).
     pub endpoint: Endpoint,
+    /// Serve the telemetry endpoint over TLS.
+    pub tls: Option<crate::ServerTlsConfig>,
 }
 
 impl Default for MetricsConfig {
     fn default() -> Self {
-        MetricsConfig { enabled: true, endpoint: Endpoint::new("0.0.0.0", 8888) }
+        MetricsConfig { enabled: true, endpoint: Endpoint::new("0.0.0.0", 8888), tls: None }
     }
 }
 
@@ -223,7 +225,15 @@ pub fn load(file: &str, text: &str, env: &dyn Fn(&str) -> Option<String>) -> (Co
             "processors" => cfg.processors = read_section(file, ComponentKind::Processor, value, &mut errors),
             "sinks" => cfg.sinks = read_section(file, ComponentKind::Sink, value, &mut errors),
             "telemetry" => match value.deserialize_into::<TelemetryConfig>(file) {
-                Ok(t) => cfg.telemetry = t,
+                Ok(t) => {
+                    if let Some(tls) = &t.metrics.tls {
+                        let pos = value.get("metrics").and_then(|m| m.get("tls")).map(|n| n.pos).unwrap_or(value.pos);
+                        for p in tls.problems() {
+                            errors.push(ConfigError::new(file, pos, format!("telemetry.metrics: {p}")));
+                        }
+                    }
+                    cfg.telemetry = t
+                }
                 Err(e) => errors.push(e),
             },
             "memory" => match value.deserialize_into::<MemoryConfig>(file) {

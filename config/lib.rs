@@ -11,13 +11,15 @@
 //! together, each with `file:line:column`.
 //!
 //! Component crates (receivers, processors, sinks) own their config structs; this crate gives them
-//! the shared value types: [`Duration`], [`ByteSize`], [`Endpoint`], and the checks both
+//! the shared value types: [`Duration`], [`ByteSize`], [`Endpoint`], a listener's [`ServerTlsConfig`]
+//! and [`AuthConfig`], and the checks both
 //! Kafka components make of their shared settings ([`check_kafka_common`]).
 
 mod error;
 mod graph;
 mod kafka;
 mod node;
+mod tls;
 mod types;
 
 #[cfg(test)]
@@ -27,4 +29,5 @@ pub use error::{ConfigError, ConfigErrors, Pos};
 pub use graph::{load, ComponentDecl, ComponentKind, ConfigFile, LogFormat, LogsConfig, MemoryConfig, MetricsConfig, TelemetryConfig};
 pub use node::{Key, Node, Value};
 pub use kafka::{check_kafka_common, valid_kafka_broker, valid_kafka_topic, KafkaCommon, KafkaEncoding};
+pub use tls::{AuthConfig, ServerTlsConfig, TlsVersion};
 pub use types::{ByteSize, Duration, Endpoint};

@@ -13,7 +13,8 @@
 //! - [`memory`]: the process-wide memory limit (resident memory sampled; receivers refuse above
 //!   the soft limit);
 //! - [`telemetry`]: metric names, the Prometheus `/metrics`, `/healthz`, `/readyz` server and the
-//!   health registry.
+//!   health registry;
+//! - [`tls`]: TLS on listeners (certificates reloaded when their files change, bounded handshakes).
 //!
 //! Receivers, processors and sinks depend on this crate; it depends on `tracepipe-config` and (for archives) DataFusion.
 
@@ -23,6 +24,7 @@ pub mod memory;
 pub mod otlp_json;
 pub mod regroup;
 pub mod telemetry;
+pub mod tls;
 pub mod topology;
 pub mod wire;
 

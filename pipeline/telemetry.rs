@@ -24,6 +24,10 @@ pub mod names {
     pub const RECEIVER_MALFORMED_REQUESTS: &str = "tracepipe_receiver_malformed_requests_total";
     /// Requests refused for a missing or wrong access token (`receiver`, `transport`).
     pub const RECEIVER_UNAUTHENTICATED_REQUESTS: &str = "tracepipe_receiver_unauthenticated_requests_total";
+    /// TLS handshakes a listener failed (`receiver`: the receiver, or `telemetry`; `transport`;
+    /// `reason`: `not_tls`, `no_client_certificate`, `bad_client_certificate`, `refused_by_client`,
+    /// `incompatible`, `timeout`, `closed`, `other`).
+    pub const RECEIVER_TLS_HANDSHAKE_FAILURES: &str = "tracepipe_receiver_tls_handshake_failures_total";
     /// Spans rejected individually inside an otherwise valid request (`partial_success`)
     /// (`receiver`, `transport`, `reason`).
     pub const RECEIVER_REJECTED_SPANS: &str = "tracepipe_receiver_rejected_spans_total";
@@ -268,22 +272,32 @@ struct ServerState {
     health: Health,
 }
 
-/// Binds the telemetry server. Returns the bound address and the serving future, which ends when
-/// `shutdown` fires.
+/// Binds the telemetry server (over TLS with `tls`). Returns the bound address and the serving
+/// future, which ends when `shutdown` fires.
 pub async fn serve(
     addr: &str,
+    tls: Option<&tracepipe_config::ServerTlsConfig>,
     handle: Option<PrometheusHandle>,
     health: Health,
     shutdown: tokio_util::sync::CancellationToken,
-) -> std::io::Result<(SocketAddr, impl std::future::Future<Output = std::io::Result<()>> + use<>)> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    let local = listener.local_addr()?;
+) -> Result<(SocketAddr, std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<()>> + Send>>), String> {
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| e.to_string())?;
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
     let app = axum::Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz_handler))
         .with_state(ServerState { handle, health });
-    let fut = async move { axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await };
+    let stop = shutdown.clone().cancelled_owned();
+    let fut: std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<()>> + Send>> = match tls {
+        Some(cfg) => {
+            let tls = crate::tls::ServerTls::load(cfg, crate::tls::ALPN_HTTP).map_err(|e| e.to_string())?;
+            tls.watch("telemetry", shutdown);
+            let incoming = crate::tls::TlsIncoming::new(listener, tls, "telemetry", "http").map_err(|e| e.to_string())?;
+            Box::pin(async move { axum::serve(incoming, app).with_graceful_shutdown(stop).await })
+        }
+        None => Box::pin(async move { axum::serve(listener, app).with_graceful_shutdown(stop).await }),
+    };
     Ok((local, fut))
 }
 

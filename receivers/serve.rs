@@ -1,23 +1,144 @@
-//! What every receiver does around its listeners: bind an HTTP router with graceful shutdown,
-//! and run several listeners as one task that keeps `/readyz` informed.
+//! What every receiver does around its listeners: bind an HTTP router or a gRPC service with
+//! graceful shutdown, over TLS when the listener has `tls:` ([`tracepipe_pipeline::tls`]), with
+//! bearer-token checks when the receiver has `auth:` ([`BearerAuth`]), and run several listeners
+//! as one task that keeps `/readyz` informed.
 
-use tracepipe_config::Endpoint;
+use std::sync::Arc;
+
+use tracepipe_config::{AuthConfig, Endpoint, ServerTlsConfig};
+use tracepipe_pipeline::tls::{ServerTls, TlsIncoming, ALPN_GRPC, ALPN_HTTP};
 use tracepipe_pipeline::topology::{BuildError, ComponentContext, ComponentError, ComponentFuture};
 
-/// Binds `endpoint` now (so a busy port fails the build) and returns the task serving `app`
-/// until shutdown.
-pub(crate) async fn http(endpoint: &Endpoint, transport: &'static str, app: axum::Router, ctx: &ComponentContext) -> Result<ComponentFuture, BuildError> {
+/// Reads a listener's TLS files and starts watching them for changes.
+fn load_tls(cfg: &ServerTlsConfig, alpn: &'static [&'static [u8]], transport: &str, ctx: &ComponentContext) -> Result<Arc<ServerTls>, BuildError> {
+    let tls = ServerTls::load(cfg, alpn).map_err(|e| ctx.error(format!("{transport} listener: {e}")))?;
+    tls.watch(&ctx.name, ctx.shutdown.clone());
+    Ok(tls)
+}
+
+async fn bind(endpoint: &Endpoint, transport: &'static str, tls: bool, ctx: &ComponentContext) -> Result<tokio::net::TcpListener, BuildError> {
     let addr = endpoint.to_string();
     let listener = tokio::net::TcpListener::bind(&addr).await.map_err(|e| ctx.error(format!("cannot listen on {addr} ({transport}): {e}")))?;
-    tracing::info!(message = "Receiver listening.", receiver = %ctx.name, transport, address = %listener.local_addr().map(|a| a.to_string()).unwrap_or(addr));
-    let shutdown = ctx.shutdown.clone();
+    tracing::info!(message = "Receiver listening.", receiver = %ctx.name, transport, tls, address = %listener.local_addr().map(|a| a.to_string()).unwrap_or(addr));
+    Ok(listener)
+}
+
+/// Binds `endpoint` now (so a busy port fails the build) and returns the task serving `app`
+/// until shutdown: over TLS with `tls`, and with `auth` every request without one of its bearer
+/// tokens answered 401 before its body is read.
+pub(crate) async fn http(
+    endpoint: &Endpoint,
+    transport: &'static str,
+    app: axum::Router,
+    tls: Option<&ServerTlsConfig>,
+    auth: Option<BearerAuth>,
+    ctx: &ComponentContext,
+) -> Result<ComponentFuture, BuildError> {
+    let listener = bind(endpoint, transport, tls.is_some(), ctx).await?;
+    let app = match auth {
+        Some(auth) => app.layer(axum::middleware::from_fn(move |req: axum::extract::Request, next: axum::middleware::Next| {
+            let allowed = auth.allows(req.headers());
+            async move {
+                if allowed {
+                    next.run(req).await
+                } else {
+                    use axum::response::IntoResponse;
+                    (http::StatusCode::UNAUTHORIZED, [(http::header::WWW_AUTHENTICATE, "Bearer")], "missing or invalid bearer token\n").into_response()
+                }
+            }
+        })),
+        None => app,
+    };
+    let stop = ctx.shutdown.clone().cancelled_owned();
     let name = ctx.name.clone();
-    Ok(Box::pin(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await
-            .map_err(|e| ComponentError(format!("receiver `{name}` {transport} server failed: {e}")))
-    }))
+    let failed = move |e: std::io::Error| ComponentError(format!("receiver `{name}` {transport} server failed: {e}"));
+    Ok(match tls {
+        Some(cfg) => {
+            let incoming = TlsIncoming::new(listener, load_tls(cfg, ALPN_HTTP, transport, ctx)?, &ctx.name, transport).map_err(|e| ctx.error(e.to_string()))?;
+            Box::pin(async move { axum::serve(incoming, app).with_graceful_shutdown(stop).await.map_err(failed) })
+        }
+        None => Box::pin(async move { axum::serve(listener, app).with_graceful_shutdown(stop).await.map_err(failed) }),
+    })
+}
+
+/// Binds `endpoint` now and returns the task serving the gRPC service `svc` until shutdown, over
+/// TLS with `tls` (the service checks its own [`BearerAuth`], see [`grpc_unauthenticated`]).
+pub(crate) async fn grpc<S>(endpoint: &Endpoint, svc: S, tls: Option<&ServerTlsConfig>, ctx: &ComponentContext) -> Result<ComponentFuture, BuildError>
+where
+    S: tower::Service<http::Request<tonic::body::Body>, Response = http::Response<tonic::body::Body>, Error = std::convert::Infallible>
+        + tonic::server::NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let listener = bind(endpoint, "grpc", tls.is_some(), ctx).await?;
+    let stop = ctx.shutdown.clone().cancelled_owned();
+    let name = ctx.name.clone();
+    let failed = move |e: tonic::transport::Error| ComponentError(format!("receiver `{name}` grpc server failed: {e}"));
+    Ok(match tls {
+        Some(cfg) => {
+            let incoming = TlsIncoming::new(listener, load_tls(cfg, ALPN_GRPC, "grpc", ctx)?, &ctx.name, "grpc").map_err(|e| ctx.error(e.to_string()))?;
+            Box::pin(async move { tonic::transport::Server::builder().add_service(svc).serve_with_incoming_shutdown(incoming.into_stream(), stop).await.map_err(failed) })
+        }
+        None => Box::pin(async move {
+            let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+            tonic::transport::Server::builder().add_service(svc).serve_with_incoming_shutdown(incoming, stop).await.map_err(failed)
+        }),
+    })
+}
+
+/// `auth.bearer_tokens` for one receiver transport: requests must carry
+/// `Authorization: Bearer <token>` (gRPC: the `authorization` metadata entry) with one of them.
+/// Tokens are compared in constant time and never logged; refusals are counted in
+/// `tracepipe_receiver_unauthenticated_requests_total`.
+#[derive(Clone)]
+pub(crate) struct BearerAuth {
+    tokens: Arc<[Box<[u8]>]>,
+    refused: metrics::Counter,
+}
+
+impl BearerAuth {
+    /// The check for `receiver` / `transport`, or none when `cfg` has no tokens.
+    pub(crate) fn new(cfg: &AuthConfig, receiver: &str, transport: &'static str) -> Option<BearerAuth> {
+        use tracepipe_pipeline::telemetry::names;
+        if cfg.bearer_tokens.is_empty() {
+            return None;
+        }
+        Some(BearerAuth {
+            tokens: cfg.bearer_tokens.iter().map(|t| t.trim().as_bytes().into()).collect(),
+            refused: metrics::counter!(names::RECEIVER_UNAUTHENTICATED_REQUESTS, "receiver" => receiver.to_owned(), "transport" => transport),
+        })
+    }
+
+    /// True when the request carries an accepted token; counts it otherwise.
+    pub(crate) fn allows(&self, headers: &http::HeaderMap) -> bool {
+        let given = headers.get(http::header::AUTHORIZATION).and_then(|v| bearer_token(v.as_bytes()));
+        // Every token is compared, in time independent of where they differ.
+        let ok = given.is_some_and(|g| self.tokens.iter().fold(false, |hit, t| hit | constant_time_eq(t, g)));
+        if !ok {
+            self.refused.increment(1);
+        }
+        ok
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` value (the scheme in any case).
+fn bearer_token(v: &[u8]) -> Option<&[u8]> {
+    let rest = v.get(..7).filter(|p| p.eq_ignore_ascii_case(b"bearer "))?;
+    let t = v[rest.len()..].trim_ascii();
+    (!t.is_empty()).then_some(t)
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
+}
+
+/// For a gRPC service: the `UNAUTHENTICATED` answer when `auth` refuses the request's metadata.
+pub(crate) fn grpc_unauthenticated(auth: Option<&BearerAuth>, headers: &http::HeaderMap) -> Option<http::Response<tonic::body::Body>> {
+    let auth = auth?;
+    (!auth.allows(headers)).then(|| tonic::Status::unauthenticated("missing or invalid bearer token").into_http())
 }
 
 /// Marks the receiver listening and returns one task running all its listeners; it reports

@@ -393,7 +393,7 @@ async fn serve(graph: graph::ValidGraph, on_started: impl FnOnce()) -> anyhow::R
     let server_stop = tokio_util::sync::CancellationToken::new();
     let server = if telemetry.metrics.enabled {
         let addr = telemetry.metrics.endpoint.to_string();
-        let (local, fut) = tracepipe_pipeline::telemetry::serve(&addr, Some(handle), health, server_stop.clone())
+        let (local, fut) = tracepipe_pipeline::telemetry::serve(&addr, telemetry.metrics.tls.as_ref(), Some(handle), health, server_stop.clone())
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (telemetry): {e}"))?;
         tracing::info!(message = "Telemetry listening.", address = %local, paths = "/metrics /healthz /readyz");

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use serde::Deserialize;
-use tracepipe_config::{ByteSize, ConfigError, Duration, Endpoint, Node};
+use tracepipe_config::{AuthConfig, ByteSize, ConfigError, Duration, Endpoint, Node, ServerTlsConfig};
 
 /// One agent UDP port (`thrift_compact` or `thrift_binary`).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -38,11 +38,13 @@ pub struct HttpConfig {
     pub endpoint: Endpoint,
     /// Largest body accepted (default 20MiB).
     pub max_request_body_size: ByteSize,
+    /// Serve TLS (and with `client_ca_file`, require client certificates).
+    pub tls: Option<ServerTlsConfig>,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { endpoint: Endpoint::new("0.0.0.0", 14268), max_request_body_size: ByteSize::mib(20) }
+        HttpConfig { endpoint: Endpoint::new("0.0.0.0", 14268), max_request_body_size: ByteSize::mib(20), tls: None }
     }
 }
 
@@ -57,11 +59,13 @@ pub struct SamplingConfig {
     pub strategies_file: Option<PathBuf>,
     /// How often the file is checked for changes; 0 = never (default 30s).
     pub reload_interval: Duration,
+    /// Serve TLS (and with `client_ca_file`, require client certificates).
+    pub tls: Option<ServerTlsConfig>,
 }
 
 impl Default for SamplingConfig {
     fn default() -> Self {
-        SamplingConfig { endpoint: Endpoint::new("0.0.0.0", 5778), strategies_file: None, reload_interval: Duration::from_secs(30) }
+        SamplingConfig { endpoint: Endpoint::new("0.0.0.0", 5778), strategies_file: None, reload_interval: Duration::from_secs(30), tls: None }
     }
 }
 
@@ -73,11 +77,12 @@ struct Raw {
     thrift_http: Option<HttpConfig>,
     sampling: Option<SamplingConfig>,
     admission_timeout: Duration,
+    auth: AuthConfig,
 }
 
 impl Default for Raw {
     fn default() -> Self {
-        Raw { thrift_compact: None, thrift_binary: None, thrift_http: None, sampling: None, admission_timeout: Duration::from_millis(200) }
+        Raw { thrift_compact: None, thrift_binary: None, thrift_http: None, sampling: None, admission_timeout: Duration::from_millis(200), auth: AuthConfig::default() }
     }
 }
 
@@ -95,6 +100,9 @@ pub struct JaegerConfig {
     /// How long a batch waits for room in the graph before it is refused (HTTP 503) or dropped
     /// and counted (UDP) (default 200ms).
     pub admission_timeout: Duration,
+    /// Bearer tokens required of every `thrift_http` request (the sampling endpoint, which Jaeger
+    /// clients poll without credentials, is not checked).
+    pub auth: AuthConfig,
 }
 
 const TRANSPORTS: [&str; 4] = ["thrift_compact", "thrift_binary", "thrift_http", "sampling"];
@@ -110,7 +118,7 @@ impl JaegerConfig {
         }
         let raw: Raw = node.deserialize_into(file).map_err(|e| vec![e])?;
         let mut c = if named {
-            JaegerConfig { thrift_compact: raw.thrift_compact, thrift_binary: raw.thrift_binary, thrift_http: raw.thrift_http, sampling: raw.sampling, admission_timeout: raw.admission_timeout }
+            JaegerConfig { thrift_compact: raw.thrift_compact, thrift_binary: raw.thrift_binary, thrift_http: raw.thrift_http, sampling: raw.sampling, admission_timeout: raw.admission_timeout, auth: raw.auth }
         } else {
             JaegerConfig {
                 thrift_compact: Some(UdpConfig::default()),
@@ -118,6 +126,7 @@ impl JaegerConfig {
                 thrift_http: Some(HttpConfig::default()),
                 sampling: Some(SamplingConfig::default()),
                 admission_timeout: raw.admission_timeout,
+                auth: raw.auth,
             }
         };
         if let Some(u) = &mut c.thrift_compact {
@@ -138,6 +147,14 @@ impl JaegerConfig {
                 }
             }
         }
+        for (key, tls) in [("thrift_http", c.thrift_http.as_ref().and_then(|h| h.tls.as_ref())), ("sampling", c.sampling.as_ref().and_then(|s| s.tls.as_ref()))] {
+            if let Some(t) = tls {
+                let pos = node.get(key).and_then(|n| n.get("tls")).map(|n| n.pos).unwrap_or(node.pos);
+                errors.extend(t.problems().into_iter().map(|p| ConfigError::new(file, pos, format!("{key}: {p}"))));
+            }
+        }
+        let pos = node.get("auth").map(|n| n.pos).unwrap_or(node.pos);
+        errors.extend(c.auth.problems().into_iter().map(|p| ConfigError::new(file, pos, p)));
         if errors.is_empty() { Ok(c) } else { Err(errors) }
     }
 

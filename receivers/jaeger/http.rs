@@ -21,10 +21,10 @@ struct AppState {
 }
 
 /// Binds the listener and returns the serving task.
-pub async fn serve(cfg: &HttpConfig, output: Output, wait: Duration, ctx: &ComponentContext) -> Result<ComponentFuture, BuildError> {
+pub async fn serve(cfg: &HttpConfig, auth: &tracepipe_config::AuthConfig, output: Output, wait: Duration, ctx: &ComponentContext) -> Result<ComponentFuture, BuildError> {
     let state = AppState { adm: Admission::new(&ctx.name, TRANSPORT, output, wait).stopping_on(ctx.shutdown.clone()), limit: cfg.max_request_body_size.get() as usize };
     let app = axum::Router::new().route("/api/traces", axum::routing::post(traces)).with_state(state);
-    crate::serve::http(&cfg.endpoint, "thrift_http", app, ctx).await
+    crate::serve::http(&cfg.endpoint, "thrift_http", app, cfg.tls.as_ref(), crate::serve::BearerAuth::new(auth, &ctx.name, TRANSPORT), ctx).await
 }
 
 async fn traces(State(s): State<AppState>, headers: HeaderMap, body: Body) -> Response {

@@ -57,12 +57,12 @@ pub async fn build(cfg: JaegerConfig, mut ctx: ComponentContext) -> Result<Compo
         tasks.push(udp::serve(u, model::Protocol::Binary, output.clone(), wait, &ctx).await?);
     }
     if let Some(h) = &cfg.thrift_http {
-        tasks.push(http::serve(h, output.clone(), wait, &ctx).await?);
+        tasks.push(http::serve(h, &cfg.auth, output.clone(), wait, &ctx).await?);
     }
     if let Some(s) = &cfg.sampling {
         let store = sampling::Store::open(s.strategies_file.clone()).map_err(|e| ctx.error(e))?;
         let watch = tokio::spawn(store.clone().watch(s.reload_interval.get(), ctx.shutdown.clone()));
-        let server = crate::serve::http(&s.endpoint, "sampling", sampling::router(store), &ctx).await?;
+        let server = crate::serve::http(&s.endpoint, "sampling", sampling::router(store), s.tls.as_ref(), None, &ctx).await?;
         tasks.push(Box::pin(async move {
             let r = server.await;
             watch.abort();

@@ -1,7 +1,7 @@
 //! Configuration of the LightStep receiver.
 
 use serde::Deserialize;
-use tracepipe_config::{ByteSize, ConfigError, Duration, Endpoint, Node};
+use tracepipe_config::{ByteSize, ConfigError, Duration, Endpoint, Node, ServerTlsConfig};
 
 /// A listener.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -9,6 +9,8 @@ use tracepipe_config::{ByteSize, ConfigError, Duration, Endpoint, Node};
 pub struct Listener {
     /// Listen address.
     pub endpoint: Endpoint,
+    /// Serve TLS (and with `client_ca_file`, require client certificates).
+    pub tls: Option<ServerTlsConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -25,6 +27,7 @@ struct Raw {
 #[serde(deny_unknown_fields, default)]
 struct RawListener {
     endpoint: Option<Endpoint>,
+    tls: Option<ServerTlsConfig>,
 }
 
 impl Default for Raw {
@@ -58,8 +61,8 @@ impl LightstepConfig {
         let raw: Raw = node.deserialize_into(file).map_err(|e| vec![e])?;
         let (grpc, http) = if named { (raw.grpc, raw.http) } else { (Some(RawListener::default()), Some(RawListener::default())) };
         let c = LightstepConfig {
-            grpc: grpc.map(|g| Listener { endpoint: g.endpoint.unwrap_or(Endpoint::new("0.0.0.0", 8282)) }),
-            http: http.map(|h| Listener { endpoint: h.endpoint.unwrap_or(Endpoint::new("0.0.0.0", 8181)) }),
+            grpc: grpc.map(|g| Listener { endpoint: g.endpoint.unwrap_or(Endpoint::new("0.0.0.0", 8282)), tls: g.tls }),
+            http: http.map(|h| Listener { endpoint: h.endpoint.unwrap_or(Endpoint::new("0.0.0.0", 8181)), tls: h.tls }),
             access_tokens: raw.access_tokens.into_iter().filter(|t| !t.is_empty()).collect(),
             max_request_size: raw.max_request_size,
             admission_timeout: raw.admission_timeout,
@@ -70,7 +73,14 @@ impl LightstepConfig {
             let pos = node.get("http").map(|n| n.pos).unwrap_or(node.pos);
             return Err(vec![ConfigError::new(file, pos, format!("grpc and http both listen on {}", h.endpoint))]);
         }
-        Ok(c)
+        let mut errors = Vec::new();
+        for (key, l) in [("grpc", &c.grpc), ("http", &c.http)] {
+            if let Some(t) = l.as_ref().and_then(|l| l.tls.as_ref()) {
+                let pos = node.get(key).and_then(|n| n.get("tls")).map(|n| n.pos).unwrap_or(node.pos);
+                errors.extend(t.problems().into_iter().map(|p| ConfigError::new(file, pos, format!("{key}: {p}"))));
+            }
+        }
+        if errors.is_empty() { Ok(c) } else { Err(errors) }
     }
 
     /// The listeners, for graph-wide conflict checks.

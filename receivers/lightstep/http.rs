@@ -11,9 +11,9 @@ use tracepipe_pipeline::topology::{BuildError, ComponentContext, ComponentFuture
 use super::{pb, Ingest, ReportError};
 
 /// Binds the listener and returns the serving task.
-pub async fn serve(endpoint: &Endpoint, limit: usize, ingest: Ingest, ctx: &ComponentContext) -> Result<ComponentFuture, BuildError> {
+pub async fn serve(endpoint: &Endpoint, tls: Option<&tracepipe_config::ServerTlsConfig>, limit: usize, ingest: Ingest, ctx: &ComponentContext) -> Result<ComponentFuture, BuildError> {
     let app = axum::Router::new().route("/api/v2/reports", axum::routing::post(reports)).with_state((ingest, limit));
-    crate::serve::http(endpoint, "http", app, ctx).await
+    crate::serve::http(endpoint, "http", app, tls, None, ctx).await
 }
 
 fn respond(status: StatusCode, json: bool, resp: pb::ReportResponse) -> Response {

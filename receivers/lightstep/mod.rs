@@ -252,22 +252,11 @@ pub async fn build(cfg: LightstepConfig, mut ctx: ComponentContext) -> Result<Co
     let ingest = Ingest::new(&cfg, &ctx.name, output, Some(ctx.shutdown.clone()));
     let mut tasks: Vec<ComponentFuture> = Vec::new();
     if let Some(g) = &cfg.grpc {
-        let addr = g.endpoint.to_string();
-        let listener = tokio::net::TcpListener::bind(&addr).await.map_err(|e| ctx.error(format!("cannot listen on {addr} (grpc): {e}")))?;
-        tracing::info!(message = "Receiver listening.", receiver = %ctx.name, transport = "grpc", address = %listener.local_addr().map(|a| a.to_string()).unwrap_or(addr));
         let svc = GrpcService { ingest: ingest.clone(), max_size: cfg.max_request_size.get() as usize };
-        let shutdown = ctx.shutdown.clone();
-        let name = ctx.name.clone();
-        tasks.push(Box::pin(async move {
-            tonic::transport::Server::builder()
-                .add_service(svc)
-                .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), shutdown.cancelled_owned())
-                .await
-                .map_err(|e| tracepipe_pipeline::ComponentError(format!("receiver `{name}` grpc server failed: {e}")))
-        }));
+        tasks.push(crate::serve::grpc(&g.endpoint, svc, g.tls.as_ref(), &ctx).await?);
     }
     if let Some(h) = &cfg.http {
-        tasks.push(http::serve(&h.endpoint, cfg.max_request_size.get() as usize, ingest.clone(), &ctx).await?);
+        tasks.push(http::serve(&h.endpoint, h.tls.as_ref(), cfg.max_request_size.get() as usize, ingest.clone(), &ctx).await?);
     }
     drop(ingest);
     Ok(crate::serve::listeners(tasks, &ctx))

@@ -1,7 +1,7 @@
 //! Configuration of the OTLP receiver.
 
 use serde::Deserialize;
-use tracepipe_config::{ByteSize, ConfigError, Duration, Endpoint, Node};
+use tracepipe_config::{AuthConfig, ByteSize, ConfigError, Duration, Endpoint, Node, ServerTlsConfig};
 
 /// `grpc:` settings.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -12,11 +12,13 @@ pub struct GrpcConfig {
     /// Largest request message accepted, after decompression (default 4MiB, as gRPC and the
     /// OTel Collector).
     pub max_recv_msg_size: ByteSize,
+    /// Serve TLS (and with `client_ca_file`, require client certificates).
+    pub tls: Option<ServerTlsConfig>,
 }
 
 impl Default for GrpcConfig {
     fn default() -> Self {
-        GrpcConfig { endpoint: Endpoint::new("0.0.0.0", 4317), max_recv_msg_size: ByteSize::mib(4) }
+        GrpcConfig { endpoint: Endpoint::new("0.0.0.0", 4317), max_recv_msg_size: ByteSize::mib(4), tls: None }
     }
 }
 
@@ -31,11 +33,13 @@ pub struct HttpConfig {
     pub max_request_body_size: ByteSize,
     /// Path for traces (default `/v1/traces`).
     pub traces_url_path: String,
+    /// Serve TLS (and with `client_ca_file`, require client certificates).
+    pub tls: Option<ServerTlsConfig>,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { endpoint: Endpoint::new("0.0.0.0", 4318), max_request_body_size: ByteSize::mib(20), traces_url_path: "/v1/traces".into() }
+        HttpConfig { endpoint: Endpoint::new("0.0.0.0", 4318), max_request_body_size: ByteSize::mib(20), traces_url_path: "/v1/traces".into(), tls: None }
     }
 }
 
@@ -65,11 +69,12 @@ struct Raw {
     http: Option<HttpConfig>,
     admission_timeout: Duration,
     acknowledgements: AcknowledgementsConfig,
+    auth: AuthConfig,
 }
 
 impl Default for Raw {
     fn default() -> Self {
-        Raw { grpc: None, http: None, admission_timeout: Duration::from_millis(500), acknowledgements: AcknowledgementsConfig::default() }
+        Raw { grpc: None, http: None, admission_timeout: Duration::from_millis(500), acknowledgements: AcknowledgementsConfig::default(), auth: AuthConfig::default() }
     }
 }
 
@@ -85,6 +90,8 @@ pub struct OtlpConfig {
     pub admission_timeout: Duration,
     /// End-to-end acknowledgements.
     pub acknowledgements: AcknowledgementsConfig,
+    /// Bearer tokens both transports require.
+    pub auth: AuthConfig,
 }
 
 impl OtlpConfig {
@@ -122,7 +129,15 @@ impl OtlpConfig {
             let pos = node.get("acknowledgements").map(|n| n.pos).unwrap_or(node.pos);
             errors.push(ConfigError::new(file, pos, "acknowledgements: timeout must be above 0"));
         }
-        if errors.is_empty() { Ok(OtlpConfig { grpc, http, admission_timeout: raw.admission_timeout, acknowledgements: raw.acknowledgements }) } else { Err(errors) }
+        for (key, tls) in [("grpc", grpc.as_ref().and_then(|g| g.tls.as_ref())), ("http", http.as_ref().and_then(|h| h.tls.as_ref()))] {
+            if let Some(t) = tls {
+                let pos = node.get(key).and_then(|n| n.get("tls")).map(|n| n.pos).unwrap_or(node.pos);
+                errors.extend(t.problems().into_iter().map(|p| ConfigError::new(file, pos, format!("{key}: {p}"))));
+            }
+        }
+        let pos = node.get("auth").map(|n| n.pos).unwrap_or(node.pos);
+        errors.extend(raw.auth.problems().into_iter().map(|p| ConfigError::new(file, pos, p)));
+        if errors.is_empty() { Ok(OtlpConfig { grpc, http, admission_timeout: raw.admission_timeout, acknowledgements: raw.acknowledgements, auth: raw.auth }) } else { Err(errors) }
     }
 
     /// The listeners, for graph-wide conflict checks.

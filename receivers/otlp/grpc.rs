@@ -54,6 +54,7 @@ impl Decoder for RawRequestCodec {
 pub(super) struct ExportService {
     pub(super) ingest: Ingest,
     pub(super) max_size: usize,
+    pub(super) auth: Option<crate::serve::BearerAuth>,
 }
 
 struct Unary(Ingest);
@@ -93,6 +94,10 @@ where
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
+            // Before anything is read or decompressed.
+            if let Some(refused) = crate::serve::grpc_unauthenticated(this.auth.as_ref(), req.headers()) {
+                return Ok(refused);
+            }
             if req.uri().path() != EXPORT_PATH {
                 return Ok(Status::unimplemented(format!("unknown method {}", req.uri().path())).into_http());
             }
@@ -141,20 +146,7 @@ pub(crate) fn unsupported_media_type() -> http::Response<tonic::body::Body> {
 }
 
 /// Binds the gRPC listener and returns the serving task.
-pub async fn serve(cfg: &GrpcConfig, ingest: Ingest, ctx: &ComponentContext) -> Result<ComponentFuture, BuildError> {
-    let addr = cfg.endpoint.to_string();
-    let listener = tokio::net::TcpListener::bind(&addr).await.map_err(|e| ctx.error(format!("cannot listen on {addr} (grpc): {e}")))?;
-    let local = listener.local_addr().map_err(|e| ctx.error(e.to_string()))?;
-    tracing::info!(message = "Receiver listening.", receiver = %ctx.name, transport = "grpc", address = %local);
-    let svc = ExportService { ingest, max_size: cfg.max_recv_msg_size.get() as usize };
-    let shutdown = ctx.shutdown.clone();
-    let name = ctx.name.clone();
-    Ok(Box::pin(async move {
-        let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-        tonic::transport::Server::builder()
-            .add_service(svc)
-            .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
-            .await
-            .map_err(|e| tracepipe_pipeline::ComponentError(format!("receiver `{name}` grpc server failed: {e}")))
-    }))
+pub async fn serve(cfg: &GrpcConfig, ingest: Ingest, auth: &tracepipe_config::AuthConfig, ctx: &ComponentContext) -> Result<ComponentFuture, BuildError> {
+    let svc = ExportService { ingest, max_size: cfg.max_recv_msg_size.get() as usize, auth: crate::serve::BearerAuth::new(auth, &ctx.name, "grpc") };
+    crate::serve::grpc(&cfg.endpoint, svc, cfg.tls.as_ref(), ctx).await
 }

@@ -36,10 +36,10 @@ struct RpcStatus {
 }
 
 /// Binds the HTTP listener and returns the serving task.
-pub async fn serve(cfg: &HttpConfig, ingest: Ingest, ctx: &ComponentContext) -> Result<ComponentFuture, BuildError> {
+pub async fn serve(cfg: &HttpConfig, ingest: Ingest, auth: &tracepipe_config::AuthConfig, ctx: &ComponentContext) -> Result<ComponentFuture, BuildError> {
     let state = AppState { ingest, limit: cfg.max_request_body_size.get() as usize };
     let app = axum::Router::new().route(&cfg.traces_url_path, axum::routing::post(export)).with_state(state);
-    crate::serve::http(&cfg.endpoint, "http", app, ctx).await
+    crate::serve::http(&cfg.endpoint, "http", app, cfg.tls.as_ref(), crate::serve::BearerAuth::new(auth, &ctx.name, "http"), ctx).await
 }
 
 fn error_response(format: Format, status: StatusCode, grpc_code: i32, message: String) -> Response {

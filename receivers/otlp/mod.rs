@@ -6,6 +6,10 @@
 //!   `application/x-protobuf` or `application/json` (OTLP/JSON), `Content-Encoding` gzip, zstd,
 //!   deflate or identity; HTTP/1.1 and h2c.
 //!
+//! Both take `tls:` (TLS, mutual TLS with `client_ca_file`, certificates reloaded when their
+//! files change); `auth.bearer_tokens` makes both require `Authorization: Bearer <token>`
+//! (`UNAUTHENTICATED` / 401 before the body is read).
+//!
 //! Protobuf requests are scanned, not decoded ([`tracepipe_pipeline::wire`]): valid bytes enter
 //! the graph as they came. Spans with bad ids are dropped and reported in `partial_success`;
 //! malformed requests get `INVALID_ARGUMENT` / 400; bodies over the size limit (also after
@@ -35,10 +39,10 @@ pub async fn build(config: OtlpConfig, mut ctx: ComponentContext) -> Result<Comp
     ctx.health.expect_receiver(&ctx.name);
     let mut servers: Vec<ComponentFuture> = Vec::new();
     if let Some(g) = &config.grpc {
-        servers.push(grpc::serve(g, ingest.clone(), &ctx).await?);
+        servers.push(grpc::serve(g, ingest.clone(), &config.auth, &ctx).await?);
     }
     if let Some(h) = &config.http {
-        servers.push(http::serve(h, ingest.clone(), &ctx).await?);
+        servers.push(http::serve(h, ingest.clone(), &config.auth, &ctx).await?);
     }
     drop(ingest);
     Ok(crate::serve::listeners(servers, &ctx))

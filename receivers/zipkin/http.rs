@@ -41,7 +41,7 @@ pub async fn serve(cfg: &ZipkinConfig, output: Output, ctx: &ComponentContext) -
         .route("/api/v2/spans", axum::routing::post(spans))
         .route("/api/v1/spans", axum::routing::post(spans))
         .with_state(state);
-    crate::serve::http(&cfg.endpoint, "http", app, ctx).await
+    crate::serve::http(&cfg.endpoint, "http", app, cfg.tls.as_ref(), crate::serve::BearerAuth::new(&cfg.auth, &ctx.name, TRANSPORT), ctx).await
 }
 
 fn text(status: StatusCode, msg: String) -> Response {
