@@ -188,3 +188,27 @@ fn memory_section_defaults_and_errors_all_at_once() {
     let joined = load_err(&format!("{base}memory: {{ limt: 1GiB }}\n")).join("\n");
     assert!(joined.contains("unknown field `limt`"), "{joined}");
 }
+
+#[test]
+fn telemetry_tls_reads_versions_written_as_numbers_or_strings_and_reports_bad_ones() {
+    let cfg = load_ok(&format!("{GOOD}telemetry:\n  metrics: {{ tls: {{ cert_file: c.pem, key_file: k.pem, min_version: 1.3, max_version: \"1.3\" }} }}\n"));
+    let tls = cfg.telemetry.metrics.tls.expect("tls");
+    assert_eq!((tls.min_version, tls.max_version), (TlsVersion::V1_3, TlsVersion::V1_3));
+    assert_eq!(tls.reload_interval, Duration::from_secs(10));
+    assert!(tls.client_ca_file.is_none());
+    let errs = load_err(&format!("{GOOD}telemetry:\n  metrics: {{ tls: {{ cert_file: c.pem, key_file: k.pem, min_version: \"1.3\", max_version: \"1.2\" }} }}\n"));
+    assert!(errs.iter().any(|e| e.starts_with("t.yaml:14:19:") && e.contains("tls.min_version 1.3 is above tls.max_version 1.2")), "{errs:?}");
+    let errs = load_err(&format!("{GOOD}telemetry:\n  metrics: {{ tls: {{ cert_file: c.pem, key_file: k.pem, min_version: 1.1 }} }}\n"));
+    assert!(errs.iter().any(|e| e.contains("TLS 1.1 is not supported")), "{errs:?}");
+    let errs = load_err(&format!("{GOOD}telemetry:\n  metrics: {{ tls: {{ key_file: k.pem }} }}\n"));
+    assert!(errs.iter().any(|e| e.contains("cert_file")), "{errs:?}");
+}
+
+#[test]
+fn auth_tokens_are_redacted_in_debug_output_and_an_empty_one_is_a_problem() {
+    let a = AuthConfig { bearer_tokens: vec!["s3cret".into(), "".into()] };
+    let shown = format!("{a:?}");
+    assert!(!shown.contains("s3cret") && shown.contains("2 redacted"), "{shown}");
+    assert_eq!(a.problems().len(), 1);
+    assert!(AuthConfig { bearer_tokens: vec!["x".into()] }.problems().is_empty());
+}

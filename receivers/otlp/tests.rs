@@ -13,7 +13,7 @@ use super::ingest::{without_invalid, Ingest};
 #[tokio::test]
 async fn a_request_that_is_not_grpc_gets_415() {
     let (tx, _input) = Input::channel(1);
-    let svc = ExportService { ingest: Ingest::new("in", Output::new(vec![tx]), std::time::Duration::ZERO), max_size: 4 << 20 };
+    let svc = ExportService { ingest: Ingest::new("in", Output::new(vec![tx]), std::time::Duration::ZERO), max_size: 4 << 20, auth: None };
     let path = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
     let req = |ct: &str| http::Request::post(path).header("content-type", ct).body(http_body_util::Full::new(bytes::Bytes::from_static(b"\0\0\0\0\0"))).unwrap();
     for ct in ["application/json", "text/plain", ""] {
@@ -98,4 +98,36 @@ async fn acknowledgements_answer_what_the_sinks_did() {
     // (paused clock: exactly the 5 s timeout, not a wall-clock guess)
     assert!(t1.elapsed() >= std::time::Duration::from_secs(5) && t1.elapsed() < std::time::Duration::from_millis(5_010), "{:?}", t1.elapsed());
     sink.await.unwrap();
+}
+
+/// With `auth.bearer_tokens`, a request without one of them is answered `UNAUTHENTICATED` before
+/// anything else is looked at (even a body that is not gRPC), and counted; the scheme is
+/// case-insensitive, the token exact.
+#[tokio::test]
+async fn grpc_requests_need_a_bearer_token_when_tokens_are_configured() {
+    let (tx, _input) = Input::channel(4);
+    let auth = tracepipe_config::AuthConfig { bearer_tokens: vec!["tok-1".into(), "tok-2".into()] };
+    let svc = ExportService {
+        ingest: Ingest::new("in", Output::new(vec![tx]), std::time::Duration::ZERO),
+        max_size: 4 << 20,
+        auth: crate::serve::BearerAuth::new(&auth, "in", "grpc"),
+    };
+    let path = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+    let req = |authz: Option<&str>| {
+        let mut b = http::Request::post(path).header("content-type", "application/grpc");
+        if let Some(a) = authz {
+            b = b.header("authorization", a);
+        }
+        b.body(http_body_util::Full::new(bytes::Bytes::from_static(b"\0\0\0\0\0"))).unwrap()
+    };
+    let status = |r: &http::Response<tonic::body::Body>| r.headers().get("grpc-status").map(|v| v.to_str().unwrap().to_owned());
+    for bad in [None, Some("Bearer tok-3"), Some("Basic tok-1"), Some("Bearer"), Some("Bearer tok-1x"), Some("tok-1")] {
+        let resp = svc.clone().oneshot(req(bad)).await.unwrap();
+        assert_eq!(status(&resp).as_deref(), Some("16"), "{bad:?}");
+    }
+    for good in ["Bearer tok-1", "bearer tok-2", "BEARER  tok-1 "] {
+        let resp = svc.clone().oneshot(req(Some(good))).await.unwrap();
+        assert_eq!(resp.status(), http::StatusCode::OK, "{good:?}");
+        assert_ne!(status(&resp).as_deref(), Some("16"), "{good:?}");
+    }
 }

@@ -115,9 +115,9 @@ def wait_port(port: int, timeout: float = 15.0, what: str = "") -> None:
     raise RuntimeError(f"{what or 'peer'} did not listen on port {port} within {timeout}s")
 
 
-def http_get(url: str, timeout: float = 5.0):
+def http_get(url: str, timeout: float = 5.0, context=None):
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
+        with urllib.request.urlopen(url, timeout=timeout, context=context) as r:
             return r.status, r.read().decode()
     except urllib.error.HTTPError as e:
         return e.code, e.read().decode()
@@ -170,6 +170,8 @@ class Tracepipe:
         self.log_path = self.dir / "tracepipe.log"
         self.proc = None
         self.env = None
+        # An ssl.SSLContext when the config serves telemetry over TLS (https on metrics_port).
+        self.telemetry_tls = None
 
     @classmethod
     def from_file(cls, path: Path, env: dict, name: str = "tp"):
@@ -189,7 +191,7 @@ class Tracepipe:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"tracepipe exited with {self.proc.returncode}:\n{self.log_path.read_text()}")
             try:
-                status, _ = http_get(f"http://127.0.0.1:{self.metrics_port}/readyz", timeout=0.5)
+                status, _ = self.telemetry_get("/readyz", timeout=0.5)
                 if status == 200:
                     return self
             except OSError:
@@ -197,8 +199,13 @@ class Tracepipe:
             time.sleep(0.05)
         raise RuntimeError(f"tracepipe not ready within {ready_timeout}s:\n{self.log_path.read_text()}")
 
+    def telemetry_get(self, path: str, timeout: float = 5.0):
+        scheme = "https" if self.telemetry_tls else "http"
+        host = "localhost" if self.telemetry_tls else "127.0.0.1"
+        return http_get(f"{scheme}://{host}:{self.metrics_port}{path}", timeout=timeout, context=self.telemetry_tls)
+
     def metrics(self) -> dict:
-        status, text = http_get(f"http://127.0.0.1:{self.metrics_port}/metrics")
+        status, text = self.telemetry_get("/metrics")
         assert status == 200
         return parse_metrics(text)
 

@@ -1,16 +1,18 @@
 """Run with tests/.venv-lightstep. The real LightStep Python tracer (4.4.8) reporting over HTTP
 (`use_http=True`, `collector_encryption='none'`) to a satellite at 127.0.0.1:PORT.
 
-  lightstep_send.py PORT TOKEN N
-Prints one JSON line with every finished span as the tracer recorded it."""
+  lightstep_send.py PORT TOKEN N [tls]
+With `tls`, it reports over HTTPS to localhost (`collector_encryption='tls'`), trusting the CA in
+REQUESTS_CA_BUNDLE. Prints one JSON line with every finished span as the tracer recorded it."""
 import json
 import sys
 
 import lightstep
 
 port, token, n = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
-tracer = lightstep.Tracer(component_name="ls-orders", access_token=token, collector_host="127.0.0.1", collector_port=port,
-                          collector_encryption="none", use_http=True, periodic_flush_seconds=0.1, tags={"env": "test", "hostname": "h1"})
+tls = len(sys.argv) > 4 and sys.argv[4] == "tls"
+tracer = lightstep.Tracer(component_name="ls-orders", access_token=token, collector_host="localhost" if tls else "127.0.0.1", collector_port=port,
+                          collector_encryption="tls" if tls else "none", use_http=True, periodic_flush_seconds=0.1, tags={"env": "test", "hostname": "h1"})
 finished = []
 for i in range(n):
     with tracer.start_active_span(f"GET /orders/{i}", tags={"span.kind": "server", "guid:x-request-id": f"req-{i}", "http.status_code": 200}) as root:
