@@ -45,6 +45,21 @@ def tls_block(d: Path, cert="server", mtls=False, extra="") -> str:
     return f"{{ cert_file: {d / (cert + '.pem')}, key_file: {d / (cert + '.key')}{ca}{extra} }}"
 
 
+def otlp_tls(name: str, grpc_tls: str = None, http_tls: str = None, extra: str = ""):
+    """A tracepipe (not started) with an OTLP receiver `in` (the transports given a `tls:` block)
+    into a discarding sink; returns it and the (grpc, http) ports."""
+    g, h = free_port(), free_port()
+    listeners = "".join(f"\n    {k}: {{ endpoint: 127.0.0.1:{p}, tls: {t} }}" for k, p, t in (("grpc", g, grpc_tls), ("http", h, http_tls)) if t)
+    tp = Tracepipe(f"""
+receivers:
+  in:
+    type: otlp{listeners}{extra}
+sinks:
+  out: {{ type: debug, inputs: [in], verbosity: none }}
+""", name)
+    return tp, g, h
+
+
 def accepted(tp, transport, receiver="in"):
     return metric_sum(tp.metrics(), "tracepipe_receiver_accepted_spans_total", receiver=receiver, transport=transport)
 
@@ -92,17 +107,7 @@ def sdk_export(mode, port, d, token, n=3):
 
 def test_otel_sdk_over_tls_with_bearer_tokens_on_grpc_and_http(pki):
     d = pki
-    g, h = free_port(), free_port()
-    tp = Tracepipe(f"""
-receivers:
-  in:
-    type: otlp
-    grpc: {{ endpoint: 127.0.0.1:{g}, tls: {tls_block(d)} }}
-    http: {{ endpoint: 127.0.0.1:{h}, tls: {tls_block(d, extra=', min_version: 1.2')} }}
-    auth: {{ bearer_tokens: [token-one, "${{env:SECOND_TOKEN}}"] }}
-sinks:
-  out: {{ type: debug, inputs: [in], verbosity: none }}
-""", "tlssdk")
+    tp, g, h = otlp_tls("tlssdk", tls_block(d), tls_block(d, extra=", min_version: 1.2"), '\n    auth: { bearer_tokens: [token-one, "${env:SECOND_TOKEN}"] }')
     tp.env = {**os.environ, "SECOND_TOKEN": "token-two"}
     with tp:
         # The SDK's exporters, each token, each transport.
@@ -137,16 +142,7 @@ def test_refused_handshakes_are_counted_and_the_server_keeps_serving(pki):
     under mutual TLS: no client certificate, one from another CA, an expired one. Each is refused
     and counted by reason; a good client is served after every one."""
     d = pki
-    g, h = free_port(), free_port()
-    tp = Tracepipe(f"""
-receivers:
-  in:
-    type: otlp
-    grpc: {{ endpoint: 127.0.0.1:{g}, tls: {tls_block(d, cert='expired-server')} }}
-    http: {{ endpoint: 127.0.0.1:{h}, tls: {tls_block(d, mtls=True)} }}
-sinks:
-  out: {{ type: debug, inputs: [in], verbosity: none }}
-""", "tlsrefuse")
+    tp, g, h = otlp_tls("tlsrefuse", tls_block(d, cert="expired-server"), tls_block(d, mtls=True))
     body = request([os.urandom(8)]).SerializeToString()
     url = f"https://localhost:{h}/v1/traces"
     ca = str(d / "test-ca.pem")
@@ -190,15 +186,7 @@ def test_certificate_rotation_under_load_new_connections_get_the_new_certificate
     keep sending, each request on a new connection, and one keep-alive connection opened before:
     no request fails, new connections see the new certificate, the open one keeps working."""
     d = pki
-    h = free_port()
-    tp = Tracepipe(f"""
-receivers:
-  in:
-    type: otlp
-    http: {{ endpoint: 127.0.0.1:{h}, tls: {tls_block(d, cert='live', extra=', reload_interval: 100ms')} }}
-sinks:
-  out: {{ type: debug, inputs: [in], verbosity: none }}
-""", "tlsrotate")
+    tp, _, h = otlp_tls("tlsrotate", http_tls=tls_block(d, cert="live", extra=", reload_interval: 100ms"))
     root = Ca(d, "rotating-ca")
     _, _, first = root.issue("live", "localhost", server=True)
     ca_file = str(d / "rotating-ca.pem")
@@ -250,15 +238,7 @@ def test_hostile_handshakes_cost_bounded_time_and_memory_and_others_are_served(p
     is closed at the handshake timeout (1 s here), counted, and memory stays bounded; good clients
     are served meanwhile."""
     d = pki
-    h = free_port()
-    tp = Tracepipe(f"""
-receivers:
-  in:
-    type: otlp
-    http: {{ endpoint: 127.0.0.1:{h}, tls: {tls_block(d, extra=', handshake_timeout: 1s')} }}
-sinks:
-  out: {{ type: debug, inputs: [in], verbosity: none }}
-""", "tlshostile")
+    tp, _, h = otlp_tls("tlshostile", http_tls=tls_block(d, extra=", handshake_timeout: 1s"))
     body = request([os.urandom(8)]).SerializeToString()
     with tp:
         idle = peak_rss(tp.proc.pid)
@@ -351,3 +331,40 @@ receivers:
         assert tp.stop() == 0
     spans = read_jsonl_spans(out)
     assert len(spans) == 5, len(spans)
+
+
+def test_tracepipe_to_tracepipe_over_mutual_tls_with_a_bearer_token(pki):
+    """The OTLP sink (CA, client certificate, `authorization` header) into a receiver with mutual
+    TLS and bearer tokens, over gRPC and HTTP: every span arrives; without the token the sink's
+    spans are refused permanently and counted on both sides."""
+    d = pki
+    tp, g, h = otlp_tls("tlsrecv", tls_block(d, mtls=True), tls_block(d, mtls=True), "\n    auth: { bearer_tokens: [gw-token] }")
+    a_h = free_port()
+    client_tls = f"{{ ca_file: {d / 'test-ca.pem'}, cert_file: {d / 'client.pem'}, key_file: {d / 'client.key'} }}"
+
+    def sender(token):
+        headers = f"headers: {{ authorization: 'Bearer {token}' }}" if token else "headers: {}"
+        return Tracepipe(f"""
+receivers:
+  apps: {{ type: otlp, http: {{ endpoint: 127.0.0.1:{a_h} }} }}
+sinks:
+  via_grpc: {{ type: otlp, inputs: [apps], endpoint: "https://localhost:{g}", {headers}, tls: {client_tls}, retry: {{ max_elapsed_time: 2s }} }}
+  via_http: {{ type: otlp, inputs: [apps], protocol: http/protobuf, endpoint: "https://localhost:{h}", {headers}, tls: {client_tls}, retry: {{ max_elapsed_time: 2s }} }}
+""", "tlssend")
+
+    body = request([os.urandom(8) for _ in range(5)]).SerializeToString()
+    with tp:
+        with sender("gw-token") as s:
+            r = requests.post(f"http://127.0.0.1:{a_h}/v1/traces", data=body, headers={"Content-Type": "application/x-protobuf"})
+            assert r.status_code == 200
+            wait_for(lambda: accepted(tp, "grpc") == 5 and accepted(tp, "http") == 5, what="5 spans over each transport")
+            assert s.stop() == 0
+        with sender(None) as s:
+            r = requests.post(f"http://127.0.0.1:{a_h}/v1/traces", data=body, headers={"Content-Type": "application/x-protobuf"})
+            assert r.status_code == 200
+            wait_for(lambda: metric_sum(s.metrics(), "tracepipe_sink_failed_spans_total") == 10, what="10 spans failed in the sender")
+            assert s.stop() == 0
+        m = tp.metrics()
+        assert metric_sum(m, "tracepipe_receiver_unauthenticated_requests_total", receiver="in") >= 2
+        assert accepted(tp, "grpc") == 5 and accepted(tp, "http") == 5
+        assert tp.stop() == 0
