@@ -14,6 +14,9 @@ Scenarios:
   kafka_keyed  the same, but tracepipe with its default `partition_traces_by_id: true` (one record
            per trace, keyed by trace id; here every span is its own trace: the worst case); Rotel
            runs as in `kafka`
+  discard_tls  discard with the OTLP gRPC receiver over TLS (a P-256 certificate the bench makes;
+           the load generator's channel verifies it); Rotel's build has no TLS receiver, so its row
+           is its plaintext discard, and the TLS cost is read against tracepipe's `discard`
 After each Kafka run every record is read back (confluent-kafka) and its spans counted.
 
   tail     (tracepipe only; Rotel has no tail sampling) OTLP gRPC -> tail_sampling (errors +
@@ -98,8 +101,14 @@ def run_one(collector: str, scenario: str, total: int, workdir: Path, rate: floa
         far_port = free_port()
         far = start_tracepipe(sink_config(far_port, free_port()), "0", workdir, f"far-{collector}")
         wait_port(far_port, what="receiving tracepipe")
+    tls_ca = None
+    if scenario == "discard_tls" and collector == "tracepipe":
+        from pki import Ca  # tests/e2e/pki.py
+        ca = Ca(workdir, "bench-ca")
+        cert, key, _ = ca.issue("bench-server", "localhost", server=True)
+        tls_ca = str(ca.pem)
     if collector == "tracepipe":
-        if scenario == "discard":
+        if scenario in ("discard", "discard_tls"):
             sink = "  drop: { type: debug, inputs: [batch], verbosity: none }"
         elif scenario.startswith("kafka"):
             sink = (f"  k: {{ type: kafka, inputs: [batch], brokers: ['{kafka.bootstrap}'], topic: {topic}, max_message_bytes: 16000000, "
@@ -112,7 +121,7 @@ def run_one(collector: str, scenario: str, total: int, workdir: Path, rate: floa
             sink = f"  up: {{ type: otlp, inputs: [batch], endpoint: 'http://127.0.0.1:{far_port}', compression: gzip }}"
         cfg = f"""
 receivers:
-  in: {{ type: otlp, grpc: {{ endpoint: 127.0.0.1:{port} }} }}
+  in: {{ type: otlp, grpc: {{ endpoint: 127.0.0.1:{port}{f", tls: {{ cert_file: {cert}, key_file: {key} }}" if tls_ca else ""} }} }}
 processors:
   batch: {{ type: batch, inputs: [in], send_batch_size: 8192, send_batch_max_size: 8192, timeout: 200ms }}
 sinks:
@@ -125,7 +134,7 @@ telemetry: {{ metrics: {{ endpoint: 127.0.0.1:{mport} }}, logs: {{ level: warn }
                 "--otlp-grpc-endpoint", f"127.0.0.1:{port}", "--otlp-http-endpoint", f"127.0.0.1:{free_port()}",
                 "--traces-batch-max-size", "8192", "--batch-timeout", "200ms",
                 "--pid-file", str(workdir / "rotel.pid"), "--log-file", str(workdir / "rotel.log")]
-        if scenario == "discard":
+        if scenario in ("discard", "discard_tls"):
             args += ["--exporter", "blackhole"]
         elif scenario.startswith("kafka"):
             args += ["--exporter", "kafka", "--kafka-exporter-brokers", kafka.bootstrap, "--kafka-exporter-traces-topic", topic,
@@ -138,7 +147,9 @@ telemetry: {{ metrics: {{ endpoint: 127.0.0.1:{mport} }}, logs: {{ level: warn }
         time.sleep(0.5)
         # Warm-up, then the measured run.
         py = str(ROOT / "tests/.venv/bin/python")
-        gen = ["taskset", "-c", "0", py, str(ROOT / "tests/bench/loadgen.py"), "--endpoint", f"127.0.0.1:{port}", "--rate", str(rate)]
+        gen = ["taskset", "-c", "0", py, str(ROOT / "tests/bench/loadgen.py"), "--endpoint", f"{'localhost' if tls_ca else '127.0.0.1'}:{port}", "--rate", str(rate)]
+        if tls_ca:
+            gen += ["--ca", tls_ca]
         subprocess.run(gen + ["--total", "100000"], check=True, capture_output=True)
         time.sleep(0.5)
         cpu0, net0 = cpu_seconds(proc.pid), net_bytes(proc.pid)
@@ -322,6 +333,11 @@ def main():
         print(f"{scenario}: tracepipe/rotel  CPU per span {tp['cpu_us_per_span'] / ro['cpu_us_per_span']:.2f}x, "
               f"throughput {tp['spans_per_s'] / ro['spans_per_s']:.2f}x, peak RSS {tp['peak_rss_mib'] / ro['peak_rss_mib']:.2f}x"
               + (f", net bytes {tp['net_bytes_per_span'] / ro['net_bytes_per_span']:.2f}x" if ro['net_bytes_per_span'] else ""))
+    plain = next((r for r in rows if r["scenario"] == "discard" and r["collector"] == "tracepipe"), None)
+    tls = next((r for r in rows if r["scenario"] == "discard_tls" and r["collector"] == "tracepipe"), None)
+    if plain and tls:
+        print(f"TLS: tracepipe discard_tls/discard  CPU per span {tls['cpu_us_per_span'] / plain['cpu_us_per_span']:.2f}x "
+              f"(+{tls['cpu_us_per_span'] - plain['cpu_us_per_span']:.2f} µs), throughput {tls['spans_per_s'] / plain['spans_per_s']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import json
 import os
 import threading
 import time
+from pathlib import Path
 
 import grpc
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -119,6 +120,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--endpoint", required=True)
     ap.add_argument("--total", type=int, default=2_000_000)
+    ap.add_argument("--ca", help="a PEM CA file: connect over TLS (the endpoint's host must match the certificate)")
     ap.add_argument("--spans-per-request", type=int, default=500)
     ap.add_argument("--streams", type=int, default=8)
     ap.add_argument("--rate", type=float, default=0, help="spans/s offered in all streams (0: as fast as answers come)")
@@ -137,7 +139,7 @@ def main():
     need = a.total // per_request
     lock = threading.Lock()
     state = {"ok": 0, "refused": 0, "issued": 0}
-    channel = grpc.insecure_channel(a.endpoint)
+    channel = grpc.secure_channel(a.endpoint, grpc.ssl_channel_credentials(Path(a.ca).read_bytes())) if a.ca else grpc.insecure_channel(a.endpoint)
     call = channel.unary_unary(EXPORT, request_serializer=lambda b: b, response_deserializer=lambda b: b)
 
     def worker():
