@@ -20,6 +20,12 @@
 
 pub mod archive;
 pub mod batch;
+/// The LightStep collector protocol (`lightstep.collector`, from proto/lightstep/collector.proto):
+/// what the LightStep receiver reads and the satellite sink writes.
+#[allow(missing_docs, clippy::all)]
+pub mod lightstep_pb {
+    include!(concat!(env!("OUT_DIR"), "/lightstep.collector.rs"));
+}
 pub mod memory;
 pub mod otlp_json;
 pub mod regroup;

@@ -3,6 +3,8 @@
 //! Components that deliver batches out of the graph. One folder each:
 //! - [`otlp`]: OTLP/gRPC, OTLP/HTTP protobuf and JSON, with compression, headers, TLS, retry
 //!   and a bounded queue;
+//! - [`satellite`]: LightStep satellites and public ingest, OTLP or the Report protocol, a token
+//!   per project;
 //! - [`parquet`]: the trace archive (Parquet files in the documented schema, partitioned by
 //!   hour, rolled, atomically renamed);
 //! - [`kafka`]: OTLP protobuf or JSON records to a Kafka topic, one per trace keyed by trace id;
@@ -17,18 +19,21 @@ pub mod kafka;
 pub mod otlp;
 pub mod parquet;
 pub mod queue;
+pub mod satellite;
 
 use tracepipe_config::{ComponentDecl, ConfigError};
 use tracepipe_pipeline::topology::{BuildFuture, ComponentContext};
 
 /// Every sink type.
-pub const TYPES: &[&str] = &["otlp", "kafka", "parquet", "debug"];
+pub const TYPES: &[&str] = &["otlp", "satellite", "kafka", "parquet", "debug"];
 
 /// A sink's validated configuration.
 #[derive(Debug, Clone)]
 pub enum SinkConfig {
     /// `type: otlp`.
     Otlp(otlp::OtlpSinkConfig),
+    /// `type: satellite`.
+    Satellite(satellite::SatelliteConfig),
     /// `type: kafka`.
     Kafka(kafka::KafkaSinkConfig),
     /// `type: parquet`.
@@ -41,6 +46,7 @@ pub enum SinkConfig {
 pub fn validate(decl: &ComponentDecl, file: &str) -> Result<SinkConfig, Vec<ConfigError>> {
     match decl.type_name.as_str() {
         "otlp" => otlp::OtlpSinkConfig::from_node(&decl.body, file).map(SinkConfig::Otlp),
+        "satellite" => satellite::SatelliteConfig::from_node(&decl.body, file).map(SinkConfig::Satellite),
         "kafka" => kafka::KafkaSinkConfig::from_node(&decl.body, file).map(SinkConfig::Kafka),
         "parquet" => parquet::ParquetSinkConfig::from_node(&decl.body, file).map(SinkConfig::Parquet),
         "debug" => debug::DebugConfig::from_node(&decl.body, file).map(SinkConfig::Debug),
@@ -54,6 +60,7 @@ impl SinkConfig {
     pub fn build(self, ctx: ComponentContext) -> BuildFuture {
         match self {
             SinkConfig::Otlp(c) => Box::pin(otlp::build(c, ctx)),
+            SinkConfig::Satellite(c) => Box::pin(satellite::build(c, ctx)),
             SinkConfig::Kafka(c) => Box::pin(kafka::build(c, ctx)),
             SinkConfig::Parquet(c) => Box::pin(parquet::build(c, ctx)),
             SinkConfig::Debug(c) => Box::pin(debug::build(c, ctx)),

@@ -175,22 +175,17 @@ fn json(s: &str) -> String {
     serde_json::to_string(s).expect("a string serializes")
 }
 
-/// The sink for a destination URL, as YAML. `satellite://` is a LightStep satellite (or the
-/// LightStep public endpoint) over OTLP/gRPC: TLS, and the `lightstep-access-token` header;
-/// `satellite+insecure://` the same in plaintext, for a satellite inside the cluster.
+/// The sink for a destination URL, as YAML. `satellite://host:port` is the satellite sink (a
+/// LightStep satellite or the public endpoint; OTLP/gRPC over TLS, `?protocol=report_grpc` and
+/// the other protocols of that sink select them); `satellite+insecure://` the same in
+/// plaintext, for a satellite inside the cluster.
 fn sink_for(url: &str, a: &ReplayArgs) -> Result<String, String> {
     let (scheme, rest) = url.split_once("://").ok_or_else(|| format!("`{url}` is not a URL (want {SCHEMES})"))?;
-    let mut headers = String::new();
     let (protocol, endpoint) = match scheme {
         "grpc" | "otlp" => ("grpc", format!("http://{rest}")),
         "grpcs" => ("grpc", format!("https://{rest}")),
         "http" | "https" => ("http/protobuf", url.to_owned()),
-        "satellite" | "satellite+insecure" => {
-            let token = a.access_token.clone().or_else(|| std::env::var("LIGHTSTEP_ACCESS_TOKEN").ok()).filter(|t| !t.is_empty());
-            let token = token.ok_or("`satellite://` needs an access token: --access-token TOKEN or LIGHTSTEP_ACCESS_TOKEN")?;
-            headers = format!(", headers: {{ lightstep-access-token: {} }}", json(&token));
-            ("grpc", format!("{}://{rest}", if scheme == "satellite" { "https" } else { "http" }))
-        }
+        "satellite" | "satellite+insecure" => return satellite_sink(scheme, rest, a),
         "kafka" => return kafka_sink(rest, a),
         other => return Err(format!("unknown destination scheme `{other}://` (want {SCHEMES})")),
     };
@@ -199,7 +194,28 @@ fn sink_for(url: &str, a: &ReplayArgs) -> Result<String, String> {
         Some(_) => return Err(format!("--ca-file needs a TLS destination (grpcs://, https:// or satellite://), not `{scheme}://`")),
         None => String::new(),
     };
-    Ok(format!("{{ type: otlp, inputs: [archive], endpoint: {}, protocol: {protocol}{headers}{tls} }}", json(&endpoint)))
+    Ok(format!("{{ type: otlp, inputs: [archive], endpoint: {}, protocol: {protocol}{tls} }}", json(&endpoint)))
+}
+
+/// `satellite[+insecure]://host:port[?protocol=otlp_grpc|otlp_http|report_grpc|report_http]`.
+fn satellite_sink(scheme: &str, rest: &str, a: &ReplayArgs) -> Result<String, String> {
+    let token = a.access_token.clone().or_else(|| std::env::var("LIGHTSTEP_ACCESS_TOKEN").ok()).filter(|t| !t.is_empty());
+    let token = token.ok_or("`satellite://` needs an access token: --access-token TOKEN or LIGHTSTEP_ACCESS_TOKEN")?;
+    let (host, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let mut extra = String::new();
+    for kv in query.split('&').filter(|kv| !kv.is_empty()) {
+        match kv.split_once('=') {
+            Some(("protocol", v @ ("otlp_grpc" | "otlp_http" | "report_grpc" | "report_http"))) => extra += &format!(", protocol: {v}"),
+            _ => return Err(format!("unknown `satellite://` option `{kv}` (known: protocol=otlp_grpc|otlp_http|report_grpc|report_http)")),
+        }
+    }
+    let tls = match (scheme, &a.ca_file) {
+        ("satellite+insecure", Some(_)) => return Err("--ca-file needs a TLS destination; `satellite+insecure://` is plaintext".into()),
+        ("satellite+insecure", None) => ", tls: { insecure: true }".to_owned(),
+        (_, Some(ca)) => format!(", tls: {{ ca_file: {} }}", json(&ca.display().to_string())),
+        (_, None) => String::new(),
+    };
+    Ok(format!("{{ type: satellite, inputs: [archive], endpoint: {}, access_token: {}{extra}{tls} }}", json(host), json(&token)))
 }
 
 /// `kafka://broker:9092[,broker:9092...][/topic][?encoding=otlp_json]`: the Kafka sink, one

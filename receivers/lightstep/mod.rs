@@ -1,5 +1,5 @@
 //! `type: lightstep` — a satellite stand-in for LightStep tracers (and Istio's LightStep tracer):
-//! the LightStep collector protocol (receivers/proto/lightstep/collector.proto, compiled with
+//! the LightStep collector protocol (pipeline/proto/lightstep/collector.proto, compiled with
 //! protox and tonic-prost-build).
 //!
 //! - gRPC `lightstep.collector.CollectorService/Report` on `grpc.endpoint` (default 8282);
@@ -22,11 +22,8 @@ mod translate;
 #[cfg(test)]
 mod tests;
 
-/// Types generated from collector.proto.
-#[allow(missing_docs, clippy::all)]
-pub mod pb {
-    tonic::include_proto!("lightstep.collector");
-}
+/// The protocol's messages (generated in `tracepipe-pipeline`, shared with the satellite sink).
+pub use tracepipe_pipeline::lightstep_pb as pb;
 
 pub use config::LightstepConfig;
 pub use translate::to_otlp;

@@ -6,7 +6,10 @@
 //! - `start_timestamp` + `timestamp_offset_micros` -> start, + `duration_micros` -> end;
 //! - tags -> typed attributes (`json_value` as a string), except `span.kind` (-> kind) and
 //!   `error` (-> error status); `join_ids` style and `guid:*` tags stay attributes;
-//! - logs -> events (name from the `event` field, else `message`; time offset applied).
+//! - logs -> events (name from the `event` field, else `message`; time offset applied);
+//! - what the satellite sink writes for OTLP spans is restored: `otel.trace_id` (the full 128-bit
+//!   id, when its low half is the report's id), `otel.status_code: OK` and
+//!   `otel.status_description` (the status).
 
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource;
@@ -48,6 +51,12 @@ fn trace_id(t: u64) -> Vec<u8> {
     let mut v = vec![0u8; 8];
     v.extend_from_slice(&t.to_be_bytes());
     v
+}
+
+/// A full trace id from its 32 hex digits, if its low 64 bits are the report's id.
+fn full_trace_id(hex_id: &str, low: u64) -> Option<Vec<u8>> {
+    let id = hex::decode(hex_id).ok().filter(|b| b.len() == 16)?;
+    (u64::from_be_bytes(id[8..].try_into().ok()?) == low).then_some(id)
 }
 
 /// Translates a report; returns the resource spans and how many spans had zero ids (dropped).
@@ -99,8 +108,16 @@ pub fn to_otlp(req: &pb::ReportRequest) -> (Vec<ResourceSpans>, usize) {
             }
         }
         let mut error = false;
+        let mut ok = false;
+        let mut status_message = String::new();
         for t in &ls.tags {
             match t.key.as_str() {
+                "otel.trace_id" => match full_trace_id(&text(t), ctx.trace_id) {
+                    Some(id) => s.trace_id = id,
+                    None => s.attributes.push(kv(&t.key, value(t))),
+                },
+                "otel.status_code" if text(t) == "OK" => ok = true,
+                "otel.status_description" => status_message = text(t),
                 "span.kind" => match text(t).to_ascii_lowercase().as_str() {
                     "client" => s.kind = span::SpanKind::Client as i32,
                     "server" => s.kind = span::SpanKind::Server as i32,
@@ -118,8 +135,8 @@ pub fn to_otlp(req: &pb::ReportRequest) -> (Vec<ResourceSpans>, usize) {
                 _ => s.attributes.push(kv(&t.key, value(t))),
             }
         }
-        if error {
-            s.status = Some(Status { code: 2, message: String::new() });
+        if error || ok || !status_message.is_empty() {
+            s.status = Some(Status { code: if error { 2 } else if ok { 1 } else { 0 }, message: status_message });
         }
         for l in &ls.logs {
             let name_key = if l.fields.iter().any(|f| f.key == "event") { "event" } else { "message" };

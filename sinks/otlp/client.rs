@@ -1,6 +1,7 @@
 //! The transports: a tonic gRPC client with a bytes-in codec, and a hyper HTTP client.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -19,6 +20,8 @@ use super::config::{Compression, OtlpSinkConfig, Protocol};
 use super::tls;
 
 const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+/// LightStep's `CollectorService/Report` (the satellite sink's `report_grpc`).
+const REPORT_PATH: &str = "/lightstep.collector.CollectorService/Report";
 
 /// Why an export failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -49,13 +52,13 @@ pub struct Exported {
     pub rejected: u64,
 }
 
-/// Bytes in, prost response out.
+/// Bytes in, bytes out (the response is decoded by what was sent).
 #[derive(Debug, Clone, Copy, Default)]
 struct RawCodec;
 
 impl Codec for RawCodec {
     type Encode = Bytes;
-    type Decode = ExportTraceServiceResponse;
+    type Decode = Bytes;
     type Encoder = RawCodec;
     type Decoder = RawCodec;
     fn encoder(&mut self) -> Self::Encoder {
@@ -76,12 +79,52 @@ impl Encoder for RawCodec {
 }
 
 impl Decoder for RawCodec {
-    type Item = ExportTraceServiceResponse;
+    type Item = Bytes;
     type Error = Status;
     fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, Status> {
         let n = src.remaining();
-        let b = src.copy_to_bytes(n);
-        ExportTraceServiceResponse::decode(b).map(Some).map_err(|e| Status::internal(e.to_string()))
+        Ok(Some(src.copy_to_bytes(n)))
+    }
+}
+
+/// What a request carries.
+#[derive(Clone, Debug)]
+pub enum Payload {
+    /// An OTLP `ExportTraceServiceRequest`.
+    Otlp,
+    /// A LightStep `ReportRequest` per resource, authenticated with `token`.
+    Report {
+        /// The access token (also in the headers).
+        token: String,
+        /// This sink's reporter id.
+        reporter_id: u64,
+    },
+}
+
+/// The answer to a request, by what it carried: spans the server rejected, or why it failed.
+fn read_response(payload: &Payload, body: Bytes, json: bool) -> Result<u64, ExportError> {
+    match payload {
+        Payload::Otlp => Ok(if json { serde_json::from_slice::<ExportTraceServiceResponse>(&body).ok() } else { ExportTraceServiceResponse::decode(body).ok() }
+            .and_then(|r| r.partial_success)
+            .map(|p| p.rejected_spans.max(0) as u64)
+            .unwrap_or(0)),
+        Payload::Report { .. } => {
+            // A satellite answers errors in the response (a wrong token, a malformed report);
+            // LightStep tracers drop such a report, and so does the sink: it is permanent.
+            let resp = tracepipe_pipeline::lightstep_pb::ReportResponse::decode(body).map_err(|e| ExportError::Permanent(format!("unreadable ReportResponse: {e}")))?;
+            if resp.errors.is_empty() { Ok(0) } else { Err(ExportError::Permanent(format!("the satellite refused the report: {}", resp.errors.join("; ")))) }
+        }
+    }
+}
+
+/// The request bodies for a batch: one OTLP request, or one report per resource.
+fn bodies(payload: &Payload, batch: &Batch) -> Result<Vec<Bytes>, ExportError> {
+    match payload {
+        Payload::Otlp => Ok(vec![batch.to_bytes()]),
+        Payload::Report { token, reporter_id } => {
+            let rs = batch.to_resource_spans().map_err(|e| ExportError::Permanent(e.to_string()))?;
+            Ok(rs.iter().map(|r| crate::satellite::report::report(r, token, *reporter_id).encode_to_vec().into()).collect())
+        }
     }
 }
 
@@ -98,6 +141,8 @@ pub enum Exporter {
         headers: tonic::metadata::MetadataMap,
         /// Message compression.
         compression: Option<CompressionEncoding>,
+        /// OTLP or LightStep reports.
+        payload: Payload,
     },
     /// OTLP/HTTP.
     Http {
@@ -114,6 +159,19 @@ pub enum Exporter {
         /// Largest body before compression (JSON bodies are checked here; protobuf ones are
         /// cut to size before they reach the exporter).
         max_body: usize,
+        /// OTLP or LightStep reports.
+        payload: Payload,
+    },
+    /// Batches sent by the exporter of their resource's `service.name` (the satellite sink's
+    /// per-project tokens), `default` for the rest; [`Exporter::partition`] first cuts a batch so
+    /// that no request mixes them (and, for reports, so that each holds one resource).
+    Routed {
+        /// For services without their own.
+        default: Box<Exporter>,
+        /// By service name.
+        by_service: Arc<std::collections::HashMap<String, Exporter>>,
+        /// One resource per request (reports carry one reporter).
+        per_resource: bool,
     },
 }
 
@@ -174,7 +232,7 @@ impl Exporter {
                     Compression::Gzip => Some(CompressionEncoding::Gzip),
                     Compression::Zstd => Some(CompressionEncoding::Zstd),
                 };
-                Ok(Exporter::Grpc { channel, headers, compression })
+                Ok(Exporter::Grpc { channel, headers, compression, payload: Payload::Otlp })
             }
             Protocol::HttpProtobuf | Protocol::HttpJson => {
                 let uri = if uri.path() == "/" || uri.path().is_empty() {
@@ -195,103 +253,195 @@ impl Exporter {
                     json: cfg.protocol == Protocol::HttpJson,
                     compression: cfg.compression,
                     max_body: cfg.max_request_bytes.get() as usize,
+                    payload: Payload::Otlp,
                 })
             }
         }
     }
 
+    /// This exporter sending LightStep reports with `token` instead of OTLP requests (gRPC
+    /// `CollectorService/Report`; HTTP `POST /api/v2/reports` when the endpoint has no path).
+    pub fn into_report(self, token: &str, reporter_id: u64) -> Result<Exporter, String> {
+        let payload = Payload::Report { token: token.to_owned(), reporter_id };
+        match self {
+            Exporter::Grpc { channel, headers, compression, .. } => Ok(Exporter::Grpc { channel, headers, compression, payload }),
+            Exporter::Http { client, uri, headers, compression, max_body, .. } => {
+                let uri = if uri.path() == "/v1/traces" { Uri::from_str(&uri.to_string().replace("/v1/traces", "/api/v2/reports")).map_err(|e| e.to_string())? } else { uri };
+                Ok(Exporter::Http { client, uri, headers, json: false, compression, max_body, payload })
+            }
+            Exporter::Routed { .. } => Err("a routed exporter is made of report exporters, not turned into one".into()),
+        }
+    }
+
+    /// The exporter for a batch (a routed one picks by the first resource's `service.name`).
+    fn pick(&self, batch: &Batch) -> Result<&Exporter, ExportError> {
+        match self {
+            Exporter::Routed { default, by_service, .. } => {
+                if by_service.is_empty() {
+                    return Ok(default);
+                }
+                let rs = batch.to_resource_spans().map_err(|e| ExportError::Permanent(e.to_string()))?;
+                let service = rs.first().and_then(crate::satellite::report::service_of);
+                Ok(service.and_then(|s| by_service.get(s)).unwrap_or(default))
+            }
+            other => Ok(other),
+        }
+    }
+
+    /// Cuts a batch into the parts that must go in separate requests: for a routed exporter, by
+    /// the exporter of each resource's service (and one resource per part for reports); else
+    /// the batch whole. Every part keeps the batch's finalizers.
+    pub fn partition(&self, batch: Batch) -> Result<Vec<Batch>, String> {
+        let Exporter::Routed { by_service, per_resource, .. } = self else { return Ok(vec![batch]) };
+        if by_service.is_empty() && !per_resource {
+            return Ok(vec![batch]);
+        }
+        let rs = batch.to_resource_spans().map_err(|e| e.to_string())?;
+        if rs.len() <= 1 {
+            return Ok(vec![batch]);
+        }
+        let mut groups: Vec<(Option<String>, Vec<opentelemetry_proto::tonic::trace::v1::ResourceSpans>)> = Vec::new();
+        for r in rs {
+            let key = crate::satellite::report::service_of(&r).filter(|s| by_service.contains_key(*s)).map(str::to_owned);
+            match groups.iter_mut().find(|(k, _)| !per_resource && *k == key) {
+                Some((_, g)) => g.push(r),
+                None => groups.push((key, vec![r])),
+            }
+        }
+        Ok(groups
+            .into_iter()
+            .map(|(_, g)| batch.finalizers().iter().fold(Batch::from_resource_spans(g), |b, f| b.with_finalizer(f.clone())))
+            .collect())
+    }
+
     /// Sends one batch.
     pub async fn export(&self, batch: &Batch, timeout: Duration) -> Result<Exported, ExportError> {
-        match self {
-            Exporter::Grpc { channel, headers, compression } => {
-                let body = batch.to_bytes();
-                let len = body.len() as u64;
-                let mut grpc = tonic::client::Grpc::new(channel.clone());
-                if let Some(c) = compression {
-                    grpc = grpc.send_compressed(*c);
-                }
-                grpc = grpc.accept_compressed(CompressionEncoding::Gzip).max_decoding_message_size(16 << 20);
-                grpc.ready().await.map_err(|e| ExportError::Retryable { message: format!("connection failed: {e}"), retry_after: None })?;
-                let mut req = tonic::Request::new(body);
-                *req.metadata_mut() = headers.clone();
-                req.set_timeout(timeout);
-                let path = http::uri::PathAndQuery::from_static(EXPORT_PATH);
-                match grpc.unary(req, path, RawCodec).await {
-                    Ok(resp) => {
-                        let rejected = resp.into_inner().partial_success.map(|p| p.rejected_spans.max(0) as u64).unwrap_or(0);
-                        Ok(Exported { bytes: len, rejected })
-                    }
-                    Err(s) => Err(classify_grpc(&s)),
-                }
+        let r = self.pick(batch)?.export_one(batch, timeout).await;
+        match (r, self) {
+            // A routed exporter's refusals name the service (a wrong project token, typically);
+            // the batch is decoded only then.
+            (Err(ExportError::Permanent(m)), Exporter::Routed { .. }) => {
+                let service = batch.to_resource_spans().ok().and_then(|rs| rs.first().and_then(crate::satellite::report::service_of).map(str::to_owned));
+                Err(ExportError::Permanent(format!("{m} (spans of service `{}`)", service.as_deref().unwrap_or("unknown"))))
             }
-            Exporter::Http { client, uri, headers, json, compression, max_body } => {
+            (r, _) => r,
+        }
+    }
+
+    async fn export_one(&self, batch: &Batch, timeout: Duration) -> Result<Exported, ExportError> {
+        match self {
+            Exporter::Routed { .. } => Err(ExportError::Permanent("routed exporters do not nest".into())),
+            Exporter::Grpc { channel, headers, compression, payload } => {
+                let mut sent = Exported::default();
+                for body in bodies(payload, batch)? {
+                    let len = body.len() as u64;
+                    let mut grpc = tonic::client::Grpc::new(channel.clone());
+                    if let Some(c) = compression {
+                        grpc = grpc.send_compressed(*c);
+                    }
+                    grpc = grpc.accept_compressed(CompressionEncoding::Gzip).max_decoding_message_size(16 << 20);
+                    grpc.ready().await.map_err(|e| ExportError::Retryable { message: format!("connection failed: {e}"), retry_after: None })?;
+                    let mut req = tonic::Request::new(body);
+                    *req.metadata_mut() = headers.clone();
+                    req.set_timeout(timeout);
+                    let path = http::uri::PathAndQuery::from_static(if matches!(payload, Payload::Otlp) { EXPORT_PATH } else { REPORT_PATH });
+                    match grpc.unary(req, path, RawCodec).await {
+                        Ok(resp) => {
+                            sent.rejected += read_response(payload, resp.into_inner(), false)?;
+                            sent.bytes += len;
+                        }
+                        Err(s) => return Err(classify_grpc(&s)),
+                    }
+                }
+                Ok(sent)
+            }
+            Exporter::Http { payload: payload @ Payload::Report { .. }, client, uri, headers, compression, max_body, .. } => {
+                let mut sent = Exported::default();
+                for body in bodies(payload, batch)? {
+                    let done = http_post(client, uri, headers, "application/octet-stream", *compression, *max_body, body, timeout).await?;
+                    sent.rejected += read_response(payload, done.1, false)?;
+                    sent.bytes += done.0;
+                }
+                Ok(sent)
+            }
+            Exporter::Http { client, uri, headers, json, compression, max_body, payload } => {
                 let raw: Bytes = if *json {
                     let rs = batch.to_resource_spans().map_err(|e| ExportError::Permanent(e.to_string()))?;
                     otlp_json::encode_request(&rs).into()
                 } else {
                     batch.to_bytes()
                 };
-                if raw.len() > *max_body {
-                    return Err(ExportError::TooLarge(format!("request body of {} bytes exceeds max_request_bytes ({max_body})", raw.len())));
-                }
-                let body: Bytes = match compression {
-                    Compression::None => raw,
-                    Compression::Gzip => {
-                        let mut enc = flate2::write::GzEncoder::new(BytesMut::with_capacity(raw.len() / 4).writer(), flate2::Compression::fast());
-                        std::io::Write::write_all(&mut enc, &raw).map_err(|e| ExportError::Permanent(e.to_string()))?;
-                        enc.finish().map_err(|e| ExportError::Permanent(e.to_string()))?.into_inner().freeze()
-                    }
-                    Compression::Zstd => zstd::bulk::compress(&raw, 1).map_err(|e| ExportError::Permanent(e.to_string()))?.into(),
-                };
-                let len = body.len() as u64;
-                let mut req = http::Request::post(uri.clone())
-                    .header(http::header::CONTENT_TYPE, if *json { "application/json" } else { "application/x-protobuf" })
-                    .body(Full::new(body))
-                    .map_err(|e| ExportError::Permanent(e.to_string()))?;
-                req.headers_mut().extend(headers.clone());
-                match compression {
-                    Compression::None => {}
-                    Compression::Gzip => {
-                        req.headers_mut().insert(http::header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
-                    }
-                    Compression::Zstd => {
-                        req.headers_mut().insert(http::header::CONTENT_ENCODING, HeaderValue::from_static("zstd"));
-                    }
-                }
-                let resp = match tokio::time::timeout(timeout, client.request(req)).await {
-                    Err(_) => return Err(ExportError::Retryable { message: format!("request timed out after {timeout:?}"), retry_after: None }),
-                    Ok(Err(e)) => return Err(ExportError::Retryable { message: format!("request failed: {e}"), retry_after: None }),
-                    Ok(Ok(r)) => r,
-                };
-                let status = resp.status();
-                let retry_after = resp
-                    .headers()
-                    .get(http::header::RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-                    .map(Duration::from_secs);
-                let limited = http_body_util::Limited::new(resp.into_body(), MAX_RESPONSE_BYTES);
-                let body = match tokio::time::timeout(timeout, limited.collect()).await {
-                    Ok(Ok(b)) => b.to_bytes(),
-                    _ => Bytes::new(),
-                };
-                if status.is_success() {
-                    let rejected = if *json {
-                        serde_json::from_slice::<ExportTraceServiceResponse>(&body).ok()
-                    } else {
-                        ExportTraceServiceResponse::decode(body).ok()
-                    }
-                    .and_then(|r| r.partial_success)
-                    .map(|p| p.rejected_spans.max(0) as u64)
-                    .unwrap_or(0);
-                    return Ok(Exported { bytes: len, rejected });
-                }
-                let text = String::from_utf8_lossy(&body[..body.len().min(256)]).into_owned();
-                let message = format!("HTTP {status}: {text}");
-                Err(classify_http(status.as_u16(), message, retry_after))
+                let ct = if *json { "application/json" } else { "application/x-protobuf" };
+                let (len, body) = http_post(client, uri, headers, ct, *compression, *max_body, raw, timeout).await?;
+                Ok(Exported { bytes: len, rejected: read_response(payload, body, *json)? })
             }
         }
     }
+}
+
+/// POSTs one body (compressed as configured); returns the bytes sent and the response body of
+/// a 2xx answer, or the classified failure.
+#[allow(clippy::too_many_arguments)]
+async fn http_post(
+    client: &Client<HttpsConnector, Full<Bytes>>,
+    uri: &Uri,
+    headers: &HeaderMap,
+    content_type: &'static str,
+    compression: Compression,
+    max_body: usize,
+    raw: Bytes,
+    timeout: Duration,
+) -> Result<(u64, Bytes), ExportError> {
+    if raw.len() > max_body {
+        return Err(ExportError::TooLarge(format!("request body of {} bytes exceeds max_request_bytes ({max_body})", raw.len())));
+    }
+    let body: Bytes = match compression {
+        Compression::None => raw,
+        Compression::Gzip => {
+            let mut enc = flate2::write::GzEncoder::new(BytesMut::with_capacity(raw.len() / 4).writer(), flate2::Compression::fast());
+            std::io::Write::write_all(&mut enc, &raw).map_err(|e| ExportError::Permanent(e.to_string()))?;
+            enc.finish().map_err(|e| ExportError::Permanent(e.to_string()))?.into_inner().freeze()
+        }
+        Compression::Zstd => zstd::bulk::compress(&raw, 1).map_err(|e| ExportError::Permanent(e.to_string()))?.into(),
+    };
+    let len = body.len() as u64;
+    let mut req = http::Request::post(uri.clone())
+        .header(http::header::CONTENT_TYPE, content_type)
+        .body(Full::new(body))
+        .map_err(|e| ExportError::Permanent(e.to_string()))?;
+    req.headers_mut().extend(headers.clone());
+    match compression {
+        Compression::None => {}
+        Compression::Gzip => {
+            req.headers_mut().insert(http::header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        }
+        Compression::Zstd => {
+            req.headers_mut().insert(http::header::CONTENT_ENCODING, HeaderValue::from_static("zstd"));
+        }
+    }
+    let resp = match tokio::time::timeout(timeout, client.request(req)).await {
+        Err(_) => return Err(ExportError::Retryable { message: format!("request timed out after {timeout:?}"), retry_after: None }),
+        Ok(Err(e)) => return Err(ExportError::Retryable { message: format!("request failed: {e}"), retry_after: None }),
+        Ok(Ok(r)) => r,
+    };
+    let status = resp.status();
+    let retry_after = resp
+        .headers()
+        .get(http::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let limited = http_body_util::Limited::new(resp.into_body(), MAX_RESPONSE_BYTES);
+    let body = match tokio::time::timeout(timeout, limited.collect()).await {
+        Ok(Ok(b)) => b.to_bytes(),
+        _ => Bytes::new(),
+    };
+    if status.is_success() {
+        return Ok((len, body));
+    }
+    let text = String::from_utf8_lossy(&body[..body.len().min(256)]).into_owned();
+    let message = format!("HTTP {status}: {text}");
+    Err(classify_http(status.as_u16(), message, retry_after))
 }
 
 /// The OTLP/HTTP retry rules: 429, 502, 503 and 504 are retried (honouring `Retry-After`), 413

@@ -166,6 +166,14 @@ impl OtlpSinkConfig {
     /// Reads and checks the settings (no file is opened here; TLS files are read at build).
     pub fn from_node(node: &Node, file: &str) -> Result<OtlpSinkConfig, Vec<ConfigError>> {
         let c: OtlpSinkConfig = node.deserialize_into(file).map_err(|e| vec![e])?;
+        let errors = c.check(node, file);
+        if errors.is_empty() { Ok(c) } else { Err(errors) }
+    }
+
+    /// What is wrong with the settings, placed at their keys in `node` (the satellite sink, which
+    /// runs on this configuration, shares the key names).
+    pub fn check(&self, node: &Node, file: &str) -> Vec<ConfigError> {
+        let c = self;
         let at = |key: &str| node.get(key).map(|n| n.pos).unwrap_or(node.pos);
         let mut errors = Vec::new();
         match c.endpoint.parse::<http::Uri>() {
@@ -200,6 +208,6 @@ impl OtlpSinkConfig {
         if c.timeout.get().is_zero() {
             errors.push(ConfigError::new(file, at("timeout"), "timeout must be above 0"));
         }
-        if errors.is_empty() { Ok(c) } else { Err(errors) }
+        errors
     }
 }

@@ -30,4 +30,5 @@ mod tls;
 mod tests;
 
 pub use config::{Compression, OtlpSinkConfig, Protocol, QueueConfig, RetryConfig, TlsConfig, WhenFull};
-pub use sink::build;
+pub use client::Exporter;
+pub use sink::{build, build_with};

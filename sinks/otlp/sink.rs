@@ -69,6 +69,8 @@ struct Worker {
     /// The queue is on disk: once shutdown has begun, a batch that cannot be sent stays queued
     /// for the next start instead of being retried and then dropped.
     durable: bool,
+    /// The last permanent failure logged (the same one again is only counted).
+    last_permanent: std::sync::Mutex<Option<String>>,
 }
 
 /// How one request ended.
@@ -93,10 +95,25 @@ impl Worker {
     /// true when the batch was not (wholly) sent and stays in the durable queue.
     async fn deliver(&self, batch: Batch) -> bool {
         let limit = self.limit.load(Ordering::Relaxed);
-        // A stack of requests, the next on top.
+        // A stack of requests, the next on top; parts that must not share a request (another
+        // token, another reporter) are cut apart first.
         let mut todo: Vec<Batch> = Vec::new();
-        self.cut(&batch, limit, &mut todo);
+        let parts = match self.exporter.partition(batch.clone()) {
+            Ok(p) => p,
+            Err(e) => {
+                self.m.permanent.increment(batch.span_count() as u64);
+                tracing::error!(message = "Batch is not valid OTLP; spans dropped.", sink = %self.name, spans = batch.span_count(), error = %e);
+                batch.set_status(BatchStatus::Rejected);
+                return false;
+            }
+        };
         drop(batch);
+        for part in parts.iter().rev() {
+            let mut cut = Vec::new();
+            self.cut(part, limit, &mut cut);
+            todo.extend(cut);
+        }
+        drop(parts);
         while let Some(part) = todo.pop() {
             let limit = self.limit.load(Ordering::Relaxed);
             if part.span_count() > 1 && part.encoded_len() > limit {
@@ -177,7 +194,13 @@ impl Worker {
                 Err(ExportError::TooLarge(message)) => return Attempt::TooLarge(message),
                 Err(ExportError::Permanent(msg)) => {
                     self.m.permanent.increment(n);
-                    tracing::error!(message = "Export failed permanently; spans dropped.", sink = %self.name, spans = n, error = %msg);
+                    // Once per distinct cause (a wrong token fails every batch the same way).
+                    let new = self.last_permanent.lock().map(|mut last| last.replace(msg.clone()).as_ref() != Some(&msg)).unwrap_or(true);
+                    if new {
+                        tracing::error!(message = "Export failed permanently; spans dropped (further failures for the same reason are counted, not logged).", sink = %self.name, spans = n, error = %msg);
+                    } else {
+                        tracing::debug!(message = "Export failed permanently; spans dropped.", sink = %self.name, spans = n, error = %msg);
+                    }
                     self.health.set_sink_failure(&self.name, Some(msg));
                     batch.set_status(BatchStatus::Rejected);
                     return Attempt::Done;
@@ -234,9 +257,15 @@ fn jitter(d: Duration) -> Duration {
 }
 
 /// Builds the exporter (reads TLS files) and returns the task.
-pub async fn build(cfg: OtlpSinkConfig, mut ctx: ComponentContext) -> Result<ComponentFuture, BuildError> {
-    let mut input = ctx.take_input()?;
+pub async fn build(cfg: OtlpSinkConfig, ctx: ComponentContext) -> Result<ComponentFuture, BuildError> {
     let exporter = Exporter::new(&cfg).map_err(|e| ctx.error(e))?;
+    build_with(cfg, exporter, ctx).await
+}
+
+/// The sink's task around a given exporter (the satellite sink's routed or report exporters):
+/// `cfg` gives the queue, retry, timeout and request size.
+pub async fn build_with(cfg: OtlpSinkConfig, exporter: Exporter, mut ctx: ComponentContext) -> Result<ComponentFuture, BuildError> {
+    let mut input = ctx.take_input()?;
     let m = Arc::new(Metrics::new(&ctx.name));
     metrics::gauge!(names::SINK_QUEUE_CAPACITY, "sink" => ctx.name.clone()).set(cfg.queue.max_spans as f64);
     let worker = Arc::new(Worker {
@@ -251,6 +280,7 @@ pub async fn build(cfg: OtlpSinkConfig, mut ctx: ComponentContext) -> Result<Com
         max_request_bytes: cfg.max_request_bytes.get() as usize,
         limit: AtomicUsize::new(cfg.max_request_bytes.get() as usize),
         durable: cfg.queue.storage.is_some(),
+        last_permanent: std::sync::Mutex::new(None),
     });
     if let Some(st) = &cfg.queue.storage {
         let (opened, settings) = st.open(&ctx.name, cfg.queue.when_full == WhenFull::DropNewest, cfg.queue.num_consumers).await.map_err(|e| ctx.error(e))?;

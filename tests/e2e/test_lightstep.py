@@ -14,7 +14,7 @@ import requests
 from harness import ROOT, free_port, metric_sum, read_jsonl_spans, recording_tracepipe, wait_for
 from sdk import normalise_json
 
-PROTO_DIR = ROOT / "receivers/proto"
+PROTO_DIR = ROOT / "pipeline/proto"
 LS_PY = ROOT / "tests/.venv-lightstep/bin/python"
 
 

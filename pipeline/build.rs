@@ -3,6 +3,7 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
     let fds = protox::compile(["lightstep/collector.proto"], ["proto"])?;
-    tonic_prost_build::configure().build_client(true).build_server(true).compile_fds(fds)?;
+    // Messages only: the receiver and the satellite sink run the service by hand.
+    tonic_prost_build::configure().build_client(false).build_server(false).compile_fds(fds)?;
     Ok(())
 }
