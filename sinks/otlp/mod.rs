@@ -30,5 +30,5 @@ mod tls;
 mod tests;
 
 pub use config::{Compression, OtlpSinkConfig, Protocol, QueueConfig, RetryConfig, TlsConfig, WhenFull};
-pub use client::Exporter;
+pub use client::{ExportError, Exporter};
 pub use sink::{build, build_with};

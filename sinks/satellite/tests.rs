@@ -37,3 +37,53 @@ fn bad_settings_are_reported_all_at_once_at_their_keys() {
     let errs = parse("    access_token: t\n    protocol: thrift\n").unwrap_err();
     assert!(errs[0].contains("protocol") || errs[0].contains("thrift"), "{errs:?}");
 }
+
+/// An HTTP/2 server that resets every stream (`reset`), or answers every call with a gRPC
+/// message that is not a `ReportResponse`.
+async fn h2_server(reset: bool) -> String {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(s).await else { return };
+                while let Some(Ok((req, mut respond))) = conn.accept().await {
+                    drop(req);
+                    if reset {
+                        respond.send_reset(h2::Reason::INTERNAL_ERROR);
+                        continue;
+                    }
+                    let resp = http::Response::builder().header("content-type", "application/grpc").body(()).unwrap();
+                    let mut send = respond.send_response(resp, false).unwrap();
+                    // One uncompressed message of 3 bytes that no protobuf decoder reads.
+                    send.send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 3, 0xff, 0xff, 0xff]), false).unwrap();
+                    let mut trailers = http::HeaderMap::new();
+                    trailers.insert("grpc-status", "0".parse().unwrap());
+                    send.send_trailers(trailers).unwrap();
+                }
+            });
+        }
+    });
+    format!("127.0.0.1:{port}")
+}
+
+/// A reset stream is retried (a satellite restarting); an answer that is not a `ReportResponse`
+/// is permanent (resending the report cannot change it), with a message that says so.
+#[tokio::test]
+async fn reset_streams_are_retryable_and_garbage_answers_permanent() {
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+    let batch = tracepipe_pipeline::Batch::from_resource_spans(vec![ResourceSpans {
+        scope_spans: vec![ScopeSpans { spans: vec![Span { trace_id: vec![1; 16], span_id: vec![2; 8], name: "op".into(), ..Default::default() }], ..Default::default() }],
+        ..Default::default()
+    }]);
+    for reset in [true, false] {
+        let ep = h2_server(reset).await;
+        let c = parse(&format!("    access_token: t\n    endpoint: {ep}\n    protocol: report_grpc\n    tls: {{ insecure: true }}\n")).unwrap();
+        let r = super::exporter(&c).unwrap().export(&batch, std::time::Duration::from_secs(5)).await;
+        match (reset, r) {
+            (true, Err(crate::otlp::ExportError::Retryable { .. })) => {}
+            (false, Err(crate::otlp::ExportError::Permanent(m))) => assert!(m.contains("unreadable ReportResponse"), "{m}"),
+            (reset, other) => panic!("reset={reset}: {other:?}"),
+        }
+    }
+}

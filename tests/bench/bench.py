@@ -14,6 +14,10 @@ Scenarios:
   kafka_keyed  the same, but tracepipe with its default `partition_traces_by_id: true` (one record
            per trace, keyed by trace id; here every span is its own trace: the worst case); Rotel
            runs as in `kafka`
+  satellite_otlp / satellite_report  OTLP gRPC -> batch -> the satellite sink (`otlp_grpc` /
+           `report_grpc`, plaintext) into a receiving tracepipe (OTLP / LightStep receiver); Rotel
+           runs as in `export`. The Report path re-encodes every span: the two rows' CPU per span
+           differ by what that costs (goal: at most 2 µs per span)
   discard_tls  discard with the OTLP gRPC receiver over TLS (a P-256 certificate the bench makes;
            the load generator's channel verifies it); Rotel's build has no TLS receiver, so its row
            is its plaintext discard, and the TLS cost is read against tracepipe's `discard`
@@ -78,10 +82,12 @@ def start_tracepipe(config: str, cpu: str, workdir: Path, name: str):
     return subprocess.Popen(["taskset", "-c", cpu, tracepipe_bin(), "run", "--config", str(path)], stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
-def sink_config(port: int, mport: int) -> str:
+def sink_config(port: int, mport: int, lightstep: bool = False) -> str:
+    recv = (f"{{ type: lightstep, grpc: {{ endpoint: 127.0.0.1:{port} }}, max_request_size: 64MiB }}" if lightstep
+            else f"{{ type: otlp, grpc: {{ endpoint: 127.0.0.1:{port}, max_recv_msg_size: 64MiB }} }}")
     return f"""
 receivers:
-  in: {{ type: otlp, grpc: {{ endpoint: 127.0.0.1:{port}, max_recv_msg_size: 64MiB }} }}
+  in: {recv}
 sinks:
   drop: {{ type: debug, inputs: [in], verbosity: none }}
 telemetry: {{ metrics: {{ endpoint: 127.0.0.1:{mport} }}, logs: {{ level: warn }} }}
@@ -97,9 +103,9 @@ def run_one(collector: str, scenario: str, total: int, workdir: Path, rate: floa
         kafka = Tansu(cpu="0")
         kafka.__enter__()
         kafka.create_topic(topic, 4)
-    if scenario in ("export", "export_disk"):
+    if scenario in ("export", "export_disk", "satellite_otlp", "satellite_report"):
         far_port = free_port()
-        far = start_tracepipe(sink_config(far_port, free_port()), "0", workdir, f"far-{collector}")
+        far = start_tracepipe(sink_config(far_port, free_port(), scenario == "satellite_report" and collector == "tracepipe"), "0", workdir, f"far-{collector}")
         wait_port(far_port, what="receiving tracepipe")
     tls_ca = None
     if scenario == "discard_tls" and collector == "tracepipe":
@@ -113,6 +119,11 @@ def run_one(collector: str, scenario: str, total: int, workdir: Path, rate: floa
         elif scenario.startswith("kafka"):
             sink = (f"  k: {{ type: kafka, inputs: [batch], brokers: ['{kafka.bootstrap}'], topic: {topic}, max_message_bytes: 16000000, "
                     f"partition_traces_by_id: {str(scenario == 'kafka_keyed').lower()} }}")
+        elif scenario.startswith("satellite_"):
+            # The satellite sink, plaintext, into a tracepipe with an OTLP or a LightStep receiver.
+            protocol = "report_grpc" if scenario == "satellite_report" else "otlp_grpc"
+            sink = (f"  up: {{ type: satellite, inputs: [batch], endpoint: '127.0.0.1:{far_port}', protocol: {protocol}, "
+                    f"access_token: bench-token, tls: {{ insecure: true }} }}")
         elif scenario == "export_disk":
             # The same export through the disk queue (every batch written, synced, read back).
             sink = (f"  up: {{ type: otlp, inputs: [batch], endpoint: 'http://127.0.0.1:{far_port}', compression: gzip, "
@@ -333,6 +344,11 @@ def main():
         print(f"{scenario}: tracepipe/rotel  CPU per span {tp['cpu_us_per_span'] / ro['cpu_us_per_span']:.2f}x, "
               f"throughput {tp['spans_per_s'] / ro['spans_per_s']:.2f}x, peak RSS {tp['peak_rss_mib'] / ro['peak_rss_mib']:.2f}x"
               + (f", net bytes {tp['net_bytes_per_span'] / ro['net_bytes_per_span']:.2f}x" if ro['net_bytes_per_span'] else ""))
+    sat = {r["scenario"]: r for r in rows if r["scenario"].startswith("satellite_") and r["collector"] == "tracepipe"}
+    if len(sat) == 2:
+        o, rp = sat["satellite_otlp"], sat["satellite_report"]
+        print(f"satellite: report_grpc - otlp_grpc  CPU per span +{rp['cpu_us_per_span'] - o['cpu_us_per_span']:.2f} µs "
+              f"({rp['cpu_us_per_span'] / o['cpu_us_per_span']:.2f}x), throughput {rp['spans_per_s'] / o['spans_per_s']:.2f}x")
     plain = next((r for r in rows if r["scenario"] == "discard" and r["collector"] == "tracepipe"), None)
     tls = next((r for r in rows if r["scenario"] == "discard_tls" and r["collector"] == "tracepipe"), None)
     if plain and tls:

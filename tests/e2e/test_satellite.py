@@ -191,7 +191,7 @@ def test_a_wrong_token_is_permanent_logged_once_per_service_and_shown_by_readyz(
 
 
 def test_a_satellite_down_for_a_while_then_back_loses_nothing(pki):
-    """The satellite is down for 8 s (connection refused), then starts: everything queued in the
+    """The satellite is down for 30 s (connection refused), then starts: everything queued in the
     meantime is delivered once, nothing is counted as failed."""
     d = pki
     port, a_http = free_port(), free_port()
@@ -203,7 +203,7 @@ def test_a_satellite_down_for_a_while_then_back_loses_nothing(pki):
             r = requests.post(f"http://127.0.0.1:{a_http}/v1/traces", data=_request([("checkout", 2), ("cart", 1)]), headers={"Content-Type": "application/x-protobuf"})
             assert r.status_code == 200
         wait_for(lambda: metric_sum(a.metrics(), "tracepipe_sink_retries_total", sink="ls") >= 3, what="retries while the satellite is down")
-        time.sleep(8)
+        time.sleep(30)
         with b:
             wait_for(lambda: len(read_jsonl_spans(got)) == 15, timeout=30, what="15 spans once the satellite is up")
             time.sleep(1)
@@ -212,3 +212,23 @@ def test_a_satellite_down_for_a_while_then_back_loses_nothing(pki):
             assert metric_sum(a.metrics(), "tracepipe_sink_sent_spans_total", sink="ls") == 15
             assert b.stop() == 0
         assert a.stop() == 0
+
+
+def test_a_satellite_with_a_certificate_from_another_ca_is_refused_and_counted(pki, tmp_path):
+    """The sink trusts another CA: every attempt fails the handshake, is retried until
+    `max_elapsed_time`, then counted (`retries_exhausted`); nothing reaches the satellite."""
+    d = pki
+    other = Ca(tmp_path, "other-ca")
+    port, a_http = free_port(), free_port()
+    b, got = receiving(f"{{ type: lightstep, grpc: {{ endpoint: 127.0.0.1:{port}, tls: {tls(d)} }}, access_tokens: [proj-token] }}", "satb")
+    sink = (f"{{ type: satellite, inputs: [in], endpoint: 'localhost:{port}', protocol: report_grpc, access_token: proj-token, "
+            f"tls: {{ ca_file: {other.pem} }}, retry: {{ initial_interval: 100ms, max_interval: 200ms, max_elapsed_time: 2s }} }}")
+    a, _ = forwarder(f"{{ type: otlp, http: {{ endpoint: 127.0.0.1:{a_http} }} }}", sink, "satca")
+    with b, a:
+        r = requests.post(f"http://127.0.0.1:{a_http}/v1/traces", data=_request([("checkout", 3)]), headers={"Content-Type": "application/x-protobuf"})
+        assert r.status_code == 200
+        wait_for(lambda: metric_sum(a.metrics(), "tracepipe_sink_failed_spans_total", sink="ls", reason="retries_exhausted") == 3, what="3 spans failed after retries")
+        assert metric_sum(b.metrics(), "tracepipe_receiver_tls_handshake_failures_total") >= 1
+        assert metric_sum(b.metrics(), "tracepipe_receiver_accepted_spans_total") == 0
+        assert "certificate" in a.logs().lower(), a.logs()[-2000:]
+        assert a.stop() == 0 and b.stop() == 0
