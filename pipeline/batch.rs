@@ -263,6 +263,37 @@ impl Batch {
         }
     }
 
+    /// One batch per `ResourceSpans`, each with this batch's finalizers. Encoded batches are cut
+    /// at the wire (the parts share the received buffers); decoded ones are split.
+    pub fn split_by_resource(&self) -> Result<Vec<Batch>, crate::wire::WireError> {
+        use crate::wire::{Reader, LEN};
+        let mut parts = Vec::new();
+        match &self.payload {
+            Payload::Encoded(chunks) => {
+                for c in chunks {
+                    let mut r = Reader::new(&c.bytes, 0);
+                    while !r.done() {
+                        let start = r.position();
+                        let (field, wt) = r.tag()?;
+                        if field != 1 || wt != LEN {
+                            r.skip(wt, "TracesData", field)?;
+                            continue;
+                        }
+                        let (rs, _) = r.len_delimited()?;
+                        let spans = count_resource_spans(rs)?;
+                        parts.push(Batch { payload: Payload::Encoded(vec![Chunk { bytes: c.bytes.slice(start..r.position()), spans }]), spans, finalizers: self.finalizers.clone() });
+                    }
+                }
+            }
+            Payload::Decoded(rs) => {
+                for r in rs.iter() {
+                    parts.push(Batch { spans: count_spans(std::slice::from_ref(r)), payload: Payload::Decoded(Arc::new(vec![r.clone()])), finalizers: self.finalizers.clone() });
+                }
+            }
+        }
+        Ok(parts)
+    }
+
     /// Size of the batch as one `TracesData` message.
     pub fn encoded_len(&self) -> usize {
         match &self.payload {
@@ -484,6 +515,30 @@ impl Batch {
         }
         Ok(out)
     }
+}
+
+/// Spans in an encoded `ResourceSpans` (its `scope_spans`' `spans` fields), without decoding them.
+fn count_resource_spans(rs: &[u8]) -> Result<usize, crate::wire::WireError> {
+    use crate::wire::{Reader, LEN};
+    let mut n = 0;
+    let mut r = Reader::new(rs, 0);
+    while !r.done() {
+        let (field, wt) = r.tag()?;
+        if field != 2 || wt != LEN {
+            r.skip(wt, "ResourceSpans", field)?;
+            continue;
+        }
+        let (ss, _) = r.len_delimited()?;
+        let mut s = Reader::new(ss, 0);
+        while !s.done() {
+            let (f, w) = s.tag()?;
+            if f == 2 && w == LEN {
+                n += 1;
+            }
+            s.skip(w, "ScopeSpans", f)?;
+        }
+    }
+    Ok(n)
 }
 
 fn decode_chunks(chunks: &[Chunk]) -> Result<Vec<ResourceSpans>, DecodeError> {

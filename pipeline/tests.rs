@@ -458,3 +458,31 @@ fn split_to_cuts_resources_scopes_and_spans_in_order() {
         assert_eq!(got, all, "cut at {cut}");
     }
 }
+
+/// Cutting by resource: encoded batches at the wire (parts share the buffers, counts from the
+/// wire), decoded ones by splitting; every part keeps the finalizers, and the parts together are
+/// the batch.
+#[test]
+fn split_by_resource_cuts_at_resource_boundaries_and_keeps_finalizers() {
+    let mut rs = traces(&[2, 1]);
+    rs.extend(traces(&[3]));
+    rs.extend(traces(&[]));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let encoded = Batch::from_encoded(encode(rs[..2].to_vec()), 6).with_finalizer(Finalizer::new(move |s| tx.send(s).unwrap()));
+    let mut both = encoded.clone();
+    both.append(Batch::from_encoded(encode(rs[2..].to_vec()), 0)).unwrap();
+    let decoded = Batch::from_resource_spans(rs.clone());
+    for b in [&both, &decoded] {
+        let parts = b.split_by_resource().unwrap();
+        assert_eq!(parts.iter().map(Batch::span_count).collect::<Vec<_>>(), vec![3, 3, 0]);
+        let back: Vec<ResourceSpans> = parts.iter().flat_map(|p| p.to_resource_spans().unwrap()).collect();
+        assert_eq!(back, rs);
+    }
+    let parts = both.split_by_resource().unwrap();
+    assert!(parts.iter().all(|p| p.finalizers().len() == 1));
+    drop((encoded, both, decoded));
+    assert!(rx.try_recv().is_err(), "the parts still hold the finalizer");
+    parts[0].set_status(BatchStatus::Delivered);
+    drop(parts);
+    assert_eq!(rx.recv().unwrap(), BatchStatus::Delivered);
+}

@@ -81,7 +81,7 @@ fn the_satellite_report_mapping_reads_back_as_the_spans_that_went_in() {
         scope_spans: vec![ScopeSpans { spans: vec![root.clone(), child.clone()], ..Default::default() }],
         schema_url: String::new(),
     };
-    let wire = tracepipe_sinks::satellite::report::report(&rs, "tok", 7).encode_to_vec();
+    let wire = tracepipe_sinks::satellite::report::report(rs.clone(), "tok", 7).encode_to_vec();
     let req = pb::ReportRequest::decode(wire.as_slice()).unwrap();
     assert_eq!(req.auth.as_ref().unwrap().access_token, "tok");
     let (back, rejected) = super::translate::to_otlp(&req);

@@ -123,7 +123,7 @@ fn bodies(payload: &Payload, batch: &Batch) -> Result<Vec<Bytes>, ExportError> {
         Payload::Otlp => Ok(vec![batch.to_bytes()]),
         Payload::Report { token, reporter_id } => {
             let rs = batch.to_resource_spans().map_err(|e| ExportError::Permanent(e.to_string()))?;
-            Ok(rs.iter().map(|r| crate::satellite::report::report(r, token, *reporter_id).encode_to_vec().into()).collect())
+            Ok(rs.into_iter().map(|r| crate::satellite::report::report(r, token, *reporter_id).encode_to_vec().into()).collect())
         }
     }
 }
@@ -295,6 +295,10 @@ impl Exporter {
         let Exporter::Routed { by_service, per_resource, .. } = self else { return Ok(vec![batch]) };
         if by_service.is_empty() && !per_resource {
             return Ok(vec![batch]);
+        }
+        if *per_resource && by_service.is_empty() {
+            // One report per resource: cut at the wire, nothing decoded.
+            return batch.split_by_resource().map_err(|e| e.to_string());
         }
         let rs = batch.to_resource_spans().map_err(|e| e.to_string())?;
         if rs.len() <= 1 {

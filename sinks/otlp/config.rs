@@ -38,6 +38,10 @@ pub enum Compression {
 #[derive(Debug, Clone, PartialEq, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsConfig {
+    /// Plaintext, as the OTel Collector's `tls.insecure` (an `http://` endpoint is plaintext
+    /// anyway; with `https://` it is an error). The satellite sink, whose endpoint is `host:port`,
+    /// is TLS unless this is set.
+    pub insecure: bool,
     /// PEM file of CA certificates to trust instead of the built-in roots.
     pub ca_file: Option<PathBuf>,
     /// PEM client certificate (chain) for mutual TLS.
@@ -189,6 +193,9 @@ impl OtlpSinkConfig {
             if http::header::HeaderName::from_bytes(k.as_bytes()).is_err() || http::header::HeaderValue::from_str(v).is_err() {
                 errors.push(ConfigError::new(file, at("headers"), format!("invalid header {k:?}")));
             }
+        }
+        if c.tls.insecure && c.endpoint.starts_with("https://") {
+            errors.push(ConfigError::new(file, at("tls"), "tls: insecure (plaintext) with an https:// endpoint"));
         }
         if c.tls.cert_file.is_some() != c.tls.key_file.is_some() {
             errors.push(ConfigError::new(file, at("tls"), "tls: cert_file and key_file must be given together"));

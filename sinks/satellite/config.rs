@@ -1,7 +1,6 @@
 //! Configuration of the satellite sink.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 use serde::Deserialize;
 use tracepipe_config::{ByteSize, ConfigError, Duration, Node};
@@ -23,24 +22,6 @@ pub enum SatelliteProtocol {
     ReportHttp,
 }
 
-/// `tls:` settings.
-#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
-pub struct SatelliteTls {
-    /// Plaintext (a satellite inside the cluster); default false: TLS.
-    pub insecure: bool,
-    /// PEM CA certificates to trust instead of the built-in roots (a satellite pool's own CA).
-    pub ca_file: Option<PathBuf>,
-    /// Client certificate for mutual TLS.
-    pub cert_file: Option<PathBuf>,
-    /// Its key.
-    pub key_file: Option<PathBuf>,
-    /// Accept any server certificate (testing only).
-    pub insecure_skip_verify: bool,
-    /// Name to verify when it differs from the endpoint's host.
-    pub server_name: Option<String>,
-}
-
 /// `type: satellite` settings.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -55,7 +36,7 @@ pub struct SatelliteConfig {
     /// Spans of these services (resource `service.name`) go with their own project's token.
     pub access_tokens_by_service: BTreeMap<String, String>,
     /// TLS to the satellite.
-    pub tls: SatelliteTls,
+    pub tls: TlsConfig,
     /// `gzip`, `zstd` or `none`; default gzip, but none for `report_http` (LightStep tracers
     /// post reports uncompressed and satellites need not decompress them). Report requests:
     /// gzip or none.
@@ -78,7 +59,7 @@ impl Default for SatelliteConfig {
             protocol: SatelliteProtocol::OtlpGrpc,
             access_token: String::new(),
             access_tokens_by_service: BTreeMap::new(),
-            tls: SatelliteTls::default(),
+            tls: TlsConfig::default(),
             compression: None,
             timeout: o.timeout,
             max_request_bytes: o.max_request_bytes,
@@ -160,13 +141,8 @@ impl SatelliteConfig {
             protocol,
             compression: self.compression.unwrap_or(if self.protocol == SatelliteProtocol::ReportHttp { Compression::None } else { Compression::Gzip }),
             headers: BTreeMap::from([("lightstep-access-token".to_owned(), token.to_owned())]),
-            tls: TlsConfig {
-                ca_file: self.tls.ca_file.clone(),
-                cert_file: self.tls.cert_file.clone(),
-                key_file: self.tls.key_file.clone(),
-                insecure_skip_verify: self.tls.insecure_skip_verify,
-                server_name: self.tls.server_name.clone(),
-            },
+            // The scheme carries the choice; the otlp sink does not see `insecure`.
+            tls: TlsConfig { insecure: false, ..self.tls.clone() },
             timeout: self.timeout,
             max_request_bytes: self.max_request_bytes,
             retry: self.retry.clone(),

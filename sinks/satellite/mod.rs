@@ -22,7 +22,7 @@ pub mod report;
 #[cfg(test)]
 mod tests;
 
-pub use config::{SatelliteConfig, SatelliteProtocol, SatelliteTls};
+pub use config::{SatelliteConfig, SatelliteProtocol};
 
 use std::collections::HashMap;
 use std::sync::Arc;

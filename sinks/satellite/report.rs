@@ -49,17 +49,17 @@ fn json_of(v: &AnyValue) -> serde_json::Value {
     }
 }
 
-fn tag(kv: &KeyValue) -> pb::KeyValue {
+fn tag(kv: KeyValue) -> pb::KeyValue {
     use pb::key_value::Value as V;
-    let value = match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
-        Some(any_value::Value::StringValue(s)) => V::StringValue(s.clone()),
-        Some(any_value::Value::BoolValue(b)) => V::BoolValue(*b),
-        Some(any_value::Value::IntValue(i)) => V::IntValue(*i),
-        Some(any_value::Value::DoubleValue(d)) => V::DoubleValue(*d),
-        Some(_) => V::JsonValue(kv.value.as_ref().map(json_of).unwrap_or_default().to_string()),
+    let value = match kv.value.and_then(|v| v.value) {
+        Some(any_value::Value::StringValue(s)) => V::StringValue(s),
+        Some(any_value::Value::BoolValue(b)) => V::BoolValue(b),
+        Some(any_value::Value::IntValue(i)) => V::IntValue(i),
+        Some(any_value::Value::DoubleValue(d)) => V::DoubleValue(d),
+        Some(other) => V::JsonValue(json_of(&AnyValue { value: Some(other) }).to_string()),
         None => V::StringValue(String::new()),
     };
-    pb::KeyValue { key: kv.key.clone(), value: Some(value) }
+    pb::KeyValue { key: kv.key, value: Some(value) }
 }
 
 fn string_tag(key: &str, v: &str) -> pb::KeyValue {
@@ -78,18 +78,19 @@ pub fn service_of(rs: &ResourceSpans) -> Option<&str> {
     })
 }
 
-/// One report for one resource's spans, authenticated with `token`; `reporter_id` names this
-/// sink (LightStep tracers use a random id per process).
-pub fn report(rs: &ResourceSpans, token: &str, reporter_id: u64) -> pb::ReportRequest {
-    let mut tags: Vec<pb::KeyValue> = rs.resource.iter().flat_map(|r| r.attributes.iter()).map(tag).collect();
-    if let Some(s) = service_of(rs)
+/// One report for one resource's spans (taken apart, not copied), authenticated with `token`;
+/// `reporter_id` names this sink (LightStep tracers use a random id per process).
+pub fn report(rs: ResourceSpans, token: &str, reporter_id: u64) -> pb::ReportRequest {
+    let service = service_of(&rs).map(str::to_owned);
+    let mut tags: Vec<pb::KeyValue> = rs.resource.into_iter().flat_map(|r| r.attributes).map(tag).collect();
+    if let Some(s) = service
         && !tags.iter().any(|t| t.key == "lightstep.component_name")
     {
-        tags.push(string_tag("lightstep.component_name", s));
+        tags.push(string_tag("lightstep.component_name", &s));
     }
-    let mut spans = Vec::new();
-    for ss in &rs.scope_spans {
-        for s in &ss.spans {
+    let mut spans = Vec::with_capacity(rs.scope_spans.iter().map(|ss| ss.spans.len()).sum());
+    for ss in rs.scope_spans {
+        for s in ss.spans {
             spans.push(span(s));
         }
     }
@@ -102,9 +103,10 @@ pub fn report(rs: &ResourceSpans, token: &str, reporter_id: u64) -> pb::ReportRe
     }
 }
 
-fn span(s: &opentelemetry_proto::tonic::trace::v1::Span) -> pb::Span {
+fn span(s: opentelemetry_proto::tonic::trace::v1::Span) -> pb::Span {
     let trace = u64_of(&s.trace_id);
-    let mut tags: Vec<pb::KeyValue> = s.attributes.iter().map(tag).collect();
+    let mut tags: Vec<pb::KeyValue> = Vec::with_capacity(s.attributes.len() + 3);
+    tags.extend(s.attributes.into_iter().map(tag));
     if s.trace_id.len() == 16 && s.trace_id[..8].iter().any(|b| *b != 0) {
         tags.push(string_tag(FULL_TRACE_ID, &hex::encode(&s.trace_id)));
     }
@@ -144,16 +146,17 @@ fn span(s: &opentelemetry_proto::tonic::trace::v1::Span) -> pb::Span {
     }
     let logs = s
         .events
-        .iter()
+        .into_iter()
         .map(|e| {
-            let mut fields = vec![string_tag("event", &e.name)];
-            fields.extend(e.attributes.iter().map(tag));
+            let mut fields = Vec::with_capacity(e.attributes.len() + 1);
+            fields.push(pb::KeyValue { key: "event".into(), value: Some(pb::key_value::Value::StringValue(e.name)) });
+            fields.extend(e.attributes.into_iter().map(tag));
             pb::Log { timestamp: Some(timestamp(e.time_unix_nano)), fields }
         })
         .collect();
     pb::Span {
         span_context: Some(pb::SpanContext { trace_id: trace, span_id: u64_of(&s.span_id), baggage: Default::default() }),
-        operation_name: s.name.clone(),
+        operation_name: s.name,
         references,
         start_timestamp: Some(timestamp(s.start_time_unix_nano)),
         duration_micros: s.end_time_unix_nano.saturating_sub(s.start_time_unix_nano) / 1000,

@@ -34,20 +34,25 @@ def tls(d: Path) -> str:
     return f"{{ cert_file: {d / 'satellite.pem'}, key_file: {d / 'satellite.key'} }}"
 
 
-def forwarder(receiver: str, sink: str, name: str):
-    """Tracepipe A: `receiver` (named `in`) into a file and into the satellite sink `ls`."""
+def graph(receiver: str, sinks: str, name: str, recv_name: str):
+    """A tracepipe (not started): `receiver` (named `recv_name`) into a debug file and `sinks`;
+    returns it and the file."""
     tp = Tracepipe("PLACEHOLDER", name)
-    out = tp.dir / "in.jsonl"
+    out = tp.dir / "spans.jsonl"
     tp.config_path.write_text(f"""
 receivers:
-  in: {receiver}
+  {recv_name}: {receiver}
 sinks:
-  file: {{ type: debug, inputs: [in], verbosity: none, path: {out} }}
-  ls: {sink}
+  file: {{ type: debug, inputs: [{recv_name}], verbosity: none, path: {out} }}{sinks}
 telemetry:
   metrics: {{ endpoint: 127.0.0.1:{tp.metrics_port} }}
 """)
     return tp, out
+
+
+def forwarder(receiver: str, sink: str, name: str):
+    """Tracepipe A: `receiver` (named `in`) into a file and into the satellite sink `ls`."""
+    return graph(receiver, f"\n  ls: {sink}", name, "in")
 
 
 def satellite(port: int, d: Path, protocol: str, token: str, extra: str = "") -> str:
@@ -57,17 +62,7 @@ def satellite(port: int, d: Path, protocol: str, token: str, extra: str = "") ->
 
 def receiving(receiver: str, name: str):
     """Tracepipe B: `receiver` (named `sat`) into a file."""
-    tp = Tracepipe("PLACEHOLDER", name)
-    out = tp.dir / "got.jsonl"
-    tp.config_path.write_text(f"""
-receivers:
-  sat: {receiver}
-sinks:
-  file: {{ type: debug, inputs: [sat], verbosity: none, path: {out} }}
-telemetry:
-  metrics: {{ endpoint: 127.0.0.1:{tp.metrics_port} }}
-""")
-    return tp, out
+    return graph(receiver, "", name, "sat")
 
 
 def by_span_id(path: Path) -> dict:
