@@ -202,9 +202,10 @@ fn finalizer_fires_once_with_worst_status() {
 async fn channel_bytes_are_held_by_each_consumer_until_taken() {
     use crate::memory::Held;
     let (h1, h2) = (Held::detached(), Held::detached());
-    let (tx1, mut in1) = Input::accounted_channel(4, h1.clone());
-    let (tx2, mut in2) = Input::accounted_channel(4, h2.clone());
-    let out = Output::accounted(vec![(tx1, h1.clone()), (tx2, h2.clone())]);
+    let (r1, r2) = (crate::topology::ByteRoom::new(64 << 20), crate::topology::ByteRoom::new(64 << 20));
+    let (tx1, mut in1) = Input::accounted_channel(4, r1.clone(), h1.clone());
+    let (tx2, mut in2) = Input::accounted_channel(4, r2.clone(), h2.clone());
+    let out = Output::accounted(vec![(tx1, r1, h1.clone()), (tx2, r2, h2.clone())]);
     let encoded = Batch::from_encoded(encode(traces(&[3])), 3);
     let decoded = Batch::from_resource_spans(traces(&[1, 2]));
     let (le, ld) = (encoded.encoded_len(), decoded.encoded_len());
@@ -401,6 +402,7 @@ async fn a_stage_that_dies_is_noticed_not_hidden_until_shutdown() {
             kind: ComponentKind::Sink,
             inputs: vec![],
             channel_capacity: 1,
+            channel_bytes: 1 << 20,
             build: Box::new(move |mut ctx: ComponentContext| {
                 Box::pin(async move {
                     let _input = ctx.take_input()?;
@@ -485,4 +487,50 @@ fn split_by_resource_cuts_at_resource_boundaries_and_keeps_finalizers() {
     parts[0].set_status(BatchStatus::Delivered);
     drop(parts);
     assert_eq!(rx.recv().unwrap(), BatchStatus::Delivered);
+}
+
+/// A channel is bounded in bytes as well as in batches: with room for 4 KiB, two batches of ~2 KiB
+/// fit and a third is refused after the wait (or waits, through `send`) until one is taken; a
+/// batch larger than the whole room passes alone; when the consumer is gone, a sender waiting
+/// for room is told it is closed.
+#[tokio::test]
+async fn channels_are_bounded_in_bytes_and_a_batch_larger_than_the_room_passes_alone() {
+    use crate::memory::Held;
+    use std::time::Duration;
+    let padded = |kib: usize| {
+        let mut rs = traces(&[1]);
+        rs[0].scope_spans[0].spans[0].name = "x".repeat(kib * 1024 - 200);
+        Batch::from_resource_spans(rs)
+    };
+    let room = crate::topology::ByteRoom::new(4096);
+    let (tx, mut input) = Input::accounted_channel(64, room.clone(), Held::detached());
+    let out = Output::accounted(vec![(tx, room.clone(), Held::detached())]);
+    let wait = Duration::from_millis(50);
+    out.send_or_refuse(padded(2), wait).await.unwrap();
+    out.send_or_refuse(padded(2), wait).await.unwrap();
+    assert_eq!(room.available(), 0);
+    assert_eq!(out.send_or_refuse(padded(2), wait).await, Err(Refused::Full));
+    // `send` waits until a batch is taken.
+    let o2 = out.clone();
+    let waiting = tokio::spawn(async move { o2.send(padded(2)).await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!waiting.is_finished());
+    input.recv().await.unwrap();
+    waiting.await.unwrap().unwrap();
+    input.recv().await.unwrap();
+    input.recv().await.unwrap();
+    assert_eq!(room.available(), 4096);
+    // Larger than the room: alone.
+    out.send_or_refuse(padded(10), wait).await.unwrap();
+    assert_eq!(room.available(), 0);
+    assert_eq!(out.send_or_refuse(padded(1), wait).await, Err(Refused::Full));
+    input.recv().await.unwrap();
+    assert_eq!(room.available(), 4096);
+    // The consumer goes away while a sender waits for room.
+    out.send_or_refuse(padded(4), wait).await.unwrap();
+    let o3 = out.clone();
+    let waiting = tokio::spawn(async move { o3.send(padded(2)).await });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    drop(input);
+    assert_eq!(waiting.await.unwrap(), Err(Refused::Closed));
 }

@@ -1,7 +1,8 @@
 //! The graph runtime: channels between components, fan-out, and the running topology.
 //!
 //! Every processor and sink owns one bounded channel (its [`Input`]); all of its upstreams hold a
-//! sender to it (fan-in). A receiver or processor sends through an [`Output`], which fans a batch
+//! sender to it (fan-in). A channel is bounded twice: in batches, and in bytes (the batches'
+//! encoded size, [`ByteRoom`]), since a batch may hold a few spans or a few hundred megabytes. A receiver or processor sends through an [`Output`], which fans a batch
 //! out to every consumer: it first reserves room in *every* consumer's channel, then delivers —
 //! clones of the (cheap, reference-counted) batch to all but the last consumer, the original to
 //! the last. A receiver uses [`Output::send_or_refuse`], which waits a bounded time for room and
@@ -49,12 +50,48 @@ pub struct BuildError {
     pub message: String,
 }
 
+/// A channel's room in bytes: KiB permits of the batches' encoded size, taken when a batch is
+/// sent and given back when it is received. A batch larger than the whole room takes all of it
+/// (so it passes alone, rather than never).
+#[derive(Debug, Clone)]
+pub struct ByteRoom {
+    sem: Arc<tokio::sync::Semaphore>,
+    capacity: u32,
+}
+
+impl ByteRoom {
+    /// Room for `bytes` bytes (at least 1 KiB).
+    pub fn new(bytes: usize) -> Self {
+        let capacity = (bytes / 1024).clamp(1, tokio::sync::Semaphore::MAX_PERMITS.min(u32::MAX as usize)) as u32;
+        ByteRoom { sem: Arc::new(tokio::sync::Semaphore::new(capacity as usize)), capacity }
+    }
+    /// Permits for a batch of `len` encoded bytes.
+    fn cost(&self, len: usize) -> u32 {
+        len.div_ceil(1024).clamp(1, self.capacity as usize) as u32
+    }
+    /// Bytes free now.
+    pub fn available(&self) -> usize {
+        self.sem.available_permits() * 1024
+    }
+}
+
 /// The receiving end of a component's bounded channel.
 #[derive(Debug)]
 pub struct Input {
     rx: mpsc::Receiver<Batch>,
     /// The component's account: a batch's bytes leave it when the batch is taken.
     held: Option<Held>,
+    /// The channel's room in bytes.
+    room: Option<ByteRoom>,
+}
+
+impl Drop for Input {
+    fn drop(&mut self) {
+        // Senders waiting for room in a channel nobody reads any more are told it is closed.
+        if let Some(r) = &self.room {
+            r.sem.close();
+        }
+    }
 }
 
 impl Input {
@@ -70,8 +107,16 @@ impl Input {
     }
     #[inline]
     fn taken(&self, b: Option<Batch>) -> Option<Batch> {
-        if let (Some(h), Some(b)) = (&self.held, &b) {
-            h.sub(b.encoded_len());
+        if let Some(b) = &b
+            && (self.held.is_some() || self.room.is_some())
+        {
+            let n = b.encoded_len();
+            if let Some(h) = &self.held {
+                h.sub(n);
+            }
+            if let Some(r) = &self.room {
+                r.sem.add_permits(r.cost(n) as usize);
+            }
         }
         b
     }
@@ -86,12 +131,15 @@ impl Input {
     /// A channel for tests: returns the sender side and the input.
     pub fn channel(capacity: usize) -> (mpsc::Sender<Batch>, Input) {
         let (tx, rx) = mpsc::channel(capacity.max(1));
-        (tx, Input { rx, held: None })
+        (tx, Input { rx, held: None, room: None })
     }
-    /// A channel whose batches count in `held` from being sent until taken.
-    pub(crate) fn accounted_channel(capacity: usize, held: Held) -> (mpsc::Sender<Batch>, Input) {
+    /// A channel bounded in batches and in bytes (`room`), whose batches count in `held` from
+    /// being sent until taken. Its senders must go through an [`Output`] built with the same
+    /// `room` ([`Output::accounted`]).
+    pub(crate) fn accounted_channel(capacity: usize, room: ByteRoom, held: Held) -> (mpsc::Sender<Batch>, Input) {
         let (tx, mut input) = Input::channel(capacity);
         input.held = Some(held);
+        input.room = Some(room);
         (tx, input)
     }
 }
@@ -113,18 +161,28 @@ pub struct Output {
     consumers: Arc<[mpsc::Sender<Batch>]>,
     /// Each consumer's account (the topology's outputs; empty for outputs built in tests).
     held: Arc<[Held]>,
+    /// Each consumer's room in bytes (as `held`).
+    rooms: Arc<[ByteRoom]>,
 }
 
 impl Output {
     /// An output over the given consumer channels.
     pub fn new(consumers: Vec<mpsc::Sender<Batch>>) -> Self {
-        Output { consumers: consumers.into(), held: Arc::new([]) }
+        Output { consumers: consumers.into(), held: Arc::new([]), rooms: Arc::new([]) }
     }
 
-    /// An output whose consumers' channels count what they hold in `held` (one per consumer).
-    pub(crate) fn accounted(consumers: Vec<(mpsc::Sender<Batch>, Held)>) -> Self {
-        let (c, h): (Vec<_>, Vec<_>) = consumers.into_iter().unzip();
-        Output { consumers: c.into(), held: h.into() }
+    /// An output whose consumers' channels are bounded in bytes by `room` and count what they
+    /// hold in `held` (one each per consumer).
+    pub(crate) fn accounted(consumers: Vec<(mpsc::Sender<Batch>, ByteRoom, Held)>) -> Self {
+        let mut c = Vec::new();
+        let mut r = Vec::new();
+        let mut h = Vec::new();
+        for (tx, room, held) in consumers {
+            c.push(tx);
+            r.push(room);
+            h.push(held);
+        }
+        Output { consumers: c.into(), held: h.into(), rooms: r.into() }
     }
 
     /// Number of consumers.
@@ -132,19 +190,56 @@ impl Output {
         self.consumers.len()
     }
 
+    /// The batch's encoded size, when something counts it.
+    fn len_of(&self, batch: &Batch) -> usize {
+        if self.held.is_empty() && self.rooms.is_empty() { 0 } else { batch.encoded_len() }
+    }
+
     /// Delivers the batch to every consumer, waiting for room. Errors only if a consumer is gone.
     pub async fn send(&self, batch: Batch) -> Result<(), Refused> {
+        let len = self.len_of(&batch);
+        let mut bytes = Vec::with_capacity(self.rooms.len());
+        for r in self.rooms.iter() {
+            bytes.push(r.sem.acquire_many(r.cost(len)).await.map_err(|_| Refused::Closed)?);
+        }
         let mut permits = Vec::with_capacity(self.consumers.len());
         for c in self.consumers.iter() {
             permits.push(c.reserve().await.map_err(|_| Refused::Closed)?);
         }
-        self.deliver(permits, batch);
+        bytes.into_iter().for_each(|p| p.forget());
+        self.deliver(permits, batch, len);
         Ok(())
     }
 
     /// Delivers the batch to every consumer if all of them have room within `wait`; otherwise
     /// delivers it to none and returns why.
     pub async fn send_or_refuse(&self, batch: Batch, wait: Duration) -> Result<(), Refused> {
+        let len = self.len_of(&batch);
+        // Room in bytes first (released again if the batch is refused).
+        let mut bytes = Vec::with_capacity(self.rooms.len());
+        for r in self.rooms.iter() {
+            match r.sem.try_acquire_many(r.cost(len)) {
+                Ok(p) => bytes.push(p),
+                Err(tokio::sync::TryAcquireError::Closed) => return Err(Refused::Closed),
+                Err(tokio::sync::TryAcquireError::NoPermits) => break,
+            }
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        if bytes.len() < self.rooms.len() {
+            let start = bytes.len();
+            let rest = async {
+                let mut more = Vec::new();
+                for r in self.rooms[start..].iter() {
+                    more.push(r.sem.acquire_many(r.cost(len)).await.map_err(|_| Refused::Closed)?);
+                }
+                Ok::<_, Refused>(more)
+            };
+            match tokio::time::timeout_at(deadline, rest).await {
+                Ok(Ok(more)) => bytes.extend(more),
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Err(Refused::Full),
+            }
+        }
         let mut permits = Vec::with_capacity(self.consumers.len());
         // Fast path: no waiting when there is room.
         for c in self.consumers.iter() {
@@ -163,21 +258,19 @@ impl Output {
                 }
                 Ok::<_, Refused>(more)
             };
-            match tokio::time::timeout(wait, rest).await {
+            match tokio::time::timeout_at(deadline, rest).await {
                 Ok(Ok(more)) => permits.extend(more),
                 Ok(Err(e)) => return Err(e),
                 Err(_) => return Err(Refused::Full),
             }
         }
-        self.deliver(permits, batch);
+        bytes.into_iter().for_each(|p| p.forget());
+        self.deliver(permits, batch, len);
         Ok(())
     }
 
-    fn deliver(&self, permits: Vec<mpsc::Permit<'_, Batch>>, batch: Batch) {
-        if !self.held.is_empty() {
-            let n = batch.encoded_len();
-            self.held.iter().for_each(|h| h.add(n));
-        }
+    fn deliver(&self, permits: Vec<mpsc::Permit<'_, Batch>>, batch: Batch, len: usize) {
+        self.held.iter().for_each(|h| h.add(len));
         deliver(permits, batch);
     }
 }
@@ -240,6 +333,8 @@ pub struct Planned {
     pub inputs: Vec<String>,
     /// Capacity of its input channel, in batches.
     pub channel_capacity: usize,
+    /// And in bytes (the batches' encoded size; a larger batch passes alone).
+    pub channel_bytes: usize,
     /// Builds it.
     pub build: Box<dyn FnOnce(ComponentContext) -> BuildFuture + Send>,
 }
@@ -261,18 +356,19 @@ impl RunningTopology {
     pub async fn start(planned: Vec<Planned>, health: Health) -> Result<RunningTopology, BuildError> {
         let shutdown = CancellationToken::new();
         let failed = CancellationToken::new();
-        let mut senders: std::collections::HashMap<String, (mpsc::Sender<Batch>, Held)> = Default::default();
+        let mut senders: std::collections::HashMap<String, (mpsc::Sender<Batch>, ByteRoom, Held)> = Default::default();
         let mut inputs: std::collections::HashMap<String, Input> = Default::default();
         for p in &planned {
             if p.kind != ComponentKind::Receiver {
                 let held = Held::component(&p.name);
-                let (tx, input) = Input::accounted_channel(p.channel_capacity, held.clone());
-                senders.insert(p.name.clone(), (tx, held));
+                let room = ByteRoom::new(p.channel_bytes);
+                let (tx, input) = Input::accounted_channel(p.channel_capacity, room.clone(), held.clone());
+                senders.insert(p.name.clone(), (tx, room, held));
                 inputs.insert(p.name.clone(), input);
             }
         }
         // Consumers of each component, in config order.
-        let mut consumers: std::collections::HashMap<String, Vec<(mpsc::Sender<Batch>, Held)>> = Default::default();
+        let mut consumers: std::collections::HashMap<String, Vec<(mpsc::Sender<Batch>, ByteRoom, Held)>> = Default::default();
         for p in &planned {
             for i in &p.inputs {
                 if let Some(tx) = senders.get(&p.name) {

@@ -68,6 +68,10 @@ pub fn validate(file: &str, text: &str) -> Result<ValidGraph, ConfigErrors> {
 /// Channel capacity of each processor and sink input, in batches.
 const CHANNEL_CAPACITY: usize = 64;
 
+/// And in bytes of encoded spans: 64 batches of 8192 spans of ~500 bytes would be 256 MiB; the
+/// channel holds at most this much (a batch larger than it passes alone).
+const CHANNEL_BYTES: usize = 32 << 20;
+
 /// Turns a valid graph into planned components for the runtime.
 pub fn plan(graph: ValidGraph) -> Vec<Planned> {
     graph
@@ -78,6 +82,7 @@ pub fn plan(graph: ValidGraph) -> Vec<Planned> {
             kind,
             inputs,
             channel_capacity: CHANNEL_CAPACITY,
+            channel_bytes: CHANNEL_BYTES,
             build: match v {
                 Validated::Receiver(r) => Box::new(move |ctx| r.build(ctx)),
                 Validated::Processor(p) => Box::new(move |ctx| p.build(ctx)),
