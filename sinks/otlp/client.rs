@@ -260,15 +260,13 @@ impl Exporter {
     }
 
     /// This exporter sending LightStep reports with `token` instead of OTLP requests (gRPC
-    /// `CollectorService/Report`; HTTP `POST /api/v2/reports` when the endpoint has no path).
+    /// `CollectorService/Report`; HTTP: a POST to the endpoint's URL).
     pub fn into_report(self, token: &str, reporter_id: u64) -> Result<Exporter, String> {
         let payload = Payload::Report { token: token.to_owned(), reporter_id };
         match self {
             Exporter::Grpc { channel, headers, compression, .. } => Ok(Exporter::Grpc { channel, headers, compression, payload }),
-            Exporter::Http { client, uri, headers, compression, max_body, .. } => {
-                let uri = if uri.path() == "/v1/traces" { Uri::from_str(&uri.to_string().replace("/v1/traces", "/api/v2/reports")).map_err(|e| e.to_string())? } else { uri };
-                Ok(Exporter::Http { client, uri, headers, json: false, compression, max_body, payload })
-            }
+            // The satellite config gives the report path (`/api/v2/reports` by default).
+            Exporter::Http { client, uri, headers, compression, max_body, .. } => Ok(Exporter::Http { client, uri, headers, json: false, compression, max_body, payload }),
             Exporter::Routed { .. } => Err("a routed exporter is made of report exporters, not turned into one".into()),
         }
     }
