@@ -209,6 +209,13 @@ impl Batch {
         Batch { finalizers: self.finalizers.clone(), ..Batch::empty() }
     }
 
+    /// This batch without its acknowledgements: for merging a part back into a batch that
+    /// already carries them (see [`Batch::split_by_resource`]).
+    pub fn without_finalizers(mut self) -> Batch {
+        self.finalizers.clear();
+        self
+    }
+
     /// The acknowledgements this batch carries.
     pub fn finalizers(&self) -> &[Arc<Finalizer>] {
         &self.finalizers

@@ -81,7 +81,8 @@ fn the_satellite_report_mapping_reads_back_as_the_spans_that_went_in() {
         scope_spans: vec![ScopeSpans { spans: vec![root.clone(), child.clone()], ..Default::default() }],
         schema_url: String::new(),
     };
-    let wire = tracepipe_sinks::satellite::report::report(rs.clone(), "tok", 7).encode_to_vec();
+    let otlp = ResourceSpans::encode_to_vec(&rs);
+    let wire = tracepipe_sinks::satellite::report::report(&otlp, "tok", 7).unwrap();
     let req = pb::ReportRequest::decode(wire.as_slice()).unwrap();
     assert_eq!(req.auth.as_ref().unwrap().access_token, "tok");
     let (back, rejected) = super::translate::to_otlp(&req);
@@ -108,4 +109,115 @@ fn the_satellite_report_mapping_reads_back_as_the_spans_that_went_in() {
     assert_eq!(c.links.len(), 1);
     assert_eq!((&c.links[0].trace_id, &c.links[0].span_id), (&child.links[0].trace_id, &child.links[0].span_id));
     assert_eq!(c.attributes, vec![kv("tags", V::StringValue("[\"a\"]".into()))]);
+}
+
+mod report_roundtrip {
+    //! Any span the OTel data model allows, through the satellite sink's wire-level Report
+    //! transcoder and back through this receiver's translation: equal in everything the Report
+    //! protocol carries.
+    use opentelemetry_proto::tonic::common::v1::{any_value::Value as V, AnyValue, KeyValue};
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+    use opentelemetry_proto::tonic::trace::v1::{span, ResourceSpans, ScopeSpans, Span, Status};
+    use proptest::prelude::*;
+    use prost::Message;
+
+    use super::pb;
+
+    fn value() -> impl Strategy<Value = V> {
+        prop_oneof![
+            "[ -~]{0,40}".prop_map(V::StringValue),
+            any::<i64>().prop_map(V::IntValue),
+            // NaN is not equal to itself; every other double goes through bit for bit.
+            any::<f64>().prop_filter("not NaN", |d| !d.is_nan()).prop_map(V::DoubleValue),
+            any::<bool>().prop_map(V::BoolValue),
+        ]
+    }
+
+    fn attrs(n: usize) -> impl Strategy<Value = Vec<KeyValue>> {
+        // Keys the receiver reads as span fields (`error`, `span.kind`, `otel.*`, `event`) are left out.
+        proptest::collection::vec(("a\\.[a-z]{1,8}", value()), 0..n)
+            .prop_map(|v| v.into_iter().map(|(key, v)| KeyValue { key, value: Some(AnyValue { value: Some(v) }), key_strindex: 0 }).collect())
+    }
+
+    fn id<const N: usize>() -> impl Strategy<Value = Vec<u8>> {
+        // The low 8 bytes are never zero (the receiver refuses zero ids).
+        (proptest::array::uniform::<_, N>(any::<u8>()), 1u64..).prop_map(|(mut b, low): ([u8; N], u64)| {
+            b[N - 8..].copy_from_slice(&low.to_be_bytes());
+            b.to_vec()
+        })
+    }
+
+    fn a_span() -> impl Strategy<Value = Span> {
+        let event = (0u64..1 << 62, "[a-z]{0,8}", attrs(3)).prop_map(|(time_unix_nano, name, attributes)| span::Event { time_unix_nano, name, attributes, dropped_attributes_count: 0 });
+        let link = (id::<16>(), id::<8>()).prop_map(|(trace_id, span_id)| span::Link { trace_id, span_id, ..Default::default() });
+        let status = prop_oneof![
+            Just(None),
+            (1i32..=2, "[ -~]{0,20}").prop_map(|(code, message)| Some(Status { code, message })),
+            "[ -~]{1,20}".prop_map(|message| Some(Status { code: 0, message })),
+        ];
+        (
+            (id::<16>(), id::<8>(), proptest::option::of(id::<8>()), "[ -~]{1,30}", 0i32..6),
+            (0u64..1 << 62, 0u64..1 << 30, attrs(8), proptest::collection::vec(event, 0..3), proptest::collection::vec(link, 0..3), status),
+        )
+            .prop_map(|((trace_id, span_id, parent, name, kind), (start, micros, attributes, events, links, status))| Span {
+                trace_id,
+                span_id,
+                parent_span_id: parent.unwrap_or_default(),
+                name,
+                kind,
+                start_time_unix_nano: start,
+                end_time_unix_nano: start + micros * 1000,
+                attributes,
+                events,
+                links,
+                status,
+                ..Default::default()
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        #[test]
+        fn any_span_reads_back_as_it_went_in(spans in proptest::collection::vec(a_span(), 1..6), service in "[a-z]{1,10}", res in attrs(4)) {
+            let mut resource = vec![KeyValue { key: "service.name".into(), value: Some(AnyValue { value: Some(V::StringValue(service.clone())) }), key_strindex: 0 }];
+            resource.extend(res.clone());
+            let rs = ResourceSpans {
+                resource: Some(Resource { attributes: resource, ..Default::default() }),
+                scope_spans: vec![ScopeSpans { spans: spans.clone(), ..Default::default() }],
+                schema_url: String::new(),
+            };
+            let wire = tracepipe_sinks::satellite::report::report(&rs.encode_to_vec(), "tok", 42).unwrap();
+            let req = pb::ReportRequest::decode(wire.as_slice()).unwrap();
+            prop_assert_eq!(req.auth.as_ref().map(|a| a.access_token.as_str()), Some("tok"));
+            prop_assert_eq!(req.reporter.as_ref().map(|r| r.reporter_id), Some(42));
+            let (back, rejected) = super::super::translate::to_otlp(&req);
+            prop_assert_eq!(rejected, 0);
+            let attrs = &back[0].resource.as_ref().unwrap().attributes;
+            let of = |k: &str| attrs.iter().find(|a| a.key == k).and_then(|a| a.value.clone()).and_then(|v| v.value);
+            prop_assert_eq!(of("service.name"), Some(V::StringValue(service.clone())));
+            prop_assert_eq!(of("lightstep.component_name"), Some(V::StringValue(service)));
+            for a in &res {
+                prop_assert!(attrs.contains(a), "resource attribute {:?} lost", a);
+            }
+            let got = &back[0].scope_spans[0].spans;
+            prop_assert_eq!(got.len(), spans.len());
+            for (g, s) in got.iter().zip(&spans) {
+                prop_assert_eq!(&g.trace_id, &s.trace_id);
+                prop_assert_eq!(&g.span_id, &s.span_id);
+                prop_assert_eq!(&g.parent_span_id, &s.parent_span_id);
+                prop_assert_eq!(&g.name, &s.name);
+                prop_assert_eq!(g.kind, s.kind);
+                prop_assert_eq!((g.start_time_unix_nano, g.end_time_unix_nano), (s.start_time_unix_nano, s.end_time_unix_nano));
+                prop_assert_eq!(&g.attributes, &s.attributes);
+                prop_assert_eq!(&g.events, &s.events);
+                prop_assert_eq!(&g.status, &s.status);
+                // Links: 64-bit trace ids (the Report protocol's), span ids exact.
+                prop_assert_eq!(g.links.len(), s.links.len());
+                for (gl, sl) in g.links.iter().zip(&s.links) {
+                    prop_assert_eq!(&gl.trace_id[8..], &sl.trace_id[8..]);
+                    prop_assert_eq!(&gl.span_id, &sl.span_id);
+                }
+            }
+        }
+    }
 }

@@ -117,14 +117,33 @@ fn read_response(payload: &Payload, body: Bytes, json: bool) -> Result<u64, Expo
     }
 }
 
-/// The request bodies for a batch: one OTLP request, or one report per resource.
+/// The request bodies for a batch: one OTLP request, or one report per resource (transcoded at
+/// the wire, [`crate::satellite::report::reports`]).
 fn bodies(payload: &Payload, batch: &Batch) -> Result<Vec<Bytes>, ExportError> {
     match payload {
         Payload::Otlp => Ok(vec![batch.to_bytes()]),
         Payload::Report { token, reporter_id } => {
-            let rs = batch.to_resource_spans().map_err(|e| ExportError::Permanent(e.to_string()))?;
-            Ok(rs.into_iter().map(|r| crate::satellite::report::report(r, token, *reporter_id).encode_to_vec().into()).collect())
+            let mut out = Vec::new();
+            let bad = |e: tracepipe_pipeline::wire::WireError| ExportError::Permanent(format!("cannot convert the batch to a report: {e}"));
+            match batch.encoded_buffers() {
+                Some(bufs) => {
+                    for b in bufs {
+                        crate::satellite::report::reports(b, token, *reporter_id, &mut out).map_err(bad)?;
+                    }
+                }
+                None => crate::satellite::report::reports(&batch.to_bytes(), token, *reporter_id, &mut out).map_err(bad)?,
+            }
+            Ok(out)
         }
+    }
+}
+
+/// The `service.name` of a batch's first resource, read at the wire.
+fn first_service(batch: &Batch) -> Option<String> {
+    let name = |b: &[u8]| crate::satellite::report::first_service(b).ok().flatten().and_then(|s| std::str::from_utf8(s).ok()).map(str::to_owned);
+    match batch.encoded_buffers() {
+        Some(bufs) => bufs.first().and_then(|b| name(b)),
+        None => name(&batch.to_bytes()),
     }
 }
 
@@ -272,58 +291,51 @@ impl Exporter {
     }
 
     /// The exporter for a batch (a routed one picks by the first resource's `service.name`).
-    fn pick(&self, batch: &Batch) -> Result<&Exporter, ExportError> {
+    fn pick(&self, batch: &Batch) -> &Exporter {
         match self {
             Exporter::Routed { default, by_service, .. } => {
                 if by_service.is_empty() {
-                    return Ok(default);
+                    return default;
                 }
-                let rs = batch.to_resource_spans().map_err(|e| ExportError::Permanent(e.to_string()))?;
-                let service = rs.first().and_then(crate::satellite::report::service_of);
-                Ok(service.and_then(|s| by_service.get(s)).unwrap_or(default))
+                first_service(batch).and_then(|s| by_service.get(&s)).unwrap_or(default)
             }
-            other => Ok(other),
+            other => other,
         }
     }
 
     /// Cuts a batch into the parts that must go in separate requests: for a routed exporter, by
     /// the exporter of each resource's service (and one resource per part for reports); else
-    /// the batch whole. Every part keeps the batch's finalizers.
+    /// the batch whole. Cut at the wire: the parts share the batch's buffers, nothing is
+    /// decoded. Every part keeps the batch's finalizers.
     pub fn partition(&self, batch: Batch) -> Result<Vec<Batch>, String> {
         let Exporter::Routed { by_service, per_resource, .. } = self else { return Ok(vec![batch]) };
         if by_service.is_empty() && !per_resource {
             return Ok(vec![batch]);
         }
-        if *per_resource && by_service.is_empty() {
-            // One report per resource: cut at the wire, nothing decoded.
-            return batch.split_by_resource().map_err(|e| e.to_string());
+        let parts = batch.split_by_resource().map_err(|e| e.to_string())?;
+        if *per_resource || parts.len() <= 1 {
+            return Ok(parts);
         }
-        let rs = batch.to_resource_spans().map_err(|e| e.to_string())?;
-        if rs.len() <= 1 {
-            return Ok(vec![batch]);
-        }
-        let mut groups: Vec<(Option<String>, Vec<opentelemetry_proto::tonic::trace::v1::ResourceSpans>)> = Vec::new();
-        for r in rs {
-            let key = crate::satellite::report::service_of(&r).filter(|s| by_service.contains_key(*s)).map(str::to_owned);
-            match groups.iter_mut().find(|(k, _)| !per_resource && *k == key) {
-                Some((_, g)) => g.push(r),
-                None => groups.push((key, vec![r])),
+        let mut groups: Vec<(Option<String>, Batch)> = Vec::new();
+        for p in parts {
+            let key = first_service(&p).filter(|s| by_service.contains_key(s));
+            match groups.iter_mut().find(|(k, _)| *k == key) {
+                // The part's finalizers are the group's already.
+                Some((_, g)) => g.append(p.without_finalizers()).map_err(|e| e.error.to_string())?,
+                None => groups.push((key, p)),
             }
         }
-        Ok(groups
-            .into_iter()
-            .map(|(_, g)| batch.finalizers().iter().fold(Batch::from_resource_spans(g), |b, f| b.with_finalizer(f.clone())))
-            .collect())
+        Ok(groups.into_iter().map(|(_, g)| g).collect())
     }
 
     /// Sends one batch.
     pub async fn export(&self, batch: &Batch, timeout: Duration) -> Result<Exported, ExportError> {
-        let r = self.pick(batch)?.export_one(batch, timeout).await;
+        let r = self.pick(batch).export_one(batch, timeout).await;
         match (r, self) {
             // A routed exporter's refusals name the service (a wrong project token, typically);
             // the batch is decoded only then.
             (Err(ExportError::Permanent(m)), Exporter::Routed { .. }) => {
-                let service = batch.to_resource_spans().ok().and_then(|rs| rs.first().and_then(crate::satellite::report::service_of).map(str::to_owned));
+                let service = first_service(batch);
                 Err(ExportError::Permanent(format!("{m} (spans of service `{}`)", service.as_deref().unwrap_or("unknown"))))
             }
             (r, _) => r,

@@ -13,10 +13,18 @@
 //!   `guid:*` tags are attributes and pass as they are;
 //! - events → logs (`event` = the name, then the attributes);
 //! - times: start to the nanosecond (a `Timestamp`), duration in whole microseconds.
+//!
+//! The conversion works on the wire, OTLP protobuf bytes in, Report protobuf bytes out, without
+//! decoding either into structs: strings and scalar values are copied as they are (they passed the
+//! receivers' scan, [`tracepipe_pipeline::wire::scan_traces`]); only array, map and bytes values
+//! are decoded, to write their JSON. Nested lengths are reserved from the input's size and the
+//! body is moved when the guess was wrong (rare: a Report span is about as long as its OTLP span).
+//! Fields may come in any order and repeat, as protobuf allows (the last scalar wins).
 
-use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
-use opentelemetry_proto::tonic::trace::v1::{span, ResourceSpans};
-use tracepipe_pipeline::lightstep_pb as pb;
+use bytes::Bytes;
+use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue};
+use prost::Message;
+use tracepipe_pipeline::wire::{Reader, WireError, I64, LEN, VARINT};
 
 /// Tag holding the full 128-bit trace id (32 hex digits) when its high half is not zero.
 pub const FULL_TRACE_ID: &str = "otel.trace_id";
@@ -49,118 +57,472 @@ fn json_of(v: &AnyValue) -> serde_json::Value {
     }
 }
 
-fn tag(kv: KeyValue) -> pb::KeyValue {
-    use pb::key_value::Value as V;
-    let value = match kv.value.and_then(|v| v.value) {
-        Some(any_value::Value::StringValue(s)) => V::StringValue(s),
-        Some(any_value::Value::BoolValue(b)) => V::BoolValue(b),
-        Some(any_value::Value::IntValue(i)) => V::IntValue(i),
-        Some(any_value::Value::DoubleValue(d)) => V::DoubleValue(d),
-        Some(other) => V::JsonValue(json_of(&AnyValue { value: Some(other) }).to_string()),
-        None => V::StringValue(String::new()),
-    };
-    pb::KeyValue { key: kv.key, value: Some(value) }
+fn varint_len(v: u64) -> usize {
+    // 1 byte per 7 bits, at least one.
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
 }
 
-fn string_tag(key: &str, v: &str) -> pb::KeyValue {
-    pb::KeyValue { key: key.to_owned(), value: Some(pb::key_value::Value::StringValue(v.to_owned())) }
+/// A protobuf writer: fields appended to one buffer, nested messages length-prefixed in place.
+struct W {
+    buf: Vec<u8>,
 }
 
-fn timestamp(nanos: u64) -> prost_types::Timestamp {
-    prost_types::Timestamp { seconds: (nanos / 1_000_000_000) as i64, nanos: (nanos % 1_000_000_000) as i32 }
+/// A nested message begun by [`W::begin`]: where its length goes and how many bytes it has.
+struct Open {
+    at: usize,
+    reserved: usize,
 }
 
-/// The `service.name` of a resource, if any.
-pub fn service_of(rs: &ResourceSpans) -> Option<&str> {
-    rs.resource.as_ref()?.attributes.iter().find(|a| a.key == "service.name").and_then(|a| match a.value.as_ref()?.value.as_ref()? {
-        any_value::Value::StringValue(s) => Some(s.as_str()),
-        _ => None,
-    })
+impl W {
+    #[inline(always)]
+    fn varint(&mut self, mut v: u64) {
+        while v >= 0x80 {
+            self.buf.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        self.buf.push(v as u8);
+    }
+    #[inline(always)]
+    fn key(&mut self, field: u32, wire_type: u8) {
+        self.varint((u64::from(field) << 3) | u64::from(wire_type));
+    }
+    /// A LEN field (string or bytes), written even when empty (oneof members are).
+    #[inline(always)]
+    fn bytes(&mut self, field: u32, b: &[u8]) {
+        self.key(field, LEN);
+        self.varint(b.len() as u64);
+        self.buf.extend_from_slice(b);
+    }
+    /// A varint field, left out when zero (proto3).
+    #[inline(always)]
+    fn uint(&mut self, field: u32, v: u64) {
+        if v != 0 {
+            self.key(field, VARINT);
+            self.varint(v);
+        }
+    }
+    #[inline(always)]
+    fn fixed64(&mut self, field: u32, v: u64) {
+        self.key(field, I64);
+        self.buf.extend_from_slice(&v.to_le_bytes());
+    }
+    /// Starts a nested message in `field`, reserving a length prefix for about `hint` bytes.
+    #[inline(always)]
+    fn begin(&mut self, field: u32, hint: usize) -> Open {
+        self.key(field, LEN);
+        let reserved = varint_len(hint as u64);
+        let at = self.buf.len();
+        self.buf.resize(at + reserved, 0);
+        Open { at, reserved }
+    }
+    /// Ends a nested message: writes its length, moving the body when the reserve was wrong.
+    #[inline(always)]
+    fn end(&mut self, o: Open) {
+        let body = self.buf.len() - o.at - o.reserved;
+        let need = varint_len(body as u64);
+        if need != o.reserved {
+            let len = self.buf.len();
+            if need > o.reserved {
+                self.buf.resize(len + need - o.reserved, 0);
+                self.buf.copy_within(o.at + o.reserved..len, o.at + need);
+            } else {
+                self.buf.copy_within(o.at + o.reserved..len, o.at + need);
+                self.buf.truncate(len - (o.reserved - need));
+            }
+        }
+        let mut v = body as u64;
+        for i in 0..need {
+            self.buf[o.at + i] = if i + 1 < need { (v as u8) | 0x80 } else { v as u8 };
+            v >>= 7;
+        }
+    }
+    /// A `KeyValue` tag with a string value in `field`.
+    fn str_tag(&mut self, field: u32, key: &[u8], value: &[u8]) {
+        let o = self.begin(field, key.len() + value.len() + 4);
+        self.bytes(1, key);
+        self.bytes(2, value);
+        self.end(o);
+    }
 }
 
-/// One report for one resource's spans (taken apart, not copied), authenticated with `token`;
-/// `reporter_id` names this sink (LightStep tracers use a random id per process).
-pub fn report(rs: ResourceSpans, token: &str, reporter_id: u64) -> pb::ReportRequest {
-    let service = service_of(&rs).map(str::to_owned);
-    let mut tags: Vec<pb::KeyValue> = rs.resource.into_iter().flat_map(|r| r.attributes).map(tag).collect();
+/// The key and value (an encoded `AnyValue`) of an encoded OTLP `KeyValue`.
+fn key_value(kv: &[u8]) -> Result<(&[u8], Option<&[u8]>), WireError> {
+    let mut r = Reader::new(kv, 0);
+    let (mut key, mut value): (&[u8], Option<&[u8]>) = (b"", None);
+    while !r.done() {
+        let (f, wt) = r.tag()?;
+        match (f, wt) {
+            (1, LEN) => key = r.len_delimited()?.0,
+            (2, LEN) => value = Some(r.len_delimited()?.0),
+            _ => r.skip(wt, "KeyValue", f)?,
+        }
+    }
+    Ok((key, value))
+}
+
+/// The string of an encoded `AnyValue`, when a string is what it holds.
+fn any_string(v: &[u8]) -> Result<Option<&[u8]>, WireError> {
+    let mut r = Reader::new(v, 0);
+    let mut found = None;
+    while !r.done() {
+        let (f, wt) = r.tag()?;
+        match (f, wt) {
+            (1, LEN) => found = Some(r.len_delimited()?.0),
+            _ => {
+                r.skip(wt, "AnyValue", f)?;
+                found = None;
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// One OTLP attribute (`KeyValue` bytes) as a LightStep `KeyValue` in `field`; returns its key.
+fn tag<'a>(w: &mut W, field: u32, kv: &'a [u8]) -> Result<&'a [u8], WireError> {
+    let (key, value) = key_value(kv)?;
+    let o = w.begin(field, kv.len() + 2);
+    w.bytes(1, key);
+    // The oneof's last member wins, as when prost decodes it.
+    enum V<'v> {
+        None,
+        Str(&'v [u8]),
+        Bool(u64),
+        Int(u64),
+        Double(u64),
+        Other,
+    }
+    let mut v = V::None;
+    if let Some(value) = value {
+        let mut r = Reader::new(value, 0);
+        while !r.done() {
+            let (f, wt) = r.tag()?;
+            v = match (f, wt) {
+                (1, LEN) => V::Str(r.len_delimited()?.0),
+                (2, VARINT) => V::Bool(r.varint()?),
+                (3, VARINT) => V::Int(r.varint()?),
+                (4, I64) => V::Double(u64::from_le_bytes(r.take(8)?.try_into().expect("8 bytes"))),
+                (5..=8, _) => {
+                    r.skip(wt, "AnyValue", f)?;
+                    V::Other
+                }
+                _ => {
+                    r.skip(wt, "AnyValue", f)?;
+                    continue;
+                }
+            };
+        }
+    }
+    match v {
+        V::None => w.bytes(2, b""),
+        V::Str(s) => w.bytes(2, s),
+        V::Int(i) => {
+            w.key(3, VARINT);
+            w.varint(i);
+        }
+        V::Double(d) => w.fixed64(4, d),
+        V::Bool(b) => {
+            w.key(5, VARINT);
+            w.varint(u64::from(b != 0));
+        }
+        V::Other => {
+            // Arrays, maps, bytes: their JSON text. Rare; decoded here only.
+            let any = AnyValue::decode(value.unwrap_or_default()).map_err(|e| WireError::Undecodable("AnyValue", e.to_string()))?;
+            w.bytes(6, json_of(&any).to_string().as_bytes());
+        }
+    }
+    w.end(o);
+    Ok(key)
+}
+
+fn timestamp(w: &mut W, field: u32, nanos: u64) {
+    let o = w.begin(field, 12);
+    w.uint(1, nanos / 1_000_000_000);
+    w.uint(2, nanos % 1_000_000_000);
+    w.end(o);
+}
+
+fn span_context(w: &mut W, field: u32, trace: u64, span: u64) {
+    let o = w.begin(field, 22);
+    w.uint(1, trace);
+    w.uint(2, span);
+    w.end(o);
+}
+
+/// The `service.name` of an encoded `ResourceSpans`, if it has a string one.
+pub fn resource_service(resource_spans: &[u8]) -> Result<Option<&[u8]>, WireError> {
+    let mut r = Reader::new(resource_spans, 0);
+    let mut found = None;
+    while !r.done() {
+        let (f, wt) = r.tag()?;
+        if (f, wt) != (1, LEN) {
+            r.skip(wt, "ResourceSpans", f)?;
+            continue;
+        }
+        let mut rr = Reader::new(r.len_delimited()?.0, 0);
+        while !rr.done() {
+            let (f, wt) = rr.tag()?;
+            if (f, wt) != (1, LEN) {
+                rr.skip(wt, "Resource", f)?;
+                continue;
+            }
+            let (k, v) = key_value(rr.len_delimited()?.0)?;
+            if k == b"service.name"
+                && found.is_none()
+                && let Some(v) = v
+            {
+                found = any_string(v)?;
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// The `service.name` of the first resource of an encoded `TracesData`.
+pub fn first_service(traces: &[u8]) -> Result<Option<&[u8]>, WireError> {
+    let mut r = Reader::new(traces, 0);
+    while !r.done() {
+        let (f, wt) = r.tag()?;
+        if (f, wt) == (1, LEN) {
+            return resource_service(r.len_delimited()?.0);
+        }
+        r.skip(wt, "TracesData", f)?;
+    }
+    Ok(None)
+}
+
+/// One report per resource of an encoded `TracesData` (= `ExportTraceServiceRequest`),
+/// authenticated with `token`; `reporter_id` names this sink (LightStep tracers use a random id
+/// per process). Appended to `out`.
+pub fn reports(traces: &[u8], token: &str, reporter_id: u64, out: &mut Vec<Bytes>) -> Result<(), WireError> {
+    let mut r = Reader::new(traces, 0);
+    while !r.done() {
+        let (f, wt) = r.tag()?;
+        if (f, wt) != (1, LEN) {
+            r.skip(wt, "TracesData", f)?;
+            continue;
+        }
+        out.push(report(r.len_delimited()?.0, token, reporter_id)?.into());
+    }
+    Ok(())
+}
+
+/// The report for one encoded `ResourceSpans`.
+pub fn report(resource_spans: &[u8], token: &str, reporter_id: u64) -> Result<Vec<u8>, WireError> {
+    let mut w = W { buf: Vec::with_capacity(resource_spans.len() + resource_spans.len() / 8 + 64) };
+    // The reporter: id, the resource's attributes, the service as LightStep's component name.
+    let rep = w.begin(1, 256);
+    w.uint(1, reporter_id);
+    let (mut service, mut has_component) = (None, false);
+    let mut r = Reader::new(resource_spans, 0);
+    while !r.done() {
+        let (f, wt) = r.tag()?;
+        if (f, wt) != (1, LEN) {
+            r.skip(wt, "ResourceSpans", f)?;
+            continue;
+        }
+        let mut rr = Reader::new(r.len_delimited()?.0, 0);
+        while !rr.done() {
+            let (f, wt) = rr.tag()?;
+            if (f, wt) != (1, LEN) {
+                rr.skip(wt, "Resource", f)?;
+                continue;
+            }
+            let kv = rr.len_delimited()?.0;
+            match tag(&mut w, 4, kv)? {
+                b"service.name" if service.is_none() => service = key_value(kv)?.1.map(any_string).transpose()?.flatten(),
+                b"lightstep.component_name" => has_component = true,
+                _ => {}
+            }
+        }
+    }
     if let Some(s) = service
-        && !tags.iter().any(|t| t.key == "lightstep.component_name")
+        && !has_component
     {
-        tags.push(string_tag("lightstep.component_name", &s));
+        w.str_tag(4, b"lightstep.component_name", s);
     }
-    let mut spans = Vec::with_capacity(rs.scope_spans.iter().map(|ss| ss.spans.len()).sum());
-    for ss in rs.scope_spans {
-        for s in ss.spans {
-            spans.push(span(s));
+    w.end(rep);
+    let auth = w.begin(2, token.len() + 2);
+    if !token.is_empty() {
+        w.bytes(1, token.as_bytes());
+    }
+    w.end(auth);
+    let mut r = Reader::new(resource_spans, 0);
+    while !r.done() {
+        let (f, wt) = r.tag()?;
+        if (f, wt) != (2, LEN) {
+            r.skip(wt, "ResourceSpans", f)?;
+            continue;
+        }
+        let mut sr = Reader::new(r.len_delimited()?.0, 0);
+        while !sr.done() {
+            let (f, wt) = sr.tag()?;
+            if (f, wt) != (2, LEN) {
+                sr.skip(wt, "ScopeSpans", f)?;
+                continue;
+            }
+            span(&mut w, sr.len_delimited()?.0)?;
         }
     }
-    pb::ReportRequest {
-        reporter: Some(pb::Reporter { reporter_id, tags }),
-        auth: Some(pb::Auth { access_token: token.to_owned() }),
-        spans,
-        timestamp_offset_micros: 0,
-        internal_metrics: None,
-    }
+    Ok(w.buf)
 }
 
-fn span(s: opentelemetry_proto::tonic::trace::v1::Span) -> pb::Span {
-    let trace = u64_of(&s.trace_id);
-    let mut tags: Vec<pb::KeyValue> = Vec::with_capacity(s.attributes.len() + 3);
-    tags.extend(s.attributes.into_iter().map(tag));
-    if s.trace_id.len() == 16 && s.trace_id[..8].iter().any(|b| *b != 0) {
-        tags.push(string_tag(FULL_TRACE_ID, &hex::encode(&s.trace_id)));
+/// The scalar fields of an encoded OTLP span (first pass).
+#[derive(Default)]
+struct Facts<'a> {
+    trace: &'a [u8],
+    span: &'a [u8],
+    parent: &'a [u8],
+    name: &'a [u8],
+    kind: u64,
+    start: u64,
+    end: u64,
+    status_code: u64,
+    status_message: &'a [u8],
+}
+
+fn facts(s: &[u8]) -> Result<Facts<'_>, WireError> {
+    let mut f = Facts::default();
+    let mut r = Reader::new(s, 0);
+    while !r.done() {
+        let (field, wt) = r.tag()?;
+        match (field, wt) {
+            (1, LEN) => f.trace = r.len_delimited()?.0,
+            (2, LEN) => f.span = r.len_delimited()?.0,
+            (4, LEN) => f.parent = r.len_delimited()?.0,
+            (5, LEN) => f.name = r.len_delimited()?.0,
+            (6, VARINT) => f.kind = r.varint()?,
+            (7, I64) => f.start = u64::from_le_bytes(r.take(8)?.try_into().expect("8 bytes")),
+            (8, I64) => f.end = u64::from_le_bytes(r.take(8)?.try_into().expect("8 bytes")),
+            (15, LEN) => {
+                // A repeated message field merges: later fields win, one by one.
+                let mut st = Reader::new(r.len_delimited()?.0, 0);
+                while !st.done() {
+                    let (sf, swt) = st.tag()?;
+                    match (sf, swt) {
+                        (2, LEN) => f.status_message = st.len_delimited()?.0,
+                        (3, VARINT) => f.status_code = st.varint()?,
+                        _ => st.skip(swt, "Status", sf)?,
+                    }
+                }
+            }
+            _ => r.skip(wt, "Span", field)?,
+        }
     }
-    let kind = match span::SpanKind::try_from(s.kind).unwrap_or(span::SpanKind::Unspecified) {
-        span::SpanKind::Client => Some("client"),
-        span::SpanKind::Server => Some("server"),
-        span::SpanKind::Producer => Some("producer"),
-        span::SpanKind::Consumer => Some("consumer"),
-        span::SpanKind::Internal => Some("internal"),
-        span::SpanKind::Unspecified => None,
+    Ok(f)
+}
+
+/// One encoded OTLP span as a report's span (field 3).
+fn span(w: &mut W, s: &[u8]) -> Result<(), WireError> {
+    let f = facts(s)?;
+    let trace = u64_of(f.trace);
+    let o = w.begin(3, s.len() + s.len() / 8 + 16);
+    span_context(w, 1, trace, u64_of(f.span));
+    if !f.name.is_empty() {
+        w.bytes(2, f.name);
+    }
+    if !f.parent.is_empty() {
+        // CHILD_OF is 0: the relationship field is left out.
+        let rf = w.begin(3, 24);
+        span_context(w, 2, trace, u64_of(f.parent));
+        w.end(rf);
+    }
+    let mut r = Reader::new(s, 0);
+    while !r.done() {
+        let (field, wt) = r.tag()?;
+        if (field, wt) != (13, LEN) {
+            r.skip(wt, "Span", field)?;
+            continue;
+        }
+        let mut lr = Reader::new(r.len_delimited()?.0, 0);
+        let (mut lt, mut ls): (&[u8], &[u8]) = (b"", b"");
+        while !lr.done() {
+            let (lf, lwt) = lr.tag()?;
+            match (lf, lwt) {
+                (1, LEN) => lt = lr.len_delimited()?.0,
+                (2, LEN) => ls = lr.len_delimited()?.0,
+                _ => lr.skip(lwt, "Link", lf)?,
+            }
+        }
+        let rf = w.begin(3, 26);
+        w.uint(1, 1); // FOLLOWS_FROM
+        span_context(w, 2, u64_of(lt), u64_of(ls));
+        w.end(rf);
+    }
+    timestamp(w, 4, f.start);
+    w.uint(5, f.end.saturating_sub(f.start) / 1000);
+    // Tags: the attributes, then what the span's own fields become.
+    let mut r = Reader::new(s, 0);
+    while !r.done() {
+        let (field, wt) = r.tag()?;
+        if (field, wt) != (9, LEN) {
+            r.skip(wt, "Span", field)?;
+            continue;
+        }
+        tag(w, 6, r.len_delimited()?.0)?;
+    }
+    if f.trace.len() == 16 && f.trace[..8].iter().any(|b| *b != 0) {
+        let mut hex = [0u8; 32];
+        hex::encode_to_slice(f.trace, &mut hex).expect("32 hex digits for 16 bytes");
+        w.str_tag(6, FULL_TRACE_ID.as_bytes(), &hex);
+    }
+    let kind: &[u8] = match f.kind {
+        1 => b"internal",
+        2 => b"server",
+        3 => b"client",
+        4 => b"producer",
+        5 => b"consumer",
+        _ => b"",
     };
-    if let Some(k) = kind {
-        tags.push(string_tag("span.kind", k));
+    if !kind.is_empty() {
+        w.str_tag(6, b"span.kind", kind);
     }
-    if let Some(st) = &s.status {
-        match st.code {
-            2 => tags.push(pb::KeyValue { key: "error".into(), value: Some(pb::key_value::Value::BoolValue(true)) }),
-            1 => tags.push(string_tag(STATUS_CODE, "OK")),
-            _ => {}
+    match f.status_code {
+        2 => {
+            let o = w.begin(6, 10);
+            w.bytes(1, b"error");
+            w.key(5, VARINT);
+            w.varint(1);
+            w.end(o);
         }
-        if !st.message.is_empty() {
-            tags.push(string_tag(STATUS_MESSAGE, &st.message));
+        1 => w.str_tag(6, STATUS_CODE.as_bytes(), b"OK"),
+        _ => {}
+    }
+    if !f.status_message.is_empty() {
+        w.str_tag(6, STATUS_MESSAGE.as_bytes(), f.status_message);
+    }
+    // Logs: one per event, `event` = its name first, then its attributes.
+    let mut r = Reader::new(s, 0);
+    while !r.done() {
+        let (field, wt) = r.tag()?;
+        if (field, wt) != (11, LEN) {
+            r.skip(wt, "Span", field)?;
+            continue;
         }
+        let e = r.len_delimited()?.0;
+        let (mut time, mut name): (u64, &[u8]) = (0, b"");
+        let mut er = Reader::new(e, 0);
+        while !er.done() {
+            let (ef, ewt) = er.tag()?;
+            match (ef, ewt) {
+                (1, I64) => time = u64::from_le_bytes(er.take(8)?.try_into().expect("8 bytes")),
+                (2, LEN) => name = er.len_delimited()?.0,
+                _ => er.skip(ewt, "Event", ef)?,
+            }
+        }
+        let lo = w.begin(7, e.len() + 24);
+        timestamp(w, 1, time);
+        w.str_tag(2, b"event", name);
+        let mut er = Reader::new(e, 0);
+        while !er.done() {
+            let (ef, ewt) = er.tag()?;
+            if (ef, ewt) != (3, LEN) {
+                er.skip(ewt, "Event", ef)?;
+                continue;
+            }
+            tag(w, 2, er.len_delimited()?.0)?;
+        }
+        w.end(lo);
     }
-    let mut references = Vec::new();
-    if !s.parent_span_id.is_empty() {
-        references.push(pb::Reference {
-            relationship: pb::reference::Relationship::ChildOf as i32,
-            span_context: Some(pb::SpanContext { trace_id: trace, span_id: u64_of(&s.parent_span_id), baggage: Default::default() }),
-        });
-    }
-    for l in &s.links {
-        references.push(pb::Reference {
-            relationship: pb::reference::Relationship::FollowsFrom as i32,
-            span_context: Some(pb::SpanContext { trace_id: u64_of(&l.trace_id), span_id: u64_of(&l.span_id), baggage: Default::default() }),
-        });
-    }
-    let logs = s
-        .events
-        .into_iter()
-        .map(|e| {
-            let mut fields = Vec::with_capacity(e.attributes.len() + 1);
-            fields.push(pb::KeyValue { key: "event".into(), value: Some(pb::key_value::Value::StringValue(e.name)) });
-            fields.extend(e.attributes.into_iter().map(tag));
-            pb::Log { timestamp: Some(timestamp(e.time_unix_nano)), fields }
-        })
-        .collect();
-    pb::Span {
-        span_context: Some(pb::SpanContext { trace_id: trace, span_id: u64_of(&s.span_id), baggage: Default::default() }),
-        operation_name: s.name,
-        references,
-        start_timestamp: Some(timestamp(s.start_time_unix_nano)),
-        duration_micros: s.end_time_unix_nano.saturating_sub(s.start_time_unix_nano) / 1000,
-        tags,
-        logs,
-    }
+    w.end(o);
+    Ok(())
 }
