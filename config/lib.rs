@@ -28,6 +28,9 @@ mod tests;
 pub use error::{ConfigError, ConfigErrors, Pos};
 pub use graph::{load, ComponentDecl, ComponentKind, ConfigFile, LogFormat, LogsConfig, MemoryConfig, MetricsConfig, TelemetryConfig};
 pub use node::{Key, Node, Value};
-pub use kafka::{check_kafka_common, valid_kafka_broker, valid_kafka_topic, KafkaCommon, KafkaEncoding};
+pub use kafka::{
+    check_kafka_common, kafka_security_properties, valid_kafka_broker, valid_kafka_topic, KafkaAuthConfig, KafkaCommon, KafkaEncoding, KafkaSaslConfig, KafkaTlsConfig, SaslMechanism,
+    KAFKA_SECURITY_KEYS,
+};
 pub use tls::{AuthConfig, ServerTlsConfig, TlsVersion};
 pub use types::{ByteSize, Duration, Endpoint};

@@ -82,6 +82,10 @@ pub struct KafkaReceiverConfig {
     /// reading meanwhile, so keep it well under the processors' waits; what is not done by then is
     /// read again by the new owner (delivered twice).
     pub revoke_timeout: Duration,
+    /// TLS to the brokers (absent: plaintext).
+    pub tls: Option<tracepipe_config::KafkaTlsConfig>,
+    /// SASL authentication (`auth.sasl`).
+    pub auth: tracepipe_config::KafkaAuthConfig,
     /// Any other librdkafka consumer property, applied last.
     pub librdkafka_options: BTreeMap<String, String>,
 }
@@ -102,6 +106,8 @@ impl Default for KafkaReceiverConfig {
             message_marking: MessageMarking::default(),
             commit_interval: Duration::from_secs(1),
             revoke_timeout: Duration::from_millis(500),
+            tls: None,
+            auth: Default::default(),
             librdkafka_options: BTreeMap::new(),
         }
     }
@@ -136,6 +142,8 @@ impl KafkaReceiverConfig {
                 librdkafka_options: &c.librdkafka_options,
                 own_keys: OWN_KEYS,
                 kind: "receiver",
+                tls: c.tls.as_ref(),
+                auth: &c.auth,
             },
         );
         if c.group_id.is_empty() {
@@ -172,6 +180,7 @@ impl KafkaReceiverConfig {
             // Statistics feed the lag gauge (receivers/kafka/lag.rs).
             ("statistics.interval.ms".into(), "5000".into()),
         ];
+        p.extend(tracepipe_config::kafka_security_properties(self.tls.as_ref(), &self.auth));
         p.extend(self.librdkafka_options.iter().map(|(k, v)| (k.clone(), v.clone())));
         p
     }

@@ -302,3 +302,16 @@ fn records_of_a_revoked_partition_are_not_taken() {
     let (g2, flag2) = ctx.generation(3).expect("assigned again");
     assert!(g2 > g1 && !flag2.load(Ordering::Acquire));
 }
+
+/// The receiver takes the same `tls` and `auth.sasl` settings as the sink (config/kafka.rs):
+/// they reach its consumer properties, and `librdkafka_options` may not override them.
+#[test]
+fn tls_and_sasl_reach_the_consumer_properties() {
+    let c = parse("    tls: { ca_file: /ca.pem }\n    auth: { sasl: { mechanism: SCRAM-SHA-256, username: u, password: p } }\n").unwrap();
+    let props = c.rdkafka_properties();
+    for want in [("security.protocol", "sasl_ssl"), ("ssl.ca.location", "/ca.pem"), ("sasl.mechanism", "SCRAM-SHA-256"), ("sasl.username", "u")] {
+        assert!(props.contains(&(want.0.into(), want.1.into())), "{want:?} missing");
+    }
+    let e = parse("    librdkafka_options: { ssl.ca.location: /x }\n").unwrap_err();
+    assert!(e[0].to_string().contains("is set by the receiver's `tls` and `auth` settings"), "{e:?}");
+}

@@ -114,7 +114,11 @@ pub struct KafkaSinkConfig {
     pub linger: Duration,
     /// `client.id` (default `tracepipe`).
     pub client_id: String,
-    /// Any other librdkafka producer property, applied last (e.g. `security.protocol`).
+    /// TLS to the brokers (absent: plaintext).
+    pub tls: Option<tracepipe_config::KafkaTlsConfig>,
+    /// SASL authentication (`auth.sasl`).
+    pub auth: tracepipe_config::KafkaAuthConfig,
+    /// Any other librdkafka producer property, applied last.
     pub librdkafka_options: BTreeMap<String, String>,
     /// A disk queue in front of the producer (absent: batches go straight to librdkafka's buffer).
     pub queue: KafkaQueueConfig,
@@ -155,6 +159,8 @@ impl Default for KafkaSinkConfig {
             max_buffer_bytes: ByteSize::mib(128),
             linger: Duration::from_millis(5),
             client_id: "tracepipe".into(),
+            tls: None,
+            auth: Default::default(),
             librdkafka_options: BTreeMap::new(),
             queue: KafkaQueueConfig::default(),
         }
@@ -177,6 +183,8 @@ impl KafkaSinkConfig {
                 librdkafka_options: &c.librdkafka_options,
                 own_keys: OWN_KEYS,
                 kind: "sink",
+                tls: c.tls.as_ref(),
+                auth: &c.auth,
             },
         );
         if c.queue.num_consumers == 0 {
@@ -224,6 +232,7 @@ impl KafkaSinkConfig {
             ("queue.buffering.max.kbytes".into(), (self.max_buffer_bytes.get() / 1024).to_string()),
             ("linger.ms".into(), self.linger.get().as_millis().to_string()),
         ];
+        p.extend(tracepipe_config::kafka_security_properties(self.tls.as_ref(), &self.auth));
         p.extend(self.librdkafka_options.iter().map(|(k, v)| (k.clone(), v.clone())));
         p
     }

@@ -27,6 +27,50 @@ fn parse(body: &str) -> Result<KafkaSinkConfig, Vec<tracepipe_config::ConfigErro
     KafkaSinkConfig::from_node(&cfg.sinks[0].body, "t.yaml")
 }
 
+/// `tls` and `auth.sasl` become librdkafka's security properties (the protocol from which of
+/// them are set); mistakes are reported at their keys, all at once; the password never shows in
+/// debug output; `librdkafka_options` may not set what they own.
+#[test]
+fn tls_and_sasl_settings_become_security_properties() {
+    let get = |c: &KafkaSinkConfig, k: &str| c.rdkafka_properties().into_iter().rev().find(|(key, _)| key == k).map(|(_, v)| v);
+    let c = parse("").unwrap();
+    assert_eq!(get(&c, "security.protocol").as_deref(), Some("plaintext"));
+    assert_eq!(get(&c, "sasl.mechanism"), None);
+    let c = parse("    tls: { ca_file: /ca.pem, cert_file: /c.pem, key_file: /c.key }\n").unwrap();
+    assert_eq!(get(&c, "security.protocol").as_deref(), Some("ssl"));
+    assert_eq!(get(&c, "ssl.ca.location").as_deref(), Some("/ca.pem"));
+    assert_eq!(get(&c, "ssl.certificate.location").as_deref(), Some("/c.pem"));
+    assert_eq!(get(&c, "ssl.key.location").as_deref(), Some("/c.key"));
+    assert_eq!(get(&c, "ssl.endpoint.identification.algorithm").as_deref(), Some("https"));
+    let c = parse("    tls: { insecure_skip_verify: true }\n    auth: { sasl: { mechanism: SCRAM-SHA-512, username: u, password: s3cret } }\n").unwrap();
+    assert_eq!(get(&c, "security.protocol").as_deref(), Some("sasl_ssl"));
+    assert_eq!(get(&c, "enable.ssl.certificate.verification").as_deref(), Some("false"));
+    assert_eq!(get(&c, "ssl.endpoint.identification.algorithm").as_deref(), Some("none"));
+    assert_eq!((get(&c, "sasl.mechanism").as_deref(), get(&c, "sasl.username").as_deref(), get(&c, "sasl.password").as_deref()), (Some("SCRAM-SHA-512"), Some("u"), Some("s3cret")));
+    assert!(!format!("{c:?}").contains("s3cret"), "the password is redacted");
+    let c = parse("    auth: { sasl: { mechanism: PLAIN, username: u, password: p } }\n").unwrap();
+    assert_eq!(get(&c, "security.protocol").as_deref(), Some("sasl_plaintext"));
+    let c = parse("    tls: { insecure: true }\n    auth: { sasl: { mechanism: SCRAM-SHA-256, username: u, password: p } }\n").unwrap();
+    assert_eq!((get(&c, "security.protocol").as_deref(), get(&c, "sasl.mechanism").as_deref()), (Some("sasl_plaintext"), Some("SCRAM-SHA-256")));
+    // Every mistake at once, at its key.
+    let e = parse("    tls: { cert_file: /c.pem, insecure: true }\n    auth: { sasl: { mechanism: PLAIN, username: \"\", password: \"\" } }\n    librdkafka_options: { security.protocol: ssl, sasl.password: x }\n").unwrap_err();
+    let all: Vec<String> = e.iter().map(|e| e.to_string()).collect();
+    for want in ["cert_file and key_file go together", "insecure (plaintext) cannot be combined", "auth.sasl.username is empty", "auth.sasl.password is empty", "`security.protocol` is set by the sink's `tls` and `auth`", "`sasl.password` is set by the sink's `tls` and `auth`"] {
+        assert!(all.iter().any(|e| e.contains(want)), "missing {want:?} in {all:#?}");
+    }
+    assert!(all.iter().all(|e| e.starts_with("t.yaml:")), "{all:?}");
+    let e = parse("    auth: { sasl: { mechanism: GSSAPI, username: u, password: p } }\n").unwrap_err();
+    assert!(e[0].to_string().contains("GSSAPI") || e[0].to_string().contains("mechanism"), "{e:?}");
+    // A librdkafka client made from the properties: OpenSSL and SASL are built in.
+    let c = parse("    tls: { insecure_skip_verify: true }\n    auth: { sasl: { mechanism: SCRAM-SHA-256, username: u, password: p } }\n").unwrap();
+    let mut cc = ClientConfig::new();
+    for (k, v) in c.rdkafka_properties() {
+        cc.set(k, v);
+    }
+    let made: Result<rdkafka::producer::BaseProducer, _> = cc.create();
+    assert!(made.is_ok(), "{:?}", made.err());
+}
+
 #[test]
 fn config_defaults_and_errors() {
     let c = parse("").unwrap();
