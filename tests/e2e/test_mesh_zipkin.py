@@ -106,3 +106,56 @@ def test_envoy_default_zipkin_shares_span_ids():
             clients = {s["span_id"] for s in spans if s["kind"] == 3}
             assert {s["span_id"] for s in shared if not s["service"].startswith("productpage")} <= clients
         assert tp.stop() == 0
+
+
+def test_sidecars_send_zipkin_and_otlp_over_mutual_tls(tmp_path):
+    """The `mixed` mesh (outbound listeners trace with Zipkin, inbound ones with OpenTelemetry) with
+    each sidecar's tracer clusters over mutual TLS (Envoy's TLS transport socket, the test's CA
+    and a client certificate) to tracepipe's Zipkin and OTLP gRPC receivers, which require client
+    certificates: every proxy span of every request arrives, by both protocols, and no handshake
+    fails. A sidecar whose CA is another one gets nothing through: its handshakes are counted."""
+    from harness import metric_sum
+    from pki import Ca
+    ca = Ca(tmp_path, "mesh-ca")
+    server = ca.issue("collector", "localhost", server=True)
+    client = ca.issue("sidecar", "istio-proxy", server=False)
+    tls = f"{{ cert_file: {server[0]}, key_file: {server[1]}, client_ca_file: {ca.pem} }}"
+    port, otlp_port = free_port(), free_port()
+    tp, out = recording_tracepipe(f"""
+receivers:
+  mesh: {{ type: zipkin, endpoint: 127.0.0.1:{port}, tls: {tls} }}
+  otlp: {{ type: otlp, grpc: {{ endpoint: 127.0.0.1:{otlp_port}, tls: {tls} }} }}
+""", ["mesh", "otlp"], "mesh-tls")
+    n = 6
+    with tp, Mesh("mixed", port, forward="all", otlp_port=otlp_port, collector_tls={"ca": ca.pem, "cert": client[0], "key": client[1]}) as mesh:
+        for _ in range(n):
+            status, _ = mesh.request()
+            assert status == 200
+        want = mesh.spans_per_request() * n
+        wait_for(lambda: len(read_jsonl_spans(out)) >= want, timeout=30, what=f"{want} spans from Envoy over TLS")
+        m = tp.metrics()
+        zipkin = metric_sum(m, "tracepipe_receiver_accepted_spans_total", receiver="mesh")
+        otlp = metric_sum(m, "tracepipe_receiver_accepted_spans_total", receiver="otlp")
+        # Outbound (CLIENT) spans come by Zipkin, inbound (SERVER) ones by OTLP: 2 and 3 per request.
+        assert (zipkin, otlp) == (2 * n, 3 * n), (zipkin, otlp)
+        assert metric_sum(m, "tracepipe_receiver_tls_handshake_failures_total") == 0
+        groups = by_request(out)
+        assert len(groups) == n and all(len(g) == 5 for g in groups.values())
+        assert tp.stop() == 0
+    # Sidecars that trust another CA: refused by the sidecars themselves (the collector's
+    # certificate does not verify); tracepipe counts the handshakes the clients broke off.
+    other = Ca(tmp_path, "other-ca")
+    tp, out = recording_tracepipe(f"""
+receivers:
+  mesh: {{ type: zipkin, endpoint: 127.0.0.1:{port}, tls: {tls} }}
+  otlp: {{ type: otlp, grpc: {{ endpoint: 127.0.0.1:{otlp_port}, tls: {tls} }} }}
+""", ["mesh", "otlp"], "mesh-tls-other")
+    with tp, Mesh("mixed", port, forward="all", otlp_port=otlp_port, collector_tls={"ca": other.pem, "cert": client[0], "key": client[1]}) as mesh:
+        for _ in range(n):
+            status, _ = mesh.request()
+            assert status == 200
+        m = wait_for(lambda: (lambda m: m if metric_sum(m, "tracepipe_receiver_tls_handshake_failures_total", receiver="mesh") > 0
+                              and metric_sum(m, "tracepipe_receiver_tls_handshake_failures_total", receiver="otlp") > 0 else None)(tp.metrics()),
+                     timeout=30, what="refused handshakes counted on both receivers")
+        assert metric_sum(m, "tracepipe_receiver_accepted_spans_total") == 0
+        assert tp.stop() == 0

@@ -64,7 +64,7 @@ def _cluster(name, port, h2=False):
 
 class Mesh:
     def __init__(self, variant: str, collector_port: int, forward: str = "all", ratings_down: bool = False, otlp_port: int = None,
-                 topology: str = "chain", sdk_endpoint: str = None):
+                 topology: str = "chain", sdk_endpoint: str = None, collector_tls: dict = None):
         if not ENVOY.exists():
             raise RuntimeError(f"envoy not installed at {ENVOY}; run tests/install-peers.sh")
         self.variant, self.collector_port, self.forward = variant, collector_port, forward
@@ -80,6 +80,9 @@ class Mesh:
         self.admin = {s: free_port() for s in self.services}
         self.headers_log = self.dir / "app_headers.jsonl"
         self.sdk_endpoint = sdk_endpoint  # OTLP/gRPC URL the apps' own SDK spans go to (none: apps untraced)
+        # The tracers' collector over TLS (Envoy's TLS transport socket): {"ca": PEM path, and for
+        # mutual TLS "cert", "key"}; the collector is checked as `localhost`.
+        self.collector_tls = collector_tls
         self.procs = []
 
     def spans_per_request(self):
@@ -126,6 +129,18 @@ class Mesh:
         listeners = [{"name": f"virtualInbound_{svc}", "address": _addr(self.inbound[svc]), "traffic_direction": "INBOUND",
                       "filter_chains": [{"filters": [self._hcm(svc, f"inbound_0.0.0.0_{app}", inbound_cluster, f"{svc}.default.svc.cluster.local:9080/*", True)]}]}]
         clusters = [_cluster(inbound_cluster, app), _cluster("zipkin", self.collector_port), _cluster("otlp_grpc", self.otlp_port, h2=True)]
+        if self.collector_tls:
+            t = self.collector_tls
+            for c in clusters[1:]:
+                ctx = {"validation_context": {"trusted_ca": {"filename": str(t["ca"])},
+                                              "match_typed_subject_alt_names": [{"san_type": "DNS", "matcher": {"exact": "localhost"}}]}}
+                if "cert" in t:
+                    ctx["tls_certificates"] = [{"certificate_chain": {"filename": str(t["cert"])}, "private_key": {"filename": str(t["key"])}}]
+                if c["name"] == "otlp_grpc":
+                    ctx["alpn_protocols"] = ["h2"]
+                c["transport_socket"] = {"name": "envoy.transport_sockets.tls", "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                    "sni": "localhost", "common_tls_context": ctx}}
         for nxt, port in self.outbound[svc].items():
             oc = f"outbound|9080||{nxt}.default.svc.cluster.local"
             listeners.append({"name": f"outbound_{nxt}", "address": _addr(port), "traffic_direction": "OUTBOUND",
