@@ -858,6 +858,27 @@ impl TailSamplingConfig {
         if s.max_trace_spans == 0 {
             errors.push(ConfigError::new(file, at("max_trace_spans"), "max_trace_spans must be above 0"));
         }
+        // The decision caches are allocated at their full size and reserved from max_bytes. Left
+        // at their defaults (100,000 + 1,000,000 ids, ~9 MB), they shrink to an eighth of a small
+        // max_bytes; sizes set by hand must leave at least half of it to the spans.
+        let cache_bytes = |c: &DecisionCacheConfig| super::cache::cache_bytes(c.sampled_cache_size, true) + super::cache::cache_bytes(c.non_sampled_cache_size, false);
+        let mut s = s;
+        if node.get("decision_cache").is_none() && cache_bytes(&s.decision_cache) > s.max_bytes.get() / 8 {
+            let f = (s.max_bytes.get() / 8) as f64 / cache_bytes(&s.decision_cache) as f64;
+            let d = &mut s.decision_cache;
+            (d.sampled_cache_size, d.non_sampled_cache_size) = ((d.sampled_cache_size as f64 * f) as usize, (d.non_sampled_cache_size as f64 * f) as usize);
+        }
+        let caches = cache_bytes(&s.decision_cache);
+        if s.max_bytes.get() >= 1024 * 1024 && caches > s.max_bytes.get() / 2 {
+            errors.push(ConfigError::new(
+                file,
+                at("decision_cache"),
+                format!(
+                    "the decision caches take {caches} bytes of max_bytes ({}), more than half: lower their sizes or raise max_bytes",
+                    s.max_bytes.get()
+                ),
+            ));
+        }
         if s.shards > 256 {
             errors.push(ConfigError::new(file, at("shards"), "shards must be at most 256 (0 = one per core)"));
         }

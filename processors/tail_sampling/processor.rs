@@ -892,9 +892,12 @@ pub fn shard_count(cfg: &TailSamplingConfig) -> usize {
     }
 }
 
-/// The bytes one of `shards` deciders may hold: its share of `max_bytes`.
+/// The bytes one of `shards` deciders may hold: its share of `max_bytes`, less its decision
+/// caches (allocated at their full size: see cache.rs).
 fn decider_share(cfg: &TailSamplingConfig, shards: usize) -> u64 {
-    cfg.max_bytes / shards.max(1) as u64
+    let per = |n: usize| n.div_ceil(shards.max(1));
+    let caches = super::cache::cache_bytes(per(cfg.decision_cache.sampled_cache_size), true) + super::cache::cache_bytes(per(cfg.decision_cache.non_sampled_cache_size), false);
+    (cfg.max_bytes / shards.max(1) as u64).saturating_sub(caches).max(64 << 10)
 }
 
 /// The front: splits batches by shard.

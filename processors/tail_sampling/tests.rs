@@ -625,8 +625,9 @@ fn a_trace_is_decided_within_its_deciders_share_of_max_bytes() {
         batches_in += 1;
         assert!(batches_in <= 12, "still held after {batches_in} spans of 100 KB");
     }
-    // Its spans (100 KB each, in chunks of 112 KiB) and the decider's index share the 1 MiB.
-    assert!((8..=11).contains(&batches_in), "decided within its decider's 1 MiB share, not at 2 MiB: {batches_in} spans of 100 KB");
+    // Its spans (100 KB each, in chunks of 112 KiB) and the decider's index share the 1 MiB, less
+    // the decider's decision caches (the defaults shrunk to an eighth of max_bytes: 128 KiB each).
+    assert!((6..=9).contains(&batches_in), "decided within its decider's 896 KiB share, not at 2 MiB: {batches_in} spans of 100 KB");
     assert_eq!(decoded(shards[mine].take_ready()).len(), batches_in, "kept whole");
     assert!(shards[mine].held_bytes() <= 1024 * 1024);
 }
@@ -1260,4 +1261,66 @@ fn the_trace_table_reuses_slots_and_shrinks_after_a_burst() {
     let drained = table.drain();
     assert_eq!(drained.len(), n / 10 + 1);
     assert!(table.is_empty() && table.bytes() < full / 100);
+}
+
+/// The decision caches are fixed tables: an id is remembered until WAYS newer ones land in its
+/// bucket (the latest half of the capacity nearly always, the oldest of twice the capacity
+/// never), a sampled entry gives back its decision, iteration gives every entry once, and the
+/// memory is what `cache_bytes` says (10 / 8 bytes an id), whatever was inserted.
+#[test]
+fn decision_caches_are_fixed_tables_that_forget_the_oldest() {
+    use super::cache::{cache_bytes, Kept, NotSampledCache, SampledCache, WAYS};
+    let fp = |i: u64| super::trace::fingerprint(&trace_id(&tid_of(i)));
+    let mut ns = NotSampledCache::new(10_000);
+    for i in 0..10_000u64 {
+        ns.insert(fp(i));
+    }
+    // The latest 5,000 (half the capacity): ≥ 90% remembered (Poisson(4) ≥ 8 evicts ~5%).
+    let recent = (5_000..10_000u64).filter(|&i| ns.contains(fp(i))).count();
+    assert!(recent >= 4_500, "{recent} of the latest 5,000");
+    // Filled once, buckets hold what hashing gave them (E[min(Poisson(8), 8)] / 8 ≈ 86%).
+    assert!(ns.len() <= 10_000 && ns.len() > 8_000, "{}", ns.len());
+    for i in 10_000..40_000u64 {
+        ns.insert(fp(i));
+    }
+    assert_eq!((0..5_000u64).filter(|&i| ns.contains(fp(i))).count(), 0, "the oldest are gone after 3x the capacity");
+    assert!((0..100u64).all(|i| !ns.contains(fp(1_000_000 + i))), "never inserted: not found");
+    assert_eq!(ns.iter().count(), ns.len());
+    // Sampled: each id's own decision comes back; re-inserting keeps one entry.
+    let mut sc = SampledCache::new(1_000);
+    let k = |p: u16| Kept { policy: p, probability: if p == 3 { f32::NAN } else { 0.25 }, threshold: u64::from(p) * 7 };
+    for i in 0..800u64 {
+        sc.insert(fp(i), k((i % 5) as u16));
+    }
+    sc.insert(fp(0), k(0));
+    let back: Vec<_> = (700..800u64).filter_map(|i| sc.get(fp(i)).map(|got| (i, got))).collect();
+    assert!(back.len() >= 90, "{}", back.len());
+    for (i, got) in back {
+        let want = k((i % 5) as u16);
+        assert_eq!((got.policy, got.threshold, got.probability.to_bits()), (want.policy, want.threshold, want.probability.to_bits()));
+    }
+    assert_eq!(sc.iter().count(), sc.len());
+    assert!(sc.len() <= 800);
+    // Memory: fixed by the capacity (buckets of WAYS, rounded up), 10 B / 8 B per slot + a cursor.
+    assert_eq!(cache_bytes(1_000_000, false), (1_000_000 / WAYS * (WAYS * 8 + 1)) as u64);
+    assert_eq!(cache_bytes(100_000, true), (100_000 / WAYS * (WAYS * 10 + 1)) as u64);
+    assert_eq!(cache_bytes(0, true), 0);
+    let off = SampledCache::new(0);
+    assert!(off.get(fp(1)).is_none());
+}
+
+/// The caches are reserved from max_bytes: defaults shrink to an eighth of a small max_bytes;
+/// sizes set by hand that take more than half of it are an error at their key.
+#[test]
+fn decision_caches_are_reserved_from_max_bytes() {
+    use super::cache::cache_bytes;
+    let reserved = |c: &TailSamplingConfig| cache_bytes(c.decision_cache.sampled_cache_size, true) + cache_bytes(c.decision_cache.non_sampled_cache_size, false);
+    let big = cfg("policies:\n  - { name: all, type: always_sample }\n");
+    assert_eq!((big.decision_cache.sampled_cache_size, big.decision_cache.non_sampled_cache_size), (100_000, 1_000_000));
+    assert!(reserved(&big) < 10_000_000);
+    let small = cfg("max_bytes: 16MiB\nmax_trace_bytes: 1MiB\npolicies:\n  - { name: all, type: always_sample }\n");
+    assert!(reserved(&small) <= (2 << 20) + 64, "{}", reserved(&small));
+    assert!(small.decision_cache.non_sampled_cache_size > 100_000, "shrunk in proportion, not off");
+    let e = errors("max_bytes: 16MiB\nmax_trace_bytes: 1MiB\ndecision_cache: { non_sampled_cache_size: 2000000 }\npolicies:\n  - { name: all, type: always_sample }\n");
+    assert!(e.iter().any(|e| e.starts_with("3:") && e.contains("the decision caches take") && e.contains("more than half")), "{e:?}");
 }

@@ -251,8 +251,12 @@ def _push(http: int, shape) -> tuple:
 # what is left there is the allocator's. Later the same day, with each decider making room before
 # it takes a batch in, inside max_bytes / shards: 8-span 1.03-1.06x, 100k-span 0.70-0.73x (its 40 MB
 # traces are decided at a decider's 32 MiB share), one-span 1.44-1.50x (seven runs each). The
-# one-span bound (goal 1.3, not met) catches a return towards the old 3x.
-BOUND = {"8-span traces": 1.3, "100k-span traces": 1.3, "1M one-span traces": 2.2}
+# one-span bound (goal 1.3, not met) catches a return towards the old 3x. On 2026-12-04 the decision
+# caches became fixed tables reserved from max_bytes (cache.rs; they had cost 4-5 MiB above the
+# held-bytes count here, growing by doublings): one-span with always_sample 1.25-1.28x (three
+# runs), and with the 50% policy it now runs (both caches filling) 1.28, 1.38, 1.28x. The bound is
+# set above that spread.
+BOUND = {"8-span traces": 1.3, "100k-span traces": 1.3, "1M one-span traces": 1.7}
 
 
 @pytest.mark.parametrize("shape", list(SHAPES))
@@ -286,6 +290,10 @@ sinks:
     finally:
         base.__exit__(None, None, None)
 
+    # One-span traces: half kept, half not, so that both decision caches fill (they are reserved
+    # from max_bytes; this checks the pages they touch stay inside the bound too).
+    one_span = SHAPES[shape][1] == 1
+    policy = "{ name: half, type: probabilistic, sampling_percentage: 50 }" if one_span else "{ name: all, type: always_sample }"
     tp, idle, sent = run(f"""processors:
   sample:
     type: tail_sampling
@@ -294,7 +302,7 @@ sinks:
     max_bytes: {max_bytes}
     max_trace_spans: 200000
     max_trace_bytes: {max_bytes}
-    policies: [ {{ name: all, type: always_sample }} ]""", "sample")
+    policies: [ {policy} ]""", "sample")
     try:
         m = tp.metrics()
         assert metric_sum(m, "tracepipe_processor_tail_sampling_early_decisions_total", reason="memory") > 0
@@ -307,6 +315,7 @@ sinks:
         def accounted():
             m = tp.metrics()
             delivered = metric_sum(m, "tracepipe_sink_sent_spans_total", sink="out")
+            delivered += metric_sum(m, "tracepipe_processor_tail_sampling_spans_total", decision="not_sampled")
             held = metric_sum(m, "tracepipe_processor_tail_sampling_traces_held")
             return delivered + spt * held == sent if SHAPES[shape][0] > 1 else 0 <= sent - delivered <= spt * held
         wait_for(accounted, what="sent = delivered + held")
