@@ -3,6 +3,7 @@ the alert rules in deploy/ load and evaluate, and Prometheus scraping a running 
 the span counters the test caused."""
 
 import json
+import re
 import shutil
 import subprocess
 import tempfile
@@ -173,6 +174,104 @@ tests:
         exp_alerts:
           - exp_labels: {{ instance: a, receiver: zipkin }}
             exp_annotations: {{ summary: "zipkin receives malformed requests" }}
+  # The rest of the components that can fail or fill: each alert silent before its `for:` and
+  # firing after it; a healthy series of the same metric (zero rate, or below the line) never.
+  - interval: 1m
+    input_series:
+      - series: 'tracepipe_processor_guid_evicted_early_total{{instance="a", processor="rebuild"}}'
+        values: '0+30x40'
+      - series: 'tracepipe_processor_guid_evicted_early_total{{instance="a", processor="quiet"}}'
+        values: '5x40'
+      - series: 'tracepipe_processor_dropped_spans_total{{instance="a", processor="batch", reason="decode"}}'
+        values: '0+3x40'
+      - series: 'tracepipe_processor_tail_sampling_policy_errors_total{{instance="a", processor="sample"}}'
+        values: '0+1x40'
+      - series: 'tracepipe_process_resident_memory_bytes{{instance="a"}}'
+        values: '900x40'
+      - series: 'tracepipe_memory_soft_limit_bytes{{instance="a"}}'
+        values: '850x40'
+      - series: 'tracepipe_process_resident_memory_bytes{{instance="b"}}'
+        values: '500x40'
+      - series: 'tracepipe_memory_soft_limit_bytes{{instance="b"}}'
+        values: '850x40'
+      - series: 'tracepipe_receiver_tls_handshake_failures_total{{instance="a", receiver="apps", transport="grpc", reason="bad_client_certificate"}}'
+        values: '0+600x40'
+      - series: 'tracepipe_receiver_tls_handshake_failures_total{{instance="a", receiver="apps", transport="grpc", reason="closed"}}'
+        values: '0+6x40'
+      - series: 'tracepipe_receiver_unauthenticated_requests_total{{instance="a", receiver="apps", transport="http"}}'
+        values: '0+60x40'
+      - series: 'tracepipe_receiver_kafka_committed_failed_records_total{{instance="a", receiver="bus", reason="permanent"}}'
+        values: '0+2x40'
+      - series: 'tracepipe_sink_queue_corrupt_total{{instance="a", sink="up"}}'
+        values: '0x10 1x30'
+    alert_rule_test:
+      - eval_time: 14m
+        alertname: TracepipeGuidInferenceResolvingEarly
+        exp_alerts: []
+      - eval_time: 20m
+        alertname: TracepipeGuidInferenceResolvingEarly
+        exp_alerts:
+          - exp_labels: {{ instance: a, processor: rebuild }}
+            exp_annotations: {{ summary: "guid inference rebuild resolves guids before their wait for lack of max_bytes: raise max_bytes or add replicas" }}
+      - eval_time: 4m
+        alertname: TracepipeProcessorDroppingSpans
+        exp_alerts: []
+      - eval_time: 10m
+        alertname: TracepipeProcessorDroppingSpans
+        exp_alerts:
+          - exp_labels: {{ instance: a, processor: batch, reason: decode }}
+            exp_annotations: {{ summary: "processor batch drops spans (decode)" }}
+      - eval_time: 9m
+        alertname: TracepipeTailSamplingPolicyErrors
+        exp_alerts: []
+      - eval_time: 20m
+        alertname: TracepipeTailSamplingPolicyErrors
+        exp_alerts:
+          - exp_labels: {{ instance: a, processor: sample }}
+            exp_annotations: {{ summary: "a sql policy of sample fails at run time (it votes not sampled): check its predicate" }}
+      - eval_time: 4m
+        alertname: TracepipeAboveSoftMemoryLimit
+        exp_alerts: []
+      - eval_time: 10m
+        alertname: TracepipeAboveSoftMemoryLimit
+        exp_alerts:
+          - exp_labels: {{ instance: a }}
+            exp_annotations: {{ summary: "a is above its soft memory limit: receivers refuse until it is below (raise memory.limit or add replicas)" }}
+      - eval_time: 9m
+        alertname: TracepipeTlsHandshakesFailing
+        exp_alerts: []
+      - eval_time: 20m
+        alertname: TracepipeTlsHandshakesFailing
+        exp_alerts:
+          - exp_labels: {{ instance: a, receiver: apps, reason: bad_client_certificate }}
+            exp_annotations: {{ summary: "apps: TLS handshakes fail (bad_client_certificate): clients with the wrong CA, certificate or protocol" }}
+      - eval_time: 9m
+        alertname: TracepipeUnauthenticatedRequests
+        exp_alerts: []
+      - eval_time: 20m
+        alertname: TracepipeUnauthenticatedRequests
+        exp_alerts:
+          - exp_labels: {{ instance: a, receiver: apps }}
+            exp_annotations: {{ summary: "apps refuses requests without a valid bearer token" }}
+      - eval_time: 4m
+        alertname: TracepipeKafkaRecordsCommittedUndelivered
+        exp_alerts: []
+      - eval_time: 10m
+        alertname: TracepipeKafkaRecordsCommittedUndelivered
+        exp_alerts:
+          - exp_labels: {{ instance: a, receiver: bus, reason: permanent }}
+            exp_annotations: {{ summary: "bus commits Kafka records whose delivery failed (permanent)" }}
+      - eval_time: 9m
+        alertname: TracepipeDiskQueueCorrupt
+        exp_alerts: []
+      - eval_time: 12m
+        alertname: TracepipeDiskQueueCorrupt
+        exp_alerts:
+          - exp_labels: {{ instance: a, sink: up }}
+            exp_annotations: {{ summary: "sink up's disk queue skipped damaged records" }}
 """)
     p = subprocess.run([need("promtool"), "test", "rules", str(tmp_path / "alerts_test.yaml")], capture_output=True, text=True)
     assert p.returncode == 0 and "SUCCESS" in p.stdout, p.stdout + p.stderr
+    # Every alert in the file has a case here that expects it to fire.
+    fired = set(re.findall(r"alertname: (\w+)\n\s+exp_alerts:\n\s+- exp_labels", (tmp_path / "alerts_test.yaml").read_text()))
+    assert fired == set(re.findall(r"- alert: (\w+)", RULES.read_text())), fired
