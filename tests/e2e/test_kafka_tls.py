@@ -6,16 +6,19 @@ receiver over mutual TLS -> file: every span, field for field. A sink with anoth
 a client certificate and one in plaintext are each refused by the TLS side, counted as failed
 (`retries_exhausted`) and shown by /readyz; Envoy counts the failed handshakes.
 
-SASL is not tested here: no SASL-capable Kafka-protocol broker runs on these machines (tansu's
-memory storage cannot hold users, its PyPI build has no persistent storage engine, and
-librdkafka's mock cluster has no SASL); its settings are unit-tested (config/tests.rs)."""
+SASL: tansu built with its SQLite storage (tests/.peers/bin/tansu-sql, see install-peers.sh: the
+wheel's memory storage cannot keep users) is started once without authentication to create two
+users (SCRAM-SHA-512 and SCRAM-SHA-256) and the topic, then again with `--authentication`, behind
+the same TLS front: the sink writes as one user and the receiver reads as the other over
+SASL_SSL, every span arrives; a sink with a wrong password says so in its log at start and in
+/readyz, and delivers nothing."""
 
 import json
 import subprocess
 import tempfile
 from pathlib import Path
 
-from harness import ROOT, Tansu, Tracepipe, free_port, http_get, metric_sum, read_jsonl_spans, wait_for, wait_port
+from harness import PEERS, ROOT, Tansu, Tracepipe, free_port, http_get, metric_sum, read_jsonl_spans, wait_for, wait_port
 from pki import Ca
 from sdk import emit_rich_trace, provider
 from test_kafka import consumer_graph
@@ -27,7 +30,7 @@ ENVOY = ROOT / "tests/.peers/bin/envoy"
 class TlsFront:
     """Envoy terminating (mutual) TLS on `port` in front of a plaintext broker."""
 
-    def __init__(self, port: int, upstream_port: int, cert: Path, key: Path, client_ca: Path):
+    def __init__(self, port: int, upstream_port: int, cert: Path, key: Path, client_ca: Path, client_certificates: bool = True):
         if not ENVOY.exists():
             raise RuntimeError(f"envoy not installed at {ENVOY}; run tests/install-peers.sh")
         self.port, self.admin = port, free_port()
@@ -42,7 +45,7 @@ class TlsFront:
                         "stat_prefix": "kafka", "cluster": "broker"}}],
                     "transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": {
                         "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
-                        "require_client_certificate": True,
+                        "require_client_certificate": client_certificates,
                         "common_tls_context": {
                             "tls_certificates": [{"certificate_chain": {"filename": str(cert)}, "private_key": {"filename": str(key)}}],
                             "validation_context": {"trusted_ca": {"filename": str(client_ca)}}}}}}]}],
@@ -157,3 +160,89 @@ sinks:
                 assert "certificate verify failed" in tp.logs(), tp.logs()[-3000:]
                 assert tp.stop() == 0, tp.logs()
             assert "panicked" not in tp.logs()
+
+
+class SaslTansu(Tansu):
+    """tansu with SQLite storage and `--authentication`, its users and topics made first by the
+    same broker started without it (users can only be created over an authenticated connection
+    once authentication is on)."""
+
+    def __init__(self, users, topics, advertise: int):
+        super().__init__(advertise=advertise)
+        exe = PEERS / "tansu-sql"
+        if not exe.exists():
+            raise RuntimeError(f"tansu-sql not installed at {exe}; run tests/install-peers.sh")
+        self.exe = str(exe)
+        self.users, self.topics = users, topics
+
+    def _start(self, auth: bool):
+        self.out = open(self.dir / "tansu.log", "ab")
+        self.proc = subprocess.Popen([self.exe, "broker", "--listener-url", f"tcp://{self.bootstrap}", "--advertised-listener-url", f"tcp://{self.advertised}",
+                                      # tansu reads the URL's path as relative: run it in its directory.
+                                      "--storage-engine", "sqlite://./tansu.db"] + (["--authentication"] if auth else []),
+                                     stdout=self.out, stderr=subprocess.STDOUT, cwd=self.dir)
+        try:
+            wait_port(self.port, what="tansu-sql")
+        except RuntimeError as e:
+            raise RuntimeError(f"{e}\n{(self.dir / 'tansu.log').read_text()}")
+
+    def __enter__(self):
+        self._start(auth=False)
+        for name, password, mechanism in self.users:
+            p = subprocess.run([self.exe, "user", "create", "--broker", f"tcp://{self.bootstrap}", "--mechanism", mechanism, name, password],
+                               capture_output=True, text=True, timeout=30)
+            assert p.returncode == 0, f"tansu user create {name}: {p.stdout}{p.stderr}"
+        for t in self.topics:
+            self.create_topic(t, 2)
+        self.proc.terminate()
+        self.proc.wait(10)
+        self.out.close()
+        self._start(auth=True)
+        return self
+
+
+def test_sasl_scram_over_tls_sink_and_receiver_and_a_wrong_password(tmp_path):
+    ca, _other, server, _client, _stranger = _pki(tmp_path)
+    front_port = free_port()
+    users = [("writer", "w-s3cret", "scram512"), ("reader", "r-s3cret", "scram256")]
+    with SaslTansu(users, ["sasl-spans"], advertise=front_port) as kafka:
+        # No client certificates here: SASL is the authentication (the front still requires TLS).
+        with TlsFront(front_port, kafka.port, server[0], server[1], ca.pem, client_certificates=False) as front:
+            port = free_port()
+            tls = f", tls: {{ ca_file: {ca.pem} }}"
+            sasl = lambda user, pw, mech: f", auth: {{ sasl: {{ mechanism: {mech}, username: {user}, password: \"{pw}\" }} }}"
+            writer = Tracepipe(f"""
+receivers:
+  apps: {{ type: otlp, grpc: {{ endpoint: 127.0.0.1:{port} }} }}
+sinks:
+  bus: {{ type: kafka, inputs: [apps], brokers: ["127.0.0.1:{front.port}"], topic: sasl-spans, message_timeout: 20s{tls}{sasl("writer", "w-s3cret", "SCRAM-SHA-512")} }}
+  wrong: {{ type: kafka, inputs: [apps], brokers: ["127.0.0.1:{front.port}"], topic: sasl-spans, message_timeout: 4s{tls}{sasl("writer", "not-it", "SCRAM-SHA-512")} }}
+""", "kafka-sasl-writer")
+            reader = Tracepipe("PLACEHOLDER", "kafka-sasl-reader")
+            out = reader.dir / "spans.jsonl"
+            reader.config_path.write_text(consumer_graph(f"127.0.0.1:{front.port}", "sasl-spans", out, tls + sasl("reader", "r-s3cret", "SCRAM-SHA-256"))
+                                          + f"telemetry: {{ metrics: {{ endpoint: 127.0.0.1:{reader.metrics_port} }} }}\n")
+            with writer, reader:
+                sdk, memory = provider("grpc", f"http://127.0.0.1:{port}")
+                for i in range(4):
+                    emit_rich_trace(sdk, f"-sasl{i}")
+                sdk.shutdown()
+                sent = memory.get_finished_spans()
+                wait_for(lambda: metric_sum(writer.metrics(), "tracepipe_sink_sent_spans_total", sink="bus") == len(sent), timeout=60,
+                         what="the sink delivered over SASL_SSL")
+                wait_for(lambda: len(read_jsonl_spans(out)) >= len(sent), timeout=90, what="the receiver read everything over SASL_SSL")
+                compare(sent, read_jsonl_spans(out))
+                # The wrong password: refused by the broker, said in the log from the start, counted
+                # once message_timeout has passed, and shown by /readyz.
+                assert "SASL authentication error" in writer.logs(), writer.logs()[-3000:]
+                m = wait_for(lambda: (lambda m: m if metric_sum(m, "tracepipe_sink_failed_spans_total", sink="wrong") >= len(sent) else None)(writer.metrics()),
+                             timeout=60, what="the wrong password's spans counted")
+                assert metric_sum(m, "tracepipe_sink_failed_spans_total", sink="wrong", reason="retries_exhausted") == len(sent)
+                assert metric_sum(m, "tracepipe_sink_sent_spans_total", sink="wrong") == 0
+                status, body = http_get(f"http://127.0.0.1:{writer.metrics_port}/readyz")
+                assert status == 503 and "wrong" in body, (status, body)
+                assert "not-it" not in writer.logs() and "w-s3cret" not in writer.logs(), "passwords never logged"
+                assert writer.stop() == 0, writer.logs()
+                assert reader.stop() == 0, reader.logs()
+            for tp in (writer, reader):
+                assert "panicked" not in tp.logs()
