@@ -190,6 +190,21 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// Calls `f` with the payload of every LEN field number `field` of one encoded message (named
+/// `message` in errors), in order, skipping the other fields.
+pub fn each_len<'a>(buf: &'a [u8], field: u64, message: &'static str, mut f: impl FnMut(&'a [u8]) -> Result<(), WireError>) -> Result<(), WireError> {
+    let mut r = Reader::new(buf, 0);
+    while !r.done() {
+        let (got, wt) = r.tag()?;
+        if (got, wt) == (field, LEN) {
+            f(r.len_delimited()?.0)?;
+        } else {
+            r.skip(wt, message, got)?;
+        }
+    }
+    Ok(())
+}
+
 /// The string value of attribute `key` of one encoded `Span` (field 9, `KeyValue` 1/2,
 /// `AnyValue.string_value` 1), without decoding the span; the first one when repeated.
 pub fn span_string_attribute<'a>(span: &'a [u8], key: &[u8]) -> Result<Option<&'a [u8]>, WireError> {

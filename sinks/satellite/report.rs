@@ -24,7 +24,7 @@
 use bytes::Bytes;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue};
 use prost::Message;
-use tracepipe_pipeline::wire::{Reader, WireError, I64, LEN, VARINT};
+use tracepipe_pipeline::wire::{each_len, Reader, WireError, I64, LEN, VARINT};
 
 /// Tag holding the full 128-bit trace id (32 hex digits) when its high half is not zero.
 pub const FULL_TRACE_ID: &str = "otel.trace_id";
@@ -248,32 +248,22 @@ fn span_context(w: &mut W, field: u32, trace: u64, span: u64) {
     w.end(o);
 }
 
+/// Calls `f` with every attribute (an encoded `KeyValue`) of an encoded `ResourceSpans`'s resource.
+fn each_resource_attribute<'a>(resource_spans: &'a [u8], mut f: impl FnMut(&'a [u8]) -> Result<(), WireError>) -> Result<(), WireError> {
+    each_len(resource_spans, 1, "ResourceSpans", |res| each_len(res, 1, "Resource", &mut f))
+}
+
 /// The `service.name` of an encoded `ResourceSpans`, if it has a string one.
 pub fn resource_service(resource_spans: &[u8]) -> Result<Option<&[u8]>, WireError> {
-    let mut r = Reader::new(resource_spans, 0);
     let mut found = None;
-    while !r.done() {
-        let (f, wt) = r.tag()?;
-        if (f, wt) != (1, LEN) {
-            r.skip(wt, "ResourceSpans", f)?;
-            continue;
+    each_resource_attribute(resource_spans, |kv| {
+        if found.is_none()
+            && let (b"service.name", Some(v)) = key_value(kv)?
+        {
+            found = any_string(v)?;
         }
-        let mut rr = Reader::new(r.len_delimited()?.0, 0);
-        while !rr.done() {
-            let (f, wt) = rr.tag()?;
-            if (f, wt) != (1, LEN) {
-                rr.skip(wt, "Resource", f)?;
-                continue;
-            }
-            let (k, v) = key_value(rr.len_delimited()?.0)?;
-            if k == b"service.name"
-                && found.is_none()
-                && let Some(v) = v
-            {
-                found = any_string(v)?;
-            }
-        }
-    }
+        Ok(())
+    })?;
     Ok(found)
 }
 
@@ -294,16 +284,10 @@ pub fn first_service(traces: &[u8]) -> Result<Option<&[u8]>, WireError> {
 /// authenticated with `token`; `reporter_id` names this sink (LightStep tracers use a random id
 /// per process). Appended to `out`.
 pub fn reports(traces: &[u8], token: &str, reporter_id: u64, out: &mut Vec<Bytes>) -> Result<(), WireError> {
-    let mut r = Reader::new(traces, 0);
-    while !r.done() {
-        let (f, wt) = r.tag()?;
-        if (f, wt) != (1, LEN) {
-            r.skip(wt, "TracesData", f)?;
-            continue;
-        }
-        out.push(report(r.len_delimited()?.0, token, reporter_id)?.into());
-    }
-    Ok(())
+    each_len(traces, 1, "TracesData", |rs| {
+        out.push(report(rs, token, reporter_id)?.into());
+        Ok(())
+    })
 }
 
 /// The report for one encoded `ResourceSpans`.
@@ -313,28 +297,14 @@ pub fn report(resource_spans: &[u8], token: &str, reporter_id: u64) -> Result<Ve
     let rep = w.begin(1, 256);
     w.uint(1, reporter_id);
     let (mut service, mut has_component) = (None, false);
-    let mut r = Reader::new(resource_spans, 0);
-    while !r.done() {
-        let (f, wt) = r.tag()?;
-        if (f, wt) != (1, LEN) {
-            r.skip(wt, "ResourceSpans", f)?;
-            continue;
+    each_resource_attribute(resource_spans, |kv| {
+        match tag(&mut w, 4, kv)? {
+            b"service.name" if service.is_none() => service = key_value(kv)?.1.map(any_string).transpose()?.flatten(),
+            b"lightstep.component_name" => has_component = true,
+            _ => {}
         }
-        let mut rr = Reader::new(r.len_delimited()?.0, 0);
-        while !rr.done() {
-            let (f, wt) = rr.tag()?;
-            if (f, wt) != (1, LEN) {
-                rr.skip(wt, "Resource", f)?;
-                continue;
-            }
-            let kv = rr.len_delimited()?.0;
-            match tag(&mut w, 4, kv)? {
-                b"service.name" if service.is_none() => service = key_value(kv)?.1.map(any_string).transpose()?.flatten(),
-                b"lightstep.component_name" => has_component = true,
-                _ => {}
-            }
-        }
-    }
+        Ok(())
+    })?;
     if let Some(s) = service
         && !has_component
     {
@@ -346,23 +316,7 @@ pub fn report(resource_spans: &[u8], token: &str, reporter_id: u64) -> Result<Ve
         w.bytes(1, token.as_bytes());
     }
     w.end(auth);
-    let mut r = Reader::new(resource_spans, 0);
-    while !r.done() {
-        let (f, wt) = r.tag()?;
-        if (f, wt) != (2, LEN) {
-            r.skip(wt, "ResourceSpans", f)?;
-            continue;
-        }
-        let mut sr = Reader::new(r.len_delimited()?.0, 0);
-        while !sr.done() {
-            let (f, wt) = sr.tag()?;
-            if (f, wt) != (2, LEN) {
-                sr.skip(wt, "ScopeSpans", f)?;
-                continue;
-            }
-            span(&mut w, sr.len_delimited()?.0)?;
-        }
-    }
+    each_len(resource_spans, 2, "ResourceSpans", |scope| each_len(scope, 2, "ScopeSpans", |s| span(&mut w, s)))?;
     Ok(w.buf)
 }
 
@@ -426,14 +380,8 @@ fn span(w: &mut W, s: &[u8]) -> Result<(), WireError> {
         span_context(w, 2, trace, u64_of(f.parent));
         w.end(rf);
     }
-    let mut r = Reader::new(s, 0);
-    while !r.done() {
-        let (field, wt) = r.tag()?;
-        if (field, wt) != (13, LEN) {
-            r.skip(wt, "Span", field)?;
-            continue;
-        }
-        let mut lr = Reader::new(r.len_delimited()?.0, 0);
+    each_len(s, 13, "Span", |link| {
+        let mut lr = Reader::new(link, 0);
         let (mut lt, mut ls): (&[u8], &[u8]) = (b"", b"");
         while !lr.done() {
             let (lf, lwt) = lr.tag()?;
@@ -447,19 +395,12 @@ fn span(w: &mut W, s: &[u8]) -> Result<(), WireError> {
         w.uint(1, 1); // FOLLOWS_FROM
         span_context(w, 2, u64_of(lt), u64_of(ls));
         w.end(rf);
-    }
+        Ok(())
+    })?;
     timestamp(w, 4, f.start);
     w.uint(5, f.end.saturating_sub(f.start) / 1000);
     // Tags: the attributes, then what the span's own fields become.
-    let mut r = Reader::new(s, 0);
-    while !r.done() {
-        let (field, wt) = r.tag()?;
-        if (field, wt) != (9, LEN) {
-            r.skip(wt, "Span", field)?;
-            continue;
-        }
-        tag(w, 6, r.len_delimited()?.0)?;
-    }
+    each_len(s, 9, "Span", |kv| tag(w, 6, kv).map(|_| ()))?;
     if f.trace.len() == 16 && f.trace[..8].iter().any(|b| *b != 0) {
         let mut hex = [0u8; 32];
         hex::encode_to_slice(f.trace, &mut hex).expect("32 hex digits for 16 bytes");
@@ -491,14 +432,7 @@ fn span(w: &mut W, s: &[u8]) -> Result<(), WireError> {
         w.str_tag(6, STATUS_MESSAGE.as_bytes(), f.status_message);
     }
     // Logs: one per event, `event` = its name first, then its attributes.
-    let mut r = Reader::new(s, 0);
-    while !r.done() {
-        let (field, wt) = r.tag()?;
-        if (field, wt) != (11, LEN) {
-            r.skip(wt, "Span", field)?;
-            continue;
-        }
-        let e = r.len_delimited()?.0;
+    each_len(s, 11, "Span", |e| {
         let (mut time, mut name): (u64, &[u8]) = (0, b"");
         let mut er = Reader::new(e, 0);
         while !er.done() {
@@ -512,17 +446,10 @@ fn span(w: &mut W, s: &[u8]) -> Result<(), WireError> {
         let lo = w.begin(7, e.len() + 24);
         timestamp(w, 1, time);
         w.str_tag(2, b"event", name);
-        let mut er = Reader::new(e, 0);
-        while !er.done() {
-            let (ef, ewt) = er.tag()?;
-            if (ef, ewt) != (3, LEN) {
-                er.skip(ewt, "Event", ef)?;
-                continue;
-            }
-            tag(w, 2, er.len_delimited()?.0)?;
-        }
+        each_len(e, 3, "Event", |kv| tag(w, 2, kv).map(|_| ()))?;
         w.end(lo);
-    }
+        Ok(())
+    })?;
     w.end(o);
     Ok(())
 }
