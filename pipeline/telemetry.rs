@@ -117,7 +117,8 @@ pub mod names {
     pub const SINK_QUEUE_WRITE_ERRORS: &str = "tracepipe_sink_queue_write_errors_total";
     /// Queue capacity in spans (gauge; `sink`).
     pub const SINK_QUEUE_CAPACITY: &str = "tracepipe_sink_queue_capacity_spans";
-    /// Export attempts retried (`sink`, `reason`).
+    /// Export attempts retried (`sink`): the otlp sink's retries, and records the Kafka sink
+    /// offered again after a transient broker error.
     pub const SINK_RETRIES: &str = "tracepipe_sink_retries_total";
     /// Requests a sink cut in half because the upstream refused them as too large (`sink`).
     pub const SINK_SPLIT_REQUESTS: &str = "tracepipe_sink_split_requests_total";

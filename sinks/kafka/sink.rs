@@ -54,7 +54,7 @@ impl Metrics {
             too_large: failed("message_too_large"),
             decode: failed("decode"),
             truncated: metrics::counter!(names::SINK_TRUNCATED_ATTRIBUTES, "sink" => s.clone()),
-            retries: metrics::counter!(names::SINK_RETRIES, "sink" => s.clone(), "reason" => "broker_error"),
+            retries: metrics::counter!(names::SINK_RETRIES, "sink" => s.clone()),
             in_flight: metrics::gauge!(names::SINK_QUEUE_SPANS, "sink" => s),
         }
     }

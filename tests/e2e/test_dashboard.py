@@ -8,16 +8,14 @@ or label is misspelt returns none and fails the test."""
 
 import json
 import re
-import subprocess
-import tempfile
 import time
-from pathlib import Path
+from urllib.parse import quote
 
-from harness import ROOT, Tansu, Tracepipe, free_port, http_get, metric_sum, wait_for, wait_port
+from harness import ROOT, Tansu, Tracepipe, free_port, metric_sum, wait_for
 from mesh.mesh import Mesh
 from otlp_wire import post
 from sdk import emit_rich_trace, provider
-from test_prometheus import api, need
+from test_prometheus import api, prometheus
 
 DASHBOARD = ROOT / "deploy" / "grafana" / "tracepipe.json"
 
@@ -48,7 +46,6 @@ def test_the_dashboard_is_well_formed():
 def test_every_panel_returns_series_from_a_running_tracepipe(tmp_path):
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
     from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
-    exe = need("prometheus")
     g, h, z, jam, dead = (free_port() for _ in range(5))
     with Tansu() as kafka:
         kafka.create_topic("dash", 2)
@@ -92,25 +89,10 @@ memory: {{ limit: 2GiB }}
             wait_for(lambda: metric_sum(tp.metrics(), "tracepipe_processor_guid_edges_inferred_total") > 0, timeout=30, what="guid inference made edges")
             wait_for(lambda: metric_sum(tp.metrics(), "tracepipe_sink_failed_spans_total", sink="dead") > 0, timeout=30, what="the dead upstream's failures")
             wait_for(lambda: "tracepipe_receiver_kafka_lag_records" in tp.telemetry_get("/metrics")[1], timeout=60, what="the Kafka receiver's lag gauge")
-            work = Path(tempfile.mkdtemp(prefix="prom-dash-"))
-            (work / "prometheus.yml").write_text(f"""
-global: {{ scrape_interval: 1s }}
-scrape_configs:
-  - job_name: tracepipe
-    static_configs: [{{ targets: ["127.0.0.1:{tp.metrics_port}"] }}]
-""")
-            port = free_port()
-            log = open(work / "prometheus.log", "wb")
-            prom = subprocess.Popen([exe, f"--config.file={work / 'prometheus.yml'}", f"--storage.tsdb.path={work / 'data'}",
-                                     f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT)
-            try:
-                wait_port(port, timeout=30, what="prometheus")
-                wait_for(lambda: http_get(f"http://127.0.0.1:{port}/-/ready")[0] == 200, timeout=30, what="prometheus ready")
-                from urllib.parse import quote
-
+            with prometheus(tp.metrics_port) as port:
                 def empty():
                     return [(t, e) for t, e in queries() if not api(port, "/api/v1/query?query=" + quote(e))["result"]]
-                # Rates need two scrapes in their window; keep a trickle of spans flowing meanwhile.
+                # Rates need two scrapes in their window: poll until every query answers, for 60 s.
                 deadline, missing = time.time() + 60, None
                 while time.time() < deadline:
                     missing = empty()
@@ -120,9 +102,6 @@ scrape_configs:
                 assert not missing, "panels without series:\n" + "\n".join(f"  {t}: {e}" for t, e in missing)
                 accepted = api(port, "/api/v1/query?query=" + quote('sum(tracepipe_receiver_accepted_spans_total{job=~".+"})'))["result"]
                 assert float(accepted[0]["value"][1]) > 0
-            finally:
-                prom.terminate()
-                prom.wait(timeout=30)
             # SIGTERM: the stuck sink's spans are given up (counted `shutdown`), the process exits 0.
             assert tp.stop() == 0, tp.logs()[-3000:]
         assert "panicked" not in tp.logs()

@@ -2,6 +2,7 @@
 the alert rules in deploy/ load and evaluate, and Prometheus scraping a running tracepipe sees
 the span counters the test caused."""
 
+import contextlib
 import json
 import re
 import shutil
@@ -37,8 +38,34 @@ def api(port: int, path: str) -> dict:
     return doc["data"]
 
 
-def test_prometheus_scrapes_tracepipe_and_evaluates_the_rules():
+@contextlib.contextmanager
+def prometheus(scrape_port: int, rules: Path = None):
+    """Debian's Prometheus scraping 127.0.0.1:`scrape_port` every second (and evaluating `rules`),
+    ready; yields its HTTP port."""
     exe = need("prometheus")
+    work = Path(tempfile.mkdtemp(prefix="prom-"))
+    rule_files = f'rule_files: ["{rules}"]\n' if rules else ""
+    (work / "prometheus.yml").write_text(f"""
+global: {{ scrape_interval: 1s, evaluation_interval: 1s }}
+{rule_files}scrape_configs:
+  - job_name: tracepipe
+    static_configs: [{{ targets: ["127.0.0.1:{scrape_port}"] }}]
+""")
+    port = free_port()
+    log = open(work / "prometheus.log", "wb")
+    prom = subprocess.Popen([exe, f"--config.file={work / 'prometheus.yml'}", f"--storage.tsdb.path={work / 'data'}",
+                             f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_port(port, timeout=30, what="prometheus")
+        # The port opens before the TSDB is loaded; the API answers 503 until /-/ready is 200.
+        wait_for(lambda: http_get(f"http://127.0.0.1:{port}/-/ready")[0] == 200, timeout=30, what="prometheus ready")
+        yield port
+    finally:
+        prom.terminate()
+        prom.wait(timeout=30)
+
+
+def test_prometheus_scrapes_tracepipe_and_evaluates_the_rules():
     grpc = free_port()
     with Tracepipe(f"""
 receivers:
@@ -51,23 +78,7 @@ sinks:
             emit_rich_trace(sdk, f"-{i}")
         sdk.shutdown()
         wait_for(lambda: metric_sum(tp.metrics(), "tracepipe_sink_sent_spans_total") >= 15, what="15 spans through")
-        work = Path(tempfile.mkdtemp(prefix="prom-"))
-        (work / "prometheus.yml").write_text(f"""
-global: {{ scrape_interval: 1s, evaluation_interval: 1s }}
-rule_files: ["{RULES}"]
-scrape_configs:
-  - job_name: tracepipe
-    static_configs: [{{ targets: ["127.0.0.1:{tp.metrics_port}"] }}]
-""")
-        port = free_port()
-        log = open(work / "prometheus.log", "wb")
-        prom = subprocess.Popen([exe, f"--config.file={work / 'prometheus.yml'}", f"--storage.tsdb.path={work / 'data'}",
-                                 f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT)
-        try:
-            wait_port(port, timeout=30, what="prometheus")
-            # The port opens before the TSDB is loaded; the API answers 503 until /-/ready is 200.
-            wait_for(lambda: http_get(f"http://127.0.0.1:{port}/-/ready")[0] == 200, timeout=30, what="prometheus ready")
-
+        with prometheus(tp.metrics_port, RULES) as port:
             def scraped():
                 r = api(port, "/api/v1/query?query=sum(tracepipe_receiver_accepted_spans_total)")["result"]
                 return r and float(r[0]["value"][1]) == 15
@@ -84,9 +95,6 @@ scrape_configs:
             rules = wait_for(evaluated, timeout=30, what="every rule evaluated")
             want = RULES.read_text().count("- alert:")
             assert len(rules) == want and all(r["state"] == "inactive" for r in rules), rules  # a healthy run fires nothing
-        finally:
-            prom.terminate()
-            prom.wait(timeout=30)
 
 
 def test_the_alerts_fire_when_they_should(tmp_path):
