@@ -372,6 +372,8 @@ class Tansu:
         self.dir = Path(tempfile.mkdtemp(prefix="tansu-"))
         self.prefix = ["taskset", "-c", cpu] if cpu else []  # pinned to a CPU (the benchmark)
         self.proc = None
+        # `--authentication` (SASL) at the next start: users are made with `create_user` before it.
+        self.authentication = False
 
     def __enter__(self):
         self.out = open(self.dir / "tansu.log", "ab")
@@ -379,12 +381,21 @@ class Tansu:
         # tansu reads a sqlite URL's path relative to its working directory.
         storage = "sqlite://./tansu.db" if self.persistent else "memory://tansu/"
         self.proc = subprocess.Popen([*self.prefix, self.exe, "broker", "--listener-url", url, "--advertised-listener-url", f"tcp://{self.advertised}",
-                                      "--storage-engine", storage], stdout=self.out, stderr=subprocess.STDOUT, cwd=self.dir)
+                                      "--storage-engine", storage] + (["--authentication"] if self.authentication else []),
+                                     stdout=self.out, stderr=subprocess.STDOUT, cwd=self.dir)
         try:
             wait_port(self.port, what="tansu")
         except RuntimeError as e:
             raise RuntimeError(f"{e}\n{(self.dir / 'tansu.log').read_text()}")
         return self
+
+    def create_user(self, name: str, password: str, mechanism: str):
+        """A SASL/SCRAM user (`scram256` or `scram512`), made over an unauthenticated connection:
+        before `authentication` is turned on (a persistent broker keeps it across the restart)."""
+        p = subprocess.run([self.exe, "user", "create", "--broker", f"tcp://{self.bootstrap}", "--mechanism", mechanism, name, password],
+                           capture_output=True, text=True, timeout=30)
+        if p.returncode != 0:
+            raise RuntimeError(f"tansu user create {name} failed: {p.stdout}{p.stderr}")
 
     def stop(self):
         """Stops the broker (SIGTERM); a persistent one can be started again with `restart()`."""

@@ -13,12 +13,13 @@ the same TLS front: the sink writes as one user and the receiver reads as the ot
 SASL_SSL, every span arrives; a sink with a wrong password says so in its log at start and in
 /readyz, and delivers nothing."""
 
+import contextlib
 import json
 import subprocess
 import tempfile
 from pathlib import Path
 
-from harness import PEERS, ROOT, Tansu, Tracepipe, free_port, http_get, metric_sum, read_jsonl_spans, wait_for, wait_port
+from harness import ROOT, Tansu, Tracepipe, free_port, http_get, metric_sum, read_jsonl_spans, wait_for, wait_port
 from pki import Ca
 from sdk import emit_rich_trace, provider
 from test_kafka import consumer_graph
@@ -96,17 +97,7 @@ def test_sink_and_receiver_over_mutual_tls_deliver_every_span(tmp_path):
     with Tansu(advertise=front_port) as kafka:
         kafka.create_topic("tls-spans", 2)
         with TlsFront(front_port, kafka.port, server[0], server[1], ca.pem) as front:
-            port = free_port()
-            writer = Tracepipe(f"""
-receivers:
-  apps: {{ type: otlp, grpc: {{ endpoint: 127.0.0.1:{port} }} }}
-sinks:
-  bus: {{ type: kafka, inputs: [apps], brokers: ["127.0.0.1:{front.port}"], topic: tls-spans, message_timeout: 20s{tls} }}
-""", "kafka-tls-writer")
-            reader = Tracepipe("PLACEHOLDER", "kafka-tls-reader")
-            out = reader.dir / "spans.jsonl"
-            reader.config_path.write_text(consumer_graph(f"127.0.0.1:{front.port}", "tls-spans", out, tls)
-                                          + f"telemetry: {{ metrics: {{ endpoint: 127.0.0.1:{reader.metrics_port} }} }}\n")
+            writer, reader, out, port = writer_and_reader(front.port, "tls-spans", tls)
             with writer, reader:
                 sdk, memory = provider("grpc", f"http://127.0.0.1:{port}")
                 for i in range(6):
@@ -162,66 +153,53 @@ sinks:
             assert "panicked" not in tp.logs()
 
 
-class SaslTansu(Tansu):
-    """tansu with SQLite storage and `--authentication`, its users and topics made first by the
-    same broker started without it (users can only be created over an authenticated connection
-    once authentication is on)."""
+@contextlib.contextmanager
+def sasl_broker(users, topics, advertise: int):
+    """tansu on SQLite with `--authentication`, its users and topics made first by the same broker
+    started without it (users can only be created over an authenticated connection once
+    authentication is on)."""
+    with Tansu(advertise=advertise, persistent=True) as kafka:
+        for name, password, mechanism in users:
+            kafka.create_user(name, password, mechanism)
+        for t in topics:
+            kafka.create_topic(t, 2)
+        kafka.stop()
+        kafka.authentication = True
+        yield kafka.restart()
 
-    def __init__(self, users, topics, advertise: int):
-        super().__init__(advertise=advertise)
-        exe = PEERS / "tansu-sql"
-        if not exe.exists():
-            raise RuntimeError(f"tansu-sql not installed at {exe}; run tests/install-peers.sh")
-        self.exe = str(exe)
-        self.users, self.topics = users, topics
 
-    def _start(self, auth: bool):
-        self.out = open(self.dir / "tansu.log", "ab")
-        self.proc = subprocess.Popen([self.exe, "broker", "--listener-url", f"tcp://{self.bootstrap}", "--advertised-listener-url", f"tcp://{self.advertised}",
-                                      # tansu reads the URL's path as relative: run it in its directory.
-                                      "--storage-engine", "sqlite://./tansu.db"] + (["--authentication"] if auth else []),
-                                     stdout=self.out, stderr=subprocess.STDOUT, cwd=self.dir)
-        try:
-            wait_port(self.port, what="tansu-sql")
-        except RuntimeError as e:
-            raise RuntimeError(f"{e}\n{(self.dir / 'tansu.log').read_text()}")
-
-    def __enter__(self):
-        self._start(auth=False)
-        for name, password, mechanism in self.users:
-            p = subprocess.run([self.exe, "user", "create", "--broker", f"tcp://{self.bootstrap}", "--mechanism", mechanism, name, password],
-                               capture_output=True, text=True, timeout=30)
-            assert p.returncode == 0, f"tansu user create {name}: {p.stdout}{p.stderr}"
-        for t in self.topics:
-            self.create_topic(t, 2)
-        self.proc.terminate()
-        self.proc.wait(10)
-        self.out.close()
-        self._start(auth=True)
-        return self
+def writer_and_reader(front_port: int, topic: str, security: str, reader_security: str = None, extra_sinks: str = ""):
+    """A tracepipe writing OTLP it receives to `topic` through the TLS front (sink `bus`, plus
+    `extra_sinks`), and one reading it back into a file; `security` is appended to the Kafka
+    settings of both (`reader_security` to the reader's instead, if given). Returns (writer,
+    reader, its file, the writer's OTLP gRPC port); neither is started."""
+    port = free_port()
+    writer = Tracepipe(f"""
+receivers:
+  apps: {{ type: otlp, grpc: {{ endpoint: 127.0.0.1:{port} }} }}
+sinks:
+  bus: {{ type: kafka, inputs: [apps], brokers: ["127.0.0.1:{front_port}"], topic: {topic}, message_timeout: 20s{security} }}
+{extra_sinks}""", f"{topic}-writer")
+    reader = Tracepipe("PLACEHOLDER", f"{topic}-reader")
+    out = reader.dir / "spans.jsonl"
+    reader.config_path.write_text(consumer_graph(f"127.0.0.1:{front_port}", topic, out, reader_security or security)
+                                  + f"telemetry: {{ metrics: {{ endpoint: 127.0.0.1:{reader.metrics_port} }} }}\n")
+    return writer, reader, out, port
 
 
 def test_sasl_scram_over_tls_sink_and_receiver_and_a_wrong_password(tmp_path):
     ca, _other, server, _client, _stranger = _pki(tmp_path)
     front_port = free_port()
     users = [("writer", "w-s3cret", "scram512"), ("reader", "r-s3cret", "scram256")]
-    with SaslTansu(users, ["sasl-spans"], advertise=front_port) as kafka:
+    with sasl_broker(users, ["sasl-spans"], front_port) as kafka:
         # No client certificates here: SASL is the authentication (the front still requires TLS).
         with TlsFront(front_port, kafka.port, server[0], server[1], ca.pem, client_certificates=False) as front:
-            port = free_port()
             tls = f", tls: {{ ca_file: {ca.pem} }}"
             sasl = lambda user, pw, mech: f", auth: {{ sasl: {{ mechanism: {mech}, username: {user}, password: \"{pw}\" }} }}"
-            writer = Tracepipe(f"""
-receivers:
-  apps: {{ type: otlp, grpc: {{ endpoint: 127.0.0.1:{port} }} }}
-sinks:
-  bus: {{ type: kafka, inputs: [apps], brokers: ["127.0.0.1:{front.port}"], topic: sasl-spans, message_timeout: 20s{tls}{sasl("writer", "w-s3cret", "SCRAM-SHA-512")} }}
-  wrong: {{ type: kafka, inputs: [apps], brokers: ["127.0.0.1:{front.port}"], topic: sasl-spans, message_timeout: 4s{tls}{sasl("writer", "not-it", "SCRAM-SHA-512")} }}
-""", "kafka-sasl-writer")
-            reader = Tracepipe("PLACEHOLDER", "kafka-sasl-reader")
-            out = reader.dir / "spans.jsonl"
-            reader.config_path.write_text(consumer_graph(f"127.0.0.1:{front.port}", "sasl-spans", out, tls + sasl("reader", "r-s3cret", "SCRAM-SHA-256"))
-                                          + f"telemetry: {{ metrics: {{ endpoint: 127.0.0.1:{reader.metrics_port} }} }}\n")
+            wrong = (f'  wrong: {{ type: kafka, inputs: [apps], brokers: ["127.0.0.1:{front.port}"], topic: sasl-spans, message_timeout: 4s'
+                     f'{tls}{sasl("writer", "not-it", "SCRAM-SHA-512")} }}\n')
+            writer, reader, out, port = writer_and_reader(front.port, "sasl-spans", tls + sasl("writer", "w-s3cret", "SCRAM-SHA-512"),
+                                                          tls + sasl("reader", "r-s3cret", "SCRAM-SHA-256"), wrong)
             with writer, reader:
                 sdk, memory = provider("grpc", f"http://127.0.0.1:{port}")
                 for i in range(4):
