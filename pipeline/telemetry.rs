@@ -34,7 +34,6 @@ pub mod names {
     /// Records of a partition a Kafka receiver's group has not committed yet (gauge, from
     /// librdkafka's statistics; `receiver`, `topic`, `partition`; 0 for partitions it no longer owns).
     pub const RECEIVER_KAFKA_LAG: &str = "tracepipe_receiver_kafka_lag_records";
-    /// Kafka records whose delivery failed with a retryable error and that are delivered again
     /// Records let go undelivered by a processor because their partition was revoked (or the
     /// receiver stopped) while held: left uncommitted for the next owner (`receiver`).
     pub const RECEIVER_KAFKA_HANDED_BACK_RECORDS: &str = "tracepipe_receiver_kafka_handed_back_records_total";
@@ -42,6 +41,10 @@ pub mod names {
     /// this process had already taken them (held or delivered), or fetched before their
     /// partition was revoked (its new owner reads them). Skipped, not delivered twice.
     pub const RECEIVER_KAFKA_SKIPPED_RECORDS: &str = "tracepipe_receiver_kafka_skipped_records_total";
+    /// Records a previous owner of the partition had finished past its last commit, as its
+    /// `progress_topic` says (`receiver`): skipped, not delivered twice nor decided again.
+    pub const RECEIVER_KAFKA_ALREADY_DONE_RECORDS: &str = "tracepipe_receiver_kafka_already_done_records_total";
+    /// Kafka records whose delivery failed with a retryable error and that are delivered again
     /// (`receiver`).
     pub const RECEIVER_KAFKA_REDELIVERED_RECORDS: &str = "tracepipe_receiver_kafka_redelivered_records_total";
     /// Kafka records committed although their delivery failed (`receiver`, `reason`: permanent,

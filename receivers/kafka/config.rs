@@ -82,6 +82,13 @@ pub struct KafkaReceiverConfig {
     /// reading meanwhile, so keep it well under the processors' waits; what is not done by then is
     /// read again by the new owner (delivered twice).
     pub revoke_timeout: Duration,
+    /// A topic where each partition's owner records, every `commit_interval` and before it lets
+    /// a partition go, which offsets past its commit it has already finished (delivered, or
+    /// dropped by a decision); a replica taking the partition over skips them (absent: none, a new
+    /// owner reads everything after the commit again). Created when missing (compacted, as many
+    /// partitions as `topic`); one per consumer group and topic read is clearest, though keys
+    /// (`group_id/topic/partition`) keep several apart. See receivers/kafka/progress.rs.
+    pub progress_topic: Option<String>,
     /// TLS to the brokers (absent: plaintext).
     pub tls: Option<tracepipe_config::KafkaTlsConfig>,
     /// SASL authentication (`auth.sasl`).
@@ -106,6 +113,7 @@ impl Default for KafkaReceiverConfig {
             message_marking: MessageMarking::default(),
             commit_interval: Duration::from_secs(1),
             revoke_timeout: Duration::from_millis(500),
+            progress_topic: None,
             tls: None,
             auth: Default::default(),
             librdkafka_options: BTreeMap::new(),
@@ -154,6 +162,13 @@ impl KafkaReceiverConfig {
         }
         if c.commit_interval.get().is_zero() {
             errors.push(ConfigError::new(file, at("commit_interval"), "commit_interval must be above 0"));
+        }
+        if let Some(t) = &c.progress_topic {
+            if !tracepipe_config::valid_kafka_topic(t) {
+                errors.push(ConfigError::new(file, at("progress_topic"), format!("invalid topic {t:?}: 1 to 249 characters of a-z, A-Z, 0-9, '.', '_' and '-'")));
+            } else if *t == c.topic {
+                errors.push(ConfigError::new(file, at("progress_topic"), "progress_topic must not be the topic read"));
+            }
         }
         if c.max_record_bytes.get() == 0 {
             errors.push(ConfigError::new(file, at("max_record_bytes"), "max_record_bytes must be above 0"));

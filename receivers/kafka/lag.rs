@@ -20,7 +20,8 @@ use rdkafka::statistics::Statistics;
 use tracepipe_pipeline::telemetry::names;
 use tracepipe_pipeline::Finalizer;
 
-use super::offsets::OffsetTracker;
+use super::offsets::{OffsetTracker, Progress};
+use super::progress::ProgressLog;
 
 /// The consumer's context: turns statistics into `tracepipe_receiver_kafka_lag_records`.
 pub struct LagContext {
@@ -36,6 +37,8 @@ pub struct LagContext {
     revoke_timeout: Duration,
     /// Set once the receiver stops reading: its own drain waits instead.
     closing: AtomicBool,
+    /// `progress_topic`, when set: read at an assignment, written before a revocation commits.
+    progress: Option<Arc<ProgressLog>>,
 }
 
 /// What this consumer owns.
@@ -51,7 +54,7 @@ struct Owned {
 
 impl LagContext {
     /// For `receiver` reading `topic`.
-    pub fn new(receiver: &str, topic: &str, tracker: Arc<Mutex<OffsetTracker>>, revoke_timeout: Duration) -> Self {
+    pub fn new(receiver: &str, topic: &str, tracker: Arc<Mutex<OffsetTracker>>, revoke_timeout: Duration, progress: Option<Arc<ProgressLog>>) -> Self {
         LagContext {
             receiver: receiver.to_owned(),
             topic: topic.to_owned(),
@@ -60,6 +63,28 @@ impl LagContext {
             tracker,
             revoke_timeout,
             closing: AtomicBool::new(false),
+            progress,
+        }
+    }
+
+    /// Partitions read in their current assignment, with its generation (`of`: only these).
+    pub fn generations(&self, of: Option<&[i32]>) -> Vec<(i32, u64)> {
+        let g = self.owned.lock().unwrap_or_else(|e| e.into_inner());
+        g.read.iter().filter(|(p, _)| of.is_none_or(|o| o.contains(p))).map(|(&p, (generation, _))| (p, *generation)).collect()
+    }
+
+    /// The tracker's progress for these assignments.
+    pub fn progress_of(&self, gens: &[(i32, u64)]) -> Vec<(i32, Progress)> {
+        let t = self.tracker.lock().unwrap_or_else(|e| e.into_inner());
+        gens.iter().filter_map(|&(p, g)| t.progress(p, g).map(|pr| (p, pr))).collect()
+    }
+
+    /// Writes the progress of these assignments to `progress_topic` and waits (bounded) until it
+    /// is written.
+    pub fn write_progress(&self, gens: &[(i32, u64)], timeout: Duration) {
+        if let Some(log) = &self.progress {
+            log.write(&self.progress_of(gens));
+            log.flush(timeout);
         }
     }
 
@@ -81,12 +106,7 @@ impl LagContext {
             }
             std::thread::sleep(Duration::from_millis(10));
         };
-        match tokio::runtime::Handle::try_current() {
-            // The callback runs inside the receiver's task: let the runtime move other tasks
-            // off this worker meanwhile.
-            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(wait),
-            _ => wait(),
-        }
+        blocking(wait)
     }
 
     /// The generation and revocation flag of `partition`'s current assignment (a new one the
@@ -146,6 +166,15 @@ impl LagContext {
     }
 }
 
+/// Runs `f`, which blocks the polling thread. The rebalance callback runs inside the receiver's
+/// task: let the runtime move other tasks off this worker meanwhile.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 impl ClientContext for LagContext {
     fn stats(&self, statistics: Statistics) {
         let mut now = HashSet::new();
@@ -172,17 +201,31 @@ impl ConsumerContext for LagContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let ours = |tpl: &rdkafka::TopicPartitionList| -> Vec<i32> { tpl.elements().iter().filter(|e| e.topic() == self.topic).map(|e| e.partition()).collect() };
         match rebalance {
-            Rebalance::Assign(tpl) => self.assign(&ours(tpl)),
+            Rebalance::Assign(tpl) => {
+                let p = ours(tpl);
+                // What earlier owners finished past their commits, before a record is fetched.
+                if let Some(log) = &self.progress {
+                    let found = blocking(|| log.read(&p));
+                    let mut t = self.tracker.lock().unwrap_or_else(|e| e.into_inner());
+                    for (partition, progress) in found {
+                        t.resume(partition, progress);
+                    }
+                }
+                self.assign(&p);
+            }
             Rebalance::Revoke(tpl) => {
                 let p = ours(tpl);
+                let gens = self.generations(Some(&p));
                 self.revoke(&p);
                 if self.closing.load(Ordering::Acquire) {
                     return;
                 }
-                // Let what was read of them finish (held spans are handed back at once), commit
-                // it, and only then let the partitions go: the new owner starts after it.
+                // Let what was read of them finish (held spans are handed back at once), record
+                // what finished past the commit, commit, and only then let the partitions go: the
+                // new owner starts after it and skips what was finished.
                 let started = Instant::now();
                 let left = self.settle(&p);
+                blocking(|| self.write_progress(&gens, self.revoke_timeout.max(Duration::from_secs(1))));
                 use rdkafka::consumer::Consumer as _;
                 let committed = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync);
                 tracing::info!(message = "Revoked partitions settled.", receiver = %self.receiver, partitions = ?p, waited = ?started.elapsed(), not_done = left,

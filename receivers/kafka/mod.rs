@@ -22,16 +22,20 @@
 //!   instead. A permanent failure is committed past, logged and counted in
 //!   `tracepipe_receiver_kafka_committed_failed_records_total{reason}`. `after: false` commits on
 //!   read (at most once).
+//! - `progress_topic`: what each owner finished past its commit outlives it; a replica taking a
+//!   partition over skips those records (`tracepipe_receiver_kafka_already_done_records_total`)
+//!   instead of delivering them twice or deciding a request on the part it re-read (progress.rs).
 //! - Lag: `tracepipe_receiver_kafka_lag_records{topic, partition}` from librdkafka's statistics.
 
 mod config;
 mod lag;
 mod offsets;
+mod progress;
 mod receiver;
 
 #[cfg(test)]
 mod tests;
 
 pub use config::{Encoding, InitialOffset, KafkaReceiverConfig, MessageMarking};
-pub use offsets::OffsetTracker;
+pub use offsets::{OffsetTracker, Progress};
 pub use receiver::build;

@@ -6,8 +6,80 @@
 //! after a revocation, its bookkeeping starts afresh. A record handed back undelivered (its
 //! partition was revoked, or the receiver is stopping, while a processor held it) is forgotten
 //! but bars every later offset from commit, so the next owner reads it again.
+//!
+//! A Kafka commit is a prefix: everything before one offset. Records finish out of order (a
+//! tail-sampling processor holds some for seconds while later ones are decided and delivered),
+//! so the tracker also keeps the offsets done *past* the committable prefix, as ranges
+//! ([`Progress`]). With `progress_topic` the receiver writes them out, and a replica taking the
+//! partition over after a crash or rebalance skips them ([`OffsetTracker::resume`]) instead of
+//! reading them again — which would deliver them twice, or decide a request whose other records
+//! were already delivered on the part it re-read.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+/// A partition's progress: every offset below `next` is done, and so is every offset in the
+/// inclusive ranges of `done` (sorted, disjoint, all at or above `next`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    pub next: i64,
+    pub done: Vec<(i64, i64)>,
+}
+
+impl Progress {
+    /// True when `offset` is known done.
+    pub fn contains(&self, offset: i64) -> bool {
+        offset < self.next || self.done.binary_search_by(|&(a, b)| if b < offset { std::cmp::Ordering::Less } else if a > offset { std::cmp::Ordering::Greater } else { std::cmp::Ordering::Equal }).is_ok()
+    }
+}
+
+/// Disjoint inclusive ranges of offsets, merged as they are added.
+#[derive(Debug, Default, Clone)]
+struct Ranges(BTreeMap<i64, i64>);
+
+impl Ranges {
+    fn insert(&mut self, offset: i64) {
+        self.insert_range(offset, offset);
+    }
+
+    fn insert_range(&mut self, mut start: i64, mut end: i64) {
+        // Merge with a range that ends at or just before `start`...
+        if let Some((&a, &b)) = self.0.range(..=start).next_back()
+            && b >= start - 1
+        {
+            if b >= end {
+                return;
+            }
+            start = a;
+            self.0.remove(&a);
+        }
+        // ...and with every range that starts inside or just after it.
+        while let Some((&a, &b)) = self.0.range(start..=end.saturating_add(1)).next() {
+            end = end.max(b);
+            self.0.remove(&a);
+        }
+        self.0.insert(start, end);
+    }
+
+    /// Forgets every offset at or below `offset`.
+    fn remove_through(&mut self, offset: i64) {
+        while let Some((&a, &b)) = self.0.first_key_value() {
+            if a > offset {
+                break;
+            }
+            self.0.remove(&a);
+            if b > offset {
+                self.0.insert(offset + 1, b);
+                break;
+            }
+        }
+    }
+
+    fn to_vec(&self) -> Vec<(i64, i64)> {
+        self.0.iter().map(|(&a, &b)| (a, b)).collect()
+    }
+}
 
 #[derive(Debug, Default)]
 struct Partition {
@@ -23,12 +95,19 @@ struct Partition {
     generation: u64,
     /// Lowest offset handed back undelivered: nothing at or after it is committed.
     barrier: Option<i64>,
+    /// Offsets done (here, or by a previous owner) past `reported`.
+    done: Ranges,
+    /// A previous owner's progress, for the skip check before anything is read here.
+    resumed: Option<Progress>,
 }
 
 /// Per-partition bookkeeping of consumed and finished records.
 #[derive(Debug, Default)]
 pub struct OffsetTracker {
     partitions: HashMap<i32, Partition>,
+    /// Progress read from `progress_topic` at an assignment, applied to the partition's next
+    /// generation.
+    resumed: HashMap<i32, Progress>,
 }
 
 impl OffsetTracker {
@@ -39,12 +118,42 @@ impl OffsetTracker {
         self.partitions.get(&partition).filter(|p| p.generation == generation).and_then(|p| p.highest_begun).is_some_and(|h| offset <= h)
     }
 
-    /// A record was consumed and handed to the graph, in assignment `generation`.
-    pub fn begin(&mut self, partition: i32, offset: i64, generation: u64) {
+    /// The partition was just assigned and a previous owner had done `progress`: its next
+    /// generation skips those offsets (see [`OffsetTracker::already_done`]) and reports them
+    /// done in its own progress until they are committed.
+    pub fn resume(&mut self, partition: i32, progress: Progress) {
+        self.resumed.insert(partition, progress);
+    }
+
+    /// True when a previous owner already finished this record (delivered it, or dropped it by a
+    /// decision): the caller skips it and reports it done here ([`OffsetTracker::begin`] then
+    /// [`OffsetTracker::done`]), so the commit moves past it.
+    pub fn already_done(&mut self, partition: i32, offset: i64, generation: u64) -> bool {
+        self.state(partition, generation).resumed.as_ref().is_some_and(|r| r.contains(offset))
+    }
+
+    /// The partition's state in `generation`, fresh (with any resumed progress) when that is new.
+    fn state(&mut self, partition: i32, generation: u64) -> &mut Partition {
         let p = self.partitions.entry(partition).or_default();
         if p.generation != generation {
-            *p = Partition { generation, ..Partition::default() };
+            let resumed = self.resumed.remove(&partition);
+            let mut done = Ranges::default();
+            if let Some(r) = &resumed {
+                if r.next > 0 {
+                    done.insert_range(0, r.next - 1);
+                }
+                for &(a, b) in &r.done {
+                    done.insert_range(a, b);
+                }
+            }
+            *p = Partition { generation, done, resumed, ..Partition::default() };
         }
+        p
+    }
+
+    /// A record was consumed and handed to the graph, in assignment `generation`.
+    pub fn begin(&mut self, partition: i32, offset: i64, generation: u64) {
+        let p = self.state(partition, generation);
         if p.reported.is_none() && p.pending.is_empty() {
             // Nothing before the first record consumed here is ours to commit.
             p.reported = Some(offset - 1);
@@ -61,6 +170,7 @@ impl OffsetTracker {
             return None;
         }
         p.highest_done = Some(p.highest_done.map_or(offset, |h| h.max(offset)));
+        p.done.insert(offset);
         let committable = match p.pending.first() {
             Some(&first) => first - 1,
             None => p.highest_done?,
@@ -70,7 +180,17 @@ impl OffsetTracker {
             return None;
         }
         p.reported = Some(committable);
+        p.done.remove_through(committable);
         Some(committable)
+    }
+
+    /// What is done in `partition`'s `generation`: the committable prefix and the offsets done
+    /// past it (a previous owner's included). None before anything was read in it.
+    pub fn progress(&self, partition: i32, generation: u64) -> Option<Progress> {
+        let p = self.partitions.get(&partition).filter(|p| p.generation == generation)?;
+        let next = p.reported? + 1;
+        let done = p.done.to_vec().into_iter().filter(|&(_, b)| b >= next).map(|(a, b)| (a.max(next), b)).collect();
+        Some(Progress { next, done })
     }
 
     /// A record was handed back undelivered: it no longer counts as pending, and neither it nor

@@ -20,6 +20,7 @@ use tracepipe_pipeline::{otlp_json, Batch, BatchStatus, Finalizer};
 use super::config::{Encoding, KafkaReceiverConfig};
 use super::lag::LagContext;
 use super::offsets::OffsetTracker;
+use super::progress::ProgressLog;
 use crate::serve::Admission;
 
 /// The metric `transport` label.
@@ -153,8 +154,13 @@ pub async fn build(cfg: KafkaReceiverConfig, mut ctx: ComponentContext) -> Resul
         cc.set(k, v);
     }
     let tracker = Arc::new(Mutex::new(OffsetTracker::default()));
-    let consumer: StreamConsumer<LagContext> =
-        cc.create_with_context(LagContext::new(&ctx.name, &cfg.topic, tracker.clone(), cfg.revoke_timeout.get())).map_err(|e| ctx.error(format!("cannot create the Kafka consumer: {e}")))?;
+    let progress = match &cfg.progress_topic {
+        Some(t) => Some(Arc::new(ProgressLog::new(&cfg.rdkafka_properties(), &cfg.group_id, &cfg.topic, t).map_err(|e| ctx.error(e))?)),
+        None => None,
+    };
+    let consumer: StreamConsumer<LagContext> = cc
+        .create_with_context(LagContext::new(&ctx.name, &cfg.topic, tracker.clone(), cfg.revoke_timeout.get(), progress.clone()))
+        .map_err(|e| ctx.error(format!("cannot create the Kafka consumer: {e}")))?;
     consumer.subscribe(&[&cfg.topic]).map_err(|e| ctx.error(format!("cannot subscribe to `{}`: {e}", cfg.topic)))?;
     let consumer = Arc::new(consumer);
     let admission = Admission::new(&ctx.name, TRANSPORT, output, Duration::ZERO);
@@ -178,6 +184,27 @@ pub async fn build(cfg: KafkaReceiverConfig, mut ctx: ComponentContext) -> Resul
     });
     let mark_after = cfg.message_marking.after;
     let skipped = metrics::counter!(names::RECEIVER_KAFKA_SKIPPED_RECORDS, "receiver" => name.clone());
+    let already = metrics::counter!(names::RECEIVER_KAFKA_ALREADY_DONE_RECORDS, "receiver" => name.clone());
+    // Progress past the commit, written every commit_interval (what changed) to progress_topic.
+    let writer = progress.as_ref().map(|_| {
+        let (consumer, every, shutdown) = (consumer.clone(), cfg.commit_interval.get(), ctx.shutdown.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tick.tick() => {}
+                }
+                let c = consumer.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    let ctx = c.context();
+                    ctx.write_progress(&ctx.generations(None), Duration::ZERO);
+                })
+                .await;
+            }
+        })
+    });
     tracing::info!(message = "Receiver ready.", receiver = %name, brokers = %cfg.brokers.join(","), topic = %cfg.topic, group_id = %cfg.group_id);
     Ok(Box::pin(async move {
         health.set_listening(&name, true);
@@ -239,6 +266,14 @@ pub async fn build(cfg: KafkaReceiverConfig, mut ctx: ComponentContext) -> Resul
                 skipped.increment(1);
                 continue;
             }
+            if marking.tracker().already_done(partition, offset, generation) {
+                // A previous owner finished it past its last commit (progress_topic).
+                tracing::trace!(message = "Record already done by a previous owner; skipped.", receiver = %name, partition, offset);
+                already.increment(1);
+                marking.tracker().begin(partition, offset, generation);
+                marking.done(partition, offset, generation);
+                continue;
+            }
             marking.tracker().begin(partition, offset, generation);
             tracing::trace!(message = "Record read.", receiver = %name, partition, offset, generation);
             match decode(m.payload().unwrap_or_default(), cfg.encoding, cfg.max_record_bytes.get() as usize) {
@@ -271,6 +306,7 @@ pub async fn build(cfg: KafkaReceiverConfig, mut ctx: ComponentContext) -> Resul
         // Partitions revoked from here on (the consumer leaving the group) need no waiting:
         // everything read is drained below.
         consumer.context().closing();
+        let generations = consumer.context().generations(None);
         // Leaving the group is a revocation of everything: traces held undecided go back to
         // Kafka (uncommitted) rather than being decided on what arrived so far, because the rest
         // of them may be in records not read yet, which the partition's next owner reads.
@@ -293,8 +329,16 @@ pub async fn build(cfg: KafkaReceiverConfig, mut ctx: ComponentContext) -> Resul
         if left > 0 {
             tracing::warn!(message = "Records not delivered by shutdown; they will be read again.", receiver = %name, records = left);
         }
+        if let Some(w) = writer {
+            let _ = w.await;
+        }
         let c = consumer.clone();
-        let committed = tokio::task::spawn_blocking(move || c.commit_consumer_state(CommitMode::Sync)).await;
+        let committed = tokio::task::spawn_blocking(move || {
+            // What finished past the commit, for the partitions' next owners.
+            c.context().write_progress(&generations, Duration::from_secs(5));
+            c.commit_consumer_state(CommitMode::Sync)
+        })
+        .await;
         match committed {
             Ok(Ok(())) | Ok(Err(rdkafka::error::KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset))) => {}
             Ok(Err(e)) => tracing::warn!(message = "Final offset commit failed; some records may be read again.", receiver = %name, error = %e),

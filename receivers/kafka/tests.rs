@@ -96,6 +96,55 @@ fn handed_back_records_bar_the_commit_and_a_new_assignment_starts_afresh() {
     assert_eq!(t.done(0, 11, 2), Some(11));
 }
 
+/// Offsets finished past the committable prefix are reported as ranges; a new owner resumed from
+/// them skips exactly those, and reports them in its own progress until its commit passes them.
+#[test]
+fn progress_past_the_commit_is_reported_and_resumed() {
+    use super::Progress;
+    let mut t = OffsetTracker::default();
+    assert_eq!(t.progress(0, 1), None, "nothing read yet");
+    for o in 10..20 {
+        t.begin(0, o, 1);
+    }
+    for o in [12, 13, 14, 16, 19] {
+        assert_eq!(t.done(0, o, 1), None);
+    }
+    assert_eq!(t.progress(0, 1), Some(Progress { next: 10, done: vec![(12, 14), (16, 16), (19, 19)] }));
+    assert_eq!(t.done(0, 10, 1), Some(10));
+    assert_eq!(t.done(0, 11, 1), Some(14), "the prefix swallows the range after it");
+    assert_eq!(t.progress(0, 1), Some(Progress { next: 15, done: vec![(16, 16), (19, 19)] }));
+    t.handed_back(0, 15, 1);
+    assert_eq!(t.done(0, 17, 1), None);
+    assert_eq!(t.progress(0, 1), Some(Progress { next: 15, done: vec![(16, 17), (19, 19)] }), "a handed-back record is not done");
+    assert_eq!(t.progress(0, 2), None, "another generation");
+
+    // The next owner (another process) resumes from it; its commit starts where the group's is,
+    // which may be behind the progress's `next` (auto-commit had not caught up).
+    let last = t.progress(0, 1).unwrap();
+    let mut n = OffsetTracker::default();
+    n.resume(0, last);
+    let skipped: Vec<i64> = (13..21).filter(|&o| n.already_done(0, o, 7)).collect();
+    assert_eq!(skipped, vec![13, 14, 16, 17, 19], "below `next` and in the ranges");
+    assert!(!n.already_done(0, 13, 8), "another generation (the partition came back) starts without it");
+    let mut n = OffsetTracker::default();
+    n.resume(0, Progress { next: 15, done: vec![(16, 17), (19, 19)] });
+    assert!(n.already_done(0, 13, 7));
+    n.begin(0, 13, 7);
+    assert_eq!(n.done(0, 13, 7), Some(13));
+    assert_eq!(n.progress(0, 7), Some(Progress { next: 14, done: vec![(14, 14), (16, 17), (19, 19)] }), "what the previous owner did stays reported");
+    n.begin(0, 14, 7);
+    n.done(0, 14, 7);
+    n.begin(0, 15, 7);
+    assert!(!n.already_done(0, 15, 7));
+    for o in [16, 17] {
+        n.begin(0, o, 7);
+        n.done(0, o, 7);
+    }
+    assert_eq!(n.progress(0, 7), Some(Progress { next: 15, done: vec![(16, 17), (19, 19)] }));
+    assert_eq!(n.done(0, 15, 7), Some(17));
+    assert_eq!(n.progress(0, 7), Some(Progress { next: 18, done: vec![(19, 19)] }));
+}
+
 fn request(spans: usize, tag: u8) -> Vec<u8> {
     let spans = (0..spans)
         .map(|i| Span { trace_id: vec![tag; 16], span_id: vec![tag, i as u8 + 1, 0, 0, 0, 0, 0, 1], name: format!("op{i}"), ..Default::default() })
@@ -283,13 +332,74 @@ async fn permanent_failures_and_on_error_commit_past() {
     }
 }
 
+/// With `progress_topic`, what one consumer finished past its commit is skipped by the next:
+/// records 1 and 3 of 0..4 are delivered, 0 and 2 are still held when it stops (handed back,
+/// uncommitted); the next consumer of the group gets 0 and 2 only, and counts 1 and 3 as done.
+/// Without it, the next consumer gets all four (the control).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_owner_skips_what_the_last_finished_past_its_commit() {
+    for with_progress in [true, false] {
+        let mock = MockCluster::new(1).unwrap();
+        mock.create_topic("spans", 1, 1).unwrap();
+        let bootstrap = mock.bootstrap_servers();
+        produce(&bootstrap, &[request(1, 1), request(2, 2), request(3, 3), request(4, 4)]);
+        let start = |bootstrap: String| async move {
+            let (tx, input) = Input::channel(8);
+            let shutdown = CancellationToken::new();
+            let ctx = ComponentContext { name: "k".into(), kind: ComponentKind::Receiver, input: None, output: Some(Output::new(vec![tx])), shutdown: shutdown.clone(), health: Health::default() };
+            let cfg = KafkaReceiverConfig {
+                brokers: vec![bootstrap],
+                topic: "spans".into(),
+                group_id: "g".into(),
+                initial_offset: InitialOffset::Earliest,
+                session_timeout: CfgDuration::from_secs(6),
+                heartbeat_interval: CfgDuration::from_secs(1),
+                shutdown_timeout: CfgDuration::from_millis(300),
+                progress_topic: with_progress.then(|| "spans-progress".to_owned()),
+                ..Default::default()
+            };
+            (input, shutdown, tokio::spawn(super::build(cfg, ctx).await.unwrap()))
+        };
+        let (mut input, shutdown, h) = start(bootstrap.clone()).await;
+        let mut held = Vec::new();
+        for i in 0..4 {
+            let b = recv(&mut input).await;
+            assert_eq!(b.span_count(), i + 1);
+            if i % 2 == 1 {
+                b.set_status(BatchStatus::Delivered);
+            } else {
+                held.push(b);
+            }
+        }
+        shutdown.cancel();
+        // A processor lets what it holds go when the partitions are revoked at shutdown.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        for b in held {
+            b.set_status(BatchStatus::Errored);
+        }
+        tokio::time::timeout(Duration::from_secs(30), h).await.expect("stops").unwrap().unwrap();
+        assert_eq!(committed_now(&bootstrap).await, -1, "offset 0 was never delivered");
+
+        let (mut input, shutdown, h) = start(bootstrap.clone()).await;
+        let mut got = Vec::new();
+        while let Ok(Some(b)) = tokio::time::timeout(Duration::from_secs(if got.is_empty() { 30 } else { 3 }), input.recv()).await {
+            got.push(b.span_count());
+            b.set_status(BatchStatus::Delivered);
+        }
+        assert_eq!(got, if with_progress { vec![1, 3] } else { vec![1, 2, 3, 4] }, "progress_topic: {with_progress}");
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(30), h).await.expect("stops").unwrap().unwrap();
+        assert_eq!(committed_now(&bootstrap).await, 4, "the skipped records are committed past too");
+    }
+}
+
 /// Records of a partition are taken only while it is assigned: one fetched before its partition
 /// was revoked gets no generation (the new owner reads it), and a partition assigned again gets a
 /// new generation whose flag is not the revoked one.
 #[test]
 fn records_of_a_revoked_partition_are_not_taken() {
     use std::sync::atomic::Ordering;
-    let ctx = super::lag::LagContext::new("k", "t", Default::default(), Duration::from_secs(1));
+    let ctx = super::lag::LagContext::new("k", "t", Default::default(), Duration::from_secs(1), None);
     assert!(ctx.generation(3).is_none(), "never assigned");
     ctx.assign(&[3, 4]);
     let (g1, flag1) = ctx.generation(3).expect("assigned");
