@@ -24,7 +24,9 @@
 //!   read (at most once).
 //! - `progress_topic`: what each owner finished past its commit outlives it; a replica taking a
 //!   partition over skips those records (`tracepipe_receiver_kafka_already_done_records_total`)
-//!   instead of delivering them twice or deciding a request on the part it re-read (progress.rs).
+//!   instead of delivering them twice or deciding a request on the part it re-read (progress.rs);
+//!   a skipped record whose key comes again in a record that was not finished is sent with it, so
+//!   the two are decided together (stash.rs).
 //! - Lag: `tracepipe_receiver_kafka_lag_records{topic, partition}` from librdkafka's statistics.
 
 mod config;
@@ -32,6 +34,7 @@ mod lag;
 mod offsets;
 mod progress;
 mod receiver;
+mod stash;
 
 #[cfg(test)]
 mod tests;

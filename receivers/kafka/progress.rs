@@ -172,6 +172,9 @@ impl ProgressLog {
         let mut out = HashMap::new();
         let Some(n) = self.partitions() else { return out };
         let started = Instant::now();
+        // This replica may have owned them last (a session lost to a broker outage gives them
+        // back to the same replica): what it queued for them lands before it reads.
+        self.flush(READ_TIMEOUT);
         let reader: BaseConsumer = match self
             .client
             .clone()

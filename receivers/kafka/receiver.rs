@@ -21,6 +21,10 @@ use super::config::{Encoding, KafkaReceiverConfig};
 use super::lag::LagContext;
 use super::offsets::OffsetTracker;
 use super::progress::ProgressLog;
+use super::stash::Stash;
+
+/// The most a receiver keeps of records skipped as finished (stash.rs).
+const STASH_BYTES: usize = 64 << 20;
 use crate::serve::Admission;
 
 /// The metric `transport` label.
@@ -185,6 +189,7 @@ pub async fn build(cfg: KafkaReceiverConfig, mut ctx: ComponentContext) -> Resul
     let mark_after = cfg.message_marking.after;
     let skipped = metrics::counter!(names::RECEIVER_KAFKA_SKIPPED_RECORDS, "receiver" => name.clone());
     let already = metrics::counter!(names::RECEIVER_KAFKA_ALREADY_DONE_RECORDS, "receiver" => name.clone());
+    let mut stash = Stash::new(STASH_BYTES);
     // Progress past the commit, written every commit_interval (what changed) to progress_topic.
     let writer = progress.as_ref().map(|_| {
         let (consumer, every, shutdown) = (consumer.clone(), cfg.commit_interval.get(), ctx.shutdown.clone());
@@ -213,7 +218,7 @@ pub async fn build(cfg: KafkaReceiverConfig, mut ctx: ComponentContext) -> Resul
         // Records to deliver again, oldest first; while any wait, no new record is read (what
         // is held stays bounded by what was in flight).
         let mut again: std::collections::VecDeque<(tokio::time::Instant, Redelivery)> = Default::default();
-        loop {
+        'read: loop {
             let next_again = again.front().map(|(t, _)| *t);
             let msg = tokio::select! {
                 biased;
@@ -266,13 +271,28 @@ pub async fn build(cfg: KafkaReceiverConfig, mut ctx: ComponentContext) -> Resul
                 skipped.increment(1);
                 continue;
             }
+            let now = std::time::Instant::now();
             if marking.tracker().already_done(partition, offset, generation) {
-                // A previous owner finished it past its last commit (progress_topic).
+                // A previous owner finished it past its last commit (progress_topic): skipped, and
+                // kept a while in case a record of its key that was not finished follows.
                 tracing::trace!(message = "Record already done by a previous owner; skipped.", receiver = %name, partition, offset);
                 already.increment(1);
+                stash.keep(partition, m.key(), m.payload().unwrap_or_default(), now);
                 marking.tracker().begin(partition, offset, generation);
                 marking.done(partition, offset, generation);
                 continue;
+            }
+            stash.expire(now);
+            // Finished records of this record's key go into the graph before it, so what they and
+            // it belong to is decided again whole rather than this part alone. They were
+            // delivered (or dropped) once already and are committed past: no acknowledgement.
+            for earlier in stash.take(partition, m.key()) {
+                if let Decoded::Spans(batch, _) = decode(&earlier, cfg.encoding, cfg.max_record_bytes.get() as usize) {
+                    tracing::debug!(message = "Finished record sent again with a later record of its key.", receiver = %name, partition, offset, spans = batch.span_count());
+                    if admission.admit_waiting(batch).await.is_err() {
+                        break 'read;
+                    }
+                }
             }
             marking.tracker().begin(partition, offset, generation);
             tracing::trace!(message = "Record read.", receiver = %name, partition, offset, generation);

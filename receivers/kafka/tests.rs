@@ -334,15 +334,21 @@ async fn permanent_failures_and_on_error_commit_past() {
 
 /// With `progress_topic`, what one consumer finished past its commit is skipped by the next:
 /// records 1 and 3 of 0..4 are delivered, 0 and 2 are still held when it stops (handed back,
-/// uncommitted); the next consumer of the group gets 0 and 2 only, and counts 1 and 3 as done.
-/// Without it, the next consumer gets all four (the control).
+/// uncommitted); the next consumer of the group gets 0 and 2, skips 3, and sends 1 again just
+/// before 2 because they share a key. Without it, the next consumer gets all four (the control).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_owner_skips_what_the_last_finished_past_its_commit() {
     for with_progress in [true, false] {
         let mock = MockCluster::new(1).unwrap();
         mock.create_topic("spans", 1, 1).unwrap();
         let bootstrap = mock.bootstrap_servers();
-        produce(&bootstrap, &[request(1, 1), request(2, 2), request(3, 3), request(4, 4)]);
+        // Keys as a request id: records 1 and 2 belong to one request, whose record 1 is finished
+        // and record 2 is not.
+        let producer: BaseProducer = ClientConfig::new().set("bootstrap.servers", &bootstrap).create().unwrap();
+        for (v, k) in [(request(1, 1), "a"), (request(2, 2), "x"), (request(3, 3), "x"), (request(4, 4), "y")] {
+            producer.send(BaseRecord::to("spans").key(k).payload(&v)).map_err(|(e, _)| e).unwrap();
+        }
+        producer.flush(Duration::from_secs(10)).unwrap();
         let start = |bootstrap: String| async move {
             let (tx, input) = Input::channel(8);
             let shutdown = CancellationToken::new();
@@ -386,7 +392,9 @@ async fn a_new_owner_skips_what_the_last_finished_past_its_commit() {
             got.push(b.span_count());
             b.set_status(BatchStatus::Delivered);
         }
-        assert_eq!(got, if with_progress { vec![1, 3] } else { vec![1, 2, 3, 4] }, "progress_topic: {with_progress}");
+        // Record 3 (key y) is skipped; record 1 (key x) is skipped, then sent again ahead of
+        // record 2, the unfinished record of its key, so the two are decided together.
+        assert_eq!(got, if with_progress { vec![1, 2, 3] } else { vec![1, 2, 3, 4] }, "progress_topic: {with_progress}");
         shutdown.cancel();
         tokio::time::timeout(Duration::from_secs(30), h).await.expect("stops").unwrap().unwrap();
         assert_eq!(committed_now(&bootstrap).await, 4, "the skipped records are committed past too");
@@ -424,4 +432,35 @@ fn tls_and_sasl_reach_the_consumer_properties() {
     }
     let e = parse("    librdkafka_options: { ssl.ca.location: /x }\n").unwrap_err();
     assert!(e[0].to_string().contains("is set by the receiver's `tls` and `auth` settings"), "{e:?}");
+}
+
+/// Skipped records wait by (partition, key) for a later record of their key, within the window
+/// and the byte bound, oldest dropped first; taking them empties the key.
+#[test]
+fn the_stash_keeps_skipped_records_by_key_within_its_window_and_bound() {
+    use super::stash::{Stash, STASH_WINDOW};
+    use std::time::Instant;
+    let t0 = Instant::now();
+    let mut s = Stash::new(10);
+    s.keep(0, Some(b"r1"), b"aaa", t0);
+    s.keep(0, Some(b"r1"), b"bb", t0);
+    s.keep(1, Some(b"r1"), b"c", t0);
+    s.keep(0, None, b"dddd", t0);
+    assert_eq!(s.bytes(), 6, "a record without a key cannot be matched: not kept");
+    assert_eq!(s.take(0, Some(b"r2")), Vec::<bytes::Bytes>::new());
+    assert_eq!(s.take(0, Some(b"r1")), vec![bytes::Bytes::from_static(b"aaa"), bytes::Bytes::from_static(b"bb")], "oldest first");
+    assert!(s.take(0, Some(b"r1")).is_empty(), "taken once");
+    assert_eq!(s.bytes(), 1);
+    // Over the bound: the oldest go first (the partition-1 record), the newest stays.
+    s.keep(0, Some(b"r3"), b"eeeeee", t0);
+    s.keep(0, Some(b"r1"), b"ffff", t0);
+    assert_eq!(s.bytes(), 10);
+    s.keep(0, Some(b"r4"), b"g", t0);
+    assert!(s.bytes() <= 10);
+    assert!(s.take(1, Some(b"r1")).is_empty() && s.take(0, Some(b"r3")).is_empty(), "the oldest were dropped");
+    assert_eq!(s.take(0, Some(b"r1")), vec![bytes::Bytes::from_static(b"ffff")], "a value kept after an earlier take of its key is not lost to the old entries");
+    // Past the window.
+    s.expire(t0 + STASH_WINDOW);
+    assert_eq!(s.bytes(), 0);
+    assert!(s.take(0, Some(b"r4")).is_empty());
 }

@@ -8,7 +8,8 @@ delivered whole, lost, partial, delivered twice, kept without the policy implyin
 
   tests/.venv/bin/python tests/bench/scale_out.py --requests 20000 [--kill]
 
-`--kill` sends SIGKILL to one gateway-2 replica halfway through the send. Uses the debug build
+`--kill` sends SIGKILL to one gateway-2 replica once the gateway-2 tier has decided a third of
+the spans. Uses the debug build
 (or TRACEPIPE_BIN). A measurement, not a test: nothing is asserted."""
 
 import argparse
@@ -131,15 +132,17 @@ def main():
         threads = [threading.Thread(target=sender) for _ in range(a.streams)]
         for t in threads:
             t.start()
-        if a.kill:
-            while state["next"] < exports // 2:
-                time.sleep(0.05)
-            victim = topo.samplers[0]
-            victim.proc.send_signal(signal.SIGKILL)
-            victim.proc.wait()
         for t in threads:
             t.join()
         sent = time.monotonic() - t0
+        if a.kill:
+            # Mid-run for the gateway-2 tier: once it has decided a third of the spans (the agents
+            # take the load far faster than the tiers pass it on).
+            while sum(scrape(s, "tracepipe_processor_tail_sampling_spans_total") for s in topo.samplers) < total / 3:
+                time.sleep(0.2)
+            victim = topo.samplers[0]
+            victim.proc.send_signal(signal.SIGKILL)
+            victim.proc.wait()
         alive = [s for s in topo.samplers if s.proc.poll() is None]
 
         def decided():
@@ -187,6 +190,14 @@ def main():
             "peak_lag_records": peaks, "killed_replica": a.kill,
             "kept_expected": len(keep), "kept_whole": whole, "lost": len(keep - set(got)), "partial": partial,
             "delivered_twice": twice, "kept_unexpected": len(set(got) - keep),
+            # Records a new owner skipped because the previous one had finished them past its
+            # commit (progress_topic).
+            "skipped_as_done": sum(scrape(s, "tracepipe_receiver_kafka_already_done_records_total") for s in alive),
+            # Why a request can be decided apart: released before all its fragments were read.
+            "gw2_guid_evicted_early": sum(scrape(s, "tracepipe_processor_guid_evicted_early_total") for s in alive),
+            "gw2_early_decisions": sum(scrape(s, "tracepipe_processor_tail_sampling_early_decisions_total") for s in alive),
+            "gw2_late_spans": sum(scrape(s, "tracepipe_processor_tail_sampling_late_spans_total") for s in alive),
+            "gw1_early_decisions": sum(scrape(s, "tracepipe_processor_tail_sampling_early_decisions_total") for s in topo.groupers),
         }))
         for p in topo.procs:
             if p.proc and p.proc.poll() is None:
