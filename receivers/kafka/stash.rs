@@ -79,6 +79,7 @@ impl Stash {
     }
 
     /// Bytes kept.
+    #[cfg(test)]
     pub fn bytes(&self) -> usize {
         self.bytes
     }
