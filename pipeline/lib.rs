@@ -20,6 +20,7 @@
 
 pub mod archive;
 pub mod batch;
+pub mod clock;
 /// The LightStep collector protocol (`lightstep.collector`, from proto/lightstep/collector.proto):
 /// what the LightStep receiver reads and the satellite sink writes.
 #[allow(missing_docs, clippy::all)]

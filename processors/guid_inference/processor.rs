@@ -13,6 +13,7 @@ use metrics::{Counter, Gauge};
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans};
 use prost::Message;
 use tokio::time::Instant;
+use tracepipe_pipeline::clock;
 use tracepipe_pipeline::telemetry::names;
 use tracepipe_pipeline::topology::{BuildError, ComponentContext, ComponentError, ComponentFuture, Output};
 use tracepipe_pipeline::{Batch, BatchStatus, Finalizer};
@@ -395,7 +396,9 @@ pub async fn build(cfg: GuidInferenceConfig, mut ctx: ComponentContext) -> Resul
             tokio::select! {
                 next = input.recv() => match next {
                     Some(b) => {
-                        let now = Instant::now();
+                        // Waits run on the processors' clock, which stands still while an input
+                        // is stalled (pipeline::clock).
+                        let now = clock::now();
                         let pass = st.ingest(b, now);
                         send(&output, pass, &p).await?;
                         let early = st.due(now, false);
@@ -404,14 +407,14 @@ pub async fn build(cfg: GuidInferenceConfig, mut ctx: ComponentContext) -> Resul
                         }
                     }
                     None => {
-                        let rest = st.due(Instant::now(), true);
+                        let rest = st.due(clock::now(), true);
                         send(&output, to_batch(rest), &p).await?;
                         return Ok(());
                     }
                 },
                 Ok(()) = revocations.changed() => st.hand_over_revoked(),
                 _ = timer.tick() => {
-                    let due = st.due(Instant::now(), false);
+                    let due = st.due(clock::now(), false);
                     if !due.spans.is_empty() {
                         send(&output, to_batch(due), &p).await?;
                     }

@@ -22,6 +22,7 @@ use bytes::Bytes;
 use metrics::{Counter, Gauge, Histogram};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tracepipe_pipeline::clock;
 use tracepipe_pipeline::telemetry::names;
 use tracepipe_pipeline::topology::{BuildError, ComponentContext, ComponentError, ComponentFuture, Output};
 use tracepipe_pipeline::{Batch, BatchStatus, Finalizer};
@@ -832,22 +833,26 @@ impl Shard {
             let next = self.next_deadline();
             let sleep = async move {
                 match next {
-                    Some(n) => tokio::time::sleep_until(n).await,
+                    // Deadlines are on the processors' clock, which stands still while an input
+                    // is stalled (pipeline::clock): look again now and then meanwhile.
+                    Some(_) if clock::stalled() => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+                    // (at least 1 ms: while the clock stands still the remainder does not shrink)
+                    Some(n) => tokio::time::sleep_until(clock::wall(n).max(Instant::now() + std::time::Duration::from_millis(1))).await,
                     None => std::future::pending().await,
                 }
             };
             tokio::select! {
                 m = rx.recv() => match m {
                     Some(inc) => {
-                        let now = Instant::now();
+                        let now = clock::now();
                         self.ingest(inc, now);
                         // A busy input never holds back a due decision.
                         self.expire(now);
                     }
                     None => break,
                 },
-                _ = sleep => self.expire(Instant::now()),
-                Ok(()) = revocations.changed() => self.hand_over_revoked(Instant::now()),
+                _ = sleep => self.expire(clock::now()),
+                Ok(()) = revocations.changed() => self.hand_over_revoked(clock::now()),
             }
             for b in self.take_ready() {
                 output.send(b).await.map_err(|e| ComponentError(format!("processor `{name}`: downstream stopped: {e}")))?;

@@ -39,7 +39,15 @@ pub struct LagContext {
     closing: AtomicBool,
     /// `progress_topic`, when set: read at an assignment, written before a revocation commits.
     progress: Option<Arc<ProgressLog>>,
+    /// On while every broker is unreachable: the processors' waits stand still meanwhile
+    /// (pipeline::clock), so nothing is decided on the part of a request read before the outage.
+    pub stall: tracepipe_pipeline::clock::Stall,
+    /// Since when statistics have shown a broker up during a stall.
+    up_since: Mutex<Option<Instant>>,
 }
+
+/// How long a broker must be back, with no record read, before a stall ends anyway.
+const STALL_IDLE_END: Duration = Duration::from_secs(30);
 
 /// What this consumer owns.
 #[derive(Default)]
@@ -64,6 +72,8 @@ impl LagContext {
             revoke_timeout,
             closing: AtomicBool::new(false),
             progress,
+            stall: Default::default(),
+            up_since: Mutex::new(None),
         }
     }
 
@@ -79,12 +89,14 @@ impl LagContext {
         gens.iter().filter_map(|&(p, g)| t.progress(p, g).map(|pr| (p, pr))).collect()
     }
 
-    /// Writes the progress of these assignments to `progress_topic` and waits (bounded) until it
-    /// is written.
-    pub fn write_progress(&self, gens: &[(i32, u64)], timeout: Duration) {
+    /// Writes the progress of these assignments to `progress_topic`; with `wait`, waits
+    /// (bounded) until it is written.
+    pub fn write_progress(&self, gens: &[(i32, u64)], wait: Option<Duration>) {
         if let Some(log) = &self.progress {
             log.write(&self.progress_of(gens));
-            log.flush(timeout);
+            if let Some(timeout) = wait {
+                log.flush(timeout);
+            }
         }
     }
 
@@ -176,7 +188,35 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
 }
 
 impl ClientContext for LagContext {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::AllBrokersDown) {
+            if !self.stall.is_on() {
+                tracing::warn!(message = "All Kafka brokers unreachable; held spans keep waiting (processors' waits paused) until records flow again.", receiver = %self.receiver, reason);
+            }
+            self.stall.begin();
+        } else {
+            tracing::error!(target: "librdkafka", "librdkafka: {error}: {reason}");
+        }
+    }
+
     fn stats(&self, statistics: Statistics) {
+        // A stall ends with the first record read (receiver.rs): a broker being back is not
+        // enough — the group has to settle and upstream tiers to send what they held, and waits
+        // resumed before that decide requests on their first fragments. An idle topic brings no
+        // record, so a broker up for STALL_IDLE_END ends it too.
+        if self.stall.is_on() {
+            let up = statistics.brokers.values().any(|b| b.nodeid >= 0 && b.state == "UP");
+            let mut since = self.up_since.lock().unwrap_or_else(|e| e.into_inner());
+            match (*since, up) {
+                (_, false) => *since = None,
+                (None, true) => *since = Some(Instant::now()),
+                (Some(t), true) if t.elapsed() >= STALL_IDLE_END => {
+                    *since = None;
+                    self.stall.end();
+                }
+                _ => {}
+            }
+        }
         let mut now = HashSet::new();
         tracing::debug!(message = "Kafka statistics.", receiver = %self.receiver, topics = ?statistics.topics.keys().collect::<Vec<_>>(),
             partitions = ?statistics.topics.get(&self.topic).map(|t| t.partitions.values().map(|p| (p.partition, p.desired, p.consumer_lag, p.committed_offset, p.hi_offset)).collect::<Vec<_>>()));
@@ -225,7 +265,7 @@ impl ConsumerContext for LagContext {
                 // new owner starts after it and skips what was finished.
                 let started = Instant::now();
                 let left = self.settle(&p);
-                blocking(|| self.write_progress(&gens, self.revoke_timeout.max(Duration::from_secs(1))));
+                blocking(|| self.write_progress(&gens, Some(self.revoke_timeout.max(Duration::from_secs(1)))));
                 use rdkafka::consumer::Consumer as _;
                 let committed = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync);
                 tracing::info!(message = "Revoked partitions settled.", receiver = %self.receiver, partitions = ?p, waited = ?started.elapsed(), not_done = left,

@@ -204,7 +204,7 @@ pub async fn build(cfg: KafkaReceiverConfig, mut ctx: ComponentContext) -> Resul
                 let c = consumer.clone();
                 let _ = tokio::task::spawn_blocking(move || {
                     let ctx = c.context();
-                    ctx.write_progress(&ctx.generations(None), Duration::ZERO);
+                    ctx.write_progress(&ctx.generations(None), None);
                 })
                 .await;
             }
@@ -257,6 +257,12 @@ pub async fn build(cfg: KafkaReceiverConfig, mut ctx: ComponentContext) -> Resul
                     continue;
                 }
             };
+            // Records flow: the brokers are back if they were away; and the processors' waits
+            // follow the stream's time while it is read behind (pipeline::clock).
+            consumer.context().stall.end();
+            if let Some(ms) = m.timestamp().to_millis().filter(|&ms| ms > 0) {
+                tracepipe_pipeline::clock::observe(std::time::UNIX_EPOCH + Duration::from_millis(ms as u64));
+            }
             let (partition, offset) = (m.partition(), m.offset());
             let Some((generation, revoked)) = consumer.context().generation(partition) else {
                 // Fetched before its partition was revoked: the new owner reads it.
@@ -355,7 +361,7 @@ pub async fn build(cfg: KafkaReceiverConfig, mut ctx: ComponentContext) -> Resul
         let c = consumer.clone();
         let committed = tokio::task::spawn_blocking(move || {
             // What finished past the commit, for the partitions' next owners.
-            c.context().write_progress(&generations, Duration::from_secs(5));
+            c.context().write_progress(&generations, Some(Duration::from_secs(5)));
             c.commit_consumer_state(CommitMode::Sync)
         })
         .await;

@@ -11,6 +11,7 @@ request carry different trace ids. Measured: every request the policies keep arr
 and SDK spans), in one trace, at one replica's backend, each span once; every request they drop
 is absent."""
 
+import os
 import re
 import time
 
@@ -18,7 +19,7 @@ from harness import ROOT, Tansu, Tracepipe, free_port, metric_sum, read_jsonl_sp
 from test_tail_sampling import kept_by_baseline
 
 SCALE = ROOT / "deploy" / "scale-out"
-DEBUG = False
+DEBUG = bool(os.environ.get("TRACEPIPE_E2E_DEBUG"))
 
 
 def assigned(tp) -> list:
@@ -139,6 +140,29 @@ def deliveries(topo, requests, per, merged=False):
                 print("partial", g, requests.get(g), len(ids), sorted({s["traceId"] for s in spans}),
                       sorted((s["name"], s["traceId"][:6], s["spanId"][:6]) for s in spans))
     return set(count), whole, partial, sum(1 for c in count.values() if c > 1)
+
+
+def where_lost(kafka, union, short, per):
+    """(Debugging) For requests short of spans: which of their spans each topic holds, so a loss
+    is placed at the agents/broker, gateway-1 or gateway-2."""
+    from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
+    spans_of = {}
+    for topic in ("tracepipe-spans", "tracepipe-requests"):
+        seen, placed = {}, {}
+        for partition, key, value in kafka.records(topic, 1, settle=2.0):
+            for rs in TracesData.FromString(value).resource_spans:
+                for ss in rs.scope_spans:
+                    for sp in ss.spans:
+                        a = {kv.key: kv.value.string_value for kv in sp.attributes}
+                        g = a.get("guid:x-request-id") or a.get("app.request_id")
+                        seen.setdefault(g, set()).add(sp.span_id.hex())
+                        placed.setdefault(g, set()).add((partition, (key or "")[:8]))
+        spans_of[topic] = seen
+        spans_of[topic + "@"] = placed
+    for g, missing in list(short.items())[:8]:
+        print("short", g, "missing", missing, "of", per, "| in tracepipe-spans:", len(spans_of["tracepipe-spans"].get(g, ())),
+              "in tracepipe-requests:", len(spans_of["tracepipe-requests"].get(g, ())), "delivered:", len(union.get(g, ())),
+              "records (partition, key):", sorted(spans_of["tracepipe-requests@"].get(g, ())))
 
 
 def slow_requests(topo) -> set:
@@ -390,6 +414,10 @@ def test_a_broker_restart_under_load_loses_nothing():
                 union.setdefault(g, set()).update(x["spanId"] for x in spans)
         short = {g: per - len(union.get(g, ())) for g in keep if len(union.get(g, ())) != per}
         print(f"decided apart: {len(short)} kept requests short of spans, {len(got - keep)} dropped requests with fragments kept")
+        if DEBUG and short:
+            where_lost(kafka, union, short, per)
+            for g in list(short)[:8]:
+                print("  by replica", g[:8], [sorted((s["name"][:12], s["traceId"][:6]) for s in got_.get(g, [])) for got_ in topo.delivered()])
         assert keep <= got
         assert all(r < 256 for r in agent_rss), f"agents held the outage in bounded memory: {agent_rss} MiB"
         for p in topo.procs:
