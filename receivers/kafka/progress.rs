@@ -27,7 +27,8 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::client::ClientContext;
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
 use super::offsets::Progress;
@@ -44,6 +45,30 @@ const REFRESH: Duration = Duration::from_secs(5);
 /// How long a read or the topic's setup may block the rebalance callback.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The progress producer's context: its connection errors repeat the receiver's own (same
+/// brokers), which logs them; a record it fails to write is logged by `flush`.
+pub struct Quiet;
+
+impl ClientContext for Quiet {
+    fn log(&self, _: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        tracing::debug!(message = "librdkafka (progress_topic producer).", fac, log = message);
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        tracing::debug!(message = "progress_topic producer error.", %error, reason);
+    }
+}
+
+impl ProducerContext for Quiet {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = result {
+            tracing::debug!(message = "Progress record not written.", error = %e);
+        }
+    }
+}
+
 /// The progress log of one receiver.
 pub struct ProgressLog {
     topic: String,
@@ -52,7 +77,7 @@ pub struct ProgressLog {
     /// `{group_id}/{topic}/`.
     prefix: String,
     client: ClientConfig,
-    producer: ThreadedProducer<DefaultProducerContext>,
+    producer: ThreadedProducer<Quiet>,
     /// The log's partition count, once known (the topic exists).
     partitions: Mutex<Option<i32>>,
     /// What was last written per partition, and when: unchanged progress is written again only
@@ -74,7 +99,7 @@ impl ProgressLog {
         let mut pc = client.clone();
         // In order: a later progress record never lands before an earlier one.
         pc.set("max.in.flight.requests.per.connection", "1").set("linger.ms", "5").set("message.timeout.ms", "30000");
-        let producer = pc.create().map_err(|e| format!("cannot create the progress_topic producer: {e}"))?;
+        let producer = pc.create_with_context(Quiet).map_err(|e| format!("cannot create the progress_topic producer: {e}"))?;
         Ok(ProgressLog {
             topic: topic.to_owned(),
             source: source.to_owned(),
