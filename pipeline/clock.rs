@@ -41,6 +41,11 @@ fn paused() -> Duration {
 /// between tiers (and clock skew between hosts) does not slow the clock.
 pub const TOLERANCE: Duration = Duration::from_secs(1);
 
+/// The most the clock runs behind for old records: a topic whose producers stamp records with
+/// old times (or a backlog of days) must not hold decisions for that long; past this, waits
+/// measure the wall again.
+pub const MAX_BEHIND: Duration = Duration::from_secs(60);
+
 /// With no record observed for this long, the input is idle, not behind.
 pub const IDLE: Duration = Duration::from_secs(1);
 
@@ -57,7 +62,7 @@ static BEHIND: Mutex<Option<Behind>> = Mutex::new(None);
 /// A record produced at `produced` (its Kafka timestamp) was just read.
 pub fn observe(produced: std::time::SystemTime) {
     let age = std::time::SystemTime::now().duration_since(produced).unwrap_or_default();
-    let target = age.saturating_sub(TOLERANCE);
+    let target = age.saturating_sub(TOLERANCE).min(MAX_BEHIND);
     let now = std::time::Instant::now();
     let mut g = BEHIND.lock().unwrap_or_else(|e| e.into_inner());
     let b = g.get_or_insert(Behind { by: Duration::ZERO, at: now, observed: None });
