@@ -535,13 +535,12 @@ async fn channels_are_bounded_in_bytes_and_a_batch_larger_than_the_room_passes_a
     assert_eq!(waiting.await.unwrap(), Err(Refused::Closed));
 }
 
-/// The processors' clock stands still while an input is stalled and resumes where it stopped;
-/// it runs behind the wall while records read are old, never backwards, and is the wall again
-/// once they are current or none come.
+/// The processors' clock stands still while an input is stalled and resumes where it stopped; a
+/// deadline on it is as far ahead on the wall.
 #[test]
-fn the_processors_clock_follows_stalls_and_the_stream() {
+fn the_processors_clock_stands_still_while_an_input_is_stalled() {
     use crate::clock;
-    use std::time::{Duration, SystemTime};
+    use std::time::Duration;
     let gap = |a: tokio::time::Instant, b: tokio::time::Instant| b.saturating_duration_since(a);
     // Stall: stands still.
     let s = clock::Stall::new();
@@ -559,26 +558,4 @@ fn the_processors_clock_follows_stalls_and_the_stream() {
     let w = clock::wall(clock::now() + Duration::from_millis(300));
     let n = tokio::time::Instant::now();
     assert!(w > n + Duration::from_millis(250) && w < n + Duration::from_millis(350), "a deadline 300 ms ahead on the clock is 300 ms ahead on the wall");
-    // What the stall left: the clock stays that far behind the wall.
-    let lag = || tokio::time::Instant::now().saturating_duration_since(clock::now());
-    let stalled_for = lag();
-    assert!(stalled_for >= Duration::from_millis(150), "{stalled_for:?}");
-    // Behind: records 5 s old hold the clock still (the distance grows no faster than the wall).
-    let before = clock::now();
-    for _ in 0..4 {
-        clock::observe(SystemTime::now() - Duration::from_secs(5));
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let during = clock::now();
-    assert!(during >= before, "never backwards");
-    assert!(gap(before, during) < Duration::from_millis(100), "stood still while behind: {:?}", gap(before, during));
-    // Current records: the wall again, at once.
-    clock::observe(SystemTime::now());
-    let after = clock::now();
-    assert!(gap(during, after) >= Duration::from_millis(100), "jumped ahead: {:?}", gap(during, after));
-    // Old records, then none for IDLE: the wall again.
-    clock::observe(SystemTime::now() - Duration::from_secs(5));
-    std::thread::sleep(clock::IDLE + Duration::from_millis(50));
-    let l = lag();
-    assert!(l + Duration::from_millis(5) >= stalled_for && l < stalled_for + Duration::from_millis(50), "idle input: the wall again (less the stall): {l:?} vs {stalled_for:?}");
 }

@@ -257,12 +257,8 @@ pub async fn build(cfg: KafkaReceiverConfig, mut ctx: ComponentContext) -> Resul
                     continue;
                 }
             };
-            // Records flow: the brokers are back if they were away; and the processors' waits
-            // follow the stream's time while it is read behind (pipeline::clock).
+            // Records flow: the brokers are back if they were away (pipeline::clock).
             consumer.context().stall.end();
-            if let Some(ms) = m.timestamp().to_millis().filter(|&ms| ms > 0) {
-                tracepipe_pipeline::clock::observe(std::time::UNIX_EPOCH + Duration::from_millis(ms as u64));
-            }
             let (partition, offset) = (m.partition(), m.offset());
             let Some((generation, revoked)) = consumer.context().generation(partition) else {
                 // Fetched before its partition was revoked: the new owner reads it.
