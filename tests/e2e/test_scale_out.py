@@ -408,7 +408,7 @@ def test_a_broker_restart_under_load_loses_nothing():
         # again in tansu's 500 ms fetch steps; fragments gateway-1 released on either side of the
         # outage reach gateway-2 more than guid inference's wait apart. progress_topic (new owners
         # skip what was finished) and the stall (waits stand still while the brokers are away) do
-        # not cover that catch-up: 13–41 partial deliveries per run. TRACEPIPE_E2E_DEBUG=1 shows
+        # not cover that catch-up: 1–41 partial deliveries per run (six runs). TRACEPIPE_E2E_DEBUG=1 shows
         # where each lost span was last seen.
         union = {}
         for got_ in topo.delivered():
