@@ -316,3 +316,45 @@ async fn readyz_handler(State(s): State<ServerState>) -> impl IntoResponse {
         Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {}\n", why.join("; "))),
     }
 }
+
+/// Lets a repeating message through once per interval per key: librdkafka reports one broker
+/// outage from every client, for every reconnect attempt, and a log line per attempt drowns the
+/// one that matters.
+#[derive(Debug)]
+pub struct Throttle {
+    every: std::time::Duration,
+    last: Mutex<std::collections::HashMap<String, std::time::Instant>>,
+}
+
+impl Throttle {
+    pub fn new(every: std::time::Duration) -> Self {
+        Throttle { every, last: Mutex::new(Default::default()) }
+    }
+
+    /// True when a message under `key` was not let through within the interval (and records
+    /// this one).
+    pub fn allow(&self, key: &str) -> bool {
+        let now = std::time::Instant::now();
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        match last.get(key) {
+            Some(t) if now.duration_since(*t) < self.every => false,
+            _ => {
+                last.insert(key.to_owned(), now);
+                true
+            }
+        }
+    }
+}
+
+/// A librdkafka log line (`severity` is its syslog level, 0 emergency … 7 debug) as a tracing
+/// event. Connection failures (`FAIL`) go to debug: the same failure reaches the client's error
+/// callback, which logs it once per kind and interval ([`Throttle`]).
+pub fn librdkafka_log(severity: i32, facility: &str, message: &str) {
+    match severity {
+        _ if facility == "FAIL" => tracing::debug!(target: "librdkafka", "{facility} {message}"),
+        0..=3 => tracing::error!(target: "librdkafka", "{facility} {message}"),
+        4 => tracing::warn!(target: "librdkafka", "{facility} {message}"),
+        5 | 6 => tracing::info!(target: "librdkafka", "{facility} {message}"),
+        _ => tracing::debug!(target: "librdkafka", "{facility} {message}"),
+    }
+}

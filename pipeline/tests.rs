@@ -559,3 +559,16 @@ fn the_processors_clock_stands_still_while_an_input_is_stalled() {
     let n = tokio::time::Instant::now();
     assert!(w > n + Duration::from_millis(250) && w < n + Duration::from_millis(350), "a deadline 300 ms ahead on the clock is 300 ms ahead on the wall");
 }
+
+/// A repeating message passes once per interval per key.
+#[test]
+fn throttle_lets_one_message_per_key_through_per_interval() {
+    use crate::telemetry::Throttle;
+    use std::time::Duration;
+    let t = Throttle::new(Duration::from_millis(200));
+    assert!(t.allow("AllBrokersDown"));
+    assert!(!t.allow("AllBrokersDown"), "repeat within the interval");
+    assert!(t.allow("BrokerTransportFailure"), "another key");
+    std::thread::sleep(Duration::from_millis(250));
+    assert!(t.allow("AllBrokersDown"), "after the interval");
+}

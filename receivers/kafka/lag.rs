@@ -44,6 +44,8 @@ pub struct LagContext {
     pub stall: tracepipe_pipeline::clock::Stall,
     /// Since when statistics have shown a broker up during a stall.
     up_since: Mutex<Option<Instant>>,
+    /// One warning per error kind per 30 s.
+    throttle: tracepipe_pipeline::telemetry::Throttle,
 }
 
 /// How long a broker must be back, with no record read, before a stall ends anyway.
@@ -74,6 +76,7 @@ impl LagContext {
             progress,
             stall: Default::default(),
             up_since: Mutex::new(None),
+            throttle: tracepipe_pipeline::telemetry::Throttle::new(Duration::from_secs(30)),
         }
     }
 
@@ -188,14 +191,20 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
 }
 
 impl ClientContext for LagContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        tracepipe_pipeline::telemetry::librdkafka_log(level as i32, fac, message);
+    }
+
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
         if error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::AllBrokersDown) {
             if !self.stall.is_on() {
                 tracing::warn!(message = "All Kafka brokers unreachable; held spans keep waiting (processors' waits paused) until records flow again.", receiver = %self.receiver, reason);
             }
             self.stall.begin();
+        } else if self.throttle.allow(&format!("{:?}", error.rdkafka_error_code())) {
+            tracing::warn!(message = "Kafka client error (repeats of it are logged at debug for 30 s).", receiver = %self.receiver, %error, reason);
         } else {
-            tracing::error!(target: "librdkafka", "librdkafka: {error}: {reason}");
+            tracing::debug!(message = "Kafka client error.", receiver = %self.receiver, %error, reason);
         }
     }
 

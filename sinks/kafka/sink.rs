@@ -121,10 +121,32 @@ struct Pending {
     failed: Vec<(Outcome, usize, String)>,
 }
 
+/// The producer's context: librdkafka's log lines and error callbacks as tracing events, each
+/// kind of client error warned about once per 30 s (an outage is reported by every connection
+/// attempt; the delivery errors that matter are logged per record by the settler).
+pub struct Logs {
+    sink: String,
+    throttle: tracepipe_pipeline::telemetry::Throttle,
+}
+
+impl rdkafka::client::ClientContext for Logs {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        tracepipe_pipeline::telemetry::librdkafka_log(level as i32, fac, message);
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        if self.throttle.allow(&format!("{:?}", error.rdkafka_error_code())) {
+            tracing::warn!(message = "Kafka client error (repeats of it are logged at debug for 30 s).", sink = %self.sink, %error, reason);
+        } else {
+            tracing::debug!(message = "Kafka client error.", sink = %self.sink, %error, reason);
+        }
+    }
+}
+
 struct Settler {
     name: String,
     /// Offers records again after transient errors.
-    producer: Arc<FutureProducer>,
+    producer: Arc<FutureProducer<Logs>>,
     /// `message_timeout`: how long a record is offered again, from its first send.
     message_timeout: Duration,
     shutdown: tokio_util::sync::CancellationToken,
@@ -239,7 +261,9 @@ pub async fn build(cfg: KafkaSinkConfig, mut ctx: ComponentContext) -> Result<Co
     for (k, v) in cfg.rdkafka_properties() {
         cc.set(k, v);
     }
-    let producer: FutureProducer = cc.create().map_err(|e| ctx.error(format!("cannot create the Kafka producer: {e}")))?;
+    let producer: FutureProducer<Logs> = cc
+        .create_with_context(Logs { sink: ctx.name.clone(), throttle: tracepipe_pipeline::telemetry::Throttle::new(Duration::from_secs(30)) })
+        .map_err(|e| ctx.error(format!("cannot create the Kafka producer: {e}")))?;
     let producer = Arc::new(producer);
     let layout = Layout { encoding: cfg.encoding, by_trace: cfg.partition_traces_by_id, max_bytes: cfg.max_message_bytes.get() as usize };
     let mut guid_keys = (cfg.partition_by == PartitionBy::GuidOrTraceId).then(|| GuidKeys::new(&cfg.guid_attribute, cfg.guid_cache_size));
@@ -376,7 +400,7 @@ pub async fn build(cfg: KafkaSinkConfig, mut ctx: ComponentContext) -> Result<Co
 /// The Kafka sink behind a disk queue: one batch read back from disk at a time per worker,
 /// produced, and awaited until Kafka acknowledged every record of it.
 struct DurableKafka {
-    producer: Arc<FutureProducer>,
+    producer: Arc<FutureProducer<Logs>>,
     layout: Layout,
     guid_keys: std::sync::Mutex<Option<GuidKeys>>,
     topic: String,
@@ -477,7 +501,7 @@ impl crate::queue::driver::Deliver for DurableKafka {
 
 /// Asks the brokers for the topic's metadata once, off the reactor, and logs whether they answer
 /// (Vector's healthcheck). Never fatal: librdkafka keeps reconnecting.
-fn healthcheck(producer: Arc<FutureProducer>, name: String, topic: String) {
+fn healthcheck(producer: Arc<FutureProducer<Logs>>, name: String, topic: String) {
     tokio::task::spawn_blocking(move || match producer.client().fetch_metadata(Some(&topic), Duration::from_secs(10)) {
         Ok(md) => {
             let partitions = md.topics().first().map(|t| t.partitions().len()).unwrap_or(0);
