@@ -22,10 +22,10 @@ use super::lag::LagContext;
 use super::offsets::OffsetTracker;
 use super::progress::ProgressLog;
 use super::stash::Stash;
+use crate::serve::Admission;
 
 /// The most a receiver keeps of records skipped as finished (stash.rs).
 const STASH_BYTES: usize = 64 << 20;
-use crate::serve::Admission;
 
 /// The metric `transport` label.
 const TRANSPORT: &str = "kafka";
