@@ -56,6 +56,18 @@ fn config_defaults_and_errors() {
     assert!(all.iter().any(|m| m.starts_with("t.yaml:5:23: max_record_bytes must be above 0")), "{all:?}");
 }
 
+/// `progress_topic` is checked like a topic name at its key, and may not be the topic read.
+#[test]
+fn progress_topic_is_checked_at_its_key() {
+    assert_eq!(parse("    progress_topic: spans-progress\n").unwrap().progress_topic.as_deref(), Some("spans-progress"));
+    let e = parse("    progress_topic: \"a/b\"\n").unwrap_err();
+    assert!(e[0].to_string().starts_with("t.yaml:4:21: invalid topic \"a/b\""), "{e:?}");
+    let e = parse(&format!("    progress_topic: {}\n", "x".repeat(250))).unwrap_err();
+    assert!(e[0].to_string().contains("invalid topic"), "{e:?}");
+    let e = parse("    topic: spans\n    progress_topic: spans\n").unwrap_err();
+    assert!(e[0].to_string().contains("progress_topic must not be the topic read"), "{e:?}");
+}
+
 #[test]
 fn offsets_commit_only_a_done_prefix() {
     let mut t = OffsetTracker::default();
