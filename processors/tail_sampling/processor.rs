@@ -244,6 +244,13 @@ impl Out {
     }
 }
 
+/// A decider's two deadline queues.
+#[derive(Clone, Copy)]
+enum QueueKind {
+    Wait,
+    Root,
+}
+
 /// One decider: the single owner of the traces whose ids hash to it.
 pub struct Shard {
     cfg: Arc<TailSamplingConfig>,
@@ -307,14 +314,20 @@ impl Shard {
         (self.traces.bytes() + (self.wait_q.capacity() + self.root_q.capacity()) * entry) as i64
     }
 
-    /// Charges the change in the index's size; gives back room after a burst.
+    /// Charges the change in the index's size; gives back room after a burst. A shrink
+    /// allocates the smaller copy before it frees the old one, so it is done only when that copy
+    /// fits the budget beside what is held (else it waits for a later call).
     fn recharge_index(&mut self) {
-        self.traces.shrink();
-        if self.wait_q.capacity() > 4096 && self.wait_q.len() * 4 < self.wait_q.capacity() {
-            self.wait_q.shrink_to(self.wait_q.len() * 2);
+        let entry = std::mem::size_of::<(Instant, TraceId, u64)>();
+        let fits = |s: &Self, n: usize| s.account.own() + n as i64 <= s.budget;
+        if fits(self, self.traces.shrink_cost()) {
+            self.traces.shrink();
         }
-        if self.root_q.capacity() > 4096 && self.root_q.len() * 4 < self.root_q.capacity() {
-            self.root_q.shrink_to(self.root_q.len() * 2);
+        for q in [QueueKind::Wait, QueueKind::Root] {
+            let (len, cap) = { let q = self.queue(q); (q.len(), q.capacity()) };
+            if cap > 4096 && len * 4 < cap && fits(self, len * 2 * entry) {
+                self.queue_mut(q).shrink_to(len * 2);
+            }
         }
         let now = self.index_bytes();
         self.charge(now - self.index_charged);
@@ -362,6 +375,20 @@ impl Shard {
         self.reserved -= from_room;
         if n != from_room {
             self.account.add(n - from_room);
+        }
+    }
+
+    fn queue(&self, k: QueueKind) -> &VecDeque<(Instant, TraceId, u64)> {
+        match k {
+            QueueKind::Wait => &self.wait_q,
+            QueueKind::Root => &self.root_q,
+        }
+    }
+
+    fn queue_mut(&mut self, k: QueueKind) -> &mut VecDeque<(Instant, TraceId, u64)> {
+        match k {
+            QueueKind::Wait => &mut self.wait_q,
+            QueueKind::Root => &mut self.root_q,
         }
     }
 
@@ -414,9 +441,13 @@ impl Shard {
                 }
             }
         }
+        // A queue that grows reallocates: its old buffer may live until the copy is done.
         let entry = std::mem::size_of::<(Instant, TraceId, u64)>();
-        let queue = |q: &VecDeque<(Instant, TraceId, u64)>, add: usize| grown(q.capacity(), q.len() + add) * entry;
-        let index = self.traces.bytes_with(new) + queue(&self.wait_q, new) + queue(&self.root_q, inc.groups.len());
+        let queue = |q: &VecDeque<(Instant, TraceId, u64)>, add: usize| {
+            let cap = grown(q.capacity(), q.len() + add);
+            (cap + if cap > q.capacity() { q.capacity() } else { 0 }) * entry
+        };
+        let index = self.traces.peak_with(new) + queue(&self.wait_q, new) + queue(&self.root_q, inc.groups.len());
         (bound + index.saturating_sub(self.index_charged.max(0) as usize)) as i64
     }
 

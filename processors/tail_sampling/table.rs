@@ -4,47 +4,164 @@
 //! A map of whole `Trace`s (about 200 bytes each) grows by doubling: for a moment the old and
 //! the new table are both alive, and between growths up to half the slots are empty. For a
 //! million one-span traces of ~130 bytes that index was the weight, and its growth the peak.
-//! Here the map holds 4-byte slot numbers (~21 bytes a slot), and traces live in pages of
-//! [`PAGE`] slots that are added one at a time and never moved; freed slots are reused. So the
-//! index grows in small steps, and what is charged for it is what is allocated.
+//! Here the index holds 4-byte slot numbers (20 bytes an entry, without tombstones: see
+//! [`SlotIndex`]), and traces live in pages of [`PAGE`] slots that are added one at a time and
+//! never moved; freed slots are reused. So the index grows in small steps, and what is charged
+//! for it is what is allocated.
 
-use super::trace::{grown, IdMap, Trace, TraceId};
+use super::trace::{fingerprint, grown, Trace, TraceId};
 
 /// Slots per page.
 pub const PAGE: usize = 1024;
 
 type Slot = Option<(TraceId, Trace)>;
 
-/// The map's entries, and its control-byte group (hashbrown's allocation is the entries,
-/// padded to the group, then one control byte per bucket and a group more).
-const ENTRY: usize = std::mem::size_of::<(TraceId, u32)>();
-const GROUP: usize = 16;
+/// An index entry: a trace id and its slot number plus one (0: an empty entry).
+type Entry = (TraceId, u32);
 
-/// hashbrown's allocation for `buckets` buckets.
-fn map_allocation(buckets: usize) -> usize {
-    (ENTRY * buckets).next_multiple_of(GROUP) + buckets + GROUP
+/// Bytes of one index entry.
+const ENTRY: usize = std::mem::size_of::<Entry>();
+
+/// Trace id → slot number: open addressing with linear probing, and removal by shifting the
+/// entries after the removed one back (no tombstones).
+///
+/// A decider takes traces in and decides them as fast: with hashbrown the removals left
+/// tombstones that used up the map's room, and past half full it then grew (a doubling, the
+/// old and new allocations alive together) although the traces held had not increased. The
+/// decider had to make room for that growth by deciding traces early — up to half the traces
+/// of a budget full of one-span traces, every few seconds — and the copies made the peak. This
+/// index grows only when the traces held pass three quarters of its entries.
+#[derive(Default)]
+struct SlotIndex {
+    entries: Box<[Entry]>,
+    len: usize,
 }
 
-/// The buckets behind an allocation of `alloc` bytes (its inverse: padding is under a group).
-fn map_buckets(alloc: usize) -> usize {
-    alloc.saturating_sub(GROUP) / (ENTRY + 1)
-}
+impl SlotIndex {
+    /// Entries for `items` (at most three quarters full; a power of two).
+    fn entries_for(items: usize) -> usize {
+        if items == 0 {
+            0
+        } else {
+            (items * 4).div_ceil(3).next_power_of_two().max(8)
+        }
+    }
 
-/// hashbrown's bucket count for `items` items: a power of two, 7/8 of them usable.
-fn buckets_for(items: usize) -> usize {
-    if items < 4 {
-        4
-    } else if items < 8 {
-        8
-    } else {
-        (items * 8).div_ceil(7).next_power_of_two()
+    /// Its allocation for `items`.
+    fn allocation_for(items: usize) -> usize {
+        Self::entries_for(items) * ENTRY
+    }
+
+    fn with_capacity(items: usize) -> Self {
+        SlotIndex { entries: vec![([0u8; 16], 0u32); Self::entries_for(items)].into_boxed_slice(), len: 0 }
+    }
+
+    /// Items it takes before it grows.
+    fn capacity(&self) -> usize {
+        self.entries.len() / 4 * 3
+    }
+
+    fn allocation_size(&self) -> usize {
+        self.entries.len() * ENTRY
+    }
+
+    fn mask(&self) -> usize {
+        self.entries.len() - 1
+    }
+
+    fn home(&self, id: &TraceId) -> usize {
+        // The low half: the high half picks the shard (trace.rs, shard_of_fingerprint).
+        fingerprint(id) as usize & self.mask()
+    }
+
+    /// The entry holding `id`.
+    fn find(&self, id: &TraceId) -> Option<usize> {
+        if self.len == 0 {
+            return None;
+        }
+        let mut i = self.home(id);
+        loop {
+            let (k, s) = &self.entries[i];
+            if *s == 0 {
+                return None;
+            }
+            if k == id {
+                return Some(i);
+            }
+            i = (i + 1) & self.mask();
+        }
+    }
+
+    fn get(&self, id: &TraceId) -> Option<u32> {
+        self.find(id).map(|i| self.entries[i].1 - 1)
+    }
+
+    /// Sets `id`'s slot.
+    fn insert(&mut self, id: TraceId, slot: u32) {
+        debug_assert!(slot < u32::MAX);
+        if let Some(i) = self.find(&id) {
+            self.entries[i].1 = slot + 1;
+            return;
+        }
+        if self.len + 1 > self.capacity() {
+            self.grow(self.len + 1);
+        }
+        let mut i = self.home(&id);
+        while self.entries[i].1 != 0 {
+            i = (i + 1) & self.mask();
+        }
+        self.entries[i] = (id, slot + 1);
+        self.len += 1;
+    }
+
+    /// Takes `id` out; the entries after it in its run move back where their probe allows.
+    fn remove(&mut self, id: &TraceId) -> Option<u32> {
+        let mut hole = self.find(id)?;
+        let slot = self.entries[hole].1 - 1;
+        let mask = self.mask();
+        let mut j = hole;
+        loop {
+            j = (j + 1) & mask;
+            if self.entries[j].1 == 0 {
+                break;
+            }
+            let home = self.home(&self.entries[j].0);
+            // Entry j may fill the hole when the hole lies on its probe path (home ..= j).
+            if (j.wrapping_sub(home) & mask) >= (j.wrapping_sub(hole) & mask) {
+                self.entries[hole] = self.entries[j];
+                hole = j;
+            }
+        }
+        self.entries[hole].1 = 0;
+        self.len -= 1;
+        Some(slot)
+    }
+
+    fn grow(&mut self, items: usize) {
+        let n = Self::entries_for(items).max(self.entries.len() * 2);
+        let old = std::mem::replace(&mut self.entries, vec![([0u8; 16], 0u32); n].into_boxed_slice());
+        self.len = 0;
+        for (id, s) in old.iter() {
+            if *s != 0 {
+                let mut i = self.home(id);
+                while self.entries[i].1 != 0 {
+                    i = (i + 1) & self.mask();
+                }
+                self.entries[i] = (*id, *s);
+                self.len += 1;
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.len
     }
 }
 
 /// Held traces by id.
 #[derive(Default)]
 pub struct TraceTable {
-    index: IdMap<u32>,
+    index: SlotIndex,
     pages: Vec<Box<[Slot]>>,
     free: Vec<u32>,
 }
@@ -52,7 +169,7 @@ pub struct TraceTable {
 impl TraceTable {
     /// A table with room for about `n` traces before its first growth.
     pub fn with_capacity(n: usize) -> Self {
-        TraceTable { index: IdMap::with_capacity_and_hasher(n, Default::default()), ..Default::default() }
+        TraceTable { index: SlotIndex::with_capacity(n), ..Default::default() }
     }
 
     fn slot(&self, i: u32) -> &Slot {
@@ -65,19 +182,19 @@ impl TraceTable {
 
     /// The trace with this id.
     pub fn get(&self, id: &TraceId) -> Option<&Trace> {
-        let i = *self.index.get(id)?;
+        let i = self.index.get(id)?;
         self.slot(i).as_ref().map(|(_, t)| t)
     }
 
     /// The trace with this id, to change.
     pub fn get_mut(&mut self, id: &TraceId) -> Option<&mut Trace> {
-        let i = *self.index.get(id)?;
+        let i = self.index.get(id)?;
         self.slot_mut(i).as_mut().map(|(_, t)| t)
     }
 
     /// Holds a trace (replacing one with the same id).
     pub fn insert(&mut self, id: TraceId, t: Trace) {
-        if let Some(&i) = self.index.get(&id) {
+        if let Some(i) = self.index.get(&id) {
             *self.slot_mut(i) = Some((id, t));
             return;
         }
@@ -108,7 +225,7 @@ impl TraceTable {
 
     /// True when none is held.
     pub fn is_empty(&self) -> bool {
-        self.index.is_empty()
+        self.index.len() == 0
     }
 
     /// Every held trace.
@@ -118,7 +235,7 @@ impl TraceTable {
 
     /// Takes every held trace out, and lets go of the table's memory.
     pub fn drain(&mut self) -> Vec<(TraceId, Trace)> {
-        self.index = IdMap::default();
+        self.index = SlotIndex::default();
         self.free = Vec::new();
         std::mem::take(&mut self.pages).into_iter().flat_map(|p| p.into_vec().into_iter().flatten()).collect()
     }
@@ -139,29 +256,53 @@ impl TraceTable {
     /// when its room (`capacity()`, less any tombstones) runs out, to at least twice its buckets;
     /// pages are added when the freed slots run out; the lists grow by doubling.
     pub fn bytes_with(&self, new: usize) -> usize {
+        self.growth(new).0
+    }
+
+    /// The most the table takes while `new` more traces go in: [`TraceTable::bytes_with`], plus
+    /// the allocations a growth replaces, alive until it is done (a map rehashes into its new
+    /// allocation from the old one; a list's reallocation may copy).
+    pub fn peak_with(&self, new: usize) -> usize {
+        self.growth(new).1
+    }
+
+    /// (bytes after, peak on the way) for `new` more traces.
+    fn growth(&self, new: usize) -> (usize, usize) {
         if new == 0 {
-            return self.bytes();
+            return (self.bytes(), self.bytes());
         }
         let need = self.len() + new;
         let alloc = self.index.allocation_size();
-        let map = if need <= self.index.capacity() {
-            alloc
-        } else {
-            let buckets = map_buckets(alloc);
-            let full = if buckets < 8 { buckets.saturating_sub(1) } else { buckets / 8 * 7 };
-            alloc.max(map_allocation(buckets_for(need.max(full + 1))))
-        };
+        let map = if need <= self.index.capacity() { alloc } else { SlotIndex::allocation_for(need).max(alloc * 2) };
         let pages_added = new.saturating_sub(self.free.len()).div_ceil(PAGE);
         let pages = self.pages.len() + pages_added;
         let free = if pages_added > 0 { grown(self.free.capacity(), self.free.len() + pages_added * PAGE) } else { self.free.capacity() };
-        Self::bytes_of(map, pages, grown(self.pages.capacity(), pages), free)
+        let pages_cap = grown(self.pages.capacity(), pages);
+        let after = Self::bytes_of(map, pages, pages_cap, free);
+        let replaced = |before: usize, after: usize| if after > before { before } else { 0 };
+        let old_lists = replaced(self.free.capacity(), free) * 4 + replaced(self.pages.capacity(), pages_cap) * std::mem::size_of::<Box<[Slot]>>();
+        (after, after + replaced(alloc, map) + old_lists)
+    }
+
+    /// What [`TraceTable::shrink`] would allocate before it lets go of the old map: the new map
+    /// and one page (pages are moved one at a time). 0 when it would not shrink.
+    pub fn shrink_cost(&self) -> usize {
+        if !self.wants_shrink() {
+            return 0;
+        }
+        let items = self.len();
+        let map = SlotIndex::allocation_for(items);
+        map + PAGE * std::mem::size_of::<Slot>() + grown(0, items.div_ceil(PAGE)) * std::mem::size_of::<Box<[Slot]>>()
+    }
+
+    fn wants_shrink(&self) -> bool {
+        self.pages.len() > 2 && self.len() * 4 <= self.pages.len() * PAGE
     }
 
     /// Gives back room after a burst: when a quarter or less of the slots are used, the traces
     /// move into as few pages as they need (page by page, so the table never exists twice).
     pub fn shrink(&mut self) {
-        let slots = self.pages.len() * PAGE;
-        if self.pages.len() > 2 && self.len() * 4 <= slots {
+        if self.wants_shrink() {
             self.shrink_to_fit();
         }
     }
@@ -170,7 +311,7 @@ impl TraceTable {
     pub fn shrink_to_fit(&mut self) {
         let old = std::mem::take(&mut self.pages);
         self.free = Vec::new();
-        self.index = IdMap::with_capacity_and_hasher(self.len(), Default::default());
+        self.index = SlotIndex::with_capacity(self.len());
         for page in old {
             for (id, t) in page.into_vec().into_iter().flatten() {
                 self.insert(id, t);

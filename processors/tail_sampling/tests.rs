@@ -1214,6 +1214,88 @@ fn traces_of_one_batch_share_its_chunk_which_is_refunded_with_the_last_of_them()
     assert_eq!(shard.held_bytes(), 0, "the chunk, the envelope and the index are refunded");
 }
 
+fn table_trace(seq: u64) -> super::trace::Trace {
+    super::trace::Trace {
+        segments: Default::default(),
+        summary: Default::default(),
+        bytes: 0,
+        span_bytes: 0,
+        first: Instant::now(),
+        seq,
+        deadline: Instant::now(),
+        finalizers: Default::default(),
+        last_batch: 0,
+    }
+}
+
+/// Under steady churn (one trace decided for each one taken in, as a full budget runs) the
+/// table's memory does not move: its index has no tombstones to use up its room (with hashbrown
+/// it grew every few seconds, and the decider decided traces early to make room for that).
+#[test]
+fn the_trace_table_does_not_grow_under_churn() {
+    use super::table::TraceTable;
+    let mut table = TraceTable::default();
+    let held = 50_000u64;
+    for i in 0..held {
+        table.insert(tid_of(i), table_trace(i));
+    }
+    let bytes = table.bytes();
+    assert_eq!(table.bytes_with(0), bytes);
+    for i in held..20 * held {
+        assert!(table.remove(&tid_of(i - held)).is_some());
+        assert!(table.peak_with(1) == bytes, "a trace in for a trace out needs no more room");
+        table.insert(tid_of(i), table_trace(i));
+        assert_eq!(table.bytes(), bytes, "after {} churns", i - held);
+    }
+    assert_eq!(table.len(), held as usize);
+    for i in 19 * held..20 * held {
+        assert_eq!(table.get(&tid_of(i)).map(|t| t.seq), Some(i));
+    }
+    // Growth is foretold: the peak counts the old index beside the new one.
+    let full = table.bytes();
+    let mut n = 0u64;
+    while table.bytes() == full {
+        let (after, peak) = (table.bytes_with(1), table.peak_with(1));
+        table.insert(tid_of(100 * held + n), table_trace(n));
+        n += 1;
+        if table.bytes() != full {
+            assert!(table.bytes() <= after && table.bytes() + 8192 > after, "bytes_with bounds the growth: {} of {after}", table.bytes());
+            assert!(peak > after, "the old allocation is counted while the new one fills");
+        }
+    }
+}
+
+proptest::proptest! {
+    /// The trace table's index against a map, over any sequence of inserts, replacements and
+    /// removals of ids from a small space (long probe runs; removals shift entries back).
+    #[test]
+    fn the_trace_table_index_matches_a_map(ops in proptest::collection::vec((0u8..3, 0u64..300), 0..3000)) {
+        use super::table::TraceTable;
+        let mut table = TraceTable::default();
+        let mut model = std::collections::HashMap::new();
+        for (op, k) in ops {
+            // Ids that differ in one byte only, as sequential ids would.
+            let id = { let mut b = [0u8; 16]; b[15] = (k % 256) as u8; b[14] = (k / 256) as u8; b };
+            match op {
+                0 | 1 => {
+                    let seq = model.len() as u64 * 1000 + k;
+                    table.insert(id, table_trace(seq));
+                    model.insert(id, seq);
+                }
+                _ => {
+                    proptest::prop_assert_eq!(table.remove(&id).map(|t| t.seq), model.remove(&id));
+                }
+            }
+            proptest::prop_assert_eq!(table.len(), model.len());
+        }
+        for k in 0u64..300 {
+            let id = { let mut b = [0u8; 16]; b[15] = (k % 256) as u8; b[14] = (k / 256) as u8; b };
+            proptest::prop_assert_eq!(table.get(&id).map(|t| t.seq), model.get(&id).copied());
+        }
+        proptest::prop_assert_eq!(table.iter().count(), model.len());
+    }
+}
+
 #[test]
 fn the_trace_table_reuses_slots_and_shrinks_after_a_burst() {
     use super::table::{TraceTable, PAGE};

@@ -246,7 +246,7 @@ pub struct Group {
     /// The trace.
     pub id: TraceId,
     /// (envelope index, buffer index, byte range of framed spans in that buffer).
-    pub runs: Vec<(u32, u32, std::ops::Range<usize>)>,
+    pub runs: smallvec::SmallVec<[(u32, u32, std::ops::Range<usize>); 1]>,
     /// Its spans' summary.
     pub summary: Summary,
 }
@@ -361,7 +361,7 @@ pub fn split(buf: &bytes::Bytes, accounts: &[Arc<Account>], out: &mut [Incoming]
                 });
                 inc.spans += 1;
                 let g = *index[sh].entry(id).or_insert_with(|| {
-                    inc.groups.push(Group { id, runs: Vec::new(), summary: Summary::default() });
+                    inc.groups.push(Group { id, runs: Default::default(), summary: Summary::default() });
                     inc.groups.len() - 1
                 });
                 let g = &mut inc.groups[g];
