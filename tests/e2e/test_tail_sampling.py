@@ -254,9 +254,14 @@ def _push(http: int, shape) -> tuple:
 # one-span bound (goal 1.3, not met) catches a return towards the old 3x. On 2026-12-04 the decision
 # caches became fixed tables reserved from max_bytes (cache.rs; they had cost 4-5 MiB above the
 # held-bytes count here, growing by doublings): one-span with always_sample 1.25-1.28x (three
-# runs), and with the 50% policy it now runs (both caches filling) 1.28, 1.38, 1.28x. The bound is
-# set above that spread.
-BOUND = {"8-span traces": 1.3, "100k-span traces": 1.3, "1M one-span traces": 1.7}
+# runs), and with the 50% policy it now runs (both caches filling) 1.28, 1.38, 1.28x. On
+# 2026-12-04 (later) the trace table's index became open addressing without tombstones
+# (table.rs, SlotIndex): hashbrown's removals used up its room, it grew past half full although
+# the traces held had not increased, and the decider decided up to half its traces early to make
+# room for the growth every few seconds (held traces swung 82k -> 36k -> 82k). Since: held traces
+# steady at ~80k, and one-span 1.16-1.19x over six runs, 8-span 0.96-0.98x, 100k-span 0.66-0.75x
+# (three runs each). Every shape is held to the goal.
+BOUND = {"8-span traces": 1.3, "100k-span traces": 1.3, "1M one-span traces": 1.3}
 
 
 @pytest.mark.parametrize("shape", list(SHAPES))
