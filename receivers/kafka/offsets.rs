@@ -27,7 +27,35 @@ pub struct Progress {
     pub done: Vec<(i64, i64)>,
 }
 
+/// The most ranges one progress record carries: the lowest are kept, the rest left out (a new
+/// owner then reads those records again — duplicates, never a loss). ~20 bytes each in JSON, so
+/// a record stays near 80 KB, well inside Kafka's default 1 MB message limit.
+pub const MAX_PROGRESS_RANGES: usize = 4096;
+
 impl Progress {
+    /// Checks a progress record read back: `next` not negative and not past `end` (the
+    /// partition's high watermark: records not yet written cannot be done — a record from an
+    /// earlier topic of the same name would otherwise skip new records), ranges sorted,
+    /// disjoint, at or above `next` and below `end`, at most [`MAX_PROGRESS_RANGES`]. A record
+    /// that fails is not used: skipping on a wrong record loses spans; not skipping only
+    /// delivers again.
+    pub fn check(&self, end: i64) -> Result<(), String> {
+        if self.next < 0 || self.next > end {
+            return Err(format!("next {} is outside the partition's offsets 0..={end}", self.next));
+        }
+        if self.done.len() > MAX_PROGRESS_RANGES {
+            return Err(format!("{} ranges, more than {MAX_PROGRESS_RANGES}", self.done.len()));
+        }
+        let mut floor = self.next;
+        for &(a, b) in &self.done {
+            if a < floor || b < a || b >= end {
+                return Err(format!("range {a}..={b} is out of order, overlapping, below next {} or past the partition's end {end}", self.next));
+            }
+            floor = b.saturating_add(1);
+        }
+        Ok(())
+    }
+
     /// True when `offset` is known done.
     pub fn contains(&self, offset: i64) -> bool {
         offset < self.next || self.done.binary_search_by(|&(a, b)| if b < offset { std::cmp::Ordering::Less } else if a > offset { std::cmp::Ordering::Greater } else { std::cmp::Ordering::Equal }).is_ok()
@@ -189,7 +217,7 @@ impl OffsetTracker {
     pub fn progress(&self, partition: i32, generation: u64) -> Option<Progress> {
         let p = self.partitions.get(&partition).filter(|p| p.generation == generation)?;
         let next = p.reported? + 1;
-        let done = p.done.to_vec().into_iter().filter(|&(_, b)| b >= next).map(|(a, b)| (a.max(next), b)).collect();
+        let done = p.done.to_vec().into_iter().filter(|&(_, b)| b >= next).map(|(a, b)| (a.max(next), b)).take(MAX_PROGRESS_RANGES).collect();
         Some(Progress { next, done })
     }
 

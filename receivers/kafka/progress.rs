@@ -263,6 +263,17 @@ impl ProgressLog {
         if !ends.is_empty() {
             tracing::warn!(message = "progress_topic not read to its end in time; finished records may be read again.", topic = %self.topic, partitions = ?ends.keys().collect::<Vec<_>>());
         }
+        // Only a record that fits the partition as it is now is used (Progress::check).
+        out.retain(|&p, pr| {
+            let checked = match reader.fetch_watermarks(&self.source, p, READ_TIMEOUT) {
+                Ok((_, high)) => pr.check(high),
+                Err(e) => Err(format!("the partition's end is unknown: {e}")),
+            };
+            if let Err(reason) = &checked {
+                tracing::warn!(message = "Progress record not used; its partition's finished records are read again.", topic = %self.topic, source = %self.source, partition = p, %reason);
+            }
+            checked.is_ok()
+        });
         tracing::info!(message = "Progress read.", source = %self.source, partitions = ?partitions, found = out.len(), took = ?started.elapsed());
         // What this replica resumes from is what it last wrote, until it writes anew.
         let now = Instant::now();

@@ -157,6 +157,53 @@ fn progress_past_the_commit_is_reported_and_resumed() {
     assert_eq!(n.progress(0, 7), Some(Progress { next: 18, done: vec![(19, 19)] }));
 }
 
+/// A progress record read back is used only when it fits its partition as it is now: a wrong
+/// one would skip records nobody delivered.
+#[test]
+fn a_progress_record_is_checked_against_its_partition() {
+    use super::Progress;
+    let p = |next: i64, done: &[(i64, i64)]| Progress { next, done: done.to_vec() };
+    assert_eq!(p(10, &[(12, 14), (16, 16)]).check(20), Ok(()));
+    assert_eq!(p(10, &[(10, 10), (11, 14)]).check(20), Ok(()), "adjacent ranges are still disjoint");
+    assert_eq!(p(20, &[]).check(20), Ok(()), "everything written is done");
+    for (bad, why) in [
+        (p(1000, &[]), "outside"),
+        (p(-1, &[]), "outside"),
+        (p(10, &[(16, 16), (12, 14)]), "out of order"),
+        (p(10, &[(12, 14), (14, 15)]), "overlapping"),
+        (p(10, &[(8, 9)]), "below next"),
+        (p(10, &[(14, 12)]), "out of order"),
+        (p(10, &[(12, 20)]), "past the partition's end"),
+        (p(0, &(0..5000).map(|i| (2 * i, 2 * i)).collect::<Vec<_>>()), "more than"),
+    ] {
+        let e = bad.check(20).expect_err(&format!("{bad:?}"));
+        assert!(e.contains(why), "{bad:?}: {e}");
+    }
+}
+
+/// A progress record carries at most MAX_PROGRESS_RANGES ranges, the lowest: the rest are read
+/// again by a new owner (duplicates, never a loss), and the record stays far below Kafka's 1 MB.
+#[test]
+fn progress_reports_at_most_the_lowest_ranges() {
+    use super::offsets::MAX_PROGRESS_RANGES;
+    let mut t = OffsetTracker::default();
+    let n = 3 * MAX_PROGRESS_RANGES as i64;
+    for o in 0..2 * n {
+        t.begin(0, o, 1);
+    }
+    for o in (1..2 * n).step_by(2) {
+        t.done(0, o, 1);
+    }
+    let pr = t.progress(0, 1).expect("read");
+    assert_eq!(pr.next, 0);
+    assert_eq!(pr.done.len(), MAX_PROGRESS_RANGES);
+    assert_eq!(pr.done.first(), Some(&(1, 1)));
+    assert_eq!(pr.done.last(), Some(&(2 * MAX_PROGRESS_RANGES as i64 - 1, 2 * MAX_PROGRESS_RANGES as i64 - 1)));
+    assert_eq!(pr.check(2 * n), Ok(()));
+    let bytes = serde_json::to_vec(&pr).unwrap().len();
+    assert!(bytes < 1 << 20, "{bytes} bytes");
+}
+
 fn request(spans: usize, tag: u8) -> Vec<u8> {
     let spans = (0..spans)
         .map(|i| Span { trace_id: vec![tag; 16], span_id: vec![tag, i as u8 + 1, 0, 0, 0, 0, 0, 1], name: format!("op{i}"), ..Default::default() })
@@ -475,4 +522,54 @@ fn the_stash_keeps_skipped_records_by_key_within_its_window_and_bound() {
     s.expire(t0 + STASH_WINDOW);
     assert_eq!(s.bytes(), 0);
     assert!(s.take(0, Some(b"r4")).is_empty());
+}
+
+/// A progress record that does not fit its partition is not used, whatever it says: one from an
+/// earlier topic of the same name (`next` past the partition's end), ranges out of order, or no
+/// JSON at all; every record is delivered. A record that fits is used (the control: record 1
+/// skipped).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_progress_record_that_does_not_fit_is_not_used() {
+    for (record, skipped) in [
+        (&br#"{"next":1000,"done":[]}"#[..], false),
+        (&br#"{"next":0,"done":[[3,3],[1,1]]}"#[..], false),
+        (&b"not json"[..], false),
+        (&br#"{"next":0,"done":[[1,1]]}"#[..], true),
+    ] {
+        let mock = MockCluster::new(1).unwrap();
+        mock.create_topic("spans", 1, 1).unwrap();
+        mock.create_topic("spans-progress", 1, 1).unwrap();
+        let bootstrap = mock.bootstrap_servers();
+        let producer: BaseProducer = ClientConfig::new().set("bootstrap.servers", &bootstrap).create().unwrap();
+        for (i, v) in (1..=4).map(|i| request(i, i as u8)).enumerate() {
+            producer.send(BaseRecord::to("spans").key(&format!("k{i}")).payload(&v)).map_err(|(e, _)| e).unwrap();
+        }
+        producer.send(BaseRecord::to("spans-progress").key("g/spans/0").payload(record)).map_err(|(e, _)| e).unwrap();
+        producer.flush(Duration::from_secs(10)).unwrap();
+        let (tx, mut input) = Input::channel(8);
+        let shutdown = CancellationToken::new();
+        let ctx = ComponentContext { name: "k".into(), kind: ComponentKind::Receiver, input: None, output: Some(Output::new(vec![tx])), shutdown: shutdown.clone(), health: Health::default() };
+        let cfg = KafkaReceiverConfig {
+            brokers: vec![bootstrap.clone()],
+            topic: "spans".into(),
+            group_id: "g".into(),
+            initial_offset: InitialOffset::Earliest,
+            session_timeout: CfgDuration::from_secs(6),
+            heartbeat_interval: CfgDuration::from_secs(1),
+            shutdown_timeout: CfgDuration::from_millis(300),
+            progress_topic: Some("spans-progress".to_owned()),
+            ..Default::default()
+        };
+        let h = tokio::spawn(super::build(cfg, ctx).await.unwrap());
+        let mut got = Vec::new();
+        while let Ok(Some(b)) = tokio::time::timeout(Duration::from_secs(if got.is_empty() { 30 } else { 3 }), input.recv()).await {
+            got.push(b.span_count());
+            b.set_status(BatchStatus::Delivered);
+        }
+        let record = String::from_utf8_lossy(record);
+        assert_eq!(got, if skipped { vec![1, 3, 4] } else { vec![1, 2, 3, 4] }, "progress record {record}");
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(30), h).await.expect("stops").unwrap().unwrap();
+        assert_eq!(committed_now(&bootstrap).await, 4, "{record}");
+    }
 }
