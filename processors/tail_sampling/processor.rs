@@ -419,16 +419,21 @@ impl Shard {
     /// The most the bookkeeping of `inc` can add: the traces' segment and acknowledgement lists
     /// (they grow by doubling, from their inline slot) and the index (new traces' slots and
     /// deadline queue entries), besides its chunks and envelopes.
-    fn growth_bound(&self, inc: &Incoming, seq_batch: u64) -> i64 {
+    /// Also sets `held[g]` for each group whose trace is held now (making room only lets traces
+    /// go, so one not held here is not held after it either).
+    fn growth_bound(&self, inc: &Incoming, seq_batch: u64, held: &mut Vec<bool>) -> i64 {
         let seg = std::mem::size_of::<Segment>();
         let ack = std::mem::size_of::<Arc<Finalizer>>();
         let acks = inc.finalizers.len();
         let mut bound = 0usize;
         let mut new = 0usize;
+        held.clear();
         for g in &inc.groups {
             // Pieces are runs merged, never more than the runs.
             let pieces = g.runs.len();
-            match self.traces.get(&g.id) {
+            let t = self.traces.get(&g.id);
+            held.push(t.is_some());
+            match t {
                 Some(t) => {
                     bound += list_growth(t.segments.len(), t.segments.capacity(), t.segments.spilled(), pieces, seg);
                     if t.last_batch != seq_batch {
@@ -472,13 +477,15 @@ impl Shard {
         // Room first, for everything this batch can add, so the count never passes max_bytes.
         let plan = inc.plan_chunks();
         let taken = plan.cost() + inc.envs.iter().map(|e| e.cost()).sum::<i64>();
-        self.make_room(taken + self.growth_bound(&inc, seq_batch), now);
+        let mut held = Vec::with_capacity(inc.groups.len());
+        let bound = self.growth_bound(&inc, seq_batch, &mut held);
+        self.make_room(taken + bound, now);
         inc.envs.iter().for_each(|e| e.claim());
         self.charge(taken);
         let copied = inc.copy_out(plan, &self.account);
         for (gi, g) in inc.groups.iter().enumerate() {
             let spans = g.summary.spans;
-            if let Some(t) = self.traces.get_mut(&g.id) {
+            if let Some(t) = if held[gi] { self.traces.get_mut(&g.id) } else { None } {
                 let had_root = t.summary.root;
                 let added = t.append(&inc, &copied, gi);
                 let mut added = added;
@@ -536,13 +543,16 @@ impl Shard {
             let added = t.append(&inc, &copied, gi);
             self.charge((added + fin_bytes) as i64);
             let root = t.summary.root;
+            let over_cap = t.summary.spans >= self.cfg.max_trace_spans || t.size() as u64 >= self.trace_cap;
             self.traces.insert(g.id, t);
             self.m.held_traces.fetch_add(1, Ordering::Relaxed);
             self.wait_q.push_back((deadline, g.id, self.seq));
             if root {
                 self.root_arrived(g.id, self.seq, deadline, now);
             }
-            self.check_caps(g.id, now);
+            if over_cap {
+                self.check_caps(g.id, now);
+            }
         }
         drop(copied);
         drop(inc);

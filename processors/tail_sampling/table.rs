@@ -96,13 +96,9 @@ impl SlotIndex {
         self.find(id).map(|i| self.entries[i].1 - 1)
     }
 
-    /// Sets `id`'s slot.
-    fn insert(&mut self, id: TraceId, slot: u32) {
-        debug_assert!(slot < u32::MAX);
-        if let Some(i) = self.find(&id) {
-            self.entries[i].1 = slot + 1;
-            return;
-        }
+    /// Sets the slot of an `id` it does not hold.
+    fn insert_new(&mut self, id: TraceId, slot: u32) {
+        debug_assert!(slot < u32::MAX && self.find(&id).is_none());
         if self.len + 1 > self.capacity() {
             self.grow(self.len + 1);
         }
@@ -208,7 +204,7 @@ impl TraceTable {
             }
         };
         *self.slot_mut(i) = Some((id, t));
-        self.index.insert(id, i);
+        self.index.insert_new(id, i);
     }
 
     /// Lets go of a trace.
