@@ -52,3 +52,53 @@ def test_gateway_kafka_embeds_the_scale_out_files_unchanged():
     assert set(maps) == set(files)
     for cm, f in files.items():
         assert maps[cm] == (ROOT / "deploy" / "scale-out" / f).read_text(), f"{cm} differs from deploy/scale-out/{f}"
+
+
+def _tool(name: str) -> str:
+    """A tool installed into the test venv by tests/install-peers.sh (requirements.txt)."""
+    import sys
+
+    path = Path(sys.executable).parent / name
+    assert path.exists(), f"{name} is not installed in {path.parent}: run `bash tests/install-peers.sh`"
+    return str(path)
+
+
+@pytest.mark.parametrize("manifest", MANIFESTS, ids=lambda p: p.name)
+def test_every_manifest_passes_strict_kubernetes_schema_validation(manifest):
+    """`kubernetes-validate --strict` (the API's OpenAPI schemas; unknown fields rejected)."""
+    r = subprocess.run([_tool("kubernetes-validate"), "--strict", "--no-warn", str(manifest)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.count("passed") == len(documents(manifest)), r.stdout
+
+
+def test_strict_validation_rejects_an_unknown_field(tmp_path):
+    """The check above can fail: the gateway manifest with one misspelt container field."""
+    docs = documents(ROOT / "deploy" / "kubernetes" / "gateway.yaml")
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    deployment["spec"]["template"]["spec"]["containers"][0]["imagePullPolcy"] = "Always"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump_all(docs))
+    r = subprocess.run([_tool("kubernetes-validate"), "--strict", "--no-warn", str(bad)], capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "imagePullPolcy" in r.stdout + r.stderr, r.stdout + r.stderr
+
+
+def test_the_dockerfile_passes_hadolint():
+    """hadolint (every rule, failing at `info`) on deploy/Dockerfile; and the same linter on a
+    Dockerfile with an unpinned base image that runs as root fails (so the check can fail)."""
+    hadolint = _tool("hadolint")
+    r = subprocess.run([hadolint, "--failure-threshold", "info", str(ROOT / "deploy" / "Dockerfile")], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = subprocess.run([hadolint, "--failure-threshold", "info", "-"], input="FROM debian:latest\nRUN apt-get install curl\n", capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and "DL3007" in r.stdout, r.stdout + r.stderr
+
+
+def test_the_image_ships_a_stripped_binary_as_non_root():
+    """What deploy/README.md promises of the image, read from the Dockerfile (no Docker engine on
+    the build machines): a multi-stage build whose release binary has neither debug info nor
+    symbols, copied into a slim runtime stage that runs as a non-root user."""
+    text = (ROOT / "deploy" / "Dockerfile").read_text()
+    stages = [l for l in text.splitlines() if l.startswith("FROM ")]
+    assert len(stages) == 2 and " AS build" in stages[0], stages
+    assert "CARGO_PROFILE_RELEASE_STRIP=symbols" in text and "CARGO_PROFILE_RELEASE_DEBUG=0" in text
+    user = [l for l in text.splitlines() if l.startswith("USER ")]
+    assert user and user[-1].split()[1].split(":")[0] not in ("0", "root"), user
