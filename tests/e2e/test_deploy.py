@@ -102,3 +102,42 @@ def test_the_image_ships_a_stripped_binary_as_non_root():
     assert "CARGO_PROFILE_RELEASE_STRIP=symbols" in text and "CARGO_PROFILE_RELEASE_DEBUG=0" in text
     user = [l for l in text.splitlines() if l.startswith("USER ")]
     assert user and user[-1].split()[1].split(":")[0] not in ("0", "root"), user
+
+
+def _istio_addresses() -> list:
+    """(service, namespace, port) of every address README's "Point Istio at tracepipe" gives."""
+    import re
+
+    text = (ROOT / "README.md").read_text()
+    section = text.split("### Point Istio at tracepipe", 1)[1].split("\n### ", 1)[0]
+    found = [(s, ns, int(p)) for s, ns, p in re.findall(r"service:\s*([\w-]+)\.([\w-]+)\.svc\.cluster\.local,\s*port:\s*(\d+)", section)]
+    found += [(s, ns, int(p)) for s, ns, p in re.findall(r"address[=:]\s*([\w-]+)\.([\w-]+):(\d+)", section)]
+    return found
+
+
+def test_readme_istio_addresses_reach_a_receiver_of_the_right_protocol():
+    """Every address README tells Istio to send to is a Service of deploy/kubernetes with that
+    port, whose target port is a container port of the workload it selects, where the graph has a
+    receiver of the protocol Istio speaks there listening."""
+    addresses = _istio_addresses()
+    assert len(addresses) >= 4, addresses  # zipkin (new and old Istio), opentelemetry, lightstep
+    protocol = {9411: ("zipkin", None), 4317: ("otlp", "grpc"), 8282: ("lightstep", "grpc")}
+    docs = [d for m in MANIFESTS for d in documents(m)]
+    for service, _ns, port in addresses:
+        svc = next((d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == service), None)
+        assert svc, f"README names Service {service}, which deploy/kubernetes does not define"
+        sp = next((p for p in svc["spec"]["ports"] if p["port"] == port), None)
+        assert sp, f"Service {service} has no port {port}"
+        workload = next(d for d in docs if d["kind"] in ("Deployment", "DaemonSet") and d["spec"]["template"]["metadata"]["labels"].items() >= svc["spec"]["selector"].items())
+        spec = workload["spec"]["template"]["spec"]
+        cport = next((p["containerPort"] for p in spec["containers"][0]["ports"] if p["name"] == sp["targetPort"] or p["containerPort"] == sp["targetPort"]), None)
+        assert cport, f"Service {service} port {port} targets {sp['targetPort']}, which the container does not expose"
+        cm = next(v["configMap"]["name"] for v in spec["volumes"] if "configMap" in v)
+        graph = yaml.safe_load(next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == cm)["data"]["config.yaml"])
+        kind, transport = protocol[port]
+        listening = []
+        for name, r in graph["receivers"].items():
+            endpoint = (r.get(transport) or {}).get("endpoint") if transport else r.get("endpoint")
+            if r["type"] == kind and endpoint and str(endpoint).rsplit(":", 1)[1] == str(cport):
+                listening.append(name)
+        assert listening, f"{service}:{port} -> container port {cport}: no {kind} receiver listens there in ConfigMap {cm}"
