@@ -116,6 +116,11 @@ def test_modes_have_their_shapes():
     for name, f in (("rel-tracepipe-agent", "agent.yaml"), ("rel-tracepipe-group", "gateway-1-group.yaml"), ("rel-tracepipe-sample", "gateway-2-sample.yaml")):
         assert maps[name].strip() == (ROOT / "deploy" / "scale-out" / f).read_text().strip(), f
         assert (CHART / "files" / "scale-out" / f).read_text() == (ROOT / "deploy" / "scale-out" / f).read_text()
+    # The gateway and agent graphs are the plain manifests' (deploy/kubernetes), byte for byte.
+    for mode, manifest in (("gateway", "gateway.yaml"), ("agent", "agent.yaml")):
+        plain = yaml.safe_load_all((ROOT / "deploy" / "kubernetes" / manifest).read_text())
+        want = next(d for d in plain if d and d["kind"] == "ConfigMap")["data"]["config.yaml"]
+        assert (CHART / "files" / f"{mode}.yaml").read_text() == want, mode
     # A graph and environment given as values reach the ConfigMap and the container.
     custom = render(CASES["gateway-no-hpa-servicemonitor-config-env"])
     assert by_kind(custom, "ConfigMap")[0]["data"]["config.yaml"] == (Path(__file__).parent / "helm" / "custom-graph.yaml").read_text()
