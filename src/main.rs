@@ -235,22 +235,7 @@ fn main() -> ExitCode {
             Err(code) => code,
         },
         Command::Run { config } => run(config),
-        Command::Top { url, interval, once } => {
-            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("error: cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match rt.block_on(top::run(&url, interval, once)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
+        Command::Top { url, interval, once } => block_on(top::run(&url, interval, once)),
         Command::Sample { config, processor, archive, from, to, format, list_kept } => {
             let (_, g) = match load(&Some(config)) {
                 Ok(g) => g,
@@ -263,40 +248,30 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
-            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("error: cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match rt.block_on(archive_cli::sample(&archive, cfg, from.as_deref(), to.as_deref(), format, list_kept)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+            block_on(archive_cli::sample(&archive, cfg, from.as_deref(), to.as_deref(), format, list_kept))
         }
-        Command::Query { archive, sql, format } => {
-            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("error: cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match rt.block_on(archive_cli::query(&archive, &sql, format)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
+        Command::Query { archive, sql, format } => block_on(archive_cli::query(&archive, &sql, format)),
         Command::Replay { archive, filter, from, to, speed, shift_to_now, whole_traces, ca_file, access_token } => {
             let args = archive_cli::ReplayArgs { archive, filter, from, to, speed, shift_to_now, whole_traces, ca_file, access_token };
             replay(args)
+        }
+    }
+}
+
+/// Runs a one-shot command's future on a runtime of its own; an error is printed, exit 1.
+fn block_on<E: std::fmt::Display>(fut: impl std::future::Future<Output = Result<(), E>>) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(fut) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -1299,18 +1299,7 @@ proptest::proptest! {
 #[test]
 fn the_trace_table_reuses_slots_and_shrinks_after_a_burst() {
     use super::table::{TraceTable, PAGE};
-    use super::trace::Trace;
-    let t = |seq: u64| Trace {
-        segments: Default::default(),
-        summary: Default::default(),
-        bytes: 0,
-        span_bytes: 0,
-        first: Instant::now(),
-        seq,
-        deadline: Instant::now(),
-        finalizers: Default::default(),
-        last_batch: 0,
-    };
+    let t = table_trace;
     let mut table = TraceTable::default();
     assert_eq!(table.bytes(), 0);
     let n = 10 * PAGE;
@@ -1319,7 +1308,7 @@ fn the_trace_table_reuses_slots_and_shrinks_after_a_burst() {
     }
     assert_eq!(table.len(), n);
     let full = table.bytes();
-    assert!(full >= n * std::mem::size_of::<Trace>(), "pages are charged: {full}");
+    assert!(full >= n * std::mem::size_of::<super::trace::Trace>(), "pages are charged: {full}");
     assert_eq!(table.get(&tid_of(77)).map(|x| x.seq), Some(77));
     table.get_mut(&tid_of(77)).expect("held").seq = 1077;
     assert_eq!(table.get(&tid_of(77)).map(|x| x.seq), Some(1077));

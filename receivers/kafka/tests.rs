@@ -300,10 +300,16 @@ async fn consumes_skips_malformed_and_commits_only_after_delivery() {
 
 /// Starts the receiver on `topic` of `bootstrap` from the earliest offset.
 async fn receiver(bootstrap: &str, marking: super::MessageMarking) -> (Input, CancellationToken, tokio::task::JoinHandle<Result<(), tracepipe_pipeline::ComponentError>>) {
+    receiver_with(bootstrap, marking, None).await
+}
+
+/// [`receiver`], with a `progress_topic`.
+async fn receiver_with(bootstrap: &str, marking: super::MessageMarking, progress_topic: Option<&str>) -> (Input, CancellationToken, tokio::task::JoinHandle<Result<(), tracepipe_pipeline::ComponentError>>) {
     let (tx, input) = Input::channel(8);
     let shutdown = CancellationToken::new();
     let ctx = ComponentContext { name: "k".into(), kind: ComponentKind::Receiver, input: None, output: Some(Output::new(vec![tx])), shutdown: shutdown.clone(), health: Health::default() };
     let cfg = KafkaReceiverConfig {
+        progress_topic: progress_topic.map(str::to_owned),
         brokers: vec![bootstrap.to_owned()],
         topic: "spans".into(),
         group_id: "g".into(),
@@ -546,21 +552,7 @@ async fn a_progress_record_that_does_not_fit_is_not_used() {
         }
         producer.send(BaseRecord::to("spans-progress").key("g/spans/0").payload(record)).map_err(|(e, _)| e).unwrap();
         producer.flush(Duration::from_secs(10)).unwrap();
-        let (tx, mut input) = Input::channel(8);
-        let shutdown = CancellationToken::new();
-        let ctx = ComponentContext { name: "k".into(), kind: ComponentKind::Receiver, input: None, output: Some(Output::new(vec![tx])), shutdown: shutdown.clone(), health: Health::default() };
-        let cfg = KafkaReceiverConfig {
-            brokers: vec![bootstrap.clone()],
-            topic: "spans".into(),
-            group_id: "g".into(),
-            initial_offset: InitialOffset::Earliest,
-            session_timeout: CfgDuration::from_secs(6),
-            heartbeat_interval: CfgDuration::from_secs(1),
-            shutdown_timeout: CfgDuration::from_millis(300),
-            progress_topic: Some("spans-progress".to_owned()),
-            ..Default::default()
-        };
-        let h = tokio::spawn(super::build(cfg, ctx).await.unwrap());
+        let (mut input, shutdown, h) = receiver_with(&bootstrap, super::MessageMarking::default(), Some("spans-progress")).await;
         let mut got = Vec::new();
         while let Ok(Some(b)) = tokio::time::timeout(Duration::from_secs(if got.is_empty() { 30 } else { 3 }), input.recv()).await {
             got.push(b.span_count());
