@@ -244,11 +244,18 @@ impl Out {
     }
 }
 
-/// A decider's two deadline queues.
-#[derive(Clone, Copy)]
-enum QueueKind {
-    Wait,
-    Root,
+/// A deadline queue's entry: (deadline, trace, the trace's number).
+type Deadline = (Instant, TraceId, u64);
+
+/// Bytes of one deadline queue entry.
+const DEADLINE: usize = std::mem::size_of::<Deadline>();
+
+/// Shrinks a deadline queue to twice its length once it is under a quarter full, when the smaller
+/// copy (allocated before the old one is freed) fits in `room` bytes.
+fn shrink_queue(q: &mut VecDeque<Deadline>, room: i64) {
+    if q.capacity() > 4096 && q.len() * 4 < q.capacity() && (q.len() * 2 * DEADLINE) as i64 <= room {
+        q.shrink_to(q.len() * 2);
+    }
 }
 
 /// One decider: the single owner of the traces whose ids hash to it.
@@ -262,8 +269,8 @@ pub struct Shard {
     /// `max_trace_bytes`, at most the budget (a trace is one decider's).
     trace_cap: u64,
     traces: TraceTable,
-    wait_q: VecDeque<(Instant, TraceId, u64)>,
-    root_q: VecDeque<(Instant, TraceId, u64)>,
+    wait_q: VecDeque<Deadline>,
+    root_q: VecDeque<Deadline>,
     seq: u64,
     batches: u64,
     sampled: SampledCache,
@@ -310,25 +317,18 @@ impl Shard {
     /// Bytes the index takes, from its allocations' capacities: the trace table and the two
     /// deadline queues.
     fn index_bytes(&self) -> i64 {
-        let entry = std::mem::size_of::<(Instant, TraceId, u64)>();
-        (self.traces.bytes() + (self.wait_q.capacity() + self.root_q.capacity()) * entry) as i64
+        (self.traces.bytes() + (self.wait_q.capacity() + self.root_q.capacity()) * DEADLINE) as i64
     }
 
     /// Charges the change in the index's size; gives back room after a burst. A shrink
     /// allocates the smaller copy before it frees the old one, so it is done only when that copy
     /// fits the budget beside what is held (else it waits for a later call).
     fn recharge_index(&mut self) {
-        let entry = std::mem::size_of::<(Instant, TraceId, u64)>();
-        let fits = |s: &Self, n: usize| s.account.own() + n as i64 <= s.budget;
-        if fits(self, self.traces.shrink_cost()) {
+        if self.account.own() + self.traces.shrink_cost() as i64 <= self.budget {
             self.traces.shrink();
         }
-        for q in [QueueKind::Wait, QueueKind::Root] {
-            let (len, cap) = { let q = self.queue(q); (q.len(), q.capacity()) };
-            if cap > 4096 && len * 4 < cap && fits(self, len * 2 * entry) {
-                self.queue_mut(q).shrink_to(len * 2);
-            }
-        }
+        shrink_queue(&mut self.wait_q, self.budget - self.account.own());
+        shrink_queue(&mut self.root_q, self.budget - self.account.own());
         let now = self.index_bytes();
         self.charge(now - self.index_charged);
         self.index_charged = now;
@@ -375,20 +375,6 @@ impl Shard {
         self.reserved -= from_room;
         if n != from_room {
             self.account.add(n - from_room);
-        }
-    }
-
-    fn queue(&self, k: QueueKind) -> &VecDeque<(Instant, TraceId, u64)> {
-        match k {
-            QueueKind::Wait => &self.wait_q,
-            QueueKind::Root => &self.root_q,
-        }
-    }
-
-    fn queue_mut(&mut self, k: QueueKind) -> &mut VecDeque<(Instant, TraceId, u64)> {
-        match k {
-            QueueKind::Wait => &mut self.wait_q,
-            QueueKind::Root => &mut self.root_q,
         }
     }
 
@@ -447,10 +433,9 @@ impl Shard {
             }
         }
         // A queue that grows reallocates: its old buffer may live until the copy is done.
-        let entry = std::mem::size_of::<(Instant, TraceId, u64)>();
-        let queue = |q: &VecDeque<(Instant, TraceId, u64)>, add: usize| {
+        let queue = |q: &VecDeque<Deadline>, add: usize| {
             let cap = grown(q.capacity(), q.len() + add);
-            (cap + if cap > q.capacity() { q.capacity() } else { 0 }) * entry
+            (cap + if cap > q.capacity() { q.capacity() } else { 0 }) * DEADLINE
         };
         let index = self.traces.peak_with(new) + queue(&self.wait_q, new) + queue(&self.root_q, inc.groups.len());
         (bound + index.saturating_sub(self.index_charged.max(0) as usize)) as i64
@@ -543,7 +528,7 @@ impl Shard {
             let added = t.append(&inc, &copied, gi);
             self.charge((added + fin_bytes) as i64);
             let root = t.summary.root;
-            let over_cap = t.summary.spans >= self.cfg.max_trace_spans || t.size() as u64 >= self.trace_cap;
+            let over_cap = self.cap_reached(&t).is_some();
             self.traces.insert(g.id, t);
             self.m.held_traces.fetch_add(1, Ordering::Relaxed);
             self.wait_q.push_back((deadline, g.id, self.seq));
@@ -580,11 +565,19 @@ impl Shard {
     }
 
     fn check_caps(&mut self, id: TraceId, now: Instant) {
-        let Some(t) = self.traces.get(&id) else { return };
+        if let Some(why) = self.traces.get(&id).and_then(|t| self.cap_reached(t)) {
+            self.decide(id, Some(why), now);
+        }
+    }
+
+    /// The cap a trace has reached (`max_trace_spans`, else `max_trace_bytes`), if any.
+    fn cap_reached(&self, t: &Trace) -> Option<Early> {
         if t.summary.spans >= self.cfg.max_trace_spans {
-            self.decide(id, Some(Early::TraceSpans), now);
+            Some(Early::TraceSpans)
         } else if t.size() as u64 >= self.trace_cap {
-            self.decide(id, Some(Early::TraceBytes), now);
+            Some(Early::TraceBytes)
+        } else {
+            None
         }
     }
 
