@@ -18,6 +18,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tracepipe_pipeline::telemetry::names;
 
+/// The most bytes one scrape may bring.
+pub const MAX_SCRAPE_BYTES: usize = 16 << 20;
+
 /// One scrape: (metric name, labels) → value.
 type Samples = BTreeMap<(String, BTreeMap<String, String>), f64>;
 
@@ -205,7 +208,13 @@ async fn scrape(client: &Client<hyper_util::client::legacy::connect::HttpConnect
     if !res.status().is_success() {
         return Err(TopError::Status(url.to_string(), res.status().as_u16()));
     }
-    let body = res.into_body().collect().await.map_err(|e| TopError::Scrape(url.to_string(), e.to_string()))?.to_bytes();
+    // Bounded: a scrape of tracepipe is tens of KB; whatever answers at the URL cannot make
+    // `top` hold more than this.
+    let body = http_body_util::Limited::new(res.into_body(), MAX_SCRAPE_BYTES)
+        .collect()
+        .await
+        .map_err(|e| TopError::Scrape(url.to_string(), format!("{e} (at most {MAX_SCRAPE_BYTES} bytes are read)")))?
+        .to_bytes();
     Ok(parse(&String::from_utf8_lossy(&body)))
 }
 

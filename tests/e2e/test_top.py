@@ -112,3 +112,34 @@ def test_top_runs_live_in_a_terminal_and_quits_on_ctrl_c(loaded):
         assert subprocess.run([tmux, "has-session", "-t", session], capture_output=True).returncode != 0, "top did not quit on Ctrl-C"
     finally:
         subprocess.run([tmux, "kill-session", "-t", session], capture_output=True)
+
+
+def test_top_reads_at_most_16_mib_of_a_scrape():
+    """An endpoint that answers with an endless body does not make `top` hold it: past 16 MiB the
+    scrape fails with a clear message."""
+    import http.server
+
+    class Huge(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.end_headers()
+            line = b"# padding " + b"x" * 1000 + b"\n"
+            try:
+                for _ in range(20 * 1024):  # ~20 MiB
+                    self.wfile.write(line)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Huge)
+    t = threading.Thread(target=server.serve_forever, daemon=True)
+    t.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/metrics"
+        r = subprocess.run([tracepipe_bin(), "top", "--once", "--url", url], capture_output=True, text=True, timeout=60)
+        assert r.returncode != 0 and "at most 16777216 bytes" in r.stderr, r.stderr
+    finally:
+        server.shutdown()
