@@ -35,6 +35,17 @@ impl ConfigError {
     }
 }
 
+/// The error for a component (or policy) that this binary was built without: `what` names it
+/// ("sink type `parquet`"). Only the trace archive is optional (the `archive` feature: DataFusion).
+pub fn not_in_this_build(file: &str, pos: Pos, what: &str) -> ConfigError {
+    ConfigError::new(file, pos, not_in_this_build_message(what))
+}
+
+/// The message of [`not_in_this_build`].
+pub fn not_in_this_build_message(what: &str) -> String {
+    format!("{what} is not in this build of tracepipe: it needs the `archive` feature (DataFusion), which `--no-default-features` leaves out; build with `cargo build --release` (default features)")
+}
+
 /// Every error found in one configuration, sorted by position.
 #[derive(Debug, Clone, Default, PartialEq, Eq, thiserror::Error)]
 pub struct ConfigErrors(pub Vec<ConfigError>);

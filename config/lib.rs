@@ -25,7 +25,7 @@ mod types;
 #[cfg(test)]
 mod tests;
 
-pub use error::{ConfigError, ConfigErrors, Pos};
+pub use error::{not_in_this_build, not_in_this_build_message, ConfigError, ConfigErrors, Pos};
 pub use graph::{load, ComponentDecl, ComponentKind, ConfigFile, LogFormat, LogsConfig, MemoryConfig, MetricsConfig, TelemetryConfig};
 pub use node::{Key, Node, Value};
 pub use kafka::{

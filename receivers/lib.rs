@@ -15,6 +15,7 @@
 //!
 //! Registration is the one explicit `match` in [`validate`], from the YAML `type` to a config.
 
+#[cfg(feature = "archive")]
 pub mod archive;
 pub mod jaeger;
 pub mod kafka;
@@ -43,6 +44,7 @@ pub enum ReceiverConfig {
     /// `type: kafka`.
     Kafka(kafka::KafkaReceiverConfig),
     /// `type: archive`.
+    #[cfg(feature = "archive")]
     Archive(archive::ArchiveConfig),
 }
 
@@ -54,7 +56,10 @@ pub fn validate(decl: &ComponentDecl, file: &str) -> Result<ReceiverConfig, Vec<
         "zipkin" => zipkin::ZipkinConfig::from_node(&decl.body, file).map(ReceiverConfig::Zipkin),
         "lightstep" => lightstep::LightstepConfig::from_node(&decl.body, file).map(ReceiverConfig::Lightstep),
         "kafka" => kafka::KafkaReceiverConfig::from_node(&decl.body, file).map(ReceiverConfig::Kafka),
+        #[cfg(feature = "archive")]
         "archive" => archive::ArchiveConfig::from_node(&decl.body, file).map(ReceiverConfig::Archive),
+        #[cfg(not(feature = "archive"))]
+        "archive" => Err(vec![tracepipe_config::not_in_this_build(file, decl.type_pos, "receiver type `archive`")]),
         "" => Err(vec![]), // reported by the loader
         other => Err(vec![ConfigError::new(
             file,
@@ -113,7 +118,9 @@ impl ReceiverConfig {
             ReceiverConfig::Jaeger(c) => c.listen_addresses(),
             ReceiverConfig::Zipkin(c) => c.listen_addresses(),
             ReceiverConfig::Lightstep(c) => c.listen_addresses(),
-            ReceiverConfig::Kafka(_) | ReceiverConfig::Archive(_) => Vec::new(),
+            ReceiverConfig::Kafka(_) => Vec::new(),
+            #[cfg(feature = "archive")]
+            ReceiverConfig::Archive(_) => Vec::new(),
         }
     }
 
@@ -125,6 +132,7 @@ impl ReceiverConfig {
             ReceiverConfig::Zipkin(c) => Box::pin(zipkin::build(c, ctx)),
             ReceiverConfig::Lightstep(c) => Box::pin(lightstep::build(c, ctx)),
             ReceiverConfig::Kafka(c) => Box::pin(kafka::build(c, ctx)),
+            #[cfg(feature = "archive")]
             ReceiverConfig::Archive(c) => Box::pin(archive::build(c, ctx)),
         }
     }

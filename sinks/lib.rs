@@ -17,6 +17,7 @@
 pub mod debug;
 pub mod kafka;
 pub mod otlp;
+#[cfg(feature = "archive")]
 pub mod parquet;
 pub mod queue;
 pub mod satellite;
@@ -37,6 +38,7 @@ pub enum SinkConfig {
     /// `type: kafka`.
     Kafka(kafka::KafkaSinkConfig),
     /// `type: parquet`.
+    #[cfg(feature = "archive")]
     Parquet(parquet::ParquetSinkConfig),
     /// `type: debug`.
     Debug(debug::DebugConfig),
@@ -48,7 +50,10 @@ pub fn validate(decl: &ComponentDecl, file: &str) -> Result<SinkConfig, Vec<Conf
         "otlp" => otlp::OtlpSinkConfig::from_node(&decl.body, file).map(SinkConfig::Otlp),
         "satellite" => satellite::SatelliteConfig::from_node(&decl.body, file).map(SinkConfig::Satellite),
         "kafka" => kafka::KafkaSinkConfig::from_node(&decl.body, file).map(SinkConfig::Kafka),
+        #[cfg(feature = "archive")]
         "parquet" => parquet::ParquetSinkConfig::from_node(&decl.body, file).map(SinkConfig::Parquet),
+        #[cfg(not(feature = "archive"))]
+        "parquet" => Err(vec![tracepipe_config::not_in_this_build(file, decl.type_pos, "sink type `parquet`")]),
         "debug" => debug::DebugConfig::from_node(&decl.body, file).map(SinkConfig::Debug),
         "" => Err(vec![]),
         other => Err(vec![ConfigError::new(file, decl.type_pos, format!("unknown sink type `{other}`; known types: {}", TYPES.join(", ")))]),
@@ -62,6 +67,7 @@ impl SinkConfig {
             SinkConfig::Otlp(c) => Box::pin(otlp::build(c, ctx)),
             SinkConfig::Satellite(c) => Box::pin(satellite::build(c, ctx)),
             SinkConfig::Kafka(c) => Box::pin(kafka::build(c, ctx)),
+            #[cfg(feature = "archive")]
             SinkConfig::Parquet(c) => Box::pin(parquet::build(c, ctx)),
             SinkConfig::Debug(c) => Box::pin(debug::build(c, ctx)),
         }

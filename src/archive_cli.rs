@@ -10,18 +10,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::arrow::util::pretty::pretty_format_batches;
 
-/// Output of `tracepipe query`.
-#[derive(Clone, Copy, clap::ValueEnum)]
-pub enum QueryFormat {
-    /// An aligned text table.
-    Table,
-    /// CSV with a header line.
-    Csv,
-    /// One JSON object per row.
-    Json,
-}
+use crate::{QueryFormat, SampleFormat};
+use datafusion::arrow::util::pretty::pretty_format_batches;
 
 /// Runs `sql` over the archive at `archive` and prints the result.
 pub async fn query(archive: &Path, sql: &str, format: QueryFormat) -> Result<(), String> {
@@ -49,15 +40,6 @@ pub async fn query(archive: &Path, sql: &str, format: QueryFormat) -> Result<(),
         }
     }
     Ok(())
-}
-
-/// Output of `tracepipe sample`.
-#[derive(Clone, Copy, clap::ValueEnum)]
-pub enum SampleFormat {
-    /// A text report.
-    Table,
-    /// One JSON object.
-    Json,
 }
 
 /// The `tail_sampling` processor named `name` (or the only one) of a validated graph.

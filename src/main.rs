@@ -6,6 +6,7 @@
 //! `tracepipe-pipeline` (batch model, runtime, telemetry), and the component crates
 //! `tracepipe-receivers`, `tracepipe-processors`, `tracepipe-sinks`.
 
+#[cfg(feature = "archive")]
 mod archive_cli;
 mod graph;
 mod top;
@@ -77,6 +78,28 @@ fn tune_allocator() {
 /// The embedded default graph.
 const DEFAULT_CONFIG: &str = include_str!("default.yaml");
 
+/// The embedded default graph of this build: without the `archive` feature, the lines between
+/// `# archive feature: begin` and `# archive feature: end` (the Parquet sink) are left out.
+fn default_config() -> std::borrow::Cow<'static, str> {
+    if cfg!(feature = "archive") {
+        return DEFAULT_CONFIG.into();
+    }
+    let mut out = String::new();
+    let mut skipping = false;
+    for line in DEFAULT_CONFIG.lines() {
+        match line.trim() {
+            "# archive feature: begin" => skipping = true,
+            "# archive feature: end" => skipping = false,
+            _ if !skipping => {
+                out.push_str(line);
+                out.push('\n');
+            }
+            _ => {}
+        }
+    }
+    out.into()
+}
+
 /// Exit code for an invalid configuration (EX_CONFIG from sysexits.h).
 const EXIT_CONFIG: u8 = 78;
 
@@ -123,8 +146,8 @@ enum Command {
         /// The SQL, e.g. "SELECT service_name, count(*) FROM spans GROUP BY 1".
         sql: String,
         /// Output format.
-        #[arg(long, value_enum, default_value_t = archive_cli::QueryFormat::Table)]
-        format: archive_cli::QueryFormat,
+        #[arg(long, value_enum, default_value_t = QueryFormat::Table)]
+        format: QueryFormat,
     },
     /// Replay part of a trace archive to a destination (OTLP over gRPC or HTTP, a LightStep satellite, Kafka).
     Replay {
@@ -191,12 +214,32 @@ enum Command {
         #[arg(long)]
         to: Option<String>,
         /// Output format.
-        #[arg(long, value_enum, default_value_t = archive_cli::SampleFormat::Table)]
-        format: archive_cli::SampleFormat,
+        #[arg(long, value_enum, default_value_t = SampleFormat::Table)]
+        format: SampleFormat,
         /// Also list the ids of the kept traces (JSON output).
         #[arg(long)]
         list_kept: bool,
     },
+}
+
+/// Output of `tracepipe query`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum QueryFormat {
+    /// An aligned text table.
+    Table,
+    /// CSV with a header line.
+    Csv,
+    /// One JSON object per row.
+    Json,
+}
+
+/// Output of `tracepipe sample`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum SampleFormat {
+    /// A text report.
+    Table,
+    /// One JSON object.
+    Json,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -207,7 +250,7 @@ enum GraphFormat {
 
 fn read_config(path: &Option<PathBuf>) -> Result<(String, String), String> {
     match path {
-        None => Ok(("<embedded default>".into(), DEFAULT_CONFIG.into())),
+        None => Ok(("<embedded default>".into(), default_config().into_owned())),
         Some(p) => std::fs::read_to_string(p).map(|t| (p.display().to_string(), t)).map_err(|e| format!("cannot read {}: {e}", p.display())),
     }
 }
@@ -217,7 +260,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Run { config: None }) {
         Command::PrintConfig => {
-            print!("{DEFAULT_CONFIG}");
+            print!("{}", default_config());
             ExitCode::SUCCESS
         }
         Command::Validate { config } => match load(&config) {
@@ -236,6 +279,7 @@ fn main() -> ExitCode {
         },
         Command::Run { config } => run(config),
         Command::Top { url, interval, once } => block_on(top::run(&url, interval, once)),
+        #[cfg(feature = "archive")]
         Command::Sample { config, processor, archive, from, to, format, list_kept } => {
             let (_, g) = match load(&Some(config)) {
                 Ok(g) => g,
@@ -250,10 +294,17 @@ fn main() -> ExitCode {
             };
             block_on(archive_cli::sample(&archive, cfg, from.as_deref(), to.as_deref(), format, list_kept))
         }
+        #[cfg(feature = "archive")]
         Command::Query { archive, sql, format } => block_on(archive_cli::query(&archive, &sql, format)),
+        #[cfg(feature = "archive")]
         Command::Replay { archive, filter, from, to, speed, shift_to_now, whole_traces, ca_file, access_token } => {
             let args = archive_cli::ReplayArgs { archive, filter, from, to, speed, shift_to_now, whole_traces, ca_file, access_token };
             replay(args)
+        }
+        #[cfg(not(feature = "archive"))]
+        Command::Sample { .. } | Command::Query { .. } | Command::Replay { .. } => {
+            eprintln!("error: {}", tracepipe_config::not_in_this_build_message("this command (the trace archive)"));
+            ExitCode::from(EXIT_CONFIG)
         }
     }
 }
@@ -276,6 +327,7 @@ fn block_on<E: std::fmt::Display>(fut: impl std::future::Future<Output = Result<
     }
 }
 
+#[cfg(feature = "archive")]
 fn replay(args: archive_cli::ReplayArgs) -> ExitCode {
     let text = match archive_cli::replay_config(&args) {
         Ok(t) => t,

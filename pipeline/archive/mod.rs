@@ -14,23 +14,35 @@
 //!   `hour` when the layout has them), with clear errors for missing, empty and damaged archives.
 //!
 //! Arrow, Parquet and DataFusion are used through DataFusion's re-exports, so one Arrow version
-//! is built.
+//! is built. Everything but [`budget`] (which the Kafka sink uses too) needs the `archive`
+//! feature.
 
 pub mod budget;
+#[cfg(feature = "archive")]
 pub mod layout;
+#[cfg(feature = "archive")]
 pub mod encoded;
+#[cfg(feature = "archive")]
 pub mod pages;
+#[cfg(feature = "archive")]
 pub mod schema;
 
+#[cfg(feature = "archive")]
 use std::path::Path;
+#[cfg(feature = "archive")]
 use std::sync::Arc;
 
+#[cfg(feature = "archive")]
 use datafusion::arrow::datatypes::DataType;
+#[cfg(feature = "archive")]
 use datafusion::datasource::file_format::parquet::ParquetFormat;
+#[cfg(feature = "archive")]
 use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
+#[cfg(feature = "archive")]
 use datafusion::prelude::SessionContext;
 
 /// Why an archive cannot be opened.
+#[cfg(feature = "archive")]
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {
     /// The directory does not exist.
@@ -54,6 +66,7 @@ pub enum ArchiveError {
 }
 
 /// Registers the archive under `root` as the table `name` in `ctx`.
+#[cfg(feature = "archive")]
 pub async fn register(ctx: &SessionContext, name: &str, root: &Path) -> Result<(), ArchiveError> {
     let shown = root.display().to_string();
     if !root.is_dir() {

@@ -23,6 +23,10 @@ mod config;
 pub mod policy;
 mod processor;
 pub mod simulate;
+#[cfg(feature = "archive")]
+pub mod sql;
+#[cfg(not(feature = "archive"))]
+#[path = "sql_absent.rs"]
 pub mod sql;
 pub mod state;
 pub mod table;

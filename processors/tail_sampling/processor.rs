@@ -94,6 +94,7 @@ struct Metrics {
     dropped_decode: Counter,
     dropped_shutdown: Counter,
     handed_over: Counter,
+    #[cfg_attr(not(feature = "archive"), allow(dead_code))]
     sql_errors: Counter,
     /// The process-wide account of this processor (tracepipe_memory_held_bytes) and what it was
     /// last moved to; set by `build` (simulations have none).
@@ -652,7 +653,15 @@ impl Shard {
         }
     }
 
+    /// Each trace's SQL results, `sql.len()` per trace (none without the `archive` feature:
+    /// `type: sql` does not validate there).
+    #[cfg(not(feature = "archive"))]
+    fn sql_bits(&self, traces: &[(TraceId, Trace)]) -> Vec<bool> {
+        vec![false; traces.len() * self.policies.sql.len()]
+    }
+
     /// Each trace's SQL results, `sql.len()` per trace.
+    #[cfg(feature = "archive")]
     fn sql_bits(&self, traces: &[(TraceId, Trace)]) -> Vec<bool> {
         use datafusion::arrow::array::Array as _;
         let preds = &self.policies.sql;

@@ -1123,6 +1123,7 @@ fn upstream_thresholds_are_honoured_in_counts_and_tracestate() {
     assert!(e.contains("unknown mode `proportional`") && e.contains("hash_salt has no effect with mode: equalizing"), "{e}");
 }
 
+#[cfg(feature = "archive")]
 #[test]
 fn sql_projection_gives_the_same_rows_as_the_full_conversion() {
     use super::sql::SqlPredicate;

@@ -418,6 +418,8 @@ def test_a_broker_restart_under_load_loses_nothing():
         print(f"decided apart: {len(short)} kept requests short of spans, {len(got - keep)} dropped requests with fragments kept")
         if DEBUG and short:
             where_lost(kafka, union, short, per)
+        if short:
+            # Which replica delivered which fragment (span name, trace id) of the first few.
             for g in list(short)[:8]:
                 print("  by replica", g[:8], [sorted((s["name"][:12], s["traceId"][:6]) for s in got_.get(g, [])) for got_ in topo.delivered()])
         assert keep <= got
