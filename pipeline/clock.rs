@@ -6,7 +6,9 @@
 //! request is not late, it is stuck upstream; deciding on what arrived before the stall delivers
 //! requests in part. So a receiver that knows its source is stalled says so ([`Stall`]), and
 //! while any input is stalled this clock stands still: held spans keep waiting, and resume
-//! counting when the input flows again. Nothing new arrives from a stalled input, so what is held
+//! counting when the input flows again (a Kafka receiver's `outage_grace`: that long after records
+//! flow again, for a tier whose upstream tier sends what it held only after a wait of its own).
+//! Nothing new arrives from a stalled input, so what is held
 //! does not grow from it; byte bounds still decide early whatever the clock says. Process-wide:
 //! a graph that reads Kafka and live OTLP holds the live spans longer during a Kafka outage.
 //!

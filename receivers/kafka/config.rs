@@ -82,6 +82,13 @@ pub struct KafkaReceiverConfig {
     /// reading meanwhile, so keep it well under the processors' waits; what is not done by then is
     /// read again by the new owner (delivered twice).
     pub revoke_timeout: Duration,
+    /// After an outage (every broker unreachable, during which the processors' waits stand
+    /// still), how long the waits stay paused once records flow again (default 0s: they resume
+    /// with the first record). For a tier fed by another tier that holds spans for a wait of its
+    /// own (deploy/scale-out's gateway-2, behind gateway-1's `group_by_trace`): the upstream tier
+    /// resumes at the same moment and sends what it held only after its wait, so the rest of a
+    /// request read before the outage arrives that much later. At most 5m.
+    pub outage_grace: Duration,
     /// A topic where each partition's owner records, every `commit_interval` and before it lets
     /// a partition go, which offsets past its commit it has already finished (delivered, or
     /// dropped by a decision); a replica taking the partition over skips them (absent: none, a new
@@ -113,6 +120,7 @@ impl Default for KafkaReceiverConfig {
             message_marking: MessageMarking::default(),
             commit_interval: Duration::from_secs(1),
             revoke_timeout: Duration::from_millis(500),
+            outage_grace: Duration::from_secs(0),
             progress_topic: None,
             tls: None,
             auth: Default::default(),
@@ -162,6 +170,9 @@ impl KafkaReceiverConfig {
         }
         if c.commit_interval.get().is_zero() {
             errors.push(ConfigError::new(file, at("commit_interval"), "commit_interval must be above 0"));
+        }
+        if c.outage_grace.get() > std::time::Duration::from_secs(300) {
+            errors.push(ConfigError::new(file, at("outage_grace"), "outage_grace must be at most 5m"));
         }
         if let Some(t) = &c.progress_topic {
             if !tracepipe_config::valid_kafka_topic(t) {

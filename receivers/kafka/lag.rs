@@ -42,6 +42,9 @@ pub struct LagContext {
     /// On while every broker is unreachable: the processors' waits stand still meanwhile
     /// (pipeline::clock), so nothing is decided on the part of a request read before the outage.
     pub stall: tracepipe_pipeline::clock::Stall,
+    /// Outages seen (every broker unreachable), so an `outage_grace` that began before another
+    /// outage does not end the new one's stall.
+    pub outages: std::sync::atomic::AtomicU64,
     /// Since when statistics have shown a broker up during a stall.
     up_since: Mutex<Option<Instant>>,
     /// One warning per error kind per 30 s.
@@ -75,6 +78,7 @@ impl LagContext {
             closing: AtomicBool::new(false),
             progress,
             stall: Default::default(),
+            outages: Default::default(),
             up_since: Mutex::new(None),
             throttle: tracepipe_pipeline::telemetry::Throttle::new(Duration::from_secs(30)),
         }
@@ -201,6 +205,7 @@ impl ClientContext for LagContext {
                 tracing::warn!(message = "All Kafka brokers unreachable; held spans keep waiting (processors' waits paused) until records flow again.", receiver = %self.receiver, reason);
             }
             self.stall.begin();
+            self.outages.fetch_add(1, Ordering::AcqRel);
         } else if self.throttle.allow(&format!("{:?}", error.rdkafka_error_code())) {
             tracing::warn!(message = "Kafka client error (repeats of it are logged at debug for 30 s).", receiver = %self.receiver, %error, reason);
         } else {

@@ -218,6 +218,9 @@ pub async fn build(cfg: KafkaReceiverConfig, mut ctx: ComponentContext) -> Resul
         // Records to deliver again, oldest first; while any wait, no new record is read (what
         // is held stays bounded by what was in flight).
         let mut again: std::collections::VecDeque<(tokio::time::Instant, Redelivery)> = Default::default();
+        // After an outage, when `outage_grace` ends (and the outage count it began at).
+        let grace = cfg.outage_grace.get();
+        let mut grace_end: Option<(tokio::time::Instant, u64)> = None;
         'read: loop {
             let next_again = again.front().map(|(t, _)| *t);
             let msg = tokio::select! {
@@ -239,6 +242,16 @@ pub async fn build(cfg: KafkaReceiverConfig, mut ctx: ComponentContext) -> Resul
                     }
                     continue;
                 }
+                _ = tokio::time::sleep_until(grace_end.map_or_else(tokio::time::Instant::now, |(t, _)| t)), if grace_end.is_some() => {
+                    let (_, at) = grace_end.take().expect("checked");
+                    // Another outage since the grace began keeps the stall on (the next record
+                    // read after it starts a new grace).
+                    if consumer.context().outages.load(std::sync::atomic::Ordering::Acquire) == at {
+                        tracing::info!(message = "Outage grace over; the processors' waits resume.", receiver = %name, grace = ?grace);
+                        consumer.context().stall.end();
+                    }
+                    continue;
+                }
                 // Above the memory limit's soft line: stop reading (Kafka keeps the records).
                 _ = tokio::time::sleep(Duration::from_millis(50)), if again.is_empty() && tracepipe_pipeline::memory::under_pressure() => continue,
                 m = consumer.recv(), if again.is_empty() && !tracepipe_pipeline::memory::under_pressure() => m,
@@ -257,8 +270,16 @@ pub async fn build(cfg: KafkaReceiverConfig, mut ctx: ComponentContext) -> Resul
                     continue;
                 }
             };
-            // Records flow: the brokers are back if they were away (pipeline::clock).
-            consumer.context().stall.end();
+            // Records flow: the brokers are back if they were away (pipeline::clock); the waits
+            // resume now, or `outage_grace` from now.
+            if consumer.context().stall.is_on() {
+                if grace.is_zero() {
+                    consumer.context().stall.end();
+                } else if grace_end.is_none() {
+                    tracing::info!(message = "Records flow again after an outage; the processors' waits resume after outage_grace.", receiver = %name, grace = ?grace);
+                    grace_end = Some((tokio::time::Instant::now() + grace, consumer.context().outages.load(std::sync::atomic::Ordering::Acquire)));
+                }
+            }
             let (partition, offset) = (m.partition(), m.offset());
             let Some((generation, revoked)) = consumer.context().generation(partition) else {
                 // Fetched before its partition was revoked: the new owner reads it.

@@ -68,6 +68,15 @@ fn progress_topic_is_checked_at_its_key() {
     assert!(e[0].to_string().contains("progress_topic must not be the topic read"), "{e:?}");
 }
 
+/// `outage_grace`: none by default (waits resume with the first record after an outage), at most 5m.
+#[test]
+fn outage_grace_defaults_to_none_and_is_bounded() {
+    assert!(parse("").unwrap().outage_grace.get().is_zero());
+    assert_eq!(parse("    outage_grace: 10s\n").unwrap().outage_grace.get(), std::time::Duration::from_secs(10));
+    let e = parse("    outage_grace: 6m\n").unwrap_err();
+    assert!(e[0].to_string().starts_with("t.yaml:4:19: outage_grace must be at most 5m"), "{e:?}");
+}
+
 #[test]
 fn offsets_commit_only_a_done_prefix() {
     let mut t = OffsetTracker::default();
