@@ -28,7 +28,10 @@
 //!    (the same caller's earlier or later call: one offset holds for all calls between two
 //!    nodes). A candidate on another node (clocks independent), one that fits at an offset the
 //!    first fits at too (calls in parallel) or needs as little offset declines it. A CLIENT may
-//!    take several SERVERs (a call its proxy retried).
+//!    take several SERVERs (a call its proxy retried), one after the other: SERVERs on one node
+//!    that overlap in time and took the same CLIENT are two calls, one of them matched to a
+//!    concurrent call of its caller because its own CLIENT did not arrive in time; both are
+//!    declined.
 //!
 //! No edge is added that would close a cycle. Every fragment linked this way takes the trace id
 //! of the fragment holding the true root; `tracepipe.original_trace_id` keeps the old one.
@@ -389,6 +392,25 @@ pub fn resolve(spans: &mut [Held], rules: &Rules) -> Outcome {
                 continue;
             }
             edges.push((i, j));
+        }
+        // A CLIENT's several SERVERs are attempts of one call (its proxy retried), one after the
+        // other: two that overlap in time on one node (one clock) are two calls, so one of them
+        // took a CLIENT that is not its caller — its own caller missing from what arrived (a
+        // sidecar's spans after the wait), leaving a concurrent call of the same caller as the only
+        // fit. Which one is not in the timestamps: both are declined.
+        let cross = edges.split_off(same_node_edges);
+        let overlapping = |a: usize, b: usize| {
+            let (x, y) = (&spans[a].span, &spans[b].span);
+            nodes[a].is_some() && nodes[a] == nodes[b] && x.start_time_unix_nano < y.end_time_unix_nano && y.start_time_unix_nano < x.end_time_unix_nano
+        };
+        for &(i, j) in &cross {
+            if cross.iter().any(|&(k, l)| l == j && k != i && overlapping(i, k)) {
+                out.ambiguous += 1;
+                let m = &cands.iter().find(|(s, _)| *s == i).expect("an edge comes from a candidate list").1;
+                declined.push((i, m.iter().map(|&(_, _, r)| r).collect()));
+            } else {
+                edges.push((i, j));
+            }
         }
     }
 

@@ -247,6 +247,39 @@ fn cross_node_tier_rebuilds_fan_out_repeated_calls_and_skew() {
     assert!(h[4].span.parent_span_id.is_empty());
 }
 
+/// Two calls of one caller at once (the fanout mesh's reviews handling two requests' calls), the
+/// CLIENT of one of them missing — its sidecar's spans arrived after the wait. The other CLIENT
+/// encloses both SERVERs, each at some clock offset, and nothing else fits the orphan: before,
+/// both were taken as attempts of one call and the orphan got a wrong parent. Concurrent SERVERs
+/// on one node are two calls, so both are declined (absent, not wrong) and still join the
+/// CLIENT's trace; sequential ones stay attempts of one call.
+#[test]
+fn concurrent_servers_on_one_node_are_not_attempts_of_one_call() {
+    let mut h = vec![
+        lone(2, 3, "reviews", "ratings", 100, 500), // C2 (C1, 90..480, never arrived)
+        lone(3, 2, "ratings", "", 110, 490),        // C2's callee: fits at offset 0
+        lone(4, 2, "ratings", "", 95, 470),         // C1's callee: fits C2 only at offsets 5..30
+    ];
+    let o = resolve(&mut h, &skew_rules(30));
+    assert_eq!((o.edges, o.ambiguous, o.ambiguous_same_node), (0, 2, 0));
+    assert_eq!(parents(&h), vec![]);
+    assert_eq!(candidates(&h[2].span), Some(vec!["02".repeat(8)]));
+    assert!(h.iter().all(|x| x.span.trace_id == vec![2; 16]), "both join the CLIENT's trace");
+    // The same SERVERs one after the other: a retried call, both hang off the CLIENT.
+    let mut h = vec![lone(2, 3, "reviews", "ratings", 100, 500), lone(3, 2, "ratings", "", 110, 250), lone(4, 2, "ratings", "", 260, 490)];
+    let o = resolve(&mut h, &skew_rules(30));
+    assert_eq!((o.edges, o.ambiguous), (2, 0));
+    assert_eq!(parents(&h), vec![(3, 2), (4, 2)]);
+    // Overlapping SERVERs of two replicas (two nodes, two clocks): their times do not compare.
+    let mut h = vec![lone(2, 3, "reviews", "ratings", 100, 500), lone(3, 2, "ratings", "", 110, 490), {
+        let mut x = lone(4, 2, "ratings", "", 120, 480);
+        x.span.attributes.retain(|a| a.key != "node_id");
+        x.span.attributes.push(s("node_id", "ratings-2"));
+        x
+    }];
+    assert_eq!(resolve(&mut h, &skew_rules(30)).edges, 2);
+}
+
 #[test]
 fn cross_node_tier_needs_the_callee_name_and_counts_ties() {
     // The CLIENT called details; a reviews SERVER inside its time is not its callee.
