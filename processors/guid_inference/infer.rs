@@ -23,7 +23,8 @@
 //!    nodes whose target (`upstream_cluster` host, else the `http.url` host) names the SERVER's
 //!    service (`service.name` or `istio.canonical_service`, whole or first DNS label) and whose
 //!    window encloses it at some clock offset between the two nodes within `clock_skew` (so never
-//!    a CLIENT shorter than the SERVER). The candidate needing the least offset is taken only if
+//!    a CLIENT shorter than the SERVER) and whose `http.url` path, when both carry one, is the
+//!    SERVER's (another path is another request). The candidate needing the least offset is taken only if
 //!    every other candidate is on the same node as it and fits only at another, larger offset
 //!    (the same caller's earlier or later call: one offset holds for all calls between two
 //!    nodes). A candidate on another node (clocks independent), one that fits at an offset the
@@ -183,6 +184,14 @@ fn service_names(h: &Held) -> Vec<String> {
 /// The host a CLIENT span called: the host of an Istio-style `upstream_cluster`
 /// (`outbound|9080||reviews.default.svc.cluster.local`), else of `http.url`; whole and up to
 /// the first dot.
+/// The path (and query) of a span's `http.url` (or `url.full`), when it has one: a CLIENT and the
+/// SERVER it called see the same request, so the same path (unless a route rewrites it).
+fn url_path(s: &Span) -> Option<&str> {
+    let url = string_attr(s, "http.url").or_else(|| string_attr(s, "url.full"))?;
+    let rest = url.split_once("://").map_or(url, |x| x.1);
+    Some(rest.find('/').map_or("/", |i| &rest[i..]))
+}
+
 fn client_targets(s: &Span) -> Vec<String> {
     let mut out = Vec::new();
     let mut add = |host: &str| {
@@ -356,6 +365,13 @@ pub fn resolve(spans: &mut [Held], rules: &Rules) -> Outcome {
                     continue;
                 }
                 if !targets[j].iter().any(|t| names.contains(t)) {
+                    continue;
+                }
+                // Another path is another request (a CLIENT whose own SERVER did not arrive within
+                // the wait is otherwise the only fit for a concurrent call's SERVER).
+                if let (Some(a), Some(b)) = (url_path(c), url_path(s))
+                    && a != b
+                {
                     continue;
                 }
                 let (lo, hi) = offsets(i, j);

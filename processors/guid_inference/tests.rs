@@ -280,6 +280,35 @@ fn concurrent_servers_on_one_node_are_not_attempts_of_one_call() {
     assert_eq!(resolve(&mut h, &skew_rules(30)).edges, 2);
 }
 
+/// A CLIENT and the SERVER it called carry the same request's path (`http.url`): one whose path
+/// differs is another call. Measured on the fanout mesh with the reviews sidecar stopped 4 s
+/// mid-run: a CLIENT that arrived after the wait left its first (failed) attempt's SERVER to the
+/// same node's concurrent call, as if that call had retried (3 wrong edges in one run).
+#[test]
+fn a_server_with_another_path_is_another_call() {
+    let with_url = |mut h: Held, path: &str| {
+        h.span.attributes.push(s("http.url", &format!("http://ratings.default.svc.cluster.local:9080{path}")));
+        h
+    };
+    let lone_call = |path: &str| {
+        vec![
+            with_url(lone(2, 3, "reviews", "ratings", 100, 500), "/ratings/a"), // its call, 110..200 then a retry
+            with_url(lone(3, 2, "ratings", "", 110, 200), "/ratings/a"),
+            with_url(lone(4, 2, "ratings", "", 210, 300), path), // an attempt of the CLIENT that arrived late, or the retry
+        ]
+    };
+    let mut h = lone_call("/ratings/b");
+    let o = resolve(&mut h, &skew_rules(30));
+    assert_eq!((o.edges, o.ambiguous), (1, 0));
+    assert_eq!(parents(&h), vec![(3, 2)], "the other call's attempt is left alone");
+    let mut h = lone_call("/ratings/a");
+    assert_eq!(resolve(&mut h, &skew_rules(30)).edges, 2);
+    assert_eq!(parents(&h), vec![(3, 2), (4, 2)], "a retry of the same request");
+    // With a query string and without a URL on one side, the path still decides only when both have one.
+    let mut h = vec![with_url(lone(2, 3, "reviews", "ratings", 100, 500), "/r?id=1"), lone(3, 2, "ratings", "", 110, 200)];
+    assert_eq!(resolve(&mut h, &skew_rules(30)).edges, 1);
+}
+
 #[test]
 fn cross_node_tier_needs_the_callee_name_and_counts_ties() {
     // The CLIENT called details; a reviews SERVER inside its time is not its callee.
