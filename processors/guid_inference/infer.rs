@@ -181,9 +181,6 @@ fn service_names(h: &Held) -> Vec<String> {
     out
 }
 
-/// The host a CLIENT span called: the host of an Istio-style `upstream_cluster`
-/// (`outbound|9080||reviews.default.svc.cluster.local`), else of `http.url`; whole and up to
-/// the first dot.
 /// The path (and query) of a span's `http.url` (or `url.full`), when it has one: a CLIENT and the
 /// SERVER it called see the same request, so the same path (unless a route rewrites it).
 fn url_path(s: &Span) -> Option<&str> {
@@ -192,6 +189,9 @@ fn url_path(s: &Span) -> Option<&str> {
     Some(rest.find('/').map_or("/", |i| &rest[i..]))
 }
 
+/// The host a CLIENT span called: the host of an Istio-style `upstream_cluster`
+/// (`outbound|9080||reviews.default.svc.cluster.local`), else of `http.url`; whole and up to
+/// the first dot.
 fn client_targets(s: &Span) -> Vec<String> {
     let mut out = Vec::new();
     let mut add = |host: &str| {
@@ -337,6 +337,7 @@ pub fn resolve(spans: &mut [Held], rules: &Rules) -> Outcome {
     if rules.cross_node {
         let skew = rules.clock_skew_nanos as i128;
         let targets: Vec<Vec<String>> = spans.iter().map(|h| if h.span.kind == CLIENT { client_targets(&h.span) } else { Vec::new() }).collect();
+        let paths: Vec<Option<&str>> = spans.iter().map(|h| url_path(&h.span)).collect();
         // The clock offsets (server clock minus client clock, within the skew) at which CLIENT j
         // encloses SERVER i: empty when the SERVER lasted longer than the CLIENT.
         let offsets = |i: usize, j: usize| -> (i128, i128) {
@@ -369,7 +370,7 @@ pub fn resolve(spans: &mut [Held], rules: &Rules) -> Outcome {
                 }
                 // Another path is another request (a CLIENT whose own SERVER did not arrive within
                 // the wait is otherwise the only fit for a concurrent call's SERVER).
-                if let (Some(a), Some(b)) = (url_path(c), url_path(s))
+                if let (Some(a), Some(b)) = (paths[j], paths[i])
                     && a != b
                 {
                     continue;
@@ -422,7 +423,8 @@ pub fn resolve(spans: &mut [Held], rules: &Rules) -> Outcome {
         for &(i, j) in &cross {
             if cross.iter().any(|&(k, l)| l == j && k != i && overlapping(i, k)) {
                 out.ambiguous += 1;
-                let m = &cands.iter().find(|(s, _)| *s == i).expect("an edge comes from a candidate list").1;
+                // `cands` is in span order.
+                let m = &cands[cands.binary_search_by_key(&i, |(s, _)| *s).expect("an edge comes from a candidate list")].1;
                 declined.push((i, m.iter().map(|&(_, _, r)| r).collect()));
             } else {
                 edges.push((i, j));
