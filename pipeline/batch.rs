@@ -38,12 +38,43 @@ pub enum BatchStatus {
 /// status any holder recorded.
 pub struct Finalizer {
     status: AtomicU8,
-    on_done: std::sync::Mutex<Option<Box<dyn FnOnce(BatchStatus) + Send>>>,
+    /// What became of the batch's spans ([`Outcome`] bits): some reached a sink, some were
+    /// dropped by a sampling decision.
+    outcome: AtomicU8,
+    on_done: std::sync::Mutex<Option<Box<dyn FnOnce(BatchStatus, Outcome) + Send>>>,
     /// Set by the source when it no longer owns the batch's input (a Kafka partition revoked
     /// from this consumer): components that hold such batches undecided let them go without
     /// delivering them, because the input's next owner reads them again.
     revoked: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
+
+/// What became of a finished batch's spans, beside its [`BatchStatus`]: whether some reached a
+/// sink (the topology marks every batch a sink takes) and whether some were dropped by a
+/// sampling decision (tail sampling marks the traces it does not keep). A Kafka receiver writes
+/// it into its progress records, so that a partition's next owner, replaying a finished record
+/// as context for a late one of the same key, knows which way it went (see [`crate::replay`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// Some spans reached a sink.
+    pub reached_sink: bool,
+    /// Some spans were dropped by a sampling decision.
+    pub decided_out: bool,
+}
+
+impl Outcome {
+    /// `Some(true)` when the batch was kept (reached a sink, nothing dropped), `Some(false)` when
+    /// it was dropped by a decision (nothing reached a sink), `None` when mixed or neither.
+    pub fn kept(self) -> Option<bool> {
+        match (self.reached_sink, self.decided_out) {
+            (true, false) => Some(true),
+            (false, true) => Some(false),
+            _ => None,
+        }
+    }
+}
+
+const REACHED_SINK: u8 = 1;
+const DECIDED_OUT: u8 = 2;
 
 /// Process-wide: bumped on every revocation (see [`Finalizer::announce_revocation`]).
 static REVOCATIONS: std::sync::OnceLock<tokio::sync::watch::Sender<u64>> = std::sync::OnceLock::new();
@@ -55,13 +86,29 @@ fn revocations_sender() -> &'static tokio::sync::watch::Sender<u64> {
 impl Finalizer {
     /// A finalizer that calls `on_done` when the batch (and every copy) is done.
     pub fn new(on_done: impl FnOnce(BatchStatus) + Send + 'static) -> Arc<Self> {
-        Arc::new(Finalizer { status: AtomicU8::new(0), on_done: std::sync::Mutex::new(Some(Box::new(on_done))), revoked: None })
+        Arc::new(Finalizer { status: AtomicU8::new(0), outcome: AtomicU8::new(0), on_done: std::sync::Mutex::new(Some(Box::new(move |s, _| on_done(s)))), revoked: None })
     }
 
     /// As [`Finalizer::new`], for a batch whose source may hand it to another consumer: once
     /// `revoked` is set, [`Finalizer::is_revoked`] says so.
     pub fn revocable(revoked: Arc<std::sync::atomic::AtomicBool>, on_done: impl FnOnce(BatchStatus) + Send + 'static) -> Arc<Self> {
-        Arc::new(Finalizer { status: AtomicU8::new(0), on_done: std::sync::Mutex::new(Some(Box::new(on_done))), revoked: Some(revoked) })
+        Finalizer::revocable_with_outcome(revoked, move |s, _| on_done(s))
+    }
+
+    /// As [`Finalizer::revocable`], and `on_done` also learns the spans' [`Outcome`].
+    pub fn revocable_with_outcome(revoked: Arc<std::sync::atomic::AtomicBool>, on_done: impl FnOnce(BatchStatus, Outcome) + Send + 'static) -> Arc<Self> {
+        Arc::new(Finalizer { status: AtomicU8::new(0), outcome: AtomicU8::new(0), on_done: std::sync::Mutex::new(Some(Box::new(on_done))), revoked: Some(revoked) })
+    }
+
+    /// Some of the batch's spans reached a sink (the topology calls this for every batch a sink
+    /// takes).
+    pub fn mark_reached_sink(&self) {
+        self.outcome.fetch_or(REACHED_SINK, Ordering::Relaxed);
+    }
+
+    /// Some of the batch's spans were dropped by a sampling decision.
+    pub fn mark_decided_out(&self) {
+        self.outcome.fetch_or(DECIDED_OUT, Ordering::Relaxed);
     }
 
     /// Records an outcome for the batch (the worst one recorded wins), for a holder that ends it
@@ -87,6 +134,14 @@ impl Finalizer {
         revocations_sender().subscribe()
     }
 
+    /// Which revocable input the batch came from (a Kafka partition in one assignment), as an
+    /// opaque id; 0 for a batch that cannot be revoked. Components that merge held batches keep
+    /// those of different inputs apart, so that a revocation finds everything of its input
+    /// [`Finalizer::all_revoked`].
+    pub fn input_id(&self) -> usize {
+        self.revoked.as_ref().map_or(0, |r| Arc::as_ptr(r) as usize)
+    }
+
     /// True when every one of `finalizers` (at least one) is revoked: what they acknowledge
     /// will be read again elsewhere, so holding or delivering it here would only duplicate it.
     pub fn all_revoked(finalizers: &[Arc<Finalizer>]) -> bool {
@@ -104,8 +159,10 @@ impl Drop for Finalizer {
             1 => BatchStatus::Errored,
             _ => BatchStatus::Rejected,
         };
+        let bits = self.outcome.load(Ordering::Acquire);
+        let outcome = Outcome { reached_sink: bits & REACHED_SINK != 0, decided_out: bits & DECIDED_OUT != 0 };
         if let Some(f) = self.on_done.get_mut().ok().and_then(|f| f.take()) {
-            f(status);
+            f(status, outcome);
         }
     }
 }

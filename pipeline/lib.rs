@@ -30,6 +30,7 @@ pub mod lightstep_pb {
 pub mod memory;
 pub mod otlp_json;
 pub mod regroup;
+pub mod replay;
 pub mod telemetry;
 pub mod tls;
 pub mod topology;

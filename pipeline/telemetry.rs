@@ -44,6 +44,11 @@ pub mod names {
     /// Records a previous owner of the partition had finished past its last commit, as its
     /// `progress_topic` says (`receiver`): skipped, not delivered twice nor decided again.
     pub const RECEIVER_KAFKA_ALREADY_DONE_RECORDS: &str = "tracepipe_receiver_kafka_already_done_records_total";
+    /// Records a previous owner finished, sent again with a later record of their key that it
+    /// had not finished (`receiver`, `as`: `context` — marked with which way they went, decided
+    /// that way and not delivered again; `whole` — the previous owner's outcome is not known:
+    /// decided again and delivered twice).
+    pub const RECEIVER_KAFKA_REPLAYED_RECORDS: &str = "tracepipe_receiver_kafka_replayed_records_total";
     /// Kafka records whose delivery failed with a retryable error and that are delivered again
     /// (`receiver`).
     pub const RECEIVER_KAFKA_REDELIVERED_RECORDS: &str = "tracepipe_receiver_kafka_redelivered_records_total";
@@ -102,6 +107,10 @@ pub mod names {
     pub const PROCESSOR_TAIL_SAMPLING_DECISION_LATENCY: &str = "tracepipe_processor_tail_sampling_decision_latency_seconds";
     /// Spans per decided trace (histogram; `processor`).
     pub const PROCESSOR_TAIL_SAMPLING_TRACE_SPANS: &str = "tracepipe_processor_tail_sampling_trace_spans";
+    /// Replayed context spans a sink removed before delivering (`sink`): spans a previous owner
+    /// of their Kafka partition delivered or dropped already, sent again only so that a late
+    /// fragment of their request is decided like them (see `pipeline::replay`).
+    pub const SINK_REPLAYED_CONTEXT_SPANS: &str = "tracepipe_sink_replayed_context_spans_total";
     /// Spans a sink delivered (`sink`).
     pub const SINK_SENT_SPANS: &str = "tracepipe_sink_sent_spans_total";
     /// Spans a sink gave up on (`sink`, `reason`: permanent, retries_exhausted, queue_full,

@@ -572,3 +572,52 @@ fn throttle_lets_one_message_per_key_through_per_interval() {
     std::thread::sleep(Duration::from_millis(250));
     assert!(t.allow("AllBrokersDown"), "after the interval");
 }
+
+/// Replayed context (replay.rs): marked on every resource of a batch, read back kept or dropped,
+/// removed by a sink's input (after a reader saw it) while the spans beside it pass; a sink's
+/// input marks the acknowledgements it takes as having reached a sink, and a finalizer reports
+/// that outcome with its status.
+#[tokio::test]
+async fn a_sink_input_removes_replayed_context_and_marks_what_it_takes() {
+    use crate::replay;
+    use std::sync::{Arc, Mutex};
+    let mut context = Batch::from_resource_spans(traces(&[2]));
+    replay::mark(&mut context, true).unwrap();
+    let rs = context.to_resource_spans().unwrap();
+    assert_eq!(replay::prior(rs[0].resource.as_ref()), Some(true));
+    let mut dropped = Batch::from_resource_spans(traces(&[1]));
+    replay::mark(&mut dropped, false).unwrap();
+    assert_eq!(replay::prior(dropped.to_resource_spans().unwrap()[0].resource.as_ref()), Some(false));
+    let envelope = ResourceSpans { scope_spans: vec![], ..rs[0].clone() }.encode_to_vec();
+    assert_eq!(replay::prior_of_envelope(&envelope), Some(true));
+    assert_eq!(replay::prior_of_envelope(&ResourceSpans::default().encode_to_vec()), None);
+    let mut plain = rs[0].resource.clone();
+    assert!(replay::unmark(&mut plain));
+    assert_eq!(replay::prior(plain.as_ref()), None);
+
+    // Context and two live spans in one batch, encoded as it travels; acknowledged.
+    let live = traces(&[3]);
+    let mut both = context.to_resource_spans().unwrap();
+    both.extend(live);
+    let bytes = Bytes::from(TracesData { resource_spans: both }.encode_to_vec());
+    let outcome = Arc::new(Mutex::new(None));
+    let o = outcome.clone();
+    let f = Finalizer::revocable_with_outcome(Arc::new(std::sync::atomic::AtomicBool::new(false)), move |s, out| *o.lock().unwrap() = Some((s, out.kept())));
+    let batch = Batch::from_encoded(bytes, 5).with_finalizer(f);
+    let (tx, input) = Input::channel(4);
+    let mut input = input.for_sink("s");
+    let read = Arc::new(Mutex::new(0usize));
+    let r = read.clone();
+    input.read_context(Box::new(move |c| *r.lock().unwrap() += c.iter().flat_map(|rs| &rs.scope_spans).map(|ss| ss.spans.len()).sum::<usize>()));
+    tx.send(batch).await.unwrap();
+    let got = input.recv().await.unwrap();
+    assert_eq!(got.span_count(), 3, "the context is removed, the live spans pass");
+    assert_eq!(*read.lock().unwrap(), 2, "the reader saw the context first");
+    assert!(got.to_resource_spans().unwrap().iter().all(|r| replay::prior(r.resource.as_ref()).is_none()));
+    drop(got);
+    assert_eq!(*outcome.lock().unwrap(), Some((BatchStatus::Delivered, Some(true))), "reached a sink: kept");
+    // A batch without context passes untouched (still encoded).
+    tx.send(Batch::from_encoded(Bytes::from(TracesData { resource_spans: traces(&[1]) }.encode_to_vec()), 1)).await.unwrap();
+    let got = input.recv().await.unwrap();
+    assert!(got.is_encoded() && got.span_count() == 1);
+}

@@ -85,6 +85,23 @@ pub struct Input {
     room: Option<ByteRoom>,
     /// Spans taken (the topology's inputs).
     received: Option<metrics::Counter>,
+    /// A sink's input: marks every batch's acknowledgements as having reached a sink and, unless
+    /// the sink removes them itself, removes replayed context spans (counted here).
+    sink: Option<SinkInput>,
+}
+
+/// Reads a batch's replayed context before it is removed (see [`Input::read_context`]).
+pub type ContextReader = Box<dyn Fn(&[&opentelemetry_proto::tonic::trace::v1::ResourceSpans]) + Send + Sync>;
+
+struct SinkInput {
+    context: metrics::Counter,
+    reader: Option<ContextReader>,
+}
+
+impl std::fmt::Debug for SinkInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SinkInput").field("reader", &self.reader.is_some()).finish()
+    }
 }
 
 impl Drop for Input {
@@ -108,13 +125,11 @@ impl Input {
         self.taken(b)
     }
     #[inline]
-    fn taken(&self, b: Option<Batch>) -> Option<Batch> {
-        if let (Some(b), Some(c)) = (&b, &self.received) {
-            c.increment(b.span_count() as u64);
-        }
+    fn taken(&self, mut b: Option<Batch>) -> Option<Batch> {
         if let Some(b) = &b
             && (self.held.is_some() || self.room.is_some())
         {
+            // What was charged when it was sent.
             let n = b.encoded_len();
             if let Some(h) = &self.held {
                 h.sub(n);
@@ -122,6 +137,19 @@ impl Input {
             if let Some(r) = &self.room {
                 r.sem.add_permits(r.cost(n) as usize);
             }
+        }
+        if let (Some(b), Some(s)) = (&mut b, &self.sink) {
+            b.finalizers().iter().for_each(|f| f.mark_reached_sink());
+            let n = match &s.reader {
+                Some(read) => crate::replay::strip_after(b, |c| read(c)),
+                None => crate::replay::strip(b),
+            };
+            if n > 0 {
+                s.context.increment(n as u64);
+            }
+        }
+        if let (Some(b), Some(c)) = (&b, &self.received) {
+            c.increment(b.span_count() as u64);
         }
         b
     }
@@ -136,7 +164,7 @@ impl Input {
     /// A channel for tests: returns the sender side and the input.
     pub fn channel(capacity: usize) -> (mpsc::Sender<Batch>, Input) {
         let (tx, rx) = mpsc::channel(capacity.max(1));
-        (tx, Input { rx, held: None, room: None, received: None })
+        (tx, Input { rx, held: None, room: None, received: None, sink: None })
     }
     /// A channel bounded in batches and in bytes (`room`), whose batches count in `held` from
     /// being sent until taken. Its senders must go through an [`Output`] built with the same
@@ -146,6 +174,20 @@ impl Input {
         input.held = Some(held);
         input.room = Some(room);
         (tx, input)
+    }
+    /// Makes this a sink's input: every batch taken has its acknowledgements marked as having
+    /// reached a sink ([`crate::batch::Finalizer::mark_reached_sink`]) and its replayed context
+    /// spans removed ([`crate::replay::strip`], counted in [`names::SINK_REPLAYED_CONTEXT_SPANS`]).
+    pub fn for_sink(mut self, name: &str) -> Input {
+        self.sink = Some(SinkInput { context: metrics::counter!(names::SINK_REPLAYED_CONTEXT_SPANS, "sink" => name.to_owned()), reader: None });
+        self
+    }
+    /// A sink's input shows `reader` each batch's replayed context before removing it (the Kafka
+    /// sink learns which request ids the late spans beside it belong to). No-op on a test channel.
+    pub fn read_context(&mut self, reader: ContextReader) {
+        if let Some(s) = self.sink.as_mut() {
+            s.reader = Some(reader);
+        }
     }
     /// Counts the spans taken in `received` ([`names::COMPONENT_RECEIVED_SPANS`]).
     pub(crate) fn counting(mut self, received: metrics::Counter) -> Input {
@@ -384,7 +426,10 @@ impl RunningTopology {
                 let held = Held::component(&p.name);
                 let room = ByteRoom::new(p.channel_bytes);
                 let (tx, input) = Input::accounted_channel(p.channel_capacity, room.clone(), held.clone());
-                let input = input.counting(metrics::counter!(names::COMPONENT_RECEIVED_SPANS, "component" => p.name.clone(), "kind" => p.kind.as_str()));
+                let mut input = input.counting(metrics::counter!(names::COMPONENT_RECEIVED_SPANS, "component" => p.name.clone(), "kind" => p.kind.as_str()));
+                if p.kind == ComponentKind::Sink {
+                    input = input.for_sink(&p.name);
+                }
                 senders.insert(p.name.clone(), (tx, room, held));
                 inputs.insert(p.name.clone(), input);
             }

@@ -46,11 +46,48 @@ enum Key {
     Trace(Vec<u8>),
 }
 
-/// Spans to pass on, with the acknowledgements they carry.
+/// Spans to pass on, with the acknowledgements they carry, apart by the inputs (Kafka partitions)
+/// their acknowledgements come from: each part leaves as its own batch, so that a processor
+/// downstream holding them (tail sampling) finds everything of a revoked partition revoked and
+/// hands it over, rather than holding it with another partition's and deciding it after the
+/// partition moved (delivered there and again by the new owner).
 #[derive(Default)]
 struct Released {
+    parts: Vec<Part>,
+}
+
+#[derive(Default)]
+struct Part {
+    /// The inputs' ids ([`Finalizer::input_id`]), sorted, each once.
+    inputs: Vec<usize>,
     spans: Vec<Held>,
     finalizers: Vec<Arc<Finalizer>>,
+}
+
+impl Released {
+    fn is_empty(&self) -> bool {
+        self.parts.iter().all(|p| p.spans.is_empty())
+    }
+
+    fn add(&mut self, spans: Vec<Held>, finalizers: Vec<Arc<Finalizer>>) {
+        let mut inputs: Vec<usize> = finalizers.iter().map(|f| f.input_id()).collect();
+        inputs.sort_unstable();
+        inputs.dedup();
+        let part = match self.parts.iter().position(|p| p.inputs == inputs) {
+            Some(i) => &mut self.parts[i],
+            None => {
+                self.parts.push(Part { inputs, ..Part::default() });
+                self.parts.last_mut().expect("pushed")
+            }
+        };
+        part.spans.extend(spans);
+        part.finalizers.extend(finalizers);
+    }
+
+    /// One batch per part.
+    fn into_batches(self) -> Vec<Batch> {
+        self.parts.into_iter().filter(|p| !p.spans.is_empty()).map(to_batch).collect()
+    }
 }
 
 struct Metrics {
@@ -116,9 +153,42 @@ struct State {
     batches: u64,
 }
 
+/// Replayed context (`tracepipe_pipeline::replay`: spans a previous owner of their Kafka
+/// partition finished, sent again with a late record of their request) is resolved with the late
+/// spans and decided the previous owner's way without being delivered again. That is right only
+/// if the request rebuilds as it did there: late spans without the guid (an application's own
+/// spans, following their fragment's trace id) change nothing of it, but a late span *with* the
+/// guid can (another root, another trace id for the same spans). Then the mark is cleared: the
+/// context becomes ordinary spans, the request is decided again whole and delivered twice rather
+/// than in two inconsistent parts.
+fn unmark_unsure_context(spans: &mut [Held]) {
+    use tracepipe_pipeline::replay;
+    if !replay::seen() || !spans.iter().any(|h| h.tagged && replay::prior(h.resource.value.as_ref()).is_none()) {
+        return;
+    }
+    let mut replaced: Vec<(*const Envelope<_>, Arc<Envelope<_>>)> = Vec::new();
+    for h in spans.iter_mut() {
+        if replay::prior(h.resource.value.as_ref()).is_none() {
+            continue;
+        }
+        let ptr = Arc::as_ptr(&h.resource);
+        let new = match replaced.iter().find(|(p, _)| *p == ptr) {
+            Some((_, n)) => n.clone(),
+            None => {
+                let mut value = h.resource.value.clone();
+                replay::unmark(&mut value);
+                let n = Arc::new(Envelope { value, schema_url: h.resource.schema_url.clone() });
+                replaced.push((ptr, n.clone()));
+                n
+            }
+        };
+        h.resource = new;
+    }
+}
+
 /// Regroups released spans: consecutive spans that share a resource (and scope) envelope share
 /// one `ResourceSpans` (`ScopeSpans`) again; the batch carries the finalizers, each once.
-fn to_batch(released: Released) -> Batch {
+fn to_batch(released: Part) -> Batch {
     let mut rs: Vec<ResourceSpans> = Vec::new();
     let mut last: Option<(Arc<Envelope<_>>, Arc<Envelope<_>>)> = None;
     for h in released.spans {
@@ -279,6 +349,7 @@ impl State {
         let mut spans = g.spans;
         if let Key::Guid(guid) = key {
             self.guids -= 1;
+            unmark_unsure_context(&mut spans);
             let before: Vec<Vec<u8>> = spans.iter().map(|h| h.span.trace_id.clone()).collect();
             for t in &before {
                 if self.traces.get(t).is_some_and(|x| x == guid) {
@@ -303,8 +374,7 @@ impl State {
                 }
             }
         }
-        out.spans.extend(spans);
-        out.finalizers.extend(g.finalizers);
+        out.add(spans, g.finalizers);
     }
 
     /// Groups whose wait is over, and the oldest ones while over the memory bound.
@@ -316,7 +386,7 @@ impl State {
         for k in &keys {
             self.release(k, &mut out);
         }
-        debug_assert!(out.spans.is_empty());
+        debug_assert!(out.is_empty());
         self.gauges();
     }
 
@@ -402,21 +472,22 @@ pub async fn build(cfg: GuidInferenceConfig, mut ctx: ComponentContext) -> Resul
                         let pass = st.ingest(b, now);
                         send(&output, pass, &p).await?;
                         let early = st.due(now, false);
-                        if !early.spans.is_empty() {
-                            send(&output, to_batch(early), &p).await?;
+                        for b in early.into_batches() {
+                            send(&output, b, &p).await?;
                         }
                     }
                     None => {
                         let rest = st.due(clock::now(), true);
-                        send(&output, to_batch(rest), &p).await?;
+                        for b in rest.into_batches() {
+                            send(&output, b, &p).await?;
+                        }
                         return Ok(());
                     }
                 },
                 Ok(()) = revocations.changed() => st.hand_over_revoked(),
                 _ = timer.tick() => {
-                    let due = st.due(clock::now(), false);
-                    if !due.spans.is_empty() {
-                        send(&output, to_batch(due), &p).await?;
+                    for b in st.due(clock::now(), false).into_batches() {
+                        send(&output, b, &p).await?;
                     }
                 }
             }

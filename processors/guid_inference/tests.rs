@@ -672,6 +672,32 @@ mod acks {
         h.await.unwrap().unwrap();
     }
 
+    /// Guids released together but read from different Kafka partitions leave in separate
+    /// batches, each carrying only its own partition's acknowledgements: a processor downstream
+    /// that holds them (tail sampling) must find a revoked partition's traces all revoked to hand
+    /// them over. (Mixed in one batch, a trace of a partition revoked while it waited in tail
+    /// sampling was decided and delivered by the old owner and again by the new one.)
+    #[tokio::test(start_paused = true)]
+    async fn guids_of_different_partitions_leave_in_separate_batches() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        let (tx, mut out, h) = start(2);
+        let (p0, p1) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+        let revocable = |flag: &Arc<AtomicBool>, b: Batch| b.with_finalizer(Finalizer::revocable(flag.clone(), |_| {}));
+        tx.send(revocable(&p0, batch(xrid_request("g1", 10)))).await.unwrap();
+        tx.send(revocable(&p1, batch(xrid_request("g2", 50)))).await.unwrap();
+        tx.send(revocable(&p0, batch(xrid_request("g3", 90)))).await.unwrap();
+        let a = tokio::time::timeout(std::time::Duration::from_secs(3), out.recv()).await.unwrap().unwrap();
+        let b = tokio::time::timeout(std::time::Duration::from_millis(10), out.recv()).await.expect("the other partition's batch at once").unwrap();
+        let (a, b) = if a.span_count() == 10 { (a, b) } else { (b, a) };
+        assert_eq!((a.span_count(), b.span_count()), (10, 5), "g1 and g3 together, g2 apart");
+        assert_eq!((a.finalizers().len(), b.finalizers().len()), (2, 1));
+        p0.store(true, Ordering::Release);
+        assert!(Finalizer::all_revoked(a.finalizers()) && !Finalizer::all_revoked(b.finalizers()));
+        drop(tx);
+        h.await.unwrap().unwrap();
+    }
+
     /// Released spans of one resource and scope come out in one `ResourceSpans` / `ScopeSpans`
     /// with their schema URLs, not one envelope copy per span.
     #[tokio::test(start_paused = true)]
@@ -769,4 +795,48 @@ mod bounds {
         drop(tx);
         h.await.unwrap().unwrap();
     }
+}
+
+/// Replayed context (pipeline::replay) with a late application span (no guid) of one of its
+/// fragments: resolved together, the late span takes the rebuilt trace id, and the context keeps
+/// its mark (tail sampling decides it the previous owner's way, the sinks remove it). With a late
+/// span that carries the guid, the request could rebuild otherwise than it did at the previous
+/// owner: the mark is cleared and everything is decided again as ordinary spans.
+#[tokio::test(start_paused = true)]
+async fn replayed_context_keeps_its_mark_only_when_late_spans_cannot_change_the_rebuild() {
+    use tracepipe_pipeline::replay;
+    let (tx, input) = Input::channel(8);
+    let (otx, mut out) = Input::channel(64);
+    let ctx = ComponentContext { name: "g".into(), kind: ComponentKind::Processor, input: Some(input), output: Some(Output::new(vec![otx])), shutdown: CancellationToken::new(), health: Health::default() };
+    let cfg = GuidInferenceConfig { wait: tracepipe_config::Duration::from_secs(2), ..Default::default() };
+    let h = tokio::spawn(super::build(cfg, ctx).await.unwrap());
+    let sdk = |trace: u8, id: u8, parent: u8| Span { trace_id: vec![trace; 16], span_id: vec![id; 8], parent_span_id: vec![parent; 8], kind: 1, ..Default::default() };
+    let context = |spans: Vec<Span>| {
+        let mut b = batch(spans);
+        replay::mark(&mut b, true).unwrap();
+        b
+    };
+    let collect = |b: Batch| -> Vec<(Span, Option<bool>)> {
+        b.to_resource_spans().unwrap().into_iter().flat_map(|r| {
+            let p = replay::prior(r.resource.as_ref());
+            r.scope_spans.into_iter().flat_map(|s| s.spans).map(move |s| (s, p)).collect::<Vec<_>>()
+        }).collect()
+    };
+    // g1: context of the whole request, then a late SDK span of fragment 12.
+    tx.send(context(xrid_request("g1", 10))).await.unwrap();
+    tx.send(batch(vec![sdk(12, 100, 15)])).await.unwrap();
+    let got = collect(tokio::time::timeout(std::time::Duration::from_secs(5), out.recv()).await.expect("released").unwrap());
+    assert_eq!(got.len(), 6);
+    assert!(got.iter().all(|(s, _)| s.trace_id == vec![10; 16]), "one rebuilt trace");
+    assert!(got.iter().all(|(s, p)| (*p == Some(true)) == (s.span_id != vec![100; 8])), "the context keeps its mark, the late span has none");
+    // g2: context of two fragments, then the third fragment (spans with the guid) late.
+    let frags = xrid_request("g2", 50);
+    tx.send(context(frags[..3].to_vec())).await.unwrap();
+    tx.send(batch(frags[3..].to_vec())).await.unwrap();
+    let got = collect(tokio::time::timeout(std::time::Duration::from_secs(5), out.recv()).await.expect("released").unwrap());
+    assert_eq!(got.len(), 5);
+    assert!(got.iter().all(|(_, p)| p.is_none()), "unmarked: decided again whole");
+    assert!(got.iter().all(|(s, _)| s.trace_id == vec![50; 16]));
+    drop(tx);
+    h.await.unwrap().unwrap();
 }

@@ -32,7 +32,7 @@ use super::config::{OnFull, TailSamplingConfig};
 use super::policy::{Basis, Decision, Final, Policies};
 use super::state::{self, Saved, SavedTrace};
 use super::table::TraceTable;
-use super::trace::{acks_bytes, Account, encode_segments, encode_segments_with, fingerprint, grown, list_growth, put_len, shard_of_fingerprint, split, Acks, Incoming, Segment, Trace, TraceId};
+use super::trace::{acks_bytes, Account, PRIOR_DROPPED, PRIOR_KEPT, encode_segments, encode_segments_with, fingerprint, grown, list_growth, put_len, shard_of_fingerprint, split, Acks, Incoming, Segment, Trace, TraceId};
 
 /// Traces decided together have their SQL predicates evaluated on one record batch of about
 /// this many spans.
@@ -122,6 +122,18 @@ impl Metrics {
             account: None,
         }
     }
+}
+
+/// The decision a trace's replayed context imposes (`tracepipe_pipeline::replay`): kept when a
+/// previous owner kept it, not kept when it dropped it; none without context, or with context
+/// of both kinds (decided by the policies).
+fn prior_decision(prior: u8) -> Option<Decision> {
+    let outcome = match prior {
+        PRIOR_KEPT => Final::Sampled,
+        PRIOR_DROPPED => Final::NotSampled,
+        _ => return None,
+    };
+    Some(Decision { outcome, policy: None, probability: None, basis: Basis::Certain })
 }
 
 fn final_index(f: Final) -> usize {
@@ -509,6 +521,7 @@ impl Shard {
             }
             if self.not_sampled.contains(fp) {
                 self.m.late_not_sampled.increment(spans);
+                inc.finalizers.iter().for_each(|f| f.mark_decided_out());
                 continue;
             }
             self.seq += 1;
@@ -712,6 +725,12 @@ impl Shard {
         let bits = self.sql_bits(&traces);
         for (k, (id, t)) in traces.into_iter().enumerate() {
             let sql = &bits[k * n..(k + 1) * n];
+            if let Some(d) = prior_decision(t.summary.prior) {
+                // Replayed context of a previous owner's decision: decided its way, as that
+                // owner's caches would have decided the late spans with it.
+                self.release(id, t, d, early, now);
+                continue;
+            }
             let d = match self.tally.as_deref_mut() {
                 Some(tally) => {
                     let d = self.policies.decide_votes(&id, &t, now, sql, Some(&mut tally.votes));
@@ -786,6 +805,7 @@ impl Shard {
             self.charge(-(bytes as i64));
         } else {
             self.not_sampled.insert(fp);
+            t.finalizers.iter().for_each(|f| f.mark_decided_out());
             self.charge(-(t.bytes as i64));
         }
     }
@@ -801,6 +821,7 @@ impl Shard {
                 let t = self.traces.remove(&id).expect("checked");
                 self.m.held_traces.fetch_sub(1, Ordering::Relaxed);
                 self.m.dropped_shutdown.increment(t.summary.spans);
+                t.finalizers.iter().for_each(|f| f.mark_decided_out());
                 self.charge(-(t.bytes as i64));
             } else {
                 due.push(id);

@@ -1396,3 +1396,60 @@ fn decision_caches_are_reserved_from_max_bytes() {
     let e = errors("max_bytes: 16MiB\nmax_trace_bytes: 1MiB\ndecision_cache: { non_sampled_cache_size: 2000000 }\npolicies:\n  - { name: all, type: always_sample }\n");
     assert!(e.iter().any(|e| e.starts_with("3:") && e.contains("the decision caches take") && e.contains("more than half")), "{e:?}");
 }
+
+/// Replayed context (pipeline::replay): a previous owner's finished spans sent again with a late
+/// span of their trace decide the trace the previous owner's way, whatever the policies say — a
+/// trace it kept stays kept (the late span is passed on, with the context for the sinks to
+/// remove), one it dropped stays dropped — and a trace a policy does not keep has its records'
+/// acknowledgements told so (`decided_out`), which is what a Kafka receiver writes in its
+/// progress for the next owner.
+#[test]
+fn replayed_context_decides_a_trace_the_way_its_previous_owner_did() {
+    use tracepipe_pipeline::replay;
+    let context = |t: u64, kept: bool| {
+        let mut b = encode(vec![span(t, 1, 0, 0, 1)], svc("a"));
+        replay::mark(&mut b, kept).unwrap();
+        b
+    };
+    let late = |t: u64| encode(vec![with_status(span(t, 2, 1, 0, 1), status::StatusCode::Error)], svc("a"));
+    // Policies keep only errors: trace 1 (context kept, late span without error) is kept anyway;
+    // trace 2 (context dropped, late span with an error) is dropped anyway; trace 3 (no context)
+    // follows the policies.
+    let quiet = |t: u64| encode(vec![span(t, 2, 1, 0, 1)], svc("a"));
+    let (ids, spans) = run(
+        cfg("decision_wait: 1s\npolicies: [ { name: errors, type: status_code, status_codes: [ERROR] } ]\n"),
+        vec![context(1, true), quiet(1), context(2, false), late(2), late(3), quiet(4)],
+        Duration::from_secs(2),
+    );
+    let mut ids = ids;
+    ids.sort();
+    let mut want = vec![tid_of(1), tid_of(3)];
+    want.sort();
+    assert_eq!(ids, want);
+    assert_eq!(spans, 3, "trace 1 with its context (the sinks remove it) and trace 3");
+    // The outcome a record's acknowledgement reports.
+    let (stx, srx) = std::sync::mpsc::channel();
+    let tracked = |b: Batch, t: u64| {
+        let stx = stx.clone();
+        b.with_finalizer(Finalizer::revocable_with_outcome(Arc::new(std::sync::atomic::AtomicBool::new(false)), move |_, o| stx.send((t, o.kept())).unwrap()))
+    };
+    let (mut shards, front) = test_shards(cfg("decision_wait: 1s\npolicies: [ { name: errors, type: status_code, status_codes: [ERROR] } ]\n"));
+    let t0 = Instant::now();
+    for b in [tracked(quiet(5), 5), tracked(late(6), 6)] {
+        for (i, p) in front.split(&b).into_iter().enumerate() {
+            shards[i].ingest(p, t0);
+        }
+    }
+    let mut out = Vec::new();
+    for sh in shards.iter_mut() {
+        sh.expire(t0 + Duration::from_secs(2));
+        out.extend(sh.take_ready());
+    }
+    // The kept trace's acknowledgement reaches a sink (the topology marks it there).
+    out.iter().flat_map(|b| b.finalizers()).for_each(|f| f.mark_reached_sink());
+    drop(out);
+    drop(shards);
+    let mut got: Vec<_> = srx.try_iter().collect();
+    got.sort();
+    assert_eq!(got, vec![(5, Some(false)), (6, Some(true))]);
+}

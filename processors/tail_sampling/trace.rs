@@ -158,11 +158,19 @@ pub struct Summary {
     pub sampled_flag: bool,
     /// A span has a tracestate.
     pub trace_state: bool,
+    /// Replayed context among the spans (`tracepipe_pipeline::replay`), as bits: [`PRIOR_KEPT`]
+    /// (a previous owner kept them), [`PRIOR_DROPPED`] (it dropped them).
+    pub prior: u8,
 }
+
+/// [`Summary::prior`]: context a previous owner kept.
+pub const PRIOR_KEPT: u8 = 1;
+/// [`Summary::prior`]: context a previous owner dropped by its decision.
+pub const PRIOR_DROPPED: u8 = 2;
 
 impl Default for Summary {
     fn default() -> Self {
-        Summary { spans: 0, min_start: u64::MAX, max_end: 0, root: false, status: 0, sampled_flag: false, trace_state: false }
+        Summary { spans: 0, min_start: u64::MAX, max_end: 0, root: false, status: 0, sampled_flag: false, trace_state: false, prior: 0 }
     }
 }
 
@@ -176,6 +184,7 @@ impl Summary {
         self.status |= o.status;
         self.sampled_flag |= o.sampled_flag;
         self.trace_state |= o.trace_state;
+        self.prior |= o.prior;
     }
 
     /// Latest end − earliest start, in nanoseconds.
@@ -344,10 +353,16 @@ pub fn split(buf: &bytes::Bytes, accounts: &[Arc<Account>], out: &mut [Incoming]
             if spans.is_empty() {
                 continue;
             }
+            let prior = match tracepipe_pipeline::replay::prior_of_envelope(&resource) {
+                Some(true) => PRIOR_KEPT,
+                Some(false) => PRIOR_DROPPED,
+                None => 0,
+            };
             // This envelope's index in each shard's list, once it has a span there.
             let mut env_at: Vec<Option<u32>> = vec![None; out.len()];
             for (framed, span) in spans {
-                let info = read_span(span)?;
+                let mut info = read_span(span)?;
+                info.summary.prior = prior;
                 let id = trace_id(info.trace_id);
                 let sh = shard_of(&id, out.len());
                 let inc = &mut out[sh];

@@ -20,16 +20,26 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use serde::{Deserialize, Serialize};
 
 /// A partition's progress: every offset below `next` is done, and so is every offset in the
-/// inclusive ranges of `done` (sorted, disjoint, all at or above `next`).
+/// inclusive ranges of `done` (sorted, disjoint, all at or above `next`). Of those past `next`,
+/// the offsets in `kept` were kept (their spans reached a sink, none was dropped by a decision)
+/// and those in `dropped` were dropped by a sampling decision (none reached a sink); for the
+/// others (a record of mixed fate, or an owner that did not record it) the outcome is unknown.
+/// A next owner replays a finished record as context only when its outcome is known (see
+/// `tracepipe_pipeline::replay`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Progress {
     pub next: i64,
     pub done: Vec<(i64, i64)>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kept: Vec<(i64, i64)>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dropped: Vec<(i64, i64)>,
 }
 
-/// The most ranges one progress record carries: the lowest are kept, the rest left out (a new
-/// owner then reads those records again — duplicates, never a loss). ~20 bytes each in JSON, so
-/// a record stays near 80 KB, well inside Kafka's default 1 MB message limit.
+/// The most ranges one progress record carries per list (`done`, `kept`, `dropped`): the lowest
+/// are kept, the rest left out (a new owner then reads those records again — duplicates, never a
+/// loss). ~20 bytes each in JSON, so a record stays near 250 KB, inside Kafka's default 1 MB
+/// message limit.
 pub const MAX_PROGRESS_RANGES: usize = 4096;
 
 impl Progress {
@@ -43,23 +53,52 @@ impl Progress {
         if self.next < 0 || self.next > end {
             return Err(format!("next {} is outside the partition's offsets 0..={end}", self.next));
         }
-        if self.done.len() > MAX_PROGRESS_RANGES {
-            return Err(format!("{} ranges, more than {MAX_PROGRESS_RANGES}", self.done.len()));
-        }
-        let mut floor = self.next;
-        for &(a, b) in &self.done {
-            if a < floor || b < a || b >= end {
-                return Err(format!("range {a}..={b} is out of order, overlapping, below next {} or past the partition's end {end}", self.next));
+        for (name, ranges) in [("done", &self.done), ("kept", &self.kept), ("dropped", &self.dropped)] {
+            if ranges.len() > MAX_PROGRESS_RANGES {
+                return Err(format!("{} {name} ranges, more than {MAX_PROGRESS_RANGES}", ranges.len()));
             }
-            floor = b.saturating_add(1);
+            let mut floor = self.next;
+            for &(a, b) in ranges {
+                if a < floor || b < a || b >= end {
+                    return Err(format!("{name} range {a}..={b} is out of order, overlapping, below next {} or past the partition's end {end}", self.next));
+                }
+                floor = b.saturating_add(1);
+            }
+        }
+        for &(a, b) in self.kept.iter().chain(&self.dropped) {
+            // Inside one done range (ranges are at or above `next`, checked above).
+            let i = self.done.partition_point(|&(_, d)| d < a);
+            if !self.done.get(i).is_some_and(|&(c, d)| c <= a && b <= d) {
+                return Err(format!("range {a}..={b} has an outcome but is not done"));
+            }
+        }
+        if self.kept.iter().any(|&(a, b)| self.dropped.iter().any(|&(c, d)| a <= d && c <= b)) {
+            return Err("an offset is both kept and dropped".to_owned());
         }
         Ok(())
     }
 
+    /// What became of a done offset: `Some(true)` kept, `Some(false)` dropped by a decision,
+    /// `None` not known.
+    pub fn outcome(&self, offset: i64) -> Option<bool> {
+        if in_ranges(&self.kept, offset) {
+            Some(true)
+        } else if in_ranges(&self.dropped, offset) {
+            Some(false)
+        } else {
+            None
+        }
+    }
+
     /// True when `offset` is known done.
     pub fn contains(&self, offset: i64) -> bool {
-        offset < self.next || self.done.binary_search_by(|&(a, b)| if b < offset { std::cmp::Ordering::Less } else if a > offset { std::cmp::Ordering::Greater } else { std::cmp::Ordering::Equal }).is_ok()
+        offset < self.next || in_ranges(&self.done, offset)
     }
+}
+
+/// True when `offset` is in one of the sorted, disjoint inclusive `ranges`.
+fn in_ranges(ranges: &[(i64, i64)], offset: i64) -> bool {
+    ranges.binary_search_by(|&(a, b)| if b < offset { std::cmp::Ordering::Less } else if a > offset { std::cmp::Ordering::Greater } else { std::cmp::Ordering::Equal }).is_ok()
 }
 
 /// Disjoint inclusive ranges of offsets, merged as they are added.
@@ -125,6 +164,9 @@ struct Partition {
     barrier: Option<i64>,
     /// Offsets done (here, or by a previous owner) past `reported`.
     done: Ranges,
+    /// Of those, the ones known kept, and known dropped by a decision.
+    kept: Ranges,
+    dropped: Ranges,
     /// A previous owner's progress, for the skip check before anything is read here.
     resumed: Option<Progress>,
 }
@@ -160,12 +202,18 @@ impl OffsetTracker {
         self.state(partition, generation).resumed.as_ref().is_some_and(|r| r.contains(offset))
     }
 
+    /// What became of a record a previous owner finished (its progress's `kept` / `dropped`):
+    /// `Some(true)` kept, `Some(false)` dropped by a decision, `None` not known.
+    pub fn prior_outcome(&mut self, partition: i32, offset: i64, generation: u64) -> Option<bool> {
+        self.state(partition, generation).resumed.as_ref().and_then(|r| r.outcome(offset))
+    }
+
     /// The partition's state in `generation`, fresh (with any resumed progress) when that is new.
     fn state(&mut self, partition: i32, generation: u64) -> &mut Partition {
         let p = self.partitions.entry(partition).or_default();
         if p.generation != generation {
             let resumed = self.resumed.remove(&partition);
-            let mut done = Ranges::default();
+            let (mut done, mut kept, mut dropped) = (Ranges::default(), Ranges::default(), Ranges::default());
             if let Some(r) = &resumed {
                 if r.next > 0 {
                     done.insert_range(0, r.next - 1);
@@ -173,8 +221,15 @@ impl OffsetTracker {
                 for &(a, b) in &r.done {
                     done.insert_range(a, b);
                 }
+                // Reported on with the rest until committed, so a third owner knows them too.
+                for &(a, b) in &r.kept {
+                    kept.insert_range(a, b);
+                }
+                for &(a, b) in &r.dropped {
+                    dropped.insert_range(a, b);
+                }
             }
-            *p = Partition { generation, done, resumed, ..Partition::default() };
+            *p = Partition { generation, done, kept, dropped, resumed, ..Partition::default() };
         }
         p
     }
@@ -193,12 +248,23 @@ impl OffsetTracker {
     /// A record is done. Returns the highest offset that may now be committed (every offset up
     /// to it is done) when that moved forward.
     pub fn done(&mut self, partition: i32, offset: i64, generation: u64) -> Option<i64> {
+        self.done_with(partition, offset, generation, None)
+    }
+
+    /// As [`OffsetTracker::done`], knowing which way the record went (`Some(true)` kept,
+    /// `Some(false)` dropped by a decision): reported in the progress with it.
+    pub fn done_with(&mut self, partition: i32, offset: i64, generation: u64, kept: Option<bool>) -> Option<i64> {
         let p = self.partitions.get_mut(&partition).filter(|p| p.generation == generation)?;
         if !p.pending.remove(&offset) {
             return None;
         }
         p.highest_done = Some(p.highest_done.map_or(offset, |h| h.max(offset)));
         p.done.insert(offset);
+        match kept {
+            Some(true) => p.kept.insert(offset),
+            Some(false) => p.dropped.insert(offset),
+            None => {}
+        }
         let committable = match p.pending.first() {
             Some(&first) => first - 1,
             None => p.highest_done?,
@@ -209,6 +275,8 @@ impl OffsetTracker {
         }
         p.reported = Some(committable);
         p.done.remove_through(committable);
+        p.kept.remove_through(committable);
+        p.dropped.remove_through(committable);
         Some(committable)
     }
 
@@ -217,8 +285,21 @@ impl OffsetTracker {
     pub fn progress(&self, partition: i32, generation: u64) -> Option<Progress> {
         let p = self.partitions.get(&partition).filter(|p| p.generation == generation)?;
         let next = p.reported? + 1;
-        let done = p.done.to_vec().into_iter().filter(|&(_, b)| b >= next).map(|(a, b)| (a.max(next), b)).take(MAX_PROGRESS_RANGES).collect();
-        Some(Progress { next, done })
+        let past = |r: &Ranges| -> Vec<(i64, i64)> { r.to_vec().into_iter().filter(|&(_, b)| b >= next).map(|(a, b)| (a.max(next), b)).collect() };
+        let (mut done, mut kept, mut dropped) = (past(&p.done), past(&p.kept), past(&p.dropped));
+        // At most MAX_PROGRESS_RANGES each, the lowest: past the first range left out of any
+        // list, all three stop (an outcome left out would read as unknown, which is safe, but a
+        // done range without its outcome would too — so cut them together).
+        let cut = [&done, &kept, &dropped].iter().filter_map(|v| v.get(MAX_PROGRESS_RANGES).map(|r| r.0)).min();
+        if let Some(cut) = cut {
+            for v in [&mut done, &mut kept, &mut dropped] {
+                v.retain(|r| r.0 < cut);
+                if let Some(last) = v.last_mut() {
+                    last.1 = last.1.min(cut - 1);
+                }
+            }
+        }
+        Some(Progress { next, done, kept, dropped })
     }
 
     /// A record was handed back undelivered: it no longer counts as pending, and neither it nor

@@ -108,8 +108,13 @@ impl Marking {
 
     /// The record is done with: store the highest offset now committable.
     fn done(&self, partition: i32, offset: i64, generation: u64) {
-        tracing::trace!(message = "Record done.", partition, offset, generation);
-        if let Some(last) = self.tracker().done(partition, offset, generation) {
+        self.done_with(partition, offset, generation, None);
+    }
+
+    /// As [`Marking::done`], knowing which way its spans went (kept, dropped by a decision).
+    fn done_with(&self, partition: i32, offset: i64, generation: u64, kept: Option<bool>) {
+        tracing::trace!(message = "Record done.", partition, offset, generation, ?kept);
+        if let Some(last) = self.tracker().done_with(partition, offset, generation, kept) {
             // Stores last + 1 for the next auto-commit; fails only if the partition was revoked
             // meanwhile (its new owner re-reads from the last commit).
             if let Err(e) = self.consumer.store_offset(&self.topic, partition, last) {
@@ -122,8 +127,8 @@ impl Marking {
     /// delivery.
     fn finalizer(self: &Arc<Self>, r: Redelivery) -> Arc<Finalizer> {
         let this = self.clone();
-        Finalizer::revocable(r.revoked.clone(), move |status| match status {
-            BatchStatus::Delivered => this.done(r.partition, r.offset, r.generation),
+        Finalizer::revocable_with_outcome(r.revoked.clone(), move |status, outcome| match status {
+            BatchStatus::Delivered => this.done_with(r.partition, r.offset, r.generation, outcome.kept()),
             BatchStatus::Errored if r.revoked.load(Ordering::Acquire) => {
                 // Let go undelivered because the partition was revoked (or the receiver is
                 // stopping): the next owner reads it again; nothing from it on is committed.
@@ -134,12 +139,12 @@ impl Marking {
             BatchStatus::Rejected => {
                 this.committed_permanent.increment(1);
                 tracing::warn!(message = "Record's spans refused permanently downstream; committed past.", receiver = %this.name, partition = r.partition, offset = r.offset);
-                this.done(r.partition, r.offset, r.generation);
+                this.done_with(r.partition, r.offset, r.generation, outcome.kept());
             }
             BatchStatus::Errored if this.on_error => {
                 this.committed_error.increment(1);
                 tracing::warn!(message = "Record's delivery failed; committed past (message_marking.on_error).", receiver = %this.name, partition = r.partition, offset = r.offset);
-                this.done(r.partition, r.offset, r.generation);
+                this.done_with(r.partition, r.offset, r.generation, outcome.kept());
             }
             BatchStatus::Errored => {
                 this.redelivered.increment(1);
@@ -189,6 +194,8 @@ pub async fn build(cfg: KafkaReceiverConfig, mut ctx: ComponentContext) -> Resul
     let mark_after = cfg.message_marking.after;
     let skipped = metrics::counter!(names::RECEIVER_KAFKA_SKIPPED_RECORDS, "receiver" => name.clone());
     let already = metrics::counter!(names::RECEIVER_KAFKA_ALREADY_DONE_RECORDS, "receiver" => name.clone());
+    let replayed_context = metrics::counter!(names::RECEIVER_KAFKA_REPLAYED_RECORDS, "receiver" => name.clone(), "as" => "context");
+    let replayed_whole = metrics::counter!(names::RECEIVER_KAFKA_REPLAYED_RECORDS, "receiver" => name.clone(), "as" => "whole");
     let mut stash = Stash::new(STASH_BYTES);
     // Progress past the commit, written every commit_interval (what changed) to progress_topic.
     let writer = progress.as_ref().map(|_| {
@@ -300,18 +307,25 @@ pub async fn build(cfg: KafkaReceiverConfig, mut ctx: ComponentContext) -> Resul
                 // kept a while in case a record of its key that was not finished follows.
                 tracing::trace!(message = "Record already done by a previous owner; skipped.", receiver = %name, partition, offset);
                 already.increment(1);
-                stash.keep(partition, m.key(), m.payload().unwrap_or_default(), now);
+                let prior = marking.tracker().prior_outcome(partition, offset, generation);
+                stash.keep(partition, m.key(), m.payload().unwrap_or_default(), prior, now);
                 marking.tracker().begin(partition, offset, generation);
-                marking.done(partition, offset, generation);
+                marking.done_with(partition, offset, generation, prior);
                 continue;
             }
             stash.expire(now);
             // Finished records of this record's key go into the graph before it, so what they and
             // it belong to is decided again whole rather than this part alone. They were
             // delivered (or dropped) once already and are committed past: no acknowledgement.
-            for earlier in stash.take(partition, m.key()) {
-                if let Decoded::Spans(batch, _) = decode(&earlier, cfg.encoding, cfg.max_record_bytes.get() as usize) {
-                    tracing::debug!(message = "Finished record sent again with a later record of its key.", receiver = %name, partition, offset, spans = batch.span_count());
+            // When the previous owner recorded which way they all went, they go as context
+            // (pipeline::replay): decided that way, not delivered again; else as they are.
+            let earlier = stash.take(partition, m.key());
+            let prior = earlier.first().and_then(|(_, p)| *p).filter(|p| earlier.iter().all(|(_, q)| *q == Some(*p)));
+            for (value, _) in earlier {
+                if let Decoded::Spans(mut batch, _) = decode(&value, cfg.encoding, cfg.max_record_bytes.get() as usize) {
+                    let context = prior.is_some_and(|kept| tracepipe_pipeline::replay::mark(&mut batch, kept).is_ok());
+                    if context { &replayed_context } else { &replayed_whole }.increment(1);
+                    tracing::debug!(message = "Finished record sent again with a later record of its key.", receiver = %name, partition, offset, spans = batch.span_count(), context, kept = ?prior);
                     if admission.admit_waiting(batch).await.is_err() {
                         break 'read;
                     }

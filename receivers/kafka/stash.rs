@@ -7,8 +7,10 @@
 //! late one alone would decide it alone: a request delivered in part, or a fragment of a dropped
 //! one kept. So a skipped record's value waits here ([`STASH_WINDOW`], bounded in bytes), and when
 //! a record of the same key and partition is read that must be delivered, the stashed ones go
-//! into the graph before it: the request is decided again on all it has (delivered twice, whole,
-//! rather than once in part). Pure bookkeeping, tested on its own.
+//! into the graph before it: the request is decided again on all it has — as context, decided the
+//! way the previous owner went and not delivered again, when its progress said which way that
+//! was (`tracepipe_pipeline::replay`); else as ordinary spans (delivered twice, whole, rather
+//! than once in part). Pure bookkeeping, tested on its own.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -24,7 +26,7 @@ pub struct Stash {
     max_bytes: usize,
     bytes: usize,
     seq: u64,
-    by_key: HashMap<(i32, Bytes), Vec<(u64, Bytes)>>,
+    by_key: HashMap<(i32, Bytes), Vec<(u64, Bytes, Option<bool>)>>,
     /// In arrival order: when, which key, which value.
     order: VecDeque<(Instant, (i32, Bytes), u64)>,
 }
@@ -34,8 +36,9 @@ impl Stash {
         Stash { max_bytes, bytes: 0, seq: 0, by_key: HashMap::new(), order: VecDeque::new() }
     }
 
-    /// Keeps a skipped record's value (one without a key cannot be matched: not kept).
-    pub fn keep(&mut self, partition: i32, key: Option<&[u8]>, value: &[u8], now: Instant) {
+    /// Keeps a skipped record's value and what became of it at its previous owner (`prior`:
+    /// kept, dropped, or not known). One without a key cannot be matched: not kept.
+    pub fn keep(&mut self, partition: i32, key: Option<&[u8]>, value: &[u8], prior: Option<bool>, now: Instant) {
         let Some(key) = key.filter(|k| !k.is_empty()) else { return };
         if value.len() > self.max_bytes {
             return;
@@ -43,7 +46,7 @@ impl Stash {
         let k = (partition, Bytes::copy_from_slice(key));
         self.seq += 1;
         self.bytes += value.len();
-        self.by_key.entry(k.clone()).or_default().push((self.seq, Bytes::copy_from_slice(value)));
+        self.by_key.entry(k.clone()).or_default().push((self.seq, Bytes::copy_from_slice(value), prior));
         self.order.push_back((now, k, self.seq));
         self.expire(now);
     }
@@ -57,7 +60,7 @@ impl Stash {
             let (_, k, seq) = self.order.pop_front().expect("front checked");
             // Gone already when `take` handed it out.
             if let Some(v) = self.by_key.get_mut(&k) {
-                if let Some(i) = v.iter().position(|(s, _)| *s == seq) {
+                if let Some(i) = v.iter().position(|(s, _, _)| *s == seq) {
                     self.bytes -= v.remove(i).1.len();
                 }
                 if v.is_empty() {
@@ -67,15 +70,16 @@ impl Stash {
         }
     }
 
-    /// The kept values of this key and partition, oldest first, no longer kept.
-    pub fn take(&mut self, partition: i32, key: Option<&[u8]>) -> Vec<Bytes> {
+    /// The kept values of this key and partition with their prior outcomes, oldest first, no
+    /// longer kept.
+    pub fn take(&mut self, partition: i32, key: Option<&[u8]>) -> Vec<(Bytes, Option<bool>)> {
         let Some(key) = key.filter(|k| !k.is_empty()) else { return Vec::new() };
         if self.by_key.is_empty() {
             return Vec::new();
         }
         let Some(v) = self.by_key.remove(&(partition, Bytes::copy_from_slice(key))) else { return Vec::new() };
-        self.bytes -= v.iter().map(|(_, b)| b.len()).sum::<usize>();
-        v.into_iter().map(|(_, b)| b).collect()
+        self.bytes -= v.iter().map(|(_, b, _)| b.len()).sum::<usize>();
+        v.into_iter().map(|(_, b, p)| (b, p)).collect()
     }
 
     /// Bytes kept.

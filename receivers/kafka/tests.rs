@@ -130,13 +130,13 @@ fn progress_past_the_commit_is_reported_and_resumed() {
     for o in [12, 13, 14, 16, 19] {
         assert_eq!(t.done(0, o, 1), None);
     }
-    assert_eq!(t.progress(0, 1), Some(Progress { next: 10, done: vec![(12, 14), (16, 16), (19, 19)] }));
+    assert_eq!(t.progress(0, 1), Some(Progress { next: 10, done: vec![(12, 14), (16, 16), (19, 19)], ..Progress::default() }));
     assert_eq!(t.done(0, 10, 1), Some(10));
     assert_eq!(t.done(0, 11, 1), Some(14), "the prefix swallows the range after it");
-    assert_eq!(t.progress(0, 1), Some(Progress { next: 15, done: vec![(16, 16), (19, 19)] }));
+    assert_eq!(t.progress(0, 1), Some(Progress { next: 15, done: vec![(16, 16), (19, 19)], ..Progress::default() }));
     t.handed_back(0, 15, 1);
     assert_eq!(t.done(0, 17, 1), None);
-    assert_eq!(t.progress(0, 1), Some(Progress { next: 15, done: vec![(16, 17), (19, 19)] }), "a handed-back record is not done");
+    assert_eq!(t.progress(0, 1), Some(Progress { next: 15, done: vec![(16, 17), (19, 19)], ..Progress::default() }), "a handed-back record is not done");
     assert_eq!(t.progress(0, 2), None, "another generation");
 
     // The next owner (another process) resumes from it; its commit starts where the group's is,
@@ -148,11 +148,11 @@ fn progress_past_the_commit_is_reported_and_resumed() {
     assert_eq!(skipped, vec![13, 14, 16, 17, 19], "below `next` and in the ranges");
     assert!(!n.already_done(0, 13, 8), "another generation (the partition came back) starts without it");
     let mut n = OffsetTracker::default();
-    n.resume(0, Progress { next: 15, done: vec![(16, 17), (19, 19)] });
+    n.resume(0, Progress { next: 15, done: vec![(16, 17), (19, 19)], ..Progress::default() });
     assert!(n.already_done(0, 13, 7));
     n.begin(0, 13, 7);
     assert_eq!(n.done(0, 13, 7), Some(13));
-    assert_eq!(n.progress(0, 7), Some(Progress { next: 14, done: vec![(14, 14), (16, 17), (19, 19)] }), "what the previous owner did stays reported");
+    assert_eq!(n.progress(0, 7), Some(Progress { next: 14, done: vec![(14, 14), (16, 17), (19, 19)], ..Progress::default() }), "what the previous owner did stays reported");
     n.begin(0, 14, 7);
     n.done(0, 14, 7);
     n.begin(0, 15, 7);
@@ -161,9 +161,53 @@ fn progress_past_the_commit_is_reported_and_resumed() {
         n.begin(0, o, 7);
         n.done(0, o, 7);
     }
-    assert_eq!(n.progress(0, 7), Some(Progress { next: 15, done: vec![(16, 17), (19, 19)] }));
+    assert_eq!(n.progress(0, 7), Some(Progress { next: 15, done: vec![(16, 17), (19, 19)], ..Progress::default() }));
     assert_eq!(n.done(0, 15, 7), Some(17));
-    assert_eq!(n.progress(0, 7), Some(Progress { next: 18, done: vec![(19, 19)] }));
+    assert_eq!(n.progress(0, 7), Some(Progress { next: 18, done: vec![(19, 19)], ..Progress::default() }));
+}
+
+/// What became of each finished record (kept: its spans reached a sink; dropped by a sampling
+/// decision; unknown: mixed or not told) is reported with the progress, resumed by the next
+/// owner, reported on by it until committed, and written as JSON only when known (a record
+/// from an older version, without it, reads as all unknown).
+#[test]
+fn progress_carries_what_became_of_each_finished_record() {
+    use super::Progress;
+    let mut t = OffsetTracker::default();
+    for o in 10..20 {
+        t.begin(0, o, 1);
+    }
+    for (o, kept) in [(12, Some(true)), (13, Some(true)), (14, Some(false)), (16, None), (17, Some(false))] {
+        t.done_with(0, o, 1, kept);
+    }
+    let p = t.progress(0, 1).unwrap();
+    assert_eq!(p, Progress { next: 10, done: vec![(12, 14), (16, 17)], kept: vec![(12, 13)], dropped: vec![(14, 14), (17, 17)] });
+    assert_eq!(p.check(20), Ok(()));
+    let json = serde_json::to_string(&p).unwrap();
+    assert_eq!(json, r#"{"next":10,"done":[[12,14],[16,17]],"kept":[[12,13]],"dropped":[[14,14],[17,17]]}"#);
+    let old: Progress = serde_json::from_str(r#"{"next":10,"done":[[12,14]]}"#).unwrap();
+    assert_eq!(old.outcome(12), None, "an older record: not known");
+    assert!(!serde_json::to_string(&old).unwrap().contains("kept"));
+    // The commit passes some: they leave every list.
+    t.done_with(0, 10, 1, Some(true));
+    t.done_with(0, 11, 1, Some(true));
+    assert_eq!(t.progress(0, 1).unwrap(), Progress { next: 15, done: vec![(16, 17)], kept: vec![], dropped: vec![(17, 17)] });
+    // The next owner knows each one's fate, and reports it on.
+    let mut n = OffsetTracker::default();
+    n.resume(0, p);
+    assert_eq!([12, 14, 16, 15].map(|o| n.prior_outcome(0, o, 3)), [Some(true), Some(false), None, None]);
+    n.begin(0, 12, 3);
+    n.done_with(0, 12, 3, Some(true));
+    let again = n.progress(0, 3).unwrap();
+    assert_eq!((again.kept.clone(), again.dropped.clone()), (vec![(13, 13)], vec![(14, 14), (17, 17)]));
+    // A record whose outcome contradicts itself or names what is not done is not used.
+    for bad in [
+        Progress { next: 10, done: vec![(12, 14)], kept: vec![(12, 13)], dropped: vec![(13, 14)] },
+        Progress { next: 10, done: vec![(12, 14)], kept: vec![(15, 15)], dropped: vec![] },
+        Progress { next: 10, done: vec![(12, 14), (16, 16)], kept: vec![(13, 16)], dropped: vec![] },
+    ] {
+        assert!(bad.check(20).is_err(), "{bad:?}");
+    }
 }
 
 /// A progress record read back is used only when it fits its partition as it is now: a wrong
@@ -171,7 +215,7 @@ fn progress_past_the_commit_is_reported_and_resumed() {
 #[test]
 fn a_progress_record_is_checked_against_its_partition() {
     use super::Progress;
-    let p = |next: i64, done: &[(i64, i64)]| Progress { next, done: done.to_vec() };
+    let p = |next: i64, done: &[(i64, i64)]| Progress { next, done: done.to_vec(), ..Progress::default() };
     assert_eq!(p(10, &[(12, 14), (16, 16)]).check(20), Ok(()));
     assert_eq!(p(10, &[(10, 10), (11, 14)]).check(20), Ok(()), "adjacent ranges are still disjoint");
     assert_eq!(p(20, &[]).check(20), Ok(()), "everything written is done");
@@ -516,23 +560,23 @@ fn the_stash_keeps_skipped_records_by_key_within_its_window_and_bound() {
     use std::time::Instant;
     let t0 = Instant::now();
     let mut s = Stash::new(10);
-    s.keep(0, Some(b"r1"), b"aaa", t0);
-    s.keep(0, Some(b"r1"), b"bb", t0);
-    s.keep(1, Some(b"r1"), b"c", t0);
-    s.keep(0, None, b"dddd", t0);
+    s.keep(0, Some(b"r1"), b"aaa", Some(true), t0);
+    s.keep(0, Some(b"r1"), b"bb", None, t0);
+    s.keep(1, Some(b"r1"), b"c", None, t0);
+    s.keep(0, None, b"dddd", None, t0);
     assert_eq!(s.bytes(), 6, "a record without a key cannot be matched: not kept");
-    assert_eq!(s.take(0, Some(b"r2")), Vec::<bytes::Bytes>::new());
-    assert_eq!(s.take(0, Some(b"r1")), vec![bytes::Bytes::from_static(b"aaa"), bytes::Bytes::from_static(b"bb")], "oldest first");
+    assert!(s.take(0, Some(b"r2")).is_empty());
+    assert_eq!(s.take(0, Some(b"r1")), vec![(bytes::Bytes::from_static(b"aaa"), Some(true)), (bytes::Bytes::from_static(b"bb"), None)], "oldest first, with what became of them");
     assert!(s.take(0, Some(b"r1")).is_empty(), "taken once");
     assert_eq!(s.bytes(), 1);
     // Over the bound: the oldest go first (the partition-1 record), the newest stays.
-    s.keep(0, Some(b"r3"), b"eeeeee", t0);
-    s.keep(0, Some(b"r1"), b"ffff", t0);
+    s.keep(0, Some(b"r3"), b"eeeeee", None, t0);
+    s.keep(0, Some(b"r1"), b"ffff", None, t0);
     assert_eq!(s.bytes(), 10);
-    s.keep(0, Some(b"r4"), b"g", t0);
+    s.keep(0, Some(b"r4"), b"g", None, t0);
     assert!(s.bytes() <= 10);
     assert!(s.take(1, Some(b"r1")).is_empty() && s.take(0, Some(b"r3")).is_empty(), "the oldest were dropped");
-    assert_eq!(s.take(0, Some(b"r1")), vec![bytes::Bytes::from_static(b"ffff")], "a value kept after an earlier take of its key is not lost to the old entries");
+    assert_eq!(s.take(0, Some(b"r1")), vec![(bytes::Bytes::from_static(b"ffff"), None)], "a value kept after an earlier take of its key is not lost to the old entries");
     // Past the window.
     s.expire(t0 + STASH_WINDOW);
     assert_eq!(s.bytes(), 0);

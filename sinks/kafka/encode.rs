@@ -98,6 +98,26 @@ impl GuidKeys {
     }
 }
 
+/// Remembers the request ids that replayed context carries for its trace ids (the context itself
+/// is not written: see `tracepipe_pipeline::replay`), so late spans of those traces beside it are
+/// keyed by their request like on the previous owner.
+pub fn learn_guids(keys: &mut GuidKeys, context: &[&ResourceSpans]) {
+    let attribute = keys.attribute.clone();
+    for rs in context {
+        for ss in &rs.scope_spans {
+            for span in &ss.spans {
+                let guid = span.attributes.iter().find(|a| a.key == attribute).and_then(|a| match a.value.as_ref()?.value.as_ref()? {
+                    opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(v) => Some(v.as_str()),
+                    _ => None,
+                });
+                if let Some(g) = guid {
+                    keys.key(&span.trace_id, std::iter::once(g));
+                }
+            }
+        }
+    }
+}
+
 /// How to turn batches into records.
 #[derive(Debug, Clone, Copy)]
 pub struct Layout {

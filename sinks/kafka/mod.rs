@@ -23,5 +23,5 @@ mod sink;
 mod tests;
 
 pub use config::{Acks, Compression, Encoding, KafkaSinkConfig, PartitionBy};
-pub use encode::{EncodeError, GuidKeys, Layout, Record, Records, group_by_trace};
+pub use encode::{EncodeError, GuidKeys, Layout, Record, Records, group_by_trace, learn_guids};
 pub use sink::build;

@@ -14,7 +14,7 @@ use tracepipe_pipeline::topology::{BuildError, ComponentContext, ComponentFuture
 use tracepipe_pipeline::{Batch, BatchStatus};
 
 use super::config::{KafkaSinkConfig, PartitionBy};
-use super::encode::{GuidKeys, Layout};
+use super::encode::{learn_guids, GuidKeys, Layout};
 
 /// Batches whose records may be awaiting acknowledgement at once; librdkafka's own buffer
 /// (`max_buffer_bytes`) bounds the memory.
@@ -266,7 +266,13 @@ pub async fn build(cfg: KafkaSinkConfig, mut ctx: ComponentContext) -> Result<Co
         .map_err(|e| ctx.error(format!("cannot create the Kafka producer: {e}")))?;
     let producer = Arc::new(producer);
     let layout = Layout { encoding: cfg.encoding, by_trace: cfg.partition_traces_by_id, max_bytes: cfg.max_message_bytes.get() as usize };
-    let mut guid_keys = (cfg.partition_by == PartitionBy::GuidOrTraceId).then(|| GuidKeys::new(&cfg.guid_attribute, cfg.guid_cache_size));
+    let guid_keys = (cfg.partition_by == PartitionBy::GuidOrTraceId).then(|| Arc::new(std::sync::Mutex::new(GuidKeys::new(&cfg.guid_attribute, cfg.guid_cache_size))));
+    if let Some(keys) = &guid_keys {
+        // Replayed context (pipeline::replay) is removed before a batch gets here; the request
+        // ids its spans carry key the late spans beside it, as on the previous owner.
+        let keys = keys.clone();
+        input.read_context(Box::new(move |context| learn_guids(&mut keys.lock().unwrap_or_else(|e| e.into_inner()), context)));
+    }
     let m = Arc::new(Metrics::new(&ctx.name));
     let settler = Arc::new(Settler {
         name: ctx.name.clone(),
@@ -292,7 +298,7 @@ pub async fn build(cfg: KafkaSinkConfig, mut ctx: ComponentContext) -> Result<Co
             tokio::time::sleep(SHUTDOWN_BUDGET).await;
             p.purge(PurgeConfig::default().queue().inflight());
         });
-        let d = Arc::new(DurableKafka { producer, layout, guid_keys: std::sync::Mutex::new(guid_keys), topic, settler, shutdown: shutdown.clone() });
+        let d = Arc::new(DurableKafka { producer, layout, guid_keys, topic, settler, shutdown: shutdown.clone() });
         return Ok(Box::pin(crate::queue::driver::run(opened, input, d, settings, shutdown)));
     }
     tracing::info!(message = "Sink ready.", sink = %name, brokers = %cfg.brokers.join(","), topic = %topic, encoding = ?cfg.encoding);
@@ -311,10 +317,13 @@ pub async fn build(cfg: KafkaSinkConfig, mut ctx: ComponentContext) -> Result<Co
                 }
             };
             let n = batch.span_count();
-            let records = if layout.rebuilds(&batch) {
-                tokio::task::block_in_place(|| layout.records(&batch, guid_keys.as_mut()))
-            } else {
-                layout.records(&batch, guid_keys.as_mut())
+            let records = {
+                let mut keys = guid_keys.as_ref().map(|k| k.lock().unwrap_or_else(|e| e.into_inner()));
+                if layout.rebuilds(&batch) {
+                    tokio::task::block_in_place(|| layout.records(&batch, keys.as_deref_mut()))
+                } else {
+                    layout.records(&batch, keys.as_deref_mut())
+                }
             };
             let records = match records {
                 Ok(r) => r,
@@ -402,7 +411,7 @@ pub async fn build(cfg: KafkaSinkConfig, mut ctx: ComponentContext) -> Result<Co
 struct DurableKafka {
     producer: Arc<FutureProducer<Logs>>,
     layout: Layout,
-    guid_keys: std::sync::Mutex<Option<GuidKeys>>,
+    guid_keys: Option<Arc<std::sync::Mutex<GuidKeys>>>,
     topic: String,
     settler: Arc<Settler>,
     shutdown: tokio_util::sync::CancellationToken,
@@ -412,11 +421,11 @@ impl crate::queue::driver::Deliver for DurableKafka {
     async fn deliver(&self, batch: Batch) -> bool {
         let m = &self.settler.m;
         let records = {
-            let mut keys = self.guid_keys.lock().expect("guid keys");
+            let mut keys = self.guid_keys.as_ref().map(|k| k.lock().unwrap_or_else(|e| e.into_inner()));
             if self.layout.rebuilds(&batch) {
-                tokio::task::block_in_place(|| self.layout.records(&batch, keys.as_mut()))
+                tokio::task::block_in_place(|| self.layout.records(&batch, keys.as_deref_mut()))
             } else {
-                self.layout.records(&batch, keys.as_mut())
+                self.layout.records(&batch, keys.as_deref_mut())
             }
         };
         let records = match records {

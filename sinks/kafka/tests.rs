@@ -225,6 +225,14 @@ fn guid_or_trace_id_keys_fragments_of_one_request_together() {
         let r = layout.records(&late, None).unwrap();
         assert_eq!(r.records[0].key, Some(hex::encode([1u8; 16])));
     }
+    // Replayed context (pipeline::replay; a sink's input removes it before the sink sees the
+    // batch) teaches the request id of its traces: a late SDK span beside it, on a replica that
+    // never saw the request, is keyed like on the previous owner.
+    let mut keys = super::GuidKeys::new("guid:x-request-id", 100);
+    let context = ResourceSpans { scope_spans: vec![ScopeSpans { spans: vec![span(5, 1, Some("r5")), span(5, 2, None)], ..Default::default() }], ..Default::default() };
+    super::learn_guids(&mut keys, &[&context]);
+    let r = layout.records(&encode(vec![span(5, 3, None)]), Some(&mut keys)).unwrap();
+    assert_eq!(r.records[0].key.as_deref(), Some("r5"));
     // The cache forgets its oldest half at the bound.
     let mut keys = super::GuidKeys::new("g", 4);
     for t in 0..10u8 {
