@@ -46,11 +46,14 @@ enum Key {
     Trace(Vec<u8>),
 }
 
-/// Spans to pass on, with the acknowledgements they carry, apart by the inputs (Kafka partitions)
-/// their acknowledgements come from: each part leaves as its own batch, so that a processor
-/// downstream holding them (tail sampling) finds everything of a revoked partition revoked and
-/// hands it over, rather than holding it with another partition's and deciding it after the
-/// partition moved (delivered there and again by the new owner).
+/// Spans to pass on, with the acknowledgements they carry. Guids read from revocable inputs (Kafka
+/// partitions) leave each in its own batch, with only its own records' acknowledgements: a
+/// processor downstream that holds them (tail sampling) attaches a batch's acknowledgements to
+/// every trace in it, so (1) a trace of a revoked partition must not carry another partition's
+/// — it would not be handed over, but decided after the partition moved and delivered by both
+/// owners — and (2) a record must not ride with other requests' traces, or what became of it
+/// (kept or dropped, written to `progress_topic` for the next owner: pipeline::replay) reads as
+/// mixed. Guids of other inputs leave together.
 #[derive(Default)]
 struct Released {
     parts: Vec<Part>,
@@ -73,7 +76,8 @@ impl Released {
         let mut inputs: Vec<usize> = finalizers.iter().map(|f| f.input_id()).collect();
         inputs.sort_unstable();
         inputs.dedup();
-        let part = match self.parts.iter().position(|p| p.inputs == inputs) {
+        let revocable = inputs.iter().any(|&i| i != 0);
+        let part = match self.parts.iter().position(|p| !revocable && p.inputs == inputs) {
             Some(i) => &mut self.parts[i],
             None => {
                 self.parts.push(Part { inputs, ..Part::default() });

@@ -481,18 +481,27 @@ async fn windowing_passthrough_and_shutdown() {
     h.await.unwrap().unwrap();
 }
 
+/// A guid inference processor with `wait_secs` and `hold_untagged`: its input, output and task.
+async fn running(wait_secs: u64) -> (tokio::sync::mpsc::Sender<Batch>, Input, tokio::task::JoinHandle<Result<(), tracepipe_pipeline::ComponentError>>) {
+    let (tx, input) = Input::channel(8);
+    let (otx, out) = Input::channel(64);
+    let ctx = ComponentContext { name: "g".into(), kind: ComponentKind::Processor, input: Some(input), output: Some(Output::new(vec![otx])), shutdown: CancellationToken::new(), health: Health::default() };
+    let cfg = GuidInferenceConfig { wait: tracepipe_config::Duration::from_secs(wait_secs), ..Default::default() };
+    (tx, out, tokio::spawn(super::build(cfg, ctx).await.unwrap()))
+}
+
+/// An application's own span (no guid, no node).
+fn sdk(trace: u8, id: u8, parent: u8) -> Span {
+    Span { trace_id: vec![trace; 16], span_id: vec![id; 8], parent_span_id: vec![parent; 8], kind: 1, ..Default::default() }
+}
+
 /// An application's own spans (no guid) share a fragment's trace id: held with `hold_untagged`,
 /// they take the rebuilt trace id whether they arrive before the fragment's proxy spans, while
 /// the guid is held, or after it was resolved; an unrelated untagged trace comes out unchanged
 /// after the wait.
 #[tokio::test(start_paused = true)]
 async fn application_spans_follow_their_fragment_into_the_rebuilt_trace() {
-    let (tx, input) = Input::channel(8);
-    let (otx, mut out) = Input::channel(64);
-    let ctx = ComponentContext { name: "g".into(), kind: ComponentKind::Processor, input: Some(input), output: Some(Output::new(vec![otx])), shutdown: CancellationToken::new(), health: Health::default() };
-    let cfg = GuidInferenceConfig { wait: tracepipe_config::Duration::from_secs(2), ..Default::default() };
-    let h = tokio::spawn(super::build(cfg, ctx).await.unwrap());
-    let sdk = |trace: u8, id: u8, parent: u8| Span { trace_id: vec![trace; 16], span_id: vec![id; 8], parent_span_id: vec![parent; 8], kind: 1, ..Default::default() };
+    let (tx, mut out, h) = running(2).await;
     let frags = xrid_request("g1", 10); // traces 10 (root), 11, 12
     // Before: an SDK span of fragment 12 (under ratings' SERVER 15), and an unrelated trace.
     tx.send(batch(vec![sdk(12, 100, 15), sdk(40, 101, 41)])).await.unwrap();
@@ -672,13 +681,15 @@ mod acks {
         h.await.unwrap().unwrap();
     }
 
-    /// Guids released together but read from different Kafka partitions leave in separate
-    /// batches, each carrying only its own partition's acknowledgements: a processor downstream
-    /// that holds them (tail sampling) must find a revoked partition's traces all revoked to hand
-    /// them over. (Mixed in one batch, a trace of a partition revoked while it waited in tail
-    /// sampling was decided and delivered by the old owner and again by the new one.)
+    /// Guids read from Kafka partitions leave each in its own batch, carrying only its own
+    /// records' acknowledgements: a processor downstream that holds them (tail sampling) attaches
+    /// a batch's acknowledgements to every trace in it, and must find a revoked partition's
+    /// traces all revoked to hand them over (mixed in one batch, a trace of a partition revoked
+    /// while it waited in tail sampling was decided and delivered by the old owner and again by
+    /// the new one), and must tell each record's own outcome. Guids of other inputs leave
+    /// together.
     #[tokio::test(start_paused = true)]
-    async fn guids_of_different_partitions_leave_in_separate_batches() {
+    async fn guids_of_kafka_records_leave_in_batches_of_their_own() {
         use std::sync::atomic::{AtomicBool, Ordering};
         use std::sync::Arc;
         let (tx, mut out, h) = start(2);
@@ -687,13 +698,19 @@ mod acks {
         tx.send(revocable(&p0, batch(xrid_request("g1", 10)))).await.unwrap();
         tx.send(revocable(&p1, batch(xrid_request("g2", 50)))).await.unwrap();
         tx.send(revocable(&p0, batch(xrid_request("g3", 90)))).await.unwrap();
-        let a = tokio::time::timeout(std::time::Duration::from_secs(3), out.recv()).await.unwrap().unwrap();
-        let b = tokio::time::timeout(std::time::Duration::from_millis(10), out.recv()).await.expect("the other partition's batch at once").unwrap();
-        let (a, b) = if a.span_count() == 10 { (a, b) } else { (b, a) };
-        assert_eq!((a.span_count(), b.span_count()), (10, 5), "g1 and g3 together, g2 apart");
-        assert_eq!((a.finalizers().len(), b.finalizers().len()), (2, 1));
+        tx.send(batch(xrid_request("g4", 130))).await.unwrap();
+        tx.send(batch(xrid_request("g5", 170))).await.unwrap();
+        let mut got = Vec::new();
+        got.push(tokio::time::timeout(std::time::Duration::from_secs(3), out.recv()).await.unwrap().unwrap());
+        while let Ok(Some(b)) = tokio::time::timeout(std::time::Duration::from_millis(10), out.recv()).await {
+            got.push(b);
+        }
+        let mut shape: Vec<(usize, usize)> = got.iter().map(|b| (b.span_count(), b.finalizers().len())).collect();
+        shape.sort();
+        assert_eq!(shape, vec![(5, 1), (5, 1), (5, 1), (10, 0)], "g1, g2, g3 apart; g4 and g5 (no Kafka) together");
         p0.store(true, Ordering::Release);
-        assert!(Finalizer::all_revoked(a.finalizers()) && !Finalizer::all_revoked(b.finalizers()));
+        let revoked: Vec<bool> = got.iter().filter(|b| !b.finalizers().is_empty()).map(|b| Finalizer::all_revoked(b.finalizers())).collect();
+        assert_eq!(revoked.iter().filter(|r| **r).count(), 2, "g1 and g3 are all revoked, g2 is not");
         drop(tx);
         h.await.unwrap().unwrap();
     }
@@ -805,12 +822,7 @@ mod bounds {
 #[tokio::test(start_paused = true)]
 async fn replayed_context_keeps_its_mark_only_when_late_spans_cannot_change_the_rebuild() {
     use tracepipe_pipeline::replay;
-    let (tx, input) = Input::channel(8);
-    let (otx, mut out) = Input::channel(64);
-    let ctx = ComponentContext { name: "g".into(), kind: ComponentKind::Processor, input: Some(input), output: Some(Output::new(vec![otx])), shutdown: CancellationToken::new(), health: Health::default() };
-    let cfg = GuidInferenceConfig { wait: tracepipe_config::Duration::from_secs(2), ..Default::default() };
-    let h = tokio::spawn(super::build(cfg, ctx).await.unwrap());
-    let sdk = |trace: u8, id: u8, parent: u8| Span { trace_id: vec![trace; 16], span_id: vec![id; 8], parent_span_id: vec![parent; 8], kind: 1, ..Default::default() };
+    let (tx, mut out, h) = running(2).await;
     let context = |spans: Vec<Span>| {
         let mut b = batch(spans);
         replay::mark(&mut b, true).unwrap();

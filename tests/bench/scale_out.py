@@ -73,10 +73,10 @@ def template(n: int):
     return ExportTraceServiceRequest(resource_spans=out).SerializeToString(), roots
 
 
-def scrape(p, name: str) -> float:
+def scrape(p, name: str, **labels) -> float:
     """A replica's metric; 0 for one that is gone or too busy to answer within the timeout."""
     try:
-        return metric_sum(p.metrics(), name) if p.proc and p.proc.poll() is None else 0.0
+        return metric_sum(p.metrics(), name, **labels) if p.proc and p.proc.poll() is None else 0.0
     except Exception:
         return 0.0
 
@@ -193,6 +193,10 @@ def main():
             # Records a new owner skipped because the previous one had finished them past its
             # commit (progress_topic).
             "skipped_as_done": sum(scrape(s, "tracepipe_receiver_kafka_already_done_records_total") for s in alive),
+            # Of those, sent again with a later record of their key: as context (decided the
+            # previous owner's way, not delivered again) or whole (outcome not known: twice).
+            "replayed_as_context": sum(scrape(s, "tracepipe_receiver_kafka_replayed_records_total", **{"as": "context"}) for s in alive),
+            "replayed_whole": sum(scrape(s, "tracepipe_receiver_kafka_replayed_records_total", **{"as": "whole"}) for s in alive),
             # Why a request can be decided apart: released before all its fragments were read.
             "gw2_guid_evicted_early": sum(scrape(s, "tracepipe_processor_guid_evicted_early_total") for s in alive),
             "gw2_early_decisions": sum(scrape(s, "tracepipe_processor_tail_sampling_early_decisions_total") for s in alive),

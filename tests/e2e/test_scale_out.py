@@ -383,9 +383,12 @@ def test_a_replica_added_and_one_stopped_mid_run_lose_nothing():
               f"{twice} delivered twice; records handed back by the replicas that stayed: {handed:.0f}; {replays([topo.samplers[1], joining])}")
         assert got == keep, f"missing {sorted(keep - got)}, extra {sorted(got - keep)}"
         assert partial == 0
-        # Decided but not yet acknowledged when the partition moved (revoke_timeout): delivered
-        # again by the new owner. Measured 0-3 of 62-74 kept requests.
-        assert twice <= len(keep) // 10, f"{twice} of {len(keep)} kept requests delivered twice"
+        # Nothing twice. (Until 2026-12-05 0–1 per run: guid inference released the guids of all
+        # partitions due in one tick as one batch, so tail sampling held a trace of the revoked
+        # partition with another partition's acknowledgements, did not hand it over, and decided
+        # it after the partition moved: delivered by both owners. What can still duplicate is a
+        # record decided but not exported within revoke_timeout, 2 s.)
+        assert twice == 0, f"{twice} of {len(keep)} kept requests delivered twice"
         for p in topo.procs + [joining]:
             if p is not leaving:
                 assert p.stop() == 0, p.logs()
