@@ -449,8 +449,8 @@ def test_a_broker_restart_under_load_loses_nothing():
         # only after its own wait (3 s) once it has rejoined — up to ~8 s after gateway-2 resumed in
         # the runs measured. gateway-2's `outage_grace: 10s` keeps its waits paused that long after
         # records flow again; without it (outage_grace 0) 1–41 requests per run were partial. With
-        # it, 0 in five runs of six and 1 in one (a CI run: one kept request short of one span, not
-        # explained yet); at most 2 is what this holds.
+        # it, 0 in nine runs of ten and 1 in one (a CI run of 2026-12-04: one kept request short of
+        # one span, not explained); at most 2 is what this holds.
         union = {}
         for got_ in topo.delivered():
             for g, spans in got_.items():
