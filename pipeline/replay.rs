@@ -30,11 +30,26 @@ use prost::Message;
 
 use crate::batch::{Batch, DecodeError};
 
-/// The resource attribute that marks replayed context: `kept` or `dropped`.
+/// The resource attribute that marks replayed context: `kept:<nonce>` or `dropped:<nonce>`.
 pub const ATTRIBUTE: &str = "tracepipe.replayed";
 
 /// Set once this process has sent context: until then nothing needs looking at.
 static SEEN: AtomicBool = AtomicBool::new(false);
+
+/// A random value of this process that every mark carries: context is made and removed inside
+/// one process, and a span that arrives from outside with the attribute (a client's, or one a
+/// misconfigured upstream tracepipe forgot to remove) is not taken for context — not decided
+/// another owner's way, not removed by a sink.
+fn nonce() -> &'static str {
+    static NONCE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NONCE.get_or_init(|| {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+        h.write_u32(std::process::id());
+        format!("{:016x}", h.finish())
+    })
+}
 
 /// True once any context was sent in this process (sinks look for it only then).
 pub fn seen() -> bool {
@@ -44,21 +59,27 @@ pub fn seen() -> bool {
 /// Marks every resource of `batch` as context that the previous owner `kept` (or dropped).
 pub fn mark(batch: &mut Batch, kept: bool) -> Result<(), DecodeError> {
     SEEN.store(true, Ordering::Relaxed);
-    let value = if kept { "kept" } else { "dropped" };
+    let value = format!("{}:{}", if kept { "kept" } else { "dropped" }, nonce());
     for rs in batch.resource_spans_mut()? {
         let r = rs.resource.get_or_insert_with(Resource::default);
         r.attributes.retain(|a| a.key != ATTRIBUTE);
-        r.attributes.push(KeyValue { key: ATTRIBUTE.to_owned(), value: Some(AnyValue { value: Some(any_value::Value::StringValue(value.to_owned())) }), key_strindex: 0 });
+        r.attributes.push(KeyValue { key: ATTRIBUTE.to_owned(), value: Some(AnyValue { value: Some(any_value::Value::StringValue(value.clone())) }), key_strindex: 0 });
     }
     Ok(())
 }
 
-/// The mark of a resource: `Some(true)` kept, `Some(false)` dropped, `None` not context.
+/// The mark of a resource: `Some(true)` kept, `Some(false)` dropped, `None` not context (no
+/// mark, or one this process did not make).
 pub fn prior(resource: Option<&Resource>) -> Option<bool> {
     let a = resource?.attributes.iter().find(|a| a.key == ATTRIBUTE)?;
-    match a.value.as_ref()?.value.as_ref()? {
-        any_value::Value::StringValue(v) if v == "kept" => Some(true),
-        any_value::Value::StringValue(v) if v == "dropped" => Some(false),
+    let any_value::Value::StringValue(v) = a.value.as_ref()?.value.as_ref()? else { return None };
+    let (outcome, n) = v.split_once(':')?;
+    if n != nonce() {
+        return None;
+    }
+    match outcome {
+        "kept" => Some(true),
+        "dropped" => Some(false),
         _ => None,
     }
 }

@@ -594,6 +594,14 @@ async fn a_sink_input_removes_replayed_context_and_marks_what_it_takes() {
     let mut plain = rs[0].resource.clone();
     assert!(replay::unmark(&mut plain));
     assert_eq!(replay::prior(plain.as_ref()), None);
+    // A span from outside with the attribute is not context: only this process's marks count.
+    let mut foreign = plain.clone().unwrap_or_default();
+    foreign.attributes.push(KeyValue { key: replay::ATTRIBUTE.into(), value: Some(AnyValue { value: Some(any_value::Value::StringValue("kept".into())) }), key_strindex: 0 });
+    assert_eq!(replay::prior(Some(&foreign)), None);
+    foreign.attributes.last_mut().unwrap().value = Some(AnyValue { value: Some(any_value::Value::StringValue("kept:0123456789abcdef".into())) });
+    assert_eq!(replay::prior(Some(&foreign)), None);
+    let mut outside = Batch::from_resource_spans(vec![ResourceSpans { resource: Some(foreign), scope_spans: traces(&[1])[0].scope_spans.clone(), ..Default::default() }]);
+    assert_eq!(replay::strip(&mut outside), 0, "a sink delivers it");
 
     // Context and two live spans in one batch, encoded as it travels; acknowledged.
     let live = traces(&[3]);
