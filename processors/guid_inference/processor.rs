@@ -57,12 +57,13 @@ enum Key {
 #[derive(Default)]
 struct Released {
     parts: Vec<Part>,
+    /// Parts of non-revocable inputs, by their inputs' ids ([`Finalizer::input_id`], sorted,
+    /// each once).
+    shared: HashMap<Vec<usize>, usize>,
 }
 
 #[derive(Default)]
 struct Part {
-    /// The inputs' ids ([`Finalizer::input_id`]), sorted, each once.
-    inputs: Vec<usize>,
     spans: Vec<Held>,
     finalizers: Vec<Arc<Finalizer>>,
 }
@@ -76,16 +77,22 @@ impl Released {
         let mut inputs: Vec<usize> = finalizers.iter().map(|f| f.input_id()).collect();
         inputs.sort_unstable();
         inputs.dedup();
+        // A guid of Kafka records: a part of its own, without looking at the others (a tick may
+        // release many thousands). Other inputs: the few merged parts.
         let revocable = inputs.iter().any(|&i| i != 0);
-        let part = match self.parts.iter().position(|p| !revocable && p.inputs == inputs) {
-            Some(i) => &mut self.parts[i],
-            None => {
-                self.parts.push(Part { inputs, ..Part::default() });
-                self.parts.last_mut().expect("pushed")
+        let found = if revocable { None } else { self.shared.get(&inputs).copied() };
+        match found {
+            Some(i) => {
+                self.parts[i].spans.extend(spans);
+                self.parts[i].finalizers.extend(finalizers);
             }
-        };
-        part.spans.extend(spans);
-        part.finalizers.extend(finalizers);
+            None => {
+                if !revocable {
+                    self.shared.insert(inputs, self.parts.len());
+                }
+                self.parts.push(Part { spans, finalizers });
+            }
+        }
     }
 
     /// One batch per part.
